@@ -1,0 +1,39 @@
+"""kvprism: photonic KV-cache block selection for long-context LLM inference.
+
+The public API is re-exported here lazily, so ``import kvprism`` does not import torch or transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+try:
+    __version__ = version("kvprism")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "ConfigBase": "kvprism.config",
+    "ConfigError": "kvprism.errors",
+    "KvprismError": "kvprism.errors",
+    "ModelNotFoundError": "kvprism.errors",
+    "load_model": "kvprism.hf.models",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kvprism' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,127 @@
+"""``kvprism`` command line.
+
+Errors caused by input are printed as one line (``error: ...``) with exit code 1; ``--debug`` shows the traceback.
+Heavy imports (torch, transformers) happen inside the commands so ``kvprism --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+import kvprism
+
+app = typer.Typer(
+    name="kvprism",
+    help="Photonic KV-cache block selection for long-context LLM inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def version() -> None:
+    """Print the kvprism version."""
+    console.print(f"kvprism {kvprism.__version__}")
+
+
+@app.command()
+def demo(
+    model: Annotated[
+        str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")
+    ] = "smollm2",
+    context: Annotated[int, typer.Option(help="Prompt length in tokens.", min=64)] = 4096,
+    depth: Annotated[
+        float, typer.Option(help="Needle depth as a fraction of the haystack, in [0, 1].")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the needle key/value and haystack offset.")] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 24,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Answer one needle-in-a-haystack prompt on the default model with dense attention."""
+    from kvprism.eval.tasks import niah_single
+    from kvprism.hf.models import load_model
+
+    if not 0.0 <= depth <= 1.0:
+        raise kvprism.KvprismError(f"--depth = {depth} is invalid; allowed range: [0, 1]")
+    t0 = time.perf_counter()
+    with console.status(f"loading {model} ..."):
+        mdl, tok = load_model(model, device=device)
+    t_load = time.perf_counter() - t0
+    window = getattr(mdl.config, "max_position_embeddings", None)
+    if window is not None and context > window:
+        raise kvprism.KvprismError(f"--context = {context} exceeds the model's window of {window} tokens")
+    sample = niah_single(tok, context, depth, seed)
+    answer, t_gen = _generate(mdl, tok, sample.input_ids, max_new_tokens, device)
+    ok = sample.score(answer)
+    console.print(f"[bold]model[/]          {model}  (loaded in {t_load:.1f} s)")
+    console.print(
+        f"[bold]context[/]        {sample.context_tokens} tokens, needle at depth {sample.depth:.2f}"
+    )
+    console.print(f"[bold]question[/]       {sample.question}")
+    console.print(f"[bold]expected[/]       {', '.join(sample.answers)}")
+    mark = "[green]correct[/]" if ok else "[red]wrong[/]"
+    console.print(f"[bold]dense answer[/]   {answer.strip()!r}  {mark}  ({t_gen:.1f} s)")
+
+
+def _generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, device: str) -> tuple[str, float]:
+    import torch
+
+    ids = torch.tensor([input_ids], device=device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    elapsed = time.perf_counter() - t0
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: one-line errors, tracebacks with ``--debug``."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="kvprism", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except Exception as exc:
+        # usage errors (typer vendors its own click; plain click's have the same interface)
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()
+            return exc.exit_code
+        if debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        prefix = "error" if isinstance(exc, kvprism.KvprismError) else f"error ({type(exc).__name__})"
+        err_console.print(
+            f"{prefix}: {msg}  [dim](--debug for the traceback)[/]", highlight=False, soft_wrap=True
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: long-context tasks generated offline, metrics, runner and reports."""

@@ -1,0 +1,1 @@
+"""Hugging Face integration: model loading, sparse KV cache, the ``"kvprism"`` attention function."""

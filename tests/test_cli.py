@@ -1,0 +1,46 @@
+import subprocess
+import sys
+
+import pytest
+
+import kvprism
+from kvprism.cli import main
+
+
+def test_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "version" in out
+
+
+def test_version(capsys):
+    assert main(["version"]) == 0
+    assert kvprism.__version__ in capsys.readouterr().out
+
+
+def test_usage_error_exit_code(capsys):
+    assert main(["no-such-command"]) == 2
+    assert main(["demo", "--context", "3"]) == 2
+
+
+def test_error_is_one_line(capsys):
+    assert main(["demo", "--depth", "1.5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --depth = 1.5 is invalid; allowed range: [0, 1]")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_model_error_is_one_line_and_debug_shows_traceback():
+    cmd = [sys.executable, "-m", "kvprism.cli", "demo", "--model", "./no/such/dir"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert len(res.stderr.strip().splitlines()) == 1 and "does not exist" in res.stderr
+    res = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True)
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+@pytest.mark.slow
+def test_demo_finds_needle(capsys, smollm2_dir):
+    assert main(["demo", "--context", "1024", "--max-new-tokens", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "correct" in out and "1024 tokens" in out
