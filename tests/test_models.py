@@ -19,7 +19,7 @@ def test_missing_directory_fails_clearly(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_model(str(tmp_path / "absent"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         load_model(str(tmp_path / "empty"))
 
 

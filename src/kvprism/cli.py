@@ -42,13 +42,9 @@ def version() -> None:
 
 @app.command()
 def demo(
-    model: Annotated[
-        str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")
-    ] = "smollm2",
+    model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
     context: Annotated[int, typer.Option(help="Prompt length in tokens.", min=64)] = 4096,
-    depth: Annotated[
-        float, typer.Option(help="Needle depth as a fraction of the haystack, in [0, 1].")
-    ] = 0.5,
+    depth: Annotated[float, typer.Option(help="Needle depth as a fraction of the haystack, in [0, 1].")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the needle key/value and haystack offset.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 24,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
@@ -70,9 +66,7 @@ def demo(
     answer, t_gen = _generate(mdl, tok, sample.input_ids, max_new_tokens, device)
     ok = sample.score(answer)
     console.print(f"[bold]model[/]          {model}  (loaded in {t_load:.1f} s)")
-    console.print(
-        f"[bold]context[/]        {sample.context_tokens} tokens, needle at depth {sample.depth:.2f}"
-    )
+    console.print(f"[bold]context[/]        {sample.context_tokens} tokens, needle at depth {sample.depth:.2f}")
     console.print(f"[bold]question[/]       {sample.question}")
     console.print(f"[bold]expected[/]       {', '.join(sample.answers)}")
     mark = "[green]correct[/]" if ok else "[red]wrong[/]"
@@ -116,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         prefix = "error" if isinstance(exc, kvprism.KvprismError) else f"error ({type(exc).__name__})"
-        err_console.print(
-            f"{prefix}: {msg}  [dim](--debug for the traceback)[/]", highlight=False, soft_wrap=True
-        )
+        err_console.print(f"{prefix}: {msg}  [dim](--debug for the traceback)[/]", highlight=False, soft_wrap=True)
         return 1
     return 0
 

@@ -57,16 +57,8 @@ def param(
 
 
 def _range_text(meta: Mapping[str, Any]) -> str:
-    lo = (
-        f"[{meta['ge']:g}"
-        if meta["ge"] is not None
-        else (f"({meta['gt']:g}" if meta["gt"] is not None else "(-inf")
-    )
-    hi = (
-        f"{meta['le']:g}]"
-        if meta["le"] is not None
-        else (f"{meta['lt']:g})" if meta["lt"] is not None else "inf)")
-    )
+    lo = f"[{meta['ge']:g}" if meta["ge"] is not None else (f"({meta['gt']:g}" if meta["gt"] is not None else "(-inf")
+    hi = f"{meta['le']:g}]" if meta["le"] is not None else (f"{meta['lt']:g})" if meta["lt"] is not None else "inf)")
     unit = f" {meta['unit']}" if meta["unit"] else ""
     return f"{lo}, {hi}{unit}"
 
@@ -185,9 +177,7 @@ class ConfigBase:
         """Load a shipped preset by name."""
         names = cls.presets()
         if name not in names:
-            raise ConfigError(
-                f"unknown {cls.__name__} preset {name!r}; available: {', '.join(names) or 'none'}"
-            )
+            raise ConfigError(f"unknown {cls.__name__} preset {name!r}; available: {', '.join(names) or 'none'}")
         assert cls._preset_dir is not None
         return cls.from_toml(cls._preset_dir / f"{name}.toml")
 

