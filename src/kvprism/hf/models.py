@@ -12,11 +12,13 @@ downloads weights at run time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,20 @@ def _hub_cache() -> str:
         return "~/.cache/huggingface/hub"
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor progress bar while reading a local folder (it takes ~1 s)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     dtype: torch.dtype | str = torch.float32,
@@ -171,8 +187,9 @@ def load_model(
         dtype = resolved
     source = resolve_model_path(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **model_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        with _quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **model_kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except OSError as exc:
         if Path(source).is_dir():
             raise
