@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 from typing import Any
 
 import torch
@@ -37,12 +38,11 @@ __all__ = [
 
 @functools.cache
 def triton_available() -> bool:
-    """True when ``triton`` and the kernel module import (CUDA itself is checked per call)."""
-    try:
-        importlib.import_module("kvprism.kernels.triton_decode")
-    except ImportError:
-        return False
-    return True
+    """True when the ``triton`` package is installed (CUDA itself is checked per call).
+
+    Only looks the package up: importing triton here would fix its interpreter mode before a caller could choose it.
+    """
+    return importlib.util.find_spec("triton") is not None
 
 
 def _resolve(backend: str, device: torch.device) -> str:
