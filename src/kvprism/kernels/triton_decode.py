@@ -85,7 +85,7 @@ def _score_tile_topk_kernel(
     h = pid_bh % HKV
     offs_n = tile * TILE + tl.arange(0, TILE)
     offs_g = tl.arange(0, G_PAD)
-    if HAS_NV:
+    if HAS_NV:  # noqa: SIM108 (constexpr branch)
         nv = tl.minimum(tl.load(NV + b).to(tl.int32) // nv_div, n_sig)
     else:
         nv = n_sig
@@ -109,7 +109,7 @@ def _score_tile_topk_kernel(
             scores += tl.dot(q, tl.trans(sig), input_precision="ieee")
         else:
             scores += tl.dot(q.to(sig.dtype), tl.trans(sig))
-    if REDUCE_MAX:
+    if REDUCE_MAX:  # noqa: SIM108 (constexpr branch)
         s = tl.max(tl.where(offs_g[:, None] < G, scores, float("-inf")), axis=0)
     else:
         s = tl.sum(scores, axis=0)  # padded query rows are zero
