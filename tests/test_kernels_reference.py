@@ -252,3 +252,12 @@ def test_dispatcher_rejects_unknown_or_unavailable_backend():
     if not triton_available():
         with pytest.raises(KvprismError, match="triton"):
             sparse_decode_attention(q, k, v, idx, 16, 0, 0, seq_lens, backend="triton")
+
+
+def test_candidate_blocks_excludes_blocks_inside_the_window():
+    from kvprism.kernels import candidate_blocks
+
+    lens = torch.tensor([320, 87, 9, 128])
+    assert candidate_blocks(lens, 16, 0).tolist() == [20, 5, 0, 8]
+    assert candidate_blocks(lens, 16, 20).tolist() == [19, 5, 0, 7]  # a block the window covers partly stays
+    assert candidate_blocks(lens, 16, 32).tolist() == [18, 4, 0, 6]

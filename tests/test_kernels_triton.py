@@ -27,7 +27,7 @@ if not CUDA and "kvprism.kernels.triton_decode" in sys.modules:
     importlib.reload(sys.modules["kvprism.kernels.triton_decode"])
 
 from kvprism.kernels import sparse_decode_attention  # noqa: E402
-from kvprism.kernels.reference import score_topk_ref, sparse_decode_attention_ref  # noqa: E402
+from kvprism.kernels.reference import candidate_blocks, score_topk_ref, sparse_decode_attention_ref  # noqa: E402
 from kvprism.kernels.triton_decode import (  # noqa: E402
     SparseDecodeStep,
     score_topk_triton,
@@ -153,13 +153,17 @@ def test_score_topk_random_floats_select_the_best_scores():
     assert (got.diff(dim=-1) != 0).all()  # distinct
 
 
-def test_score_topk_counts_blocks_from_seq_lens():
+@pytest.mark.parametrize("window", [0, 20, 32, 500])
+def test_score_topk_counts_candidate_blocks_from_seq_lens(window):
     g = torch.Generator().manual_seed(6)
-    q = torch.randint(-2, 3, (2, 4, 16), generator=g).float().to(DEV)
-    sig = torch.randint(-2, 3, (2, 2, 20, 16), generator=g).float().to(DEV)
-    seq_lens = torch.tensor([20 * 16, 5 * 16 + 7], device=DEV)
-    got = score_topk_triton(q, sig, seq_lens, 6, "max", n_valid_div=16, tile=16)
-    assert torch.equal(got.cpu(), score_topk_ref(q, sig, seq_lens // 16, 6, "max").cpu())
+    q = torch.randint(-2, 3, (3, 4, 16), generator=g).float().to(DEV)
+    sig = torch.randint(-2, 3, (3, 2, 20, 16), generator=g).float().to(DEV)
+    seq_lens = torch.tensor([20 * 16, 5 * 16 + 7, 9], device=DEV)
+    n_cand = candidate_blocks(seq_lens, 16, window)
+    want = {0: [20, 5, 0], 20: [19, 5, 0], 32: [18, 4, 0], 500: [0, 0, 0]}[window]
+    assert n_cand.tolist() == want
+    got = score_topk_triton(q, sig, seq_lens, 6, "max", n_valid_div=16, n_valid_window=window, tile=16)
+    assert torch.equal(got.cpu(), score_topk_ref(q, sig, n_cand, 6, "max").cpu())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,7 +172,8 @@ def test_score_topk_counts_blocks_from_seq_lens():
 
 
 def step_reference(step: SparseDecodeStep) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = score_topk_ref(step.q_sig, step.signatures, step.seq_lens // step.block_size, step.k, step.gqa_reduce)
+    n_cand = candidate_blocks(step.seq_lens, step.block_size, step.window_tokens)
+    idx = score_topk_ref(step.q_sig, step.signatures, n_cand, step.k, step.gqa_reduce)
     out = sparse_decode_attention_ref(
         step.q.double(),
         step.k_cache.double(),

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 
 from kvprism.errors import KvprismError
-from kvprism.kernels.reference import score_topk_ref, sparse_decode_attention_ref
+from kvprism.kernels.reference import candidate_blocks, score_topk_ref, sparse_decode_attention_ref
 
 BACKENDS = ("auto", "triton", "reference")
 
 __all__ = [
     "BACKENDS",
     "SparseDecodeStep",
+    "candidate_blocks",
     "score_topk",
     "score_topk_ref",
     "sparse_decode_attention",

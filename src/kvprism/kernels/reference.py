@@ -186,6 +186,16 @@ def score_blocks_ref(q: torch.Tensor, signatures: torch.Tensor, gqa_reduce: str 
     return s.sum(dim=2) if gqa_reduce == "sum" else s.amax(dim=2)
 
 
+def candidate_blocks(seq_lens: torch.Tensor, block_size: int, window_tokens: int) -> torch.Tensor:
+    """Blocks worth scoring per batch row ``[B]``: complete blocks not entirely inside the trailing window.
+
+    ``min(ceil(max(L - window, 0) / B), L // B)``; the window is attended anyway, so spending one of the ``k`` slots
+    on a block it covers would be wasted. A block that the window covers only partly stays a candidate.
+    """
+    lens = seq_lens.to(torch.int64)
+    return torch.minimum((lens - window_tokens).clamp(min=0).add(block_size - 1) // block_size, lens // block_size)
+
+
 def score_topk_ref(
     q: torch.Tensor,
     signatures: torch.Tensor,

@@ -66,6 +66,7 @@ def _score_tile_topk_kernel(
     stride_sn,
     n_sig,
     nv_div,
+    nv_window,
     HKV: tl.constexpr,
     G: tl.constexpr,
     G_PAD: tl.constexpr,
@@ -85,8 +86,10 @@ def _score_tile_topk_kernel(
     h = pid_bh % HKV
     offs_n = tile * TILE + tl.arange(0, TILE)
     offs_g = tl.arange(0, G_PAD)
-    if HAS_NV:  # noqa: SIM108 (constexpr branch)
-        nv = tl.minimum(tl.load(NV + b).to(tl.int32) // nv_div, n_sig)
+    if HAS_NV:
+        raw = tl.load(NV + b).to(tl.int32)
+        nv = tl.minimum((tl.maximum(raw - nv_window, 0) + nv_div - 1) // nv_div, raw // nv_div)
+        nv = tl.minimum(nv, n_sig)
     else:
         nv = n_sig
     valid = offs_n < nv
@@ -192,6 +195,7 @@ def score_topk_triton(
     gqa_reduce: str = "sum",
     *,
     n_valid_div: int = 1,
+    n_valid_window: int = 0,
     out: torch.Tensor | None = None,
     cand: torch.Tensor | None = None,
     tile: int | None = None,
@@ -201,8 +205,10 @@ def score_topk_triton(
     Args:
         q: ``[B, Hq, d]``; signatures: ``[B, Hkv, N, d]`` (last dim contiguous); bf16 / fp16 use the tensor cores,
             fp32 is computed exactly (``ieee``).
-        n_valid: ``[B]`` integer tensor or None; the valid count is ``n_valid[b] // n_valid_div`` (pass
-            ``seq_lens`` with ``n_valid_div=block_size`` to count complete blocks without an extra launch).
+        n_valid: ``[B]`` integer tensor or None. With ``x = n_valid[b]``, ``div = n_valid_div`` and
+            ``w = n_valid_window`` the valid count is ``min(ceil(max(x - w, 0) / div), x // div)`` — plain ``x`` by
+            default; pass ``seq_lens`` with ``div = block_size`` and ``w = window_tokens`` to score the complete blocks
+            that are not entirely inside the window, without an extra launch (see :func:`~kvprism.kernels.reference.candidate_blocks`).
         out: optional preallocated ``[B, Hkv, k]`` int64 result; cand: optional ``[B*Hkv*n_tiles*K_POW2]`` int64
             workspace (both let a CUDA graph reuse memory).
         tile: signatures per program (power of two, default 256).
@@ -211,8 +217,8 @@ def score_topk_triton(
         ``[B, Hkv, k]`` int64, best first, ties towards the lower index, ``-1`` where fewer than ``k`` are valid.
     """
     check_score_inputs(q, signatures, n_valid, k, gqa_reduce)
-    if n_valid_div < 1:
-        raise KvprismError(f"n_valid_div must be >= 1, got {n_valid_div}")
+    if n_valid_div < 1 or n_valid_window < 0:
+        raise KvprismError(f"need n_valid_div >= 1 and n_valid_window >= 0, got {n_valid_div}, {n_valid_window}")
     b, hq, d = q.shape
     _, hkv, n, _ = signatures.shape
     if q.stride(-1) != 1 or signatures.stride(-1) != 1:
@@ -242,6 +248,7 @@ def score_topk_triton(
         s_in.stride(2),
         n,
         n_valid_div,
+        n_valid_window,
         HKV=hkv,
         G=hq // hkv,
         G_PAD=plan.g_pad,
@@ -585,9 +592,9 @@ class SparseDecodeStep:
     The caches and signatures are bound at construction (a graph bakes in their addresses); per step, write the new
     inputs into the static buffers ``q`` ``[B, Hq, D]``, ``q_sig`` ``[B, Hq, d]`` and ``seq_lens`` ``[B]`` (int32), then
     call :meth:`__call__` — it replays the captured graph if :meth:`capture` was called, else launches eagerly. The
-    result lands in ``out`` ``[B, Hq, D]`` and the selection in ``block_idx`` ``[B, Hkv, k]``. The number of complete
-    blocks scored is ``seq_lens // block_size`` (computed inside the scoring kernel), so growing sequences need no
-    re-capture as long as they stay within the caches' capacity ``T``.
+    result lands in ``out`` ``[B, Hq, D]`` and the selection in ``block_idx`` ``[B, Hkv, k]``. The blocks scored are
+    :func:`~kvprism.kernels.reference.candidate_blocks` ``(seq_lens, block_size, window_tokens)`` (computed inside the scoring kernel), so growing
+    sequences need no re-capture as long as they stay within the caches' capacity ``T``.
 
     Args:
         k_cache, v_cache: ``[B, Hkv, T, D]`` bf16/fp16 (views of larger buffers are fine).
@@ -650,6 +657,7 @@ class SparseDecodeStep:
             self.k,
             self.gqa_reduce,
             n_valid_div=self.block_size,
+            n_valid_window=self.window_tokens,
             out=self.block_idx,
             cand=self._cand,
             tile=self.score_tile,
