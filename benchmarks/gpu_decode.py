@@ -20,6 +20,7 @@ Prints a table (µs, speed-up over dense, ratio to the floor) and writes JSON. E
     python benchmarks/gpu_decode.py                      # all shapes
     python benchmarks/gpu_decode.py --quick              # batch 1 x 4K and 32K only (smoke test)
     python benchmarks/gpu_decode.py --json out.json --num-splits 16 --block-n 64
+    python benchmarks/gpu_decode.py --sweep               # + launch-geometry sweep at 128K (tables before the main one)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ HQ, HKV, HEAD_DIM = 28, 4, 128  # Qwen2.5-7B attention layer
 SHAPES = [(1, 4096), (1, 32768), (1, 131072), (1, 524288), (8, 4096), (8, 32768), (8, 131072)]
 QUICK_SHAPES = [(1, 4096), (1, 32768)]
 GOALS = {(8, 131072): 15.0, (1, 131072): 5.0}  # speed-up over dense SDPA that the kvprism graph step must reach
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TOL_OUT = 2e-2  # bf16 outputs vs float64: relative L2 error
 
 
@@ -53,8 +55,11 @@ class Config:
     num_splits: int | None = None
     block_n: int | None = None
     score_tile: int | None = None
+    num_warps: int = 4
+    num_stages: int = 2
     warmup_ms: int = 25
     rep_ms: int = 100
+    dtype: str = "bf16"
 
 
 @dataclass
@@ -69,14 +74,15 @@ class Inputs:
 def make_inputs(batch: int, ctx: int, cfg: Config, seed: int, device: torch.device) -> Inputs:
     """Fresh random inputs (never zeros: they hide unwritten outputs and can run faster)."""
     g = torch.Generator(device=device).manual_seed(seed)
-    kw = dict(generator=g, device=device, dtype=torch.bfloat16)
+    dtype = DTYPES[cfg.dtype]
+    kw = dict(generator=g, device=device, dtype=dtype)
     q = torch.randn(batch, HQ, HEAD_DIM, **kw)
     k_cache = torch.randn(batch, HKV, ctx, HEAD_DIM, **kw)
     v_cache = torch.randn(batch, HKV, ctx, HEAD_DIM, **kw)
     n = ctx // cfg.block_size
-    sig = torch.empty(batch, HKV, n, HEAD_DIM, device=device, dtype=torch.bfloat16)
+    sig = torch.empty(batch, HKV, n, HEAD_DIM, device=device, dtype=dtype)
     for b in range(batch):  # per batch row keeps the fp32 temporary small
-        sig[b] = k_cache[b].view(HKV, n, cfg.block_size, HEAD_DIM).float().mean(2).to(torch.bfloat16)
+        sig[b] = k_cache[b].view(HKV, n, cfg.block_size, HEAD_DIM).float().mean(2).to(dtype)
     seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=device)
     return Inputs(q, k_cache, v_cache, sig, seq_lens)
 
@@ -131,15 +137,41 @@ def dense_sdpa(inp: Inputs) -> torch.Tensor:
     return F.scaled_dot_product_attention(inp.q[:, :, None], inp.k_cache, inp.v_cache, enable_gqa=True)[:, :, 0]
 
 
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if torch.isnan(out).any():
         return float("nan")  # unwritten (poisoned) or non-finite output
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
+def check_selection(idx: torch.Tensor, inp: Inputs, n_cand: torch.Tensor, k: int) -> tuple[bool, bool]:
+    """(the selected blocks' float64 scores equal the exact top-k scores and are distinct, indices identical)."""
+    from kvprism.kernels.reference import score_blocks_ref, score_topk_ref
+
+    b = idx.shape[0]
+    q64, s64_in = inp.q.double(), inp.signatures.double()
+    s64 = score_blocks_ref(q64, s64_in, "sum")
+    ref_idx = score_topk_ref(q64, s64_in, n_cand, k, "sum")
+    ok = (idx >= 0) & (idx < n_cand.view(b, 1, 1))
+    valid_ref = ref_idx >= 0
+    if not torch.equal(ok, valid_ref):
+        return False, False
+    got = torch.gather(s64, 2, idx.clamp(min=0)).masked_fill(~ok, 0).sort(-1).values
+    want = torch.gather(s64, 2, ref_idx.clamp(min=0)).masked_fill(~valid_ref, 0).sort(-1).values
+    tol = 1e-4 * s64.abs().max().item()
+    same = bool(((got - want).abs() <= tol).all())
+    sorted_idx = idx.masked_fill(~ok, -1).sort(-1).values
+    same &= bool(((sorted_idx.diff(dim=-1) != 0) | (sorted_idx[..., 1:] < 0)).all())  # no duplicates
+    return same, bool(torch.equal(idx, ref_idx))
+
+
 def check_shape(inp: Inputs, cfg: Config, step, pipeline: TorchPipeline) -> dict:
     """Correctness of every method on these inputs against float64 references; returns errors and counts."""
-    from kvprism.kernels.reference import score_blocks_ref, score_topk_ref, sparse_decode_attention_ref
+    from kvprism.kernels.reference import sparse_decode_attention_ref
 
     b, _, t_cap, _ = inp.k_cache.shape
     q64 = inp.q.double()
@@ -160,20 +192,8 @@ def check_shape(inp: Inputs, cfg: Config, step, pipeline: TorchPipeline) -> dict
 
     # selection: the chosen blocks' exact scores must be the exact top-k scores
     n_cand = torch.full((b,), n_candidates(t_cap, cfg), device=inp.q.device)
-    s64 = score_blocks_ref(q64, inp.signatures.double(), "sum")
-    ref_idx = score_topk_ref(q64, inp.signatures.double(), n_cand, cfg.k, "sum")
-    ok = (idx >= 0) & (idx < n_cand.view(b, 1, 1))
-    valid_ref = ref_idx >= 0
-    sel_ok = bool(torch.equal(ok, valid_ref))
-    if sel_ok:
-        got = torch.gather(s64, 2, idx.clamp(min=0)).masked_fill(~ok, 0).sort(-1).values
-        want = torch.gather(s64, 2, ref_idx.clamp(min=0)).masked_fill(~valid_ref, 0).sort(-1).values
-        tol = 1e-4 * s64.abs().max().item()
-        sel_ok = bool(((got - want).abs() <= tol).all())
-        sorted_idx = idx.masked_fill(~ok, -1).sort(-1).values
-        sel_ok &= bool(((sorted_idx.diff(dim=-1) != 0) | (sorted_idx[..., 1:] < 0)).all())  # no duplicates
-    res["selection_ok"] = sel_ok
-    res["selection_same_indices"] = bool(torch.equal(idx, ref_idx))
+    res["selection_ok"], res["selection_same_indices"] = check_selection(idx, inp, n_cand, cfg.k)
+    sel_ok = res["selection_ok"]
 
     # kvprism step, CUDA graph replay: must reproduce the eager result exactly
     step.out.fill_(float("nan"))
@@ -240,6 +260,8 @@ def run_shape(batch: int, ctx: int, cfg: Config, seed: int, bw: float, bench) ->
         num_splits=cfg.num_splits,
         block_n=cfg.block_n,
         score_tile=cfg.score_tile,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     step.q.copy_(inp.q)
     step.q_sig.copy_(inp.q)
@@ -280,13 +302,15 @@ def run_shape(batch: int, ctx: int, cfg: Config, seed: int, bw: float, bench) ->
                 out=step.out,
                 plan=step.plan,
                 workspace=step._workspace,
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
             )
         ),
         "kvprism": bench(step.launch),
         "kvprism_graph": bench(step.graph.replay),
     }
     res["us"] = {name: ms * 1e3 for name, ms in t.items()}
-    elt = 2  # bf16 bytes
+    elt = DTYPES[cfg.dtype].itemsize
     n_cand = n_candidates(ctx, cfg)
     io = 2 * batch * HQ * HEAD_DIM * elt  # q read, out written
     res["bytes_dense"] = 2 * batch * HKV * ctx * HEAD_DIM * elt + io
@@ -300,6 +324,124 @@ def run_shape(batch: int, ctx: int, cfg: Config, seed: int, bw: float, bench) ->
     return res  # the inputs, graphs and buffers are freed with this frame
 
 
+SWEEP_SHAPES = [(1, 131072), (8, 131072)]
+
+
+def run_sweep(cfg: Config, seed: int, bench, device: torch.device | None = None, shapes=None) -> list[dict]:
+    """Launch-geometry sweep at 128K: attention kernels alone (tile, splits, warps, stages) and scoring (tile).
+
+    Every configuration is checked (poisoned output vs float64 reference, or the exact top-k scores) before timing;
+    one that fails to compile or launch is recorded with its error.
+    """
+    rows: list[dict] = []
+    for i, (b, ctx) in enumerate(shapes or SWEEP_SHAPES):
+        rows += _sweep_shape(b, ctx, cfg, seed + 100 + i, bench, device or torch.device("cuda"))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _sweep_shape(b: int, ctx: int, cfg: Config, seed: int, bench, dev: torch.device) -> list[dict]:
+    from kvprism.kernels.reference import score_topk_ref, sparse_decode_attention_ref
+    from kvprism.kernels.triton_decode import (
+        decode_plan,
+        decode_workspace,
+        score_topk_triton,
+        sparse_decode_attention_triton,
+    )
+
+    rows: list[dict] = []
+    inp = make_inputs(b, ctx, cfg, seed, dev)
+    n_cand = torch.full((b,), n_candidates(ctx, cfg), device=dev)
+    idx = score_topk_ref(inp.q.float(), inp.signatures.float(), n_cand, cfg.k)
+    ref = sparse_decode_attention_ref(
+        inp.q.double(), inp.k_cache, inp.v_cache, idx, cfg.block_size, cfg.sink, cfg.window, inp.seq_lens
+    )
+    auto = decode_plan(b, HQ, HKV, HEAD_DIM, cfg.k, cfg.block_size, cfg.sink, cfg.window, dev).n_splits
+    for block_n in (32, 64, 128):
+        for splits in sorted({max(1, auto // 2), auto, 2 * auto}):
+            for warps in (4, 8):
+                for stages in (2, 3):
+                    row = dict(kind="attend", batch=b, context=ctx, block_n=block_n, num_splits=splits)
+                    row.update(num_warps=warps, num_stages=stages)
+                    plan = decode_plan(
+                        b, HQ, HKV, HEAD_DIM, cfg.k, cfg.block_size, cfg.sink, cfg.window, dev, splits, block_n
+                    )
+                    ws = decode_workspace(b, HKV, HQ // HKV, HEAD_DIM, plan, dev)
+                    out = torch.full_like(inp.q, float("nan"))
+
+                    def fn(plan=plan, ws=ws, out=out, warps=warps, stages=stages):
+                        return sparse_decode_attention_triton(
+                            inp.q,
+                            inp.k_cache,
+                            inp.v_cache,
+                            idx,
+                            cfg.block_size,
+                            cfg.sink,
+                            cfg.window,
+                            inp.seq_lens,
+                            out=out,
+                            plan=plan,
+                            workspace=ws,
+                            num_warps=warps,
+                            num_stages=stages,
+                        )
+
+                    try:
+                        fn()
+                        _sync(dev)
+                        row["err"] = rel_err(out, ref)
+                        row["us"] = bench(fn) * 1e3 if row["err"] < TOL_OUT else float("nan")
+                    except Exception as e:  # out of shared memory / registers: record and go on
+                        row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    rows.append(row)
+    for tile in (128, 256, 512, 1024):
+        row = dict(kind="select", batch=b, context=ctx, score_tile=tile)
+        sel = torch.full((b, HKV, cfg.k), -7, dtype=torch.int64, device=dev)
+
+        def sfn(sel=sel, tile=tile):
+            return score_topk_triton(
+                inp.q,
+                inp.signatures,
+                inp.seq_lens,
+                cfg.k,
+                n_valid_div=cfg.block_size,
+                n_valid_window=cfg.window,
+                out=sel,
+                tile=tile,
+            )
+
+        try:
+            sfn()
+            _sync(dev)
+            row["selection_ok"] = check_selection(sel, inp, n_cand, cfg.k)[0]
+            row["us"] = bench(sfn) * 1e3 if row["selection_ok"] else float("nan")
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        rows.append(row)
+    return rows
+
+
+def print_sweep(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for kind, keys in (
+        ("attend", ("block_n", "num_splits", "num_warps", "num_stages")),
+        ("select", ("score_tile",)),
+    ):
+        for b, ctx in SWEEP_SHAPES:
+            sub = [r for r in rows if r["kind"] == kind and r["batch"] == b and r["context"] == ctx]
+            good = sorted((r for r in sub if not math.isnan(r.get("us", float("nan")))), key=lambda r: r["us"])
+            table = Table(title=f"sweep {kind}, batch {b} / {ctx // 1024}K: best 6 of {len(sub)} ({len(good)} ran)")
+            for col in (*keys, "µs"):
+                table.add_column(col, justify="right")
+            for r in good[:6]:
+                table.add_row(*(str(r[k]) for k in keys), f"{r['us']:.1f}")
+            console.print(table)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -308,11 +450,13 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def print_table(rows: list[dict], bw: float, device_name: str) -> None:
+def print_table(rows: list[dict], bw: float, device_name: str, dtype: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"decode step, Qwen2.5-7B layer, bf16 — {device_name}, copy {bw / 1e12:.2f} TB/s (µs, median)")
+    table = Table(
+        title=f"decode step, Qwen2.5-7B layer, {dtype} — {device_name}, copy {bw / 1e12:.2f} TB/s (µs, median)"
+    )
     for col in (
         "B",
         "ctx",
@@ -368,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-splits", type=int, default=None, help="split-K programs per (batch, KV head)")
     p.add_argument("--block-n", type=int, default=None, help="tokens per attention tile (default 64)")
     p.add_argument("--score-tile", type=int, default=None, help="signatures per scoring program (default 256)")
+    p.add_argument("--num-warps", type=int, default=4, help="warps per attention program")
+    p.add_argument("--num-stages", type=int, default=2, help="software-pipelining depth of the attention kernel")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--sweep", action="store_true", help="also sweep the launch geometry at 128K (about 2 min)")
     a = p.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -381,7 +529,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    cfg = Config(sink=a.sink, num_splits=a.num_splits, block_n=a.block_n, score_tile=a.score_tile)
+    cfg = Config(
+        sink=a.sink,
+        num_splits=a.num_splits,
+        block_n=a.block_n,
+        score_tile=a.score_tile,
+        num_warps=a.num_warps,
+        num_stages=a.num_stages,
+        dtype=a.dtype,
+    )
 
     def bench(fn) -> float:
         return triton.testing.do_bench(fn, warmup=cfg.warmup_ms, rep=cfg.rep_ms, return_mode="median")
@@ -396,7 +552,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i + 1}/{len(shapes)}] batch {b}, context {ctx} ({time.time() - t0:.0f} s)", flush=True)
         rows.append(run_shape(b, ctx, cfg, a.seed + i, bw, bench))
         torch.cuda.empty_cache()
-    print_table(rows, bw, name)
+    sweep = run_sweep(cfg, a.seed, bench) if a.sweep else []
+    if sweep:
+        print_sweep(sweep)
+    print_table(rows, bw, name, cfg.dtype)
     write_json_atomic(
         a.json,
         {
@@ -404,9 +563,10 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "triton": triton.__version__,
             "copy_bandwidth_bytes_per_s": bw,
-            "layer": {"q_heads": HQ, "kv_heads": HKV, "head_dim": HEAD_DIM, "dtype": "bfloat16"},
+            "layer": {"q_heads": HQ, "kv_heads": HKV, "head_dim": HEAD_DIM, "dtype": cfg.dtype},
             "config": asdict(cfg),
             "rows": rows,
+            "sweep": sweep,
         },
     )
     print(f"wrote {a.json}")

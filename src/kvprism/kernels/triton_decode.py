@@ -603,7 +603,8 @@ class SparseDecodeStep:
         k: selected blocks per (batch, KV head).
         block_size, sink_tokens, window_tokens, scale: as in the reference.
         gqa_reduce: ``"sum"`` or ``"max"`` over the query heads of a group.
-        num_splits, block_n, score_tile: launch geometry overrides (None = heuristics).
+        num_splits, block_n, score_tile, num_warps, num_stages: launch geometry of the attention / scoring kernels
+            (None = heuristics).
     """
 
     def __init__(
@@ -622,6 +623,8 @@ class SparseDecodeStep:
         num_splits: int | None = None,
         block_n: int | None = None,
         score_tile: int | None = None,
+        num_warps: int = 4,
+        num_stages: int = 2,
     ) -> None:
         b, hkv, t_cap, d = k_cache.shape
         dev = k_cache.device
@@ -639,7 +642,7 @@ class SparseDecodeStep:
         self.seq_lens = torch.ones(b, dtype=torch.int32, device=dev)
         self.block_idx = torch.full((b, hkv, k), -1, dtype=torch.int64, device=dev)
         self.out = torch.zeros(b, q_heads, d, dtype=k_cache.dtype, device=dev)
-        self.score_tile = score_tile
+        self.score_tile, self.num_warps, self.num_stages = score_tile, num_warps, num_stages
         splan = _score_plan(signatures.shape[2], signatures.shape[3], q_heads // hkv, k, score_tile)
         self._cand = torch.empty(b * hkv * splan.n_tiles * splan.k_pow2, dtype=torch.int64, device=dev)
         self.plan = decode_plan(
@@ -675,6 +678,8 @@ class SparseDecodeStep:
             out=self.out,
             plan=self.plan,
             workspace=self._workspace,
+            num_warps=self.num_warps,
+            num_stages=self.num_stages,
         )
         return self.out
 
