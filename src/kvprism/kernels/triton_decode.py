@@ -84,6 +84,7 @@ def _score_tile_topk_kernel(
     tile = tl.program_id(1)
     b = pid_bh // HKV
     h = pid_bh % HKV
+    sig_base = SIG + b.to(tl.int64) * stride_sb + h.to(tl.int64) * stride_sh
     offs_n = tile * TILE + tl.arange(0, TILE)
     offs_g = tl.arange(0, G_PAD)
     if HAS_NV:
@@ -104,7 +105,7 @@ def _score_tile_topk_kernel(
             other=0.0,
         )
         sig = tl.load(
-            SIG + b * stride_sb + h * stride_sh + offs_n[:, None] * stride_sn + offs_d[None, :],
+            sig_base + offs_n[:, None] * stride_sn + offs_d[None, :],
             mask=valid[:, None] & dmask[None, :],
             other=0.0,
         )
@@ -314,6 +315,8 @@ def _sparse_decode_partial_kernel(
     split = tl.program_id(1)
     b = pid_bh // HKV
     h = pid_bh % HKV
+    b64 = b.to(tl.int64)  # base offsets in int64: B * Hkv * T * D can pass 2^31 elements
+    h64 = h.to(tl.int64)
     seq_len = tl.load(LENS + b).to(tl.int32)
     n_full = seq_len // BLOCK_SIZE
     tail_start = tl.maximum(tl.minimum(seq_len - window_tokens, n_full * BLOCK_SIZE), 0)
@@ -327,8 +330,8 @@ def _sparse_decode_partial_kernel(
         Q + b * stride_qb + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0
     )
     idx_row = tl.load(IDX + b * stride_ib + h * stride_ih + offs_k * stride_ik, mask=offs_k < N_SEL, other=-1)
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
+    k_base = K + b64 * stride_kb + h64 * stride_kh
+    v_base = V + b64 * stride_vb + h64 * stride_vh
 
     m_i = tl.full([G_PAD], -1.0e30, dtype=tl.float32)  # finite: an all-masked tile then leaves the state unchanged
     l_i = tl.zeros([G_PAD], dtype=tl.float32)
