@@ -16,6 +16,10 @@ Kernels (all shapes static for a given model / capacity, so one decode step can 
   group at once, and writes an unnormalised partial result with its running max and sum.
 * ``_combine_kernel`` — grid ``(B*Hq,)``: numerically stable merge of the ``S`` partials.
 
+With ``fused=True`` the two small merge kernels disappear: the last program of each (batch, KV head) to finish (an
+``atomic_add`` arrival counter with acquire-release semantics, re-armed to zero by that program) does the merge, so a
+decode step is 2 launches instead of 4.
+
 Duplicate-free attention (each attended token counted once) is enforced inside the attention kernel: a selected
 block's tokens are restricted to ``[sink_tokens, tail_start)`` where ``tail_start = max(min(L - window, (L // B) * B), 0)``,
 the sink tiles to ``[0, min(sink_tokens, tail_start))``, the tail tiles to ``[tail_start, L)``, and a block index
@@ -59,6 +63,9 @@ def _score_tile_topk_kernel(
     SIG,
     NV,
     CAND,
+    OUT,
+    COUNTER,
+    k,
     stride_qb,
     stride_qh,
     stride_sb,
@@ -79,6 +86,8 @@ def _score_tile_topk_kernel(
     HAS_NV: tl.constexpr,
     IEEE: tl.constexpr,
     USE_TL_TOPK: tl.constexpr,
+    FUSE_MERGE: tl.constexpr,
+    C_PAD: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     tile = tl.program_id(1)
@@ -133,6 +142,35 @@ def _score_tile_topk_kernel(
         best = tl.sort(key, descending=True)
         offs_c = tl.arange(0, TILE)
         tl.store(CAND + (pid_bh * N_TILES + tile) * K_POW2 + offs_c, best, mask=offs_c < K_POW2)
+    if FUSE_MERGE:
+        # the last tile program of this (batch, KV head) to finish merges all candidates: one launch fewer
+        tl.debug_barrier()  # every thread's candidate stores precede the release below
+        done = tl.atomic_add(COUNTER + pid_bh, 1, sem="acq_rel")
+        if done == N_TILES - 1:
+            tl.debug_barrier()
+            tl.atomic_xchg(COUNTER + pid_bh, 0)  # re-arm for the next launch / graph replay
+            _merge_candidates(CAND, OUT, pid_bh, k, N_TILES * K_POW2, C_PAD, K_POW2, USE_TL_TOPK)
+
+
+@triton.jit
+def _merge_candidates(
+    CAND, OUT, pid_bh, k, N_CAND: tl.constexpr, C_PAD: tl.constexpr, K_POW2: tl.constexpr, USE_TL_TOPK: tl.constexpr
+):
+    """Best ``k`` of one (batch, KV head)'s ``N_CAND`` candidate keys -> block indices (``-1`` for invalid)."""
+    offs = tl.arange(0, C_PAD)
+    m = offs < N_CAND
+    sentinel = tl.full([C_PAD], -2147483648, tl.int64) << 32
+    key = tl.load(CAND + pid_bh * N_CAND + offs, mask=m, other=0, cache_modifier=".cg")
+    key = tl.where(m, key, sentinel)
+    if USE_TL_TOPK:
+        best = tl.topk(key, K_POW2)
+        offs_k = tl.arange(0, K_POW2)
+    else:
+        best = tl.sort(key, descending=True)
+        offs_k = tl.arange(0, C_PAD)
+    hi = best >> 32
+    idx = tl.where(hi == -2147483648, -1, 2147483647 - (best & 2147483647))
+    tl.store(OUT + pid_bh * k + offs_k, idx, mask=offs_k < k)
 
 
 @triton.jit
@@ -145,21 +183,7 @@ def _topk_merge_kernel(
     K_POW2: tl.constexpr,
     USE_TL_TOPK: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    offs = tl.arange(0, C_PAD)
-    m = offs < N_CAND
-    sentinel = tl.full([C_PAD], -2147483648, tl.int64) << 32
-    key = tl.load(CAND + pid_bh * N_CAND + offs, mask=m, other=0)
-    key = tl.where(m, key, sentinel)
-    if USE_TL_TOPK:
-        best = tl.topk(key, K_POW2)
-        offs_k = tl.arange(0, K_POW2)
-    else:
-        best = tl.sort(key, descending=True)
-        offs_k = tl.arange(0, C_PAD)
-    hi = best >> 32
-    idx = tl.where(hi == -2147483648, -1, 2147483647 - (best & 2147483647))
-    tl.store(OUT + pid_bh * k + offs_k, idx, mask=offs_k < k)
+    _merge_candidates(CAND, OUT, tl.program_id(0), k, N_CAND, C_PAD, K_POW2, USE_TL_TOPK)
 
 
 @dataclass(frozen=True)
@@ -200,6 +224,8 @@ def score_topk_triton(
     out: torch.Tensor | None = None,
     cand: torch.Tensor | None = None,
     tile: int | None = None,
+    fused: bool = False,
+    counter: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused block scoring + top-k (see :func:`kvprism.kernels.reference.score_topk_ref` for the contract).
 
@@ -213,6 +239,8 @@ def score_topk_triton(
         out: optional preallocated ``[B, Hkv, k]`` int64 result; cand: optional ``[B*Hkv*n_tiles*K_POW2]`` int64
             workspace (both let a CUDA graph reuse memory).
         tile: signatures per program (power of two, default 256).
+        fused: merge the per-tile candidates in the last tile program of each (batch, KV head) (one launch instead
+            of two); ``counter`` is its ``[B*Hkv]`` int32 arrival counter, zero before the call and left zero after.
 
     Returns:
         ``[B, Hkv, k]`` int64, best first, ties towards the lower index, ``-1`` where fewer than ``k`` are valid.
@@ -237,11 +265,16 @@ def score_topk_triton(
         q_in, s_in = q.float(), signatures.float()
     else:
         q_in, s_in = q.to(signatures.dtype), signatures
+    if fused and counter is None:
+        counter = torch.zeros(b * hkv, dtype=torch.int32, device=q.device)
     _score_tile_topk_kernel[(b * hkv, plan.n_tiles)](
         q_in,
         s_in,
         n_valid if n_valid is not None else q_in,
         cand,
+        out,
+        counter if fused else cand,
+        k,
         q_in.stride(0),
         q_in.stride(1),
         s_in.stride(0),
@@ -262,10 +295,13 @@ def score_topk_triton(
         HAS_NV=n_valid is not None,
         IEEE=ieee,
         USE_TL_TOPK=_HAS_TL_TOPK,
+        FUSE_MERGE=fused,
+        C_PAD=plan.c_pad,
     )
-    _topk_merge_kernel[(b * hkv,)](
-        cand, out, k, N_CAND=n_cand, C_PAD=plan.c_pad, K_POW2=plan.k_pow2, USE_TL_TOPK=_HAS_TL_TOPK
-    )
+    if not fused:
+        _topk_merge_kernel[(b * hkv,)](
+            cand, out, k, N_CAND=n_cand, C_PAD=plan.c_pad, K_POW2=plan.k_pow2, USE_TL_TOPK=_HAS_TL_TOPK
+        )
     return out
 
 
@@ -283,6 +319,10 @@ def _sparse_decode_partial_kernel(
     LENS,
     O_PART,
     ML_PART,
+    OUT,
+    COUNTER,
+    stride_ob,
+    stride_oh,
     stride_qb,
     stride_qh,
     stride_kb,
@@ -310,6 +350,8 @@ def _sparse_decode_partial_kernel(
     N_SINK_TILES: tl.constexpr,
     N_TAIL_TILES: tl.constexpr,
     N_SPLITS: tl.constexpr,
+    FUSE_COMBINE: tl.constexpr,
+    S_PAD: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -376,6 +418,44 @@ def _sparse_decode_partial_kernel(
     tl.store(O_PART + row[:, None] * D + offs_d[None, :], acc, mask=gm[:, None])
     tl.store(ML_PART + row * 2, m_i, mask=gm)
     tl.store(ML_PART + row * 2 + 1, l_i, mask=gm)
+    if FUSE_COMBINE:
+        # the last split of this (batch, KV head) to finish merges all splits: one launch fewer
+        tl.debug_barrier()  # every thread's partial stores precede the release below
+        done = tl.atomic_add(COUNTER + pid_bh, 1, sem="acq_rel")
+        if done == N_SPLITS - 1:
+            tl.debug_barrier()
+            tl.atomic_xchg(COUNTER + pid_bh, 0)  # re-arm for the next launch / graph replay
+            for g in tl.static_range(G):
+                _merge_splits(
+                    O_PART,
+                    ML_PART,
+                    OUT + b64 * stride_ob + (h64 * G + g) * stride_oh,
+                    pid_bh,
+                    g,
+                    G,
+                    D,
+                    N_SPLITS,
+                    S_PAD,
+                )
+
+
+@triton.jit
+def _merge_splits(
+    O_PART, ML_PART, out_ptr, bh, g, G: tl.constexpr, D: tl.constexpr, N_SPLITS: tl.constexpr, S_PAD: tl.constexpr
+):
+    """Log-sum-exp merge of the ``N_SPLITS`` partials of query head ``g`` of (batch, KV head) ``bh`` -> ``out_ptr``."""
+    offs_s = tl.arange(0, S_PAD)
+    offs_d = tl.arange(0, D)
+    sm = offs_s < N_SPLITS
+    row = (bh * N_SPLITS + offs_s) * G + g
+    m = tl.load(ML_PART + row * 2, mask=sm, other=-1.0e30, cache_modifier=".cg")
+    l_part = tl.load(ML_PART + row * 2 + 1, mask=sm, other=0.0, cache_modifier=".cg")
+    m_max = tl.max(m, axis=0)
+    w = tl.where(sm, tl.exp2(m - m_max), 0.0)
+    acc = tl.load(O_PART + row[:, None] * D + offs_d[None, :], mask=sm[:, None], other=0.0, cache_modifier=".cg")
+    num = tl.sum(acc * w[:, None], axis=0)
+    den = tl.sum(l_part * w, axis=0)
+    tl.store(out_ptr + offs_d, (num / den).to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -394,21 +474,8 @@ def _combine_kernel(
     pid = tl.program_id(0)  # b * HQ + query head
     b = pid // HQ
     hq = pid % HQ
-    bh = b * (HQ // G) + hq // G
-    g = hq % G
-    offs_s = tl.arange(0, S_PAD)
-    offs_d = tl.arange(0, D)
-    sm = offs_s < N_SPLITS
-    row = (bh * N_SPLITS + offs_s) * G + g
-    m = tl.load(ML_PART + row * 2, mask=sm, other=-1.0e30)
-    l_part = tl.load(ML_PART + row * 2 + 1, mask=sm, other=0.0)
-    m_max = tl.max(m, axis=0)
-    w = tl.exp2(m - m_max)
-    w = tl.where(sm, w, 0.0)
-    acc = tl.load(O_PART + row[:, None] * D + offs_d[None, :], mask=sm[:, None], other=0.0)
-    num = tl.sum(acc * w[:, None], axis=0)
-    den = tl.sum(l_part * w, axis=0)
-    tl.store(OUT + b * stride_ob + hq * stride_oh + offs_d, (num / den).to(OUT.dtype.element_ty))
+    out_ptr = OUT + b.to(tl.int64) * stride_ob + hq.to(tl.int64) * stride_oh
+    _merge_splits(O_PART, ML_PART, out_ptr, b * (HQ // G) + hq // G, hq % G, G, D, N_SPLITS, S_PAD)
 
 
 @dataclass(frozen=True)
@@ -494,12 +561,16 @@ def sparse_decode_attention_triton(
     block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
+    fused: bool = False,
+    counter: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-sparse decode attention on the GPU (contract: :func:`~kvprism.kernels.reference.sparse_decode_attention_ref`).
 
     Requires ``seq_lens[b]`` in ``[1, T]`` and ``block_idx`` values in ``[-1, ceil(T / block_size))`` — not checked
     here (that would synchronise the device); the reference checks them. Caches may be views into larger buffers
     (any strides, last dimension contiguous). ``out`` / ``plan`` / ``workspace`` allow static reuse in a CUDA graph.
+    ``fused``: the last split program of each (batch, KV head) merges the splits (one launch instead of two);
+    ``counter`` is its ``[B*Hkv]`` int32 arrival counter, zero before the call and left zero after.
     """
     check_decode_inputs(q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens)
     b, hq, d = q.shape
@@ -520,6 +591,9 @@ def sparse_decode_attention_triton(
         workspace = decode_workspace(b, hkv, g, d, plan, q.device)
     o_part, ml_part = workspace
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if fused and counter is None:
+        counter = torch.zeros(b * hkv, dtype=torch.int32, device=q.device)
+    s_pad = _next_pow2(plan.n_splits)
     _sparse_decode_partial_kernel[(b * hkv, plan.n_splits)](
         q,
         k_cache,
@@ -528,6 +602,10 @@ def sparse_decode_attention_triton(
         seq_lens,
         o_part,
         ml_part,
+        out,
+        counter if fused else ml_part,
+        out.stride(0),
+        out.stride(1),
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -555,9 +633,13 @@ def sparse_decode_attention_triton(
         N_SINK_TILES=plan.n_sink_tiles,
         N_TAIL_TILES=plan.n_tail_tiles,
         N_SPLITS=plan.n_splits,
+        FUSE_COMBINE=fused,
+        S_PAD=s_pad,
         num_warps=num_warps,
         num_stages=num_stages,
     )
+    if fused:
+        return out
     _combine_kernel[(b * hq,)](
         o_part,
         ml_part,
@@ -568,7 +650,7 @@ def sparse_decode_attention_triton(
         G=g,
         D=d,
         N_SPLITS=plan.n_splits,
-        S_PAD=_next_pow2(plan.n_splits),
+        S_PAD=s_pad,
     )
     return out
 
@@ -608,6 +690,8 @@ class SparseDecodeStep:
         gqa_reduce: ``"sum"`` or ``"max"`` over the query heads of a group.
         num_splits, block_n, score_tile, num_warps, num_stages: launch geometry of the attention / scoring kernels
             (None = heuristics).
+        fused: merge top-k candidates and attention splits inside the last program of each (batch, KV head)
+            (2 launches per step instead of 4; arrival counters in device memory).
     """
 
     def __init__(
@@ -628,6 +712,7 @@ class SparseDecodeStep:
         score_tile: int | None = None,
         num_warps: int = 4,
         num_stages: int = 2,
+        fused: bool = False,
     ) -> None:
         b, hkv, t_cap, d = k_cache.shape
         dev = k_cache.device
@@ -652,10 +737,12 @@ class SparseDecodeStep:
             b, q_heads, hkv, d, k, block_size, sink_tokens, window_tokens, dev, num_splits=num_splits, block_n=block_n
         )
         self._workspace = decode_workspace(b, hkv, q_heads // hkv, d, self.plan, dev)
+        self.fused = fused
+        self._counters = torch.zeros(2, b * hkv, dtype=torch.int32, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def launch(self) -> torch.Tensor:
-        """Run the step eagerly (3 + 1 kernel launches) from the static buffers; returns ``out``."""
+        """Run the step eagerly (4 kernel launches, 2 if ``fused``) from the static buffers; returns ``out``."""
         score_topk_triton(
             self.q_sig,
             self.signatures,
@@ -667,6 +754,8 @@ class SparseDecodeStep:
             out=self.block_idx,
             cand=self._cand,
             tile=self.score_tile,
+            fused=self.fused,
+            counter=self._counters[0],
         )
         sparse_decode_attention_triton(
             self.q,
@@ -683,6 +772,8 @@ class SparseDecodeStep:
             workspace=self._workspace,
             num_warps=self.num_warps,
             num_stages=self.num_stages,
+            fused=self.fused,
+            counter=self._counters[1],
         )
         return self.out
 
