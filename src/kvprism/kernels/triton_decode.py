@@ -352,6 +352,7 @@ def _sparse_decode_partial_kernel(
     N_SPLITS: tl.constexpr,
     FUSE_COMBINE: tl.constexpr,
     S_PAD: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -403,14 +404,20 @@ def _sparse_decode_partial_kernel(
         t = start + offs_n
         tok = (t >= lo) & (t < hi)
         k = tl.load(k_base + t[:, None] * stride_kt + offs_d[None, :], mask=tok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2e
+        if IEEE:  # fp32 inputs: exact fp32 products instead of tf32
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2e
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale_log2e
         s = tl.where(tok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + t[:, None] * stride_vt + offs_d[None, :], mask=tok[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
     row = (pid_bh * N_SPLITS + split) * G + offs_g
@@ -571,6 +578,7 @@ def sparse_decode_attention_triton(
     (any strides, last dimension contiguous). ``out`` / ``plan`` / ``workspace`` allow static reuse in a CUDA graph.
     ``fused``: the last split program of each (batch, KV head) merges the splits (one launch instead of two);
     ``counter`` is its ``[B*Hkv]`` int32 arrival counter, zero before the call and left zero after.
+    bf16 / fp16 inputs run on the tensor cores with fp32 accumulation; fp32 inputs use exact fp32 dots (slower).
     """
     check_decode_inputs(q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens)
     b, hq, d = q.shape
@@ -635,6 +643,7 @@ def sparse_decode_attention_triton(
         N_SPLITS=plan.n_splits,
         FUSE_COMBINE=fused,
         S_PAD=s_pad,
+        IEEE=q.dtype == torch.float32,
         num_warps=num_warps,
         num_stages=num_stages,
     )
