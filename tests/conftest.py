@@ -68,3 +68,11 @@ def smollm2(smollm2_dir):
     from kvprism.hf.models import load_model
 
     return load_model("smollm2")
+
+
+# Without CUDA, Triton kernels (kvprism.kernels) are tested on CPU under Triton's interpreter, which must be chosen
+# before triton is first imported.
+if not torch.cuda.is_available():
+    import os
+
+    os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -1,0 +1,125 @@
+"""Block-sparse decode kernels: Triton on CUDA, pure-torch references everywhere else.
+
+Stable entry points (the sparse attention path calls these):
+
+* :func:`sparse_decode_attention` — attention of one decode token over selected blocks + sink + window + the
+  incomplete last block (contract in :func:`kvprism.kernels.reference.sparse_decode_attention_ref`).
+* :func:`score_topk` — top-k blocks per (batch, KV head) by signature score.
+* ``SparseDecodeStep`` (Triton only) — score -> select -> attend with static buffers, capturable in a CUDA graph.
+
+``backend="auto"`` picks the Triton kernels for CUDA tensors when ``triton`` imports, else the reference. Both are
+sparse: neither falls back to dense attention.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from typing import Any
+
+import torch
+
+from kvprism.errors import KvprismError
+from kvprism.kernels.reference import candidate_blocks, score_topk_ref, sparse_decode_attention_ref
+
+BACKENDS = ("auto", "triton", "reference")
+
+__all__ = [
+    "BACKENDS",
+    "SparseDecodeStep",
+    "candidate_blocks",
+    "score_topk",
+    "score_topk_ref",
+    "sparse_decode_attention",
+    "sparse_decode_attention_ref",
+    "triton_available",
+]
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when the ``triton`` package is installed (CUDA itself is checked per call).
+
+    Only looks the package up: importing triton here would fix its interpreter mode before a caller could choose it.
+    """
+    return importlib.util.find_spec("triton") is not None
+
+
+def _resolve(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise KvprismError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "reference"
+    if backend == "triton" and not triton_available():
+        raise KvprismError("backend='triton' needs the 'triton' package (pip install 'kvprism[gpu]')")
+    return backend
+
+
+def sparse_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_idx: torch.Tensor,
+    block_size: int,
+    sink_tokens: int,
+    window_tokens: int,
+    seq_lens: torch.Tensor,
+    scale: float | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Block-sparse decode attention ``[B, Hq, D]``.
+
+    Args:
+        q: ``[B, Hq, D]``; k_cache, v_cache: ``[B, Hkv, T, D]`` (same dtype as ``q``; bf16/fp16/fp32 on Triton).
+        block_idx: ``[B, Hkv, K]`` integer block indices, ``-1`` = unused slot.
+        block_size: tokens per block; sink_tokens / window_tokens: leading / trailing tokens always attended.
+        seq_lens: ``[B]`` valid lengths in ``[1, T]``.
+        scale: softmax scale (default ``1/sqrt(D)``).
+        backend: ``"auto"`` (Triton on CUDA when available, else reference), ``"triton"`` or ``"reference"``.
+    """
+    which = _resolve(backend, q.device)
+    if which == "triton":
+        from kvprism.kernels.triton_decode import sparse_decode_attention_triton
+
+        return sparse_decode_attention_triton(
+            q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens, scale
+        )
+    return sparse_decode_attention_ref(
+        q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens, scale
+    )
+
+
+def score_topk(
+    q: torch.Tensor,
+    signatures: torch.Tensor,
+    n_valid: torch.Tensor | None,
+    k: int,
+    gqa_reduce: str = "sum",
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Top-k block indices ``[B, Hkv, k]`` (int64, best first, ties to the lower index, ``-1`` padding).
+
+    Args:
+        q: ``[B, Hq, d]`` query sketches; signatures: ``[B, Hkv, N, d]``; n_valid: ``[B]`` or None.
+        k: blocks per (batch, KV head); gqa_reduce: ``"sum"`` or ``"max"`` over a GQA group.
+        backend: as in :func:`sparse_decode_attention`.
+    """
+    which = _resolve(backend, q.device)
+    if which == "triton":
+        from kvprism.kernels.triton_decode import score_topk_triton
+
+        return score_topk_triton(q, signatures, n_valid, k, gqa_reduce)
+    return score_topk_ref(q, signatures, n_valid, k, gqa_reduce)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SparseDecodeStep":
+        if not triton_available():
+            raise KvprismError("SparseDecodeStep needs the 'triton' package (pip install 'kvprism[gpu]')")
+        from kvprism.kernels.triton_decode import SparseDecodeStep
+
+        return SparseDecodeStep
+    raise AttributeError(f"module 'kvprism.kernels' has no attribute {name!r}")
