@@ -228,11 +228,14 @@ class PhotonicEngine:
         g = q.shape[1]
         self._count_evaluations(b, g, n, d)
         if self.config.is_ideal:
-            s = self._sig @ q.to(self._sig.dtype).transpose(1, 2)  # [B, N, G], exact in the input dtype
-            out = s.transpose(1, 2)
-        else:
-            out = self._physical_scores(q)
-        out = out.reshape(*self._lead, g, n)
+            # the exact dot product in the input dtype, as ``signatures @ query[..., None]`` (or ``@ query.mT`` for
+            # [*L, G, d]) on the caller's shapes, so the result is bitwise that of the plain torch expression
+            sig = self._sig.reshape(*self._lead, n, d)
+            qq = query.detach().cpu().to(sig.dtype)
+            if squeeze:
+                return (sig @ qq.unsqueeze(-1)).squeeze(-1)
+            return (sig @ qq.transpose(-1, -2)).transpose(-1, -2)
+        out = self._physical_scores(q).reshape(*self._lead, g, n)
         return out.squeeze(-2) if squeeze else out
 
     def select(self, query: torch.Tensor, k: int) -> torch.Tensor:
