@@ -1,7 +1,7 @@
 """The photonic weight-bank chip: pure physics functions (ring, wdm, link, noise, drift, encoding) and one engine.
 
-    from kvprism.photonics import PhotonicConfig, PhotonicEngine
-    eng = PhotonicEngine(PhotonicConfig.preset("seed-nominal"), seed=0)
+from kvprism.photonics import PhotonicConfig, PhotonicEngine
+eng = PhotonicEngine(PhotonicConfig.preset("seed-nominal"), seed=0)
 """
 
 from kvprism.photonics.config import PhotonicConfig

@@ -115,10 +115,11 @@ class PhotonicEngine:
         return self._optics
 
     def detuning_range_m(self) -> tuple[float, float]:
-        """Detunings [m] the calibration may aim for: the one-sided EO range [0, 2·tuning·V_max] around the rest
-        point. The closed loop's compensation of trim residual and drift shares this swing and is clipped at its
-        ends (by the voltage quantiser), which is where it then fails."""
-        return 0.0, 2.0 * self.config.tuning_m_per_v * self.config.v_max_v
+        """Detunings [m] the calibration may aim for: [0, 2·tuning·V_max − 2·margin] (``compensation_margin_m`` of the
+        config: swing kept for the closed loop's compensation of trim residual and drift; 0 open loop). What the
+        compensation needs beyond the margin is clipped by the voltage quantiser."""
+        c = self.config
+        return 0.0, 2.0 * (c.tuning_m_per_v * c.v_max_v - c.compensation_margin_m)
 
     def weight_range(self, d: int | None = None) -> float:
         """Half-width w_r of the symmetric weight interval used for every bank: the wanted
