@@ -5,7 +5,7 @@ import math
 import torch
 
 from kvprism.photonics import ring
-from kvprism.photonics.wdm import RowOptics, calibrate, cascade, comb_grid_m
+from kvprism.photonics.wdm import CascadePlan, RowOptics, calibrate, cascade, comb_grid_m
 
 WL, NG, NEFF, R = 1.55e-6, 2.30, 2.138, 20e-6
 
@@ -85,3 +85,18 @@ def test_calibration_residual_shrinks_with_iterations():
     assert h[-1] < 1e-3 * h[0]
     t, d = cascade(res.detuning_m, opt)
     assert math.isclose(float((t - d - target).pow(2).mean().sqrt()), h[-1], rel_tol=1e-6)
+
+
+def test_cascade_plan_matches_closed_form():
+    """The near/far plan (closed form near a line, fitted quadratic in log T far from it) vs every ring in closed
+    form, on the seed geometry where the comb aliases (many near rings) and a dense grid (few)."""
+    for spacing, q in ((1.6e-9, 1e4), (0.2e-9, 1e5)):
+        opt = optics(d=32, spacing=spacing, q=q)
+        plan = CascadePlan.build(opt, -50e-12, 350e-12, near_fwhm=10.0)
+        assert plan.max_fit_error < 1e-4 and 1 <= plan.k < 32
+        det = torch.rand(256, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 300e-12
+        t_fast, d_fast = cascade(det, opt, plan=plan)
+        t_ref, d_ref = cascade(det, opt)
+        assert (t_fast - t_ref).abs().max() < 2e-4 and (d_fast - d_ref).abs().max() < 2e-4
+    exact = CascadePlan.build(optics(d=8, spacing=0.6e-9), 0.0, 300e-12, near_fwhm=1e6)
+    assert exact.k == 8  # every ring near: the plan is the closed form

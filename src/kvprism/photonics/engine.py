@@ -24,7 +24,7 @@ from kvprism.photonics import drift as drift_mod
 from kvprism.photonics import encoding, link, noise, ring
 from kvprism.photonics.config import PhotonicConfig
 from kvprism.photonics.select import topk_lowest_index
-from kvprism.photonics.wdm import RowOptics, calibrate, cascade
+from kvprism.photonics.wdm import CascadePlan, RowOptics, calibrate, cascade
 
 __all__ = ["PhotonicEngine"]
 
@@ -105,14 +105,27 @@ class PhotonicEngine:
         )
 
     def optics(self, d: int) -> RowOptics:
-        """The row optics for ``d`` comb lines (cached)."""
+        """The row optics for ``d`` comb lines (cached, with its :class:`CascadePlan`)."""
         if self._optics is None or self._optics.n_lines != d:
             c = self.config
             self._optics = RowOptics.build(
                 d, c.channel_spacing_m, c.wavelength_center_m, c.ring_radius_m, c.n_eff, c.n_g,
                 self._r1, self._r2, self._a, c.bus_order, self._dtype,
             )  # fmt: skip
+            self._plan = None
+            if c.crosstalk and c.cascade_near_fwhm > 0:
+                # every detuning the rings can physically take: the drive range around the rest point ± 6σ of the
+                # trim residual and drift
+                sigma = math.sqrt(c.trim_sigma_m**2 + c.drift_ring_sigma_m**2 + c.drift_global_sigma_m**2)
+                reach = c.tuning_m_per_v * c.v_max_v + 6.0 * sigma
+                lo, hi = c.rest_detuning_m - reach, c.rest_detuning_m + reach
+                self._plan = CascadePlan.build(self._optics, lo, hi, c.cascade_near_fwhm)
         return self._optics
+
+    @property
+    def cascade_plan(self) -> CascadePlan | None:
+        """The near/far cascade approximation in use (None: closed form for every ring)."""
+        return getattr(self, "_plan", None)
 
     def detuning_range_m(self) -> tuple[float, float]:
         """Detunings [m] the calibration may aim for: [0, 2·tuning·V_max − 2·margin] (``compensation_margin_m`` of the
@@ -294,7 +307,9 @@ class PhotonicEngine:
         return (self._wr / torch.where(mx > 0, mx, torch.ones_like(mx))).to(self._dtype)
 
     def _chunk_rows(self, d: int) -> int:
-        return max(1, _CHUNK_ELEMS // (d * d))
+        plan = self.cascade_plan
+        k = plan.k if plan is not None else (d if self.config.crosstalk else 1)
+        return max(1, _CHUNK_ELEMS // (d * k))
 
     def _program_rows(self, banks: torch.Tensor, r0: int, r1: int) -> None:
         """Calibrate, quantise and write rows [r0, r1) of ``banks`` (1-D index tensor) into the state tensors."""
@@ -309,7 +324,7 @@ class PhotonicEngine:
         step = self._chunk_rows(d)
         sq_err, count = 0.0, 0
         for s in range(0, flat.shape[0], step):
-            res = calibrate(flat[s : s + step], opt, lo_m, hi_m, c.calibration_iters, c.crosstalk)
+            res = calibrate(flat[s : s + step], opt, lo_m, hi_m, c.calibration_iters, c.crosstalk, self.cascade_plan)
             det[s : s + step] = res.detuning_m
             sq_err += res.residual**2 * res.detuning_m.numel()
             count += res.detuning_m.numel()
@@ -343,7 +358,7 @@ class PhotonicEngine:
         absorb = torch.empty(flat.shape[0], dtype=self._dtype)
         step = self._chunk_rows(d)
         for s in range(0, flat.shape[0], step):
-            thru, drop = cascade(flat[s : s + step], opt, self.config.crosstalk)
+            thru, drop = cascade(flat[s : s + step], opt, self.config.crosstalk, self.cascade_plan)
             w[s : s + step] = thru - drop
             absorb[s : s + step] = (1.0 - thru - drop).mean(-1)
         if banks is None:

@@ -38,6 +38,8 @@ class FeasibilityReport:
     calibration_residual: float
     mrr_count: int
     area_m2: float
+    cascade_near_rings: int
+    cascade_fit_error: float
     violations: list[str]
 
     @property
@@ -67,6 +69,11 @@ class FeasibilityReport:
             ("score SNR / ENOB (Monte Carlo)", f"{self.score_snr_db:.1f} dB / {self.score_enob_bits:.2f} bit", ""),
             ("weight precision after calibration", f"{self.weight_bits:.2f} bit", ""),
             ("calibration residual (RMS)", f"{self.calibration_residual:.2e}", ""),
+            (
+                "cascade model: near rings per line / far-fit error",
+                f"{self.cascade_near_rings} / {self.cascade_fit_error:.1e}",
+                "",
+            ),
             ("MRR count", f"{self.mrr_count:,}", ""),
             ("ring area", f"{self.area_m2 * 1e6:.1f} mm²", ""),
         ]
@@ -209,6 +216,7 @@ def feasibility(
             f"weight precision after calibration is {weight_bits:.2f} bit, below the required "
             f"{cfg.required_weight_bits:g} bit"
         )
+    plan = eng.cascade_plan
     mrr = cfg.rows_per_bank * cfg.n_banks * d
     area = mrr * cfg.ring_pitch_m**2
     if area > cfg.max_chip_area_m2:
@@ -221,7 +229,9 @@ def feasibility(
         required_swing_v=swing, v_max_v=cfg.v_max_v, weight_range=wr, worst_leakage_db=leak_db,
         received_line_dbm=budget.row_line_dbm, received_pd_dbm=link.w_to_dbm(p_pd_w),
         link_loss_db=budget.total_loss_db, electrical_snr_db=el_snr_db, score_snr_db=snr_db, score_enob_bits=enob,
-        weight_bits=weight_bits, calibration_residual=resid, mrr_count=mrr, area_m2=area, violations=violations,
+        weight_bits=weight_bits, calibration_residual=resid, mrr_count=mrr, area_m2=area,
+        cascade_near_rings=plan.k if plan is not None else (d if cfg.crosstalk else 1),
+        cascade_fit_error=plan.max_fit_error if plan is not None else 0.0, violations=violations,
     )  # fmt: skip
 
 
@@ -233,5 +243,5 @@ def _weights_without_drift(eng) -> torch.Tensor:
     det = eng._static[0]
     if eng.config.feedback_calibration:
         det = det + eng._ring_drift[0] + eng._global_drift
-    thru, drop = cascade(det, eng.optics(eng.n_dims), eng.config.crosstalk)
+    thru, drop = cascade(det, eng.optics(eng.n_dims), eng.config.crosstalk, eng.cascade_plan)
     return thru - drop
