@@ -28,6 +28,21 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _time_pair(a, b, repeats: int) -> tuple[float, float]:
+    """Median times of ``a`` and ``b``, run alternately so both see the same machine load."""
+    a(), b()  # warm-up
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8192, help="blocks (rows) per bank")
@@ -35,8 +50,8 @@ def main() -> None:
     ap.add_argument("--banks", type=int, default=112, help="weight banks (28 layers × 4 KV heads)")
     ap.add_argument("--k", type=int, default=16, help="blocks selected per query")
     ap.add_argument("--preset", default="seed-nominal")
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both sides (0 = torch default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,15 +74,14 @@ def main() -> None:
     def photonic() -> torch.Tensor:
         return eng.select(query, args.k)
 
-    t_exact = _time(exact, args.repeats)
-    t_phot = _time(photonic, args.repeats)
+    t_exact, t_phot = _time_pair(exact, photonic, args.repeats)
     print(f"exact fp32 scan + top-k : {t_exact * 1e3:8.2f} ms per query batch (median of {args.repeats})")
     print(f"photonic select         : {t_phot * 1e3:8.2f} ms per query batch (median of {args.repeats})")
     print(f"ratio photonic / exact  : {t_phot / t_exact:8.2f}x   (goal <= 1.5x)")
 
     new_row = torch.randn(args.banks, 1, args.d, generator=gen) * 0.5  # fits the bank scale: no rescale
     t_append = _time(lambda: eng.append(new_row), 5)
-    t_step = _time(lambda: (eng.advance(1), eng._refresh()), 3)
+    t_step = _time(lambda: (eng.advance(1), eng._refresh()), 1)
     print(f"programming, full cache : {t_program:8.2f} s  ({args.banks * args.n:,} rows, once at prefill)")
     print(f"programming per block   : {t_append * 1e3:8.2f} ms  (append 1 row in each of {args.banks} banks)")
     print(f"drift step + W refresh  : {t_step * 1e3:8.2f} ms  (advance(1) + cascade recompute of all rows)")

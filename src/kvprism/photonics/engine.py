@@ -170,7 +170,7 @@ class PhotonicEngine:
         self._ring_drift = drift_mod.stationary_draw(shape, c.drift_ring_sigma_m, self._gen, self._dtype)
         self._global_drift = float(drift_mod.stationary_draw((1,), c.drift_global_sigma_m, self._gen)[0])
         self._w = torch.zeros(shape, dtype=self._dtype)
-        self._absorb = torch.zeros((b, n), dtype=self._dtype)
+        self._transmit = torch.zeros((b, n), dtype=self._dtype)  # 1 − row-mean ring absorption
         self._const = torch.zeros((b, n), dtype=self._dtype)
         self._abs_sum = torch.zeros((b, n), dtype=self._dtype)
         self._program_rows(torch.arange(b), 0, n)
@@ -206,7 +206,7 @@ class PhotonicEngine:
         fresh = drift_mod.stationary_draw(extra, c.drift_ring_sigma_m, self._gen, self._dtype)
         self._ring_drift = torch.cat([self._ring_drift, fresh], 1)
         self._w = torch.cat([self._w, torch.zeros(extra, dtype=self._dtype)], 1)
-        for name in ("_absorb", "_const", "_abs_sum"):
+        for name in ("_transmit", "_const", "_abs_sum"):
             setattr(self, name, torch.cat([getattr(self, name), torch.zeros((b, m), dtype=self._dtype)], 1))
         # rows keep their programmed weights; only the pending drift is applied before the new rows see it
         self._apply_pending_drift()
@@ -355,18 +355,18 @@ class PhotonicEngine:
         nb, nr, d = det.shape
         flat = det.reshape(-1, d)
         w = torch.empty_like(flat)
-        absorb = torch.empty(flat.shape[0], dtype=self._dtype)
+        absorb = torch.empty(flat.shape[0], dtype=self._dtype)  # row mean of thru + drop = 1 − Ā
         step = self._chunk_rows(d)
         for s in range(0, flat.shape[0], step):
             thru, drop = cascade(flat[s : s + step], opt, self.config.crosstalk, self.cascade_plan)
             w[s : s + step] = thru - drop
-            absorb[s : s + step] = (1.0 - thru - drop).mean(-1)
+            absorb[s : s + step] = (thru + drop).mean(-1)
         if banks is None:
             self._w[:, sl] = w.reshape(nb, nr, d)
-            self._absorb[:, sl] = absorb.reshape(nb, nr)
+            self._transmit[:, sl] = absorb.reshape(nb, nr)
         else:
             self._w[banks, sl] = w.reshape(nb, nr, d)
-            self._absorb[banks, sl] = absorb.reshape(nb, nr)
+            self._transmit[banks, sl] = absorb.reshape(nb, nr)
 
     def _apply_pending_drift(self) -> None:
         c = self.config
@@ -410,28 +410,43 @@ class PhotonicEngine:
         power = t * p_row  # [B, E, d] W per line at the row (MZM transmission × budget)
         if self._rin > 0.0:  # RIN: one draw per line and evaluation, shared by every row of the bank
             power = power * (1.0 + self._rin * torch.randn(power.shape, generator=self._gen, dtype=self._dtype))
-        current = torch.bmm(power, self._w.transpose(1, 2)).mul_(resp)  # [B, E, N] balanced current, A
+        # balanced optical power W_eff·P [B, E, N] in W; the photocurrent is R times this (R folded into constants)
+        raw = torch.bmm(self._w, power.transpose(1, 2)).transpose(1, 2)
         if c.noise:
-            # shot noise needs I_thru + I_drop = R Σ_j P_j (1 − A_nj); the row-mean absorption Ā_n stands in for
-            # A_nj (ring absorption is ≤ a few % and nearly uniform along a row: the variance error is ≪ 1 %)
-            i_tot = (power.sum(-1, keepdim=True) * resp) * (1.0 - self._absorb).unsqueeze(1)
-            var = i_tot.mul_(2.0 * noise.ELEMENTARY_CHARGE_C * c.detection_bandwidth_hz).add_(
-                noise.ELEMENTARY_CHARGE_C * 4.0 * c.dark_current_a * c.detection_bandwidth_hz
-                + noise.tia_variance_a2(c.tia_noise_a_per_rthz, c.detection_bandwidth_hz)
-                + noise.nep_variance_a2(c.nep_w_per_rthz, resp, c.detection_bandwidth_hz)
+            # row noise in A²: 2q(I_thru + I_drop + 2 I_dark)Δf + i_n²Δf + 2(R·NEP)²Δf, with I_thru + I_drop =
+            # R Σ_j P_j (1 − A_nj); the row-mean absorption Ā_n stands in for A_nj (ring absorption is ≤ a few % and
+            # nearly uniform along a row: the variance error is ≪ 1 %). Divided by R² to stay in optical watts.
+            bw, q_e = c.detection_bandwidth_hz, noise.ELEMENTARY_CHARGE_C
+            const_a2 = (
+                2.0 * q_e * 2.0 * c.dark_current_a * bw
+                + noise.tia_variance_a2(c.tia_noise_a_per_rthz, bw)
+                + noise.nep_variance_a2(c.nep_w_per_rthz, resp, bw)
             )
-            current.addcmul_(var.sqrt_(), torch.randn(current.shape, generator=self._gen, dtype=self._dtype))
-        lin = (1.0 - self._tmin) * p_row * resp  # A per unit of Σ w·f (the believed linear MZM response)
+            shot = power.sum(-1, keepdim=True).mul_(2.0 * q_e * bw / resp)  # [B, E, 1] W² per unit (1 − Ā)
+            var = torch.addcmul(torch.tensor(const_a2 / resp**2, dtype=self._dtype), shot, self._transmit.unsqueeze(1))
+            raw = torch.normal(raw, var.sqrt_(), generator=self._gen)
+        lin = (1.0 - self._tmin) * p_row  # W per unit of Σ w·f (the believed linear MZM response)
         if c.encoding == "offset":
-            # subtract the row constant the controller believes in: R Σ_j P_j(u=0) w_believed_nj
-            believed_zero = (self._tmin + (1.0 - self._tmin) * 0.5) * p_row * resp
-            current.sub_(self._const.unsqueeze(1) * believed_zero)
-            fs = (self._full_scale * (0.5 * lin)).view(b, 1, 1)
-            current, clips = noise.adc_quantize(current, fs, c.adc_bits)
-            est = current.mul_(1.0 / (0.5 * lin))
+            # subtract the row constant the controller believes in: Σ_j P_j(u=0) w_believed_nj
+            raw.sub_(self._const.unsqueeze(1) * ((self._tmin + (1.0 - self._tmin) * 0.5) * p_row))
+            unit = 0.5 * lin  # W per unit score (weight units)
+            fs = (self._full_scale * unit).view(b, 1, 1)
         else:
-            fs = ((self._full_scale + self._tmin / (1.0 - self._tmin) * self._full_scale) * lin).view(b, 1, 1)
-            current, clips = noise.adc_quantize(current, fs, c.adc_bits)
-            est = (current[:, :g] - current[:, g:]).mul_(1.0 / lin)
-        self.counters["adc_clips"] += clips
-        return est.div_(self._scale.view(b, 1, 1)).mul_(qmax)
+            unit = lin
+            fs = (self._full_scale * lin / (1.0 - self._tmin)).view(b, 1, 1)
+        # back to signature·query units: / unit / scale · q_max
+        factor = qmax / (unit * self._scale.view(b, 1, 1))  # [B, G, 1]
+        if c.adc_bits:
+            # ADC with full scale fixed at programming: clip to ±FS, 2^bits levels
+            levels = float(2**c.adc_bits - 1)
+            step = 2.0 * fs / levels
+            codes = raw.add_(fs).div_(step).round_()
+            self.counters["adc_clips"] += int(torch.logical_or(codes < 0.0, codes > levels).sum())
+            codes.clamp_(0.0, levels)
+            if c.encoding == "offset":
+                return torch.addcmul((-fs) * factor, codes, step * factor)
+            est = codes[:, :g] - codes[:, g:]
+            return est.mul_(step * factor)
+        if c.encoding == "offset":
+            return raw.mul_(factor)
+        return (raw[:, :g] - raw[:, g:]).mul_(factor)
