@@ -46,11 +46,38 @@ _COUNTERS = (
 _CHUNK_ELEMS = 1 << 22  # rows × d × d elements per cascade chunk (bounds memory of the O(d²) ring model)
 
 
+def _row_state(name: str) -> property:
+    """A per-row state tensor [B, N, ...]: a view of the first N rows of a buffer with spare capacity, so that
+    appending rows during decode is amortised O(m) instead of copying all rows."""
+
+    def get(self: PhotonicEngine) -> torch.Tensor | None:
+        buf = self._bufs.get(name)
+        return None if buf is None else buf[:, : self._n]
+
+    def set_(self: PhotonicEngine, value: torch.Tensor) -> None:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[1] < value.shape[1] or buf.dtype != value.dtype:
+            self._bufs[name] = value
+        else:
+            buf[:, : value.shape[1]] = value
+
+    return property(get, set_)
+
+
 class PhotonicEngine:
     """Photonic block-selection engine. See the module docstring for the model; shapes in the method docstrings.
 
     ``seed`` seeds the one ``torch.Generator`` from which every random draw (trim residual, drift, RIN, detection
     noise, feasibility Monte Carlo) is taken, in call order."""
+
+    _sig = _row_state("sig")  # [B, N, d] signatures as given (input dtype)
+    _static = _row_state("static")  # [B, N, d] m: rest + EO shift of the quantised voltage + trim residual
+    _trim = _row_state("trim")  # [B, N, d] m: static trim residual per ring
+    _ring_drift = _row_state("ring_drift")  # [B, N, d] m: per-ring drift process state
+    _w = _row_state("w")  # [B, N, d] effective weights thru − drop at the current detunings
+    _transmit = _row_state("transmit")  # [B, N] row mean of thru + drop (1 − absorption)
+    _const = _row_state("const")  # [B, N] believed row sum Σ_j w_nj (offset subtraction)
+    _abs_sum = _row_state("abs_sum")  # [B, N] believed Σ_j |w_nj| (ADC full scale)
 
     def __init__(self, config: PhotonicConfig, seed: int = 0) -> None:
         if not isinstance(config, PhotonicConfig):
@@ -61,7 +88,8 @@ class PhotonicEngine:
         self.counters: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
         self.counters["program_energy_j"] = 0.0  # Σ C·V² over ring drive writes
         self._lead: tuple[int, ...] | None = None
-        self._sig: torch.Tensor | None = None
+        self._bufs: dict[str, torch.Tensor] = {}
+        self._n = 0
         self._optics: RowOptics | None = None
         self._pending_steps = 0
         self._stale = False
@@ -77,7 +105,7 @@ class PhotonicEngine:
     @property
     def n_rows(self) -> int:
         """Rows N currently programmed in every bank (0 before :meth:`program`)."""
-        return 0 if self._sig is None else int(self._sig.shape[1])
+        return self._n
 
     @property
     def n_dims(self) -> int | None:
@@ -154,6 +182,8 @@ class PhotonicEngine:
         self._lead = tuple(sig.shape[:-2])
         n, d = sig.shape[-2:]
         b = math.prod(self._lead)
+        self._bufs = {}
+        self._n = n
         self._sig = sig.reshape(b, n, d)
         self._pending_steps = 0
         self._stale = False
@@ -194,20 +224,17 @@ class PhotonicEngine:
         if m == 0:
             return
         new = sig.reshape(b, m, d).to(self._sig.dtype)
-        self._sig = torch.cat([self._sig, new], dim=1)
+        self._grow(n0 + m)
+        self._n = n0 + m
+        self._sig[:, n0:] = new
         self.counters["row_programs"] += b * m
         self.counters["ring_updates"] += b * m * d
         if self.config.is_ideal:
             return
         c = self.config
         extra = (b, m, d)
-        self._static = torch.cat([self._static, torch.zeros(extra, dtype=self._dtype)], 1)
-        self._trim = torch.cat([self._trim, drift_mod.trim_residual(extra, c.trim_sigma_m, self._gen, self._dtype)], 1)
-        fresh = drift_mod.stationary_draw(extra, c.drift_ring_sigma_m, self._gen, self._dtype)
-        self._ring_drift = torch.cat([self._ring_drift, fresh], 1)
-        self._w = torch.cat([self._w, torch.zeros(extra, dtype=self._dtype)], 1)
-        for name in ("_transmit", "_const", "_abs_sum"):
-            setattr(self, name, torch.cat([getattr(self, name), torch.zeros((b, m), dtype=self._dtype)], 1))
+        self._trim[:, n0:] = drift_mod.trim_residual(extra, c.trim_sigma_m, self._gen, self._dtype)
+        self._ring_drift[:, n0:] = drift_mod.stationary_draw(extra, c.drift_ring_sigma_m, self._gen, self._dtype)
         # rows keep their programmed weights; only the pending drift is applied before the new rows see it
         self._apply_pending_drift()
         new_max = new.abs().amax(dim=(1, 2)).to(self._dtype) * self._scale
@@ -266,6 +293,16 @@ class PhotonicEngine:
         return feasibility(self.config, d=self.n_dims, seed=self.seed, mc_rows=mc_rows, mc_queries=mc_queries)
 
     # ------------------------------------------------------------------ internals
+    def _grow(self, rows: int) -> None:
+        """Make every row-state buffer hold at least ``rows`` rows (capacity doubles; existing rows are kept)."""
+        for name, buf in list(self._bufs.items()):
+            if buf.shape[1] >= rows:
+                continue
+            cap = max(rows, 2 * buf.shape[1], 16)
+            new = torch.zeros((buf.shape[0], cap, *buf.shape[2:]), dtype=buf.dtype)
+            new[:, : self._n] = buf[:, : self._n]
+            self._bufs[name] = new
+
     def _check_sig(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise KvprismError(f"{name} must be a float tensor [*L, N, d]")
@@ -426,27 +463,30 @@ class PhotonicEngine:
             var = torch.addcmul(torch.tensor(const_a2 / resp**2, dtype=self._dtype), shot, self._transmit.unsqueeze(1))
             raw = torch.normal(raw, var.sqrt_(), generator=self._gen)
         lin = (1.0 - self._tmin) * p_row  # W per unit of Σ w·f (the believed linear MZM response)
-        if c.encoding == "offset":
-            # subtract the row constant the controller believes in: Σ_j P_j(u=0) w_believed_nj
-            raw.sub_(self._const.unsqueeze(1) * ((self._tmin + (1.0 - self._tmin) * 0.5) * p_row))
-            unit = 0.5 * lin  # W per unit score (weight units)
-            fs = (self._full_scale * unit).view(b, 1, 1)
-        else:
-            unit = lin
-            fs = (self._full_scale * lin / (1.0 - self._tmin)).view(b, 1, 1)
-        # back to signature·query units: / unit / scale · q_max
-        factor = qmax / (unit * self._scale.view(b, 1, 1))  # [B, G, 1]
+        offset = c.encoding == "offset"
+        # offset encoding: subtract the row constant the controller believes in, Σ_j P_j(u=0) w_believed_nj
+        bz = (self._tmin + (1.0 - self._tmin) * 0.5) * p_row if offset else 0.0
+        unit = 0.5 * lin if offset else lin  # W per unit score (weight units)
+        fs = (self._full_scale * (unit if offset else lin / (1.0 - self._tmin))).view(b, 1, 1)
+        factor = qmax / (unit * self._scale.view(b, 1, 1))  # [B, G, 1]: back to signature·query units
+        const = self._const.unsqueeze(1)  # [B, 1, N]
         if c.adc_bits:
-            # ADC with full scale fixed at programming: clip to ±FS, 2^bits levels
+            # ADC with full scale fixed at programming: codes = (raw − offset + FS)/step, clipped to 2^bits levels
             levels = float(2**c.adc_bits - 1)
             step = 2.0 * fs / levels
-            codes = raw.add_(fs).div_(step).round_()
-            self.counters["adc_clips"] += int(torch.logical_or(codes < 0.0, codes > levels).sum())
-            codes.clamp_(0.0, levels)
-            if c.encoding == "offset":
+            inv = 1.0 / step
+            if offset:
+                codes = torch.addcmul(torch.addcmul(fs * inv, const, -bz * inv), raw, inv)
+            else:
+                codes = raw.add_(fs).mul_(inv)
+            codes.round_()
+            lo, hi = torch.aminmax(codes)
+            if float(lo) < 0.0 or float(hi) > levels:
+                self.counters["adc_clips"] += int(torch.logical_or(codes < 0.0, codes > levels).sum())
+                codes.clamp_(0.0, levels)
+            if offset:
                 return torch.addcmul((-fs) * factor, codes, step * factor)
-            est = codes[:, :g] - codes[:, g:]
-            return est.mul_(step * factor)
-        if c.encoding == "offset":
-            return raw.mul_(factor)
+            return (codes[:, :g] - codes[:, g:]).mul_(step * factor)
+        if offset:
+            return torch.addcmul(raw, const, torch.tensor(-bz, dtype=self._dtype)).mul_(factor)
         return (raw[:, :g] - raw[:, g:]).mul_(factor)

@@ -31,10 +31,17 @@ def topk_lowest_index(scores: torch.Tensor, k: int) -> torch.Tensor:
     if kk > k:
         rows = (vals[:, k - 1] == vals[:, k]).nonzero().squeeze(-1)
         if rows.numel():
-            sub = flat[rows]
+            # rows where the k-th place is tied: keep the entries above the tied value v (they lead `out`, which is
+            # sorted by value), then fill the remaining places with the lowest indices whose score equals v
             v = vals[rows, k - 1 : k]
-            ar = torch.arange(n, device=flat.device).expand_as(sub)
-            key = torch.where(sub > v, torch.full_like(ar, -1), torch.where(sub == v, ar, torch.full_like(ar, n)))
-            cand = key.topk(k, dim=-1, largest=False, sorted=True).indices
-            out[rows] = _order(sub.gather(-1, cand), cand)
+            n_gt = (vals[rows, :k] > v).sum(-1)  # [R]
+            eq = flat[rows] == v  # [R, N]
+            r_id, col = eq.nonzero(as_tuple=True)  # row-major: columns ascending within each row
+            counts = torch.bincount(r_id, minlength=rows.numel())
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(r_id.numel(), device=flat.device) - starts[r_id]
+            take = rank < (k - n_gt)[r_id]
+            sub = out[rows]
+            sub[r_id[take], (n_gt[r_id] + rank)[take]] = col[take]
+            out[rows] = sub
     return out.reshape(*lead, k)
