@@ -221,3 +221,17 @@ def test_ideal_ignores_drift_and_noise_counters():
     eng.advance(5)
     assert eng.counters["drift_steps"] == 5
     assert math.isclose(float(eng.scores(torch.ones(8))[0]), float(eng._sig[0, 0].sum()), rel_tol=1e-6)
+
+
+def test_select_ranks_like_scores_with_adc_ties():
+    """select() ranks the raw ADC codes; that must equal the tie-aware top-k of the returned estimates."""
+    gen = torch.Generator().manual_seed(8)
+    sig, q = torch.randn(3, 300, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    cfg = small("seed-nominal", n_lines=8, adc_bits=4)  # coarse ADC: many exact ties
+    a, b = PhotonicEngine(cfg, seed=5), PhotonicEngine(cfg, seed=5)
+    a.program(sig)
+    b.program(sig)
+    idx = a.select(q, 10)
+    s = b.scores(q)  # same seed, same call sequence: same noise
+    assert torch.equal(idx, _stable_topk(s, 10))
+    assert len(torch.unique(s[0])) < 40  # ties really occur

@@ -261,7 +261,7 @@ class PhotonicEngine:
             self._pending_steps += steps
 
     # ------------------------------------------------------------------ evaluation
-    def scores(self, query: torch.Tensor) -> torch.Tensor:
+    def scores(self, query: torch.Tensor, *, _ranking_only: bool = False) -> torch.Tensor:
         """Score estimates [*L, N] for ``query`` [*L, d], or [*L, G, N] for ``query`` [*L, G, d] (G evaluations on
         the same banks), in units of ``signatures @ query`` (noisy, quantised; exact for the ideal preset)."""
         q, squeeze = self._check_query(query)
@@ -276,7 +276,7 @@ class PhotonicEngine:
             if squeeze:
                 return (sig @ qq.unsqueeze(-1)).squeeze(-1)
             return (sig @ qq.transpose(-1, -2)).transpose(-1, -2)
-        out = self._physical_scores(q).reshape(*self._lead, g, n)
+        out = self._physical_scores(q, _ranking_only).reshape(*self._lead, g, n)
         return out.squeeze(-2) if squeeze else out
 
     def select(self, query: torch.Tensor, k: int) -> torch.Tensor:
@@ -284,7 +284,7 @@ class PhotonicEngine:
         by the lower index."""
         if self._sig is not None and not 0 < k <= self.n_rows:
             raise KvprismError(f"select: k = {k} is invalid; allowed range: [1, {self.n_rows}] (programmed rows)")
-        return topk_lowest_index(self.scores(query), k)
+        return topk_lowest_index(self.scores(query, _ranking_only=True), k)
 
     def feasibility(self, mc_rows: int = 256, mc_queries: int = 64):
         """Feasibility report of this configuration (see :func:`kvprism.photonics.feasibility.feasibility`)."""
@@ -428,8 +428,9 @@ class PhotonicEngine:
             self.counters["weight_refreshes"] += 1
             self._stale = False
 
-    def _physical_scores(self, q: torch.Tensor) -> torch.Tensor:
-        """[B, G, N] score estimates in signature·query units for q [B, G, d]."""
+    def _physical_scores(self, q: torch.Tensor, ranking_only: bool = False) -> torch.Tensor:
+        """[B, G, N] score estimates in signature·query units for q [B, G, d]. ``ranking_only``: may return any
+        per-(bank, query) increasing affine function of them (the raw ADC codes), which ranks and ties identically."""
         c = self.config
         self._refresh()
         b, g, d = q.shape
@@ -485,6 +486,8 @@ class PhotonicEngine:
                 self.counters["adc_clips"] += int(torch.logical_or(codes < 0.0, codes > levels).sum())
                 codes.clamp_(0.0, levels)
             if offset:
+                if ranking_only:  # the ADC codes themselves: est = codes·(step·factor) − FS·factor, factor > 0
+                    return codes
                 return torch.addcmul((-fs) * factor, codes, step * factor)
             return (codes[:, :g] - codes[:, g:]).mul_(step * factor)
         if offset:
