@@ -263,7 +263,8 @@ class PhotonicEngine:
     # ------------------------------------------------------------------ evaluation
     def scores(self, query: torch.Tensor, *, _ranking_only: bool = False) -> torch.Tensor:
         """Score estimates [*L, N] for ``query`` [*L, d], or [*L, G, N] for ``query`` [*L, G, d] (G evaluations on
-        the same banks), in units of ``signatures @ query`` (noisy, quantised; exact for the ideal preset)."""
+        the same banks), in units of ``signatures @ query`` (noisy, quantised; exact for the ideal preset).
+        The simulation runs on the CPU; the result is returned on ``query``'s device."""
         q, squeeze = self._check_query(query)
         b, n, d = self._sig.shape
         g = q.shape[1]
@@ -274,17 +275,17 @@ class PhotonicEngine:
             sig = self._sig.reshape(*self._lead, n, d)
             qq = query.detach().cpu().to(sig.dtype)
             if squeeze:
-                return (sig @ qq.unsqueeze(-1)).squeeze(-1)
-            return (sig @ qq.transpose(-1, -2)).transpose(-1, -2)
+                return (sig @ qq.unsqueeze(-1)).squeeze(-1).to(query.device)
+            return (sig @ qq.transpose(-1, -2)).transpose(-1, -2).to(query.device)
         out = self._physical_scores(q, _ranking_only).reshape(*self._lead, g, n)
-        return out.squeeze(-2) if squeeze else out
+        return (out.squeeze(-2) if squeeze else out).to(query.device)
 
     def select(self, query: torch.Tensor, k: int) -> torch.Tensor:
         """Indices [..., k] (int64) of the k best rows for ``query`` ([*L, d] or [*L, G, d]); best first, ties broken
         by the lower index."""
         if self._sig is not None and not 0 < k <= self.n_rows:
             raise KvprismError(f"select: k = {k} is invalid; allowed range: [1, {self.n_rows}] (programmed rows)")
-        return topk_lowest_index(self.scores(query, _ranking_only=True), k)
+        return topk_lowest_index(self.scores(query, _ranking_only=True), k).to(query.device)
 
     def feasibility(self, mc_rows: int = 256, mc_queries: int = 64):
         """Feasibility report of this configuration (see :func:`kvprism.photonics.feasibility.feasibility`)."""
