@@ -191,7 +191,7 @@ def feasibility(
     gen = torch.Generator().manual_seed(seed + 7919)
     sig = torch.randn(mc_rows, d, generator=gen)
     qs = torch.randn(mc_queries, d, generator=gen)
-    eng.program(sig.unsqueeze(0).expand(mc_queries, mc_rows, d).contiguous()[:1])
+    eng.program(sig.unsqueeze(0))
     if cfg.is_ideal:
         weight_bits, resid, snr_db = math.inf, 0.0, math.inf
     else:
