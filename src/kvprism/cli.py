@@ -90,6 +90,55 @@ def _generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, devic
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), elapsed
 
 
+@app.command()
+def hw(
+    preset: Annotated[str | None, typer.Option(help="Photonic preset name (see --list).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Photonic config TOML file.")] = None,
+    list_presets: Annotated[bool, typer.Option("--list", help="List the shipped presets and exit.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the feasibility Monte Carlo.")] = 0,
+) -> None:
+    """Feasibility verdict of a photonic weight-bank configuration (default: the seed-nominal preset)."""
+    from rich.table import Table
+
+    from kvprism.photonics.config import PhotonicConfig
+    from kvprism.photonics.feasibility import feasibility
+
+    if list_presets:
+        table = Table(title="photonic presets")
+        for col in ("name", "description", "source"):
+            table.add_column(col, overflow="fold")
+        import tomllib
+
+        for name in PhotonicConfig.presets():
+            path = PhotonicConfig._preset_dir / f"{name}.toml"
+            meta = tomllib.loads(path.read_text(encoding="utf-8")).get("meta", {})
+            table.add_row(name, meta.get("description", ""), meta.get("source", ""))
+        console.print(table)
+        return
+    if preset is not None and config is not None:
+        raise kvprism.KvprismError("give either --preset or --config, not both")
+    if config is not None:
+        cfg, label = PhotonicConfig.from_toml(config), config
+    else:
+        label = preset or "seed-nominal"
+        cfg = PhotonicConfig.preset(label)
+    with console.status("evaluating feasibility ..."):
+        rep = feasibility(cfg, seed=seed)
+    table = Table(title=f"feasibility: {label}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("constraint")
+    for name, value, limit in rep.rows():
+        table.add_row(name, value, limit)
+    console.print(table)
+    if rep.violations:
+        console.print(f"[bold red]{len(rep.violations)} violated constraint(s):[/]")
+        for v in rep.violations:
+            console.print(f"  [red]✗[/] {v}", highlight=False)
+    else:
+        console.print("[bold green]feasible: no constraint violated[/]")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one-line errors, tracebacks with ``--debug``."""
     args = sys.argv[1:] if argv is None else argv

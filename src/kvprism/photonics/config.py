@@ -1,0 +1,455 @@
+"""``PhotonicConfig``: every parameter of the simulated TFLN microring weight-bank chip, with unit and source.
+
+Shipped presets live in ``kvprism/presets/*.toml`` (``PhotonicConfig.presets()`` lists them). Conventions: SI units,
+the unit is in the field name; a bit count of 0 means "not quantised"; losses are positive dB.
+Sources are the rows of PHYSICS.md §10 unless stated; "assumption" marks a value chosen here that no cited source fixes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import ClassVar
+
+from kvprism.config import ConfigBase, param
+
+__all__ = ["PhotonicConfig"]
+
+_PRESETS = Path(__file__).resolve().parent.parent / "presets"
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotonicConfig(ConfigBase):
+    """The photonic weight-bank chip. Defaults are the seed design point (``seed-nominal``)."""
+
+    _preset_dir: ClassVar[Path | None] = _PRESETS
+
+    # ---------------------------------------------------------------- ring geometry and material
+    wavelength_center_m: float = param(
+        1.55e-6, doc="comb centre wavelength λ0", unit="m", gt=1e-7, lt=1e-5, source="seed (C band)"
+    )
+    ring_radius_m: float = param(20e-6, doc="ring radius R", unit="m", gt=1e-6, le=1e-3, source="seed; PHYSICS §10")
+    n_eff: float = param(2.138, doc="effective index at λ0", unit="", gt=1.0, lt=4.0, source="seed")
+    n_g: float = param(2.30, doc="group index", unit="", gt=1.0, lt=5.0, source="seed")
+    loss_db_per_m: float = param(
+        20.0,
+        doc="ring propagation loss (0 = lossless)",
+        unit="dB/m",
+        ge=0.0,
+        le=1e4,
+        source="Luxtelligence lnoi400 PDK 0.2 dB/cm (PHYSICS §10)",
+    )
+    q_loaded: float = param(
+        1e4,
+        doc="loaded quality factor of each ring (sets r1, r2)",
+        unit="",
+        gt=10.0,
+        lt=1e8,
+        source="seed Q≈1e4 (FDTD 1.25e4)",
+    )
+    coupling_regime: str = param(
+        "critical",
+        doc="coupler design: drop-port critical (r1 = r2·a) or symmetric (r1 = r2)",
+        choices=("critical", "symmetric"),
+        source="assumption: critical coupling maximises the weight range",
+    )
+    bus_order: str = param(
+        "ascending",
+        doc="physical order of the rings on the bus (ring of line 0 first or last)",
+        choices=("ascending", "descending"),
+        source="assumption",
+    )
+    # ---------------------------------------------------------------- comb
+    n_lines: int = param(
+        32,
+        doc="comb lines d (= signature dimension) used for feasibility before programming",
+        unit="",
+        ge=1,
+        le=4096,
+        source="seed d=32",
+    )
+    channel_spacing_m: float = param(
+        1.6e-9, doc="comb line spacing Δ", unit="m", gt=0.0, lt=1e-6, source="seed 1.6 nm (200 GHz)"
+    )
+    crosstalk: bool = param(
+        True,
+        doc="full cascade model (every ring on every line at every FSR order); False: each line sees only its own ring",
+        source="physics; False only for the ideal preset",
+    )
+    # ---------------------------------------------------------------- EO programming
+    tuning_m_per_v: float = param(
+        28.5e-12,
+        doc="Pockels resonance shift per volt",
+        unit="m/V",
+        gt=0.0,
+        lt=1e-9,
+        source="seed 28.5 pm/V (computed); measured TFLN 1.8–3 pm/V",
+    )
+    v_max_v: float = param(
+        5.0,
+        doc="ring drive range ±V_max (rest point trimmed to the middle of [0, 2·tuning·V_max])",
+        unit="V",
+        gt=0.0,
+        le=100.0,
+        source="assumption: CMOS-compatible drive (seed gives none)",
+    )
+    program_bits: int = param(
+        5,
+        doc="ring-drive DAC bits over [−V_max, V_max] (0 = unquantised)",
+        unit="bit",
+        ge=0,
+        le=24,
+        source="seed 5-bit weights",
+    )
+    weight_range_target: float = param(
+        0.9,
+        doc="wanted symmetric weight interval ±w_r (w = T_thru − T_drop); the "
+        "engine uses the largest reachable value up to this",
+        unit="",
+        gt=0.0,
+        lt=1.0,
+        source="assumption",
+    )
+    calibration_iters: int = param(
+        4,
+        doc="crosstalk-aware calibration corrections after the single-ring inverse",
+        unit="",
+        ge=0,
+        le=100,
+        source="assumption",
+    )
+    feedback_calibration: bool = param(
+        False,
+        doc="closed-loop programming: the controller measures each ring and "
+        "compensates trim residual and the drift present at programming time",
+        source="seed: open loop; literature: feedback (Zhang et al., Optica 9, 579)",
+    )
+    ring_capacitance_f: float = param(
+        20e-15,
+        doc="EO electrode capacitance per ring (programming energy C·V²)",
+        unit="F",
+        ge=0.0,
+        lt=1e-9,
+        source="assumption: lumped TFLN electrode ~0.3 fF/µm over ~63 µm",
+    )
+    # ---------------------------------------------------------------- query encoding
+    encoding: str = param(
+        "offset",
+        doc="signed query encoding: 'offset' (one evaluation, bias light, row constant "
+        "subtracted from believed weights) or 'dual-rail' (two evaluations q⁺, q⁻)",
+        choices=("offset", "dual-rail"),
+        source="PHYSICS §5",
+    )
+    query_bits: int = param(
+        8,
+        doc="query DAC bits on the MZM drive over [0, V_π] (0 = unquantised)",
+        unit="bit",
+        ge=0,
+        le=24,
+        source="IEEE 9162776 (8 b DAC)",
+    )
+    mzm_v_pi_v: float = param(
+        1.4,
+        doc="MZM half-wave voltage",
+        unit="V",
+        gt=0.0,
+        le=100.0,
+        source="Wang et al., Nature 562, 101 (2018): 1.4 V",
+    )
+    mzm_extinction_db: float = param(
+        25.0,
+        doc="MZM extinction ratio (power floor 10^(−ER/10))",
+        unit="dB",
+        gt=0.0,
+        le=200.0,
+        source="assumption: TFLN MZMs 20–30 dB",
+    )
+    mzm_predistortion: bool = param(
+        True, doc="arcsin pre-distortion of the drive (linear in power)", source="PHYSICS §5"
+    )
+    mzm_insertion_loss_db: float = param(
+        1.0,
+        doc="MZM insertion loss",
+        unit="dB",
+        ge=0.0,
+        le=60.0,
+        source="assumption: TFLN MZM ~0.5–1 dB (Wang et al. 2018)",
+    )
+    # ---------------------------------------------------------------- link
+    laser_line_dbm: float = param(
+        13.0,
+        doc="optical power per comb line at the chip input",
+        unit="dBm",
+        ge=-60.0,
+        le=40.0,
+        source="seed 13–20 dBm",
+    )
+    laser_wall_plug_efficiency: float = param(
+        0.2, doc="laser wall-plug efficiency (energy model)", unit="", gt=0.0, le=1.0, source="Lightening-Transformer"
+    )
+    coupling_loss_db: float = param(
+        1.5,
+        doc="fibre-to-chip coupling loss",
+        unit="dB",
+        ge=0.0,
+        le=60.0,
+        source="assumption: TFLN edge couplers 1–3 dB",
+    )
+    splitter_excess_db_per_stage: float = param(
+        0.2, doc="excess loss per 1×2 stage of the row splitter", unit="dB", ge=0.0, le=10.0, source="seed 0.2 dB/stage"
+    )
+    waveguide_loss_db_per_m: float = param(
+        20.0, doc="routing waveguide loss", unit="dB/m", ge=0.0, le=1e4, source="Luxtelligence lnoi400 PDK 0.2 dB/cm"
+    )
+    waveguide_length_m: float = param(
+        0.01, doc="routing length laser input → row", unit="m", ge=0.0, le=1.0, source="assumption: 1 cm"
+    )
+    ring_insertion_db: float = param(
+        0.01,
+        doc="excess insertion loss per ring passed (on top of the ring model)",
+        unit="dB",
+        ge=0.0,
+        le=10.0,
+        source="assumption",
+    )
+    pd_coupling_loss_db: float = param(
+        0.5, doc="waveguide-to-photodiode coupling loss", unit="dB", ge=0.0, le=60.0, source="assumption"
+    )
+    rows_per_bank: int = param(
+        8192,
+        doc="physical rows per weight bank (1×N splitter size)",
+        unit="",
+        ge=1,
+        le=1 << 24,
+        source="seed design point N=8192 blocks",
+    )
+    n_banks: int = param(
+        112,
+        doc="physical weight banks on the chip (rows beyond rows_per_bank·n_banks are time-multiplexed in pages)",
+        unit="",
+        ge=1,
+        le=1 << 20,
+        source="seed: 28 layers × 4 KV heads",
+    )
+    ring_pitch_m: float = param(
+        50e-6,
+        doc="row pitch of one ring cell (area = rings · pitch²)",
+        unit="m",
+        gt=0.0,
+        le=1e-2,
+        source="assumption: 2.5·R",
+    )
+    max_chip_area_m2: float = param(
+        858e-6,
+        doc="largest chip area (reticle limit 26 mm × 33 mm)",
+        unit="m²",
+        gt=0.0,
+        source="lithography reticle field",
+    )
+    # ---------------------------------------------------------------- detection
+    pd_responsivity_a_per_w: float = param(
+        1.0, doc="photodiode responsivity R", unit="A/W", gt=0.0, le=2.0, source="SimPhony device yml 1.0–1.1 A/W"
+    )
+    pd_sensitivity_dbm: float = param(
+        -26.0,
+        doc="photodiode sensitivity (feasibility floor)",
+        unit="dBm",
+        ge=-100.0,
+        le=20.0,
+        source="SimPhony −25…−27 dBm",
+    )
+    dark_current_a: float = param(
+        10e-9, doc="dark current per photodiode", unit="A", ge=0.0, le=1e-3, source="assumption: Ge/III-V PDs 1–50 nA"
+    )
+    tia_noise_a_per_rthz: float = param(
+        3e-12,
+        doc="TIA input-referred current noise density",
+        unit="A/√Hz",
+        ge=0.0,
+        le=1e-6,
+        source="PHYSICS §7: pA/√Hz scale",
+    )
+    nep_w_per_rthz: float = param(
+        1e-12,
+        doc="photodiode noise-equivalent power",
+        unit="W/√Hz",
+        ge=0.0,
+        le=1e-6,
+        source="seed 1–20 pW/√Hz (low end: the TIA noise is modelled separately)",
+    )
+    rin_db_per_hz: float = param(
+        -140.0,
+        doc="relative intensity noise of each comb line",
+        unit="dB/Hz",
+        ge=-250.0,
+        le=-60.0,
+        source="assumption: comb lines −130…−150 dB/Hz",
+    )
+    detection_bandwidth_hz: float = param(
+        5e9,
+        doc="electrical bandwidth Δf of detection",
+        unit="Hz",
+        gt=0.0,
+        le=1e12,
+        source="assumption: Nyquist of a 10 GS/s ADC",
+    )
+    noise: bool = param(True, doc="draw detection noise and RIN (False only for the ideal preset)", source="physics")
+    adc_bits: int = param(
+        8, doc="ADC bits over ±full scale (0 = unquantised)", unit="bit", ge=0, le=24, source="IEEE 9731625 (8 b)"
+    )
+    adc_headroom: float = param(
+        1.0,
+        doc="ADC full scale as a fraction of the worst-case |score| of the programmed "
+        "bank (1 = never clips with believed weights)",
+        unit="",
+        gt=0.0,
+        le=10.0,
+        source="assumption",
+    )
+    adc_sample_rate_hz: float = param(
+        10e9, doc="ADC sample rate (energy/latency model)", unit="S/s", gt=0.0, source="IEEE 9731625"
+    )
+    adc_energy_per_conversion_j: float = param(
+        1.48e-12, doc="ADC energy per conversion", unit="J", ge=0.0, source="IEEE 9731625: 14.8 mW at 10 GS/s"
+    )
+    adc_walden_fom_j_per_step: float = param(
+        25e-15, doc="ADC Walden figure of merit", unit="J/step", ge=0.0, source="IEEE 9731625 (~25 fJ/step)"
+    )
+    dac_sample_rate_hz: float = param(14e9, doc="query DAC sample rate", unit="S/s", gt=0.0, source="IEEE 9162776")
+    dac_energy_per_sample_j: float = param(
+        3.6e-12, doc="query DAC energy per sample", unit="J", ge=0.0, source="IEEE 9162776: 50 mW at 14 GS/s"
+    )
+    tia_power_w: float = param(3e-3, doc="TIA power per balanced pair", unit="W", ge=0.0, source="IEEE 8510668")
+    tia_adc_power_seed_w: float = param(
+        49e-6,
+        doc="seed's assumed TIA+ADC power per diode (for comparison with the seed's energy claims)",
+        unit="W",
+        ge=0.0,
+        source="seed (assumed)",
+    )
+    static_power_w: float = param(
+        1.0, doc="static chip power: temperature control (TEC) and bias", unit="W", ge=0.0, source="assumption"
+    )
+    # ---------------------------------------------------------------- latency stages (seed Table III)
+    latency_dac_s: float = param(1e-9, doc="DAC stage latency", unit="s", ge=0.0, source="seed Table III")
+    latency_mzm_s: float = param(0.1e-9, doc="MZM stage latency", unit="s", ge=0.0, source="seed Table III")
+    latency_propagation_s: float = param(
+        0.5e-9, doc="optical propagation latency", unit="s", ge=0.0, source="seed Table III"
+    )
+    latency_ring_s: float = param(0.1e-9, doc="ring response latency", unit="s", ge=0.0, source="seed Table III")
+    latency_pd_s: float = param(0.2e-9, doc="photodiode latency", unit="s", ge=0.0, source="seed Table III")
+    latency_tia_adc_s: float = param(2e-9, doc="TIA + ADC latency", unit="s", ge=0.0, source="seed Table III")
+    latency_topk_s: float = param(5e-9, doc="electronic top-k latency", unit="s", ge=0.0, source="seed Table III")
+    # ---------------------------------------------------------------- fabrication and drift
+    fab_sigma_m: float = param(
+        1e-9,
+        doc="as-fabricated resonance spread (must be trimmed)",
+        unit="m",
+        ge=0.0,
+        le=1e-7,
+        source="PHYSICS §8: 0.5–2 nm",
+    )
+    trim_sigma_m: float = param(
+        5e-12,
+        doc="resonance error left after trimming (static per ring)",
+        unit="m",
+        ge=0.0,
+        le=1e-8,
+        source="assumption",
+    )
+    drift_ring_sigma_m: float = param(
+        20e-12,
+        doc="stationary σ of the per-ring thermal drift",
+        unit="m",
+        ge=0.0,
+        le=1e-8,
+        source="seed 20 pm (applied per weight)",
+    )
+    drift_global_sigma_m: float = param(
+        0.0,
+        doc="stationary σ of the chip-global drift (all rings vs the comb)",
+        unit="m",
+        ge=0.0,
+        le=1e-8,
+        source="seed: none (per-weight only)",
+    )
+    drift_corr_steps: float = param(
+        100.0,
+        doc="correlation time of the drift processes",
+        unit="decode steps",
+        gt=0.0,
+        le=1e9,
+        source="assumption: thermal time constants ≫ one decode step",
+    )
+    # ---------------------------------------------------------------- feasibility thresholds
+    leakage_limit_db: float = param(
+        -20.0, doc="largest acceptable drop leakage of a ring onto another line", unit="dB", le=0.0, source="assumption"
+    )
+    required_weight_bits: float = param(
+        4.0, doc="weight precision the selection needs", unit="bit", ge=0.0, le=24.0, source="seed: 4–5 bit weights"
+    )
+    required_score_enob: float = param(
+        4.0, doc="effective bits of the scores the selection needs", unit="bit", ge=0.0, le=24.0, source="assumption"
+    )
+
+    def _check(self) -> None:
+        from kvprism.photonics import ring
+
+        try:
+            ring.design_couplings(
+                self.q_loaded,
+                self.wavelength_center_m,
+                self.n_g,
+                self.ring_radius_m,
+                self.loss_db_per_m,
+                self.coupling_regime,
+            )
+        except ValueError as exc:
+            self._fail("q_loaded", self.q_loaded, str(exc))
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def is_ideal(self) -> bool:
+        """True when every impairment is off: the chip then computes an exact dot product."""
+        return (
+            not self.crosstalk
+            and not self.noise
+            and self.program_bits == 0
+            and self.query_bits == 0
+            and self.adc_bits == 0
+            and self.trim_sigma_m == 0.0
+            and self.drift_ring_sigma_m == 0.0
+            and self.drift_global_sigma_m == 0.0
+        )
+
+    @property
+    def couplings(self) -> tuple[float, float]:
+        """(r1, r2) of every ring from ``q_loaded`` and ``coupling_regime``."""
+        from kvprism.photonics import ring
+
+        return ring.design_couplings(
+            self.q_loaded,
+            self.wavelength_center_m,
+            self.n_g,
+            self.ring_radius_m,
+            self.loss_db_per_m,
+            self.coupling_regime,
+        )
+
+    @property
+    def physical_rows(self) -> int:
+        return self.rows_per_bank * self.n_banks
+
+    @property
+    def rest_detuning_m(self) -> float:
+        """Rest (0 V) detuning of every ring from its line: the middle of the one-sided EO range [0, 2·tuning·V_max]."""
+        return self.tuning_m_per_v * self.v_max_v
+
+    @property
+    def comb_span_m(self) -> float:
+        return self.n_lines * self.channel_spacing_m
+
+    @property
+    def fsr_m(self) -> float:
+        return self.wavelength_center_m**2 / (self.n_g * 2.0 * math.pi * self.ring_radius_m)

@@ -1,0 +1,169 @@
+"""WDM weight-bank row: comb grid, cascade (crosstalk) model and calibration (PHYSICS.md §2, §4).
+
+One row of a weight bank is d rings on one bus; ring j is designed with a resonance on comb line j and is detuned
+from it by ``detuning_m[..., j]`` (resonance minus line wavelength, metres). Every ring acts on every line at every
+FSR order, because the closed-form ring transfer is periodic in the round-trip phase.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from kvprism.photonics import ring
+
+__all__ = ["CalibrationResult", "RowOptics", "calibrate", "cascade", "comb_grid_m", "exclusive_cumprod"]
+
+
+def comb_grid_m(n_lines: int, spacing_m: float, center_m: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Comb line wavelengths [d] in metres, centred on ``center_m``, spacing ``spacing_m``, ascending."""
+    j = torch.arange(n_lines, dtype=dtype)
+    return center_m + (j - (n_lines - 1) / 2.0) * spacing_m
+
+
+@dataclass(frozen=True)
+class RowOptics:
+    """Derived optics of one weight-bank row (shared by all rows of all banks).
+
+    ``phase0[i, j]`` [rad]: round-trip phase of ring j at line i when ring j sits exactly on line j (its design
+    resonance); ``phase_per_m[i]`` [rad/m]: 2π n_g L / λ_i², the phase added per metre of resonance shift at line i.
+    ``r1``, ``r2``, ``a``: couplings and single-pass amplitude (dimensionless). ``order``: ring index at each bus
+    position, first ring first (``None`` = ascending)."""
+
+    lines_m: torch.Tensor
+    phase0: torch.Tensor
+    phase_per_m: torch.Tensor
+    r1: float | torch.Tensor
+    r2: float | torch.Tensor
+    a: float | torch.Tensor
+    order: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        n_lines: int,
+        spacing_m: float,
+        center_m: float,
+        radius_m: float,
+        n_eff: float,
+        n_g: float,
+        r1: float,
+        r2: float,
+        a: float,
+        order: str = "ascending",
+        dtype: torch.dtype = torch.float64,
+    ) -> RowOptics:
+        """Optics for ``n_lines`` lines; ``order`` is ``"ascending"`` (ring 0 first on the bus) or ``"descending"``."""
+        lines = comb_grid_m(n_lines, spacing_m, center_m, torch.float64)
+        phi = ring.round_trip_phase(lines, radius_m, n_eff, n_g, center_m)
+        phase0 = phi[:, None] - phi[None, :]
+        per_m = 2.0 * math.pi * n_g * ring.ring_length_m(radius_m) / lines**2
+        perm = None if order == "ascending" else torch.arange(n_lines - 1, -1, -1)
+        if order not in ("ascending", "descending"):
+            raise ValueError(f"order = {order!r} is invalid; allowed: 'ascending', 'descending'")
+        return cls(lines.to(dtype), phase0.to(dtype), per_m.to(dtype), r1, r2, a, perm)
+
+    @property
+    def n_lines(self) -> int:
+        return int(self.lines_m.shape[0])
+
+    @property
+    def own_phase_per_m(self) -> torch.Tensor:
+        """[d] phase per metre of shift at each ring's own line."""
+        return self.phase_per_m
+
+    def single_ring_weight(self, detuning_m: torch.Tensor) -> torch.Tensor:
+        """Weight of each ring on its own line alone, [..., d] from detunings [..., d] (m)."""
+        return ring.single_ring_weight(detuning_m * self.phase_per_m, self.r1, self.r2, self.a)
+
+    def single_ring_inverse(self, w: torch.Tensor, det_min_m: float, det_max_m: float) -> torch.Tensor:
+        """Detuning [..., d] (m, in [det_min_m, det_max_m], det_min_m ≥ 0) at which each ring alone has weight ``w``;
+        weights outside the reachable interval are clamped to it."""
+        lo = self.single_ring_weight(torch.full_like(self.phase_per_m, det_min_m))
+        hi = self.single_ring_weight(torch.full_like(self.phase_per_m, det_max_m))
+        w = torch.minimum(torch.maximum(w, lo), hi)
+        c = ring.single_ring_weight_inverse_cos(w, self.r1, self.r2, self.a).clamp(-1.0, 1.0)
+        return (torch.arccos(c) / self.phase_per_m).clamp(det_min_m, det_max_m)
+
+
+def exclusive_cumprod(x: torch.Tensor) -> torch.Tensor:
+    """Π_{m<j} x[..., m] along the last dim (1 for j = 0)."""
+    cp = torch.cumprod(x, dim=-1)
+    return torch.cat([torch.ones_like(x[..., :1]), cp[..., :-1]], dim=-1)
+
+
+def cascade(detuning_m: torch.Tensor, optics: RowOptics, crosstalk: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Through and drop power fractions of every line after the row's rings, ``thru[..., i]``, ``drop[..., i]``
+    (PHYSICS.md §4): thru_i = Π_j T_j(λ_i), drop_i = Σ_j D_j(λ_i) Π_{m before j on the bus} T_m(λ_i).
+
+    ``detuning_m`` [..., d] (ring j's resonance minus line j, metres). With ``crosstalk=False`` line i sees ring i
+    only (the idealisation used by the ``ideal`` preset and by tests). Memory: O(prod(...)·d²).
+
+    The order on the bus enters through the partial products. For identical rings the drop port is a fixed fraction
+    κ of the light a ring removes (D_j = κ(1 − T_j), κ independent of φ), so the drop sum telescopes to
+    κ(1 − Π_j T_j) and the order cancels; it matters as soon as the rings' couplings differ (``r1``/``r2`` may be
+    tensors [d], one value per ring)."""
+    if not crosstalk:
+        return ring.add_drop(detuning_m * optics.phase_per_m, optics.r1, optics.r2, optics.a)
+    # phi[..., i, j]: phase of ring j at line i
+    phi = optics.phase0 + detuning_m.unsqueeze(-2) * optics.phase_per_m.unsqueeze(-1)
+    t, d = ring.add_drop(phi, optics.r1, optics.r2, optics.a)
+    if optics.order is not None:
+        t = t[..., optics.order]
+        d = d[..., optics.order]
+    thru = torch.prod(t, dim=-1)
+    drop = (d * exclusive_cumprod(t)).sum(dim=-1)
+    return thru, drop
+
+
+@dataclass
+class CalibrationResult:
+    """Detunings [..., d] (m) found by :func:`calibrate`, the weights they realise in the model [..., d] and the RMS
+    residual ``|W_eff − target|`` after the single-ring inverse (entry 0) and after each correction (entries 1..)."""
+
+    detuning_m: torch.Tensor
+    weights: torch.Tensor
+    residual_rms: list[float]
+
+    @property
+    def residual(self) -> float:
+        return self.residual_rms[-1]
+
+
+def calibrate(
+    target: torch.Tensor,
+    optics: RowOptics,
+    det_min_m: float,
+    det_max_m: float,
+    iters: int = 4,
+    crosstalk: bool = True,
+) -> CalibrationResult:
+    """Ring detunings [..., d] that make the cascade weights match ``target`` [..., d], vectorised over rows.
+
+    Step 0 is the single-ring inverse; each of ``iters`` corrections moves the per-ring aim by the residual
+    (aim ← aim + target − W_eff(detuning), detuning ← single-ring inverse(aim)), a fixed-point iteration that converges
+    while crosstalk is a perturbation of each ring's own response. Detunings stay in [det_min_m, det_max_m]."""
+    aim = target.clone()
+    det = optics.single_ring_inverse(aim, det_min_m, det_max_m)
+    history: list[float] = []
+    best_det, best_w, best_err = det, target, None
+    for it in range(iters + 1):
+        thru, drop = cascade(det, optics, crosstalk)
+        w = thru - drop
+        err = target - w
+        row_err = err.pow(2).mean(dim=-1, keepdim=True)
+        if best_err is None:
+            best_det, best_w, best_err = det, w, row_err
+        else:  # keep each row's best iterate, so a row where the iteration oscillates never gets worse
+            better = row_err < best_err
+            best_det = torch.where(better, det, best_det)
+            best_w = torch.where(better, w, best_w)
+            best_err = torch.minimum(row_err, best_err)
+        history.append(float(best_err.mean().sqrt()) if err.numel() else 0.0)
+        if it == iters:
+            break
+        aim = aim + err
+        det = optics.single_ring_inverse(aim, det_min_m, det_max_m)
+    return CalibrationResult(best_det, best_w, history)
