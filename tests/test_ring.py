@@ -67,7 +67,7 @@ def test_critical_coupling():
     a = ring.round_trip_amplitude(20.0, R)
     r1, r2 = ring.design_couplings(1e4, WL, NG, R, 20.0, "critical")
     assert r1 == pytest.approx(r2 * a)
-    t, d = ring.add_drop(0.0, r1, r2, a)
+    t, _ = ring.add_drop(0.0, r1, r2, a)
     assert t == pytest.approx(0.0, abs=1e-12)
     assert math.isinf(ring.extinction_ratio_db(r1, r2, a))
     s1, s2 = ring.design_couplings(1e4, WL, NG, R, 20.0, "symmetric")

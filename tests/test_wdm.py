@@ -1,4 +1,5 @@
 import dataclasses
+import itertools
 import math
 
 import torch
@@ -80,7 +81,7 @@ def test_calibration_residual_shrinks_with_iterations():
     res = calibrate(target, opt, 0.0, 285e-12, iters=6, crosstalk=True)
     h = res.residual_rms
     assert h[0] > 1e-2  # the single-ring inverse alone is visibly off
-    assert all(b <= a + 1e-15 for a, b in zip(h, h[1:], strict=False))
+    assert all(b <= a + 1e-15 for a, b in itertools.pairwise(h))
     assert h[-1] < 1e-3 * h[0]
     t, d = cascade(res.detuning_m, opt)
     assert math.isclose(float((t - d - target).pow(2).mean().sqrt()), h[-1], rel_tol=1e-6)

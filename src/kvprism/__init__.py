@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "KvprismError": "kvprism.errors",
     "ModelNotFoundError": "kvprism.errors",
     "load_model": "kvprism.hf.models",
+    "PhotonicConfig": "kvprism.photonics.config",
+    "PhotonicEngine": "kvprism.photonics.engine",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

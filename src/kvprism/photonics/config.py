@@ -88,7 +88,7 @@ class PhotonicConfig(ConfigBase):
     )
     v_max_v: float = param(
         5.0,
-        doc="ring drive range ±V_max (rest point trimmed to the middle of [0, 2·tuning·V_max])",
+        doc="ring drive range ±V_max (see rest_detuning_m for the rest point)",
         unit="V",
         gt=0.0,
         le=100.0,
@@ -464,9 +464,19 @@ class PhotonicConfig(ConfigBase):
         return self.rows_per_bank * self.n_banks
 
     @property
+    def compensation_margin_m(self) -> float:
+        """Swing [m] kept free at both ends of the EO range for the closed loop to compensate trim residual and drift
+        at programming time: 3σ of their sum (0 for open-loop programming), at most 0.45·tuning·V_max."""
+        if not self.feedback_calibration:
+            return 0.0
+        sigma = math.sqrt(self.trim_sigma_m**2 + self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2)
+        return min(3.0 * sigma, 0.45 * self.tuning_m_per_v * self.v_max_v)
+
+    @property
     def rest_detuning_m(self) -> float:
-        """Rest (0 V) detuning of every ring from its line: the middle of the one-sided EO range [0, 2·tuning·V_max]."""
-        return self.tuning_m_per_v * self.v_max_v
+        """Rest (0 V) detuning [m] of every ring from its line, set by the trim: the calibration aims inside
+        [0, 2·tuning·V_max − 2·margin] and the drive reaches [−margin, 2·tuning·V_max − margin] around it."""
+        return self.tuning_m_per_v * self.v_max_v - self.compensation_margin_m
 
     @property
     def comb_span_m(self) -> float:

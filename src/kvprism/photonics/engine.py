@@ -115,10 +115,11 @@ class PhotonicEngine:
         return self._optics
 
     def detuning_range_m(self) -> tuple[float, float]:
-        """Detunings [m] the calibration may aim for: the one-sided EO range [0, 2·tuning·V_max] around the rest
-        point. The closed loop's compensation of trim residual and drift shares this swing and is clipped at its
-        ends (by the voltage quantiser), which is where it then fails."""
-        return 0.0, 2.0 * self.config.tuning_m_per_v * self.config.v_max_v
+        """Detunings [m] the calibration may aim for: [0, 2·tuning·V_max − 2·margin] (``compensation_margin_m`` of the
+        config: swing kept for the closed loop's compensation of trim residual and drift; 0 open loop). What the
+        compensation needs beyond the margin is clipped by the voltage quantiser."""
+        c = self.config
+        return 0.0, 2.0 * (c.tuning_m_per_v * c.v_max_v - c.compensation_margin_m)
 
     def weight_range(self, d: int | None = None) -> float:
         """Half-width w_r of the symmetric weight interval used for every bank: the wanted
@@ -228,11 +229,14 @@ class PhotonicEngine:
         g = q.shape[1]
         self._count_evaluations(b, g, n, d)
         if self.config.is_ideal:
-            s = self._sig @ q.to(self._sig.dtype).transpose(1, 2)  # [B, N, G], exact in the input dtype
-            out = s.transpose(1, 2)
-        else:
-            out = self._physical_scores(q)
-        out = out.reshape(*self._lead, g, n)
+            # the exact dot product in the input dtype, as ``signatures @ query[..., None]`` (or ``@ query.mT`` for
+            # [*L, G, d]) on the caller's shapes, so the result is bitwise that of the plain torch expression
+            sig = self._sig.reshape(*self._lead, n, d)
+            qq = query.detach().cpu().to(sig.dtype)
+            if squeeze:
+                return (sig @ qq.unsqueeze(-1)).squeeze(-1)
+            return (sig @ qq.transpose(-1, -2)).transpose(-1, -2)
+        out = self._physical_scores(q).reshape(*self._lead, g, n)
         return out.squeeze(-2) if squeeze else out
 
     def select(self, query: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,0 +1,11 @@
+"""The photonic weight-bank chip: pure physics functions (ring, wdm, link, noise, drift, encoding) and one engine.
+
+from kvprism.photonics import PhotonicConfig, PhotonicEngine
+eng = PhotonicEngine(PhotonicConfig.preset("seed-nominal"), seed=0)
+"""
+
+from kvprism.photonics.config import PhotonicConfig
+from kvprism.photonics.engine import PhotonicEngine
+from kvprism.photonics.feasibility import FeasibilityReport, feasibility
+
+__all__ = ["FeasibilityReport", "PhotonicConfig", "PhotonicEngine", "feasibility"]

@@ -1,0 +1,86 @@
+import math
+
+import torch
+
+from kvprism import PhotonicConfig, PhotonicEngine
+from kvprism.photonics import drift
+
+
+def test_ar1_is_stationary_and_correlated():
+    """Seeded: 200k independent chains; variance stays σ² (tolerance 2 %), lag-k correlation = ρ^k (±0.01)."""
+    gen = torch.Generator().manual_seed(0)
+    sigma, tau = 20e-12, 50.0
+    x0 = drift.stationary_draw((200_000,), sigma, gen, torch.float64)
+    x1 = drift.ar1_advance(x0, 1, tau, sigma, gen)
+    x10 = drift.ar1_advance(x0, 10, tau, sigma, gen)
+    for x in (x1, x10):
+        assert abs(float(x.std()) / sigma - 1) < 0.02
+    rho = drift.ar1_rho(tau)
+    assert abs(float(torch.corrcoef(torch.stack([x0, x1]))[0, 1]) - rho) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([x0, x10]))[0, 1]) - rho**10) < 0.01
+
+
+def test_k_steps_at_once_equal_k_single_steps_in_distribution():
+    gen = torch.Generator().manual_seed(1)
+    sigma, tau, k = 1.0, 20.0, 7
+    x0 = torch.zeros(200_000, dtype=torch.float64)
+    once = drift.ar1_advance(x0, k, tau, sigma, gen)
+    step = x0
+    for _ in range(k):
+        step = drift.ar1_advance(step, 1, tau, sigma, gen)
+    expected = sigma * math.sqrt(1 - math.exp(-2 * k / tau))
+    assert abs(float(once.std()) / expected - 1) < 0.02
+    assert abs(float(step.std()) / expected - 1) < 0.02
+
+
+def _cfg(**kw):
+    base = dict(noise=False, crosstalk=False, program_bits=0, query_bits=0, adc_bits=0, trim_sigma_m=0.0,
+                rows_per_bank=256, drift_ring_sigma_m=20e-12, drift_global_sigma_m=0.0, drift_corr_steps=20.0)  # fmt: skip
+    base.update(kw)
+    return PhotonicConfig.preset("seed-nominal").replace(**base)
+
+
+def test_drift_moves_scores_over_decode_steps_smoothly():
+    gen = torch.Generator().manual_seed(2)
+    sig, q = torch.randn(1, 200, 8, generator=gen), torch.randn(1, 8, generator=gen)
+    eng = PhotonicEngine(_cfg(), seed=0)
+    eng.program(sig)
+    s0 = eng.scores(q)
+    assert torch.equal(s0, eng.scores(q))  # without advance the rings do not move
+    eng.advance(1)
+    s1 = eng.scores(q)
+    eng.advance(200)
+    s200 = eng.scores(q)
+    one_step = float((s1 - s0).pow(2).mean())
+    long = float((s200 - s0).pow(2).mean())
+    assert 0 < one_step < 0.3 * long  # time-correlated: one step moves much less than many
+    assert eng.counters["drift_steps"] == 201 and eng.counters["weight_refreshes"] == 2
+
+
+def test_global_drift_is_shared_by_all_rings():
+    eng = PhotonicEngine(_cfg(drift_ring_sigma_m=0.0, drift_global_sigma_m=20e-12), seed=0)
+    eng.program(torch.randn(2, 30, 8))
+    eng.advance(50)
+    eng.scores(torch.randn(2, 8))
+    assert eng._ring_drift.abs().max() == 0 and eng._global_drift != 0.0
+
+
+def test_no_drift_means_advance_changes_nothing():
+    eng = PhotonicEngine(_cfg(drift_ring_sigma_m=0.0), seed=0)
+    eng.program(torch.randn(1, 30, 8))
+    q = torch.randn(1, 8)
+    s0 = eng.scores(q)
+    eng.advance(100)
+    assert torch.equal(s0, eng.scores(q))
+
+
+def test_feedback_compensates_drift_present_at_programming():
+    gen = torch.Generator().manual_seed(3)
+    sig, q = torch.randn(1, 300, 8, generator=gen), torch.randn(1, 8, generator=gen)
+    exact = (sig @ q.unsqueeze(-1)).squeeze(-1)
+    err = {}
+    for fb in (False, True):
+        eng = PhotonicEngine(_cfg(feedback_calibration=fb, trim_sigma_m=5e-12), seed=0)
+        eng.program(sig)
+        err[fb] = float((eng.scores(q) - exact).pow(2).mean())
+    assert err[True] < 0.01 * err[False]

@@ -1,0 +1,40 @@
+import math
+
+from kvprism import PhotonicConfig, PhotonicEngine
+from kvprism.photonics import feasibility
+
+
+def test_seed_nominal_flags_comb_span_vs_fsr():
+    rep = PhotonicEngine(PhotonicConfig.preset("seed-nominal")).feasibility(mc_rows=64, mc_queries=16)
+    assert rep.d == 32 and abs(rep.comb_span_m - 51.2e-9) < 1e-15
+    assert 8.2e-9 < rep.fsr_m < 8.4e-9
+    span = [v for v in rep.violations if "comb span" in v]
+    assert len(span) == 1 and "51.20 nm" in span[0] and "FSR 8.31 nm" in span[0]
+    # the aliasing is physics in the cascade model: a ring's other order sits on a foreign line
+    assert rep.worst_leakage_db > -3.0 and any("leakage" in v for v in rep.violations)
+    assert not rep.feasible
+
+
+def test_dense_grid_fits_one_fsr():
+    rep = feasibility(PhotonicConfig.preset("tfln-literature"), mc_rows=64, mc_queries=16)
+    assert rep.comb_span_m < rep.fsr_m and not any("comb span" in v for v in rep.violations)
+    assert rep.worst_leakage_db < -20.0
+    assert rep.weight_bits > 5.0  # 9-bit closed-loop programming
+
+
+def test_report_numbers_respond_to_the_configuration():
+    base = PhotonicConfig.preset("tfln-literature")
+    a = feasibility(base.replace(rows_per_bank=256), mc_rows=64, mc_queries=16)
+    b = feasibility(base.replace(rows_per_bank=65536), mc_rows=64, mc_queries=16)
+    assert b.received_line_dbm < a.received_line_dbm - 20  # 1×N splitter: 10·log10(256) dB more loss
+    assert b.score_snr_db < a.score_snr_db
+    low_v = feasibility(base.replace(v_max_v=2.0), mc_rows=64, mc_queries=16)
+    assert any("V_max is 2 V" in v for v in low_v.violations)
+    assert low_v.weight_range < a.weight_range
+    small = feasibility(base.replace(rows_per_bank=16, n_banks=2), mc_rows=64, mc_queries=16)
+    assert small.mrr_count == 16 * 2 * 32 and not any("chip limit" in v for v in small.violations)
+
+
+def test_ideal_has_perfect_scores():
+    rep = feasibility(PhotonicConfig.preset("ideal"), mc_rows=32, mc_queries=8)
+    assert math.isinf(rep.score_snr_db) and math.isinf(rep.weight_bits)
