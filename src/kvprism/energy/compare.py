@@ -4,7 +4,9 @@ thermo-optic heater reference.
 The photonic system replaces the signature scan: each decode step, every (sequence, layer, KV head) bank is queried
 on the chip (``gqa_reduce='max'``: once per query head), the GPU then fetches the selected tokens. Its energy is the
 chip's dynamic energy over all banks + the chip's static power over the whole step + the HBM fetch + (when the rows
-exceed the chip) the HBM read of the ring drive codes that are reloaded every step. Its latency: per layer (layers
+exceed the chip) the HBM read of the ring drive codes that are reloaded every step. Static power is charged over the
+photonic attention step, plus — ``static_accounting='full-step'``, the default — the read of the model weights that
+every decode step also does (the chip stays powered meanwhile; GPU power is the same in every system and cancels). Its latency: per layer (layers
 are sequential in decode; the banks of one layer run in parallel) the chip latency plus the fetch time, plus the
 reload time when paging.
 """
@@ -107,32 +109,39 @@ def decode_step(
     latency["paging"] += gpu.time_s(paging_bytes)
     energy["kv_fetch"] = gpu.energy_j(gpu.fetch_bytes)
     energy["paging_reads"] = gpu.energy_j(paging_bytes)
-    energy["static"] = cfg.static_power_w * sum(latency.values())
+    powered_s = sum(latency.values())
+    if ecfg.static_accounting == "full-step":
+        powered_s += gpu.time_s(gpu.weight_bytes)
+    energy["static"] = cfg.static_power_w * powered_s
     return StepComparison(
         context=context, n_blocks=n, banks=banks, pages=q.pages, gpu=gpu, photonic_energy_j=energy,
         photonic_latency_s=latency, chip_per_bank_energy_j=q.dynamic_energy_j, chip_layer_latency_s=layer_lat,
     )  # fmt: skip
 
 
-def crossover(diff: Callable[[int], float], lo: int, hi: int, points: int = 96) -> int | None:
-    """Smallest context in [lo, hi] from which ``diff(context)`` (photonic − baseline) is negative, found on a
-    log grid and refined by integer bisection; ``lo`` if it is negative already at ``lo``; None if never."""
-    if diff(lo) < 0:
-        return lo
-    grid = sorted({int(round(lo * (hi / lo) ** (i / (points - 1)))) for i in range(points)})
-    prev = grid[0]
+def crossover(diff: Callable[[int], float], lo: int, hi: int, points: int = 96) -> list[tuple[int, str]]:
+    """Contexts in [lo, hi] where the sign of ``diff(context)`` (photonic − baseline) changes, found on a log grid of
+    ``points`` contexts and refined by integer bisection: a list of (context, "photonic better" | "photonic worse"),
+    each context being the first one of the new regime. ``lo`` itself starts the list when the photonic system is
+    better there already. Empty: the photonic system is worse over the whole range."""
+    grid = sorted({round(lo * (hi / lo) ** (i / (points - 1))) for i in range(points)})
+    out: list[tuple[int, str]] = []
+    prev, prev_better = grid[0], diff(grid[0]) < 0
+    if prev_better:
+        out.append((grid[0], "photonic better"))
     for c in grid[1:]:
-        if diff(c) < 0:
-            a, b = prev, c  # diff(a) ≥ 0 > diff(b)
+        better = diff(c) < 0
+        if better != prev_better:
+            a, b = prev, c  # regime of a = prev_better, of b = better
             while b - a > 1:
                 m = (a + b) // 2
-                if diff(m) < 0:
-                    b = m
-                else:
+                if (diff(m) < 0) == prev_better:
                     a = m
-            return b
-        prev = c
-    return None
+                else:
+                    b = m
+            out.append((b, "photonic better" if better else "photonic worse"))
+        prev, prev_better = c, better
+    return out
 
 
 def ring_inventory(cfg: PhotonicConfig, ecfg: EnergyConfig, shape: ModelShape, context: int) -> dict[str, float]:
@@ -173,4 +182,3 @@ def thermo_optic_reference(cfg: PhotonicConfig, ecfg: EnergyConfig) -> dict[str,
         "heater_w_chip_fwhm": per_fwhm * cfg.physical_rows * ecfg.d_sig,
         "eo_energy_per_update_j": cfg.ring_capacitance_f * mean_ring_drive_v2(cfg),
     }
-

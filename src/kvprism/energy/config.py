@@ -44,6 +44,12 @@ class EnergyConfig(ConfigBase):
         unit="bit",
         le=24.0,
     )
+    static_accounting: str = param(
+        "full-step",
+        doc="time over which the chip's static power is charged per decode step: 'full-step' (attention + the read "
+        "of the model weights, the chip stays powered) or 'attention' (only the photonic attention step, best case)",
+        choices=("full-step", "attention"),
+    )
     thermo_optic_p_pi_w: float = param(
         24.77e-3,
         doc="SOI thermo-optic heater power per π phase shift (comparison only)",
@@ -55,13 +61,14 @@ class EnergyConfig(ConfigBase):
 
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
-    """Attention shape of a decoder: layers, query heads, KV heads, head dimension."""
+    """Attention shape of a decoder: layers, query heads, KV heads, head dimension, parameter count."""
 
     name: str
     n_layers: int
     q_heads: int
     kv_heads: int
     head_dim: int
+    n_params: float  # total parameters (weights read once per decode step, shared by the batch)
     source: str
 
     @property
@@ -78,9 +85,9 @@ class ModelShape:
 MODEL_SHAPES: dict[str, ModelShape] = {
     s.name: s
     for s in (
-        ModelShape("qwen2.5-7b", 28, 28, 4, 128, "Qwen/Qwen2.5-7B config.json"),
-        ModelShape("smollm2-135m", 30, 9, 3, 64, "HuggingFaceTB/SmolLM2-135M config.json"),
-        ModelShape("llama-3.1-8b", 32, 32, 8, 128, "meta-llama/Llama-3.1-8B config.json"),
+        ModelShape("qwen2.5-7b", 28, 28, 4, 128, 7.61e9, "Qwen/Qwen2.5-7B config.json, model card (7.61 B)"),
+        ModelShape("smollm2-135m", 30, 9, 3, 64, 1.35e8, "HuggingFaceTB/SmolLM2-135M config.json, model card"),
+        ModelShape("llama-3.1-8b", 32, 32, 8, 128, 8.03e9, "meta-llama/Llama-3.1-8B config.json, model card (8.03 B)"),
     )
 }
 

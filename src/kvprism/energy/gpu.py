@@ -48,6 +48,7 @@ class GpuStep:
     dense_bytes: int
     scan_bytes: int
     fetch_bytes: int
+    weight_bytes: int  # model weights read once per step (not part of any attention comparison)
     energy_per_byte_j: float
     bandwidth_bytes_per_s: float
 
@@ -88,6 +89,7 @@ def gpu_step(shape: ModelShape, context: int, ecfg: EnergyConfig) -> GpuStep:
         dense_bytes=b * context * shape.kv_bytes_per_token * e,
         scan_bytes=b * shape.n_layers * shape.kv_heads * n_blocks * d_scan * e,
         fetch_bytes=b * selected_tokens(context, ecfg) * shape.kv_bytes_per_token * e,
+        weight_bytes=int(shape.n_params * e),
         energy_per_byte_j=8.0 * ecfg.hbm_energy_per_bit_j,
         bandwidth_bytes_per_s=ecfg.hbm_bandwidth_bytes_per_s,
     )
@@ -124,6 +126,4 @@ def load_gpu_times(path: str | Path, shape: ModelShape) -> dict[tuple[int, int, 
             raise KvprismError(f"GPU times file {path}: expected a list of records or an object with 'rows'")
     except (KeyError, TypeError, ValueError) as exc:
         raise KvprismError(f"GPU times file {path}: malformed record ({type(exc).__name__}: {exc})") from None
-    return {
-        (b, c, m): us * 1e-6 * shape.n_layers for b, c, m, us in records if math.isfinite(us) and us > 0
-    }
+    return {(b, c, m): us * 1e-6 * shape.n_layers for b, c, m, us in records if math.isfinite(us) and us > 0}
