@@ -161,3 +161,17 @@ def test_cli_energy_bad_input(capsys):
     assert "--contexts" in capsys.readouterr().err
     assert main(["energy", "--contexts", "256"]) == 1
     assert main(["energy", "--model-shape", "nope"]) == 1
+
+
+def test_cw_laser_burns_for_the_whole_powered_time(seed):
+    e = EnergyConfig()
+    gated = decode_step(seed, e, QWEN, 1 << 17)
+    cw = decode_step(seed, e.replace(laser_mode="cw"), QWEN, 1 << 17)
+    powered = cw.photonic_energy_j["static"] / seed.static_power_w
+    from kvprism.energy.chip import required_laser
+
+    assert cw.photonic_energy_j["laser"] == pytest.approx(112 * required_laser(seed, 32).electrical_w * powered)
+    assert cw.photonic_energy_j["laser"] > 1e3 * gated.photonic_energy_j["laser"]
+    assert {t: v for t, v in cw.photonic_energy_j.items() if t != "laser"} == {
+        t: v for t, v in gated.photonic_energy_j.items() if t != "laser"
+    }

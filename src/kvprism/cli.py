@@ -163,6 +163,7 @@ def energy(
     static_accounting: Annotated[
         str, typer.Option(help="Chip static power over 'full-step' (incl. weight read) or 'attention' only.")
     ] = "full-step",
+    laser_mode: Annotated[str, typer.Option(help="'gated' (on only while evaluating) or 'cw' (always on).")] = "gated",
     gpu_times: Annotated[
         str | None, typer.Option(help="Measured GPU times JSON (benchmarks/gpu_decode.py output or records).")
     ] = None,
@@ -181,6 +182,7 @@ def energy(
         batch=batch, block_size=block_size, k=k, d_sig=d_sig, gqa_reduce=gqa_reduce, scan_dims=scan_dims,
         hbm_energy_per_bit_j=hbm_pj_per_bit * 1e-12, hbm_bandwidth_bytes_per_s=hbm_tb_per_s * 1e12,
         target_enob=-1.0 if target_enob is None else target_enob, static_accounting=static_accounting,
+        laser_mode=laser_mode,
     )  # fmt: skip
     shape = get_shape(model_shape)
     with console.status("computing ..."):

@@ -6,7 +6,9 @@ on the chip (``gqa_reduce='max'``: once per query head), the GPU then fetches th
 chip's dynamic energy over all banks + the chip's static power over the whole step + the HBM fetch + (when the rows
 exceed the chip) the HBM read of the ring drive codes that are reloaded every step. Static power is charged over the
 photonic attention step, plus — ``static_accounting='full-step'``, the default — the read of the model weights that
-every decode step also does (the chip stays powered meanwhile; GPU power is the same in every system and cancels). Its latency: per layer (layers
+every decode step also does (the chip stays powered meanwhile; GPU power is the same in every system and cancels).
+Laser: ``laser_mode='gated'`` (default, best case) charges one ADC period per pass and bank as in the per-query model;
+``'cw'`` keeps the lasers of every physical bank in use on for the whole powered time. Its latency: per layer (layers
 are sequential in decode; the banks of one layer run in parallel) the chip latency plus the fetch time, plus the
 reload time when paging.
 """
@@ -113,6 +115,9 @@ def decode_step(
     if ecfg.static_accounting == "full-step":
         powered_s += gpu.time_s(gpu.weight_bytes)
     energy["static"] = cfg.static_power_w * powered_s
+    if ecfg.laser_mode == "cw":  # the lasers of every physical bank in use stay on while the chip is powered
+        lit = min(cfg.n_banks, banks * q.bank_slots)
+        energy["laser"] = lit * laser.electrical_w * powered_s
     return StepComparison(
         context=context, n_blocks=n, banks=banks, pages=q.pages, gpu=gpu, photonic_energy_j=energy,
         photonic_latency_s=latency, chip_per_bank_energy_j=q.dynamic_energy_j, chip_layer_latency_s=layer_lat,

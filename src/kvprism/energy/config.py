@@ -50,6 +50,12 @@ class EnergyConfig(ConfigBase):
         "of the model weights, the chip stays powered) or 'attention' (only the photonic attention step, best case)",
         choices=("full-step", "attention"),
     )
+    laser_mode: str = param(
+        "gated",
+        doc="'gated': lasers on only for the evaluation slots (best case); 'cw': on for the whole time the chip is "
+        "powered (static_accounting), for every physical bank in use",
+        choices=("gated", "cw"),
+    )
     thermo_optic_p_pi_w: float = param(
         24.77e-3,
         doc="SOI thermo-optic heater power per π phase shift (comparison only)",

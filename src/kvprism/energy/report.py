@@ -122,6 +122,15 @@ def build_summary(
             "latency_s": pq.latency_s,
             "total_latency_s": pq.total_latency_s,
             "seed_stage_latency_s": seed_stage_latency_s(cfg),
+            # references (not part of the total): the same N conversions at the cited converter's own measured
+            # energy, and TIA + ADC at the seed's assumed 49 µW per diode over its TIA+ADC stage latency
+            "adc_at_measured_converter_j": pq.queries * pq.passes * pq.n_rows * cfg.adc_energy_per_conversion_j,
+            "tia_adc_at_seed_assumption_j": pq.queries
+            * pq.passes
+            * pq.n_rows
+            * 2
+            * cfg.tia_adc_power_seed_w
+            * cfg.latency_tia_adc_s,
         },
         "steps": [s.row() | {"photonic_energy_terms_j": s.photonic_energy_j} for s in steps],
         "curve": [s.row() for s in curve],
@@ -211,6 +220,16 @@ def print_summary(summary: dict[str, Any], console) -> None:
     for name, v in pq["energy_j"].items():
         t.add_row(name, f"{v * 1e12:,.2f}", f"{100 * v / tot:.1f} %")
     t.add_row("[bold]total[/]", f"[bold]{tot * 1e12:,.1f}[/]", "")
+    t.add_row(
+        "[dim]ref: ADC at the cited converter's measured pJ per conversion[/]",
+        f"[dim]{pq['adc_at_measured_converter_j'] * 1e12:,.1f}[/]",
+        "",
+    )
+    t.add_row(
+        "[dim]ref: TIA+ADC at the seed's per-diode power[/]",
+        f"[dim]{pq['tia_adc_at_seed_assumption_j'] * 1e12:,.1f}[/]",
+        "",
+    )
     console.print(t)
     t = Table(title="one query: latency by stage")
     t.add_column("stage")
@@ -227,7 +246,7 @@ def print_summary(summary: dict[str, Any], console) -> None:
         f"{shape['head_dim']}), batch {e['batch']}, B = {e['block_size']}, k = {e['k']}, d_sig = {e['d_sig']}, "
         f"gqa_reduce {e['gqa_reduce']}, GPU scan over {e['scan_dims']}; HBM {e['hbm_energy_per_bit_j'] * 1e12:g} "
         f"pJ/bit, {e['hbm_bandwidth_bytes_per_s'] / 1e12:g} TB/s; chip static power charged over: "
-        f"{e['static_accounting']}",
+        f"{e['static_accounting']}, laser {e['laser_mode']}",
         highlight=False,
     )
     t = Table(title="energy per decode step (attention: KV / signature traffic + chip)")
