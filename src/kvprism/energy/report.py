@@ -250,7 +250,7 @@ def print_summary(summary: dict[str, Any], console) -> None:
         highlight=False,
     )
     t = Table(title="energy per decode step (attention: KV / signature traffic + chip)")
-    for col in ("context", "dense KV read", "GPU selection", "photonic", "chip dynamic", "chip static", "kv fetch"):
+    for col in ("context", "dense KV read", "GPU selection", "photonic", "chip w/o static", "chip static", "kv fetch"):
         t.add_column(col, justify="right")
     for s in summary["steps"]:
         terms = s["photonic_energy_terms_j"]
@@ -346,7 +346,7 @@ def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
                       label=label, color=color)  # fmt: skip
         if kind == "energy":
             ax.loglog(cx, [r["chip_dynamic_energy_j"] for r in curve], "--", color="C2", alpha=0.6,
-                      label="chip dynamic only")  # fmt: skip
+                      label="chip, static excluded")  # fmt: skip
         else:
             ax.loglog(cx, [r["gpu_scan_latency_s"] * scale for r in curve], ":", color="C0", alpha=0.7,
                       label="GPU signature scan only")  # fmt: skip
