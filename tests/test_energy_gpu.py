@@ -175,3 +175,12 @@ def test_cw_laser_burns_for_the_whole_powered_time(seed):
     assert {t: v for t, v in cw.photonic_energy_j.items() if t != "laser"} == {
         t: v for t, v in gated.photonic_energy_j.items() if t != "laser"
     }
+
+
+def test_parse_contexts():
+    from kvprism.energy.report import parse_contexts
+
+    assert parse_contexts("4k,32k,128k,1m") == [4096, 32768, 131072, 1 << 20]
+    assert parse_contexts("1m, 5000") == [5000, 1 << 20]
+    with pytest.raises(KvprismError, match="not a context length"):
+        parse_contexts("4kb")
