@@ -179,3 +179,11 @@ def test_bad_input_is_named(seed):
         chip_query(seed, 0, 32, 1)
     with pytest.raises(KvprismError, match="query_rate_hz"):
         chip_query(seed, 64, 32, 8, query_rate_hz=0.0)
+
+
+def test_unquantised_adc_is_charged_at_the_target_enob():
+    ideal = PhotonicConfig.preset("ideal")
+    q = chip_query(ideal, 1024, 32, 8)
+    assert q.laser.limited_by == "pd sensitivity"  # noise-free: only the photodiode floor sets the laser
+    assert q.energy_j["adc"] == pytest.approx(1024 * ideal.adc_walden_fom_j_per_step * 2**4, rel=1e-12)
+    assert q.latency_s["ring"] == pytest.approx(ring_settling_s(ideal, 4), rel=1e-12)

@@ -25,6 +25,7 @@ __all__ = [
     "ChipQuery",
     "LaserSolution",
     "chip_query",
+    "energy_adc_bits",
     "enob_to_snr_db",
     "mean_ring_drive_v2",
     "modulator_energy_per_sample_j",
@@ -152,11 +153,19 @@ def required_laser(cfg: PhotonicConfig, d: int | None = None, target_enob: float
     )  # fmt: skip
 
 
-def ring_settling_s(cfg: PhotonicConfig) -> float:
-    """Time for a ring's output power to settle to 1 LSB of the ADC after a step of the input [s]: photon lifetime
-    τ = Q λ / (2π c) times ln(2^adc_bits) (power decays as exp(−t/τ)); τ alone for an unquantised ADC."""
+def ring_settling_s(cfg: PhotonicConfig, bits: int | None = None) -> float:
+    """Time for a ring's output power to settle to 1 LSB of a ``bits``-bit ADC (default ``cfg.adc_bits``) after a
+    step of the input [s]: photon lifetime τ = Q λ / (2π c) times ln(2^bits) (power decays as exp(−t/τ)); at
+    least τ."""
+    bits = cfg.adc_bits if bits is None else bits
     tau = cfg.q_loaded * cfg.wavelength_center_m / (2.0 * math.pi * SPEED_OF_LIGHT_M_PER_S)
-    return tau * max(1.0, cfg.adc_bits * math.log(2.0))
+    return tau * max(1.0, bits * math.log(2.0))
+
+
+def energy_adc_bits(cfg: PhotonicConfig, laser: LaserSolution) -> int:
+    """ADC resolution the energy model charges: ``adc_bits``, or — for an unquantised ADC (``adc_bits = 0``, the
+    ideal preset) — the score ENOB the laser is sized for, rounded up."""
+    return cfg.adc_bits if cfg.adc_bits > 0 else max(1, math.ceil(snr_to_enob(laser.target_snr_db) - 1e-9))
 
 
 def mean_ring_drive_v2(cfg: PhotonicConfig) -> float:
@@ -239,7 +248,7 @@ def chip_query(
     pages = math.ceil(banks * n_rows / cfg.physical_rows)
     writes_paging = n_rows * d if pages > 1 else 0
     cv2 = cfg.ring_capacitance_f * mean_ring_drive_v2(cfg)
-    adc_bits = max(cfg.adc_bits, 0)
+    adc_bits = energy_adc_bits(cfg, las)
     if query_rate_hz is None:
         query_rate_hz = max(1, cfg.physical_rows // n_rows) / (passes * t_slot)
     if query_rate_hz <= 0:
@@ -256,14 +265,14 @@ def chip_query(
         "static": cfg.static_power_w * queries / query_rate_hz,
     }
     stage_sum = (
-        cfg.latency_dac_s + cfg.latency_mzm_s + cfg.latency_propagation_s + ring_settling_s(cfg)
+        cfg.latency_dac_s + cfg.latency_mzm_s + cfg.latency_propagation_s + ring_settling_s(cfg, adc_bits)
         + cfg.latency_pd_s + cfg.latency_tia_adc_s
     )  # fmt: skip
     latency = {
         "dac": cfg.latency_dac_s,
         "mzm": cfg.latency_mzm_s,
         "propagation": cfg.latency_propagation_s,
-        "ring": ring_settling_s(cfg),
+        "ring": ring_settling_s(cfg, adc_bits),
         "pd": cfg.latency_pd_s,
         "tia_adc": cfg.latency_tia_adc_s,
         "topk": cfg.latency_topk_s,
