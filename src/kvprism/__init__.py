@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "load_model": "kvprism.hf.models",
     "PhotonicConfig": "kvprism.photonics.config",
     "PhotonicEngine": "kvprism.photonics.engine",
+    "EnergyConfig": "kvprism.energy.config",
+    "chip_query": "kvprism.energy.chip",
+    "decode_step": "kvprism.energy.compare",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

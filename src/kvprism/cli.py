@@ -139,6 +139,64 @@ def hw(
         console.print("[bold green]feasible: no constraint violated[/]")
 
 
+@app.command()
+def energy(
+    preset: Annotated[str, typer.Option(help="Photonic preset name (kvprism hw --list).")] = "seed-nominal",
+    config: Annotated[str | None, typer.Option("--config", help="Photonic config TOML (instead of --preset).")] = None,
+    model_shape: Annotated[
+        str, typer.Option("--model-shape", help="qwen2.5-7b, smollm2-135m or llama-3.1-8b.")
+    ] = "qwen2.5-7b",
+    contexts: Annotated[str, typer.Option(help="Context lengths, k = 1024, m = 1024².")] = "4k,32k,128k,1m",
+    out: Annotated[str | None, typer.Option(help="Folder for the plots and energy_summary.json.")] = None,
+    rows: Annotated[
+        int | None, typer.Option(help="Rows N of the per-query breakdown (default: rows_per_bank).")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Sequences decoded together.")] = 1,
+    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = 64,
+    k: Annotated[int, typer.Option(help="Blocks selected per (layer, KV head).")] = 8,
+    d_sig: Annotated[int, typer.Option(help="Signature dimension = comb lines.")] = 32,
+    gqa_reduce: Annotated[str, typer.Option(help="'sum' (one chip query per KV head) or 'max' (per q head).")] = "sum",
+    scan_dims: Annotated[str, typer.Option(help="GPU scan over 'd_sig' or 'd_head' dimensions.")] = "d_sig",
+    hbm_pj_per_bit: Annotated[float, typer.Option(help="HBM energy [pJ/bit].")] = 3.9,
+    hbm_tb_per_s: Annotated[float, typer.Option(help="HBM bandwidth [TB/s].")] = 3.35,
+    target_enob: Annotated[float | None, typer.Option(help="Score ENOB the laser is sized for.")] = None,
+    static_accounting: Annotated[
+        str, typer.Option(help="Chip static power over 'full-step' (incl. weight read) or 'attention' only.")
+    ] = "full-step",
+    laser_mode: Annotated[str, typer.Option(help="'gated' (on only while evaluating) or 'cw' (always on).")] = "gated",
+    gpu_times: Annotated[
+        str | None, typer.Option(help="Measured GPU times JSON (benchmarks/gpu_decode.py output or records).")
+    ] = None,
+) -> None:
+    """Energy and latency per decode step of the photonic chip vs GPU baselines, derived from components."""
+    from kvprism.energy.config import EnergyConfig
+    from kvprism.energy.config import model_shape as get_shape
+    from kvprism.energy.report import build_summary, parse_contexts, print_summary, write_outputs
+    from kvprism.photonics.config import PhotonicConfig
+
+    if config is not None:
+        cfg, label = PhotonicConfig.from_toml(config), config
+    else:
+        cfg, label = PhotonicConfig.preset(preset), preset
+    ecfg = EnergyConfig(
+        batch=batch, block_size=block_size, k=k, d_sig=d_sig, gqa_reduce=gqa_reduce, scan_dims=scan_dims,
+        hbm_energy_per_bit_j=hbm_pj_per_bit * 1e-12, hbm_bandwidth_bytes_per_s=hbm_tb_per_s * 1e12,
+        target_enob=-1.0 if target_enob is None else target_enob, static_accounting=static_accounting,
+        laser_mode=laser_mode,
+    )  # fmt: skip
+    shape = get_shape(model_shape)
+    with console.status("computing ..."):
+        summary = build_summary(
+            cfg, ecfg, shape, parse_contexts(contexts), preset=label, rows=rows, gpu_times=gpu_times
+        )
+    print_summary(summary, console)
+    if out is not None:
+        with console.status("writing plots ..."):
+            paths = write_outputs(summary, out)
+        for p in paths:
+            console.print(f"wrote {p}", highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one-line errors, tracebacks with ``--debug``."""
     args = sys.argv[1:] if argv is None else argv

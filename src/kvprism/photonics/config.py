@@ -340,6 +340,28 @@ class PhotonicConfig(ConfigBase):
     static_power_w: float = param(
         1.0, doc="static chip power: temperature control (TEC) and bias", unit="W", ge=0.0, source="assumption"
     )
+    # ---------------------------------------------------------------- energy model (kvprism.energy)
+    mzm_termination_ohm: float = param(
+        50.0,
+        doc="load of the travelling-wave MZM electrode (drive energy per sample = mean V²/Z / DAC rate)",
+        unit="Ω",
+        gt=0.0,
+        source="Wang et al., Nature 562, 101 (2018): 50 Ω-terminated travelling-wave electrodes",
+    )
+    topk_energy_per_compare_j: float = param(
+        0.03e-12,
+        doc="energy of one comparison of two ADC words in the electronic top-k",
+        unit="J",
+        ge=0.0,
+        source="Horowitz, ISSCC 2014: 8-bit integer add 0.03 pJ (45 nm)",
+    )
+    program_rate_rings_per_s: float = param(
+        1e12,
+        doc="aggregate ring-drive write rate when rows are reloaded (paging latency = ring writes / rate)",
+        unit="rings/s",
+        gt=0.0,
+        source="assumption: 1000 parallel drive channels at 1 GS/s",
+    )
     # ---------------------------------------------------------------- latency stages (seed Table III)
     latency_dac_s: float = param(1e-9, doc="DAC stage latency", unit="s", ge=0.0, source="seed Table III")
     latency_mzm_s: float = param(0.1e-9, doc="MZM stage latency", unit="s", ge=0.0, source="seed Table III")

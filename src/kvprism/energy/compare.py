@@ -1,0 +1,189 @@
+"""Decode-step comparison of the photonic system with the GPU baselines, crossovers, ring count/area and the
+thermo-optic heater reference.
+
+The photonic system replaces the signature scan: each decode step, every (sequence, layer, KV head) bank is queried
+on the chip (``gqa_reduce='max'``: once per query head), the GPU then fetches the selected tokens. Its energy is the
+chip's dynamic energy over all banks + the chip's static power over the whole step + the HBM fetch + (when the rows
+exceed the chip) the HBM read of the ring drive codes that are reloaded every step. Static power is charged over the
+photonic attention step, plus — ``static_accounting='full-step'``, the default — the read of the model weights that
+every decode step also does (the chip stays powered meanwhile; GPU power is the same in every system and cancels).
+Laser: ``laser_mode='gated'`` (default, best case) charges one ADC period per pass and bank as in the per-query model;
+``'cw'`` keeps the lasers of every physical bank in use on for the whole powered time. Its latency: per layer (layers
+are sequential in decode; the banks of one layer run in parallel) the chip latency plus the fetch time, plus the
+reload time when paging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from kvprism.energy.chip import LaserSolution, chip_query, mean_ring_drive_v2, required_laser
+from kvprism.energy.config import EnergyConfig, ModelShape
+from kvprism.energy.gpu import GpuStep, gpu_step
+from kvprism.errors import KvprismError
+from kvprism.photonics.config import PhotonicConfig
+
+__all__ = ["StepComparison", "crossover", "decode_step", "min_context", "ring_inventory", "thermo_optic_reference"]
+
+CHIP_TERMS = ("laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming", "paging_programming")
+
+
+def min_context(ecfg: EnergyConfig) -> int:
+    """Smallest context at which selection chooses among blocks: (k + sink + 1) complete blocks."""
+    return (ecfg.k + ecfg.sink_blocks + 1) * ecfg.block_size
+
+
+@dataclasses.dataclass(frozen=True)
+class StepComparison:
+    """One decode step of the whole model at ``context`` tokens per sequence (energies in J, latencies in s)."""
+
+    context: int
+    n_blocks: int
+    banks: int
+    pages: int
+    gpu: GpuStep
+    photonic_energy_j: dict[str, float]  # CHIP_TERMS (all banks) + static + kv_fetch + paging_reads
+    photonic_latency_s: dict[str, float]  # chip (all layers), kv_fetch, paging
+    chip_per_bank_energy_j: float  # dynamic, one bank, one step
+    chip_layer_latency_s: float
+
+    @property
+    def photonic_total_energy_j(self) -> float:
+        return sum(self.photonic_energy_j.values())
+
+    @property
+    def photonic_total_latency_s(self) -> float:
+        return sum(self.photonic_latency_s.values())
+
+    def row(self) -> dict[str, float | int]:
+        """Flat record for tables and JSON."""
+        return {
+            "context": self.context,
+            "n_blocks": self.n_blocks,
+            "pages": self.pages,
+            "dense_energy_j": self.gpu.dense_energy_j,
+            "gpu_sparse_energy_j": self.gpu.sparse_energy_j,
+            "photonic_energy_j": self.photonic_total_energy_j,
+            "chip_dynamic_energy_j": sum(self.photonic_energy_j[t] for t in CHIP_TERMS),
+            "chip_static_energy_j": self.photonic_energy_j["static"],
+            "dense_latency_s": self.gpu.dense_latency_s,
+            "gpu_sparse_latency_s": self.gpu.sparse_latency_s,
+            "gpu_scan_latency_s": self.gpu.time_s(self.gpu.scan_bytes),
+            "photonic_latency_s": self.photonic_total_latency_s,
+            "chip_latency_s": self.photonic_latency_s["chip"],
+            "dense_bytes": self.gpu.dense_bytes,
+            "scan_bytes": self.gpu.scan_bytes,
+            "fetch_bytes": self.gpu.fetch_bytes,
+        }
+
+
+def decode_step(
+    cfg: PhotonicConfig,
+    ecfg: EnergyConfig,
+    shape: ModelShape,
+    context: int,
+    laser: LaserSolution | None = None,
+) -> StepComparison:
+    """Compare one decode step at ``context`` tokens (≥ :func:`min_context`)."""
+    if context < min_context(ecfg):
+        raise KvprismError(
+            f"context = {context} is invalid; allowed range: [{min_context(ecfg)}, inf) — below (k + sink + 1) "
+            f"blocks of {ecfg.block_size} tokens every block is read and nothing is selected"
+        )
+    d = ecfg.d_sig
+    if laser is None:
+        laser = required_laser(cfg, d, ecfg.target_enob if ecfg.target_enob >= 0 else None)
+    gpu = gpu_step(shape, context, ecfg)
+    n = context // ecfg.block_size
+    banks = ecfg.batch * shape.n_layers * shape.kv_heads
+    queries = shape.group if ecfg.gqa_reduce == "max" else 1
+    q = chip_query(cfg, n, d, min(ecfg.k, n), queries=queries, block_size=ecfg.block_size, banks=banks, laser=laser)
+    energy = {t: q.energy_j[t] * banks for t in CHIP_TERMS}
+    layer_lat = q.total_latency_s - q.latency_s["paging"]
+    latency = {
+        "chip": shape.n_layers * layer_lat,
+        "kv_fetch": gpu.time_s(gpu.fetch_bytes),
+        "paging": q.latency_s["paging"],
+    }
+    code_bits = cfg.program_bits if cfg.program_bits > 0 else 8 * ecfg.kv_bytes_per_element
+    paging_bytes = banks * q.ring_writes_paging * code_bits / 8.0
+    latency["paging"] += gpu.time_s(paging_bytes)
+    energy["kv_fetch"] = gpu.energy_j(gpu.fetch_bytes)
+    energy["paging_reads"] = gpu.energy_j(paging_bytes)
+    powered_s = sum(latency.values())
+    if ecfg.static_accounting == "full-step":
+        powered_s += gpu.time_s(gpu.weight_bytes)
+    energy["static"] = cfg.static_power_w * powered_s
+    if ecfg.laser_mode == "cw":  # the lasers of every physical bank in use stay on while the chip is powered
+        lit = min(cfg.n_banks, banks * q.bank_slots)
+        energy["laser"] = lit * laser.electrical_w * powered_s
+    return StepComparison(
+        context=context, n_blocks=n, banks=banks, pages=q.pages, gpu=gpu, photonic_energy_j=energy,
+        photonic_latency_s=latency, chip_per_bank_energy_j=q.dynamic_energy_j, chip_layer_latency_s=layer_lat,
+    )  # fmt: skip
+
+
+def crossover(diff: Callable[[int], float], lo: int, hi: int, points: int = 96) -> list[tuple[int, str]]:
+    """Contexts in [lo, hi] where the sign of ``diff(context)`` (photonic − baseline) changes, found on a log grid of
+    ``points`` contexts and refined by integer bisection: a list of (context, "photonic better" | "photonic worse"),
+    each context being the first one of the new regime. ``lo`` itself starts the list when the photonic system is
+    better there already. Empty: the photonic system is worse over the whole range."""
+    grid = sorted({round(lo * (hi / lo) ** (i / (points - 1))) for i in range(points)})
+    out: list[tuple[int, str]] = []
+    prev, prev_better = grid[0], diff(grid[0]) < 0
+    if prev_better:
+        out.append((grid[0], "photonic better"))
+    for c in grid[1:]:
+        better = diff(c) < 0
+        if better != prev_better:
+            a, b = prev, c  # regime of a = prev_better, of b = better
+            while b - a > 1:
+                m = (a + b) // 2
+                if (diff(m) < 0) == prev_better:
+                    a = m
+                else:
+                    b = m
+            out.append((b, "photonic better" if better else "photonic worse"))
+        prev, prev_better = c, better
+    return out
+
+
+def ring_inventory(cfg: PhotonicConfig, ecfg: EnergyConfig, shape: ModelShape, context: int) -> dict[str, float]:
+    """Rings (MRRs) and ring area [m²] needed to hold every row of the step without paging, and the chip's own."""
+    rows = ecfg.batch * shape.n_layers * shape.kv_heads * (context // ecfg.block_size)
+    need = rows * ecfg.d_sig
+    chip = cfg.physical_rows * ecfg.d_sig
+    return {
+        "rows_needed": rows,
+        "mrr_needed": need,
+        "area_needed_m2": need * cfg.ring_pitch_m**2,
+        "mrr_chip": chip,
+        "area_chip_m2": chip * cfg.ring_pitch_m**2,
+        "max_chip_area_m2": cfg.max_chip_area_m2,
+    }
+
+
+def thermo_optic_reference(cfg: PhotonicConfig, ecfg: EnergyConfig) -> dict[str, float]:
+    """Static heater power an SOI thermo-optic weight bank of the same ring geometry would need: a resonance shift
+    Δλ needs a round-trip phase 2π·Δλ/FSR, i.e. P = P_π · 2Δλ/FSR per ring (P_π roughly length-independent for
+    thermo-optic shifters). Reported per ring for one FWHM and for the EO range 2·tuning·V_max, and for every ring
+    of the chip held one FWHM off (EO holds a weight at ~0 W: the electrodes are capacitive)."""
+    from kvprism.photonics import ring
+
+    r1, r2 = cfg.couplings
+    a = float(ring.round_trip_amplitude(cfg.loss_db_per_m, cfg.ring_radius_m))
+    lam = cfg.wavelength_center_m
+    fsr = float(ring.fsr_m(lam, cfg.n_g, cfg.ring_radius_m))
+    fwhm = float(ring.fwhm_m(lam, cfg.n_g, cfg.ring_radius_m, r1, r2, a))
+    per_fwhm = ecfg.thermo_optic_p_pi_w * 2.0 * fwhm / fsr
+    eo_range = 2.0 * cfg.tuning_m_per_v * cfg.v_max_v
+    return {
+        "p_pi_w": ecfg.thermo_optic_p_pi_w,
+        "fsr_m": fsr,
+        "fwhm_m": fwhm,
+        "heater_w_per_ring_fwhm": per_fwhm,
+        "heater_w_per_ring_eo_range": ecfg.thermo_optic_p_pi_w * 2.0 * eo_range / fsr,
+        "heater_w_chip_fwhm": per_fwhm * cfg.physical_rows * ecfg.d_sig,
+        "eo_energy_per_update_j": cfg.ring_capacitance_f * mean_ring_drive_v2(cfg),
+    }

@@ -1,0 +1,106 @@
+"""``EnergyConfig``: the GPU side and the workload of the decode-step comparison, and model shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kvprism.config import ConfigBase, param
+from kvprism.errors import KvprismError
+
+__all__ = ["MODEL_SHAPES", "EnergyConfig", "ModelShape", "model_shape"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyConfig(ConfigBase):
+    """GPU memory parameters, the selection workload (names and defaults as in ``SelectionConfig``) and the
+    thermo-optic reference used for comparison."""
+
+    hbm_energy_per_bit_j: float = param(
+        3.9e-12, doc="HBM read energy per bit", unit="J/bit", gt=0.0, source="O'Connor et al., MICRO'17 (PHYSICS §10)"
+    )
+    hbm_bandwidth_bytes_per_s: float = param(
+        3.35e12, doc="HBM bandwidth", unit="B/s", gt=0.0, source="NVIDIA H100 SXM datasheet (PHYSICS §10)"
+    )
+    kv_bytes_per_element: int = param(2, doc="bytes per K/V/signature element (bf16)", unit="B", ge=1, le=8)
+    batch: int = param(1, doc="sequences decoded together (each has its own KV cache and chip rows)", ge=1)
+    block_size: int = param(64, doc="tokens per block (one signature / one chip row)", unit="tokens", ge=1)
+    k: int = param(8, doc="blocks selected per (layer, KV head) and step", unit="blocks", ge=1)
+    d_sig: int = param(32, doc="signature dimension = comb lines used", ge=1)
+    sink_blocks: int = param(1, doc="first blocks always read", unit="blocks", ge=0)
+    window: int = param(64, doc="most recent tokens always read", unit="tokens", ge=0)
+    gqa_reduce: str = param(
+        "sum",
+        doc="'sum': one chip query per KV head (summed query); 'max': one per query head",
+        choices=("sum", "max"),
+    )
+    scan_dims: str = param(
+        "d_sig",
+        doc="dimensions of the signatures the GPU scans: 'd_sig' (projected) or 'd_head' (unprojected mean keys)",
+        choices=("d_sig", "d_head"),
+    )
+    target_enob: float = param(
+        -1.0,
+        doc="score ENOB the laser is sized for (< 0: the preset's required_score_enob)",
+        unit="bit",
+        le=24.0,
+    )
+    static_accounting: str = param(
+        "full-step",
+        doc="time over which the chip's static power is charged per decode step: 'full-step' (attention + the read "
+        "of the model weights, the chip stays powered) or 'attention' (only the photonic attention step, best case)",
+        choices=("full-step", "attention"),
+    )
+    laser_mode: str = param(
+        "gated",
+        doc="'gated': lasers on only for the evaluation slots (best case); 'cw': on for the whole time the chip is "
+        "powered (static_accounting), for every physical bank in use",
+        choices=("gated", "cw"),
+    )
+    thermo_optic_p_pi_w: float = param(
+        24.77e-3,
+        doc="SOI thermo-optic heater power per π phase shift (comparison only)",
+        unit="W",
+        gt=0.0,
+        source="Harris et al., Opt. Express 22, 10487 (2014): 24.77 mW per π",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    """Attention shape of a decoder: layers, query heads, KV heads, head dimension, parameter count."""
+
+    name: str
+    n_layers: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    n_params: float  # total parameters (weights read once per decode step, shared by the batch)
+    source: str
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (GQA group size)."""
+        return self.q_heads // self.kv_heads
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V elements per token over all layers (multiply by bytes per element)."""
+        return 2 * self.n_layers * self.kv_heads * self.head_dim
+
+
+MODEL_SHAPES: dict[str, ModelShape] = {
+    s.name: s
+    for s in (
+        ModelShape("qwen2.5-7b", 28, 28, 4, 128, 7.61e9, "Qwen/Qwen2.5-7B config.json, model card (7.61 B)"),
+        ModelShape("smollm2-135m", 30, 9, 3, 64, 1.35e8, "HuggingFaceTB/SmolLM2-135M config.json, model card"),
+        ModelShape("llama-3.1-8b", 32, 32, 8, 128, 8.03e9, "meta-llama/Llama-3.1-8B config.json, model card (8.03 B)"),
+    )
+}
+
+
+def model_shape(name: str) -> ModelShape:
+    """A named model shape (case-insensitive); :class:`KvprismError` lists the known names otherwise."""
+    key = name.lower()
+    if key not in MODEL_SHAPES:
+        raise KvprismError(f"unknown model shape {name!r}; known: {', '.join(MODEL_SHAPES)}")
+    return MODEL_SHAPES[key]

@@ -1,0 +1,186 @@
+"""GPU baselines (HBM traffic), the decode-step comparison with crossovers, measured-times files and the
+``kvprism energy`` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvprism.cli import main
+from kvprism.energy.compare import crossover, decode_step, min_context, ring_inventory, thermo_optic_reference
+from kvprism.energy.config import EnergyConfig, model_shape
+from kvprism.energy.gpu import gpu_step, load_gpu_times, selected_tokens
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.photonics import PhotonicConfig
+
+QWEN = model_shape("qwen2.5-7b")
+
+
+@pytest.fixture(scope="module")
+def seed() -> PhotonicConfig:
+    return PhotonicConfig.preset("seed-nominal")
+
+
+def test_bytes_scale_with_context_and_dims():
+    e = EnergyConfig()
+    a, b = gpu_step(QWEN, 1 << 15, e), gpu_step(QWEN, 1 << 17, e)
+    assert b.scan_bytes == 4 * a.scan_bytes
+    assert b.dense_bytes == 4 * a.dense_bytes
+    assert b.fetch_bytes == a.fetch_bytes  # k blocks + sink + window: independent of the context
+    # dense: context × 2 (K, V) × layers × KV heads × d_head × 2 bytes
+    assert gpu_step(QWEN, 4096, e).dense_bytes == 4096 * 2 * 28 * 4 * 128 * 2
+    assert gpu_step(QWEN, 4096, e).scan_bytes == 28 * 4 * 64 * 32 * 2
+    wide = gpu_step(QWEN, 1 << 15, e.replace(scan_dims="d_head"))
+    assert wide.scan_bytes == 4 * a.scan_bytes  # 128 vs 32 dimensions
+    assert gpu_step(QWEN, 1 << 15, e.replace(batch=3)).scan_bytes == 3 * a.scan_bytes
+
+
+def test_energy_and_time_units():
+    e = EnergyConfig()
+    g = gpu_step(QWEN, 4096, e)
+    assert g.dense_energy_j == pytest.approx(g.dense_bytes * 8 * 3.9e-12, rel=1e-12)
+    assert g.dense_latency_s == pytest.approx(g.dense_bytes / 3.35e12, rel=1e-12)
+    assert 1e-3 < g.dense_energy_j < 1e-2  # 235 MB at 31.2 pJ/B = 7.3 mJ
+    assert 1e-5 < g.dense_latency_s < 1e-4  # 70 µs
+
+
+def test_selected_tokens():
+    e = EnergyConfig()  # k 8, sink 1, window 64, B 64
+    assert selected_tokens(100_000, e) == 9 * 64 + 64 + 100_000 % 64
+    assert selected_tokens(300, e) == 300  # fewer blocks than k + sink: everything is read
+
+
+def test_crossover_finds_every_regime_change():
+    assert crossover(lambda c: 5000 - c, 100, 10**6) == [(5001, "photonic better")]
+    assert crossover(lambda c: -1.0, 100, 10**6) == [(100, "photonic better")]
+    assert crossover(lambda c: 1.0, 100, 10**6) == []
+    two = crossover(lambda c: (c - 2000) * (c - 300_000), 100, 10**6)
+    assert two == [(2001, "photonic better"), (300_000, "photonic worse")]
+
+
+def test_decode_step_terms_and_static_accounting(seed):
+    e = EnergyConfig()
+    s = decode_step(seed, e, QWEN, 1 << 17)
+    assert s.photonic_total_energy_j == pytest.approx(sum(s.photonic_energy_j.values()))
+    assert s.photonic_energy_j["kv_fetch"] == pytest.approx(s.gpu.energy_j(s.gpu.fetch_bytes))
+    assert s.banks == 28 * 4 and s.pages == 1
+    att = decode_step(seed, e.replace(static_accounting="attention"), QWEN, 1 << 17)
+    assert att.photonic_energy_j["static"] == pytest.approx(seed.static_power_w * att.photonic_total_latency_s)
+    weights_s = 7.61e9 * 2 / 3.35e12
+    assert s.photonic_energy_j["static"] == pytest.approx(att.photonic_energy_j["static"] + weights_s * 1.0)
+    # gqa_reduce='max' queries each of the 7 query heads of a KV head
+    mx = decode_step(seed, e.replace(gqa_reduce="max"), QWEN, 1 << 17)
+    assert mx.photonic_energy_j["adc"] == pytest.approx(7 * s.photonic_energy_j["adc"], rel=1e-12)
+
+
+def test_paging_when_rows_exceed_chip(seed):
+    e = EnergyConfig()
+    fits = decode_step(seed, e, QWEN, 1 << 19)  # 112 banks × 8192 rows = the whole chip
+    over = decode_step(seed, e, QWEN, (1 << 19) + 64)
+    assert fits.pages == 1 and over.pages == 2
+    assert over.photonic_latency_s["paging"] > 0 and over.photonic_energy_j["paging_reads"] > 0
+    assert fits.photonic_latency_s["paging"] == 0
+    batch = decode_step(seed, e.replace(batch=2), QWEN, 1 << 19)
+    assert batch.pages == 2  # every sequence needs its own rows
+
+
+def test_min_context_and_rings(seed):
+    e = EnergyConfig()
+    with pytest.raises(KvprismError, match="context"):
+        decode_step(seed, e, QWEN, min_context(e) - 1)
+    inv = ring_inventory(seed, e, QWEN, 1 << 17)
+    assert inv["mrr_needed"] == 28 * 4 * 2048 * 32
+    assert inv["area_needed_m2"] == pytest.approx(inv["mrr_needed"] * (50e-6) ** 2)
+
+
+def test_thermo_optic_reference(seed):
+    th = thermo_optic_reference(seed, EnergyConfig())
+    # one FWHM (155 pm at Q 1e4) of an 8.3 nm FSR needs 2·FWHM/FSR of P_π = 24.77 mW: ~0.92 mW per ring
+    assert th["heater_w_per_ring_fwhm"] == pytest.approx(24.77e-3 * 2 * th["fwhm_m"] / th["fsr_m"], rel=1e-12)
+    assert 0.5e-3 < th["heater_w_per_ring_fwhm"] < 1.5e-3
+
+
+def test_model_shapes_and_config_errors():
+    assert (QWEN.n_layers, QWEN.q_heads, QWEN.kv_heads, QWEN.head_dim) == (28, 28, 4, 128)
+    smol = model_shape("SmolLM2-135M")
+    assert (smol.n_layers, smol.q_heads, smol.kv_heads, smol.head_dim) == (30, 9, 3, 64)
+    llama = model_shape("llama-3.1-8b")
+    assert (llama.n_layers, llama.q_heads, llama.kv_heads, llama.head_dim) == (32, 32, 8, 128)
+    with pytest.raises(KvprismError, match="known"):
+        model_shape("gpt-5")
+    with pytest.raises(ConfigError, match=r"EnergyConfig\.gqa_reduce"):
+        EnergyConfig(gqa_reduce="mean")
+
+
+def test_load_gpu_times_both_schemas(tmp_path):
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps([{"batch": 1, "context": 4096, "method": "dense", "us": 10.0}]))
+    assert load_gpu_times(flat, QWEN) == {(1, 4096, "dense"): pytest.approx(10e-6 * 28)}
+    bench = tmp_path / "bench.json"
+    doc = {"layer": {"q_heads": 28, "kv_heads": 4, "head_dim": 128},
+           "rows": [{"batch": 1, "context": 4096, "us": {"dense": 20.0, "kvprism_graph": 5.0}}]}  # fmt: skip
+    bench.write_text(json.dumps(doc))
+    t = load_gpu_times(bench, QWEN)
+    assert t[(1, 4096, "kvprism_graph")] == pytest.approx(5e-6 * 28)
+    with pytest.raises(KvprismError, match="measured on a layer"):
+        load_gpu_times(bench, model_shape("smollm2-135m"))
+    with pytest.raises(KvprismError, match="does not exist"):
+        load_gpu_times(tmp_path / "missing.json", QWEN)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"batch": 1}]))
+    with pytest.raises(KvprismError, match="malformed"):
+        load_gpu_times(bad, QWEN)
+
+
+def test_cli_energy_writes_plots_and_summary(tmp_path, capsys):
+    times = tmp_path / "t.json"
+    times.write_text(json.dumps([
+        {"batch": 1, "context": 4096, "method": m, "us": us}
+        for m, us in (("dense", 30.0), ("kvprism_graph", 12.0), ("kvprism_attend", 8.0))
+    ]))  # fmt: skip
+    out = tmp_path / "out"
+    rc = main(["energy", "--preset", "tfln-literature", "--model-shape", "smollm2-135m", "--contexts", "4k,32k",
+               "--out", str(out), "--gpu-times", str(times)])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "crossovers" in text and "one query" in text
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["energy_breakdown.png", "energy_summary.json", "energy_vs_context.png", "latency_vs_context.png"]
+    summary = json.loads((out / "energy_summary.json").read_text())
+    assert [s["context"] for s in summary["steps"]] == [4096, 32768]
+    assert summary["plots"] == ["energy_vs_context.png", "latency_vs_context.png", "energy_breakdown.png"]
+    assert summary["measured"][0]["dense_s"] == pytest.approx(30e-6 * 30)
+    assert summary["measured"][1]["dense_s"] is None  # 32k was not measured: no extrapolation
+    assert set(summary["crossovers"]) == {"energy_vs_gpu_sparse", "latency_vs_gpu_sparse", "energy_vs_dense",
+                                          "latency_vs_dense"}  # fmt: skip
+
+
+def test_cli_energy_bad_input(capsys):
+    assert main(["energy", "--contexts", "4k,lots"]) == 1
+    assert "--contexts" in capsys.readouterr().err
+    assert main(["energy", "--contexts", "256"]) == 1
+    assert main(["energy", "--model-shape", "nope"]) == 1
+
+
+def test_cw_laser_burns_for_the_whole_powered_time(seed):
+    e = EnergyConfig()
+    gated = decode_step(seed, e, QWEN, 1 << 17)
+    cw = decode_step(seed, e.replace(laser_mode="cw"), QWEN, 1 << 17)
+    powered = cw.photonic_energy_j["static"] / seed.static_power_w
+    from kvprism.energy.chip import required_laser
+
+    assert cw.photonic_energy_j["laser"] == pytest.approx(112 * required_laser(seed, 32).electrical_w * powered)
+    assert cw.photonic_energy_j["laser"] > 1e3 * gated.photonic_energy_j["laser"]
+    assert {t: v for t, v in cw.photonic_energy_j.items() if t != "laser"} == {
+        t: v for t, v in gated.photonic_energy_j.items() if t != "laser"
+    }
+
+
+def test_parse_contexts():
+    from kvprism.energy.report import parse_contexts
+
+    assert parse_contexts("4k,32k,128k,1m") == [4096, 32768, 131072, 1 << 20]
+    assert parse_contexts("1m, 5000") == [5000, 1 << 20]
+    with pytest.raises(KvprismError, match="not a context length"):
+        parse_contexts("4kb")
