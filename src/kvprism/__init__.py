@@ -21,6 +21,9 @@ _EXPORTS: dict[str, str] = {
     "KvprismError": "kvprism.errors",
     "ModelNotFoundError": "kvprism.errors",
     "load_model": "kvprism.hf.models",
+    "SelectionConfig": "kvprism.selection",
+    "BlockSelector": "kvprism.selection",
+    "SparseCache": "kvprism.hf.cache",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
