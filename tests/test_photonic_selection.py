@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
+import typing
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from tests.test_sparse_cache import _batch, decode_loop
 class _StandInEngine:
     """Implements the documented PhotonicEngine API with exact arithmetic and records the calls."""
 
-    instances: list[_StandInEngine] = []
+    instances: typing.ClassVar[list[_StandInEngine]] = []
 
     def __init__(self, cfg, seed=0):
         self.cfg, self.seed, self.rows, self.steps = cfg, seed, None, 0

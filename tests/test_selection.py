@@ -14,7 +14,7 @@ from kvprism.selection import (
     BACKENDS,
     BlockSelector,
     SelectionConfig,
-    candidate_blocks,
+    StepLayout,
     gather_plan,
     resolve_heads,
 )
@@ -107,13 +107,15 @@ def test_exact_selection_in_model_is_topk_of_projected_signatures():
 def test_candidates_and_plan_cover_everything_once():
     valid = torch.ones(2, 23, dtype=torch.bool)
     valid[1, :5] = False
-    cand, sink, tail = candidate_blocks(valid, 4, 1, 3)
-    assert tail == 20 and cand.shape == (2, 5)
+    layout = StepLayout.build(valid, 4, 1, 3)
+    cand = layout.candidates
+    assert layout.tail_start == 20 and cand.shape == (2, 5)
     assert cand[0].tolist() == [False, True, True, True, True]
     assert cand[1].tolist() == [False, False, True, True, True]
-    assert sink.tolist() == [[0], [1]]
+    sink_read = [layout.fixed_idx[i][layout.fixed_ok[i] & (layout.fixed_idx[i] < 20)].tolist() for i in range(2)]
+    assert sink_read == [[0, 1, 2, 3], [5, 6, 7]]  # sink block = the block of the first real token
     blocks = torch.tensor([[[1, 2, 3, 4]], [[2, 3, 4, -1]]])
-    plan = gather_plan(blocks, sink, tail, valid, 4)
+    plan = gather_plan(blocks, layout)
     tm = plan.token_mask(23)
     assert tm[0, 0].all()  # every real token read exactly once ...
     assert tm[1, 0].tolist() == [False] * 5 + [True] * 18

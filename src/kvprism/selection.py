@@ -36,6 +36,7 @@ __all__ = [
     "PhotonicBackend",
     "ScoreBackend",
     "SelectionConfig",
+    "StepLayout",
     "gather_plan",
     "register_backend",
     "resolve_heads",
@@ -397,50 +398,57 @@ def block_layout(seq_len: int, block_size: int, window: int) -> tuple[int, int]:
     return nb, tail_start
 
 
-def candidate_blocks(valid: torch.Tensor, block_size: int, sink_blocks: int, window: int) -> tuple[torch.Tensor, ...]:
-    """Blocks eligible for top-k and the sink blocks, per batch row.
+@dataclass
+class StepLayout:
+    """What one decode step reads regardless of the query: shared by every layer of the step.
+
+    ``valid [B, T]`` bool (False on padding); ``candidates [B, nb]`` bool, complete blocks eligible for top-k (real
+    tokens, not sink blocks, starting before the tail); ``fixed_idx / fixed_ok [B, Mf]``: the sink blocks (clipped
+    to end before the tail) followed by the tail (the ``window`` most recent tokens and the incomplete last block);
+    ``tail_start``; ``n_cached [B]`` real tokens cached.
+    """
+
+    valid: torch.Tensor
+    candidates: torch.Tensor
+    fixed_idx: torch.Tensor
+    fixed_ok: torch.Tensor
+    tail_start: int
+    block_size: int
+    n_cached: torch.Tensor
+
+    @classmethod
+    def build(cls, valid: torch.Tensor, block_size: int, sink_blocks: int, window: int) -> StepLayout:
+        t = valid.shape[1]
+        dev = valid.device
+        nb, tail_start = block_layout(t, block_size, window)
+        first = valid.int().argmax(-1)  # first real token (left padding)
+        first_blk = torch.div(first, block_size, rounding_mode="floor")
+        blk = torch.arange(nb, device=dev)
+        cand = (blk[None] >= (first_blk + sink_blocks)[:, None]) & (blk[None] * block_size < tail_start)
+        sink = first_blk[:, None] + torch.arange(sink_blocks, device=dev)[None]  # [B, S]
+        pos = (sink[..., None] * block_size + torch.arange(block_size, device=dev)).flatten(1)  # [B, S*bs]
+        ok = pos < tail_start
+        tail = torch.arange(tail_start, t, device=dev).expand(valid.shape[0], -1)
+        pos = torch.cat([torch.where(ok, pos, torch.zeros_like(pos)), tail], dim=-1)
+        ok = torch.cat([ok, torch.ones_like(tail, dtype=torch.bool)], dim=-1) & torch.gather(valid, 1, pos)
+        return cls(valid, cand, pos, ok, tail_start, block_size, valid.sum(-1))
+
+
+def gather_plan(blocks: torch.Tensor, layout: StepLayout) -> GatherPlan:
+    """Token positions one layer reads: the step's fixed part (sink + tail) and the selected blocks (clipped to end
+    before the tail; padding excluded).
 
     Args:
-        valid: ``[B, T]`` bool, False on padding.
-
-    Returns:
-        ``(candidates [B, nb] bool, sink [B, sink_blocks] int64 block ids, tail_start)``. Candidates are complete
-        blocks that hold real tokens, are not sink blocks and start before the tail.
+        blocks: ``[B, H, k]`` selected complete-block ids (-1 = none); disjoint from sink blocks by construction.
+        layout: the step's :class:`StepLayout`.
     """
-    t = valid.shape[1]
-    nb, tail_start = block_layout(t, block_size, window)
-    first = valid.int().argmax(-1)  # first real token (left padding)
-    first_blk = torch.div(first, block_size, rounding_mode="floor")
-    blk = torch.arange(nb, device=valid.device)
-    cand = (blk[None] >= (first_blk + sink_blocks)[:, None]) & (blk[None] * block_size < tail_start)
-    sink = first_blk[:, None] + torch.arange(sink_blocks, device=valid.device)[None]
-    return cand, sink, tail_start
-
-
-def gather_plan(
-    blocks: torch.Tensor, sink: torch.Tensor, tail_start: int, valid: torch.Tensor, block_size: int
-) -> GatherPlan:
-    """Token positions to read: sink blocks + selected blocks (both clipped to end before the tail) + the tail.
-
-    Args:
-        blocks: ``[B, H, k]`` selected complete-block ids (-1 = none); disjoint from ``sink`` by construction.
-        sink: ``[B, S]`` sink block ids.
-        tail_start: first position of the tail (always read).
-        valid: ``[B, T]`` bool, False on padding (never read).
-        block_size: tokens per block.
-    """
-    b, h, _ = blocks.shape
-    t = valid.shape[1]
-    dev = blocks.device
-    allb = torch.cat([sink[:, None, :].expand(b, h, -1), blocks], dim=-1)  # [B, H, S+k]
-    off = torch.arange(block_size, device=dev)
-    pos = allb[..., None] * block_size + off  # [B, H, S+k, bs]
-    ok = (allb[..., None] >= 0) & (pos < tail_start)
-    pos = pos.reshape(b, h, -1)
-    ok = ok.reshape(b, h, -1)
-    tail = torch.arange(tail_start, t, device=dev)
-    pos = torch.cat([pos, tail.expand(b, h, -1)], dim=-1)
-    ok = torch.cat([ok, torch.ones(b, h, t - tail_start, dtype=torch.bool, device=dev)], dim=-1)
+    b, h, k = blocks.shape
+    bs = layout.block_size
+    pos = (blocks[..., None] * bs + torch.arange(bs, device=blocks.device)).reshape(b, h, k * bs)
+    ok = (pos >= 0) & (pos < layout.tail_start)
     pos = torch.where(ok, pos, torch.zeros_like(pos))
-    ok = ok & torch.gather(valid[:, None, :].expand(b, h, t), -1, pos)
-    return GatherPlan(token_idx=pos, token_ok=ok, blocks=blocks, n_attended=ok.sum(-1), n_cached=valid.sum(-1))
+    ok = ok & torch.gather(layout.valid, 1, pos.reshape(b, h * k * bs)).reshape(b, h, k * bs)
+    mf = layout.fixed_idx.shape[1]
+    idx = torch.cat([layout.fixed_idx[:, None].expand(b, h, mf), pos], dim=-1)
+    ok = torch.cat([layout.fixed_ok[:, None].expand(b, h, mf), ok], dim=-1)
+    return GatherPlan(token_idx=idx, token_ok=ok, blocks=blocks, n_attended=ok.sum(-1), n_cached=layout.n_cached)

@@ -16,6 +16,7 @@ shorter row hold padding, which is never signed, selected nor read (sink blocks 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
-from kvprism.selection import BlockSelector, SelectionConfig, candidate_blocks, gather_plan, resolve_heads
+from kvprism.selection import BlockSelector, SelectionConfig, StepLayout, gather_plan, resolve_heads
 
 __all__ = ["SparseCache", "SparseLayer", "SparseStats", "chunked_prefill"]
 
@@ -229,19 +230,33 @@ class SparseLayer(CacheLayerMixin):
                 self.selector.append(sig)
 
     def decode(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, scaling: float
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
     ) -> torch.Tensor:
         """One decode step of this layer: ``query [B, Hq, D]`` -> attention output ``[B, Hq, D]`` over the selected
-        tokens only."""
-        sel = self.selector.sel
-        self._prepare(valid, scaling)
+        tokens only. ``attention_mask`` is the step's 4D mask (padding / sliding window) or None."""
+        timing = self.cache.timings
+        t0 = time.perf_counter() if timing is not None else 0.0
         b, hq, d = query.shape
         h = key.shape[1]
-        cand, sink, tail_start = candidate_blocks(valid, sel.block_size, sel.sink_blocks, sel.window)
-        cand = cand[:, None, :].expand(b, h, -1)
+        layout = self.cache.step_layout(attention_mask, b, key.shape[2], key.device)
+        self._prepare(layout.valid, scaling)
+        cand = layout.candidates[:, None, :].expand(b, h, -1)
         blocks = self.selector.select(query.reshape(b, h, hq // h, d), cand)
-        plan = gather_plan(blocks, sink, tail_start, valid, sel.block_size)
+        plan = gather_plan(blocks, layout)
+        if timing is not None:
+            _sync(query.device)
+            t1 = time.perf_counter()
         out = _attn.sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+        if timing is not None:
+            _sync(query.device)
+            t2 = time.perf_counter()
+            timing["select_s"] += t1 - t0
+            timing["attend_s"] += t2 - t1
         self.selector.advance(1)
         new_step = self.layer_idx == 0
         self.cache.stats.record(self.layer_idx, plan.n_attended, plan.n_cached, new_step)
@@ -264,9 +279,13 @@ class SparseCache(Cache):
             (which behaves like ``sdpa`` for any other cache, so dense baselines keep working on the same model).
         sel: the selection config.
         trace: keep, per decode step and layer, the query, the selected blocks and the token mask read.
+        profile: accumulate wall time of the selection machinery (signatures, scoring, top-k, gather plan) and of
+            the sparse attention in ``cache.timings`` (seconds, summed over layers and steps; synchronises the GPU).
     """
 
-    def __init__(self, model: torch.nn.Module, sel: SelectionConfig, trace: bool = False) -> None:
+    def __init__(
+        self, model: torch.nn.Module, sel: SelectionConfig, trace: bool = False, profile: bool = False
+    ) -> None:
         if not isinstance(sel, SelectionConfig):
             raise ConfigError(f"SparseCache needs a SelectionConfig, got {type(sel).__name__}")
         cfg = model.config.get_text_config(decoder=True)
@@ -280,6 +299,9 @@ class SparseCache(Cache):
         self.head_mask = heads
         self.stats = SparseStats(n_layers, n_kv)
         self.trace: list[dict[int, dict[str, torch.Tensor]]] | None = [] if trace else None
+        self.timings: dict[str, float] | None = {"select_s": 0.0, "attend_s": 0.0} if profile else None
+        self._layout_key: tuple | None = None
+        self._layout: StepLayout | None = None
         layers = []
         for i in range(n_layers):
             selector = BlockSelector(sel, i, n_kv, heads[i])
@@ -289,12 +311,17 @@ class SparseCache(Cache):
 
     @classmethod
     def from_prefilled(
-        cls, model: torch.nn.Module, dense_cache: Cache, sel: SelectionConfig, trace: bool = False
+        cls,
+        model: torch.nn.Module,
+        dense_cache: Cache,
+        sel: SelectionConfig,
+        trace: bool = False,
+        profile: bool = False,
     ) -> SparseCache:
         """A SparseCache holding copies of the keys/values of an already prefilled cache (e.g. a ``DynamicCache``),
         which is left untouched: prefill once, decode many configurations. Signatures are built at the first decode
         step (same as after a prefill through a SparseCache)."""
-        cache = cls(model, sel, trace=trace)
+        cache = cls(model, sel, trace=trace, profile=profile)
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
                 f"the prefilled cache has {len(dense_cache.layers)} layers; the model has {len(cache.layers)}"
@@ -311,9 +338,25 @@ class SparseCache(Cache):
             dst.load(keys.clone(), values.clone())
         return cache
 
+    def step_layout(
+        self, attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device
+    ) -> StepLayout:
+        """The step's :class:`StepLayout`, built once per decode step (every layer gets the same mask object)."""
+        key = (None if attention_mask is None else id(attention_mask), batch, kv_len)
+        if self._layout_key != key:
+            valid = _attn.key_validity(attention_mask, batch, kv_len, device)
+            self._layout = StepLayout.build(valid, self.sel.block_size, self.sel.sink_blocks, self.sel.window)
+            self._layout_key = key
+        return self._layout
+
     @property
     def selectors(self) -> list[BlockSelector]:
         return self.stats.selectors
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def chunked_prefill(
