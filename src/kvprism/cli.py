@@ -116,7 +116,7 @@ def demo(
             answer = _decode_greedy(mdl, tok, cache, logits, ids.shape[1], max_new_tokens, device)
         elapsed = time.perf_counter() - t0
         mark = "[green]correct[/]" if sample.score(answer) else "[red]wrong[/]"
-        console.print(f"[bold]{label + ' answer':<15}[/] {answer.strip()!r}  {mark}  ({elapsed:.1f} s)")
+        console.print(f"[bold]{label} answer[/]  {answer.strip()!r}  {mark}  ({elapsed:.1f} s)")
         if cfg is None:
             continue
         s = cache.stats.summary()
