@@ -256,3 +256,16 @@ def test_switching_attention_away_is_an_error():
     model.set_attn_implementation("sdpa")
     with pytest.raises(KvprismError, match="attn_implementation 'kvprism'"), torch.inference_mode():
         model(input_ids=ids, attention_mask=mask, cache=cache)
+
+
+@pytest.mark.slow
+def test_smollm2_covering_k_equals_dense(smollm2):
+    model, tok = smollm2
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    ids = tok([text, text[: len(text) // 2]], return_tensors="pt", padding=True, padding_side="left")
+    ref, ref_tok = dense_run(model, ids.input_ids, ids.attention_mask)
+    cache = SparseCache(model, SelectionConfig(block_size=64, k=64))
+    got, tok_ids = decode_loop(model, ids.input_ids, ids.attention_mask, cache)
+    assert torch.equal(tok_ids, ref_tok)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert cache.stats.summary()["restricted"] is False
