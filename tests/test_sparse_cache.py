@@ -10,7 +10,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from kvprism.errors import KvprismError
+from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.cache import SparseCache, chunked_prefill
 from kvprism.selection import SelectionConfig
 from tests.conftest import tiny_model
@@ -205,7 +205,7 @@ def test_from_prefilled_copies_and_matches():
     with torch.inference_mode():
         model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=dense, use_cache=True)
     before = [(lay.keys.clone(), lay.values.clone()) for lay in dense.layers]
-    sel = SelectionConfig(block_size=4, k=2, d_sig=8, window=3)
+    sel = SelectionConfig(block_size=4, k=2, d_sig=8, window=3, projection="pca")
     forked = SparseCache.from_prefilled(model, dense, sel, trace=True)
     direct = SparseCache(model, sel, trace=True)
     # decode from the fork: feed one token per step after the prompt
@@ -269,3 +269,45 @@ def test_smollm2_covering_k_equals_dense(smollm2):
     assert torch.equal(tok_ids, ref_tok)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     assert cache.stats.summary()["restricted"] is False
+
+
+def test_learned_projection_from_prefilled_matches_direct_prefill():
+    model = tiny_model("llama")
+    ids, mask = _batch(9)
+    sel = SelectionConfig(block_size=4, k=2, d_sig=6, projection="learned")
+    direct = SparseCache(model, sel, trace=True)  # also switches the model to the "kvprism" dispatcher
+    direct_logits, tok = decode_loop(model, ids, mask, direct, steps=3)
+    dense = DynamicCache()
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.inference_mode():
+        model(input_ids=ids[:, :20], attention_mask=mask[:, :20], position_ids=positions[:, :20], cache=dense)
+        model(input_ids=ids[:, 20:], attention_mask=mask, position_ids=positions[:, 20:], cache=dense)  # 2 chunks
+    forked = SparseCache.from_prefilled(model, dense, sel, trace=True)
+    got, _ = decode_loop_from(model, forked, tok, mask, positions)
+    for layer in range(model.config.num_hidden_layers):
+        p_fork, p_direct = forked.layers[layer].selector.proj, direct.layers[layer].selector.proj
+        torch.testing.assert_close(p_fork, p_direct, rtol=1e-3, atol=1e-4)  # chunked vs one-shot prefill rounding
+    for a, b in zip(direct.trace, forked.trace, strict=True):
+        assert torch.equal(a[0]["blocks"], b[0]["blocks"])
+    torch.testing.assert_close(got.float(), direct_logits[1:], rtol=1e-5, atol=1e-5)
+    # without remembered queries the fork cannot fit a learned projection: a clear error, not a silent substitute
+    model.set_attn_implementation("sdpa")
+    plain = DynamicCache()
+    with torch.inference_mode():
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=plain)
+    bare = SparseCache.from_prefilled(model, plain, sel)
+    with pytest.raises(ConfigError, match="learned"):
+        decode_loop_from(model, bare, tok, mask, positions)
+
+
+def decode_loop_from(model, cache, tokens, mask, positions):
+    """Decode teacher-forced ``tokens [B, S]`` on an already prefilled cache."""
+    pos = positions[:, -1:]
+    logits = []
+    with torch.inference_mode():
+        for s in range(tokens.shape[1]):
+            mask = torch.cat([mask, torch.ones_like(tokens[:, :1])], -1)
+            pos = pos + 1
+            out = model(input_ids=tokens[:, s : s + 1], attention_mask=mask, position_ids=pos, cache=cache)
+            logits.append(out.logits[:, -1])
+    return torch.stack(logits), tokens

@@ -146,7 +146,6 @@ def fit_learned(
     *,
     steps: int = 60,
     lr: float = 0.02,
-    seed: int = 0,
 ) -> torch.Tensor:
     """Fit a projection on the prefill so that projected mean-key block scores rank blocks like true attention.
 
@@ -155,7 +154,7 @@ def fit_learned(
     over the complete blocks ``j`` that end before ``t`` is the true attention mass ``p_j = Σ_g Σ_{i∈j} softmax(s·q_g·k_i)``
     (normalised over those blocks); the model distribution is ``softmax_j(τ · (Σ_g P^T q_g) · (P^T k̄_j))`` with
     ``k̄_j`` the mean key of block j and a learned temperature ``τ``. We minimise ``KL(p ‖ model)`` over ``P`` (and
-    ``τ``) with Adam, starting from the PCA basis. Deterministic for a given seed.
+    ``τ``) with Adam, starting from the PCA basis. Deterministic (no random draws).
 
     Args:
         keys: ``[B, H, T, D]`` prefill keys; ``valid``: ``[B, T]``.
@@ -172,7 +171,6 @@ def fit_learned(
     if nb < 2 or queries.shape[2] == 0:
         return p0
     with torch.inference_mode(False), torch.enable_grad():
-        torch.manual_seed(seed)
         k = keys.float().clone()
         vmask = valid.clone()
         q = queries.float().clone()
@@ -234,6 +232,8 @@ def fit_projection(
         return fit_pca(keys, valid, d_sig)
     if kind == "learned":
         if queries is None or query_pos is None:
+            if keys.shape[2] // block_size < 2:  # nothing to rank yet: fit_learned would return PCA as well
+                return fit_pca(keys, valid, d_sig)
             raise ValueError("projection 'learned' needs the prefill queries")
-        return fit_learned(keys, valid, queries, query_pos, d_sig, block_size, scaling, seed=seed)
+        return fit_learned(keys, valid, queries, query_pos, d_sig, block_size, scaling)
     raise ValueError(f"unknown projection {kind!r}; allowed: {', '.join(PROJECTIONS)}")

@@ -109,6 +109,40 @@ def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 2, idx.unsqueeze(-1).expand(-1, -1, -1, d))
 
 
+#: prefill queries kept per layer for projection="learned" (the most recent ones)
+PREFILL_QUERY_SAMPLES = 64
+
+
+def remember_prefill_queries(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
+    """Keep the last :data:`PREFILL_QUERY_SAMPLES` queries ``[B, Hq, n, D]`` of a dense prefill (any cache) on the
+    attention module, tied by identity to the key tensor returned by the cache, so that
+    ``SparseCache.from_prefilled`` can fit ``projection="learned"`` on a fork of that prefill. Chunks continue the
+    previous record when the cache grew by exactly the chunk length."""
+    n, t = query.shape[2], key.shape[2]
+    pos = torch.arange(t - n, t, device=query.device)
+    q = query.detach()
+    prev = getattr(module, "_kvprism_prefill", None)
+    if prev is not None and t > n and prev[3] == t - n:
+        q = torch.cat([prev[1], q], dim=2)
+        pos = torch.cat([prev[2], pos])
+    module._kvprism_prefill = (
+        weakref.ref(key),
+        q[:, :, -PREFILL_QUERY_SAMPLES:].clone(),
+        pos[-PREFILL_QUERY_SAMPLES:].clone(),
+        t,
+    )
+
+
+def prefill_queries_for(model: torch.nn.Module, layer_idx: int, keys: torch.Tensor):
+    """``(queries [B, Hq, n, D], positions [n])`` remembered for the prefill whose layer ``layer_idx`` keys are
+    exactly ``keys``, else None."""
+    for mod in model.modules():
+        rec = getattr(mod, "_kvprism_prefill", None)
+        if rec is not None and getattr(mod, "layer_idx", None) == layer_idx and rec[0]() is keys:
+            return rec[1], rec[2]
+    return None
+
+
 def kvprism_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -127,6 +161,8 @@ def kvprism_attention(
     if layer is None or query.shape[2] > 1:
         if layer is not None:
             layer.observe_prefill(query)
+        elif query.shape[2] > 1:
+            remember_prefill_queries(module, query, key)
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

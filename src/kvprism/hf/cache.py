@@ -29,7 +29,7 @@ from kvprism.selection import BlockSelector, SelectionConfig, StepLayout, gather
 __all__ = ["SparseCache", "SparseLayer", "SparseStats", "chunked_prefill"]
 
 #: prefill queries kept per layer for projection="learned" (the most recent ones)
-LEARNED_QUERY_SAMPLES = 64
+LEARNED_QUERY_SAMPLES = _attn.PREFILL_QUERY_SAMPLES
 
 
 class SparseStats:
@@ -210,11 +210,12 @@ class SparseLayer(CacheLayerMixin):
         keys = self.keys
         if not self.selector.fitted:
             queries = None
-            if sel.projection == "learned":
+            if sel.projection == "learned" and nb >= 2:  # with < 2 complete blocks fit_learned is PCA anyway
                 if self._queries is None:
                     raise ConfigError(
                         "SelectionConfig.projection = 'learned' needs the prefill queries: prefill through the "
-                        "SparseCache (SparseCache.from_prefilled cannot fit it)"
+                        "SparseCache, or prefill the dense cache with the model's attention set to 'kvprism' "
+                        "(constructing any SparseCache does that) before SparseCache.from_prefilled"
                     )
                 b, hq, n, d = self._queries.shape
                 h = keys.shape[1]
@@ -320,7 +321,8 @@ class SparseCache(Cache):
     ) -> SparseCache:
         """A SparseCache holding copies of the keys/values of an already prefilled cache (e.g. a ``DynamicCache``),
         which is left untouched: prefill once, decode many configurations. Signatures are built at the first decode
-        step (same as after a prefill through a SparseCache)."""
+        step (same as after a prefill through a SparseCache). ``projection="learned"`` also needs the prefill's
+        queries, which the ``"kvprism"`` attention remembers for any cache it prefilled."""
         cache = cls(model, sel, trace=trace, profile=profile)
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
@@ -336,6 +338,10 @@ class SparseCache(Cache):
                     "(sliding-window layer); SparseCache needs the full prefill"
                 )
             dst.load(keys.clone(), values.clone())
+            if sel.projection == "learned":
+                found = _attn.prefill_queries_for(model, i, keys)
+                if found is not None:
+                    dst._queries, dst._query_pos = found[0].clone(), found[1].clone()
         return cache
 
     def step_layout(
