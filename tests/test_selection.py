@@ -132,3 +132,22 @@ def test_photonic_backend_unavailable_is_a_clear_error():
             BlockSelector(SelectionConfig(backend="photonic"), 0, 2, torch.ones(2, dtype=torch.bool))
     else:
         pytest.skip("the photonic engine is installed; tests/test_photonic_selection.py covers it")
+
+
+@pytest.mark.slow
+def test_smollm2_needle_2k_exact_learned(smollm2):
+    """Exact selection with the default (learned) projection finds a 2K needle reading 4 blocks of 64."""
+    from kvprism.eval.tasks import niah_single
+
+    model, tok = smollm2
+    sample = niah_single(tok, 2048, 0.25, 1)
+    cache = SparseCache(model, SelectionConfig(block_size=64, k=4))
+    ids = torch.tensor([sample.input_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=12, do_sample=False
+        )
+    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    s = cache.stats.summary()
+    assert s["restricted"] and s["read_fraction_max"] < 0.25
+    assert sample.score(answer), answer
