@@ -151,3 +151,16 @@ def test_smollm2_needle_2k_exact_learned(smollm2):
     s = cache.stats.summary()
     assert s["restricted"] and s["read_fraction_max"] < 0.25
     assert sample.score(answer), answer
+
+
+def test_relu_variant_programs_non_negative_rows_and_inputs():
+    model = tiny_model("llama")
+    ids, mask = _batch(12)
+    sel = SelectionConfig(block_size=4, k=2, d_sig=6, projection="random", sign="relu", signature="minmax")
+    cache = SparseCache(model, sel, trace=True)
+    decode_loop(model, ids, mask, cache, steps=2)
+    for layer in cache.layers:
+        rows = layer.selector.backend.rows
+        assert rows.shape[-1] == 12 and (rows >= 0).all() and (rows > 0).any()
+        enc = layer.selector.encode_query(cache.trace[-1][layer.layer_idx]["query"].reshape(2, 2, 2, -1))
+        assert (enc >= 0).all()
