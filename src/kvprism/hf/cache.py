@@ -62,10 +62,11 @@ class SparseStats:
         att, cac = self.tensors()
         att = att.double()
         cac = cac.double()[..., None].expand_as(att)
-        counters: dict[str, int] = {}
+        counters: dict[str, float] = {}
         for s in self.selectors:
             for name, val in s.backend.counters.items():
-                counters[name] = counters.get(name, 0) + int(val)
+                if isinstance(val, (int, float)) and not isinstance(val, bool):  # numeric counters add over layers
+                    counters[name] = counters.get(name, 0) + val
         out: dict[str, Any] = {
             "decode_steps": int(att.shape[0]),
             "programming_events": sum(s.rows_programmed for s in self.selectors),
