@@ -26,6 +26,9 @@ _EXPORTS: dict[str, str] = {
     "EnergyConfig": "kvprism.energy.config",
     "chip_query": "kvprism.energy.chip",
     "decode_step": "kvprism.energy.compare",
+    "SelectionConfig": "kvprism.selection",
+    "BlockSelector": "kvprism.selection",
+    "SparseCache": "kvprism.hf.cache",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the commands so ``kvprism --he
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from typing import Annotated
@@ -47,11 +48,20 @@ def demo(
     depth: Annotated[float, typer.Option(help="Needle depth as a fraction of the haystack, in [0, 1].")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the needle key/value and haystack offset.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 24,
+    k: Annotated[int, typer.Option(help="Blocks selected per (layer, KV head) and decode step.", min=0)] = 8,
+    block_size: Annotated[int, typer.Option(help="Tokens per block.", min=1)] = 64,
+    preset: Annotated[str, typer.Option(help="Photonic hardware preset.")] = "seed-nominal",
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
-    """Answer one needle-in-a-haystack prompt on the default model with dense attention."""
+    """PRISM demonstration: one needle in a natural-text haystack, answered with dense attention and with
+    photonic block selection (the photonic engine picks the blocks each decode step reads)."""
+    import torch
+    from transformers import DynamicCache
+
     from kvprism.eval.tasks import niah_single
+    from kvprism.hf.cache import SparseCache, chunked_prefill
     from kvprism.hf.models import load_model
+    from kvprism.selection import SelectionConfig
 
     if not 0.0 <= depth <= 1.0:
         raise kvprism.KvprismError(f"--depth = {depth} is invalid; allowed range: [0, 1]")
@@ -60,34 +70,100 @@ def demo(
         mdl, tok = load_model(model, device=device)
     t_load = time.perf_counter() - t0
     window = getattr(mdl.config, "max_position_embeddings", None)
-    if window is not None and context > window:
-        raise kvprism.KvprismError(f"--context = {context} exceeds the model's window of {window} tokens")
+    if window is not None and context + max_new_tokens > window:
+        raise kvprism.KvprismError(
+            f"--context + --max-new-tokens = {context + max_new_tokens} exceeds the model's window of {window} tokens"
+        )
     sample = niah_single(tok, context, depth, seed)
-    answer, t_gen = _generate(mdl, tok, sample.input_ids, max_new_tokens, device)
-    ok = sample.score(answer)
+    sel = SelectionConfig(block_size=block_size, k=k, backend="exact", seed=seed)
+    try:
+        importlib.import_module("kvprism.photonics")
+        photonic_ok, why = True, ""
+    except ImportError as exc:
+        photonic_ok, why = False, str(exc)
+
     console.print(f"[bold]model[/]          {model}  (loaded in {t_load:.1f} s)")
     console.print(f"[bold]context[/]        {sample.context_tokens} tokens, needle at depth {sample.depth:.2f}")
     console.print(f"[bold]question[/]       {sample.question}")
     console.print(f"[bold]expected[/]       {', '.join(sample.answers)}")
-    mark = "[green]correct[/]" if ok else "[red]wrong[/]"
-    console.print(f"[bold]dense answer[/]   {answer.strip()!r}  {mark}  ({t_gen:.1f} s)")
+
+    SparseCache(mdl, sel)  # switches the model to the "kvprism" dispatcher (sdpa for dense caches)
+    ids = torch.tensor([sample.input_ids], device=device)
+    dense_cache = DynamicCache()
+    t0 = time.perf_counter()
+    with console.status(f"prefill of {ids.shape[1]} tokens (dense, once) ..."):
+        logits = chunked_prefill(mdl, ids, dense_cache, chunk_tokens=2048)
+    console.print(f"[bold]prefill[/]        {time.perf_counter() - t0:.1f} s (dense, shared by every run below)")
+
+    runs: list[tuple[str, SelectionConfig | None]] = [("dense", None)]
+    if photonic_ok:
+        runs.append((f"photonic {preset}", sel.replace(backend="photonic", photonic=preset)))
+    else:
+        console.print(
+            "[bold red]photonic engine unavailable[/]: kvprism.photonics cannot be imported "
+            f"({why}); no photonic answer. Showing exact (fp32, ideal) block selection instead, labelled as such."
+        )
+        runs.append(("exact selection (no hardware model)", sel))
+    for label, cfg in runs:
+        if cfg is None:
+            cache = DynamicCache()
+            for i, layer in enumerate(dense_cache.layers):
+                cache.update(layer.keys.clone(), layer.values.clone(), i)
+        else:
+            cache = SparseCache.from_prefilled(mdl, dense_cache, cfg)
+        t0 = time.perf_counter()
+        with console.status(f"decoding: {label} ..."):
+            answer = _decode_greedy(mdl, tok, cache, logits, ids.shape[1], max_new_tokens, device)
+        elapsed = time.perf_counter() - t0
+        mark = "[green]correct[/]" if sample.score(answer) else "[red]wrong[/]"
+        console.print(f"[bold]{label} answer[/]  {answer.strip()!r}  {mark}  ({elapsed:.1f} s)")
+        if cfg is None:
+            continue
+        s = cache.stats.summary()
+        restricted = "yes" if s["restricted"] else "[red]NO: k·B + sink + window covers the whole context[/]"
+        console.print(
+            f"  read fraction  mean {s['read_fraction_mean']:.3f}, max {s['read_fraction_max']:.3f} of the cached "
+            f"tokens (restricted: {restricted})"
+        )
+        console.print(
+            f"  programming    {s['programming_events']} signature rows written "
+            f"({s['decode_steps']} decode steps, {s['selection_calls']} selection calls)"
+        )
+        if s["engine_counters"]:
+            counters = ", ".join(f"{name} {val}" for name, val in sorted(s["engine_counters"].items()))
+            console.print(f"  engine         {counters}")
+        feas = cache.selectors[0].backend.feasibility()
+        if feas is not None:
+            verdict = (
+                "[green]feasible[/]"
+                if not feas.violations
+                else "[red]infeasible[/]: " + "; ".join(map(str, feas.violations))
+            )
+            console.print(f"  feasibility    preset {preset}: {verdict}")
 
 
-def _generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, device: str) -> tuple[str, float]:
+def _decode_greedy(model, tokenizer, cache, logits, start: int, max_new_tokens: int, device: str) -> str:
+    """Greedy decoding from prefill ``logits [1, V]`` with ``cache`` holding ``start`` tokens."""
     import torch
 
-    ids = torch.tensor([input_ids], device=device)
-    t0 = time.perf_counter()
+    eos = tokenizer.eos_token_id
+    out: list[int] = []
+    nxt = int(logits[0].argmax())
     with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    elapsed = time.perf_counter() - t0
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), elapsed
+        for step in range(max_new_tokens):
+            out.append(nxt)
+            if nxt == eos or step == max_new_tokens - 1:
+                break
+            res = model(
+                input_ids=torch.tensor([[nxt]], device=device),
+                attention_mask=torch.ones(1, start + step + 1, dtype=torch.long, device=device),
+                position_ids=torch.tensor([[start + step]], device=device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            nxt = int(res.logits[0, -1].argmax())
+    return tokenizer.decode(out, skip_special_tokens=True)
 
 
 @app.command()

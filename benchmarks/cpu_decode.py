@@ -1,0 +1,183 @@
+"""Time per decode step on CPU: dense vs ``exact`` block selection vs ``seed-nominal`` photonic selection.
+
+SmolLM2 with an ~8K-token needle prompt is prefilled ONCE (dense, chunked); every configuration then decodes the same
+teacher-forced tokens from its own copy of that prefill. Configurations are interleaved over repetitions so that
+load on a shared machine hits them alike; the median step time is reported. The first sparse step (which fits the
+projection and programs every complete block) is reported separately and excluded from the steady state.
+
+Printed in one run: ms per decode step and its ratio to dense, the selection machinery's share of a dense step
+(signatures + scoring + top-k + gather plan, summed over layers; goal <= 10%), and the read fraction.
+
+    PYTHONPATH=src python benchmarks/cpu_decode.py [--context 8000] [--steps 12] [--reps 3] [--k 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import DynamicCache
+
+from kvprism.eval.tasks import niah_single
+from kvprism.hf.cache import SparseCache, chunked_prefill
+from kvprism.hf.models import load_model
+from kvprism.selection import SelectionConfig
+
+console = Console(width=170)
+
+
+def photonic_available() -> tuple[bool, str]:
+    try:
+        import kvprism.photonics  # noqa: F401
+    except ImportError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def fork_dense(cache: DynamicCache) -> DynamicCache:
+    out = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        out.update(layer.keys.clone(), layer.values.clone(), i)
+    return out
+
+
+def run_steps(model, cache, tokens: torch.Tensor, start_pos: int) -> tuple[list[float], list[float]]:
+    """Decode ``tokens [1, S]`` one per step; wall seconds per step and (SparseCache) selection seconds per step."""
+    times, sel = [], []
+    prev = 0.0
+    with torch.inference_mode():
+        for s in range(tokens.shape[1]):
+            mask = torch.ones(1, start_pos + s + 1, dtype=torch.long)
+            t0 = time.perf_counter()
+            model(
+                input_ids=tokens[:, s : s + 1],
+                attention_mask=mask,
+                position_ids=torch.tensor([[start_pos + s]]),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            times.append(time.perf_counter() - t0)
+            timings = getattr(cache, "timings", None)
+            if timings is not None:
+                sel.append(timings["select_s"] - prev)
+                prev = timings["select_s"]
+    return times, sel
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--context", type=int, default=8000, help="prompt tokens")
+    ap.add_argument("--steps", type=int, default=12, help="decode steps per repetition")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (configurations interleaved)")
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (0 = torch default; 1 avoids OpenMP oversubscription)"
+    )
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, tok = load_model("smollm2")
+    sample = niah_single(tok, args.context, 0.5, 0)
+    ids = torch.tensor([sample.input_ids])
+    console.print(
+        f"SmolLM2, context {ids.shape[1]} tokens, {args.steps} decode steps x {args.reps} repetitions, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+
+    sel = SelectionConfig(block_size=args.block_size, k=args.k, d_sig=32, backend="exact")
+    configs: dict[str, SelectionConfig | None] = {"dense": None, "exact": sel}
+    ok, why = photonic_available()
+    if ok:
+        configs["photonic seed-nominal"] = sel.replace(backend="photonic", photonic="seed-nominal")
+    else:
+        console.print(
+            f"[yellow]photonic: skipped -- the photonic engine (kvprism.photonics) is not importable: {why}[/]"
+        )
+
+    # the attention dispatcher must be "kvprism" for SparseCache; with a DynamicCache it runs transformers' sdpa
+    SparseCache(model, sel)
+    dense = DynamicCache()
+    t0 = time.perf_counter()
+    logits = chunked_prefill(model, ids, dense, chunk_tokens=2048)
+    console.print(f"prefill (dense, chunks of 2048): {time.perf_counter() - t0:.1f} s")
+    # teacher-forced tokens: the dense greedy continuation
+    tokens = [int(logits.argmax(-1))]
+    probe = fork_dense(dense)
+    with torch.inference_mode():
+        for s in range(args.steps - 1):
+            out = model(
+                input_ids=torch.tensor([[tokens[-1]]]),
+                attention_mask=torch.ones(1, ids.shape[1] + s + 1, dtype=torch.long),
+                position_ids=torch.tensor([[ids.shape[1] + s]]),
+                cache=probe,
+                logits_to_keep=1,
+            )
+            tokens.append(int(out.logits[0, -1].argmax()))
+    del probe
+    tok_t = torch.tensor([tokens])
+
+    step_times: dict[str, list[float]] = {name: [] for name in configs}
+    first_step: dict[str, list[float]] = {name: [] for name in configs}
+    select_s: dict[str, list[float]] = {name: [] for name in configs}
+    attend_s: dict[str, list[float]] = {name: [] for name in configs}
+    summaries: dict[str, dict] = {}
+    for rep in range(args.reps):
+        console.print(f"repetition {rep + 1}/{args.reps}")
+        for name, cfg in configs.items():
+            cache = fork_dense(dense) if cfg is None else SparseCache.from_prefilled(model, dense, cfg, profile=True)
+            times, sel_times = run_steps(model, cache, tok_t, ids.shape[1])
+            first_step[name].append(times[0])
+            step_times[name].extend(times[1:])
+            if cfg is not None:
+                select_s[name].extend(sel_times[1:])  # steady state: the first step fits and programs all blocks
+                attend_s[name].append(cache.timings["attend_s"] / args.steps)
+                summaries[name] = cache.stats.summary()
+            del cache
+
+    dense_ms = 1e3 * statistics.median(step_times["dense"])
+    table = Table(title="decode step, median over steps x repetitions (ms)")
+    for col in (
+        "config",
+        "step ms",
+        "vs dense",
+        "first step ms",
+        "selection ms",
+        "selection / dense step",
+        "sparse attend ms",
+        "read fraction",
+        "restricted",
+    ):
+        table.add_column(col, justify="right")
+    for name in configs:
+        ms = 1e3 * statistics.median(step_times[name])
+        first = 1e3 * statistics.median(first_step[name])
+        if name == "dense":
+            table.add_row(name, f"{ms:.1f}", "1.00", f"{first:.1f}", "-", "-", "-", "1.000", "-")
+            continue
+        sel_ms = 1e3 * statistics.median(select_s[name])
+        att_ms = 1e3 * statistics.median(attend_s[name])
+        s = summaries[name]
+        table.add_row(
+            name,
+            f"{ms:.1f}",
+            f"{ms / dense_ms:.2f}",
+            f"{first:.1f}",
+            f"{sel_ms:.2f}",
+            f"{100 * sel_ms / dense_ms:.1f}%",
+            f"{att_ms:.2f}",
+            f"{s['read_fraction_mean']:.3f}",
+            str(s["restricted"]),
+        )
+    console.print(table)
+    console.print("goal: selection machinery <= 10% of a dense decode step")
+
+
+if __name__ == "__main__":
+    main()

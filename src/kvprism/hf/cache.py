@@ -1,0 +1,398 @@
+"""``SparseCache``: a transformers ``Cache`` that decodes with query-aware block-sparse attention.
+
+    sel = SelectionConfig(block_size=64, k=8, d_sig=32, backend="exact")
+    cache = SparseCache(model, sel)                      # switches the model to attn_implementation "kvprism"
+    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=32)
+    cache.stats.summary()                                # read fraction, programming events, selection calls, ...
+
+Keys are cached after RoPE, so a gathered key keeps its true position. Prefill is dense. At the first decode step
+every layer fits its projection on the prefill keys, computes the signatures of all complete blocks and programs
+them into its backend (one bank per (batch row, KV head)); whenever a block completes later its signature is
+appended (counted). Each decode step, each layer selects per KV head and attends to the gathered tokens only.
+
+The block grid is aligned to cache position 0 for every batch row; with left padding the leading blocks of a
+shorter row hold padding, which is never signed, selected nor read (sink blocks start at the first real token).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.hf import attention as _attn
+from kvprism.selection import BlockSelector, SelectionConfig, StepLayout, gather_plan, resolve_heads
+
+__all__ = ["SparseCache", "SparseLayer", "SparseStats", "chunked_prefill"]
+
+#: prefill queries kept per layer for projection="learned" (the most recent ones)
+LEARNED_QUERY_SAMPLES = _attn.PREFILL_QUERY_SAMPLES
+
+
+class SparseStats:
+    """What decode read: per decode step, layer and KV head, tokens attended vs tokens cached."""
+
+    def __init__(self, num_layers: int, num_kv_heads: int) -> None:
+        self.num_layers = num_layers
+        self.num_kv_heads = num_kv_heads
+        self.steps: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []  # step -> layer -> ([B,H], [B])
+        self.selectors: list[BlockSelector] = []
+
+    def record(self, layer_idx: int, n_attended: torch.Tensor, n_cached: torch.Tensor, new_step: bool) -> None:
+        if new_step or not self.steps:
+            self.steps.append({})
+        self.steps[-1][layer_idx] = (n_attended.detach(), n_cached.detach())
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(attended [S, L, B, H], cached [S, L, B])`` over complete decode steps (all layers present)."""
+        steps = [s for s in self.steps if len(s) == self.num_layers]
+        if not steps:
+            return torch.zeros(0, self.num_layers, 0, self.num_kv_heads), torch.zeros(0, self.num_layers, 0)
+        att = torch.stack([torch.stack([s[i][0] for i in range(self.num_layers)]) for s in steps]).cpu()
+        cac = torch.stack([torch.stack([s[i][1] for i in range(self.num_layers)]) for s in steps]).cpu()
+        return att, cac
+
+    def summary(self) -> dict[str, Any]:
+        """Read fraction (mean and max over decode steps, layers, KV heads and batch rows), totals, engine
+        programming events (signature rows written), selection calls, and ``restricted``: whether any bank at any
+        step read fewer tokens than it had cached (False means selection could not restrict anything)."""
+        att, cac = self.tensors()
+        att = att.double()
+        cac = cac.double()[..., None].expand_as(att)
+        counters: dict[str, float] = {}
+        for s in self.selectors:
+            for name, val in s.backend.counters.items():
+                if isinstance(val, (int, float)) and not isinstance(val, bool):  # numeric counters add over layers
+                    counters[name] = counters.get(name, 0) + val
+        out: dict[str, Any] = {
+            "decode_steps": int(att.shape[0]),
+            "programming_events": sum(s.rows_programmed for s in self.selectors),
+            "selection_calls": sum(s.selection_calls for s in self.selectors),
+            "engine_counters": counters,
+        }
+        if att.numel() == 0:
+            out.update(
+                read_fraction_mean=None,
+                read_fraction_max=None,
+                tokens_attended=0,
+                tokens_cached=0,
+                restricted=False,
+                restricted_fraction=0.0,
+                per_layer_head=[],
+            )
+            return out
+        frac = att / cac.clamp_min(1)
+        out.update(
+            read_fraction_mean=float(frac.mean()),
+            read_fraction_max=float(frac.max()),
+            tokens_attended=int(att.sum()),
+            tokens_cached=int(cac.sum()),
+            restricted=bool((att < cac).any()),
+            restricted_fraction=float((att < cac).double().mean()),
+            per_layer_head=frac.mean(dim=(0, 2)).tolist(),
+        )
+        return out
+
+
+class SparseLayer(CacheLayerMixin):
+    """One layer's post-RoPE keys/values (amortised-growth buffers, returned as views) and its BlockSelector."""
+
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, cache: SparseCache, layer_idx: int, selector: BlockSelector) -> None:
+        super().__init__()
+        self.cache = cache
+        self.layer_idx = layer_idx
+        self.selector = selector
+        self.length = 0
+        self._kbuf: torch.Tensor | None = None
+        self._vbuf: torch.Tensor | None = None
+        self._queries: torch.Tensor | None = None  # [B, Hq, n, D] recent prefill queries (learned projection)
+        self._query_pos: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ transformers Cache layer API
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def _reserve(self, key_states: torch.Tensor, value_states: torch.Tensor, new_len: int) -> None:
+        if self._kbuf is not None and new_len <= self._kbuf.shape[2]:
+            return
+        cap = max(new_len, 2 * (self._kbuf.shape[2] if self._kbuf is not None else 0), 256)
+        b, h, _, d = key_states.shape
+        kb = key_states.new_empty(b, h, cap, d)
+        vb = value_states.new_empty(b, h, cap, value_states.shape[-1])
+        if self._kbuf is not None and self.length:
+            kb[:, :, : self.length] = self._kbuf[:, :, : self.length]
+            vb[:, :, : self.length] = self._vbuf[:, :, : self.length]
+        self._kbuf, self._vbuf = kb, vb
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append ``[B, H, q, D]`` keys/values; return views of all cached keys/values ``[B, H, T, D]``."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        impl = getattr(self.cache.model_config, "_attn_implementation", None)
+        if impl != _attn.ATTN_NAME:
+            raise KvprismError(
+                f"SparseCache needs attn_implementation '{_attn.ATTN_NAME}' but the model uses {impl!r}; "
+                "construct the SparseCache from the model (it switches the model) and do not change it afterwards"
+            )
+        q = key_states.shape[2]
+        self._reserve(key_states, value_states, self.length + q)
+        self._kbuf[:, :, self.length : self.length + q] = key_states
+        self._vbuf[:, :, self.length : self.length + q] = value_states
+        self.length += q
+        self.keys = self._kbuf[:, :, : self.length]
+        self.values = self._vbuf[:, :, : self.length]
+        _attn.mark_update(self, self.keys)
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        raise KvprismError("SparseCache cannot be reset; build a new one (SparseCache.from_prefilled forks a prefill)")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove:
+            raise KvprismError("SparseCache does not support cropping (assisted / speculative decoding)")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise KvprismError("SparseCache does not support beam search")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.length or repeats != 1:
+            raise KvprismError("SparseCache does not support expanding the batch (num_return_sequences > 1)")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise KvprismError("SparseCache does not support selecting batch rows")
+
+    # ------------------------------------------------------------------ prefill / decode
+    def load(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Fill an empty layer with already computed post-RoPE ``keys/values [B, H, T, D]`` (copied)."""
+        if self.length:
+            raise KvprismError("SparseLayer.load needs an empty layer")
+        self.lazy_initialization(keys, values)
+        self._reserve(keys, values, keys.shape[2])
+        self._kbuf[:, :, : keys.shape[2]] = keys
+        self._vbuf[:, :, : keys.shape[2]] = values
+        self.length = keys.shape[2]
+        self.keys = self._kbuf[:, :, : self.length]
+        self.values = self._vbuf[:, :, : self.length]
+
+    def observe_prefill(self, query: torch.Tensor) -> None:
+        """Keep the most recent prefill queries ``[B, Hq, q, D]`` (only for projection='learned')."""
+        if self.selector.sel.projection != "learned" or self.selector.fitted:
+            return
+        q = query.shape[2]
+        pos = torch.arange(self.length - q, self.length, device=query.device)
+        qs = query.detach()
+        if self._queries is not None:
+            qs = torch.cat([self._queries, qs], dim=2)
+            pos = torch.cat([self._query_pos, pos])
+        self._queries = qs[:, :, -LEARNED_QUERY_SAMPLES:].clone()
+        self._query_pos = pos[-LEARNED_QUERY_SAMPLES:].clone()
+
+    def _prepare(self, valid: torch.Tensor, scaling: float) -> None:
+        """Fit the projection (once) and program signatures of all complete blocks not yet programmed."""
+        sel = self.selector.sel
+        bs = sel.block_size
+        nb = self.length // bs
+        keys = self.keys
+        if not self.selector.fitted:
+            queries = None
+            if sel.projection == "learned" and nb >= 2:  # with < 2 complete blocks fit_learned is PCA anyway
+                if self._queries is None:
+                    raise ConfigError(
+                        "SelectionConfig.projection = 'learned' needs the prefill queries: prefill through the "
+                        "SparseCache, or prefill the dense cache with the model's attention set to 'kvprism' "
+                        "(constructing any SparseCache does that) before SparseCache.from_prefilled"
+                    )
+                b, hq, n, d = self._queries.shape
+                h = keys.shape[1]
+                queries = self._queries.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
+            self.selector.fit(keys, valid, scaling=scaling, queries=queries, query_pos=self._query_pos)
+            self._queries = self._query_pos = None
+        done = self.selector.n_blocks
+        if nb > done:
+            sig = self.selector.block_signatures(keys[:, :, done * bs : nb * bs], valid[:, done * bs : nb * bs])
+            if done == 0:
+                self.selector.program(sig)
+            else:
+                self.selector.append(sig)
+
+    def decode(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+    ) -> torch.Tensor:
+        """One decode step of this layer: ``query [B, Hq, D]`` -> attention output ``[B, Hq, D]`` over the selected
+        tokens only. ``attention_mask`` is the step's 4D mask (padding / sliding window) or None."""
+        timing = self.cache.timings
+        t0 = time.perf_counter() if timing is not None else 0.0
+        b, hq, d = query.shape
+        h = key.shape[1]
+        layout = self.cache.step_layout(attention_mask, b, key.shape[2], key.device)
+        self._prepare(layout.valid, scaling)
+        cand = layout.candidates[:, None, :].expand(b, h, -1)
+        blocks = self.selector.select(query.reshape(b, h, hq // h, d), cand)
+        plan = gather_plan(blocks, layout)
+        if timing is not None:
+            _sync(query.device)
+            t1 = time.perf_counter()
+        out = _attn.sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+        if timing is not None:
+            _sync(query.device)
+            t2 = time.perf_counter()
+            timing["select_s"] += t1 - t0
+            timing["attend_s"] += t2 - t1
+        self.selector.advance(1)
+        new_step = self.layer_idx == 0
+        self.cache.stats.record(self.layer_idx, plan.n_attended, plan.n_cached, new_step)
+        if self.cache.trace is not None:
+            if new_step or not self.cache.trace:
+                self.cache.trace.append({})
+            self.cache.trace[-1][self.layer_idx] = {
+                "query": query.detach().clone(),
+                "blocks": blocks.detach().clone(),
+                "token_mask": plan.token_mask(key.shape[2]),
+            }
+        return out
+
+
+class SparseCache(Cache):
+    """A transformers ``Cache`` whose decode steps read only query-selected blocks (see module docstring).
+
+    Args:
+        model: a Llama / Qwen2 / Mistral-family causal LM; its attention implementation is switched to ``"kvprism"``
+            (which behaves like ``sdpa`` for any other cache, so dense baselines keep working on the same model).
+        sel: the selection config.
+        trace: keep, per decode step and layer, the query, the selected blocks and the token mask read.
+        profile: accumulate wall time of the selection machinery (signatures, scoring, top-k, gather plan) and of
+            the sparse attention in ``cache.timings`` (seconds, summed over layers and steps; synchronises the GPU).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, sel: SelectionConfig, trace: bool = False, profile: bool = False
+    ) -> None:
+        if not isinstance(sel, SelectionConfig):
+            raise ConfigError(f"SparseCache needs a SelectionConfig, got {type(sel).__name__}")
+        cfg = model.config.get_text_config(decoder=True)
+        n_layers = cfg.num_hidden_layers
+        n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        heads = resolve_heads(sel.heads, n_layers, n_kv)
+        if getattr(model.config, "_attn_implementation", None) != _attn.ATTN_NAME:
+            model.set_attn_implementation(_attn.ATTN_NAME)
+        self.model_config = model.config
+        self.sel = sel
+        self.head_mask = heads
+        self.stats = SparseStats(n_layers, n_kv)
+        self.trace: list[dict[int, dict[str, torch.Tensor]]] | None = [] if trace else None
+        self.timings: dict[str, float] | None = {"select_s": 0.0, "attend_s": 0.0} if profile else None
+        self._layout_key: tuple | None = None
+        self._layout: StepLayout | None = None
+        layers = []
+        for i in range(n_layers):
+            selector = BlockSelector(sel, i, n_kv, heads[i])
+            self.stats.selectors.append(selector)
+            layers.append(SparseLayer(self, i, selector))
+        super().__init__(layers=layers)
+
+    @classmethod
+    def from_prefilled(
+        cls,
+        model: torch.nn.Module,
+        dense_cache: Cache,
+        sel: SelectionConfig,
+        trace: bool = False,
+        profile: bool = False,
+    ) -> SparseCache:
+        """A SparseCache holding copies of the keys/values of an already prefilled cache (e.g. a ``DynamicCache``),
+        which is left untouched: prefill once, decode many configurations. Signatures are built at the first decode
+        step (same as after a prefill through a SparseCache). ``projection="learned"`` also needs the prefill's
+        queries, which the ``"kvprism"`` attention remembers for any cache it prefilled."""
+        cache = cls(model, sel, trace=trace, profile=profile)
+        if len(dense_cache.layers) != len(cache.layers):
+            raise KvprismError(
+                f"the prefilled cache has {len(dense_cache.layers)} layers; the model has {len(cache.layers)}"
+            )
+        for i, (src, dst) in enumerate(zip(dense_cache.layers, cache.layers, strict=True)):
+            keys, values = getattr(src, "keys", None), getattr(src, "values", None)
+            if keys is None or keys.numel() == 0:
+                raise KvprismError(f"layer {i} of the prefilled cache is empty")
+            if keys.shape[2] != src.get_seq_length():
+                raise KvprismError(
+                    f"layer {i} of the prefilled cache holds {keys.shape[2]} of {src.get_seq_length()} tokens "
+                    "(sliding-window layer); SparseCache needs the full prefill"
+                )
+            dst.load(keys.clone(), values.clone())
+            if sel.projection == "learned":
+                found = _attn.prefill_queries_for(model, i, keys)
+                if found is not None:
+                    dst._queries, dst._query_pos = found[0].clone(), found[1].clone()
+        return cache
+
+    def step_layout(
+        self, attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device
+    ) -> StepLayout:
+        """The step's :class:`StepLayout`, built once per decode step (every layer gets the same mask object)."""
+        key = (None if attention_mask is None else id(attention_mask), batch, kv_len)
+        if self._layout_key != key:
+            valid = _attn.key_validity(attention_mask, batch, kv_len, device)
+            self._layout = StepLayout.build(valid, self.sel.block_size, self.sel.sink_blocks, self.sel.window)
+            self._layout_key = key
+        return self._layout
+
+    @property
+    def selectors(self) -> list[BlockSelector]:
+        return self.stats.selectors
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def chunked_prefill(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    cache: Cache,
+    attention_mask: torch.Tensor | None = None,
+    chunk_tokens: int = 2048,
+) -> torch.Tensor:
+    """Dense prefill in chunks of ``chunk_tokens`` (bounds activation memory); returns the logits of the last
+    position ``[B, vocab]``. Positions follow the attention mask (left padding), as in ``generate``."""
+    if chunk_tokens < 1:
+        raise ConfigError(f"chunked_prefill: chunk_tokens = {chunk_tokens} is invalid; allowed range: [1, inf)")
+    t = input_ids.shape[1]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    logits = None
+    with torch.inference_mode():
+        for start in range(0, t, chunk_tokens):
+            end = min(t, start + chunk_tokens)
+            out = model(
+                input_ids=input_ids[:, start:end],
+                attention_mask=attention_mask[:, :end],
+                position_ids=positions[:, start:end],
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1]
+    assert logits is not None
+    return logits

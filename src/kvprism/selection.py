@@ -1,0 +1,459 @@
+"""Query-aware block selection: which cached tokens each (layer, KV head) reads at a decode step.
+
+:class:`SelectionConfig` carries every knob. One :class:`BlockSelector` per layer owns the projection, the
+signatures' scoring backend (one weight bank per (batch row, KV head)) and does GQA reduction and top-k. Backends are
+small classes in the :data:`BACKENDS` registry:
+
+- ``exact``: fp32 dot products of the programmed signatures with the encoded query (the ideal selector).
+- ``photonic``: the :class:`kvprism.photonics.PhotonicEngine` (a physical model of a microring weight bank) built
+  from ``SelectionConfig.photonic`` (a preset name or a ``PhotonicConfig``); its scores are noisy estimates.
+
+What a decode step reads, per (batch row, KV head) -- see :func:`gather_plan`:
+the ``sink_blocks`` first blocks holding real (non-padding) tokens, the top-``k`` complete blocks by score among the
+remaining candidates, and the *tail*: the ``window`` most recent tokens together with the incomplete last block.
+Padding tokens are never read. "Streaming" heads (masked out in ``heads``) read sink + tail only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from kvprism.config import ConfigBase, param
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.signatures import PROJECTIONS, SIGNATURES, fit_projection, project
+
+__all__ = [
+    "BACKENDS",
+    "BlockSelector",
+    "ExactBackend",
+    "GatherPlan",
+    "PhotonicBackend",
+    "ScoreBackend",
+    "SelectionConfig",
+    "StepLayout",
+    "gather_plan",
+    "register_backend",
+    "resolve_heads",
+]
+
+
+@dataclass(frozen=True)
+class SelectionConfig(ConfigBase):
+    """Block-sparse decode: block size, how many blocks, how they are scored and by what."""
+
+    block_size: int = param(
+        64, doc="Tokens per block (one signature / one weight-bank row per block).", unit="tokens", ge=1
+    )
+    k: int = param(8, doc="Complete blocks selected per (layer, KV head) at each decode step.", unit="blocks", ge=0)
+    d_sig: int = param(
+        32,
+        doc="Projected signature dimension (wavelength channels per bank row); ignored for projection='none', where "
+        "signatures keep the head dimension. minmax signatures use 2*d_sig channels.",
+        ge=1,
+    )
+    signature: str = param("mean", doc="Block signature.", choices=tuple(SIGNATURES))
+    projection: str = param(
+        "learned",
+        doc="Projection of keys and query to d_sig dimensions. 'learned' (default) is fitted on the prefill and needs "
+        "its queries; on SmolLM2 needles it ranked blocks far better than 'pca' or 'none' (see the issue-4 note).",
+        choices=PROJECTIONS,
+    )
+    sign: str = param(
+        "signed",
+        doc="'signed' (balanced photodetection) or 'relu' (non-negative weights and inputs, non-balanced hardware).",
+        choices=("signed", "relu"),
+    )
+    gqa_reduce: str = param(
+        "sum",
+        doc="Combine the scores of the query heads sharing a KV head: 'sum' (one evaluation of the summed encoded "
+        "query) or 'max' (one evaluation per query head).",
+        choices=("sum", "max"),
+    )
+    sink_blocks: int = param(1, doc="First blocks (of real tokens) always read (attention sinks).", unit="blocks", ge=0)
+    window: int = param(64, doc="Most recent tokens always read.", unit="tokens", ge=0)
+    backend: str = param("exact", doc="Scoring backend: a name in kvprism.selection.BACKENDS ('exact', 'photonic').")
+    photonic: object = param(
+        "seed-nominal", doc="For backend='photonic': a PhotonicConfig preset name or a PhotonicConfig instance."
+    )
+    heads: object = param(
+        "all",
+        doc="Heads that select: 'all', a per-(layer, KV head) bool mask [[...], ...] (False = streaming head: sink + "
+        "window only), or the path of a JSON file holding such a mask (a list of lists, or an object with 'mask').",
+    )
+    seed: int = param(0, doc="Seed of random projections and of the photonic engine's noise/fabrication draws.")
+
+    def _check(self) -> None:
+        if self.backend not in BACKENDS:
+            self._fail("backend", self.backend, f"allowed: {', '.join(map(repr, BACKENDS))}")
+        if not isinstance(self.photonic, str) and type(self.photonic).__name__ != "PhotonicConfig":
+            self._fail("photonic", self.photonic, "must be a preset name or a PhotonicConfig")
+        h = self.heads
+        if isinstance(h, str):
+            if h != "all" and not h.endswith(".json"):
+                self._fail("heads", h, "must be 'all', a JSON file path or a nested bool mask")
+        elif isinstance(h, (list, tuple)):
+            if not all(isinstance(row, (list, tuple)) and all(isinstance(x, bool) for x in row) for row in h):
+                self._fail("heads", h, "a mask must be a list of lists of bools (layers x KV heads)")
+            object.__setattr__(self, "heads", tuple(tuple(row) for row in h))
+        else:
+            self._fail("heads", h, "must be 'all', a JSON file path or a nested bool mask")
+
+
+def resolve_heads(heads: Any, num_layers: int, num_kv_heads: int) -> torch.Tensor:
+    """``SelectionConfig.heads`` as a ``[num_layers, num_kv_heads]`` bool tensor (True = selecting head)."""
+    if isinstance(heads, str) and heads == "all":
+        return torch.ones(num_layers, num_kv_heads, dtype=torch.bool)
+    if isinstance(heads, str):
+        path = Path(heads)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"SelectionConfig.heads = {heads!r}: file does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"SelectionConfig.heads = {heads!r}: not valid JSON ({exc})") from None
+        if isinstance(data, dict):
+            data = data.get("mask")
+        heads = data
+    try:
+        mask = torch.tensor(heads, dtype=torch.bool)
+    except (TypeError, ValueError):
+        raise ConfigError("SelectionConfig.heads: the mask must be a rectangular list of lists of bools") from None
+    if tuple(mask.shape) != (num_layers, num_kv_heads):
+        raise ConfigError(
+            f"SelectionConfig.heads mask has shape {tuple(mask.shape)}; the model needs ({num_layers}, {num_kv_heads}) "
+            "(layers x KV heads)"
+        )
+    return mask
+
+
+def derive_seed(seed: int, layer_idx: int, salt: int = 0) -> int:
+    """A distinct, deterministic seed per (config seed, layer, purpose)."""
+    return (seed * 1_000_003 + layer_idx * 7919 + salt * 104_729) % (2**63 - 1)
+
+
+# ------------------------------------------------------------------------------------------------------- backends
+class ScoreBackend(Protocol):
+    """What the selector needs from a scoring backend. Leading dims ``[*L]`` are independent banks."""
+
+    counters: dict[str, int]
+
+    def program(self, signatures: torch.Tensor) -> None: ...  # [*L, N, w]
+    def append(self, signatures: torch.Tensor) -> None: ...  # [*L, m, w]
+    def scores(self, query: torch.Tensor) -> torch.Tensor: ...  # [*L, w] | [*L, G, w] -> [*L, N] | [*L, G, N]
+    def advance(self, steps: int) -> None: ...
+    def feasibility(self) -> Any: ...
+
+
+#: backend name -> class taking ``(sel: SelectionConfig, seed: int)``
+BACKENDS: dict[str, type] = {}
+
+
+def register_backend(name: str):
+    """Class decorator adding a scoring backend to :data:`BACKENDS`."""
+
+    def deco(cls: type) -> type:
+        BACKENDS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+@register_backend("exact")
+@dataclass
+class ExactBackend:
+    """fp32 dot products of the programmed rows with the query: the ideal selector."""
+
+    sel: SelectionConfig
+    seed: int = 0
+    rows: torch.Tensor | None = None  # [*L, N, w] float32
+    counters: dict[str, int] = field(default_factory=lambda: {"row_programs": 0, "evaluations": 0})
+    name: ClassVar[str] = "exact"
+
+    def program(self, signatures: torch.Tensor) -> None:
+        self.rows = signatures.float().clone()
+        self.counters["row_programs"] += signatures[..., 0].numel()
+
+    def append(self, signatures: torch.Tensor) -> None:
+        assert self.rows is not None, "append before program"
+        self.rows = torch.cat([self.rows, signatures.float()], dim=-2)
+        self.counters["row_programs"] += signatures[..., 0].numel()
+
+    @property
+    def n_rows(self) -> int:
+        return 0 if self.rows is None else self.rows.shape[-2]
+
+    def scores(self, query: torch.Tensor) -> torch.Tensor:
+        assert self.rows is not None, "scores before program"
+        lead = self.rows.dim() - 2
+        q = query.float()
+        self.counters["evaluations"] += q[..., 0].numel()
+        if q.dim() == lead + 1:  # [*L, w]
+            return torch.matmul(self.rows, q.unsqueeze(-1)).squeeze(-1)
+        return torch.matmul(q, self.rows.transpose(-1, -2))  # [*L, G, N]
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def feasibility(self) -> None:
+        return None
+
+
+@register_backend("photonic")
+class PhotonicBackend:
+    """Adapter to :class:`kvprism.photonics.PhotonicEngine`; one engine per layer, banks = ``[batch, KV heads]``."""
+
+    name: ClassVar[str] = "photonic"
+
+    def __init__(self, sel: SelectionConfig, seed: int = 0) -> None:
+        try:
+            from kvprism.photonics import PhotonicConfig, PhotonicEngine
+        except ImportError as exc:
+            raise KvprismError(
+                "backend 'photonic' needs the photonic engine (kvprism.photonics), which is not available in this "
+                f"installation ({exc})"
+            ) from None
+        cfg = PhotonicConfig.preset(sel.photonic) if isinstance(sel.photonic, str) else sel.photonic
+        self.config = cfg
+        self.engine = PhotonicEngine(cfg, seed=seed)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self.engine.counters)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.engine.n_rows)
+
+    def program(self, signatures: torch.Tensor) -> None:
+        self.engine.program(signatures.float())
+
+    def append(self, signatures: torch.Tensor) -> None:
+        self.engine.append(signatures.float())
+
+    def scores(self, query: torch.Tensor) -> torch.Tensor:
+        out = self.engine.scores(query.float())
+        return torch.as_tensor(out, dtype=torch.float32, device=query.device)
+
+    def advance(self, steps: int = 1) -> None:
+        self.engine.advance(steps)
+
+    def feasibility(self) -> Any:
+        return self.engine.feasibility()
+
+
+# ------------------------------------------------------------------------------------------------------- selector
+class BlockSelector:
+    """Selection state of one layer: projection, signatures programmed into a backend (one bank per (batch row,
+    KV head)), GQA reduction and top-k.
+
+    Args:
+        sel: the selection config.
+        layer_idx: which layer (seeds derive from it).
+        num_kv_heads: KV heads ``H`` of the layer.
+        head_mask: ``[H]`` bool, False = streaming head (never selects blocks).
+    """
+
+    def __init__(self, sel: SelectionConfig, layer_idx: int, num_kv_heads: int, head_mask: torch.Tensor) -> None:
+        self.sel = sel
+        self.layer_idx = layer_idx
+        self.num_kv_heads = num_kv_heads
+        self.head_mask = head_mask.bool()
+        self.signature = SIGNATURES[sel.signature]
+        self.proj: torch.Tensor | None = None  # [B, H, D, d_sig]
+        self.backend: ScoreBackend = BACKENDS[sel.backend](sel, derive_seed(sel.seed, layer_idx, 1))
+        self.n_blocks = 0  # rows programmed per bank
+        self.rows_programmed = 0  # rows written over all banks (initial programming + appends)
+        self.selection_calls = 0
+        self.fitted = False
+
+    # ---------------------------------------------------------------- projection and signatures
+    def fit(
+        self,
+        keys: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        scaling: float = 1.0,
+        queries: torch.Tensor | None = None,
+        query_pos: torch.Tensor | None = None,
+    ) -> None:
+        """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``)."""
+        self.proj = fit_projection(
+            self.sel.projection,
+            keys,
+            valid,
+            self.sel.d_sig,
+            seed=derive_seed(self.sel.seed, self.layer_idx, 2),
+            block_size=self.sel.block_size,
+            scaling=scaling,
+            queries=queries,
+            query_pos=query_pos,
+        )
+        self.fitted = True
+
+    def block_signatures(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Signatures of whole blocks: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid [B, n*bs]`` ->
+        ``[B, H, n, w]`` float32."""
+        b, h, t, _ = keys.shape
+        bs = self.sel.block_size
+        n = t // bs
+        pk = project(keys.float(), self.proj).reshape(b, h, n, bs, -1)
+        v = valid.reshape(b, 1, n, bs).expand(b, h, n, bs)
+        sig = self.signature.block(pk, v)
+        if self.sel.sign == "relu":
+            sig = sig.clamp_min(0)
+        return sig
+
+    def program(self, signatures: torch.Tensor) -> None:
+        """Program all rows ``[B, H, N, w]`` (end of prefill)."""
+        self.backend.program(signatures)
+        self.n_blocks = signatures.shape[-2]
+        self.rows_programmed += signatures[..., 0].numel()
+
+    def append(self, signatures: torch.Tensor) -> None:
+        """Program ``m`` newly completed blocks ``[B, H, m, w]`` after the existing rows."""
+        if signatures.shape[-2] == 0:
+            return
+        if self.n_blocks == 0:
+            self.program(signatures)
+            return
+        self.backend.append(signatures)
+        self.n_blocks += signatures.shape[-2]
+        self.rows_programmed += signatures[..., 0].numel()
+
+    # ---------------------------------------------------------------- scoring and top-k
+    def encode_query(self, query: torch.Tensor) -> torch.Tensor:
+        """``query [B, H, G, D]`` -> encoded ``[B, H, G, w]`` (projected, signature-encoded, sign variant)."""
+        enc = self.signature.encode_query(project(query.float(), self.proj))
+        if self.sel.sign == "relu":
+            enc = enc.clamp_min(0)
+        return enc
+
+    def scores(self, query: torch.Tensor) -> torch.Tensor:
+        """Block scores ``[B, H, N]`` of the query group ``[B, H, G, D]`` after GQA reduction."""
+        enc = self.encode_query(query)
+        if self.sel.gqa_reduce == "sum":
+            return self.backend.scores(enc.sum(2))
+        return self.backend.scores(enc).amax(2)
+
+    def select(self, query: torch.Tensor, candidates: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """Top-k candidate blocks per bank.
+
+        Args:
+            query: ``[B, H, G, D]`` post-RoPE query group per KV head.
+            candidates: ``[B, H, N]`` bool, the blocks that may be selected (N = blocks programmed).
+            k: blocks to select (default ``sel.k``).
+
+        Returns:
+            ``[B, H, k]`` int64 block ids, best first, ``-1`` where fewer than k candidates exist.
+        """
+        k = self.sel.k if k is None else k
+        b, h = query.shape[:2]
+        self.selection_calls += 1
+        if k == 0 or self.n_blocks == 0:
+            return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)
+        cand = candidates & self.head_mask.to(candidates.device)[None, :, None]
+        s = self.scores(query).masked_fill(~cand, -math.inf)
+        kk = min(k, s.shape[-1])
+        val, idx = torch.topk(s, kk, dim=-1, sorted=True)
+        idx = idx.masked_fill(torch.isinf(val) & (val < 0), -1)
+        if kk < k:
+            idx = torch.cat([idx, idx.new_full((b, h, k - kk), -1)], dim=-1)
+        return idx
+
+    def advance(self, steps: int = 1) -> None:
+        self.backend.advance(steps)
+
+
+# ------------------------------------------------------------------------------------------------------- gather plan
+@dataclass
+class GatherPlan:
+    """The tokens one decode step reads, per (batch row, KV head).
+
+    ``token_idx [B, H, M]`` int64 cache positions (a fixed-shape list, padded with position 0 where ``token_ok`` is
+    False); ``token_ok [B, H, M]`` bool; ``blocks [B, H, k]`` selected complete-block ids (-1 = none);
+    ``n_attended [B, H]`` tokens actually read; ``n_cached [B]`` real (non-padding) tokens in the cache.
+    """
+
+    token_idx: torch.Tensor
+    token_ok: torch.Tensor
+    blocks: torch.Tensor
+    n_attended: torch.Tensor
+    n_cached: torch.Tensor
+
+    def token_mask(self, seq_len: int) -> torch.Tensor:
+        """``[B, H, T]`` bool: the tokens read."""
+        b, h, _ = self.token_idx.shape
+        out = torch.zeros(b, h, seq_len, dtype=torch.uint8, device=self.token_idx.device)
+        out.scatter_reduce_(-1, self.token_idx, self.token_ok.to(torch.uint8), reduce="amax")
+        return out.bool()
+
+
+def block_layout(seq_len: int, block_size: int, window: int) -> tuple[int, int]:
+    """``(n_complete_blocks, tail_start)``: complete blocks in a cache of ``seq_len`` tokens and the first position
+    of the tail (window ∪ incomplete last block), which is always read."""
+    nb = seq_len // block_size
+    tail_start = max(0, min(nb * block_size, seq_len - window))
+    return nb, tail_start
+
+
+@dataclass
+class StepLayout:
+    """What one decode step reads regardless of the query: shared by every layer of the step.
+
+    ``valid [B, T]`` bool (False on padding); ``candidates [B, nb]`` bool, complete blocks eligible for top-k (real
+    tokens, not sink blocks, starting before the tail); ``fixed_idx / fixed_ok [B, Mf]``: the sink blocks (clipped
+    to end before the tail) followed by the tail (the ``window`` most recent tokens and the incomplete last block);
+    ``tail_start``; ``n_cached [B]`` real tokens cached.
+    """
+
+    valid: torch.Tensor
+    candidates: torch.Tensor
+    fixed_idx: torch.Tensor
+    fixed_ok: torch.Tensor
+    tail_start: int
+    block_size: int
+    n_cached: torch.Tensor
+
+    @classmethod
+    def build(cls, valid: torch.Tensor, block_size: int, sink_blocks: int, window: int) -> StepLayout:
+        t = valid.shape[1]
+        dev = valid.device
+        nb, tail_start = block_layout(t, block_size, window)
+        first = valid.int().argmax(-1)  # first real token (left padding)
+        first_blk = torch.div(first, block_size, rounding_mode="floor")
+        blk = torch.arange(nb, device=dev)
+        cand = (blk[None] >= (first_blk + sink_blocks)[:, None]) & (blk[None] * block_size < tail_start)
+        sink = first_blk[:, None] + torch.arange(sink_blocks, device=dev)[None]  # [B, S]
+        pos = (sink[..., None] * block_size + torch.arange(block_size, device=dev)).flatten(1)  # [B, S*bs]
+        ok = pos < tail_start
+        tail = torch.arange(tail_start, t, device=dev).expand(valid.shape[0], -1)
+        pos = torch.cat([torch.where(ok, pos, torch.zeros_like(pos)), tail], dim=-1)
+        ok = torch.cat([ok, torch.ones_like(tail, dtype=torch.bool)], dim=-1) & torch.gather(valid, 1, pos)
+        return cls(valid, cand, pos, ok, tail_start, block_size, valid.sum(-1))
+
+
+def gather_plan(blocks: torch.Tensor, layout: StepLayout) -> GatherPlan:
+    """Token positions one layer reads: the step's fixed part (sink + tail) and the selected blocks (clipped to end
+    before the tail; padding excluded).
+
+    Args:
+        blocks: ``[B, H, k]`` selected complete-block ids (-1 = none); disjoint from sink blocks by construction.
+        layout: the step's :class:`StepLayout`.
+    """
+    b, h, k = blocks.shape
+    bs = layout.block_size
+    pos = (blocks[..., None] * bs + torch.arange(bs, device=blocks.device)).reshape(b, h, k * bs)
+    ok = (pos >= 0) & (pos < layout.tail_start)
+    pos = torch.where(ok, pos, torch.zeros_like(pos))
+    ok = ok & torch.gather(layout.valid, 1, pos.reshape(b, h * k * bs)).reshape(b, h, k * bs)
+    mf = layout.fixed_idx.shape[1]
+    idx = torch.cat([layout.fixed_idx[:, None].expand(b, h, mf), pos], dim=-1)
+    ok = torch.cat([layout.fixed_ok[:, None].expand(b, h, mf), ok], dim=-1)
+    return GatherPlan(token_idx=idx, token_ok=ok, blocks=blocks, n_attended=ok.sum(-1), n_cached=layout.n_cached)

@@ -1,0 +1,127 @@
+"""The ``photonic`` selection backend: the adapter contract (against a stand-in engine with the documented API) and,
+when the photonic engine is installed, the real engine in the loop (ideal preset == exact; SmolLM2 needle)."""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+
+import pytest
+import torch
+
+from kvprism.hf.cache import SparseCache
+from kvprism.selection import SelectionConfig
+from tests.conftest import tiny_model
+from tests.test_sparse_cache import _batch, decode_loop
+
+
+class _StandInEngine:
+    """Implements the documented PhotonicEngine API with exact arithmetic and records the calls."""
+
+    instances: typing.ClassVar[list[_StandInEngine]] = []
+
+    def __init__(self, cfg, seed=0):
+        self.cfg, self.seed, self.rows, self.steps = cfg, seed, None, 0
+        self.counters = {"row_programs": 0, "evaluations": 0}
+        self.calls: list[str] = []
+        _StandInEngine.instances.append(self)
+
+    @property
+    def n_rows(self):
+        return 0 if self.rows is None else self.rows.shape[-2]
+
+    def program(self, sig):
+        self.calls.append("program")
+        self.rows = sig.clone()
+        self.counters["row_programs"] += sig[..., 0].numel()
+
+    def append(self, sig):
+        self.calls.append("append")
+        self.rows = torch.cat([self.rows, sig], -2)
+        self.counters["row_programs"] += sig[..., 0].numel()
+
+    def scores(self, q):
+        self.counters["evaluations"] += q[..., 0].numel()
+        if q.dim() == self.rows.dim() - 1:
+            return 3.0 * (self.rows @ q.unsqueeze(-1)).squeeze(-1)  # positive scale, as documented
+        return 3.0 * q @ self.rows.transpose(-1, -2)
+
+    def advance(self, n):
+        self.steps += n
+
+    def feasibility(self):
+        return types.SimpleNamespace(violations=[])
+
+
+@pytest.fixture
+def stand_in_engine(monkeypatch):
+    class PhotonicConfig:
+        @classmethod
+        def preset(cls, name):
+            return types.SimpleNamespace(name=name)
+
+    mod = types.ModuleType("kvprism.photonics")
+    mod.PhotonicConfig, mod.PhotonicEngine = PhotonicConfig, _StandInEngine
+    monkeypatch.setitem(sys.modules, "kvprism.photonics", mod)
+    _StandInEngine.instances.clear()
+    return _StandInEngine
+
+
+def test_adapter_contract_with_stand_in_engine(stand_in_engine):
+    model = tiny_model("llama")
+    ids, mask = _batch(21)
+    base = SelectionConfig(block_size=4, k=2, d_sig=6, window=2)
+    exact = SparseCache(model, base, trace=True)
+    decode_loop(model, ids, mask, exact, steps=6)
+    phot = SparseCache(model, base.replace(backend="photonic", photonic="seed-nominal"), trace=True)
+    decode_loop(model, ids, mask, phot, steps=6)
+    engines = stand_in_engine.instances
+    assert len(engines) == model.config.num_hidden_layers
+    assert len({e.seed for e in engines}) == len(engines)  # one seeded engine per layer
+    for e in engines:
+        assert e.cfg.name == "seed-nominal"
+        assert e.steps == 6  # advanced once per decode step
+        assert e.calls[0] == "program" and e.calls.count("append") == 1  # block 10 completes at T = 44
+        assert e.rows.shape[:2] == (2, 2)  # banks = [batch, KV heads]
+    for a, b in zip(exact.trace, phot.trace, strict=True):
+        for layer in a:
+            assert torch.equal(a[layer]["blocks"], b[layer]["blocks"])
+    s = phot.stats.summary()
+    assert s["engine_counters"]["row_programs"] == s["programming_events"]
+
+
+# ----------------------------------------------------------------------------------- the real engine, when present
+def test_ideal_preset_selects_like_exact():
+    pytest.importorskip("kvprism.photonics")
+    model = tiny_model("qwen2")
+    ids, mask = _batch(22)
+    base = SelectionConfig(block_size=4, k=3, d_sig=8, window=2)
+    runs = []
+    for sel in (base, base.replace(backend="photonic", photonic="ideal")):
+        cache = SparseCache(model, sel, trace=True)
+        decode_loop(model, ids, mask, cache, steps=6)
+        runs.append(cache.trace)
+    for a, b in zip(*runs, strict=True):
+        for layer in a:
+            assert torch.equal(a[layer]["blocks"], b[layer]["blocks"]), layer
+
+
+@pytest.mark.slow
+def test_smollm2_needle_2k_seed_nominal(smollm2):
+    pytest.importorskip("kvprism.photonics")
+    from kvprism.eval.tasks import niah_single
+
+    model, tok = smollm2
+    sample = niah_single(tok, 2048, 0.25, 1)  # dense and exact selection both answer this one correctly
+    sel = SelectionConfig(block_size=64, k=4, backend="photonic", photonic="seed-nominal")
+    cache = SparseCache(model, sel)
+    ids = torch.tensor([sample.input_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=16, do_sample=False
+        )
+    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    s = cache.stats.summary()
+    assert s["restricted"] and s["read_fraction_max"] < 0.5
+    assert sample.score(answer), answer

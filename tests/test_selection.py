@@ -1,0 +1,166 @@
+"""SelectionConfig validation, the exact backend's top-k, candidate blocks and gather plans."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.hf.cache import SparseCache
+from kvprism.selection import (
+    BACKENDS,
+    BlockSelector,
+    SelectionConfig,
+    StepLayout,
+    gather_plan,
+    resolve_heads,
+)
+from tests.conftest import tiny_model
+from tests.test_sparse_cache import _batch, decode_loop
+
+
+def test_config_validation_names_field():
+    with pytest.raises(ConfigError, match=r"SelectionConfig.block_size = 0 .*\[1, inf\)"):
+        SelectionConfig(block_size=0)
+    with pytest.raises(ConfigError, match=r"SelectionConfig\.signature = 'avg'"):
+        SelectionConfig(signature="avg")
+    with pytest.raises(ConfigError, match=r"SelectionConfig\.backend = 'magic'.*'exact'"):
+        SelectionConfig(backend="magic")
+    with pytest.raises(ConfigError, match=r"SelectionConfig\.heads"):
+        SelectionConfig(heads=[[1, 0]])
+    with pytest.raises(ConfigError, match=r"SelectionConfig\.photonic"):
+        SelectionConfig(photonic=3)
+    assert set(BACKENDS) >= {"exact", "photonic"}
+    assert SelectionConfig(heads=[[True, False]]).heads == ((True, False),)
+
+
+def test_heads_from_json(tmp_path):
+    path = tmp_path / "heads.json"
+    path.write_text(json.dumps({"mask": [[True, False], [False, True]]}))
+    mask = resolve_heads(str(path), 2, 2)
+    assert mask.tolist() == [[True, False], [False, True]]
+    with pytest.raises(ConfigError, match=r"shape \(2, 2\); the model needs \(3, 2\)"):
+        resolve_heads(str(path), 3, 2)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_heads(str(tmp_path / "nope.json"), 2, 2)
+
+
+def test_exact_backend_selects_true_topk_with_mask():
+    g = torch.Generator().manual_seed(0)
+    sel = SelectionConfig(block_size=4, k=3, d_sig=6, projection="none", gqa_reduce="sum")
+    s = BlockSelector(sel, 0, 2, torch.tensor([True, True]))
+    s.fitted = True
+    sig = torch.randn(2, 2, 10, 6, generator=g)
+    s.program(sig)
+    q = torch.randn(2, 2, 3, 6, generator=g)
+    cand = torch.rand(2, 2, 10, generator=g) > 0.3
+    got = s.select(q, cand)
+    ref = (sig @ q.sum(2).unsqueeze(-1)).squeeze(-1).masked_fill(~cand, -math.inf)
+    for b in range(2):
+        for h in range(2):
+            n = int(cand[b, h].sum())
+            want = ref[b, h].topk(min(3, n)).indices.tolist()
+            assert got[b, h, : len(want)].tolist() == want
+            assert (got[b, h, len(want) :] == -1).all()
+    # max reduction scores every query head and takes the max
+    s2 = BlockSelector(sel.replace(gqa_reduce="max"), 0, 2, torch.tensor([True, True]))
+    s2.fitted = True
+    s2.program(sig)
+    all_cand = torch.ones(2, 2, 10, dtype=torch.bool)
+    want = torch.einsum("bhnd,bhgd->bhgn", sig, q).amax(2).topk(3).indices
+    assert torch.equal(s2.select(q, all_cand), want)
+
+
+def test_exact_selection_in_model_is_topk_of_projected_signatures():
+    """Recompute, from the cached keys and the fitted projection, the projected block signatures and the exact top-k
+    at a decode step; the model's selection must equal it."""
+    model = tiny_model("llama")
+    ids, mask = _batch(11)
+    sel = SelectionConfig(block_size=4, k=3, d_sig=5, window=2, sink_blocks=1, projection="pca")
+    cache = SparseCache(model, sel, trace=True)
+    decode_loop(model, ids, mask, cache, steps=1)
+    t = ids.shape[1] + 1
+    for layer_idx, layer in enumerate(cache.layers):
+        rec = cache.trace[0][layer_idx]
+        p = layer.selector.proj  # [B, H, D, d]
+        keys = layer.keys.float()  # [B, H, T, D]
+        nb = t // 4
+        pk = torch.einsum("bhtd,bhde->bhte", keys[:, :, : nb * 4], p).reshape(2, 2, nb, 4, -1)
+        valid = mask.bool().clone()
+        valid = torch.cat([valid, torch.ones(2, 1, dtype=torch.bool)], -1)[:, : nb * 4].reshape(2, 1, nb, 4, 1)
+        sig = (pk * valid).sum(3) / valid.sum(3).clamp_min(1)
+        q = rec["query"].reshape(2, 2, 2, -1).float()
+        qs = torch.einsum("bhgd,bhde->bhe", q, p)
+        score = torch.einsum("bhne,bhe->bhn", sig, qs)
+        tail = min(nb * 4, t - 2)
+        first_blk = torch.tensor([0, 6 // 4])
+        blk = torch.arange(nb)
+        cand = (blk[None] >= first_blk[:, None] + 1) & (blk[None] * 4 < tail)
+        score = score.masked_fill(~cand[:, None], -math.inf)
+        want = score.topk(3).indices
+        assert torch.equal(rec["blocks"], want), layer_idx
+
+
+def test_candidates_and_plan_cover_everything_once():
+    valid = torch.ones(2, 23, dtype=torch.bool)
+    valid[1, :5] = False
+    layout = StepLayout.build(valid, 4, 1, 3)
+    cand = layout.candidates
+    assert layout.tail_start == 20 and cand.shape == (2, 5)
+    assert cand[0].tolist() == [False, True, True, True, True]
+    assert cand[1].tolist() == [False, False, True, True, True]
+    sink_read = [layout.fixed_idx[i][layout.fixed_ok[i] & (layout.fixed_idx[i] < 20)].tolist() for i in range(2)]
+    assert sink_read == [[0, 1, 2, 3], [5, 6, 7]]  # sink block = the block of the first real token
+    blocks = torch.tensor([[[1, 2, 3, 4]], [[2, 3, 4, -1]]])
+    plan = gather_plan(blocks, layout)
+    tm = plan.token_mask(23)
+    assert tm[0, 0].all()  # every real token read exactly once ...
+    assert tm[1, 0].tolist() == [False] * 5 + [True] * 18
+    ok_pos = [p for p, o in zip(plan.token_idx[0, 0].tolist(), plan.token_ok[0, 0].tolist(), strict=True) if o]
+    assert sorted(ok_pos) == list(range(23))  # ... and never twice
+    assert plan.n_attended.tolist() == [[23], [18]] and plan.n_cached.tolist() == [23, 18]
+
+
+def test_photonic_backend_unavailable_is_a_clear_error():
+    try:
+        import kvprism.photonics  # noqa: F401
+    except ImportError:
+        with pytest.raises(KvprismError, match="photonic engine"):
+            BlockSelector(SelectionConfig(backend="photonic"), 0, 2, torch.ones(2, dtype=torch.bool))
+    else:
+        pytest.skip("the photonic engine is installed; tests/test_photonic_selection.py covers it")
+
+
+@pytest.mark.slow
+def test_smollm2_needle_2k_exact_learned(smollm2):
+    """Exact selection with the default (learned) projection finds a 2K needle reading 4 blocks of 64."""
+    from kvprism.eval.tasks import niah_single
+
+    model, tok = smollm2
+    sample = niah_single(tok, 2048, 0.25, 1)
+    cache = SparseCache(model, SelectionConfig(block_size=64, k=4))
+    ids = torch.tensor([sample.input_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=12, do_sample=False
+        )
+    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    s = cache.stats.summary()
+    assert s["restricted"] and s["read_fraction_max"] < 0.25
+    assert sample.score(answer), answer
+
+
+def test_relu_variant_programs_non_negative_rows_and_inputs():
+    model = tiny_model("llama")
+    ids, mask = _batch(12)
+    sel = SelectionConfig(block_size=4, k=2, d_sig=6, projection="random", sign="relu", signature="minmax")
+    cache = SparseCache(model, sel, trace=True)
+    decode_loop(model, ids, mask, cache, steps=2)
+    for layer in cache.layers:
+        rows = layer.selector.backend.rows
+        assert rows.shape[-1] == 12 and (rows >= 0).all() and (rows > 0).any()
+        enc = layer.selector.encode_query(cache.trace[-1][layer.layer_idx]["query"].reshape(2, 2, 2, -1))
+        assert (enc >= 0).all()
