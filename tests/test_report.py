@@ -80,6 +80,16 @@ def test_summary_numbers():
     assert cfgs["exact-k16"]["block_recall"]["n"] == 2 and cfgs["exact-k16"]["block_recall"]["n_nan"] == 2
     assert cfgs["exact-k4"]["grid"] == {"1024": {"0": 1.0, "1": 0.0}, "2048": {"0": 1.0, "1": 0.0}}
     assert s["presets"] == {}
+    assert cfgs["exact-k4"]["per_layer_head"] == {}
+
+
+def test_per_layer_tables_are_averaged_over_cells():
+    rows = [
+        _cell("exact-k4", "exact", 4, 1024, 0.0, True, "p0", per_layer={"block_recall": [[1.0, None], [0.5, 0.0]]}),
+        _cell("exact-k4", "exact", 4, 1024, 1.0, True, "p1", per_layer={"block_recall": [[0.0, None], [1.0, None]]}),
+    ]
+    table = Rep.summarize(rows)["modes"]["niah"]["exact-k4"]["per_layer_head"]["block_recall"]
+    assert table == [[0.5, None], [0.75, 0.0]]
 
 
 def test_write_report(tmp_path):

@@ -21,6 +21,13 @@ _EXPORTS: dict[str, str] = {
     "KvprismError": "kvprism.errors",
     "ModelNotFoundError": "kvprism.errors",
     "load_model": "kvprism.hf.models",
+    "make_sample": "kvprism.eval.tasks",
+    "Sample": "kvprism.eval.tasks",
+    "Runner": "kvprism.eval.runner",
+    "EvalConfig": "kvprism.eval.runner",
+    "build_configs": "kvprism.eval.runner",
+    "write_report": "kvprism.eval.report",
+    "run_profile": "kvprism.eval.heads",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

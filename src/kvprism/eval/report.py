@@ -41,6 +41,22 @@ def _vals(rows: list[dict[str, Any]], key: str) -> list[float]:
     return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
 
 
+def _per_layer_means(cells: list[dict[str, Any]]) -> dict[str, list[list[float | None]]]:
+    """Mean over cells of each first-step ``per_layer`` table (``[L][Hkv]``; None entries skipped)."""
+    import torch
+
+    out: dict[str, list[list[float | None]]] = {}
+    names = sorted({n for c in cells for n in (c.get("per_layer") or {})})
+    for name in names:
+        tables = [c["per_layer"][name] for c in cells if name in (c.get("per_layer") or {})]
+        t = torch.tensor([[[float("nan") if v is None else v for v in row] for row in tab] for tab in tables])
+        finite = torch.isfinite(t)
+        mean = torch.where(finite, t, torch.zeros_like(t)).sum(0) / finite.sum(0).clamp(min=1)
+        mean = torch.where(finite.any(0), mean, torch.full_like(mean, float("nan")))
+        out[name] = [[None if v != v else round(float(v), 4) for v in row] for row in mean]
+    return out
+
+
 def feasibility_verdicts(presets: list[str]) -> dict[str, dict[str, Any]]:
     """``preset -> {"feasible": bool | None, "violations": [str]}`` from ``PhotonicEngine(...).feasibility()``
     (``feasible`` is None with a ``note`` when ``kvprism.photonics`` is unavailable)."""
@@ -113,6 +129,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             }
             for m in METRICS:
                 entry[m] = M.summarize(_vals(cells, m))
+            entry["per_layer_head"] = _per_layer_means(cells)
             grid: dict[str, dict[str, Any]] = defaultdict(dict)
             metric = "correct" if mode == "niah" else "block_recall"
             for ctx in sorted({c["context"] for c in cells}):
