@@ -91,6 +91,10 @@ def _generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, devic
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
+# grid defaults: finish on SmolLM2 on a CPU in about 15 minutes (see the evaluation notes)
+_DEFAULT_CONTEXTS = "2048,4096"
+_DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
+_DEFAULT_CONFIGS = "dense,exact,seed-nominal"
 _TASK_HELP = "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt."
 _CONFIG_HELP = "Configurations, comma-separated: dense, exact, and/or photonic preset names (each × every --k)."
 
@@ -194,10 +198,10 @@ def _eval_grid(
 @app.command()
 def niah(
     task: Annotated[str, typer.Option(help=_TASK_HELP)] = "niah_single",
-    contexts: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")] = "2048,4096",
-    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")] = "0,0.25,0.5,0.75,1",
+    contexts: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")] = _DEFAULT_CONTEXTS,
+    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")] = _DEFAULT_DEPTHS,
     seeds: Annotated[str, typer.Option(help="Sample seeds, comma-separated.")] = "0",
-    configs: Annotated[str, typer.Option(help=_CONFIG_HELP)] = "dense,exact,seed-nominal",
+    configs: Annotated[str, typer.Option(help=_CONFIG_HELP)] = _DEFAULT_CONFIGS,
     k: Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")] = "8",
     block_size: Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")] = None,
     heads: Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")] = None,
@@ -215,10 +219,10 @@ def niah(
 @app.command()
 def recall(
     task: Annotated[str, typer.Option(help=_TASK_HELP)] = "niah_single",
-    contexts: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")] = "2048,4096",
-    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")] = "0,0.25,0.5,0.75,1",
+    contexts: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")] = _DEFAULT_CONTEXTS,
+    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")] = _DEFAULT_DEPTHS,
     seeds: Annotated[str, typer.Option(help="Sample seeds, comma-separated.")] = "0",
-    configs: Annotated[str, typer.Option(help=_CONFIG_HELP)] = "dense,exact,seed-nominal",
+    configs: Annotated[str, typer.Option(help=_CONFIG_HELP)] = _DEFAULT_CONFIGS,
     k: Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")] = "4,8,16",
     block_size: Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")] = None,
     heads: Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")] = None,
@@ -237,10 +241,16 @@ def recall(
 def heads(
     model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
-    text_tokens: Annotated[int, typer.Option(help="Tokens of natural text to profile on.", min=2)] = 2048,
-    sink: Annotated[int, typer.Option(help="Sink tokens excluded from R_h.", min=0)] = 64,
-    window: Annotated[int, typer.Option(help="Recent-window tokens excluded from R_h.", min=1)] = 256,
-    fraction: Annotated[float, typer.Option(help="Fraction of heads marked as retrieval heads, in (0, 1].")] = 0.5,
+    text_tokens: Annotated[
+        int | None, typer.Option(help="Tokens of natural text to profile on [default: 2048].", min=2)
+    ] = None,
+    sink: Annotated[int | None, typer.Option(help="Sink tokens excluded from R_h [default: 64].", min=0)] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Recent-window tokens excluded from R_h [default: 256].", min=1)
+    ] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="Fraction of heads marked as retrieval heads, in (0, 1] [default: 0.5].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the text offset.")] = 0,
     out: Annotated[str, typer.Option(help="Mask JSON path (the heatmap PNG goes beside it).")] = "runs/heads.json",
 ) -> None:
@@ -251,6 +261,10 @@ def heads(
     from kvprism.eval.runner import check_out_dir
     from kvprism.hf.models import load_model
 
+    text_tokens = H.DEFAULT_TEXT_TOKENS if text_tokens is None else text_tokens
+    sink = H.DEFAULT_SINK_TOKENS if sink is None else sink
+    window = H.DEFAULT_WINDOW_TOKENS if window is None else window
+    fraction = H.DEFAULT_FRACTION if fraction is None else fraction
     if not 0.0 < fraction <= 1.0:
         raise kvprism.KvprismError(f"--fraction = {fraction} is invalid; allowed range: (0, 1]")
     if sink + window >= text_tokens:

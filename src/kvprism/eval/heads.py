@@ -28,6 +28,13 @@ import torch
 
 from kvprism.errors import KvprismError
 
+#: Profiling defaults: tokens of natural text, sink tokens and recent-window tokens excluded from R_h, and the
+#: fraction of heads marked as retrieval heads.
+DEFAULT_TEXT_TOKENS = 2048
+DEFAULT_SINK_TOKENS = 64
+DEFAULT_WINDOW_TOKENS = 256
+DEFAULT_FRACTION = 0.5
+
 
 @dataclass(frozen=True)
 class HeadProfile:
@@ -171,10 +178,10 @@ def run_profile(
     model: Any,
     tokenizer: Any,
     *,
-    text_tokens: int = 2048,
-    sink_tokens: int = 64,
-    window_tokens: int = 256,
-    fraction: float = 0.5,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    sink_tokens: int = DEFAULT_SINK_TOKENS,
+    window_tokens: int = DEFAULT_WINDOW_TOKENS,
+    fraction: float = DEFAULT_FRACTION,
     seed: int = 0,
     model_name: str = "",
 ) -> HeadProfile:
