@@ -86,3 +86,14 @@ def test_smollm2_has_retrieval_and_streaming_heads(smollm2):
     # natural text: heads differ strongly (some read the middle, some live on sink + window)
     assert prof.scores.shape == (30, 3)
     assert prof.scores.max() > 0.3 and prof.scores.min() < 0.1
+
+
+def test_default_sink_and_window_follow_selection_config():
+    sink, window = H.selection_sink_window()
+    try:
+        from kvprism.selection import SelectionConfig
+    except ImportError:
+        assert (sink, window) == (H.DEFAULT_SINK_TOKENS, H.DEFAULT_WINDOW_TOKENS)
+        return
+    sel = SelectionConfig()
+    assert (sink, window) == (sel.sink_blocks * sel.block_size, sel.window)

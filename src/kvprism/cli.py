@@ -244,9 +244,12 @@ def heads(
     text_tokens: Annotated[
         int | None, typer.Option(help="Tokens of natural text to profile on [default: 2048].", min=2)
     ] = None,
-    sink: Annotated[int | None, typer.Option(help="Sink tokens excluded from R_h [default: 64].", min=0)] = None,
+    sink: Annotated[
+        int | None, typer.Option(help="Sink tokens excluded from R_h [default: SelectionConfig's sink].", min=0)
+    ] = None,
     window: Annotated[
-        int | None, typer.Option(help="Recent-window tokens excluded from R_h [default: 256].", min=1)
+        int | None,
+        typer.Option(help="Recent-window tokens excluded from R_h [default: SelectionConfig's window].", min=1),
     ] = None,
     fraction: Annotated[
         float | None, typer.Option(help="Fraction of heads marked as retrieval heads, in (0, 1] [default: 0.5].")
@@ -262,8 +265,9 @@ def heads(
     from kvprism.hf.models import load_model
 
     text_tokens = H.DEFAULT_TEXT_TOKENS if text_tokens is None else text_tokens
-    sink = H.DEFAULT_SINK_TOKENS if sink is None else sink
-    window = H.DEFAULT_WINDOW_TOKENS if window is None else window
+    d_sink, d_window = H.selection_sink_window()
+    sink = d_sink if sink is None else sink
+    window = d_window if window is None else window
     fraction = H.DEFAULT_FRACTION if fraction is None else fraction
     if not 0.0 < fraction <= 1.0:
         raise kvprism.KvprismError(f"--fraction = {fraction} is invalid; allowed range: (0, 1]")
