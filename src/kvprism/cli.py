@@ -93,7 +93,7 @@ def _generate(model, tokenizer, input_ids: list[int], max_new_tokens: int, devic
 # ------------------------------------------------------------------------------------------------- evaluation
 # grid defaults: finish on SmolLM2 on a CPU in about 15 minutes (see the evaluation notes)
 _DEFAULT_CONTEXTS = "2048,4096"
-_DEFAULT_DEPTHS = "0,0.25,0.5,0.75,1"
+_DEFAULT_DEPTHS = "0,0.5,1"
 _DEFAULT_CONFIGS = "dense,exact,seed-nominal"
 _TASK_HELP = "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt."
 _CONFIG_HELP = "Configurations, comma-separated: dense, exact, and/or photonic preset names (each × every --k)."
