@@ -29,6 +29,13 @@ _EXPORTS: dict[str, str] = {
     "SelectionConfig": "kvprism.selection",
     "BlockSelector": "kvprism.selection",
     "SparseCache": "kvprism.hf.cache",
+    "make_sample": "kvprism.eval.tasks",
+    "Sample": "kvprism.eval.tasks",
+    "Runner": "kvprism.eval.runner",
+    "EvalConfig": "kvprism.eval.runner",
+    "build_configs": "kvprism.eval.runner",
+    "write_report": "kvprism.eval.report",
+    "run_profile": "kvprism.eval.heads",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -273,6 +273,230 @@ def energy(
             console.print(f"wrote {p}", highlight=False)
 
 
+# ------------------------------------------------------------------------------------------------- evaluation
+# grid defaults: finish on SmolLM2 on a CPU in about 15 minutes (see the evaluation notes)
+_DEFAULT_CONTEXTS = "2048,4096"
+_DEFAULT_DEPTHS = "0,0.5,1"
+_DEFAULT_CONFIGS = "dense,exact,seed-nominal"
+_TASK_HELP = "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt."
+_CONFIG_HELP = "Configurations, comma-separated: dense, exact, and/or photonic preset names (each × every --k)."
+
+
+def _eval_grid(
+    *,
+    mode: str,
+    task: str,
+    contexts: str,
+    depths: str,
+    seeds: str,
+    configs: str,
+    k: str,
+    block_size: int | None,
+    heads: str | None,
+    haystack: str | None,
+    values: str | None,
+    model: str,
+    device: str,
+    out: str,
+    max_new_tokens: int | None,
+) -> None:
+    """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
+    from kvprism.eval import runner as R
+    from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS
+
+    tasks = R.parse_list(task, str, "task")
+    for t in tasks:
+        if t not in TASKS:
+            raise kvprism.KvprismError(f"--task = {t!r} is unknown; allowed: {', '.join(TASKS)}")
+    if haystack is not None and haystack not in HAYSTACKS:
+        raise kvprism.KvprismError(f"--haystack = {haystack!r} is invalid; allowed: {', '.join(HAYSTACKS)}")
+    if values is not None and values not in VALUE_KINDS:
+        raise kvprism.KvprismError(f"--values = {values!r} is invalid; allowed: {', '.join(VALUE_KINDS)}")
+    ctx_list = R.parse_list(contexts, int, "contexts")
+    depth_list = R.parse_list(depths, float, "depths")
+    seed_list = R.parse_list(seeds, int, "seeds")
+    k_list = R.parse_list(k, int, "k")
+    for c in ctx_list:
+        if c < 1:
+            raise kvprism.KvprismError(f"--contexts: {c} is invalid; allowed range: >= 1 token")
+    for d in depth_list:
+        if not 0.0 <= d <= 1.0:
+            raise kvprism.KvprismError(f"--depths: {d} is invalid; allowed range: [0, 1]")
+    for kk in k_list:
+        if kk < 1:
+            raise kvprism.KvprismError(f"--k: {kk} is invalid; allowed range: k >= 1")
+    if not (ctx_list and depth_list and seed_list):
+        raise kvprism.KvprismError("--contexts, --depths and --seeds each need at least one value")
+    selection: dict = {}
+    if block_size is not None:
+        selection["block_size"] = block_size
+    if heads is not None:
+        from kvprism.eval.heads import load_mask
+
+        selection["heads"] = load_mask(heads)
+    cfgs = R.build_configs(R.parse_list(configs, str, "configs"), k_list, selection)
+    R.validate_configs(cfgs)
+    R.check_out_dir(out)
+    from kvprism.eval.tasks import make_sample
+    from kvprism.hf.models import load_model
+
+    with console.status(f"loading {model} ..."):
+        mdl, tok = load_model(model, device=device)
+    window = getattr(mdl.config, "max_position_embeddings", None)
+    if window is not None and max(ctx_list) > window:
+        raise kvprism.KvprismError(f"--contexts: {max(ctx_list)} exceeds the model's window of {window} tokens")
+    for t in tasks:  # too-short / too-long contexts fail here, before any prefill
+        for c in (min(ctx_list), max(ctx_list)):
+            make_sample(t, tok, c, depth_list[0], seed_list[0], haystack=haystack, values=values)
+    runner = R.Runner(
+        mdl,
+        tok,
+        out_dir=out,
+        tasks=tasks,
+        contexts=ctx_list,
+        depths=depth_list,
+        seeds=seed_list,
+        configs=cfgs,
+        mode=mode,
+        haystack=haystack,
+        values=values,
+        max_new_tokens=max_new_tokens,
+        model_name=model,
+    )
+    n_cells = len(runner.points) * len(cfgs)
+    console.print(
+        f"[bold]{mode}[/]: {len(runner.points)} prompts × {len(cfgs)} configurations = {n_cells} cells -> {out}"
+    )
+    summary = runner.run()
+    console.print(
+        f"ran {summary.cells_run} cells ({summary.cells_done_before} already done); "
+        f"prefill {summary.prefill_s:.1f} s over {summary.prefills} prompts, decode {summary.decode_s:.1f} s"
+    )
+    from kvprism.eval.report import write_report
+
+    written = write_report(out)
+    console.print(f"report: {written['report']}  summary: {written['summary']}")
+
+
+@app.command()
+def niah(
+    task: Annotated[str, typer.Option(help=_TASK_HELP)] = "niah_single",
+    contexts: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")] = _DEFAULT_CONTEXTS,
+    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")] = _DEFAULT_DEPTHS,
+    seeds: Annotated[str, typer.Option(help="Sample seeds, comma-separated.")] = "0",
+    configs: Annotated[str, typer.Option(help=_CONFIG_HELP)] = _DEFAULT_CONFIGS,
+    k: Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")] = "8",
+    block_size: Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")] = None,
+    heads: Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")] = None,
+    haystack: Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")] = None,
+    values: Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")] = None,
+    model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    out: Annotated[str, typer.Option(help="Results directory (resumed if it exists).")] = "runs/niah",
+    max_new_tokens: Annotated[int | None, typer.Option(help="Answer tokens (default: task's).", min=1)] = None,
+) -> None:
+    """Needle-in-a-haystack grid: prefill once per prompt, decode every configuration, score answers (resumable)."""
+    _eval_grid(**locals(), mode="niah")
+
+
+@app.command()
+def recall(
+    task: Annotated[str, typer.Option(help=_TASK_HELP)] = "niah_single",
+    contexts: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")] = _DEFAULT_CONTEXTS,
+    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")] = _DEFAULT_DEPTHS,
+    seeds: Annotated[str, typer.Option(help="Sample seeds, comma-separated.")] = "0",
+    configs: Annotated[str, typer.Option(help=_CONFIG_HELP)] = _DEFAULT_CONFIGS,
+    k: Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")] = "4,8,16",
+    block_size: Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")] = None,
+    heads: Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")] = None,
+    haystack: Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")] = None,
+    values: Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")] = None,
+    model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    out: Annotated[str, typer.Option(help="Results directory (resumed if it exists).")] = "runs/recall",
+) -> None:
+    """Selection metrics only (block/signature recall@k, mass captured, needle hit, KL, read fraction): one decode
+    step per configuration, no answer generation."""
+    _eval_grid(**locals(), mode="recall", max_new_tokens=1)
+
+
+@app.command()
+def heads(
+    model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    text_tokens: Annotated[
+        int | None, typer.Option(help="Tokens of natural text to profile on [default: 2048].", min=2)
+    ] = None,
+    sink: Annotated[
+        int | None, typer.Option(help="Sink tokens excluded from R_h [default: SelectionConfig's sink].", min=0)
+    ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(help="Recent-window tokens excluded from R_h [default: SelectionConfig's window].", min=1),
+    ] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="Fraction of heads marked as retrieval heads, in (0, 1] [default: 0.5].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the text offset.")] = 0,
+    out: Annotated[str, typer.Option(help="Mask JSON path (the heatmap PNG goes beside it).")] = "runs/heads.json",
+) -> None:
+    """Retrieval-head profiling: R_h per (layer, KV head) on natural text, heatmap PNG and a SelectionConfig mask."""
+    from pathlib import Path
+
+    from kvprism.eval import heads as H
+    from kvprism.eval.runner import check_out_dir
+    from kvprism.hf.models import load_model
+
+    text_tokens = H.DEFAULT_TEXT_TOKENS if text_tokens is None else text_tokens
+    d_sink, d_window = H.selection_sink_window()
+    sink = d_sink if sink is None else sink
+    window = d_window if window is None else window
+    fraction = H.DEFAULT_FRACTION if fraction is None else fraction
+    if not 0.0 < fraction <= 1.0:
+        raise kvprism.KvprismError(f"--fraction = {fraction} is invalid; allowed range: (0, 1]")
+    if sink + window >= text_tokens:
+        raise kvprism.KvprismError(f"--text-tokens = {text_tokens} must exceed --sink + --window = {sink + window}")
+    check_out_dir(Path(out).parent)
+    with console.status(f"loading {model} ..."):
+        mdl, tok = load_model(model, device=device)
+    window_max = getattr(mdl.config, "max_position_embeddings", None)
+    if window_max is not None and text_tokens > window_max:
+        raise kvprism.KvprismError(f"--text-tokens = {text_tokens} exceeds the model's window of {window_max} tokens")
+    t0 = time.perf_counter()
+    with console.status(f"profiling {text_tokens} tokens ..."):
+        prof = H.run_profile(
+            mdl,
+            tok,
+            text_tokens=text_tokens,
+            sink_tokens=sink,
+            window_tokens=window,
+            fraction=fraction,
+            seed=seed,
+            model_name=model,
+        )
+    path = H.save_mask(prof, out)
+    png = H.plot_heatmap(prof, Path(out).with_suffix(".png"), title=f"{model}: R_h (sink {sink}, window {window})")
+    n_ret = int(prof.mask.sum())
+    console.print(
+        f"{prof.scores.shape[0]} layers × {prof.scores.shape[1]} KV heads profiled in {time.perf_counter() - t0:.1f} s; "
+        f"R_h min {float(prof.scores.min()):.3f} / median {float(prof.scores.median()):.3f} / max "
+        f"{float(prof.scores.max()):.3f}; {n_ret} retrieval heads (R_h >= {prof.threshold:.3f})"
+    )
+    console.print(f"mask: {path}  heatmap: {png}")
+
+
+@app.command()
+def report(
+    results_dir: Annotated[str, typer.Argument(help="Directory holding results.jsonl.")],
+) -> None:
+    """Write summary.json, heatmaps (context × depth per configuration), k-sweep plots and report.md."""
+    from kvprism.eval.report import write_report
+
+    written = write_report(results_dir)
+    for name, path in written.items():
+        console.print(f"{name:>24}  {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one-line errors, tracebacks with ``--debug``."""
     args = sys.argv[1:] if argv is None else argv

@@ -1,0 +1,307 @@
+"""Summaries, plots and a Markdown report from a results directory (``results.jsonl`` written by the runner).
+
+``write_report(dir)`` writes, atomically (temp file + rename):
+
+- ``summary.json``: per mode and configuration the cell count, accuracy, read fraction (mean / max), needle hit,
+  block recall@k, signature recall@k, attention mass captured and KL at the first answer token (each as
+  mean/min/max/n, NaN = not applicable skipped), the cells where selection could not restrict attention, the
+  context × depth grids and the time split (prefill, counted once per prefilled prompt, vs decode);
+- ``heatmap_<mode>_<config>.png``: accuracy (``niah``) or block recall (``recall``) over context × depth;
+- ``ksweep_<mode>.png``: accuracy / block recall and read fraction against k per backend;
+- ``report.md``: the tables above plus the feasibility verdict of every photonic preset used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from kvprism.errors import KvprismError
+from kvprism.eval import metrics as M
+from kvprism.eval.heads import _atomic_write
+from kvprism.eval.runner import RESULTS_FILE, read_results
+
+METRICS = (
+    "correct",
+    "match_fraction",
+    "read_fraction_mean",
+    "read_fraction_max",
+    "needle_hit",
+    "block_recall",
+    "signature_recall",
+    "mass_captured",
+    "kl_first_token",
+)
+
+
+def _vals(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
+
+
+def _per_layer_means(cells: list[dict[str, Any]]) -> dict[str, list[list[float | None]]]:
+    """Mean over cells of each first-step ``per_layer`` table (``[L][Hkv]``; None entries skipped)."""
+    import torch
+
+    out: dict[str, list[list[float | None]]] = {}
+    names = sorted({n for c in cells for n in (c.get("per_layer") or {})})
+    for name in names:
+        tables = [c["per_layer"][name] for c in cells if name in (c.get("per_layer") or {})]
+        t = torch.tensor([[[float("nan") if v is None else v for v in row] for row in tab] for tab in tables])
+        finite = torch.isfinite(t)
+        mean = torch.where(finite, t, torch.zeros_like(t)).sum(0) / finite.sum(0).clamp(min=1)
+        mean = torch.where(finite.any(0), mean, torch.full_like(mean, float("nan")))
+        out[name] = [[None if v != v else round(float(v), 4) for v in row] for row in mean]
+    return out
+
+
+def feasibility_verdicts(presets: list[str]) -> dict[str, dict[str, Any]]:
+    """``preset -> {"feasible": bool | None, "violations": [str]}`` from ``PhotonicEngine(...).feasibility()``
+    (``feasible`` is None with a ``note`` when ``kvprism.photonics`` is unavailable)."""
+    out: dict[str, dict[str, Any]] = {}
+    if not presets:
+        return out
+    try:
+        from kvprism.photonics import PhotonicConfig, PhotonicEngine
+    except ImportError as exc:
+        return {
+            p: {"feasible": None, "violations": [], "note": f"kvprism.photonics unavailable ({exc})"} for p in presets
+        }
+    for p in presets:
+        try:
+            rep = PhotonicEngine(PhotonicConfig.preset(p), seed=0).feasibility()
+            violations = [str(v) for v in getattr(rep, "violations", [])]
+            out[p] = {"feasible": not violations, "violations": violations}
+        except Exception as exc:  # a broken preset must not hide the rest of the report
+            out[p] = {"feasible": None, "violations": [], "note": f"feasibility failed: {exc}"}
+    return out
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``summary.json`` content of a list of cells (see module docstring)."""
+    by_mode: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_mode[r["mode"]][r["config"]].append(r)
+    prefills: dict[str, float] = {}
+    for r in rows:
+        prefills.setdefault(r["prefill_id"], float(r["prefill_s"]))
+    decode_by_config: dict[str, float] = defaultdict(float)
+    tokens_by_config: dict[str, int] = defaultdict(int)
+    reference_s = 0.0
+    for r in rows:
+        decode_by_config[r["config"]] += float(r["decode_s"])
+        tokens_by_config[r["config"]] += int(r["decode_steps"])
+        reference_s += float(r.get("reference_s") or 0.0)
+    prefill_s = sum(prefills.values())
+    decode_s = sum(decode_by_config.values()) + reference_s
+    total = prefill_s + decode_s
+    summary: dict[str, Any] = {
+        "cells": len(rows),
+        "time": {
+            "prefill_s": round(prefill_s, 3),
+            "prefills": len(prefills),
+            "decode_s": round(decode_s, 3),
+            "decode_reference_steps_s": round(reference_s, 3),
+            "prefill_share": round(prefill_s / total, 4) if total else None,
+            "decode_s_per_config": {k: round(v, 3) for k, v in decode_by_config.items()},
+            "decode_s_per_token": {
+                k: round(v / tokens_by_config[k], 4) if tokens_by_config[k] else None
+                for k, v in decode_by_config.items()
+            },
+        },
+        "modes": {},
+    }
+    presets = sorted({r["preset"] for r in rows if r.get("preset")})
+    summary["presets"] = feasibility_verdicts(presets)
+    for mode, configs in by_mode.items():
+        mode_out: dict[str, Any] = {}
+        for name, cells in configs.items():
+            first = cells[0]
+            entry: dict[str, Any] = {
+                "backend": first["backend"],
+                "k": first.get("k"),
+                "preset": first.get("preset"),
+                "cells": len(cells),
+                "not_restricted": sum(1 for c in cells if c["backend"] != "dense" and not c.get("restricted")),
+                "cannot_restrict": sum(1 for c in cells if c["backend"] != "dense" and not c.get("can_restrict")),
+            }
+            for m in METRICS:
+                entry[m] = M.summarize(_vals(cells, m))
+            entry["per_layer_head"] = _per_layer_means(cells)
+            grid: dict[str, dict[str, Any]] = defaultdict(dict)
+            metric = "correct" if mode == "niah" else "block_recall"
+            for ctx in sorted({c["context"] for c in cells}):
+                for depth in sorted({c["depth"] for c in cells}):
+                    sel = [c for c in cells if c["context"] == ctx and c["depth"] == depth]
+                    grid[str(ctx)][f"{depth:g}"] = M.summarize(_vals(sel, metric))["mean"] if sel else None
+            entry["grid_metric"] = metric
+            entry["grid"] = dict(grid)
+            mode_out[name] = entry
+        summary["modes"][mode] = mode_out
+    return summary
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_heatmap(entry: dict[str, Any], title: str, path: Path) -> Path:
+    """Context × depth heatmap of ``entry["grid"]`` (values in [0, 1]; empty cells blank)."""
+    import numpy as np
+
+    plt = _plt()
+    grid = entry["grid"]
+    ctxs = sorted(grid, key=int)
+    depths = sorted({d for row in grid.values() for d in row}, key=float)
+    data = np.array([[np.nan if grid[c].get(d) is None else grid[c][d] for d in depths] for c in ctxs], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(depths), 1.4 + 0.55 * len(ctxs)))
+    im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto", origin="lower")
+    for i in range(len(ctxs)):
+        for j in range(len(depths)):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(depths)), depths)
+    ax.set_yticks(range(len(ctxs)), ctxs)
+    ax.set_xlabel("needle depth")
+    ax.set_ylabel("context (tokens)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label=entry["grid_metric"])
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_ksweep(mode: str, configs: dict[str, Any], path: Path) -> Path | None:
+    """Accuracy (or block recall) and read fraction against k, one line per backend/preset; dense as a line."""
+    plt = _plt()
+    series: dict[str, list[tuple[int, Any, Any]]] = defaultdict(list)
+    metric = "correct" if mode == "niah" else "block_recall"
+    for entry in configs.values():
+        if entry["backend"] == "dense":
+            continue
+        label = entry["preset"] or entry["backend"]
+        series[label].append((entry["k"], entry[metric]["mean"], entry["read_fraction_mean"]["mean"]))
+    if not series:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for label, pts in sorted(series.items()):
+        pts.sort(key=lambda p: p[0])
+        ks = [p[0] for p in pts]
+        a1.plot(ks, [p[1] for p in pts], marker="o", label=label)
+        a2.plot(ks, [p[2] for p in pts], marker="o", label=label)
+    dense = configs.get("dense")
+    if dense and dense[metric]["mean"] is not None:
+        a1.axhline(dense[metric]["mean"], color="k", ls="--", lw=1, label="dense")
+    a1.set_xlabel("k (blocks)")
+    a1.set_ylabel("accuracy" if metric == "correct" else "block recall@k")
+    a1.set_ylim(-0.02, 1.02)
+    a2.set_xlabel("k (blocks)")
+    a2.set_ylabel("read fraction (mean)")
+    a2.set_ylim(0, 1.02)
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    a1.legend(fontsize=7)
+    fig.suptitle(f"k sweep ({mode})", fontsize=10)
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _fmt(s: dict[str, Any] | None, digits: int = 3) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    return f"{s['mean']:.{digits}f}"
+
+
+def render_markdown(summary: dict[str, Any], images: list[str]) -> str:
+    t = summary["time"]
+    lines = ["# kvprism evaluation report", ""]
+    lines += [
+        f"{summary['cells']} cells. Time split: prefill {t['prefill_s']:.1f} s over {t['prefills']} prompts "
+        f"(once per prompt, shared by all configurations), decode {t['decode_s']:.1f} s "
+        f"(prefill share {t['prefill_share']:.0%})."
+        if t["prefill_share"] is not None
+        else f"{summary['cells']} cells.",
+        "",
+    ]
+    for mode, configs in summary["modes"].items():
+        lines += [f"## {mode}", ""]
+        lines += [
+            "| config | cells | accuracy | read frac (mean / max) | needle hit | block recall@k | signature recall@k "
+            "| mass captured | KL first token | not restricted | cannot restrict | decode s/token |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, e in configs.items():
+            lines.append(
+                f"| {name} | {e['cells']} | {_fmt(e['correct'], 2)} | {_fmt(e['read_fraction_mean'])} / "
+                f"{_fmt({'mean': e['read_fraction_max']['max']})} | {_fmt(e['needle_hit'], 2)} | "
+                f"{_fmt(e['block_recall'])} | {_fmt(e['signature_recall'])} | {_fmt(e['mass_captured'])} | "
+                f"{_fmt(e['kl_first_token'], 4)} | {e['not_restricted']} | {e['cannot_restrict']} | "
+                f"{t['decode_s_per_token'].get(name) or '–'} |"
+            )
+        lines.append("")
+        flagged = [n for n, e in configs.items() if e["not_restricted"] or e["cannot_restrict"]]
+        if flagged:
+            lines += [
+                "Cells counted under *not restricted* read every cached token (read fraction 1): selection could not "
+                "restrict attention there and they are no evidence for sparsity; *cannot restrict* cells had at most "
+                f"k eligible blocks outside sink and window. Affected configurations: {', '.join(flagged)}.",
+                "",
+            ]
+    if summary["presets"]:
+        lines += ["## Photonic presets: feasibility", "", "| preset | verdict | violations |", "|---|---|---|"]
+        for p, v in summary["presets"].items():
+            verdict = {True: "feasible", False: "NOT feasible", None: "unknown"}[v["feasible"]]
+            detail = "; ".join(v["violations"]) or v.get("note", "none")
+            lines.append(f"| {p} | {verdict} | {detail} |")
+        lines.append("")
+    if images:
+        lines += ["## Plots", ""] + [f"![{Path(i).stem}]({i})" for i in images] + [""]
+    return "\n".join(lines)
+
+
+def write_report(results_dir: str | Path) -> dict[str, Path]:
+    """Write ``summary.json``, heatmaps, k-sweep plots and ``report.md`` into ``results_dir``; returns their paths.
+
+    Raises:
+        KvprismError: the directory has no ``results.jsonl`` or it holds no finished cell.
+    """
+    d = Path(results_dir)
+    rows = read_results(d / RESULTS_FILE)
+    if not rows:
+        raise KvprismError(f"{d / RESULTS_FILE} holds no finished cell; run `kvprism niah` or `kvprism recall` first")
+    summary = summarize(rows)
+    written: dict[str, Path] = {}
+    path = d / "summary.json"
+    _atomic_write(path, lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
+    written["summary"] = path
+    images: list[str] = []
+    for mode, configs in summary["modes"].items():
+        for name, entry in configs.items():
+            title = f"{name} ({mode}): {'accuracy' if entry['grid_metric'] == 'correct' else 'block recall@k'}"
+            p = plot_heatmap(entry, title, d / f"heatmap_{_safe(mode)}_{_safe(name)}.png")
+            written[p.stem] = p
+            images.append(p.name)
+        ks = plot_ksweep(mode, configs, d / f"ksweep_{_safe(mode)}.png")
+        if ks is not None:
+            written[ks.stem] = ks
+            images.append(ks.name)
+    md = d / "report.md"
+    text = render_markdown(summary, images)
+    _atomic_write(md, lambda p: p.write_text(text))
+    written["report"] = md
+    return written

@@ -1,0 +1,119 @@
+"""Metrics on hand-made attention tensors whose answers are known in closed form."""
+
+import math
+
+import pytest
+import torch
+
+from kvprism.eval import metrics as M
+
+
+def _keys_for_weights(weights: list[float]) -> torch.Tensor:
+    """D = 1 keys whose softmax (query 1, scale 1) equals weights / sum(weights): ``[1, 1, T, 1]``."""
+    return torch.tensor(weights).log().view(1, 1, -1, 1)
+
+
+def test_attention_probs_known_softmax():
+    w = [1.0, 1.0, 4.0, 4.0, 2.0, 0.0001, 1.0, 1.0]
+    p = M.attention_probs(torch.ones(1, 1, 1), _keys_for_weights(w), scale=1.0)
+    expect = torch.tensor(w) / sum(w)
+    assert torch.allclose(p[0, 0], expect, atol=1e-6)
+    # default scale is 1/sqrt(D)
+    q = torch.tensor([[[2.0, 0.0, 0.0, 0.0]]])
+    k = torch.tensor([[[[1.0, 0, 0, 0], [0.0, 0, 0, 0]]]])
+    p2 = M.attention_probs(q, k)
+    assert torch.allclose(p2[0, 0], torch.tensor([math.e, 1.0]) / (math.e + 1.0), atol=1e-6)
+
+
+def test_true_block_mass_group_mean_and_blocks():
+    # two query heads in one group; head 0 looks at token 0, head 1 at token 3 (D = 2 one-hot keys, big logit)
+    keys = torch.zeros(1, 1, 4, 2)
+    keys[0, 0, 0] = torch.tensor([1.0, 0.0])
+    keys[0, 0, 3] = torch.tensor([0.0, 1.0])
+    q = torch.tensor([[[100.0, 0.0], [0.0, 100.0]]])
+    mass = M.true_block_mass(q, keys, block_size=2, scale=1.0)
+    assert mass.shape == (1, 1, 2)
+    assert torch.allclose(mass[0, 0], torch.tensor([0.5, 0.5]), atol=1e-6)
+    # block sums with a partial last block
+    assert M.block_sums(torch.arange(5.0), 2).tolist() == [1.0, 5.0, 4.0]
+
+
+def test_eligible_blocks_excludes_sink_window_and_partial():
+    # 10 tokens, B = 2 -> blocks 0..4; sink 1 block; the window (tokens 7, 8, 9) touches blocks 3 and 4
+    e = M.eligible_blocks(10, 2, sink_blocks=1, window=3)
+    # block ends: 2,4,6,8,10; eligible iff end <= 7 and id >= 1 -> blocks 1, 2
+    assert e.tolist() == [False, True, True, False, False]
+    # partial trailing block excluded
+    assert M.eligible_blocks(9, 2, 0, 0).tolist() == [True, True, True, True, False]
+
+
+def test_block_recall_known_answer():
+    # token weights -> block masses (B = 2): b0 .1, b1 .4, b2 .05, b3 .3, b4 .15
+    w = [0.05, 0.05, 0.2, 0.2, 0.025, 0.025, 0.15, 0.15, 0.1, 0.05]
+    mass = M.true_block_mass(torch.ones(1, 1, 1), _keys_for_weights(w), 2, scale=1.0)
+    assert torch.allclose(mass[0, 0], torch.tensor([0.1, 0.4, 0.05, 0.3, 0.15]), atol=1e-6)
+    eligible = M.eligible_blocks(10, 2, sink_blocks=1, window=2)  # blocks 1, 2, 3
+    # top-2 eligible by mass: {1, 3}
+    sel = torch.tensor([[[1, 2]]])
+    assert M.recall_at_k(sel, mass, 2, eligible).item() == pytest.approx(0.5)
+    # selecting the sink block does not count; -1 entries are ignored
+    assert M.recall_at_k(torch.tensor([[[0, 3, -1]]]), mass, 2, eligible).item() == pytest.approx(0.5)
+    assert M.recall_at_k(torch.tensor([[[3, 1]]]), mass, 2, eligible).item() == 1.0
+    # k larger than the eligible set: recall against all eligible blocks
+    assert M.recall_at_k(torch.tensor([[[1, 3]]]), mass, 5, eligible).item() == pytest.approx(2 / 3)
+
+
+def test_recall_nan_when_nothing_eligible():
+    mass = torch.rand(1, 2, 3)
+    eligible = M.eligible_blocks(6, 2, sink_blocks=1, window=4)
+    assert not eligible.any()
+    assert torch.isnan(M.recall_at_k(torch.tensor([[[1], [2]]]), mass, 1, eligible)).all()
+    with pytest.raises(ValueError, match="k = 0"):
+        M.recall_at_k(torch.tensor([[[1]]]), mass[:, :1], 0, eligible)
+
+
+def test_signature_recall_against_reference_selection():
+    eligible = torch.tensor([False, True, True, True, True, False])
+    ref = torch.tensor([[[1, 2, 3], [4, 3, 0]]])  # head 1's reference has an ineligible block (0)
+    sel = torch.tensor([[[3, 1, 5], [4, 1, 2]]])
+    r = M.selection_recall(sel, ref, eligible)
+    assert r[0, 0].item() == pytest.approx(2 / 3) and r[0, 1].item() == pytest.approx(1 / 2)
+    # the ideal-score form: recall_at_k on ideal signature scores
+    scores = torch.tensor([[[9.0, 5.0, 4.0, 3.0, 1.0, 8.0]]])
+    assert M.recall_at_k(torch.tensor([[[1, 2]]]), scores, 2, eligible).item() == 1.0
+
+
+def test_mass_captured_and_read_fraction():
+    w = [0.1, 0.2, 0.3, 0.4]
+    probs = M.attention_probs(torch.ones(1, 1, 1), _keys_for_weights(w), scale=1.0)
+    mask = torch.tensor([[[True, False, True, False]]])
+    assert M.mass_captured(probs, mask).item() == pytest.approx(0.4, abs=1e-6)
+    assert M.read_fraction(mask).item() == 0.5
+    # group mean over 2 query heads of one KV head
+    probs2 = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]])
+    assert M.mass_captured(probs2, mask).item() == pytest.approx(0.5)
+    assert M.mass_captured(probs2, torch.ones(1, 1, 4, dtype=torch.bool)).item() == pytest.approx(1.0)
+
+
+def test_needle_hit_requires_whole_span():
+    mask = torch.zeros(2, 3, 10, dtype=torch.bool)
+    mask[0, 0, 4:8] = True
+    mask[0, 1, 5:8] = True
+    mask[1, 2, :] = True
+    hit = M.needle_hit(mask, (4, 8))
+    assert hit.tolist() == [[True, False, False], [False, False, True]]
+
+
+def test_kl_divergence_known_value():
+    p = torch.tensor([0.5, 0.5])
+    q = torch.tensor([0.25, 0.75])
+    expect = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert M.kl_divergence(p.log(), q.log()).item() == pytest.approx(expect, rel=1e-5)
+    logits = torch.randn(3, 11, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(M.kl_divergence(logits, logits + 7.0), torch.zeros(3), atol=1e-6)  # shift-invariant
+
+
+def test_summarize_skips_nan():
+    s = M.summarize([0.5, float("nan"), 1.0])
+    assert s == {"mean": 0.75, "min": 0.5, "max": 1.0, "n": 2, "n_nan": 1}
+    assert M.summarize([float("nan")])["mean"] is None
