@@ -501,6 +501,12 @@ class Runner:
         """Dense prefill of all prompt tokens but the last into a fresh ``DynamicCache``; returns (cache, seconds)."""
         from transformers import DynamicCache
 
+        from kvprism.hf import attention as kv_attention
+
+        # The "kvprism" attention is dense sdpa on a DynamicCache and keeps a sample of the prefill queries, which
+        # selection configs forked from this cache need (projection="learned").
+        if getattr(self.model.config, "_attn_implementation", None) != kv_attention.ATTN_NAME:
+            self.model.set_attn_implementation(kv_attention.ATTN_NAME)
         ids = torch.tensor([sample.input_ids[:-1]], device=self.model.device)
         cache = DynamicCache(config=self.model.config)
         kw = _cache_kwarg(self.model)
