@@ -44,6 +44,7 @@ _COUNTERS = (
     "weight_refreshes",  # recomputations of W_eff for drifted rings (full cascade over all rows)
 )
 _CHUNK_ELEMS = 1 << 22  # rows × d × d elements per cascade chunk (bounds memory of the O(d²) ring model)
+_CHUNK_DETECT = 1 << 18  # rows × evaluations per detection chunk (two 1 MiB float32 work buffers stay in L2)
 
 
 def _row_state(name: str) -> property:
@@ -523,19 +524,39 @@ class PhotonicEngine:
         if self._rin > 0.0:  # RIN: one draw per line and evaluation, shared by every row of the bank
             power = power * (1.0 + self._rin * torch.randn(power.shape, generator=self._gen, dtype=self._dtype))
         e = power.shape[1]
-        acc, work = self._scratch((b, n, e))  # layout [B, N, E]: the matmul writes evaluations innermost
+        shot = power.sum(-1).mul_(det.get("shot_w2_per_w", 0.0)).unsqueeze(1)  # [B, 1, E] shot variance per row
+        gp = power.mul_(det["gain"]).transpose(1, 2)  # [B, d, E] line powers in detector units
+        factor = (qmax / (det["unit"] * self._scale.view(b, 1, 1))).transpose(1, 2)  # [B, 1, G] to signature·query
+        # banks are processed in chunks whose work buffers stay in the CPU cache across the elementwise passes
+        chunk = max(1, _CHUNK_DETECT // (n * e))
+        acc, work = self._scratch((min(chunk, b), n, e))  # layout [B, N, E]: the matmul writes evaluations innermost
+        outs = []
+        for b0 in range(0, b, chunk):
+            sl = slice(b0, min(b, b0 + chunk))
+            m = sl.stop - sl.start
+            outs.append(self._detect(det, sl, shot[sl], gp[sl], factor[sl], g, k, acc[:m], work[:m]))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out if k is not None else out.transpose(1, 2)
+
+    def _detect(
+        self, det: dict[str, Any], sl: slice, shot: torch.Tensor, gp: torch.Tensor, factor: torch.Tensor, g: int,
+        k: int | None, acc: torch.Tensor, work: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """Detection, noise and ADC for the banks ``sl`` ([M, N, E] work buffers ``acc``, ``work``): score estimates
+        [M, N, G], or with ``k`` the top-k indices [M, G, k]."""
+        c = self.config
+        m, n, e = acc.shape
+        c0 = det["c0"][sl]
         if c.noise:
             # independent Gaussian per row and evaluation, σ from this evaluation's photocurrents, in detector units
-            shot = power.sum(-1).mul_(det["shot_w2_per_w"]).unsqueeze(1)  # [B, 1, E]
-            sigma = torch.mul(det["var_transmit"], shot, out=work).add_(det["var_const"]).sqrt_()
-            torch.randn((b, n, e), generator=self._gen, dtype=self._dtype, out=acc)
-            torch.addcmul(det["c0"], sigma, acc, out=acc)
+            sigma = torch.mul(det["var_transmit"][sl], shot, out=work).add_(det["var_const"][sl]).sqrt_()
+            torch.randn((m, n, e), generator=self._gen, dtype=self._dtype, out=acc)
+            torch.addcmul(c0, sigma, acc, out=acc)
         else:
-            acc.copy_(det["c0"].expand(b, n, e))
+            acc.copy_(c0.expand(m, n, e))
         # balanced optical power W_eff·P in W (the photocurrent is R times this; R folded into the constants), in
         # detector units, added to offset + noise
-        acc.add_(torch.bmm(self._w, power.mul_(det["gain"]).transpose(1, 2), out=work))
-        factor = (qmax / (det["unit"] * self._scale.view(b, 1, 1))).transpose(1, 2)  # [B, 1, G] to signature·query
+        acc.add_(torch.bmm(self._w[sl], gp, out=work))
         levels = det["levels"]
         if c.adc_bits:
             # ADC with full scale fixed at programming: codes = round((raw − offset + FS)/step), 2^bits levels
@@ -545,16 +566,11 @@ class PhotonicEngine:
             if det["offset"]:
                 if k is not None:
                     return topk_codes(codes.transpose(1, 2), k, int(levels) + 1)
-                step = (1.0 / det["gain"]) * factor  # [B, 1, G]: est = (code − levels/2)·step·factor
-                est = torch.addcmul(-0.5 * levels * step, codes, step)
-            else:
-                diff = codes[..., :g] - codes[..., g:]  # integer codes in [−levels, levels]
-                if k is not None:
-                    return topk_codes(diff.add_(levels).transpose(1, 2), k, 2 * int(levels) + 1)
-                est = diff.mul_((1.0 / det["gain"]) * factor)
-        elif det["offset"]:
-            est = torch.mul(acc, factor)
-        else:
-            est = (acc[..., :g] - acc[..., g:]).mul_(factor)
-        est = est.transpose(1, 2)
-        return est if k is None else topk_lowest_index(est, k)
+                step = (1.0 / det["gain"][sl]) * factor  # [M, 1, G]: est = (code − levels/2)·step·factor
+                return torch.addcmul(-0.5 * levels * step, codes, step)
+            diff = codes[..., :g] - codes[..., g:]  # integer codes in [−levels, levels]
+            if k is not None:
+                return topk_codes(diff.add_(levels).transpose(1, 2), k, 2 * int(levels) + 1)
+            return diff.mul_((1.0 / det["gain"][sl]) * factor)
+        est = torch.mul(acc, factor) if det["offset"] else (acc[..., :g] - acc[..., g:]).mul_(factor)
+        return est if k is None else topk_lowest_index(est.transpose(1, 2), k)
