@@ -223,11 +223,12 @@ def test_ideal_ignores_drift_and_noise_counters():
     assert math.isclose(float(eng.scores(torch.ones(8))[0]), float(eng._sig[0, 0].sum()), rel_tol=1e-6)
 
 
-def test_select_ranks_like_scores_with_adc_ties():
+@pytest.mark.parametrize("encoding", ["offset", "dual-rail"])
+def test_select_ranks_like_scores_with_adc_ties(encoding):
     """select() ranks the raw ADC codes; that must equal the tie-aware top-k of the returned estimates."""
     gen = torch.Generator().manual_seed(8)
     sig, q = torch.randn(3, 300, 8, generator=gen), torch.randn(3, 8, generator=gen)
-    cfg = small("seed-nominal", n_lines=8, adc_bits=4)  # coarse ADC: many exact ties
+    cfg = small("seed-nominal", n_lines=8, adc_bits=4, encoding=encoding)  # coarse ADC: many exact ties
     a, b = PhotonicEngine(cfg, seed=5), PhotonicEngine(cfg, seed=5)
     a.program(sig)
     b.program(sig)
@@ -235,3 +236,38 @@ def test_select_ranks_like_scores_with_adc_ties():
     s = b.scores(q)  # same seed, same call sequence: same noise
     assert torch.equal(idx, _stable_topk(s, 10))
     assert len(torch.unique(s[0])) < 40  # ties really occur
+
+
+def test_adc_clips_are_counted():
+    """Noise-free path with the ADC full scale at 30 % of the worst case: every score clearly beyond full scale
+    (|exact| > 1.02 FS) is counted as a clip, none clearly inside (|exact| < 0.98 FS), per query."""
+    gen = torch.Generator().manual_seed(9)
+    sig, q = torch.randn(2, 200, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    eng = PhotonicEngine(clean(adc_bits=8, adc_headroom=0.3), seed=0)
+    eng.program(sig)
+    eng.scores(q)
+    exact = (sig @ q.transpose(-1, -2)).transpose(-1, -2).abs()  # [2, 3, 200]
+    fs = 0.3 * sig.abs().sum(-1).amax(-1)[:, None, None] * q.abs().amax(-1, keepdim=True)  # FS in score units
+    surely, maybe = int((exact > 1.02 * fs).sum()), int((exact > 0.98 * fs).sum())
+    assert 0 < surely <= eng.counters["adc_clips"] <= maybe
+    clips = eng.counters["adc_clips"]
+    eng.select(q, 5)
+    assert eng.counters["adc_clips"] == 2 * clips  # the same evaluations again (noise off)
+
+
+@pytest.mark.parametrize("encoding", ["offset", "dual-rail"])
+def test_detection_in_bank_chunks_equals_one_pass(monkeypatch, encoding):
+    """Detection runs over chunks of banks; without noise the chunking must not change scores, selection or clips."""
+    import kvprism.photonics.engine as engine_mod
+
+    gen = torch.Generator().manual_seed(10)
+    sig, q = torch.randn(5, 40, 8, generator=gen), torch.randn(5, 2, 8, generator=gen)
+    cfg = clean(adc_bits=6, adc_headroom=0.1, encoding=encoding)  # low full scale: some samples clip
+    runs = []
+    for chunk in (1 << 30, 2 * 40 * 2):  # all banks at once; two banks per chunk (last chunk partial)
+        monkeypatch.setattr(engine_mod, "_CHUNK_DETECT", chunk)
+        eng = PhotonicEngine(cfg, seed=0)
+        eng.program(sig)
+        runs.append((eng.scores(q), eng.select(q, 7), eng.counters["adc_clips"]))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert runs[0][2] == runs[1][2] > 0

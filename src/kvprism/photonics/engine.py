@@ -23,7 +23,7 @@ from kvprism.errors import KvprismError
 from kvprism.photonics import drift as drift_mod
 from kvprism.photonics import encoding, link, noise, ring
 from kvprism.photonics.config import PhotonicConfig
-from kvprism.photonics.select import topk_lowest_index
+from kvprism.photonics.select import topk_codes, topk_lowest_index
 from kvprism.photonics.wdm import CascadePlan, RowOptics, calibrate, cascade
 
 __all__ = ["PhotonicEngine"]
@@ -44,6 +44,7 @@ _COUNTERS = (
     "weight_refreshes",  # recomputations of W_eff for drifted rings (full cascade over all rows)
 )
 _CHUNK_ELEMS = 1 << 22  # rows × d × d elements per cascade chunk (bounds memory of the O(d²) ring model)
+_CHUNK_DETECT = 1 << 18  # rows × evaluations per detection chunk (two 1 MiB float32 work buffers stay in L2)
 
 
 def _row_state(name: str) -> property:
@@ -62,6 +63,15 @@ def _row_state(name: str) -> property:
             buf[:, : value.shape[1]] = value
 
     return property(get, set_)
+
+
+def _count_changed(before: torch.Tensor, after: torch.Tensor) -> int:
+    """Number of entries where the integer-valued ``before`` and ``after`` differ (ADC clips); overwrites ``before``.
+    The differences are clamped to {−1, 0, 1} and summed as squares, exact in float32 below 2^24 entries."""
+    diff = before.sub_(after).clamp_(-1.0, 1.0).view(-1)
+    if diff.numel() < 1 << 24:
+        return int(torch.dot(diff, diff))
+    return int(torch.count_nonzero(diff))
 
 
 class PhotonicEngine:
@@ -93,6 +103,7 @@ class PhotonicEngine:
         self._optics: RowOptics | None = None
         self._pending_steps = 0
         self._stale = False
+        self._det: dict[str, Any] | None = None  # detection constants (see _detection_constants)
         self.last_calibration_residual: float | None = None
         c = config
         self._r1, self._r2 = c.couplings
@@ -261,7 +272,7 @@ class PhotonicEngine:
             self._pending_steps += steps
 
     # ------------------------------------------------------------------ evaluation
-    def scores(self, query: torch.Tensor, *, _ranking_only: bool = False) -> torch.Tensor:
+    def scores(self, query: torch.Tensor) -> torch.Tensor:
         """Score estimates [*L, N] for ``query`` [*L, d], or [*L, G, N] for ``query`` [*L, G, d] (G evaluations on
         the same banks), in units of ``signatures @ query`` (noisy, quantised; exact for the ideal preset).
         The simulation runs on the CPU; the result is returned on ``query``'s device."""
@@ -277,7 +288,7 @@ class PhotonicEngine:
             if squeeze:
                 return (sig @ qq.unsqueeze(-1)).squeeze(-1).to(query.device)
             return (sig @ qq.transpose(-1, -2)).transpose(-1, -2).to(query.device)
-        out = self._physical_scores(q, _ranking_only).reshape(*self._lead, g, n)
+        out = self._physical_scores(q).reshape(*self._lead, g, n)
         return (out.squeeze(-2) if squeeze else out).to(query.device)
 
     def select(self, query: torch.Tensor, k: int) -> torch.Tensor:
@@ -285,7 +296,14 @@ class PhotonicEngine:
         by the lower index."""
         if self._sig is not None and not 0 < k <= self.n_rows:
             raise KvprismError(f"select: k = {k} is invalid; allowed range: [1, {self.n_rows}] (programmed rows)")
-        return topk_lowest_index(self.scores(query, _ranking_only=True), k).to(query.device)
+        if self._sig is None or self.config.is_ideal:
+            return topk_lowest_index(self.scores(query), k).to(query.device)
+        q, squeeze = self._check_query(query)
+        b, n, d = self._sig.shape
+        g = q.shape[1]
+        self._count_evaluations(b, g, n, d)
+        out = self._physical_scores(q, k).reshape(*self._lead, g, k)
+        return (out.squeeze(-2) if squeeze else out).to(query.device)
 
     def feasibility(self, mc_rows: int = 256, mc_queries: int = 64):
         """Feasibility report of this configuration (see :func:`kvprism.photonics.feasibility.feasibility`)."""
@@ -384,6 +402,7 @@ class PhotonicEngine:
 
     def _update_weights(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> None:
         """Recompute W_eff and the mean ring absorption for the given rows at the current drift."""
+        self._det = None  # detection constants depend on the rows' transmission, constants and the ADC full scale
         opt = self.optics(self._sig.shape[-1])
         sl = slice(r0, r1)
         if banks is None:
@@ -429,68 +448,129 @@ class PhotonicEngine:
             self.counters["weight_refreshes"] += 1
             self._stale = False
 
-    def _physical_scores(self, q: torch.Tensor, ranking_only: bool = False) -> torch.Tensor:
-        """[B, G, N] score estimates in signature·query units for q [B, G, d]. ``ranking_only``: may return any
-        per-(bank, query) increasing affine function of them (the raw ADC codes), which ranks and ties identically."""
+    def _detection_constants(self, d: int) -> dict[str, Any]:
+        """Query-independent constants of detection and ADC (cached; dropped whenever rows are programmed or W_eff is
+        refreshed). Everything after the optical matmul is kept in "detector units": W times ``gain`` per bank, where
+        ``gain`` is the ADC's codes per W (1 W⁻¹ without ADC), so that noise, offset and ADC affine map fold into one
+        pass before rounding. Shapes: per bank [B, 1, 1], per row [B, N, 1] (layout [B, N, E] of the evaluations)."""
+        cache = getattr(self, "_det", None)
+        if cache is not None:
+            return cache
         c = self.config
-        self._refresh()
-        b, g, d = q.shape
-        q = q.to(self._dtype)
-        qmax = q.abs().amax(dim=-1, keepdim=True)
-        qmax = torch.where(qmax > 0, qmax, torch.ones_like(qmax))
-        u = q / qmax  # [B, G, d] in [−1, 1]
-        frac = (1.0 + u) * 0.5 if c.encoding == "offset" else torch.cat([u.clamp_min(0.0), (-u).clamp_min(0.0)], 1)
-        t = encoding.encode(
-            frac, v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=c.query_bits,
-            predistort=c.mzm_predistortion,
-        )  # fmt: skip
+        b = self._const.shape[0]
         p_row = self.link_budget(d).row_line_w
-        resp = c.pd_responsivity_a_per_w
-        power = t * p_row  # [B, E, d] W per line at the row (MZM transmission × budget)
-        if self._rin > 0.0:  # RIN: one draw per line and evaluation, shared by every row of the bank
-            power = power * (1.0 + self._rin * torch.randn(power.shape, generator=self._gen, dtype=self._dtype))
-        # balanced optical power W_eff·P [B, E, N] in W; the photocurrent is R times this (R folded into constants)
-        raw = torch.bmm(self._w, power.transpose(1, 2)).transpose(1, 2)
+        offset = c.encoding == "offset"
+        lin = (1.0 - self._tmin) * p_row  # W per unit of Σ w·f (the believed linear MZM response)
+        # offset encoding: subtract the row constant the controller believes in, Σ_j P_j(u=0) w_believed_nj
+        bz = (self._tmin + (1.0 - self._tmin) * 0.5) * p_row if offset else 0.0
+        unit = 0.5 * lin if offset else lin  # W per unit score (weight units)
+        fs = self._full_scale.double() * (unit if offset else lin / (1.0 - self._tmin))  # [B] W, fixed at programming
+        levels = float(2**c.adc_bits - 1) if c.adc_bits else 0.0
+        gain = levels / (2.0 * fs) if c.adc_bits else torch.ones_like(fs)  # [B] codes per W (ADC step = 1/gain)
+        # c0: what is added to W·P in detector units: ADC offset FS (code levels/2) minus the believed row constant
+        c0 = (-bz * gain).view(b, 1, 1) * self._const.double().unsqueeze(-1)  # [B, N, 1]
+        if c.adc_bits:
+            c0 += levels / 2.0
+        out: dict[str, Any] = {
+            "p_row": p_row, "unit": unit, "levels": levels, "offset": offset,
+            "fs": fs.view(b, 1, 1), "gain": gain.to(self._dtype).view(b, 1, 1),
+            "c0": c0.to(self._dtype),
+        }  # fmt: skip
         if c.noise:
             # row noise in A²: 2q(I_thru + I_drop + 2 I_dark)Δf + i_n²Δf + 2(R·NEP)²Δf, with I_thru + I_drop =
             # R Σ_j P_j (1 − A_nj); the row-mean absorption Ā_n stands in for A_nj (ring absorption is ≤ a few % and
-            # nearly uniform along a row: the variance error is ≪ 1 %). Divided by R² to stay in optical watts.
-            bw, q_e = c.detection_bandwidth_hz, noise.ELEMENTARY_CHARGE_C
+            # nearly uniform along a row: the variance error is ≪ 1 %). Divided by R² to stay in optical watts, times
+            # gain² for detector units: σ²_n = var_const + shot_q · transmit_n, shot_q = 2qΔf/R · Σ_j P_j per query.
+            bw, q_e, resp = c.detection_bandwidth_hz, noise.ELEMENTARY_CHARGE_C, c.pd_responsivity_a_per_w
             const_a2 = (
                 2.0 * q_e * 2.0 * c.dark_current_a * bw
                 + noise.tia_variance_a2(c.tia_noise_a_per_rthz, bw)
                 + noise.nep_variance_a2(c.nep_w_per_rthz, resp, bw)
             )
-            shot = power.sum(-1, keepdim=True).mul_(2.0 * q_e * bw / resp)  # [B, E, 1] W² per unit (1 − Ā)
-            var = torch.addcmul(torch.tensor(const_a2 / resp**2, dtype=self._dtype), shot, self._transmit.unsqueeze(1))
-            raw = torch.normal(raw, var.sqrt_(), generator=self._gen)
-        lin = (1.0 - self._tmin) * p_row  # W per unit of Σ w·f (the believed linear MZM response)
-        offset = c.encoding == "offset"
-        # offset encoding: subtract the row constant the controller believes in, Σ_j P_j(u=0) w_believed_nj
-        bz = (self._tmin + (1.0 - self._tmin) * 0.5) * p_row if offset else 0.0
-        unit = 0.5 * lin if offset else lin  # W per unit score (weight units)
-        fs = (self._full_scale * (unit if offset else lin / (1.0 - self._tmin))).view(b, 1, 1)
-        factor = qmax / (unit * self._scale.view(b, 1, 1))  # [B, G, 1]: back to signature·query units
-        const = self._const.unsqueeze(1)  # [B, 1, N]
+            g2 = gain.square().view(b, 1, 1)
+            out["var_const"] = (g2 * (const_a2 / resp**2)).to(self._dtype)  # [B, 1, 1]
+            out["var_transmit"] = (g2 * self._transmit.double().unsqueeze(-1)).to(self._dtype)  # [B, N, 1]
+            out["shot_w2_per_w"] = 2.0 * q_e * bw / resp  # W² of shot variance per W of total line power
+        self._det = out
+        return out
+
+    def _scratch(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two reusable [B, N, E] work buffers (never returned to callers)."""
+        bufs = getattr(self, "_scratch_bufs", None)
+        if bufs is None or bufs[0].shape != shape:
+            bufs = (torch.empty(shape, dtype=self._dtype), torch.empty(shape, dtype=self._dtype))
+            self._scratch_bufs = bufs
+        return bufs
+
+    def _physical_scores(self, q: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """[B, G, N] score estimates in signature·query units for q [B, G, d]; with ``k``: the top-k indices
+        [B, G, k] of those estimates instead (ties → lower index), ranked on the ADC codes (an increasing affine map
+        of the estimates per bank and query: same order and ties)."""
+        c = self.config
+        self._refresh()
+        b, g, d = q.shape
+        n = self._n
+        det = self._detection_constants(d)
+        q = q.to(self._dtype)
+        qmax = q.abs().amax(dim=-1, keepdim=True)
+        qmax = torch.where(qmax > 0, qmax, torch.ones_like(qmax))
+        u = q / qmax  # [B, G, d] in [−1, 1]
+        frac = (1.0 + u) * 0.5 if det["offset"] else torch.cat([u.clamp_min(0.0), (-u).clamp_min(0.0)], 1)
+        t = encoding.encode(
+            frac, v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=c.query_bits,
+            predistort=c.mzm_predistortion,
+        )  # fmt: skip
+        power = t * det["p_row"]  # [B, E, d] W per line at the row (MZM transmission × budget)
+        if self._rin > 0.0:  # RIN: one draw per line and evaluation, shared by every row of the bank
+            power = power * (1.0 + self._rin * torch.randn(power.shape, generator=self._gen, dtype=self._dtype))
+        e = power.shape[1]
+        shot = power.sum(-1).mul_(det.get("shot_w2_per_w", 0.0)).unsqueeze(1)  # [B, 1, E] shot variance per row
+        gp = power.mul_(det["gain"]).transpose(1, 2)  # [B, d, E] line powers in detector units
+        factor = (qmax / (det["unit"] * self._scale.view(b, 1, 1))).transpose(1, 2)  # [B, 1, G] to signature·query
+        # banks are processed in chunks whose work buffers stay in the CPU cache across the elementwise passes
+        chunk = max(1, _CHUNK_DETECT // (n * e))
+        acc, work = self._scratch((min(chunk, b), n, e))  # layout [B, N, E]: the matmul writes evaluations innermost
+        outs = []
+        for b0 in range(0, b, chunk):
+            sl = slice(b0, min(b, b0 + chunk))
+            m = sl.stop - sl.start
+            outs.append(self._detect(det, sl, shot[sl], gp[sl], factor[sl], g, k, acc[:m], work[:m]))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out if k is not None else out.transpose(1, 2)
+
+    def _detect(
+        self, det: dict[str, Any], sl: slice, shot: torch.Tensor, gp: torch.Tensor, factor: torch.Tensor, g: int,
+        k: int | None, acc: torch.Tensor, work: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """Detection, noise and ADC for the banks ``sl`` ([M, N, E] work buffers ``acc``, ``work``): score estimates
+        [M, N, G], or with ``k`` the top-k indices [M, G, k]."""
+        c = self.config
+        m, n, e = acc.shape
+        c0 = det["c0"][sl]
+        if c.noise:
+            # independent Gaussian per row and evaluation, σ from this evaluation's photocurrents, in detector units
+            sigma = torch.mul(det["var_transmit"][sl], shot, out=work).add_(det["var_const"][sl]).sqrt_()
+            torch.randn((m, n, e), generator=self._gen, dtype=self._dtype, out=acc)
+            torch.addcmul(c0, sigma, acc, out=acc)
+        else:
+            acc.copy_(c0.expand(m, n, e))
+        # balanced optical power W_eff·P in W (the photocurrent is R times this; R folded into the constants), in
+        # detector units, added to offset + noise
+        acc.add_(torch.bmm(self._w[sl], gp, out=work))
+        levels = det["levels"]
         if c.adc_bits:
-            # ADC with full scale fixed at programming: codes = (raw − offset + FS)/step, clipped to 2^bits levels
-            levels = float(2**c.adc_bits - 1)
-            step = 2.0 * fs / levels
-            inv = 1.0 / step
-            if offset:
-                codes = torch.addcmul(torch.addcmul(fs * inv, const, -bz * inv), raw, inv)
-            else:
-                codes = raw.add_(fs).mul_(inv)
-            codes.round_()
-            lo, hi = torch.aminmax(codes)
-            if float(lo) < 0.0 or float(hi) > levels:
-                self.counters["adc_clips"] += int(torch.logical_or(codes < 0.0, codes > levels).sum())
-                codes.clamp_(0.0, levels)
-            if offset:
-                if ranking_only:  # the ADC codes themselves: est = codes·(step·factor) − FS·factor, factor > 0
-                    return codes
-                return torch.addcmul((-fs) * factor, codes, step * factor)
-            return (codes[:, :g] - codes[:, g:]).mul_(step * factor)
-        if offset:
-            return torch.addcmul(raw, const, torch.tensor(-bz, dtype=self._dtype)).mul_(factor)
-        return (raw[:, :g] - raw[:, g:]).mul_(factor)
+            # ADC with full scale fixed at programming: codes = round((raw − offset + FS)/step), 2^bits levels
+            acc.round_()
+            codes = torch.clamp(acc, 0.0, levels, out=work)
+            self.counters["adc_clips"] += _count_changed(acc, codes)
+            if det["offset"]:
+                if k is not None:
+                    return topk_codes(codes.transpose(1, 2), k, int(levels) + 1)
+                step = (1.0 / det["gain"][sl]) * factor  # [M, 1, G]: est = (code − levels/2)·step·factor
+                return torch.addcmul(-0.5 * levels * step, codes, step)
+            diff = codes[..., :g] - codes[..., g:]  # integer codes in [−levels, levels]
+            if k is not None:
+                return topk_codes(diff.add_(levels).transpose(1, 2), k, 2 * int(levels) + 1)
+            return diff.mul_((1.0 / det["gain"][sl]) * factor)
+        est = torch.mul(acc, factor) if det["offset"] else (acc[..., :g] - acc[..., g:]).mul_(factor)
+        return est if k is None else topk_lowest_index(est.transpose(1, 2), k)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["topk_lowest_index"]
+__all__ = ["topk_codes", "topk_lowest_index"]
 
 
 def _order(vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -45,3 +45,23 @@ def topk_lowest_index(scores: torch.Tensor, k: int) -> torch.Tensor:
             sub[r_id[take], (n_gt[r_id] + rank)[take]] = col[take]
             out[rows] = sub
     return out.reshape(*lead, k)
+
+
+#: Largest integer up to which every integer is exact in float32.
+_F32_EXACT = 1 << 24
+
+
+def topk_codes(codes: torch.Tensor, k: int, n_levels: int) -> torch.Tensor:
+    """:func:`topk_lowest_index` for integer-valued float scores ``codes`` [..., N] in [0, n_levels − 1] (ADC codes),
+    in one ``torch.topk`` without a tie fix-up: each entry gets the unique key code·N + (N − 1 − index), exact in
+    float32 when n_levels·N ≤ 2^24, so the key order is (code descending, index ascending). **Overwrites**
+    ``codes`` with the keys (it is meant for scratch buffers); falls back to :func:`topk_lowest_index` when the keys
+    would not be exact."""
+    n = codes.shape[-1]
+    if not 0 < k <= n:
+        raise ValueError(f"k = {k} is invalid; allowed range: [1, {n}] (number of rows)")
+    if codes.dtype != torch.float32 or n_levels * n > _F32_EXACT:
+        return topk_lowest_index(codes, k)
+    rev = torch.arange(n - 1, -1, -1, dtype=codes.dtype, device=codes.device)
+    keys = torch.add(rev, codes, alpha=float(n), out=codes)
+    return keys.topk(k, dim=-1, sorted=True).indices
