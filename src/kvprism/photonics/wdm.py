@@ -208,7 +208,8 @@ class CascadePlan:
     def log_thru(self, detuning_m: torch.Tensor) -> torch.Tensor:
         """Σ_j log T_j(λ_i) [..., d] for detunings [..., d]."""
         opt = self.optics
-        det_near = detuning_m[..., self.near_idx]  # [..., i, K]
+        # index_select on a flat index is several times faster than advanced indexing with a [d, K] index
+        det_near = detuning_m.index_select(-1, self.near_idx.reshape(-1)).unflatten(-1, self.near_idx.shape)
         t = _ring_thru(self.near_phase0, det_near, opt.phase_per_m.unsqueeze(-1), opt)
         out = (t.clamp_min_(1e-30).log_() * self.near_mask).sum(-1)
         x = (detuning_m - self.center_m) / self.half_m
