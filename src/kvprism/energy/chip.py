@@ -17,8 +17,10 @@ import dataclasses
 import math
 
 from kvprism.errors import KvprismError
-from kvprism.photonics import encoding, link, noise
+from kvprism.photonics import link, noise
 from kvprism.photonics.config import PhotonicConfig
+from kvprism.photonics.feasibility import electrical_snr_db as score_snr_db
+from kvprism.photonics.feasibility import mid_bias_pd_power_w
 
 __all__ = [
     "SPEED_OF_LIGHT_M_PER_S",
@@ -57,29 +59,6 @@ def _engine(cfg: PhotonicConfig):
     from kvprism.photonics.engine import PhotonicEngine
 
     return PhotonicEngine(cfg, seed=0)  # no random draw happens before program(): the seed is irrelevant here
-
-
-def score_snr_db(cfg: PhotonicConfig, row_line_w: float, d: int, weight_range: float) -> float:
-    """Electrical SNR [dB] of a full-scale score of one row when each of the ``d`` comb lines reaches the row with
-    ``row_line_w`` [W] (MZM fully open). Same operating point as the feasibility verdict: mid-bias query (half of
-    the row's light on each diode of the balanced pair), full-scale current of a typical bank (Σ|w| ≈ d·w_r/2,
-    doubled for dual-rail), noise = shot + dark + TIA + NEP (:func:`noise.detector_variance_a2`) + RIN on the signal
-    (:func:`noise.rin_sigma`). ``inf`` for a noise-free configuration."""
-    if not cfg.noise:
-        return math.inf
-    tmin = encoding.t_min(cfg.mzm_extinction_db)
-    mid = tmin + (1.0 - tmin) * 0.5
-    resp, bw = cfg.pd_responsivity_a_per_w, cfg.detection_bandwidth_hz
-    p_pd_w = row_line_w * d * mid * 0.5
-    i_fs = 0.5 * (1.0 - tmin) * row_line_w * resp * d * weight_range * 0.5
-    if cfg.encoding == "dual-rail":
-        i_fs *= 2.0
-    var = noise.detector_variance_a2(
-        resp * p_pd_w, resp * p_pd_w, i_dark_a=cfg.dark_current_a, tia_noise_a_per_rthz=cfg.tia_noise_a_per_rthz,
-        nep_w_per_rthz=cfg.nep_w_per_rthz, responsivity_a_per_w=resp, bandwidth_hz=bw,
-    )  # fmt: skip
-    var += (noise.rin_sigma(cfg.rin_db_per_hz, bw) * i_fs) ** 2
-    return 10.0 * math.log10(i_fs**2 / var) if var > 0 else math.inf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +109,8 @@ def required_laser(cfg: PhotonicConfig, d: int | None = None, target_enob: float
             f"(rin_db_per_hz = {cfg.rin_db_per_hz:g}, detection_bandwidth_hz = {cfg.detection_bandwidth_hz:g}): "
             "no laser power reaches it"
         )
-    tmin = encoding.t_min(cfg.mzm_extinction_db)
-    p_sens = link.dbm_to_w(cfg.pd_sensitivity_dbm) / (d * (tmin + (1.0 - tmin) * 0.5) * 0.5)
+    # row line power at which each photodiode just reaches its sensitivity (the PD power is linear in it)
+    p_sens = link.dbm_to_w(cfg.pd_sensitivity_dbm) / mid_bias_pd_power_w(cfg, 1.0, d)
     p_snr = 0.0
     if math.isfinite(target) and cfg.noise:
         lo, hi = math.log(1e-18), math.log(1e3)

@@ -99,6 +99,34 @@ def _worst_leakage_db(cfg: PhotonicConfig, d: int, r1: float, r2: float, a: floa
     return 10.0 * math.log10(max(worst, 1e-300))
 
 
+def mid_bias_pd_power_w(cfg: PhotonicConfig, row_line_w: float, d: int) -> float:
+    """Optical power [W] on each diode of a row's balanced pair at mid-bias query (half of the row's light on each
+    diode) when each of the ``d`` comb lines reaches the row with ``row_line_w`` [W] (MZM fully open)."""
+    tmin = encoding.t_min(cfg.mzm_extinction_db)
+    return row_line_w * d * (tmin + (1.0 - tmin) * 0.5) * 0.5
+
+
+def electrical_snr_db(cfg: PhotonicConfig, row_line_w: float, d: int, weight_range: float) -> float:
+    """Electrical SNR [dB] of a full-scale score of one row (the feasibility verdict's operating point): ADC
+    full-scale current of a typical bank (Σ|w| ≈ d·w_r/2, doubled for dual-rail) against shot + dark + TIA + NEP
+    noise at mid bias (:func:`noise.detector_variance_a2`) plus RIN on the signal (:func:`noise.rin_sigma`).
+    ``inf`` for a noise-free configuration."""
+    if not cfg.noise:
+        return math.inf
+    tmin = encoding.t_min(cfg.mzm_extinction_db)
+    resp, bw = cfg.pd_responsivity_a_per_w, cfg.detection_bandwidth_hz
+    p_pd_w = mid_bias_pd_power_w(cfg, row_line_w, d)
+    i_fs = 0.5 * (1.0 - tmin) * row_line_w * resp * d * weight_range * 0.5
+    if cfg.encoding == "dual-rail":
+        i_fs *= 2.0
+    var = noise.detector_variance_a2(
+        resp * p_pd_w, resp * p_pd_w, i_dark_a=cfg.dark_current_a, tia_noise_a_per_rthz=cfg.tia_noise_a_per_rthz,
+        nep_w_per_rthz=cfg.nep_w_per_rthz, responsivity_a_per_w=resp, bandwidth_hz=bw,
+    )  # fmt: skip
+    var += (noise.rin_sigma(cfg.rin_db_per_hz, bw) * i_fs) ** 2
+    return 10.0 * math.log10(i_fs**2 / var) if var > 0 else math.inf
+
+
 def feasibility(
     cfg: PhotonicConfig, d: int | None = None, seed: int = 0, mc_rows: int = 256, mc_queries: int = 64
 ) -> FeasibilityReport:
@@ -166,26 +194,14 @@ def feasibility(
         )
 
     budget = eng.link_budget(d)
-    tmin = encoding.t_min(cfg.mzm_extinction_db)
-    mid = tmin + (1.0 - tmin) * 0.5
-    p_pd_w = budget.row_line_w * d * mid * 0.5  # mid-bias: half of the row's light on each diode
+    p_pd_w = mid_bias_pd_power_w(cfg, budget.row_line_w, d)
     if link.w_to_dbm(p_pd_w) < cfg.pd_sensitivity_dbm:
         violations.append(
             f"received power per photodiode {link.w_to_dbm(p_pd_w):.1f} dBm is below the sensitivity "
             f"{cfg.pd_sensitivity_dbm:g} dBm (link loss {budget.total_loss_db:.1f} dB incl. the 1×"
             f"{cfg.rows_per_bank} splitter)"
         )
-    # electrical SNR: ADC full-scale current of a typical bank (Σ|w| ≈ d·w_r/2) vs the noise at mid bias
-    resp, bw = cfg.pd_responsivity_a_per_w, cfg.detection_bandwidth_hz
-    i_fs = 0.5 * (1.0 - tmin) * budget.row_line_w * resp * d * wr * 0.5
-    if cfg.encoding == "dual-rail":
-        i_fs *= 2.0
-    var = noise.detector_variance_a2(
-        resp * p_pd_w, resp * p_pd_w, i_dark_a=cfg.dark_current_a, tia_noise_a_per_rthz=cfg.tia_noise_a_per_rthz,
-        nep_w_per_rthz=cfg.nep_w_per_rthz, responsivity_a_per_w=resp, bandwidth_hz=bw,
-    )  # fmt: skip
-    var += (noise.rin_sigma(cfg.rin_db_per_hz, bw) * i_fs) ** 2
-    el_snr_db = 10.0 * math.log10(i_fs**2 / var) if cfg.noise and var > 0 else math.inf
+    el_snr_db = electrical_snr_db(cfg, budget.row_line_w, d, wr)
 
     # Monte Carlo on a fresh engine
     gen = torch.Generator().manual_seed(seed + 7919)
