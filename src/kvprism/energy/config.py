@@ -6,6 +6,10 @@ import dataclasses
 
 from kvprism.config import ConfigBase, param
 from kvprism.errors import KvprismError
+from kvprism.selection import SelectionConfig
+
+# The selection workload's defaults are SelectionConfig's, read from its fields so the two cannot drift apart.
+_SEL = {f.name: f.default for f in dataclasses.fields(SelectionConfig)}
 
 __all__ = ["MODEL_SHAPES", "EnergyConfig", "ModelShape", "model_shape"]
 
@@ -23,13 +27,15 @@ class EnergyConfig(ConfigBase):
     )
     kv_bytes_per_element: int = param(2, doc="bytes per K/V/signature element (bf16)", unit="B", ge=1, le=8)
     batch: int = param(1, doc="sequences decoded together (each has its own KV cache and chip rows)", ge=1)
-    block_size: int = param(64, doc="tokens per block (one signature / one chip row)", unit="tokens", ge=1)
-    k: int = param(8, doc="blocks selected per (layer, KV head) and step", unit="blocks", ge=1)
-    d_sig: int = param(32, doc="signature dimension = comb lines used", ge=1)
-    sink_blocks: int = param(1, doc="first blocks always read", unit="blocks", ge=0)
-    window: int = param(64, doc="most recent tokens always read", unit="tokens", ge=0)
+    block_size: int = param(
+        _SEL["block_size"], doc="tokens per block (one signature / one chip row)", unit="tokens", ge=1
+    )
+    k: int = param(_SEL["k"], doc="blocks selected per (layer, KV head) and step", unit="blocks", ge=1)
+    d_sig: int = param(_SEL["d_sig"], doc="signature dimension = comb lines used", ge=1)
+    sink_blocks: int = param(_SEL["sink_blocks"], doc="first blocks always read", unit="blocks", ge=0)
+    window: int = param(_SEL["window"], doc="most recent tokens always read", unit="tokens", ge=0)
     gqa_reduce: str = param(
-        "sum",
+        _SEL["gqa_reduce"],
         doc="'sum': one chip query per KV head (summed query); 'max': one per query head",
         choices=("sum", "max"),
     )
