@@ -227,19 +227,28 @@ def energy(
     rows: Annotated[
         int | None, typer.Option(help="Rows N of the per-query breakdown (default: rows_per_bank).")
     ] = None,
-    batch: Annotated[int, typer.Option(help="Sequences decoded together.")] = 1,
-    block_size: Annotated[int, typer.Option(help="Tokens per block.")] = 64,
-    k: Annotated[int, typer.Option(help="Blocks selected per (layer, KV head).")] = 8,
-    d_sig: Annotated[int, typer.Option(help="Signature dimension = comb lines.")] = 32,
-    gqa_reduce: Annotated[str, typer.Option(help="'sum' (one chip query per KV head) or 'max' (per q head).")] = "sum",
-    scan_dims: Annotated[str, typer.Option(help="GPU scan over 'd_sig' or 'd_head' dimensions.")] = "d_sig",
-    hbm_pj_per_bit: Annotated[float, typer.Option(help="HBM energy [pJ/bit].")] = 3.9,
-    hbm_tb_per_s: Annotated[float, typer.Option(help="HBM bandwidth [TB/s].")] = 3.35,
+    # workload / GPU options: None = not given, EnergyConfig's default applies (kvprism.energy.config)
+    batch: Annotated[int | None, typer.Option(help="Sequences decoded together.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="Tokens per block [default: SelectionConfig's].")] = None,
+    k: Annotated[
+        int | None, typer.Option(help="Blocks selected per (layer, KV head) [default: SelectionConfig's].")
+    ] = None,
+    d_sig: Annotated[
+        int | None, typer.Option(help="Signature dimension = comb lines [default: SelectionConfig's].")
+    ] = None,
+    gqa_reduce: Annotated[
+        str | None, typer.Option(help="'sum' (one chip query per KV head) or 'max' (per q head).")
+    ] = None,
+    scan_dims: Annotated[str | None, typer.Option(help="GPU scan over 'd_sig' or 'd_head' dimensions.")] = None,
+    hbm_pj_per_bit: Annotated[float | None, typer.Option(help="HBM energy [pJ/bit].")] = None,
+    hbm_tb_per_s: Annotated[float | None, typer.Option(help="HBM bandwidth [TB/s].")] = None,
     target_enob: Annotated[float | None, typer.Option(help="Score ENOB the laser is sized for.")] = None,
     static_accounting: Annotated[
-        str, typer.Option(help="Chip static power over 'full-step' (incl. weight read) or 'attention' only.")
-    ] = "full-step",
-    laser_mode: Annotated[str, typer.Option(help="'gated' (on only while evaluating) or 'cw' (always on).")] = "gated",
+        str | None, typer.Option(help="Chip static power over 'full-step' (incl. weight read, default) or 'attention'.")
+    ] = None,
+    laser_mode: Annotated[
+        str | None, typer.Option(help="'gated' (on only while evaluating, default) or 'cw' (always on).")
+    ] = None,
     gpu_times: Annotated[
         str | None, typer.Option(help="Measured GPU times JSON (benchmarks/gpu_decode.py output or records).")
     ] = None,
@@ -254,12 +263,14 @@ def energy(
         cfg, label = PhotonicConfig.from_toml(config), config
     else:
         cfg, label = PhotonicConfig.preset(preset), preset
-    ecfg = EnergyConfig(
-        batch=batch, block_size=block_size, k=k, d_sig=d_sig, gqa_reduce=gqa_reduce, scan_dims=scan_dims,
-        hbm_energy_per_bit_j=hbm_pj_per_bit * 1e-12, hbm_bandwidth_bytes_per_s=hbm_tb_per_s * 1e12,
-        target_enob=-1.0 if target_enob is None else target_enob, static_accounting=static_accounting,
-        laser_mode=laser_mode,
-    )  # fmt: skip
+    given = {
+        "batch": batch, "block_size": block_size, "k": k, "d_sig": d_sig, "gqa_reduce": gqa_reduce,
+        "scan_dims": scan_dims, "target_enob": target_enob, "static_accounting": static_accounting,
+        "laser_mode": laser_mode,
+        "hbm_energy_per_bit_j": None if hbm_pj_per_bit is None else hbm_pj_per_bit * 1e-12,
+        "hbm_bandwidth_bytes_per_s": None if hbm_tb_per_s is None else hbm_tb_per_s * 1e12,
+    }  # fmt: skip
+    ecfg = EnergyConfig(**{name: value for name, value in given.items() if value is not None})
     shape = get_shape(model_shape)
     with console.status("computing ..."):
         summary = build_summary(
