@@ -23,6 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# command-line options shared by several commands
+_ModelOpt = Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")]
+_DeviceOpt = Annotated[str, typer.Option(help="torch device.")]
 console = Console()
 err_console = Console(stderr=True)
 _state = {"debug": False}
@@ -43,7 +46,7 @@ def version() -> None:
 
 @app.command()
 def demo(
-    model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
+    model: _ModelOpt = "smollm2",
     context: Annotated[int, typer.Option(help="Prompt length in tokens.", min=64)] = 4096,
     depth: Annotated[float, typer.Option(help="Needle depth as a fraction of the haystack, in [0, 1].")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the needle key/value and haystack offset.")] = 0,
@@ -51,7 +54,7 @@ def demo(
     k: Annotated[int, typer.Option(help="Blocks selected per (layer, KV head) and decode step.", min=0)] = 8,
     block_size: Annotated[int, typer.Option(help="Tokens per block.", min=1)] = 64,
     preset: Annotated[str, typer.Option(help="Photonic hardware preset.")] = "seed-nominal",
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    device: _DeviceOpt = "cpu",
 ) -> None:
     """PRISM demonstration: one needle in a natural-text haystack, answered with dense attention and with
     photonic block selection (the photonic engine picks the blocks each decode step reads)."""
@@ -291,6 +294,17 @@ _DEFAULT_DEPTHS = "0,0.5,1"
 _DEFAULT_CONFIGS = "dense,exact,seed-nominal"
 _TASK_HELP = "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt."
 _CONFIG_HELP = "Configurations, comma-separated: dense, exact, and/or photonic preset names (each × every --k)."
+_TaskOpt = Annotated[str, typer.Option(help=_TASK_HELP)]
+_ContextsOpt = Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")]
+_DepthsOpt = Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")]
+_SeedsOpt = Annotated[str, typer.Option(help="Sample seeds, comma-separated.")]
+_ConfigsOpt = Annotated[str, typer.Option(help=_CONFIG_HELP)]
+_KOpt = Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")]
+_BlockSizeOpt = Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")]
+_HeadsOpt = Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")]
+_HaystackOpt = Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")]
+_ValuesOpt = Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")]
+_OutOpt = Annotated[str, typer.Option(help="Results directory (resumed if it exists).")]
 
 
 def _eval_grid(
@@ -391,19 +405,19 @@ def _eval_grid(
 
 @app.command()
 def niah(
-    task: Annotated[str, typer.Option(help=_TASK_HELP)] = "niah_single",
-    contexts: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")] = _DEFAULT_CONTEXTS,
-    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")] = _DEFAULT_DEPTHS,
-    seeds: Annotated[str, typer.Option(help="Sample seeds, comma-separated.")] = "0",
-    configs: Annotated[str, typer.Option(help=_CONFIG_HELP)] = _DEFAULT_CONFIGS,
-    k: Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")] = "8",
-    block_size: Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")] = None,
-    heads: Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")] = None,
-    haystack: Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")] = None,
-    values: Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")] = None,
-    model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
-    out: Annotated[str, typer.Option(help="Results directory (resumed if it exists).")] = "runs/niah",
+    task: _TaskOpt = "niah_single",
+    contexts: _ContextsOpt = _DEFAULT_CONTEXTS,
+    depths: _DepthsOpt = _DEFAULT_DEPTHS,
+    seeds: _SeedsOpt = "0",
+    configs: _ConfigsOpt = _DEFAULT_CONFIGS,
+    k: _KOpt = "8",
+    block_size: _BlockSizeOpt = None,
+    heads: _HeadsOpt = None,
+    haystack: _HaystackOpt = None,
+    values: _ValuesOpt = None,
+    model: _ModelOpt = "smollm2",
+    device: _DeviceOpt = "cpu",
+    out: _OutOpt = "runs/niah",
     max_new_tokens: Annotated[int | None, typer.Option(help="Answer tokens (default: task's).", min=1)] = None,
 ) -> None:
     """Needle-in-a-haystack grid: prefill once per prompt, decode every configuration, score answers (resumable)."""
@@ -412,19 +426,19 @@ def niah(
 
 @app.command()
 def recall(
-    task: Annotated[str, typer.Option(help=_TASK_HELP)] = "niah_single",
-    contexts: Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")] = _DEFAULT_CONTEXTS,
-    depths: Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")] = _DEFAULT_DEPTHS,
-    seeds: Annotated[str, typer.Option(help="Sample seeds, comma-separated.")] = "0",
-    configs: Annotated[str, typer.Option(help=_CONFIG_HELP)] = _DEFAULT_CONFIGS,
-    k: Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")] = "4,8,16",
-    block_size: Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")] = None,
-    heads: Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")] = None,
-    haystack: Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")] = None,
-    values: Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")] = None,
-    model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
-    out: Annotated[str, typer.Option(help="Results directory (resumed if it exists).")] = "runs/recall",
+    task: _TaskOpt = "niah_single",
+    contexts: _ContextsOpt = _DEFAULT_CONTEXTS,
+    depths: _DepthsOpt = _DEFAULT_DEPTHS,
+    seeds: _SeedsOpt = "0",
+    configs: _ConfigsOpt = _DEFAULT_CONFIGS,
+    k: _KOpt = "4,8,16",
+    block_size: _BlockSizeOpt = None,
+    heads: _HeadsOpt = None,
+    haystack: _HaystackOpt = None,
+    values: _ValuesOpt = None,
+    model: _ModelOpt = "smollm2",
+    device: _DeviceOpt = "cpu",
+    out: _OutOpt = "runs/recall",
 ) -> None:
     """Selection metrics only (block/signature recall@k, mass captured, needle hit, KL, read fraction): one decode
     step per configuration, no answer generation."""
@@ -433,8 +447,8 @@ def recall(
 
 @app.command()
 def heads(
-    model: Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")] = "smollm2",
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    model: _ModelOpt = "smollm2",
+    device: _DeviceOpt = "cpu",
     text_tokens: Annotated[
         int | None, typer.Option(help="Tokens of natural text to profile on [default: 2048].", min=2)
     ] = None,
