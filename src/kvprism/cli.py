@@ -62,6 +62,7 @@ def demo(
     from transformers import DynamicCache
 
     from kvprism.eval.tasks import niah_single
+    from kvprism.hf.attention import use_kvprism_attention
     from kvprism.hf.cache import SparseCache, chunked_prefill
     from kvprism.hf.models import load_model
     from kvprism.selection import SelectionConfig
@@ -90,7 +91,7 @@ def demo(
     console.print(f"[bold]question[/]       {sample.question}")
     console.print(f"[bold]expected[/]       {', '.join(sample.answers)}")
 
-    SparseCache(mdl, sel)  # switches the model to the "kvprism" dispatcher (sdpa for dense caches)
+    use_kvprism_attention(mdl)  # dense sdpa on the DynamicCache prefill below; records the queries forks need
     ids = torch.tensor([sample.input_ids], device=device)
     dense_cache = DynamicCache()
     t0 = time.perf_counter()

@@ -501,12 +501,9 @@ class Runner:
         """Dense prefill of all prompt tokens but the last into a fresh ``DynamicCache``; returns (cache, seconds)."""
         from transformers import DynamicCache
 
-        from kvprism.hf import attention as kv_attention
+        from kvprism.hf.attention import use_kvprism_attention
 
-        # The "kvprism" attention is dense sdpa on a DynamicCache and keeps a sample of the prefill queries, which
-        # selection configs forked from this cache need (projection="learned").
-        if getattr(self.model.config, "_attn_implementation", None) != kv_attention.ATTN_NAME:
-            self.model.set_attn_implementation(kv_attention.ATTN_NAME)
+        use_kvprism_attention(self.model)  # dense on a DynamicCache; records the prefill queries forks need
         ids = torch.tensor([sample.input_ids[:-1]], device=self.model.device)
         cache = DynamicCache(config=self.model.config)
         kw = _cache_kwarg(self.model)

@@ -28,11 +28,27 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-__all__ = ["ATTN_NAME", "key_validity", "kvprism_attention", "mark_update", "owner_of", "sparse_attend"]
+__all__ = [
+    "ATTN_NAME",
+    "key_validity",
+    "kvprism_attention",
+    "mark_update",
+    "owner_of",
+    "sparse_attend",
+    "use_kvprism_attention",
+]
 
 ATTN_NAME = "kvprism"
 
 _last = threading.local()
+
+
+def use_kvprism_attention(model: Any) -> None:
+    """Switch ``model`` to the ``"kvprism"`` attention (a no-op if it already uses it). On caches other than a
+    SparseCache it computes dense sdpa and keeps a sample of the prefill queries, which forks of that cache need for
+    ``projection="learned"``."""
+    if getattr(model.config, "_attn_implementation", None) != ATTN_NAME:
+        model.set_attn_implementation(ATTN_NAME)
 
 
 def mark_update(layer: Any, keys: torch.Tensor) -> None:

@@ -294,8 +294,7 @@ class SparseCache(Cache):
         n_layers = cfg.num_hidden_layers
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         heads = resolve_heads(sel.heads, n_layers, n_kv)
-        if getattr(model.config, "_attn_implementation", None) != _attn.ATTN_NAME:
-            model.set_attn_implementation(_attn.ATTN_NAME)
+        _attn.use_kvprism_attention(model)
         self.model_config = model.config
         self.sel = sel
         self.head_mask = heads
