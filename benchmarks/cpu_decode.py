@@ -23,7 +23,7 @@ from rich.table import Table
 from transformers import DynamicCache
 
 from kvprism.eval.tasks import niah_single
-from kvprism.hf.cache import SparseCache, chunked_prefill
+from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
 from kvprism.hf.models import load_model
 from kvprism.selection import SelectionConfig
 
@@ -57,8 +57,8 @@ def run_steps(model, cache, tokens: torch.Tensor, start_pos: int) -> tuple[list[
                 input_ids=tokens[:, s : s + 1],
                 attention_mask=mask,
                 position_ids=torch.tensor([[start_pos + s]]),
-                cache=cache,
                 use_cache=True,
+                **cache_kwargs(model, cache),
                 logits_to_keep=1,
             )
             times.append(time.perf_counter() - t0)
@@ -116,7 +116,7 @@ def main() -> None:
                 input_ids=torch.tensor([[tokens[-1]]]),
                 attention_mask=torch.ones(1, ids.shape[1] + s + 1, dtype=torch.long),
                 position_ids=torch.tensor([[ids.shape[1] + s]]),
-                cache=probe,
+                **cache_kwargs(model, probe),
                 logits_to_keep=1,
             )
             tokens.append(int(out.logits[0, -1].argmax()))

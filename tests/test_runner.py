@@ -9,6 +9,7 @@ import torch
 
 from kvprism.errors import KvprismError
 from kvprism.eval import runner as R
+from kvprism.hf.cache import cache_kwargs
 from tests.conftest import tiny_model, tiny_tokenizer
 
 GRID = dict(tasks=["niah_single"], contexts=[120, 160], depths=[0.0, 0.5, 1.0], seeds=[0], haystack="noise")
@@ -87,7 +88,7 @@ def test_fork_does_not_touch_prefilled_cache():
 
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        model(input_ids=torch.arange(3, 30).unsqueeze(0), cache=cache, use_cache=True)
+        model(input_ids=torch.arange(3, 30).unsqueeze(0), **cache_kwargs(model, cache), use_cache=True)
     keys0 = [layer.keys.clone() for layer in cache.layers]
     fork = R.fork_dynamic_cache(cache)
     R.greedy_decode(model, fork, torch.tensor([[5]]), 3, frozenset())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kvprism.errors import ConfigError, KvprismError
-from kvprism.hf.cache import SparseCache
+from kvprism.hf.cache import SparseCache, cache_kwargs
 from kvprism.selection import (
     BACKENDS,
     BlockSelector,
@@ -145,7 +145,11 @@ def test_smollm2_needle_2k_exact_learned(smollm2):
     ids = torch.tensor([sample.input_ids])
     with torch.inference_mode():
         out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, max_new_tokens=12, do_sample=False
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            **cache_kwargs(model, cache),
+            max_new_tokens=12,
+            do_sample=False,
         )
     answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     s = cache.stats.summary()

@@ -11,7 +11,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from kvprism.errors import ConfigError, KvprismError
-from kvprism.hf.cache import SparseCache, chunked_prefill
+from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
 from kvprism.selection import SelectionConfig
 from tests.conftest import tiny_model
 
@@ -34,7 +34,9 @@ def decode_loop(model, ids, mask, cache, steps=STEPS, tokens=None):
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     out_logits, toks = [], []
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache), use_cache=True
+        )
         logits = out.logits[:, -1]
         pos = positions[:, -1:]
         for s in range(steps + 1):
@@ -45,7 +47,9 @@ def decode_loop(model, ids, mask, cache, steps=STEPS, tokens=None):
             toks.append(nxt)
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=-1)
             pos = pos + 1
-            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+            out = model(
+                input_ids=nxt, attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache), use_cache=True
+            )
             logits = out.logits[:, -1]
     return torch.stack(out_logits), torch.cat(toks, dim=-1)
 
@@ -203,7 +207,7 @@ def test_from_prefilled_copies_and_matches():
     dense = DynamicCache()
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     with torch.inference_mode():
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=dense, use_cache=True)
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, dense), use_cache=True)
     before = [(lay.keys.clone(), lay.values.clone()) for lay in dense.layers]
     sel = SelectionConfig(block_size=4, k=2, d_sig=8, window=3, projection="pca")
     forked = SparseCache.from_prefilled(model, dense, sel, trace=True)
@@ -215,9 +219,19 @@ def test_from_prefilled_copies_and_matches():
         m = mask
         with torch.inference_mode():
             if cache is direct:
-                model(input_ids=ids, attention_mask=m, position_ids=positions, cache=cache, use_cache=True)
+                model(
+                    input_ids=ids,
+                    attention_mask=m,
+                    position_ids=positions,
+                    **cache_kwargs(model, cache),
+                    use_cache=True,
+                )
             m = torch.cat([m, torch.ones_like(nxt)], -1)
-            outs.append(model(input_ids=nxt, attention_mask=m, position_ids=positions[:, -1:] + 1, cache=cache).logits)
+            outs.append(
+                model(
+                    input_ids=nxt, attention_mask=m, position_ids=positions[:, -1:] + 1, **cache_kwargs(model, cache)
+                ).logits
+            )
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     assert torch.equal(forked.trace[0][0]["blocks"], direct.trace[0][0]["blocks"])
     for (k0, v0), lay in zip(before, dense.layers, strict=True):  # the dense cache was not mutated
@@ -241,7 +255,9 @@ def test_generate_works_and_unrestricted_context_is_reported():
     sel = SelectionConfig(block_size=16, k=8, d_sig=8)  # k*B covers the whole context
     cache = SparseCache(model, sel)
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=4, do_sample=False)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, **cache_kwargs(model, cache), max_new_tokens=4, do_sample=False
+        )
     assert out.shape == (2, PROMPT + 4)
     s = cache.stats.summary()
     assert s["restricted"] is False and s["restricted_fraction"] == 0.0
@@ -255,7 +271,7 @@ def test_switching_attention_away_is_an_error():
     cache = SparseCache(model, SelectionConfig(block_size=4, k=1, d_sig=4))
     model.set_attn_implementation("sdpa")
     with pytest.raises(KvprismError, match="attn_implementation 'kvprism'"), torch.inference_mode():
-        model(input_ids=ids, attention_mask=mask, cache=cache)
+        model(input_ids=ids, attention_mask=mask, **cache_kwargs(model, cache))
 
 
 @pytest.mark.slow
@@ -280,8 +296,15 @@ def test_learned_projection_from_prefilled_matches_direct_prefill():
     dense = DynamicCache()
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     with torch.inference_mode():
-        model(input_ids=ids[:, :20], attention_mask=mask[:, :20], position_ids=positions[:, :20], cache=dense)
-        model(input_ids=ids[:, 20:], attention_mask=mask, position_ids=positions[:, 20:], cache=dense)  # 2 chunks
+        model(
+            input_ids=ids[:, :20],
+            attention_mask=mask[:, :20],
+            position_ids=positions[:, :20],
+            **cache_kwargs(model, dense),
+        )
+        model(
+            input_ids=ids[:, 20:], attention_mask=mask, position_ids=positions[:, 20:], **cache_kwargs(model, dense)
+        )  # 2 chunks
     forked = SparseCache.from_prefilled(model, dense, sel, trace=True)
     got, _ = decode_loop_from(model, forked, tok, mask, positions)
     for layer in range(model.config.num_hidden_layers):
@@ -294,7 +317,7 @@ def test_learned_projection_from_prefilled_matches_direct_prefill():
     model.set_attn_implementation("sdpa")
     plain = DynamicCache()
     with torch.inference_mode():
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=plain)
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, plain))
     bare = SparseCache.from_prefilled(model, plain, sel)
     with pytest.raises(ConfigError, match="learned"):
         decode_loop_from(model, bare, tok, mask, positions)
@@ -308,6 +331,8 @@ def decode_loop_from(model, cache, tokens, mask, positions):
         for s in range(tokens.shape[1]):
             mask = torch.cat([mask, torch.ones_like(tokens[:, :1])], -1)
             pos = pos + 1
-            out = model(input_ids=tokens[:, s : s + 1], attention_mask=mask, position_ids=pos, cache=cache)
+            out = model(
+                input_ids=tokens[:, s : s + 1], attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache)
+            )
             logits.append(out.logits[:, -1])
     return torch.stack(logits), tokens

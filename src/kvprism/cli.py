@@ -150,6 +150,8 @@ def _decode_greedy(model, tokenizer, cache, logits, start: int, max_new_tokens: 
     """Greedy decoding from prefill ``logits [1, V]`` with ``cache`` holding ``start`` tokens."""
     import torch
 
+    from kvprism.hf.cache import cache_kwargs
+
     eos = tokenizer.eos_token_id
     out: list[int] = []
     nxt = int(logits[0].argmax())
@@ -162,9 +164,9 @@ def _decode_greedy(model, tokenizer, cache, logits, start: int, max_new_tokens: 
                 input_ids=torch.tensor([[nxt]], device=device),
                 attention_mask=torch.ones(1, start + step + 1, dtype=torch.long, device=device),
                 position_ids=torch.tensor([[start + step]], device=device),
-                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **cache_kwargs(model, cache),
             )
             nxt = int(res.logits[0, -1].argmax())
     return tokenizer.decode(out, skip_special_tokens=True)

@@ -159,17 +159,13 @@ def fork_dynamic_cache(cache: Any) -> Any:
     return fork
 
 
-def _cache_kwarg(model: Any) -> str:
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def greedy_decode(
     model: Any, cache: Any, last_ids: torch.Tensor, max_new_tokens: int, eos_ids: frozenset[int]
 ) -> tuple[list[int], torch.Tensor, float]:
     """Greedy decode from ``cache`` (which holds all prompt tokens but ``last_ids``). Returns (tokens, first-step
     logits ``[V]``, seconds)."""
-    kw = _cache_kwarg(model)
+    from kvprism.hf.cache import cache_kwargs
+
     pos = cache.get_seq_length()
     tok = last_ids.to(model.device)
     tokens: list[int] = []
@@ -178,7 +174,7 @@ def greedy_decode(
     with torch.inference_mode():
         for step in range(max_new_tokens):
             position_ids = torch.tensor([[pos + step]], device=model.device)
-            out = model(input_ids=tok, position_ids=position_ids, use_cache=True, **{kw: cache})
+            out = model(input_ids=tok, position_ids=position_ids, use_cache=True, **cache_kwargs(model, cache))
             logits = out.logits[0, -1].float()
             if first_logits is None:
                 first_logits = logits.cpu()
@@ -502,14 +498,14 @@ class Runner:
         from transformers import DynamicCache
 
         from kvprism.hf.attention import use_kvprism_attention
+        from kvprism.hf.cache import cache_kwargs
 
         use_kvprism_attention(self.model)  # dense on a DynamicCache; records the prefill queries forks need
         ids = torch.tensor([sample.input_ids[:-1]], device=self.model.device)
         cache = DynamicCache(config=self.model.config)
-        kw = _cache_kwarg(self.model)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kw: cache})
+            self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache_kwargs(self.model, cache))
         return cache, time.perf_counter() - t0
 
     def run(self) -> RunSummary:

@@ -2,7 +2,7 @@
 
     sel = SelectionConfig(block_size=64, k=8, d_sig=32, backend="exact")
     cache = SparseCache(model, sel)                      # switches the model to attn_implementation "kvprism"
-    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=32)
+    out = model.generate(**inputs, **cache_kwargs(model, cache), max_new_tokens=32)
     cache.stats.summary()                                # read fraction, programming events, selection calls, ...
 
 Keys are cached after RoPE, so a gathered key keeps its true position. Prefill is dense. At the first decode step
@@ -16,6 +16,7 @@ shorter row hold padding, which is never signed, selected nor read (sink blocks 
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -26,10 +27,17 @@ from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
 from kvprism.selection import BlockSelector, SelectionConfig, StepLayout, gather_plan, resolve_heads
 
-__all__ = ["SparseCache", "SparseLayer", "SparseStats", "chunked_prefill"]
+__all__ = ["SparseCache", "SparseLayer", "SparseStats", "cache_kwargs", "chunked_prefill"]
 
 #: prefill queries kept per layer for projection="learned" (the most recent ones)
 LEARNED_QUERY_SAMPLES = _attn.PREFILL_QUERY_SAMPLES
+
+
+def cache_kwargs(model: Any, cache: Cache) -> dict[str, Cache]:
+    """``{name: cache}`` for ``model(...)`` / ``model.generate(...)``: earlier transformers 5 releases (5.17 for one)
+    name the argument ``past_key_values`` and silently ignore ``cache=``; later ones name it ``cache``."""
+    params = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
 
 
 class SparseStats:
@@ -388,9 +396,9 @@ def chunked_prefill(
                 input_ids=input_ids[:, start:end],
                 attention_mask=attention_mask[:, :end],
                 position_ids=positions[:, start:end],
-                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **cache_kwargs(model, cache),
             )
             logits = out.logits[:, -1]
     assert logits is not None
