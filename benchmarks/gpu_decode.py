@@ -20,7 +20,7 @@ Prints a table (µs, speed-up over dense, ratio to the floor) and writes JSON. E
     python benchmarks/gpu_decode.py                      # all shapes
     python benchmarks/gpu_decode.py --quick              # batch 1 x 4K and 32K only (smoke test)
     python benchmarks/gpu_decode.py --json out.json --num-splits 16 --block-n 64
-    python benchmarks/gpu_decode.py --sweep               # + launch-geometry sweep at 128K (tables before the main one)
+    python benchmarks/gpu_decode.py --sweep               # then a launch-geometry sweep at 128K (after the main table)
 """
 
 from __future__ import annotations
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-warps", type=int, default=4, help="warps per attention program")
     p.add_argument("--num-stages", type=int, default=2, help="software-pipelining depth of the attention kernel")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--sweep", action="store_true", help="also sweep the launch geometry at 128K (about 2 min)")
+    p.add_argument("--sweep", action="store_true", help="then sweep the launch geometry at 128K (about 2 min)")
     a = p.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -578,24 +578,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i + 1}/{len(shapes)}] batch {b}, context {ctx} ({time.time() - t0:.0f} s)", flush=True)
         rows.append(run_shape(b, ctx, cfg, a.seed + i, bw, bench))
         torch.cuda.empty_cache()
-    sweep = run_sweep(cfg, a.seed, bench) if a.sweep else []
-    if sweep:
-        print_sweep(sweep)
     print_table(rows, bw, name, cfg.dtype)
-    write_json_atomic(
-        a.json,
-        {
-            "device": name,
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "copy_bandwidth_bytes_per_s": bw,
-            "layer": {"q_heads": HQ, "kv_heads": HKV, "head_dim": HEAD_DIM, "dtype": cfg.dtype},
-            "config": asdict(cfg),
-            "rows": rows,
-            "sweep": sweep,
-        },
-    )
+    result = {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "copy_bandwidth_bytes_per_s": bw,
+        "layer": {"q_heads": HQ, "kv_heads": HKV, "head_dim": HEAD_DIM, "dtype": cfg.dtype},
+        "config": asdict(cfg),
+        "rows": rows,
+        "sweep": [],
+    }
+    write_json_atomic(a.json, result)  # the main table is on disk before the (longer) sweep starts
     print(f"wrote {a.json}")
+    if a.sweep:
+        result["sweep"] = run_sweep(cfg, a.seed, bench)
+        print_sweep(result["sweep"])
+        write_json_atomic(a.json, result)
+        print(f"wrote {a.json} (with the sweep)")
     bad = [r for r in rows if not r["ok"] or any(math.isnan(r[f"err_{m}"]) for m in ("kvprism", "torch", "dense"))]
     if bad:
         print(f"CORRECTNESS FAILED for {[(r['batch'], r['context']) for r in bad]}", file=sys.stderr)

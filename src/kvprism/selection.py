@@ -410,7 +410,8 @@ class StepLayout:
     ``valid [B, T]`` bool (False on padding); ``candidates [B, nb]`` bool, complete blocks eligible for top-k (real
     tokens, not sink blocks, starting before the tail); ``fixed_idx / fixed_ok [B, Mf]``: the sink blocks (clipped
     to end before the tail) followed by the tail (the ``window`` most recent tokens and the incomplete last block);
-    ``tail_start``; ``n_cached [B]`` real tokens cached.
+    ``tail_start``; ``n_cached [B]`` real tokens cached; ``seq_lens [B]`` int32 cache length (what the fused
+    kernels take; equal to ``n_cached`` only without padding).
     """
 
     valid: torch.Tensor
@@ -420,6 +421,7 @@ class StepLayout:
     tail_start: int
     block_size: int
     n_cached: torch.Tensor
+    seq_lens: torch.Tensor
 
     @classmethod
     def build(cls, valid: torch.Tensor, block_size: int, sink_blocks: int, window: int) -> StepLayout:
@@ -436,7 +438,8 @@ class StepLayout:
         tail = torch.arange(tail_start, t, device=dev).expand(valid.shape[0], -1)
         pos = torch.cat([torch.where(ok, pos, torch.zeros_like(pos)), tail], dim=-1)
         ok = torch.cat([ok, torch.ones_like(tail, dtype=torch.bool)], dim=-1) & torch.gather(valid, 1, pos)
-        return cls(valid, cand, pos, ok, tail_start, block_size, valid.sum(-1))
+        lens = torch.full((valid.shape[0],), t, dtype=torch.int32, device=dev)
+        return cls(valid, cand, pos, ok, tail_start, block_size, valid.sum(-1), lens)
 
 
 def gather_plan(blocks: torch.Tensor, layout: StepLayout) -> GatherPlan:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
 from kvprism.selection import BlockSelector, SelectionConfig, StepLayout, gather_plan, resolve_heads
@@ -31,6 +32,13 @@ __all__ = ["SparseCache", "SparseLayer", "SparseStats", "cache_kwargs", "chunked
 
 #: prefill queries kept per layer for projection="learned" (the most recent ones)
 LEARNED_QUERY_SAMPLES = _attn.PREFILL_QUERY_SAMPLES
+
+#: how decode attends to the gathered tokens: ``"torch"`` (index gather + matmul/softmax, any device), ``"triton"``
+#: (the fused split-K kernel of :mod:`kvprism.kernels` reading the selected blocks in place; CUDA only) or ``"auto"``
+ATTEND_KERNELS = ("auto", "torch", "triton")
+#: head dims and dtypes the Triton decode kernel takes
+_TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def cache_kwargs(model: Any, cache: Cache) -> dict[str, Cache]:
@@ -48,6 +56,7 @@ class SparseStats:
         self.num_kv_heads = num_kv_heads
         self.steps: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []  # step -> layer -> ([B,H], [B])
         self.selectors: list[BlockSelector] = []
+        self.attend_calls: dict[str, int] = {"torch": 0, "triton": 0}  # layer-steps per attention kernel
 
     def record(self, layer_idx: int, n_attended: torch.Tensor, n_cached: torch.Tensor, new_step: bool) -> None:
         if new_step or not self.steps:
@@ -79,6 +88,7 @@ class SparseStats:
             "decode_steps": int(att.shape[0]),
             "programming_events": sum(s.rows_programmed for s in self.selectors),
             "selection_calls": sum(s.selection_calls for s in self.selectors),
+            "attend_calls": dict(self.attend_calls),
             "engine_counters": counters,
         }
         if att.numel() == 0:
@@ -261,7 +271,24 @@ class SparseLayer(CacheLayerMixin):
         if timing is not None:
             _sync(query.device)
             t1 = time.perf_counter()
-        out = _attn.sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+        if self.cache.attend_with_triton(layout, query, key):
+            sel = self.selector.sel
+            out = _kernels.sparse_decode_attention(
+                query,
+                key,
+                value,
+                blocks,
+                sel.block_size,
+                sel.sink_blocks * sel.block_size,
+                sel.window,
+                layout.seq_lens,
+                scaling,
+                backend="triton",
+            )
+            self.cache.stats.attend_calls["triton"] += 1
+        else:
+            out = _attn.sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+            self.cache.stats.attend_calls["torch"] += 1
         if timing is not None:
             _sync(query.device)
             t2 = time.perf_counter()
@@ -291,13 +318,29 @@ class SparseCache(Cache):
         trace: keep, per decode step and layer, the query, the selected blocks and the token mask read.
         profile: accumulate wall time of the selection machinery (signatures, scoring, top-k, gather plan) and of
             the sparse attention in ``cache.timings`` (seconds, summed over layers and steps; synchronises the GPU).
+        attend: how a decode step attends to the selected tokens (:data:`ATTEND_KERNELS`). ``"triton"``: the fused
+            kernel of :mod:`kvprism.kernels` reads the selected blocks, sink and tail straight from the cache (CUDA
+            tensors, no left padding or sliding window in the step, head dim a power of two in [16, 256]); asking for
+            it where it cannot run is an error. ``"torch"``: gather the selected token rows, then matmul + softmax
+            (any device, any mask). ``"auto"`` (default): ``"triton"`` where it can run, else ``"torch"``. Both read
+            exactly the same tokens; ``cache.stats.summary()["attend_calls"]`` counts the layer-steps of each.
     """
 
     def __init__(
-        self, model: torch.nn.Module, sel: SelectionConfig, trace: bool = False, profile: bool = False
+        self,
+        model: torch.nn.Module,
+        sel: SelectionConfig,
+        trace: bool = False,
+        profile: bool = False,
+        attend: str = "auto",
     ) -> None:
         if not isinstance(sel, SelectionConfig):
             raise ConfigError(f"SparseCache needs a SelectionConfig, got {type(sel).__name__}")
+        if attend not in ATTEND_KERNELS:
+            raise ConfigError(f"SparseCache.attend = {attend!r} is invalid; allowed: {', '.join(ATTEND_KERNELS)}")
+        if attend == "triton" and not _kernels.triton_available():
+            raise ConfigError("SparseCache.attend = 'triton' needs the 'triton' package (pip install 'kvprism[gpu]')")
+        self.attend = attend
         cfg = model.config.get_text_config(decoder=True)
         n_layers = cfg.num_hidden_layers
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -311,6 +354,7 @@ class SparseCache(Cache):
         self.timings: dict[str, float] | None = {"select_s": 0.0, "attend_s": 0.0} if profile else None
         self._layout_key: tuple | None = None
         self._layout: StepLayout | None = None
+        self._layout_plain: bool = False  # the step's keys are all real and unmasked (no padding / sliding window)
         layers = []
         for i in range(n_layers):
             selector = BlockSelector(sel, i, n_kv, heads[i])
@@ -326,12 +370,13 @@ class SparseCache(Cache):
         sel: SelectionConfig,
         trace: bool = False,
         profile: bool = False,
+        attend: str = "auto",
     ) -> SparseCache:
         """A SparseCache holding copies of the keys/values of an already prefilled cache (e.g. a ``DynamicCache``),
         which is left untouched: prefill once, decode many configurations. Signatures are built at the first decode
         step (same as after a prefill through a SparseCache). ``projection="learned"`` also needs the prefill's
         queries, which the ``"kvprism"`` attention remembers for any cache it prefilled."""
-        cache = cls(model, sel, trace=trace, profile=profile)
+        cache = cls(model, sel, trace=trace, profile=profile, attend=attend)
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
                 f"the prefilled cache has {len(dense_cache.layers)} layers; the model has {len(cache.layers)}"
@@ -361,7 +406,31 @@ class SparseCache(Cache):
             valid = _attn.key_validity(attention_mask, batch, kv_len, device)
             self._layout = StepLayout.build(valid, self.sel.block_size, self.sel.sink_blocks, self.sel.window)
             self._layout_key = key
+            # one host sync per step, only where the Triton kernel could run
+            self._layout_plain = self.attend != "torch" and device.type == "cuda" and bool(valid.all())
         return self._layout
+
+    def attend_with_triton(self, layout: StepLayout, query: torch.Tensor, key: torch.Tensor) -> bool:
+        """Whether this layer-step attends with the Triton kernel (see ``attend``); raises where ``"triton"`` was
+        asked for and cannot run."""
+        if self.attend == "torch":
+            return False
+        why = None
+        if query.device.type != "cuda":
+            why = f"tensors on {query.device.type}, not cuda"
+        elif not _kernels.triton_available():
+            why = "the 'triton' package is not installed"
+        elif not self._layout_plain:
+            why = "the step masks some cached keys (left padding or a sliding window)"
+        elif query.shape[-1] not in _TRITON_HEAD_DIMS or query.dtype not in _TRITON_DTYPES:
+            why = f"head dim {query.shape[-1]} / dtype {query.dtype} (needs {_TRITON_HEAD_DIMS} and fp16/bf16/fp32)"
+        elif key.dtype != query.dtype:
+            why = f"cache dtype {key.dtype} differs from the query dtype {query.dtype}"
+        if why is None:
+            return True
+        if self.attend == "triton":
+            raise KvprismError(f"SparseCache(attend='triton') cannot run this step: {why}")
+        return False
 
     @property
     def selectors(self) -> list[BlockSelector]:

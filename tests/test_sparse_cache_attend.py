@@ -1,0 +1,88 @@
+"""SparseCache's choice of attention kernel (``attend=``): the Triton kernel on CUDA reads the same tokens as the
+torch gather path and gives the same logits; without CUDA / triton the torch path runs and says so in the stats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.hf.cache import SparseCache
+from kvprism.kernels import triton_available
+from kvprism.selection import SelectionConfig
+from tests.conftest import tiny_model
+from tests.test_sparse_cache import STEPS, _batch, decode_loop
+
+CUDA_TRITON = torch.cuda.is_available() and triton_available()
+# small k: the selection restricts what is read (blocks of 8, 37 + 14 tokens)
+SEL = SelectionConfig(block_size=8, k=2, d_sig=8, window=4, sink_blocks=1, backend="exact")
+
+
+def test_attend_choice_is_validated():
+    model = tiny_model("llama")
+    with pytest.raises(ConfigError, match="attend"):
+        SparseCache(model, SEL, attend="cuda")
+    if not triton_available():
+        with pytest.raises(ConfigError, match="triton"):
+            SparseCache(model, SEL, attend="triton")
+
+
+def test_cpu_decode_uses_the_torch_path_and_counts_it():
+    model = tiny_model("llama")
+    ids, mask = _batch()
+    cache = SparseCache(model, SEL)
+    decode_loop(model, ids, mask, cache)
+    calls = cache.stats.summary()["attend_calls"]
+    assert calls == {"torch": STEPS * model.config.num_hidden_layers, "triton": 0}
+    assert cache.stats.summary()["restricted"] is True
+
+
+@pytest.mark.skipif(not triton_available() or torch.cuda.is_available(), reason="needs triton without CUDA")
+def test_asking_for_triton_on_cpu_tensors_is_an_error():
+    model = tiny_model("llama")
+    ids, mask = _batch()
+    with pytest.raises(KvprismError, match="not cuda"):
+        decode_loop(model, ids, mask, SparseCache(model, SEL, attend="triton"), steps=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_TRITON, reason="needs a CUDA device and triton")
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_attend_equals_torch_attend_on_cuda(family, dtype):
+    model = tiny_model(family).to("cuda", dtype)
+    ids, _ = _batch()
+    ids = ids.cuda()
+    mask = torch.ones_like(ids)  # no padding: the Triton kernel runs every layer-step
+    g = torch.Generator().manual_seed(1)
+    forced = torch.randint(3, 128, (2, STEPS), generator=g).cuda()
+    runs = {}
+    for attend in ("torch", "triton"):
+        cache = SparseCache(model, SEL, trace=True, attend=attend)
+        logits, _ = decode_loop(model, ids, mask, cache, tokens=forced)
+        runs[attend] = (logits, cache)
+    (ref, c_ref), (got, c_tri) = runs["torch"], runs["triton"]
+    n = STEPS * model.config.num_hidden_layers
+    assert c_tri.stats.summary()["attend_calls"] == {"torch": 0, "triton": n}
+    assert c_ref.stats.summary()["attend_calls"] == {"torch": n, "triton": 0}
+    assert c_tri.stats.summary()["restricted"] is True
+    # same selections at every step and layer (the first decode step sees identical inputs)
+    first_ref, first_tri = c_ref.trace[0], c_tri.trace[0]
+    for layer in first_ref:
+        assert torch.equal(first_ref[layer]["blocks"], first_tri[layer]["blocks"])
+    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
+    err = (got - ref).norm() / ref.norm()
+    assert err < tol, f"relative logits error {err:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_TRITON, reason="needs a CUDA device and triton")
+def test_left_padding_falls_to_the_torch_path_under_auto_and_errors_under_triton():
+    model = tiny_model("llama").cuda()
+    ids, mask = _batch()  # row 1 is left-padded
+    ids, mask = ids.cuda(), mask.cuda()
+    cache = SparseCache(model, SEL)
+    decode_loop(model, ids, mask, cache, steps=2)
+    assert cache.stats.summary()["attend_calls"] == {"torch": 2 * model.config.num_hidden_layers, "triton": 0}
+    with pytest.raises(KvprismError, match="padding"):
+        decode_loop(model, ids, mask, SparseCache(model, SEL, attend="triton"), steps=1)
