@@ -88,20 +88,13 @@ def test_sparse_decode_matches_reference(case, dtype):
     assert rel_err(out, ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("num_splits", [1, 3, 1000])
-def test_split_count_does_not_change_the_result(num_splits, fused):
+def test_split_count_does_not_change_the_result(num_splits):
     q, k, v, idx, seq_lens = make_case(11, 2, 8, 2, 256, 32, 16, 6, torch.float32)
     ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, 16, 3, 20, seq_lens)
     out = torch.full_like(q, float("nan"))
-    counter = torch.zeros(4, dtype=torch.int32, device=DEV)
-    for _ in range(2):  # the second call relies on the counters being re-armed by the first
-        out.fill_(float("nan"))
-        sparse_decode_attention_triton(
-            q, k, v, idx, 16, 3, 20, seq_lens, out=out, num_splits=num_splits, fused=fused, counter=counter
-        )
-        assert rel_err(out, ref) < TOL[torch.float32]
-    assert (counter == 0).all()
+    sparse_decode_attention_triton(q, k, v, idx, 16, 3, 20, seq_lens, out=out, num_splits=num_splits)
+    assert rel_err(out, ref) < TOL[torch.float32]
 
 
 def test_duplicates_and_padding_count_once():
@@ -139,20 +132,16 @@ def test_dispatcher_triton_backend():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("reduce", ["sum", "max"])
-@pytest.mark.parametrize(
-    "n, k, tile, fused", [(40, 8, 16, False), (130, 5, 64, False), (33, 40, 16, True), (130, 5, 64, True)]
-)
-def test_score_topk_exact_with_ties(dtype, reduce, n, k, tile, fused):
+@pytest.mark.parametrize("n, k, tile", [(40, 8, 16), (130, 5, 64), (33, 40, 16), (130, 5, 16)])
+def test_score_topk_exact_with_ties(dtype, reduce, n, k, tile):
     """Small integers: every score is exact in both paths, ties are frequent, so indices must agree exactly."""
     g = torch.Generator().manual_seed(n + k)
     q = torch.randint(-2, 3, (3, 6, 16), generator=g).to(dtype).to(DEV)
     sig = torch.randint(-2, 3, (3, 2, n, 16), generator=g).to(dtype).to(DEV)
     n_valid = torch.tensor([n, n // 3, 1], device=DEV)
-    counter = torch.zeros(6, dtype=torch.int32, device=DEV)
     got = torch.full((3, 2, k), -7, dtype=torch.int64, device=DEV)
-    score_topk_triton(q, sig, n_valid, k, reduce, tile=tile, out=got, fused=fused, counter=counter)
+    score_topk_triton(q, sig, n_valid, k, reduce, tile=tile, out=got)
     assert torch.equal(got.cpu(), score_topk_ref(q, sig, n_valid, k, reduce).cpu())
-    assert (counter == 0).all()
 
 
 def test_score_topk_random_floats_select_the_best_scores():
@@ -217,10 +206,9 @@ def make_step(dtype, seed=0, **kw):
     return SparseDecodeStep(k, v, sig, q_heads=8, k=4, block_size=bs, sink_tokens=2, window_tokens=24, **kw)
 
 
-@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("reduce", ["sum", "max"])
-def test_decode_step_eager_matches_reference(reduce, fused):
-    step = make_step(torch.float16, gqa_reduce=reduce, score_tile=16, fused=fused)
+def test_decode_step_eager_matches_reference(reduce):
+    step = make_step(torch.float16, gqa_reduce=reduce, score_tile=16)
     fill_step(step, 1, [256, 150])
     step.out.fill_(float("nan"))
     out = step()
@@ -231,10 +219,9 @@ def test_decode_step_eager_matches_reference(reduce, fused):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_decode_step_cuda_graph_replay_follows_new_inputs(dtype, fused):
-    step = make_step(dtype, score_tile=64, fused=fused)
+def test_decode_step_cuda_graph_replay_follows_new_inputs(dtype):
+    step = make_step(dtype, score_tile=64)
     fill_step(step, 2, [256, 100])
     step.capture()
     for seed, lens in [(3, [256, 120]), (4, [17, 255]), (5, [1, 64])]:

@@ -16,10 +16,6 @@ Kernels (all shapes static for a given model / capacity, so one decode step can 
   group at once, and writes an unnormalised partial result with its running max and sum.
 * ``_combine_kernel`` — grid ``(B*Hq,)``: numerically stable merge of the ``S`` partials.
 
-With ``fused=True`` the two small merge kernels disappear: the last program of each (batch, KV head) to finish (an
-``atomic_add`` arrival counter with acquire-release semantics, re-armed to zero by that program) does the merge, so a
-decode step is 2 launches instead of 4.
-
 Duplicate-free attention (each attended token counted once) is enforced inside the attention kernel: a selected
 block's tokens are restricted to ``[sink_tokens, tail_start)`` where ``tail_start = max(min(L - window, (L // B) * B), 0)``,
 the sink tiles to ``[0, min(sink_tokens, tail_start))``, the tail tiles to ``[tail_start, L)``, and a block index
@@ -63,9 +59,6 @@ def _score_tile_topk_kernel(
     SIG,
     NV,
     CAND,
-    OUT,
-    COUNTER,
-    k,
     stride_qb,
     stride_qh,
     stride_sb,
@@ -86,8 +79,6 @@ def _score_tile_topk_kernel(
     HAS_NV: tl.constexpr,
     IEEE: tl.constexpr,
     USE_TL_TOPK: tl.constexpr,
-    FUSE_MERGE: tl.constexpr,
-    C_PAD: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     tile = tl.program_id(1)
@@ -142,14 +133,6 @@ def _score_tile_topk_kernel(
         best = tl.sort(key, descending=True)
         offs_c = tl.arange(0, TILE)
         tl.store(CAND + (pid_bh * N_TILES + tile) * K_POW2 + offs_c, best, mask=offs_c < K_POW2)
-    if FUSE_MERGE:
-        # the last tile program of this (batch, KV head) to finish merges all candidates: one launch fewer
-        tl.debug_barrier()  # every thread's candidate stores precede the release below
-        done = tl.atomic_add(COUNTER + pid_bh, 1, sem="acq_rel")
-        if done == N_TILES - 1:
-            tl.debug_barrier()
-            tl.atomic_xchg(COUNTER + pid_bh, 0)  # re-arm for the next launch / graph replay
-            _merge_candidates(CAND, OUT, pid_bh, k, N_TILES * K_POW2, C_PAD, K_POW2, USE_TL_TOPK)
 
 
 @triton.jit
@@ -160,7 +143,7 @@ def _merge_candidates(
     offs = tl.arange(0, C_PAD)
     m = offs < N_CAND
     sentinel = tl.full([C_PAD], -2147483648, tl.int64) << 32
-    key = tl.load(CAND + pid_bh * N_CAND + offs, mask=m, other=0, cache_modifier=".cg")
+    key = tl.load(CAND + pid_bh * N_CAND + offs, mask=m, other=0)
     key = tl.where(m, key, sentinel)
     if USE_TL_TOPK:
         best = tl.topk(key, K_POW2)
@@ -224,8 +207,6 @@ def score_topk_triton(
     out: torch.Tensor | None = None,
     cand: torch.Tensor | None = None,
     tile: int | None = None,
-    fused: bool = False,
-    counter: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused block scoring + top-k (see :func:`kvprism.kernels.reference.score_topk_ref` for the contract).
 
@@ -239,8 +220,6 @@ def score_topk_triton(
         out: optional preallocated ``[B, Hkv, k]`` int64 result; cand: optional ``[B*Hkv*n_tiles*K_POW2]`` int64
             workspace (both let a CUDA graph reuse memory).
         tile: signatures per program (power of two, default 256).
-        fused: merge the per-tile candidates in the last tile program of each (batch, KV head) (one launch instead
-            of two); ``counter`` is its ``[B*Hkv]`` int32 arrival counter, zero before the call and left zero after.
 
     Returns:
         ``[B, Hkv, k]`` int64, best first, ties towards the lower index, ``-1`` where fewer than ``k`` are valid.
@@ -265,16 +244,11 @@ def score_topk_triton(
         q_in, s_in = q.float(), signatures.float()
     else:
         q_in, s_in = q.to(signatures.dtype), signatures
-    if fused and counter is None:
-        counter = torch.zeros(b * hkv, dtype=torch.int32, device=q.device)
     _score_tile_topk_kernel[(b * hkv, plan.n_tiles)](
         q_in,
         s_in,
         n_valid if n_valid is not None else q_in,
         cand,
-        out,
-        counter if fused else cand,
-        k,
         q_in.stride(0),
         q_in.stride(1),
         s_in.stride(0),
@@ -295,13 +269,10 @@ def score_topk_triton(
         HAS_NV=n_valid is not None,
         IEEE=ieee,
         USE_TL_TOPK=_HAS_TL_TOPK,
-        FUSE_MERGE=fused,
-        C_PAD=plan.c_pad,
     )
-    if not fused:
-        _topk_merge_kernel[(b * hkv,)](
-            cand, out, k, N_CAND=n_cand, C_PAD=plan.c_pad, K_POW2=plan.k_pow2, USE_TL_TOPK=_HAS_TL_TOPK
-        )
+    _topk_merge_kernel[(b * hkv,)](
+        cand, out, k, N_CAND=n_cand, C_PAD=plan.c_pad, K_POW2=plan.k_pow2, USE_TL_TOPK=_HAS_TL_TOPK
+    )
     return out
 
 
@@ -319,10 +290,6 @@ def _sparse_decode_partial_kernel(
     LENS,
     O_PART,
     ML_PART,
-    OUT,
-    COUNTER,
-    stride_ob,
-    stride_oh,
     stride_qb,
     stride_qh,
     stride_kb,
@@ -350,8 +317,6 @@ def _sparse_decode_partial_kernel(
     N_SINK_TILES: tl.constexpr,
     N_TAIL_TILES: tl.constexpr,
     N_SPLITS: tl.constexpr,
-    FUSE_COMBINE: tl.constexpr,
-    S_PAD: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
@@ -388,7 +353,9 @@ def _sparse_decode_partial_kernel(
         is_sel = e < n_sel_tiles
         is_sink = (e >= n_sel_tiles) & (e < n_sel_tiles + N_SINK_TILES)
         slot = e // SUB
-        blk = tl.load(IDX + b * stride_ib + h * stride_ih + slot * stride_ik, mask=is_sel, other=-1).to(tl.int32)
+        # this tile's block id, taken from the index row already in registers (no dependent global load per tile)
+        blk = tl.sum(tl.where((offs_k == slot) & is_sel, idx_row, 0), axis=0).to(tl.int32)
+        blk = tl.where(is_sel, blk, -1)
         first = tl.sum(((idx_row == blk) & (offs_k < slot)).to(tl.int32), axis=0) == 0
         use_blk = is_sel & (blk >= 0) & first
         sel_start = blk * BLOCK_SIZE + (e % SUB) * BLOCK_N
@@ -404,6 +371,7 @@ def _sparse_decode_partial_kernel(
         t = start + offs_n
         tok = (t >= lo) & (t < hi)
         k = tl.load(k_base + t[:, None] * stride_kt + offs_d[None, :], mask=tok[:, None], other=0.0)
+        v = tl.load(v_base + t[:, None] * stride_vt + offs_d[None, :], mask=tok[:, None], other=0.0)  # both in flight
         if IEEE:  # fp32 inputs: exact fp32 products instead of tf32
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2e
         else:
@@ -413,7 +381,6 @@ def _sparse_decode_partial_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + t[:, None] * stride_vt + offs_d[None, :], mask=tok[:, None], other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
         else:
@@ -425,25 +392,6 @@ def _sparse_decode_partial_kernel(
     tl.store(O_PART + row[:, None] * D + offs_d[None, :], acc, mask=gm[:, None])
     tl.store(ML_PART + row * 2, m_i, mask=gm)
     tl.store(ML_PART + row * 2 + 1, l_i, mask=gm)
-    if FUSE_COMBINE:
-        # the last split of this (batch, KV head) to finish merges all splits: one launch fewer
-        tl.debug_barrier()  # every thread's partial stores precede the release below
-        done = tl.atomic_add(COUNTER + pid_bh, 1, sem="acq_rel")
-        if done == N_SPLITS - 1:
-            tl.debug_barrier()
-            tl.atomic_xchg(COUNTER + pid_bh, 0)  # re-arm for the next launch / graph replay
-            for g in tl.static_range(G):
-                _merge_splits(
-                    O_PART,
-                    ML_PART,
-                    OUT + b64 * stride_ob + (h64 * G + g) * stride_oh,
-                    pid_bh,
-                    g,
-                    G,
-                    D,
-                    N_SPLITS,
-                    S_PAD,
-                )
 
 
 @triton.jit
@@ -455,11 +403,11 @@ def _merge_splits(
     offs_d = tl.arange(0, D)
     sm = offs_s < N_SPLITS
     row = (bh * N_SPLITS + offs_s) * G + g
-    m = tl.load(ML_PART + row * 2, mask=sm, other=-1.0e30, cache_modifier=".cg")
-    l_part = tl.load(ML_PART + row * 2 + 1, mask=sm, other=0.0, cache_modifier=".cg")
+    m = tl.load(ML_PART + row * 2, mask=sm, other=-1.0e30)
+    l_part = tl.load(ML_PART + row * 2 + 1, mask=sm, other=0.0)
     m_max = tl.max(m, axis=0)
     w = tl.where(sm, tl.exp2(m - m_max), 0.0)
-    acc = tl.load(O_PART + row[:, None] * D + offs_d[None, :], mask=sm[:, None], other=0.0, cache_modifier=".cg")
+    acc = tl.load(O_PART + row[:, None] * D + offs_d[None, :], mask=sm[:, None], other=0.0)
     num = tl.sum(acc * w[:, None], axis=0)
     den = tl.sum(l_part * w, axis=0)
     tl.store(out_ptr + offs_d, (num / den).to(out_ptr.dtype.element_ty))
@@ -568,16 +516,12 @@ def sparse_decode_attention_triton(
     block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
-    fused: bool = False,
-    counter: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-sparse decode attention on the GPU (contract: :func:`~kvprism.kernels.reference.sparse_decode_attention_ref`).
 
     Requires ``seq_lens[b]`` in ``[1, T]`` and ``block_idx`` values in ``[-1, ceil(T / block_size))`` — not checked
     here (that would synchronise the device); the reference checks them. Caches may be views into larger buffers
     (any strides, last dimension contiguous). ``out`` / ``plan`` / ``workspace`` allow static reuse in a CUDA graph.
-    ``fused``: the last split program of each (batch, KV head) merges the splits (one launch instead of two);
-    ``counter`` is its ``[B*Hkv]`` int32 arrival counter, zero before the call and left zero after.
     bf16 / fp16 inputs run on the tensor cores with fp32 accumulation; fp32 inputs use exact fp32 dots (slower).
     """
     check_decode_inputs(q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens)
@@ -599,8 +543,6 @@ def sparse_decode_attention_triton(
         workspace = decode_workspace(b, hkv, g, d, plan, q.device)
     o_part, ml_part = workspace
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    if fused and counter is None:
-        counter = torch.zeros(b * hkv, dtype=torch.int32, device=q.device)
     s_pad = _next_pow2(plan.n_splits)
     _sparse_decode_partial_kernel[(b * hkv, plan.n_splits)](
         q,
@@ -610,10 +552,6 @@ def sparse_decode_attention_triton(
         seq_lens,
         o_part,
         ml_part,
-        out,
-        counter if fused else ml_part,
-        out.stride(0),
-        out.stride(1),
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -641,14 +579,10 @@ def sparse_decode_attention_triton(
         N_SINK_TILES=plan.n_sink_tiles,
         N_TAIL_TILES=plan.n_tail_tiles,
         N_SPLITS=plan.n_splits,
-        FUSE_COMBINE=fused,
-        S_PAD=s_pad,
         IEEE=q.dtype == torch.float32,
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    if fused:
-        return out
     _combine_kernel[(b * hq,)](
         o_part,
         ml_part,
@@ -699,8 +633,6 @@ class SparseDecodeStep:
         gqa_reduce: ``"sum"`` or ``"max"`` over the query heads of a group.
         num_splits, block_n, score_tile, num_warps, num_stages: launch geometry of the attention / scoring kernels
             (None = heuristics).
-        fused: merge top-k candidates and attention splits inside the last program of each (batch, KV head)
-            (2 launches per step instead of 4; arrival counters in device memory).
     """
 
     def __init__(
@@ -721,7 +653,6 @@ class SparseDecodeStep:
         score_tile: int | None = None,
         num_warps: int = 4,
         num_stages: int = 2,
-        fused: bool = False,
     ) -> None:
         b, hkv, t_cap, d = k_cache.shape
         dev = k_cache.device
@@ -746,12 +677,10 @@ class SparseDecodeStep:
             b, q_heads, hkv, d, k, block_size, sink_tokens, window_tokens, dev, num_splits=num_splits, block_n=block_n
         )
         self._workspace = decode_workspace(b, hkv, q_heads // hkv, d, self.plan, dev)
-        self.fused = fused
-        self._counters = torch.zeros(2, b * hkv, dtype=torch.int32, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def launch(self) -> torch.Tensor:
-        """Run the step eagerly (4 kernel launches, 2 if ``fused``) from the static buffers; returns ``out``."""
+        """Run the step eagerly (4 kernel launches) from the static buffers; returns ``out``."""
         score_topk_triton(
             self.q_sig,
             self.signatures,
@@ -763,8 +692,6 @@ class SparseDecodeStep:
             out=self.block_idx,
             cand=self._cand,
             tile=self.score_tile,
-            fused=self.fused,
-            counter=self._counters[0],
         )
         sparse_decode_attention_triton(
             self.q,
@@ -781,8 +708,6 @@ class SparseDecodeStep:
             workspace=self._workspace,
             num_warps=self.num_warps,
             num_stages=self.num_stages,
-            fused=self.fused,
-            counter=self._counters[1],
         )
         return self.out
 
