@@ -206,9 +206,10 @@ def make_step(dtype, seed=0, **kw):
     return SparseDecodeStep(k, v, sig, q_heads=8, k=4, block_size=bs, sink_tokens=2, window_tokens=24, **kw)
 
 
+@pytest.mark.parametrize("merge_in_attention", [False, True])
 @pytest.mark.parametrize("reduce", ["sum", "max"])
-def test_decode_step_eager_matches_reference(reduce):
-    step = make_step(torch.float16, gqa_reduce=reduce, score_tile=16)
+def test_decode_step_eager_matches_reference(reduce, merge_in_attention):
+    step = make_step(torch.float16, gqa_reduce=reduce, score_tile=16, merge_in_attention=merge_in_attention)
     fill_step(step, 1, [256, 150])
     step.out.fill_(float("nan"))
     out = step()
@@ -219,9 +220,10 @@ def test_decode_step_eager_matches_reference(reduce):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("merge_in_attention", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_decode_step_cuda_graph_replay_follows_new_inputs(dtype):
-    step = make_step(dtype, score_tile=64)
+def test_decode_step_cuda_graph_replay_follows_new_inputs(dtype, merge_in_attention):
+    step = make_step(dtype, score_tile=64, merge_in_attention=merge_in_attention)
     fill_step(step, 2, [256, 100])
     step.capture()
     for seed, lens in [(3, [256, 120]), (4, [17, 255]), (5, [1, 64])]:
@@ -232,3 +234,36 @@ def test_decode_step_cuda_graph_replay_follows_new_inputs(dtype):
         idx, ref = step_reference(step)
         assert torch.equal(step.block_idx.cpu(), idx.cpu())
         assert rel_err(step.out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("k_sel, tile", [(4, 16), (3, 64), (20, 16)])
+def test_merging_in_attention_gives_the_same_step_bit_for_bit(k_sel, tile):
+    """3 launches (candidates merged inside the attention kernel) vs 4 (separate merge): same selection, same
+    arithmetic in the same order, so identical outputs."""
+    outs = []
+    for merge_in_attention in (False, True):
+        g = torch.Generator().manual_seed(9)
+        b, hkv, t_cap, d, bs = 2, 2, 256, 32, 16
+        k = torch.randn(b, hkv, t_cap, d, generator=g).half().to(DEV)
+        v = torch.randn(b, hkv, t_cap, d, generator=g).half().to(DEV)
+        sig = torch.randn(b, hkv, t_cap // bs, 16, generator=g).half().to(DEV)
+        step = SparseDecodeStep(
+            k,
+            v,
+            sig,
+            q_heads=8,
+            k=k_sel,
+            block_size=bs,
+            sink_tokens=5,
+            window_tokens=20,
+            score_tile=tile,
+            merge_in_attention=merge_in_attention,
+        )
+        fill_step(step, 6, [256, 131])
+        step.q_sig.copy_(torch.randn(step.q_sig.shape, generator=g))
+        step.out.fill_(float("nan"))
+        step.block_idx.fill_(-7)
+        step()
+        outs.append((step.out.clone(), step.block_idx.clone()))
+    assert torch.equal(outs[0][1], outs[1][1])
+    assert torch.equal(outs[0][0], outs[1][0])

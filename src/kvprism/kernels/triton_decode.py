@@ -182,7 +182,7 @@ class _ScorePlan:
 def _score_plan(n: int, d: int, g: int, k: int, tile: int | None) -> _ScorePlan:
     k_pow2 = _next_pow2(k)
     if tile is None:
-        tile = 256
+        tile = 128  # H200 sweep at 128K: 128 within noise of the best at batch 1 and 8 (256: +2.5 / +1.7 us)
     tile = max(_next_pow2(tile), k_pow2, 16)
     n_tiles = max(1, -(-n // tile))
     return _ScorePlan(
@@ -207,6 +207,7 @@ def score_topk_triton(
     out: torch.Tensor | None = None,
     cand: torch.Tensor | None = None,
     tile: int | None = None,
+    merge: bool = True,
 ) -> torch.Tensor:
     """Fused block scoring + top-k (see :func:`kvprism.kernels.reference.score_topk_ref` for the contract).
 
@@ -220,6 +221,8 @@ def score_topk_triton(
         out: optional preallocated ``[B, Hkv, k]`` int64 result; cand: optional ``[B*Hkv*n_tiles*K_POW2]`` int64
             workspace (both let a CUDA graph reuse memory).
         tile: signatures per program (power of two, default 256).
+        merge: launch the merge of the per-tile candidates (default). With False only the scoring kernel runs and
+            ``cand`` (the per-tile best keys) is returned, for the attention kernel to merge.
 
     Returns:
         ``[B, Hkv, k]`` int64, best first, ties towards the lower index, ``-1`` where fewer than ``k`` are valid.
@@ -270,6 +273,8 @@ def score_topk_triton(
         IEEE=ieee,
         USE_TL_TOPK=_HAS_TL_TOPK,
     )
+    if not merge:
+        return cand
     _topk_merge_kernel[(b * hkv,)](
         cand, out, k, N_CAND=n_cand, C_PAD=plan.c_pad, K_POW2=plan.k_pow2, USE_TL_TOPK=_HAS_TL_TOPK
     )
@@ -290,6 +295,7 @@ def _sparse_decode_partial_kernel(
     LENS,
     O_PART,
     ML_PART,
+    CAND,
     stride_qb,
     stride_qh,
     stride_kb,
@@ -318,6 +324,9 @@ def _sparse_decode_partial_kernel(
     N_TAIL_TILES: tl.constexpr,
     N_SPLITS: tl.constexpr,
     IEEE: tl.constexpr,
+    FROM_CAND: tl.constexpr,
+    N_CAND: tl.constexpr,
+    C_PAD: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -337,7 +346,20 @@ def _sparse_decode_partial_kernel(
     q = tl.load(
         Q + b * stride_qb + (h * G + offs_g)[:, None] * stride_qh + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0
     )
-    idx_row = tl.load(IDX + b * stride_ib + h * stride_ih + offs_k * stride_ik, mask=offs_k < N_SEL, other=-1)
+    if FROM_CAND:
+        # merge the scoring kernel's per-tile candidates here (every split of this (batch, KV head) computes the same
+        # top N_SEL; split 0 also writes them out), saving the separate merge launch
+        offs_c = tl.arange(0, C_PAD)
+        cm = offs_c < N_CAND
+        key = tl.load(CAND + pid_bh * N_CAND + offs_c, mask=cm, other=0)
+        key = tl.where(cm, key, tl.full([C_PAD], -2147483648, tl.int64) << 32)
+        best = tl.topk(key, K_PAD)
+        idx_row = tl.where(best >> 32 == -2147483648, -1, 2147483647 - (best & 2147483647))
+        idx_row = tl.where(offs_k < N_SEL, idx_row, -1)
+        if split == 0:
+            tl.store(IDX + b * stride_ib + h * stride_ih + offs_k * stride_ik, idx_row, mask=offs_k < N_SEL)
+    else:
+        idx_row = tl.load(IDX + b * stride_ib + h * stride_ih + offs_k * stride_ik, mask=offs_k < N_SEL, other=-1)
     k_base = K + b64 * stride_kb + h64 * stride_kh
     v_base = V + b64 * stride_vb + h64 * stride_vh
 
@@ -480,9 +502,10 @@ def decode_plan(
     n_tail_tiles = -(-max(window_tokens, block_size - 1, 1) // block_n)
     total = n_sel * sub + n_sink_tiles + n_tail_tiles
     if num_splits is None:
-        # aim at ~4 programs per multiprocessor, but give every program at least two tiles
+        # aim at ~4 programs per multiprocessor, at least one tile each (H200, Qwen2.5-7B layer at 128K: batch 1 ran
+        # fastest with one tile per program, batch 8 within noise of the best; benchmarks/NOTES-gpu.md)
         target = 4 * _num_sms(device)
-        num_splits = max(1, min(-(-target // (batch * hkv)), total // 2))
+        num_splits = max(1, min(-(-target // (batch * hkv)), total))
     num_splits = max(1, min(int(num_splits), total))
     tiles_per_split = -(-total // num_splits)
     num_splits = -(-total // tiles_per_split)  # drop splits that would be empty
@@ -516,6 +539,7 @@ def sparse_decode_attention_triton(
     block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
+    candidates: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """Block-sparse decode attention on the GPU (contract: :func:`~kvprism.kernels.reference.sparse_decode_attention_ref`).
 
@@ -523,6 +547,9 @@ def sparse_decode_attention_triton(
     here (that would synchronise the device); the reference checks them. Caches may be views into larger buffers
     (any strides, last dimension contiguous). ``out`` / ``plan`` / ``workspace`` allow static reuse in a CUDA graph.
     bf16 / fp16 inputs run on the tensor cores with fp32 accumulation; fp32 inputs use exact fp32 dots (slower).
+    ``candidates = (cand, n_cand)``: take the selection from the scoring kernel's per-tile candidate keys ``cand``
+    (``n_cand`` per (batch, KV head), from ``score_topk_triton(..., merge=False)``) instead of reading ``block_idx``;
+    the top ``block_idx.shape[2]`` are merged inside this kernel and written to ``block_idx``.
     """
     check_decode_inputs(q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens)
     b, hq, d = q.shape
@@ -544,6 +571,9 @@ def sparse_decode_attention_triton(
     o_part, ml_part = workspace
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     s_pad = _next_pow2(plan.n_splits)
+    if candidates is not None and not _HAS_TL_TOPK:
+        raise KvprismError("merging candidates in the attention kernel needs tl.topk (Triton >= 3.2)")
+    cand, n_cand = candidates if candidates is not None else (ml_part, 1)
     _sparse_decode_partial_kernel[(b * hkv, plan.n_splits)](
         q,
         k_cache,
@@ -552,6 +582,7 @@ def sparse_decode_attention_triton(
         seq_lens,
         o_part,
         ml_part,
+        cand,
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -580,6 +611,9 @@ def sparse_decode_attention_triton(
         N_TAIL_TILES=plan.n_tail_tiles,
         N_SPLITS=plan.n_splits,
         IEEE=q.dtype == torch.float32,
+        FROM_CAND=candidates is not None,
+        N_CAND=n_cand,
+        C_PAD=max(_next_pow2(n_cand), plan.k_pad),
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -633,6 +667,8 @@ class SparseDecodeStep:
         gqa_reduce: ``"sum"`` or ``"max"`` over the query heads of a group.
         num_splits, block_n, score_tile, num_warps, num_stages: launch geometry of the attention / scoring kernels
             (None = heuristics).
+        merge_in_attention: merge the top-k candidates inside the attention kernel (3 launches per step instead of
+            4; same selection and the same attention arithmetic, so the same output bit for bit).
     """
 
     def __init__(
@@ -653,6 +689,7 @@ class SparseDecodeStep:
         score_tile: int | None = None,
         num_warps: int = 4,
         num_stages: int = 2,
+        merge_in_attention: bool = False,
     ) -> None:
         b, hkv, t_cap, d = k_cache.shape
         dev = k_cache.device
@@ -677,10 +714,13 @@ class SparseDecodeStep:
             b, q_heads, hkv, d, k, block_size, sink_tokens, window_tokens, dev, num_splits=num_splits, block_n=block_n
         )
         self._workspace = decode_workspace(b, hkv, q_heads // hkv, d, self.plan, dev)
+        self.merge_in_attention = merge_in_attention
+        self._n_cand = splan.n_tiles * splan.k_pow2
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def launch(self) -> torch.Tensor:
-        """Run the step eagerly (4 kernel launches) from the static buffers; returns ``out``."""
+        """Run the step eagerly (4 kernel launches, 3 with ``merge_in_attention``) from the static buffers; returns
+        ``out``."""
         score_topk_triton(
             self.q_sig,
             self.signatures,
@@ -692,6 +732,7 @@ class SparseDecodeStep:
             out=self.block_idx,
             cand=self._cand,
             tile=self.score_tile,
+            merge=not self.merge_in_attention,
         )
         sparse_decode_attention_triton(
             self.q,
@@ -708,6 +749,7 @@ class SparseDecodeStep:
             workspace=self._workspace,
             num_warps=self.num_warps,
             num_stages=self.num_stages,
+            candidates=(self._cand, self._n_cand) if self.merge_in_attention else None,
         )
         return self.out
 
