@@ -4,7 +4,9 @@ State per logical weight bank (leading dims ``[*L]`` of the signatures, flattene
 the signatures [B, N, d], one scale per bank, each ring's static detuning (rest point + quantised EO shift + trim
 residual) [B, N, d], the per-ring and global drift processes, and the effective weights W_eff = thru − drop [B, N, d]
 that the cascade model gives for the current detunings. W_eff is recomputed when rows are programmed and when the
-drift has moved (lazily, at the next evaluation), never per query. A query then costs: encoding → one batched matmul
+drift has moved (lazily, at the next evaluation), never per query. The drift is sampled every
+``drift_update_steps`` decode steps (1: every step; see :class:`PhotonicConfig`); between samples the rings hold the
+last sample. A query then costs: encoding → one batched matmul
 → Gaussian noise with per-row variances derived from the photocurrents → ADC → top-k.
 
 Time multiplexing: the chip holds ``rows_per_bank · n_banks`` rows; when the programmed rows exceed that, each
@@ -264,7 +266,8 @@ class PhotonicEngine:
 
     def advance(self, steps: int = 1) -> None:
         """Move the thermal-drift process forward by ``steps`` decode steps (call once per decode step). The draw
-        is deferred to the next evaluation (exact in distribution for any number of accumulated steps)."""
+        is deferred to the next evaluation (exact in distribution for any number of accumulated steps) and made once
+        at least ``drift_update_steps`` steps have accumulated; until then the rings hold the last drift sample."""
         if steps < 0:
             raise KvprismError(f"advance: steps = {steps} is invalid; allowed range: [0, inf)")
         self.counters["drift_steps"] += steps
@@ -369,6 +372,7 @@ class PhotonicEngine:
 
     def _program_rows(self, banks: torch.Tensor, r0: int, r1: int) -> None:
         """Calibrate, quantise and write rows [r0, r1) of ``banks`` (1-D index tensor) into the state tensors."""
+        self._det = None  # detection constants depend on the rows' constants and the ADC full scale
         c = self.config
         opt = self.optics(self._sig.shape[-1])
         lo_m, hi_m = self.detuning_range_m()
@@ -401,44 +405,55 @@ class PhotonicEngine:
         self._update_weights(banks, r0, r1)
 
     def _update_weights(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> None:
-        """Recompute W_eff and the mean ring absorption for the given rows at the current drift."""
-        self._det = None  # detection constants depend on the rows' transmission, constants and the ADC full scale
+        """Recompute W_eff and the mean ring absorption for the given rows at the current drift (``banks`` None: all
+        banks, written in place)."""
         opt = self.optics(self._sig.shape[-1])
         sl = slice(r0, r1)
         if banks is None:
-            det = self._static[:, sl] + self._ring_drift[:, sl] + self._global_drift
+            det = torch.add(self._static[:, sl], self._ring_drift[:, sl])
         else:
-            det = self._static[banks, sl] + self._ring_drift[banks, sl] + self._global_drift
+            det = self._static[banks, sl] + self._ring_drift[banks, sl]
+        if self._global_drift != 0.0:
+            det += self._global_drift
         nb, nr, d = det.shape
-        flat = det.reshape(-1, d)
-        w = torch.empty_like(flat)
-        absorb = torch.empty(flat.shape[0], dtype=self._dtype)  # row mean of thru + drop = 1 − Ā
+        flat = det.view(-1, d)
+        # all banks: write straight into the state buffers where their rows are contiguous (one bank, or no spare
+        # capacity); otherwise into new tensors that are copied in at the end
+        w_dst = self._w[:, sl] if banks is None else None
+        t_dst = self._transmit[:, sl] if banks is None else None
+        w = w_dst if w_dst is not None and w_dst.is_contiguous() else torch.empty_like(det)  # [nb, nr, d]
+        absorb = t_dst if t_dst is not None and t_dst.is_contiguous() else torch.empty((nb, nr), dtype=self._dtype)
+        w_flat, absorb_flat = w.view(-1, d), absorb.view(-1)
         step = self._chunk_rows(d)
         for s in range(0, flat.shape[0], step):
             thru, drop = cascade(flat[s : s + step], opt, self.config.crosstalk, self.cascade_plan)
-            w[s : s + step] = thru - drop
-            absorb[s : s + step] = (thru + drop).mean(-1)
-        if banks is None:
-            self._w[:, sl] = w.reshape(nb, nr, d)
-            self._transmit[:, sl] = absorb.reshape(nb, nr)
+            torch.sub(thru, drop, out=w_flat[s : s + step])
+            torch.mean(thru.add_(drop), -1, out=absorb_flat[s : s + step])  # row mean of thru + drop = 1 − Ā
+        if banks is not None:
+            self._w[banks, sl] = w
+            self._transmit[banks, sl] = absorb
         else:
-            self._w[banks, sl] = w.reshape(nb, nr, d)
-            self._transmit[banks, sl] = absorb.reshape(nb, nr)
+            if w is not w_dst:
+                w_dst.copy_(w)
+            if absorb is not t_dst:
+                t_dst.copy_(absorb)
+        if self._det is not None and "var_transmit" in self._det:  # the only detection constant W_eff changes
+            self._det["var_transmit"] = self._var_transmit(self._det["g2"])
 
     def _apply_pending_drift(self) -> None:
+        """Sample the drift processes if ``drift_update_steps`` or more steps are pending (else keep holding)."""
         c = self.config
-        if self._pending_steps == 0:
+        if self._pending_steps == 0 or self._pending_steps < c.drift_update_steps:
             return
         k, self._pending_steps = self._pending_steps, 0
         if c.drift_ring_sigma_m == 0.0 and c.drift_global_sigma_m == 0.0:
             return
-        self._ring_drift = drift_mod.ar1_advance(
-            self._ring_drift, k, c.drift_corr_steps, c.drift_ring_sigma_m, self._gen
-        )
-        g = torch.tensor([self._global_drift], dtype=torch.float64)
-        self._global_drift = float(
-            drift_mod.ar1_advance(g, k, c.drift_corr_steps, c.drift_global_sigma_m, self._gen)[0]
-        )
+        drift_mod.ar1_advance_(self._ring_drift, k, c.drift_corr_steps, c.drift_ring_sigma_m, self._gen)
+        if c.drift_global_sigma_m != 0.0:
+            g = torch.tensor([self._global_drift], dtype=torch.float64)
+            self._global_drift = float(
+                drift_mod.ar1_advance(g, k, c.drift_corr_steps, c.drift_global_sigma_m, self._gen)[0]
+            )
         self._stale = True
 
     def _refresh(self) -> None:
@@ -449,8 +464,8 @@ class PhotonicEngine:
             self._stale = False
 
     def _detection_constants(self, d: int) -> dict[str, Any]:
-        """Query-independent constants of detection and ADC (cached; dropped whenever rows are programmed or W_eff is
-        refreshed). Everything after the optical matmul is kept in "detector units": W times ``gain`` per bank, where
+        """Query-independent constants of detection and ADC (cached; dropped whenever rows are programmed; the
+        transmission term ``var_transmit`` is recomputed whenever W_eff is). Everything after the optical matmul is kept in "detector units": W times ``gain`` per bank, where
         ``gain`` is the ADC's codes per W (1 W⁻¹ without ADC), so that noise, offset and ADC affine map fold into one
         pass before rounding. Shapes: per bank [B, 1, 1], per row [B, N, 1] (layout [B, N, E] of the evaluations)."""
         cache = getattr(self, "_det", None)
@@ -489,10 +504,15 @@ class PhotonicEngine:
             )
             g2 = gain.square().view(b, 1, 1)
             out["var_const"] = (g2 * (const_a2 / resp**2)).to(self._dtype)  # [B, 1, 1]
-            out["var_transmit"] = (g2 * self._transmit.double().unsqueeze(-1)).to(self._dtype)  # [B, N, 1]
+            out["g2"] = g2
+            out["var_transmit"] = self._var_transmit(g2)  # [B, N, 1], refreshed with W_eff
             out["shot_w2_per_w"] = 2.0 * q_e * bw / resp  # W² of shot variance per W of total line power
         self._det = out
         return out
+
+    def _var_transmit(self, g2: torch.Tensor) -> torch.Tensor:
+        """Per-row shot-noise factor [B, N, 1] in detector units: gain² [B, 1, 1] (float64) × row transmission."""
+        return (g2 * self._transmit.double().unsqueeze(-1)).to(self._dtype)
 
     def _scratch(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Two reusable [B, N, E] work buffers (never returned to callers)."""
