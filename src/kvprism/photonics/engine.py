@@ -113,6 +113,12 @@ class PhotonicEngine:
         self._dtype = torch.float32
         self._tmin = encoding.t_min(c.mzm_extinction_db)
         self._rin = noise.rin_sigma(c.rin_db_per_hz, c.detection_bandwidth_hz) if c.noise else 0.0
+        # with a query DAC the MZM transmission takes 2^bits values: tabulated once, looked up per query
+        self._mzm_table = (
+            encoding.level_transmission(v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=c.query_bits)
+            if c.query_bits
+            else None
+        )
 
     # ------------------------------------------------------------------ public state
     @property
@@ -488,9 +494,11 @@ class PhotonicEngine:
             c0 += levels / 2.0
         out: dict[str, Any] = {
             "p_row": p_row, "unit": unit, "levels": levels, "offset": offset,
+            "per_unit_scale": (1.0 / (unit * self._scale.double())).to(self._dtype).view(b, 1, 1),
             "fs": fs.view(b, 1, 1), "gain": gain.to(self._dtype).view(b, 1, 1),
             "c0": c0.to(self._dtype),
         }  # fmt: skip
+        out["inv_gain"] = 1.0 / out["gain"]  # [B, 1, 1] W per ADC step
         if c.noise:
             # row noise in A²: 2q(I_thru + I_drop + 2 I_dark)Δf + i_n²Δf + 2(R·NEP)²Δf, with I_thru + I_drop =
             # R Σ_j P_j (1 − A_nj); the row-mean absorption Ā_n stands in for A_nj (ring absorption is ≤ a few % and
@@ -533,20 +541,24 @@ class PhotonicEngine:
         det = self._detection_constants(d)
         q = q.to(self._dtype)
         qmax = q.abs().amax(dim=-1, keepdim=True)
-        qmax = torch.where(qmax > 0, qmax, torch.ones_like(qmax))
+        qmax.masked_fill_(qmax == 0, 1.0)
         u = q / qmax  # [B, G, d] in [−1, 1]
-        frac = (1.0 + u) * 0.5 if det["offset"] else torch.cat([u.clamp_min(0.0), (-u).clamp_min(0.0)], 1)
-        t = encoding.encode(
-            frac, v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=c.query_bits,
-            predistort=c.mzm_predistortion,
-        )  # fmt: skip
+        frac = u.add_(1.0).mul_(0.5) if det["offset"] else torch.cat([u.clamp_min(0.0), (-u).clamp_min(0.0)], 1)
+        if self._mzm_table is not None:
+            codes = encoding.dac_codes(frac, v_pi_v=c.mzm_v_pi_v, dac_bits=c.query_bits, predistort=c.mzm_predistortion)
+            t = self._mzm_table[codes]
+        else:
+            t = encoding.encode(
+                frac, v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=0,
+                predistort=c.mzm_predistortion,
+            )  # fmt: skip
         power = t * det["p_row"]  # [B, E, d] W per line at the row (MZM transmission × budget)
         if self._rin > 0.0:  # RIN: one draw per line and evaluation, shared by every row of the bank
             power = power * (1.0 + self._rin * torch.randn(power.shape, generator=self._gen, dtype=self._dtype))
         e = power.shape[1]
         shot = power.sum(-1).mul_(det.get("shot_w2_per_w", 0.0)).unsqueeze(1)  # [B, 1, E] shot variance per row
         gp = power.mul_(det["gain"]).transpose(1, 2)  # [B, d, E] line powers in detector units
-        factor = (qmax / (det["unit"] * self._scale.view(b, 1, 1))).transpose(1, 2)  # [B, 1, G] to signature·query
+        factor = qmax.mul_(det["per_unit_scale"]).transpose(1, 2)  # [B, 1, G] to signature·query units
         # banks are processed in chunks whose work buffers stay in the CPU cache across the elementwise passes
         chunk = max(1, _CHUNK_DETECT // (n * e))
         acc, work = self._scratch((min(chunk, b), n, e))  # layout [B, N, E]: the matmul writes evaluations innermost
@@ -586,11 +598,11 @@ class PhotonicEngine:
             if det["offset"]:
                 if k is not None:
                     return topk_codes(codes.transpose(1, 2), k, int(levels) + 1)
-                step = (1.0 / det["gain"][sl]) * factor  # [M, 1, G]: est = (code − levels/2)·step·factor
+                step = det["inv_gain"][sl] * factor  # [M, 1, G]: est = (code − levels/2)·step·factor
                 return torch.addcmul(-0.5 * levels * step, codes, step)
             diff = codes[..., :g] - codes[..., g:]  # integer codes in [−levels, levels]
             if k is not None:
                 return topk_codes(diff.add_(levels).transpose(1, 2), k, 2 * int(levels) + 1)
-            return diff.mul_((1.0 / det["gain"][sl]) * factor)
+            return diff.mul_(det["inv_gain"][sl] * factor)
         est = torch.mul(acc, factor) if det["offset"] else (acc[..., :g] - acc[..., g:]).mul_(factor)
         return est if k is None else topk_lowest_index(est.transpose(1, 2), k)
