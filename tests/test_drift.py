@@ -131,3 +131,13 @@ def test_drift_hold_rms_matches_simulated_process():
     expected = cfg.replace(drift_update_steps=m).drift_hold_rms_m
     assert abs(mc / expected - 1) < 0.02
     assert 0.28 * sigma < expected < 0.31 * sigma  # ≈ σ √((M − 1)/τ) = 0.3 σ for M ≪ τ
+
+
+def test_drift_update_steps_within_a_hold_error():
+    cfg = PhotonicConfig.preset("seed-nominal")
+    m = cfg.drift_update_steps_within(cfg.trim_sigma_m)
+    assert m > 1
+    assert cfg.replace(drift_update_steps=m).drift_hold_rms_m <= cfg.trim_sigma_m
+    assert cfg.replace(drift_update_steps=m + 1).drift_hold_rms_m > cfg.trim_sigma_m
+    assert cfg.drift_update_steps_within(0.0) == 1
+    assert _cfg(drift_ring_sigma_m=0.0).drift_update_steps_within(0.0, max_steps=50) == 50  # no drift: no hold error

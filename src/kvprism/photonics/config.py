@@ -470,12 +470,24 @@ class PhotonicConfig(ConfigBase):
         a hold: the AR(1) state x moves by x_{t+m} − x_t with variance 2σ²(1 − ρ^m), ρ = exp(−1/τ), so the mean over
         m = 0…M−1 is 2σ²(1 − (1 − ρ^M) / (M(1 − ρ))) with σ² the sum of the per-ring and global drift variances
         (≈ σ √((M − 1)/τ) for M ≪ τ; 0 for M = 1)."""
-        m = self.drift_update_steps
+        return self._drift_hold_rms_m(self.drift_update_steps)
+
+    def _drift_hold_rms_m(self, m: int) -> float:
         var = self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2
         if m == 1 or var == 0.0:
             return 0.0
         rho = math.exp(-1.0 / self.drift_corr_steps)
         return math.sqrt(max(0.0, 2.0 * var * (1.0 - (1.0 - rho**m) / (m * (1.0 - rho)))))
+
+    def drift_update_steps_within(self, hold_rms_m: float, max_steps: int = 100_000) -> int:
+        """The largest ``drift_update_steps`` (≤ ``max_steps``) whose hold error :attr:`drift_hold_rms_m` is at most
+        ``hold_rms_m`` [m]; e.g. ``trim_sigma_m`` keeps the added error at the size of the static trim residual."""
+        if self.drift_ring_sigma_m == 0.0 and self.drift_global_sigma_m == 0.0:
+            return max_steps
+        m = 1
+        while m < max_steps and self._drift_hold_rms_m(m + 1) <= hold_rms_m:
+            m += 1
+        return m
 
     @property
     def couplings(self) -> tuple[float, float]:
