@@ -499,6 +499,8 @@ class PhotonicEngine:
             "c0": c0.to(self._dtype),
         }  # fmt: skip
         out["inv_gain"] = 1.0 / out["gain"]  # [B, 1, 1] W per ADC step
+        if self._mzm_table is not None:
+            out["level_w"] = self._mzm_table * p_row  # [2^query_bits] W per line at the row for each DAC level
         if c.noise:
             # row noise in A²: 2q(I_thru + I_drop + 2 I_dark)Δf + i_n²Δf + 2(R·NEP)²Δf, with I_thru + I_drop =
             # R Σ_j P_j (1 − A_nj); the row-mean absorption Ā_n stands in for A_nj (ring absorption is ≤ a few % and
@@ -544,17 +546,19 @@ class PhotonicEngine:
         qmax.masked_fill_(qmax == 0, 1.0)
         u = q / qmax  # [B, G, d] in [−1, 1]
         frac = u.add_(1.0).mul_(0.5) if det["offset"] else torch.cat([u.clamp_min(0.0), (-u).clamp_min(0.0)], 1)
+        # power [B, E, d]: W per line at the row (MZM transmission × budget)
         if self._mzm_table is not None:
             codes = encoding.dac_codes(frac, v_pi_v=c.mzm_v_pi_v, dac_bits=c.query_bits, predistort=c.mzm_predistortion)
-            t = self._mzm_table[codes]
+            power = det["level_w"].index_select(0, codes.view(-1)).view(codes.shape)
         else:
             t = encoding.encode(
                 frac, v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=0,
                 predistort=c.mzm_predistortion,
             )  # fmt: skip
-        power = t * det["p_row"]  # [B, E, d] W per line at the row (MZM transmission × budget)
+            power = t * det["p_row"]
         if self._rin > 0.0:  # RIN: one draw per line and evaluation, shared by every row of the bank
-            power = power * (1.0 + self._rin * torch.randn(power.shape, generator=self._gen, dtype=self._dtype))
+            rin = torch.randn(power.shape, generator=self._gen, dtype=self._dtype)
+            power.mul_(rin.mul_(self._rin).add_(1.0))
         e = power.shape[1]
         shot = power.sum(-1).mul_(det.get("shot_w2_per_w", 0.0)).unsqueeze(1)  # [B, 1, E] shot variance per row
         gp = power.mul_(det["gain"]).transpose(1, 2)  # [B, d, E] line powers in detector units
@@ -562,33 +566,40 @@ class PhotonicEngine:
         # banks are processed in chunks whose work buffers stay in the CPU cache across the elementwise passes
         chunk = max(1, _CHUNK_DETECT // (n * e))
         acc, work = self._scratch((min(chunk, b), n, e))  # layout [B, N, E]: the matmul writes evaluations innermost
-        outs = []
-        for b0 in range(0, b, chunk):
-            sl = slice(b0, min(b, b0 + chunk))
-            m = sl.stop - sl.start
-            outs.append(self._detect(det, sl, shot[sl], gp[sl], factor[sl], g, k, acc[:m], work[:m]))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if chunk >= b:  # one chunk: no slicing
+            out = self._detect(det, None, shot, gp, factor, g, k, acc, work)
+        else:
+            outs = []
+            for b0 in range(0, b, chunk):
+                sl = slice(b0, min(b, b0 + chunk))
+                m = sl.stop - sl.start
+                outs.append(self._detect(det, sl, shot[sl], gp[sl], factor[sl], g, k, acc[:m], work[:m]))
+            out = torch.cat(outs)
         return out if k is not None else out.transpose(1, 2)
 
     def _detect(
-        self, det: dict[str, Any], sl: slice, shot: torch.Tensor, gp: torch.Tensor, factor: torch.Tensor, g: int,
-        k: int | None, acc: torch.Tensor, work: torch.Tensor,
+        self, det: dict[str, Any], sl: slice | None, shot: torch.Tensor, gp: torch.Tensor, factor: torch.Tensor,
+        g: int, k: int | None, acc: torch.Tensor, work: torch.Tensor,
     ) -> torch.Tensor:  # fmt: skip
-        """Detection, noise and ADC for the banks ``sl`` ([M, N, E] work buffers ``acc``, ``work``): score estimates
-        [M, N, G], or with ``k`` the top-k indices [M, G, k]."""
+        """Detection, noise and ADC for the banks ``sl`` (None: all) ([M, N, E] work buffers ``acc``, ``work``):
+        score estimates [M, N, G], or with ``k`` the top-k indices [M, G, k]."""
         c = self.config
         m, n, e = acc.shape
-        c0 = det["c0"][sl]
+
+        def banks(x: torch.Tensor) -> torch.Tensor:
+            return x if sl is None else x[sl]
+
+        c0 = banks(det["c0"])
         if c.noise:
             # independent Gaussian per row and evaluation, σ from this evaluation's photocurrents, in detector units
-            sigma = torch.mul(det["var_transmit"][sl], shot, out=work).add_(det["var_const"][sl]).sqrt_()
+            sigma = torch.mul(banks(det["var_transmit"]), shot, out=work).add_(banks(det["var_const"])).sqrt_()
             torch.randn((m, n, e), generator=self._gen, dtype=self._dtype, out=acc)
             torch.addcmul(c0, sigma, acc, out=acc)
         else:
             acc.copy_(c0.expand(m, n, e))
         # balanced optical power W_eff·P in W (the photocurrent is R times this; R folded into the constants), in
         # detector units, added to offset + noise
-        acc.add_(torch.bmm(self._w[sl], gp, out=work))
+        acc.add_(torch.bmm(banks(self._w), gp, out=work))
         levels = det["levels"]
         if c.adc_bits:
             # ADC with full scale fixed at programming: codes = round((raw − offset + FS)/step), 2^bits levels
@@ -598,11 +609,11 @@ class PhotonicEngine:
             if det["offset"]:
                 if k is not None:
                     return topk_codes(codes.transpose(1, 2), k, int(levels) + 1)
-                step = det["inv_gain"][sl] * factor  # [M, 1, G]: est = (code − levels/2)·step·factor
+                step = banks(det["inv_gain"]) * factor  # [M, 1, G]: est = (code − levels/2)·step·factor
                 return torch.addcmul(-0.5 * levels * step, codes, step)
             diff = codes[..., :g] - codes[..., g:]  # integer codes in [−levels, levels]
             if k is not None:
                 return topk_codes(diff.add_(levels).transpose(1, 2), k, 2 * int(levels) + 1)
-            return diff.mul_(det["inv_gain"][sl] * factor)
+            return diff.mul_(banks(det["inv_gain"]) * factor)
         est = torch.mul(acc, factor) if det["offset"] else (acc[..., :g] - acc[..., g:]).mul_(factor)
         return est if k is None else topk_lowest_index(est.transpose(1, 2), k)
