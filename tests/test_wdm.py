@@ -112,7 +112,10 @@ def test_cascade_plan_thru_equals_its_log_form():
         det = torch.rand(3, 70, 32, dtype=torch.float64, generator=gen) * 400e-12 - 50e-12
         fast = plan.thru(det)
         assert fast.shape == det.shape
-        assert torch.allclose(fast, plan.log_thru(det).exp(), rtol=1e-10, atol=1e-15)
+        # atol: T = 1 − K0/(1 + p² − 2p cos φ) cancels near a critically coupled resonance (T → 0), so either form is
+        # good to a few 1e-16/(1 − p)² absolute in float64 (3e-14 at Q = 1e4, 3e-12 at Q = 1e5)
+        p = opt.r1 * opt.r2 * opt.a
+        assert torch.allclose(fast, plan.log_thru(det).exp(), rtol=1e-10, atol=1e-14 / (1 - p) ** 2)
         one = det[:1, :1].clone()  # a single row: its transpose is a view of the input
         assert torch.allclose(plan.thru(one), plan.log_thru(one).exp(), rtol=1e-10) and torch.equal(one, det[:1, :1])
     r1, r2 = ring.design_couplings(1e4, WL, NG, R, 20.0)

@@ -181,9 +181,10 @@ class CascadePlan:
         self._idx_km = self.near_idx.t().reshape(-1).contiguous()  # [K·d]
         self._phase0_km = self.near_phase0.t().reshape(-1, 1).contiguous()  # [K·d, 1] rad
         self._per_m_km = opt.phase_per_m.repeat(k).unsqueeze(-1)  # [K·d, 1] rad/m (line i's phase per metre)
+        # T = 1 − K0 / (1 + p² − 2p cos φ) = 1 + κ / (cos φ − β), κ = K0 / 2p, β = (1 + p²) / 2p
         k0 = 1.0 + p * p - opt.r2 * opt.r2 * opt.a * opt.a - opt.r1 * opt.r1
-        self._neg_k0_km = (-k0 * self.near_mask).t().reshape(-1, 1).contiguous()  # [K·d, 1]; 0 for padding
-        self._den = (1.0 + p * p, -2.0 * p)  # T = 1 − K0 / (1 + p² − 2p cos φ)
+        self._kappa_km = (k0 / (2.0 * p) * self.near_mask).t().reshape(-1, 1).contiguous()  # [K·d, 1]; 0: padding
+        self._beta = (1.0 + p * p) / (2.0 * p)
         self._coef_t = self.coef[1:].transpose(1, 2).contiguous()  # [2, lines, rings] for x and x² (column layout)
         self._work: torch.Tensor | None = None  # reused [K·d, R] work buffer (a fresh one costs page faults)
 
@@ -234,7 +235,7 @@ class CascadePlan:
         t = self._work_buffer(k * d, rows, det_t.dtype)
         torch.index_select(det_t, 0, self._idx_km, out=t)  # [K·d, R] detuning of near ring k of line i
         t.mul_(self._per_m_km).add_(self._phase0_km).cos_()  # cos φ
-        t.mul_(self._den[1]).add_(self._den[0]).reciprocal_().mul_(self._neg_k0_km).add_(1.0)  # T (1 for padding)
+        torch.div(self._kappa_km, t.sub_(self._beta), out=t).add_(1.0)  # T (1 for padding)
         out = t.view(k, d, rows).prod(0)  # [d, R] near rings
         x = det_t.sub(self.center_m).div_(self.half_m)  # [d, R] (det_t may be a view of the input when R = 1)
         far = torch.addmm(self.far_const.unsqueeze(-1), self._coef_t[0], x)
