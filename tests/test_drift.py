@@ -141,3 +141,21 @@ def test_drift_update_steps_within_a_hold_error():
     assert cfg.replace(drift_update_steps=m + 1).drift_hold_rms_m > cfg.trim_sigma_m
     assert cfg.drift_update_steps_within(0.0) == 1
     assert _cfg(drift_ring_sigma_m=0.0).drift_update_steps_within(0.0, max_steps=50) == 50  # no drift: no hold error
+
+
+def test_refresh_after_append_equals_cascade_of_current_detunings():
+    """W_eff after a drift refresh is the cascade of static + drift detunings for every row, also when the row buffers
+    have spare capacity after an append (several banks: the state is not one contiguous block)."""
+    from kvprism.photonics.wdm import cascade
+
+    gen = torch.Generator().manual_seed(7)
+    eng = PhotonicEngine(_cfg(crosstalk=True), seed=0)
+    eng.program(torch.randn(3, 40, 16, generator=gen))
+    eng.append(torch.randn(3, 5, 16, generator=gen) * 0.1)
+    assert eng._bufs["w"].shape[1] > eng.n_rows  # spare capacity
+    eng.advance(3)
+    eng.scores(torch.randn(3, 16, generator=gen))
+    assert eng.counters["weight_refreshes"] == 1
+    thru, drop = cascade(eng._static + eng._ring_drift + eng._global_drift, eng.optics(16), True, eng.cascade_plan)
+    assert torch.equal(eng._w, thru - drop)
+    assert torch.allclose(eng._transmit, (thru + drop).mean(-1))
