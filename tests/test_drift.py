@@ -84,3 +84,78 @@ def test_feedback_compensates_drift_present_at_programming():
         eng.program(sig)
         err[fb] = float((eng.scores(q) - exact).pow(2).mean())
     assert err[True] < 0.01 * err[False]
+
+
+def test_drift_update_steps_holds_then_samples_the_same_process():
+    """With drift_update_steps = M the rings hold the last drift sample for M − 1 steps: scores and W_eff are those a
+    full recompute gives for the unchanged drift state; at the M-th step the drift is advanced by all M steps at once,
+    which is exactly (same draws) what the every-step engine does when it is next evaluated M steps later."""
+    gen = torch.Generator().manual_seed(5)
+    sig, q = torch.randn(2, 60, 16, generator=gen), torch.randn(2, 16, generator=gen)
+    cfg = _cfg(crosstalk=True, drift_update_steps=4)
+    held, every = PhotonicEngine(cfg, seed=0), PhotonicEngine(cfg.replace(drift_update_steps=1), seed=0)
+    held.program(sig)
+    every.program(sig)
+    s0, w0 = held.scores(q), held._w.clone()
+    for _ in range(3):
+        held.advance(1)
+        assert torch.equal(held.scores(q), s0)
+    assert held.counters["weight_refreshes"] == 0 and held.counters["drift_steps"] == 3
+    held._update_weights(None, 0, None)  # recompute from the held drift state: identical weights
+    assert torch.equal(held._w, w0)
+    held.advance(1)
+    s4 = held.scores(q)
+    assert held.counters["weight_refreshes"] == 1 and not torch.equal(s4, s0)
+    every.advance(4)
+    assert torch.equal(every.scores(q), s4)
+    # the every-step engine refreshes at every evaluated step
+    for _ in range(3):
+        every.advance(1)
+        every.scores(q)
+    assert every.counters["weight_refreshes"] == 4
+
+
+def test_drift_hold_rms_matches_simulated_process():
+    """``drift_hold_rms_m``: RMS of x_{t+m} − x_t over m = 0…M−1 of the AR(1) drift (Monte Carlo, 2 %); 0 for M = 1."""
+    cfg = _cfg(drift_ring_sigma_m=20e-12, drift_global_sigma_m=10e-12, drift_corr_steps=100.0)
+    assert cfg.drift_hold_rms_m == 0.0
+    m = 10
+    gen = torch.Generator().manual_seed(6)
+    sigma = math.hypot(20e-12, 10e-12)  # ring and global drift add in the detuning
+    x0 = drift.stationary_draw((100_000,), sigma, gen, torch.float64)
+    x, sq = x0, torch.zeros_like(x0)
+    for _ in range(m - 1):
+        x = drift.ar1_advance(x, 1, 100.0, sigma, gen)
+        sq += (x - x0) ** 2
+    mc = math.sqrt(float(sq.mean()) / m)
+    expected = cfg.replace(drift_update_steps=m).drift_hold_rms_m
+    assert abs(mc / expected - 1) < 0.02
+    assert 0.28 * sigma < expected < 0.31 * sigma  # ≈ σ √((M − 1)/τ) = 0.3 σ for M ≪ τ
+
+
+def test_drift_update_steps_within_a_hold_error():
+    cfg = PhotonicConfig.preset("seed-nominal")
+    m = cfg.drift_update_steps_within(cfg.trim_sigma_m)
+    assert m > 1
+    assert cfg.replace(drift_update_steps=m).drift_hold_rms_m <= cfg.trim_sigma_m
+    assert cfg.replace(drift_update_steps=m + 1).drift_hold_rms_m > cfg.trim_sigma_m
+    assert cfg.drift_update_steps_within(0.0) == 1
+    assert _cfg(drift_ring_sigma_m=0.0).drift_update_steps_within(0.0, max_steps=50) == 50  # no drift: no hold error
+
+
+def test_refresh_after_append_equals_cascade_of_current_detunings():
+    """W_eff after a drift refresh is the cascade of static + drift detunings for every row, also when the row buffers
+    have spare capacity after an append (several banks: the state is not one contiguous block)."""
+    from kvprism.photonics.wdm import cascade
+
+    gen = torch.Generator().manual_seed(7)
+    eng = PhotonicEngine(_cfg(crosstalk=True), seed=0)
+    eng.program(torch.randn(3, 40, 16, generator=gen))
+    eng.append(torch.randn(3, 5, 16, generator=gen) * 0.1)
+    assert eng._bufs["w"].shape[1] > eng.n_rows  # spare capacity
+    eng.advance(3)
+    eng.scores(torch.randn(3, 16, generator=gen))
+    assert eng.counters["weight_refreshes"] == 1
+    thru, drop = cascade(eng._static + eng._ring_drift + eng._global_drift, eng.optics(16), True, eng.cascade_plan)
+    assert torch.equal(eng._w, thru - drop)
+    assert torch.allclose(eng._transmit, (thru + drop).mean(-1))

@@ -38,3 +38,13 @@ def test_report_numbers_respond_to_the_configuration():
 def test_ideal_has_perfect_scores():
     rep = feasibility(PhotonicConfig.preset("ideal"), mc_rows=32, mc_queries=8)
     assert math.isinf(rep.score_snr_db) and math.isinf(rep.weight_bits)
+
+
+def test_report_states_the_drift_sampling():
+    base = PhotonicConfig.preset("tfln-literature").replace(drift_ring_sigma_m=20e-12)
+    every = feasibility(base, mc_rows=32, mc_queries=8)
+    held = feasibility(base.replace(drift_update_steps=7), mc_rows=32, mc_queries=8)
+    assert every.drift_update_steps == 1 and every.drift_hold_rms_m == 0.0
+    assert held.drift_hold_rms_m == base.replace(drift_update_steps=7).drift_hold_rms_m > 1e-12
+    row = next(v for q, v, _ in held.rows() if q.startswith("drift sampled"))
+    assert row.startswith("7 decode steps") and f"{held.drift_hold_rms_m * 1e12:.2f} pm" in row

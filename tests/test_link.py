@@ -30,3 +30,20 @@ def test_mzm_encoding():
     assert float(
         encoding.encode(torch.zeros(1), v_pi_v=1.4, extinction_db=25.0, dac_bits=8, predistort=True)
     ) == pytest.approx(tm)
+
+
+def test_tabulated_dac_levels_equal_encode():
+    """``level_transmission()[dac_codes(f)]`` (the engine's look-up) is ``encode(f)``: same DAC level, same MZM
+    transfer; every level appears for a dense sweep of f."""
+    f = torch.rand(4000, generator=torch.Generator().manual_seed(0))
+    f[:2] = torch.tensor([0.0, 1.0])
+    for bits, predistort in ((3, True), (8, True), (8, False)):
+        kw = dict(v_pi_v=1.4, dac_bits=bits)
+        codes = encoding.dac_codes(f.double(), predistort=predistort, **kw)
+        assert codes.dtype == torch.int64 and int(codes.min()) == 0 and int(codes.max()) == 2**bits - 1
+        table = encoding.level_transmission(extinction_db=25.0, dtype=torch.float64, **kw)
+        ref = encoding.encode(f.double(), extinction_db=25.0, predistort=predistort, **kw)
+        assert torch.allclose(table[codes], ref, rtol=0, atol=1e-12)
+    assert (
+        len(torch.unique(encoding.dac_codes(torch.linspace(0, 1, 5000), v_pi_v=1.4, dac_bits=3, predistort=True))) == 8
+    )

@@ -67,3 +67,9 @@ def test_bad_toml_names_the_field(tmp_path):
     path.write_text("adc_bits = 99\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"adc_bits = 99"):
         PhotonicConfig.from_toml(path)
+
+
+def test_drift_update_steps_default_and_range():
+    assert PhotonicConfig().drift_update_steps == 1 and PhotonicConfig.preset("seed-nominal").drift_update_steps == 1
+    with pytest.raises(ConfigError, match="drift_update_steps"):
+        PhotonicConfig(drift_update_steps=0)

@@ -413,6 +413,16 @@ class PhotonicConfig(ConfigBase):
         le=1e9,
         source="assumption: thermal time constants ≫ one decode step",
     )
+    drift_update_steps: int = param(
+        1,
+        doc="decode steps between samples of the drift processes: every this many steps the drift is advanced (exactly "
+        "in distribution, by all steps since the last sample) and W_eff recomputed; in between the rings hold the last "
+        "sample (zero-order hold), which adds the RMS detuning error drift_hold_rms_m. 1 = the process at every step",
+        unit="decode steps",
+        ge=1,
+        le=1_000_000,
+        source="numerics (a simulation time step, not a chip property): 1 = no hold error",
+    )
     # ---------------------------------------------------------------- feasibility thresholds
     leakage_limit_db: float = param(
         -20.0, doc="largest acceptable drop leakage of a ring onto another line", unit="dB", le=0.0, source="assumption"
@@ -453,6 +463,31 @@ class PhotonicConfig(ConfigBase):
             and self.drift_ring_sigma_m == 0.0
             and self.drift_global_sigma_m == 0.0
         )
+
+    @property
+    def drift_hold_rms_m(self) -> float:
+        """RMS detuning error [m] of the zero-order hold of ``drift_update_steps`` = M, averaged over the M steps of
+        a hold: the AR(1) state x moves by x_{t+m} − x_t with variance 2σ²(1 − ρ^m), ρ = exp(−1/τ), so the mean over
+        m = 0…M−1 is 2σ²(1 − (1 − ρ^M) / (M(1 − ρ))) with σ² the sum of the per-ring and global drift variances
+        (≈ σ √((M − 1)/τ) for M ≪ τ; 0 for M = 1)."""
+        return self._drift_hold_rms_m(self.drift_update_steps)
+
+    def _drift_hold_rms_m(self, m: int) -> float:
+        var = self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2
+        if m == 1 or var == 0.0:
+            return 0.0
+        rho = math.exp(-1.0 / self.drift_corr_steps)
+        return math.sqrt(max(0.0, 2.0 * var * (1.0 - (1.0 - rho**m) / (m * (1.0 - rho)))))
+
+    def drift_update_steps_within(self, hold_rms_m: float, max_steps: int = 100_000) -> int:
+        """The largest ``drift_update_steps`` (≤ ``max_steps``) whose hold error :attr:`drift_hold_rms_m` is at most
+        ``hold_rms_m`` [m]; e.g. ``trim_sigma_m`` keeps the added error at the size of the static trim residual."""
+        if self.drift_ring_sigma_m == 0.0 and self.drift_global_sigma_m == 0.0:
+            return max_steps
+        m = 1
+        while m < max_steps and self._drift_hold_rms_m(m + 1) <= hold_rms_m:
+            m += 1
+        return m
 
     @property
     def couplings(self) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["ar1_advance", "ar1_rho", "stationary_draw", "trim_residual"]
+__all__ = ["ar1_advance", "ar1_advance_", "ar1_rho", "stationary_draw", "trim_residual"]
 
 
 def ar1_rho(corr_steps: float) -> float:
@@ -34,9 +34,18 @@ def ar1_advance(
     """Advance the stationary AR(1) state ``x`` [m] by ``steps`` decode steps (exact in distribution)."""
     if steps <= 0 or sigma_m == 0.0:
         return x
+    return ar1_advance_(x.clone(), steps, corr_steps, sigma_m, generator)
+
+
+def ar1_advance_(
+    x: torch.Tensor, steps: int, corr_steps: float, sigma_m: float, generator: torch.Generator
+) -> torch.Tensor:
+    """:func:`ar1_advance` in place on ``x`` (same draws); returns ``x``."""
+    if steps <= 0 or sigma_m == 0.0:
+        return x
     rho_k = math.exp(-steps / corr_steps)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    return x * rho_k + noise * (sigma_m * math.sqrt(max(0.0, 1.0 - rho_k * rho_k)))
+    return x.mul_(rho_k).add_(noise, alpha=sigma_m * math.sqrt(max(0.0, 1.0 - rho_k * rho_k)))
 
 
 def trim_residual(

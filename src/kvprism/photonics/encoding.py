@@ -10,7 +10,15 @@ import math
 
 import torch
 
-__all__ = ["drive_voltage", "encode", "mzm_transmission", "quantize_uniform", "t_min"]
+__all__ = [
+    "dac_codes",
+    "drive_voltage",
+    "encode",
+    "level_transmission",
+    "mzm_transmission",
+    "quantize_uniform",
+    "t_min",
+]
 
 
 def t_min(extinction_db: float) -> float:
@@ -49,3 +57,20 @@ def encode(
     DAC over [0, V_π] before the MZM transfer. Ideal result: T_min + (1 − T_min)·f."""
     v = quantize_uniform(drive_voltage(fraction, v_pi_v, predistort), 0.0, v_pi_v, dac_bits)
     return mzm_transmission(v, v_pi_v, extinction_db)
+
+
+def dac_codes(fraction: torch.Tensor, *, v_pi_v: float, dac_bits: int, predistort: bool) -> torch.Tensor:
+    """DAC codes (int64 in [0, 2^bits − 1]) that :func:`encode` drives for wanted fractions f ∈ [0, 1] (``dac_bits``
+    ≥ 1): the level index of ``quantize_uniform(drive_voltage(f), 0, V_π, dac_bits)``."""
+    step = v_pi_v / (2**dac_bits - 1)
+    return torch.round(drive_voltage(fraction, v_pi_v, predistort).clamp_(0.0, v_pi_v).div_(step)).long()
+
+
+def level_transmission(
+    *, v_pi_v: float, extinction_db: float, dac_bits: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """MZM power transmission [2^bits] of every DAC level (computed in float64): ``level_transmission(...)[codes]``
+    with ``codes = dac_codes(f, ...)`` is :func:`encode` of f, one table look-up instead of the transfer per line."""
+    step = v_pi_v / (2**dac_bits - 1)
+    levels = torch.arange(2**dac_bits, dtype=torch.float64) * step
+    return mzm_transmission(levels, v_pi_v, extinction_db).to(dtype)

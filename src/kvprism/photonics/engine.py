@@ -4,7 +4,9 @@ State per logical weight bank (leading dims ``[*L]`` of the signatures, flattene
 the signatures [B, N, d], one scale per bank, each ring's static detuning (rest point + quantised EO shift + trim
 residual) [B, N, d], the per-ring and global drift processes, and the effective weights W_eff = thru − drop [B, N, d]
 that the cascade model gives for the current detunings. W_eff is recomputed when rows are programmed and when the
-drift has moved (lazily, at the next evaluation), never per query. A query then costs: encoding → one batched matmul
+drift has moved (lazily, at the next evaluation), never per query. The drift is sampled every
+``drift_update_steps`` decode steps (1: every step; see :class:`PhotonicConfig`); between samples the rings hold the
+last sample. A query then costs: encoding → one batched matmul
 → Gaussian noise with per-row variances derived from the photocurrents → ADC → top-k.
 
 Time multiplexing: the chip holds ``rows_per_bank · n_banks`` rows; when the programmed rows exceed that, each
@@ -111,6 +113,12 @@ class PhotonicEngine:
         self._dtype = torch.float32
         self._tmin = encoding.t_min(c.mzm_extinction_db)
         self._rin = noise.rin_sigma(c.rin_db_per_hz, c.detection_bandwidth_hz) if c.noise else 0.0
+        # with a query DAC the MZM transmission takes 2^bits values: tabulated once, looked up per query
+        self._mzm_table = (
+            encoding.level_transmission(v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=c.query_bits)
+            if c.query_bits
+            else None
+        )
 
     # ------------------------------------------------------------------ public state
     @property
@@ -264,7 +272,8 @@ class PhotonicEngine:
 
     def advance(self, steps: int = 1) -> None:
         """Move the thermal-drift process forward by ``steps`` decode steps (call once per decode step). The draw
-        is deferred to the next evaluation (exact in distribution for any number of accumulated steps)."""
+        is deferred to the next evaluation (exact in distribution for any number of accumulated steps) and made once
+        at least ``drift_update_steps`` steps have accumulated; until then the rings hold the last drift sample."""
         if steps < 0:
             raise KvprismError(f"advance: steps = {steps} is invalid; allowed range: [0, inf)")
         self.counters["drift_steps"] += steps
@@ -369,6 +378,7 @@ class PhotonicEngine:
 
     def _program_rows(self, banks: torch.Tensor, r0: int, r1: int) -> None:
         """Calibrate, quantise and write rows [r0, r1) of ``banks`` (1-D index tensor) into the state tensors."""
+        self._det = None  # detection constants depend on the rows' constants and the ADC full scale
         c = self.config
         opt = self.optics(self._sig.shape[-1])
         lo_m, hi_m = self.detuning_range_m()
@@ -401,44 +411,55 @@ class PhotonicEngine:
         self._update_weights(banks, r0, r1)
 
     def _update_weights(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> None:
-        """Recompute W_eff and the mean ring absorption for the given rows at the current drift."""
-        self._det = None  # detection constants depend on the rows' transmission, constants and the ADC full scale
+        """Recompute W_eff and the mean ring absorption for the given rows at the current drift (``banks`` None: all
+        banks, written in place)."""
         opt = self.optics(self._sig.shape[-1])
         sl = slice(r0, r1)
         if banks is None:
-            det = self._static[:, sl] + self._ring_drift[:, sl] + self._global_drift
+            det = torch.add(self._static[:, sl], self._ring_drift[:, sl])
         else:
-            det = self._static[banks, sl] + self._ring_drift[banks, sl] + self._global_drift
+            det = self._static[banks, sl] + self._ring_drift[banks, sl]
+        if self._global_drift != 0.0:
+            det += self._global_drift
         nb, nr, d = det.shape
-        flat = det.reshape(-1, d)
-        w = torch.empty_like(flat)
-        absorb = torch.empty(flat.shape[0], dtype=self._dtype)  # row mean of thru + drop = 1 − Ā
+        flat = det.view(-1, d)
+        # all banks: write straight into the state buffers where their rows are contiguous (one bank, or no spare
+        # capacity); otherwise into new tensors that are copied in at the end
+        w_dst = self._w[:, sl] if banks is None else None
+        t_dst = self._transmit[:, sl] if banks is None else None
+        w = w_dst if w_dst is not None and w_dst.is_contiguous() else torch.empty_like(det)  # [nb, nr, d]
+        absorb = t_dst if t_dst is not None and t_dst.is_contiguous() else torch.empty((nb, nr), dtype=self._dtype)
+        w_flat, absorb_flat = w.view(-1, d), absorb.view(-1)
         step = self._chunk_rows(d)
         for s in range(0, flat.shape[0], step):
             thru, drop = cascade(flat[s : s + step], opt, self.config.crosstalk, self.cascade_plan)
-            w[s : s + step] = thru - drop
-            absorb[s : s + step] = (thru + drop).mean(-1)
-        if banks is None:
-            self._w[:, sl] = w.reshape(nb, nr, d)
-            self._transmit[:, sl] = absorb.reshape(nb, nr)
+            torch.sub(thru, drop, out=w_flat[s : s + step])
+            torch.mean(thru.add_(drop), -1, out=absorb_flat[s : s + step])  # row mean of thru + drop = 1 − Ā
+        if banks is not None:
+            self._w[banks, sl] = w
+            self._transmit[banks, sl] = absorb
         else:
-            self._w[banks, sl] = w.reshape(nb, nr, d)
-            self._transmit[banks, sl] = absorb.reshape(nb, nr)
+            if w is not w_dst:
+                w_dst.copy_(w)
+            if absorb is not t_dst:
+                t_dst.copy_(absorb)
+        if self._det is not None and "var_transmit" in self._det:  # the only detection constant W_eff changes
+            self._det["var_transmit"] = self._var_transmit(self._det["g2"])
 
     def _apply_pending_drift(self) -> None:
+        """Sample the drift processes if ``drift_update_steps`` or more steps are pending (else keep holding)."""
         c = self.config
-        if self._pending_steps == 0:
+        if self._pending_steps == 0 or self._pending_steps < c.drift_update_steps:
             return
         k, self._pending_steps = self._pending_steps, 0
         if c.drift_ring_sigma_m == 0.0 and c.drift_global_sigma_m == 0.0:
             return
-        self._ring_drift = drift_mod.ar1_advance(
-            self._ring_drift, k, c.drift_corr_steps, c.drift_ring_sigma_m, self._gen
-        )
-        g = torch.tensor([self._global_drift], dtype=torch.float64)
-        self._global_drift = float(
-            drift_mod.ar1_advance(g, k, c.drift_corr_steps, c.drift_global_sigma_m, self._gen)[0]
-        )
+        drift_mod.ar1_advance_(self._ring_drift, k, c.drift_corr_steps, c.drift_ring_sigma_m, self._gen)
+        if c.drift_global_sigma_m != 0.0:
+            g = torch.tensor([self._global_drift], dtype=torch.float64)
+            self._global_drift = float(
+                drift_mod.ar1_advance(g, k, c.drift_corr_steps, c.drift_global_sigma_m, self._gen)[0]
+            )
         self._stale = True
 
     def _refresh(self) -> None:
@@ -449,8 +470,8 @@ class PhotonicEngine:
             self._stale = False
 
     def _detection_constants(self, d: int) -> dict[str, Any]:
-        """Query-independent constants of detection and ADC (cached; dropped whenever rows are programmed or W_eff is
-        refreshed). Everything after the optical matmul is kept in "detector units": W times ``gain`` per bank, where
+        """Query-independent constants of detection and ADC (cached; dropped whenever rows are programmed; the
+        transmission term ``var_transmit`` is recomputed whenever W_eff is). Everything after the optical matmul is kept in "detector units": W times ``gain`` per bank, where
         ``gain`` is the ADC's codes per W (1 W⁻¹ without ADC), so that noise, offset and ADC affine map fold into one
         pass before rounding. Shapes: per bank [B, 1, 1], per row [B, N, 1] (layout [B, N, E] of the evaluations)."""
         cache = getattr(self, "_det", None)
@@ -473,9 +494,13 @@ class PhotonicEngine:
             c0 += levels / 2.0
         out: dict[str, Any] = {
             "p_row": p_row, "unit": unit, "levels": levels, "offset": offset,
+            "per_unit_scale": (1.0 / (unit * self._scale.double())).to(self._dtype).view(b, 1, 1),
             "fs": fs.view(b, 1, 1), "gain": gain.to(self._dtype).view(b, 1, 1),
             "c0": c0.to(self._dtype),
         }  # fmt: skip
+        out["inv_gain"] = 1.0 / out["gain"]  # [B, 1, 1] W per ADC step
+        if self._mzm_table is not None:
+            out["level_w"] = self._mzm_table * p_row  # [2^query_bits] W per line at the row for each DAC level
         if c.noise:
             # row noise in A²: 2q(I_thru + I_drop + 2 I_dark)Δf + i_n²Δf + 2(R·NEP)²Δf, with I_thru + I_drop =
             # R Σ_j P_j (1 − A_nj); the row-mean absorption Ā_n stands in for A_nj (ring absorption is ≤ a few % and
@@ -489,10 +514,15 @@ class PhotonicEngine:
             )
             g2 = gain.square().view(b, 1, 1)
             out["var_const"] = (g2 * (const_a2 / resp**2)).to(self._dtype)  # [B, 1, 1]
-            out["var_transmit"] = (g2 * self._transmit.double().unsqueeze(-1)).to(self._dtype)  # [B, N, 1]
+            out["g2"] = g2
+            out["var_transmit"] = self._var_transmit(g2)  # [B, N, 1], refreshed with W_eff
             out["shot_w2_per_w"] = 2.0 * q_e * bw / resp  # W² of shot variance per W of total line power
         self._det = out
         return out
+
+    def _var_transmit(self, g2: torch.Tensor) -> torch.Tensor:
+        """Per-row shot-noise factor [B, N, 1] in detector units: gain² [B, 1, 1] (float64) × row transmission."""
+        return (g2 * self._transmit.double().unsqueeze(-1)).to(self._dtype)
 
     def _scratch(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Two reusable [B, N, E] work buffers (never returned to callers)."""
@@ -513,50 +543,63 @@ class PhotonicEngine:
         det = self._detection_constants(d)
         q = q.to(self._dtype)
         qmax = q.abs().amax(dim=-1, keepdim=True)
-        qmax = torch.where(qmax > 0, qmax, torch.ones_like(qmax))
+        qmax.masked_fill_(qmax == 0, 1.0)
         u = q / qmax  # [B, G, d] in [−1, 1]
-        frac = (1.0 + u) * 0.5 if det["offset"] else torch.cat([u.clamp_min(0.0), (-u).clamp_min(0.0)], 1)
-        t = encoding.encode(
-            frac, v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=c.query_bits,
-            predistort=c.mzm_predistortion,
-        )  # fmt: skip
-        power = t * det["p_row"]  # [B, E, d] W per line at the row (MZM transmission × budget)
+        frac = u.add_(1.0).mul_(0.5) if det["offset"] else torch.cat([u.clamp_min(0.0), (-u).clamp_min(0.0)], 1)
+        # power [B, E, d]: W per line at the row (MZM transmission × budget)
+        if self._mzm_table is not None:
+            codes = encoding.dac_codes(frac, v_pi_v=c.mzm_v_pi_v, dac_bits=c.query_bits, predistort=c.mzm_predistortion)
+            power = det["level_w"].index_select(0, codes.view(-1)).view(codes.shape)
+        else:
+            t = encoding.encode(
+                frac, v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=0,
+                predistort=c.mzm_predistortion,
+            )  # fmt: skip
+            power = t * det["p_row"]
         if self._rin > 0.0:  # RIN: one draw per line and evaluation, shared by every row of the bank
-            power = power * (1.0 + self._rin * torch.randn(power.shape, generator=self._gen, dtype=self._dtype))
+            rin = torch.randn(power.shape, generator=self._gen, dtype=self._dtype)
+            power.mul_(rin.mul_(self._rin).add_(1.0))
         e = power.shape[1]
         shot = power.sum(-1).mul_(det.get("shot_w2_per_w", 0.0)).unsqueeze(1)  # [B, 1, E] shot variance per row
         gp = power.mul_(det["gain"]).transpose(1, 2)  # [B, d, E] line powers in detector units
-        factor = (qmax / (det["unit"] * self._scale.view(b, 1, 1))).transpose(1, 2)  # [B, 1, G] to signature·query
+        factor = qmax.mul_(det["per_unit_scale"]).transpose(1, 2)  # [B, 1, G] to signature·query units
         # banks are processed in chunks whose work buffers stay in the CPU cache across the elementwise passes
         chunk = max(1, _CHUNK_DETECT // (n * e))
         acc, work = self._scratch((min(chunk, b), n, e))  # layout [B, N, E]: the matmul writes evaluations innermost
-        outs = []
-        for b0 in range(0, b, chunk):
-            sl = slice(b0, min(b, b0 + chunk))
-            m = sl.stop - sl.start
-            outs.append(self._detect(det, sl, shot[sl], gp[sl], factor[sl], g, k, acc[:m], work[:m]))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if chunk >= b:  # one chunk: no slicing
+            out = self._detect(det, None, shot, gp, factor, g, k, acc, work)
+        else:
+            outs = []
+            for b0 in range(0, b, chunk):
+                sl = slice(b0, min(b, b0 + chunk))
+                m = sl.stop - sl.start
+                outs.append(self._detect(det, sl, shot[sl], gp[sl], factor[sl], g, k, acc[:m], work[:m]))
+            out = torch.cat(outs)
         return out if k is not None else out.transpose(1, 2)
 
     def _detect(
-        self, det: dict[str, Any], sl: slice, shot: torch.Tensor, gp: torch.Tensor, factor: torch.Tensor, g: int,
-        k: int | None, acc: torch.Tensor, work: torch.Tensor,
+        self, det: dict[str, Any], sl: slice | None, shot: torch.Tensor, gp: torch.Tensor, factor: torch.Tensor,
+        g: int, k: int | None, acc: torch.Tensor, work: torch.Tensor,
     ) -> torch.Tensor:  # fmt: skip
-        """Detection, noise and ADC for the banks ``sl`` ([M, N, E] work buffers ``acc``, ``work``): score estimates
-        [M, N, G], or with ``k`` the top-k indices [M, G, k]."""
+        """Detection, noise and ADC for the banks ``sl`` (None: all) ([M, N, E] work buffers ``acc``, ``work``):
+        score estimates [M, N, G], or with ``k`` the top-k indices [M, G, k]."""
         c = self.config
         m, n, e = acc.shape
-        c0 = det["c0"][sl]
+
+        def banks(x: torch.Tensor) -> torch.Tensor:
+            return x if sl is None else x[sl]
+
+        c0 = banks(det["c0"])
         if c.noise:
             # independent Gaussian per row and evaluation, σ from this evaluation's photocurrents, in detector units
-            sigma = torch.mul(det["var_transmit"][sl], shot, out=work).add_(det["var_const"][sl]).sqrt_()
+            sigma = torch.mul(banks(det["var_transmit"]), shot, out=work).add_(banks(det["var_const"])).sqrt_()
             torch.randn((m, n, e), generator=self._gen, dtype=self._dtype, out=acc)
             torch.addcmul(c0, sigma, acc, out=acc)
         else:
             acc.copy_(c0.expand(m, n, e))
         # balanced optical power W_eff·P in W (the photocurrent is R times this; R folded into the constants), in
         # detector units, added to offset + noise
-        acc.add_(torch.bmm(self._w[sl], gp, out=work))
+        acc.add_(torch.bmm(banks(self._w), gp, out=work))
         levels = det["levels"]
         if c.adc_bits:
             # ADC with full scale fixed at programming: codes = round((raw − offset + FS)/step), 2^bits levels
@@ -566,11 +609,11 @@ class PhotonicEngine:
             if det["offset"]:
                 if k is not None:
                     return topk_codes(codes.transpose(1, 2), k, int(levels) + 1)
-                step = (1.0 / det["gain"][sl]) * factor  # [M, 1, G]: est = (code − levels/2)·step·factor
+                step = banks(det["inv_gain"]) * factor  # [M, 1, G]: est = (code − levels/2)·step·factor
                 return torch.addcmul(-0.5 * levels * step, codes, step)
             diff = codes[..., :g] - codes[..., g:]  # integer codes in [−levels, levels]
             if k is not None:
                 return topk_codes(diff.add_(levels).transpose(1, 2), k, 2 * int(levels) + 1)
-            return diff.mul_((1.0 / det["gain"][sl]) * factor)
+            return diff.mul_(banks(det["inv_gain"]) * factor)
         est = torch.mul(acc, factor) if det["offset"] else (acc[..., :g] - acc[..., g:]).mul_(factor)
         return est if k is None else topk_lowest_index(est.transpose(1, 2), k)

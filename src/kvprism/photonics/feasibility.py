@@ -41,6 +41,8 @@ class FeasibilityReport:
     cascade_near_rings: int
     cascade_fit_error: float
     violations: list[str]
+    drift_update_steps: int = 1  # simulation: decode steps between drift samples (PhotonicConfig.drift_update_steps)
+    drift_hold_rms_m: float = 0.0  # simulation: RMS detuning error of holding the drift between samples
 
     @property
     def feasible(self) -> bool:
@@ -72,6 +74,11 @@ class FeasibilityReport:
             (
                 "cascade model: near rings per line / far-fit error",
                 f"{self.cascade_near_rings} / {self.cascade_fit_error:.1e}",
+                "",
+            ),
+            (
+                "drift sampled every / hold error (RMS)",
+                f"{self.drift_update_steps} decode steps / {self.drift_hold_rms_m * pm:.2f} pm",
                 "",
             ),
             ("MRR count", f"{self.mrr_count:,}", ""),
@@ -248,6 +255,7 @@ def feasibility(
         weight_bits=weight_bits, calibration_residual=resid, mrr_count=mrr, area_m2=area,
         cascade_near_rings=plan.k if plan is not None else (d if cfg.crosstalk else 1),
         cascade_fit_error=plan.max_fit_error if plan is not None else 0.0, violations=violations,
+        drift_update_steps=cfg.drift_update_steps, drift_hold_rms_m=cfg.drift_hold_rms_m,
     )  # fmt: skip
 
 

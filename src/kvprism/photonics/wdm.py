@@ -132,7 +132,7 @@ def cascade(
         drop = (d * exclusive_cumprod(t)).sum(dim=-1)
         return thru, drop
     if plan is not None:
-        thru = plan.log_thru(detuning_m).exp_()
+        thru = plan.thru(detuning_m)
     else:
         thru = torch.prod(
             _ring_thru(optics.phase0, detuning_m.unsqueeze(-2), optics.phase_per_m.unsqueeze(-1), optics), -1
@@ -148,6 +148,9 @@ def _ring_thru(phase0: torch.Tensor, det: torch.Tensor, per_m: torch.Tensor, opt
     k0 = 1.0 + p * p - r2 * r2 * a * a - r1 * r1
     x = torch.addcmul(phase0, det, per_m).cos_()
     return x.mul_(-2.0 * p).add_(1.0 + p * p).reciprocal_().mul_(-k0).add_(1.0)
+
+
+_WORK_KEEP_ELEMS = 1 << 20  # CascadePlan.thru keeps its work buffer up to this size (4 MiB float32)
 
 
 @dataclass
@@ -169,6 +172,21 @@ class CascadePlan:
     max_fit_error: float
     near_phase0: torch.Tensor  # [d, K] phase0 of the near rings at each line
     far_const: torch.Tensor  # [d] Σ_j a0 over far rings
+
+    def __post_init__(self) -> None:
+        # constants of :meth:`thru` in its layout: near entries k-major ([K·d], entry k·d + i = near ring k of line
+        # i) as columns over the rows, so every elementwise pass runs along contiguous rows with one scalar per entry
+        opt, k = self.optics, self.near_idx.shape[1]
+        p = opt.r1 * opt.r2 * opt.a
+        self._idx_km = self.near_idx.t().reshape(-1).contiguous()  # [K·d]
+        self._phase0_km = self.near_phase0.t().reshape(-1, 1).contiguous()  # [K·d, 1] rad
+        self._per_m_km = opt.phase_per_m.repeat(k).unsqueeze(-1)  # [K·d, 1] rad/m (line i's phase per metre)
+        # T = 1 − K0 / (1 + p² − 2p cos φ) = 1 + κ / (cos φ − β), κ = K0 / 2p, β = (1 + p²) / 2p
+        k0 = 1.0 + p * p - opt.r2 * opt.r2 * opt.a * opt.a - opt.r1 * opt.r1
+        self._kappa_km = (k0 / (2.0 * p) * self.near_mask).t().reshape(-1, 1).contiguous()  # [K·d, 1]; 0: padding
+        self._beta = (1.0 + p * p) / (2.0 * p)
+        self._coef_t = self.coef[1:].transpose(1, 2).contiguous()  # [2, lines, rings] for x and x² (column layout)
+        self._work: torch.Tensor | None = None  # reused [K·d, R] work buffer (a fresh one costs page faults)
 
     @classmethod
     def build(cls, optics: RowOptics, lo_m: float, hi_m: float, near_fwhm: float, n_fit: int = 41) -> CascadePlan:
@@ -205,8 +223,37 @@ class CascadePlan:
     def k(self) -> int:
         return int(self.near_idx.shape[1])
 
+    def thru(self, detuning_m: torch.Tensor) -> torch.Tensor:
+        """Through fraction Π_j T_j(λ_i) [..., d] for detunings [..., d] (m): the same model as
+        ``log_thru(detuning_m).exp()``, with the near rings multiplied instead of summed in log (one exp per line
+        instead of a log per near ring) and the rows as the contiguous dimension. A ring exactly on resonance at
+        critical coupling (T = 0) gives thru = 0 here and ≈ 1e-30 in :meth:`log_thru` (which floors each T)."""
+        d, k = self.near_idx.shape
+        lead = detuning_m.shape[:-1]
+        det_t = detuning_m.reshape(-1, d).t().contiguous()  # [d, R]
+        rows = det_t.shape[1]
+        t = self._work_buffer(k * d, rows, det_t.dtype)
+        torch.index_select(det_t, 0, self._idx_km, out=t)  # [K·d, R] detuning of near ring k of line i
+        t.mul_(self._per_m_km).add_(self._phase0_km).cos_()  # cos φ
+        torch.div(self._kappa_km, t.sub_(self._beta), out=t).add_(1.0)  # T (1 for padding)
+        out = t.view(k, d, rows).prod(0)  # [d, R] near rings
+        x = det_t.sub(self.center_m).div_(self.half_m)  # [d, R] (det_t may be a view of the input when R = 1)
+        far = torch.addmm(self.far_const.unsqueeze(-1), self._coef_t[0], x)
+        far.addmm_(self._coef_t[1], x.mul_(x))
+        return out.mul_(far.exp_()).t().reshape(*lead, d)
+
+    def _work_buffer(self, n: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
+        """An [n, rows] work tensor, kept between calls when it is small (decode-time refreshes of few rows)."""
+        w = self._work
+        if w is not None and w.shape == (n, rows) and w.dtype == dtype:
+            return w
+        w = torch.empty((n, rows), dtype=dtype)
+        self._work = w if n * rows <= _WORK_KEEP_ELEMS else None
+        return w
+
     def log_thru(self, detuning_m: torch.Tensor) -> torch.Tensor:
-        """Σ_j log T_j(λ_i) [..., d] for detunings [..., d]."""
+        """Σ_j log T_j(λ_i) [..., d] for detunings [..., d] (the reference form of :meth:`thru`, one log per near
+        ring; kept for tests and for callers that need the log)."""
         opt = self.optics
         # index_select on a flat index is several times faster than advanced indexing with a [d, K] index
         det_near = detuning_m.index_select(-1, self.near_idx.reshape(-1)).unflatten(-1, self.near_idx.shape)
