@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -38,6 +39,7 @@ __all__ = [
     "SelectionConfig",
     "StepLayout",
     "gather_plan",
+    "group_backends",
     "register_backend",
     "resolve_heads",
 ]
@@ -246,6 +248,22 @@ class PhotonicBackend:
 
     def feasibility(self) -> Any:
         return self.engine.feasibility()
+
+
+def group_backends(selectors: Sequence[BlockSelector]) -> Any:
+    """Let the scoring backends of selectors that decode in lockstep (one per layer of a model) share what they can
+    do together: for ``photonic`` backends an :class:`kvprism.photonics.EngineGroup` (one batched drift sample and
+    W_eff refresh per decode step for all layers; each layer's draws, weights and counters are those it has alone).
+    Returns the group, or None where there is nothing to share (fewer than two selectors, other backends, an engine
+    implementation without groups: each layer then samples its own drift, with the same results)."""
+    backends = [s.backend for s in selectors]
+    if len(backends) < 2 or not all(isinstance(b, PhotonicBackend) for b in backends):
+        return None
+    try:
+        from kvprism.photonics import EngineGroup
+    except ImportError:
+        return None
+    return EngineGroup([b.engine for b in backends])
 
 
 # ------------------------------------------------------------------------------------------------------- selector

@@ -26,7 +26,14 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
-from kvprism.selection import BlockSelector, SelectionConfig, StepLayout, gather_plan, resolve_heads
+from kvprism.selection import (
+    BlockSelector,
+    SelectionConfig,
+    StepLayout,
+    gather_plan,
+    group_backends,
+    resolve_heads,
+)
 
 __all__ = ["SparseCache", "SparseLayer", "SparseStats", "cache_kwargs", "chunked_prefill"]
 
@@ -360,6 +367,8 @@ class SparseCache(Cache):
             selector = BlockSelector(sel, i, n_kv, heads[i])
             self.stats.selectors.append(selector)
             layers.append(SparseLayer(self, i, selector))
+        # photonic layers: one drift sample and W_eff refresh per decode step for all layers (same physics and draws)
+        self.engine_group = group_backends(self.stats.selectors)
         super().__init__(layers=layers)
 
     @classmethod

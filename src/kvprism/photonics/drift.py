@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["ar1_advance", "ar1_advance_", "ar1_rho", "stationary_draw", "trim_residual"]
+__all__ = ["ar1_advance", "ar1_advance_", "ar1_coefficients", "ar1_rho", "stationary_draw", "trim_residual"]
 
 
 def ar1_rho(corr_steps: float) -> float:
@@ -43,9 +43,15 @@ def ar1_advance_(
     """:func:`ar1_advance` in place on ``x`` (same draws); returns ``x``."""
     if steps <= 0 or sigma_m == 0.0:
         return x
-    rho_k = math.exp(-steps / corr_steps)
+    rho_k, noise_m = ar1_coefficients(steps, corr_steps, sigma_m)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    return x.mul_(rho_k).add_(noise, alpha=sigma_m * math.sqrt(max(0.0, 1.0 - rho_k * rho_k)))
+    return x.mul_(rho_k).add_(noise, alpha=noise_m)
+
+
+def ar1_coefficients(steps: int, corr_steps: float, sigma_m: float) -> tuple[float, float]:
+    """``(ρ^k, σ √(1 − ρ^{2k}))`` [1, m] of a ``steps``-step advance: x_{t+k} = ρ^k x_t + σ √(1 − ρ^{2k}) ε."""
+    rho_k = math.exp(-steps / corr_steps)
+    return rho_k, sigma_m * math.sqrt(max(0.0, 1.0 - rho_k * rho_k))
 
 
 def trim_residual(

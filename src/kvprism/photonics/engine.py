@@ -17,6 +17,7 @@ evaluation loads the rows in pages, and every page load is counted as reprogramm
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from kvprism.photonics.config import PhotonicConfig
 from kvprism.photonics.select import topk_codes, topk_lowest_index
 from kvprism.photonics.wdm import CascadePlan, RowOptics, calibrate, cascade
 
-__all__ = ["PhotonicEngine"]
+__all__ = ["EngineGroup", "PhotonicEngine"]
 
 _COUNTERS = (
     "row_programs",  # rows written by program()/append() (new rows), incl. the rows of rescaled banks
@@ -106,6 +107,7 @@ class PhotonicEngine:
         self._pending_steps = 0
         self._stale = False
         self._det: dict[str, Any] | None = None  # detection constants (see _detection_constants)
+        self._group: EngineGroup | None = None  # engines whose drift is sampled together (see EngineGroup)
         self.last_calibration_residual: float | None = None
         c = config
         self._r1, self._r2 = c.couplings
@@ -243,6 +245,9 @@ class PhotonicEngine:
         if m == 0:
             return
         new = sig.reshape(b, m, d).to(self._sig.dtype)
+        # the pending drift is sampled before the new rows exist (they start from the stationary distribution);
+        # programmed rows keep their programmed weights and see the drift from the next sample on
+        self._apply_pending_drift()
         self._grow(n0 + m)
         self._n = n0 + m
         self._sig[:, n0:] = new
@@ -254,8 +259,6 @@ class PhotonicEngine:
         extra = (b, m, d)
         self._trim[:, n0:] = drift_mod.trim_residual(extra, c.trim_sigma_m, self._gen, self._dtype)
         self._ring_drift[:, n0:] = drift_mod.stationary_draw(extra, c.drift_ring_sigma_m, self._gen, self._dtype)
-        # rows keep their programmed weights; only the pending drift is applied before the new rows see it
-        self._apply_pending_drift()
         new_max = new.abs().amax(dim=(1, 2)).to(self._dtype) * self._scale
         rescale = new_max > self._wr * (1.0 + 1e-6)
         resc = rescale.nonzero().squeeze(-1)
@@ -413,7 +416,6 @@ class PhotonicEngine:
     def _update_weights(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> None:
         """Recompute W_eff and the mean ring absorption for the given rows at the current drift (``banks`` None: all
         banks, written in place)."""
-        opt = self.optics(self._sig.shape[-1])
         sl = slice(r0, r1)
         if banks is None:
             det = torch.add(self._static[:, sl], self._ring_drift[:, sl])
@@ -429,12 +431,7 @@ class PhotonicEngine:
         t_dst = self._transmit[:, sl] if banks is None else None
         w = w_dst if w_dst is not None and w_dst.is_contiguous() else torch.empty_like(det)  # [nb, nr, d]
         absorb = t_dst if t_dst is not None and t_dst.is_contiguous() else torch.empty((nb, nr), dtype=self._dtype)
-        w_flat, absorb_flat = w.view(-1, d), absorb.view(-1)
-        step = self._chunk_rows(d)
-        for s in range(0, flat.shape[0], step):
-            thru, drop = cascade(flat[s : s + step], opt, self.config.crosstalk, self.cascade_plan)
-            torch.sub(thru, drop, out=w_flat[s : s + step])
-            torch.mean(thru.add_(drop), -1, out=absorb_flat[s : s + step])  # row mean of thru + drop = 1 − Ā
+        self._cascade_weights(flat, w.view(-1, d), absorb.view(-1), self._chunk_rows(d))
         if banks is not None:
             self._w[banks, sl] = w
             self._transmit[banks, sl] = absorb
@@ -443,24 +440,47 @@ class PhotonicEngine:
                 w_dst.copy_(w)
             if absorb is not t_dst:
                 t_dst.copy_(absorb)
+        self._weights_refreshed()
+
+    def _cascade_weights(self, det: torch.Tensor, w: torch.Tensor, transmit: torch.Tensor, step: int) -> None:
+        """W_eff = thru − drop into ``w`` [R, d] and the row mean of thru + drop (= 1 − Ā) into ``transmit`` [R] for
+        detunings ``det`` [R, d] (m), ``step`` rows at a time."""
+        opt = self.optics(det.shape[-1])
+        for s in range(0, det.shape[0], step):
+            thru, drop = cascade(det[s : s + step], opt, self.config.crosstalk, self.cascade_plan)
+            torch.sub(thru, drop, out=w[s : s + step])
+            torch.mean(thru.add_(drop), -1, out=transmit[s : s + step])
+
+    def _weights_refreshed(self) -> None:
         if self._det is not None and "var_transmit" in self._det:  # the only detection constant W_eff changes
             self._det["var_transmit"] = self._var_transmit(self._det["g2"])
 
     def _apply_pending_drift(self) -> None:
-        """Sample the drift processes if ``drift_update_steps`` or more steps are pending (else keep holding)."""
+        """Sample the drift processes if ``drift_update_steps`` or more steps are pending (else keep holding). In an
+        :class:`EngineGroup` the sample is taken for every member at the same point in one batched pass, which also
+        refreshes W_eff."""
         c = self.config
         if self._pending_steps == 0 or self._pending_steps < c.drift_update_steps:
             return
-        k, self._pending_steps = self._pending_steps, 0
         if c.drift_ring_sigma_m == 0.0 and c.drift_global_sigma_m == 0.0:
+            self._pending_steps = 0
             return
-        drift_mod.ar1_advance_(self._ring_drift, k, c.drift_corr_steps, c.drift_ring_sigma_m, self._gen)
+        if self._group is not None and self._group.sample(self):
+            return
+        k, self._pending_steps = self._pending_steps, 0
+        if c.drift_ring_sigma_m != 0.0:
+            drift_mod.ar1_advance_(self._ring_drift, k, c.drift_corr_steps, c.drift_ring_sigma_m, self._gen)
+        self._draw_global_drift(k)
+        self._stale = True
+
+    def _draw_global_drift(self, k: int) -> None:
+        """Advance the global drift by ``k`` steps (after the ring draws of the same sample)."""
+        c = self.config
         if c.drift_global_sigma_m != 0.0:
             g = torch.tensor([self._global_drift], dtype=torch.float64)
             self._global_drift = float(
                 drift_mod.ar1_advance(g, k, c.drift_corr_steps, c.drift_global_sigma_m, self._gen)[0]
             )
-        self._stale = True
 
     def _refresh(self) -> None:
         self._apply_pending_drift()
@@ -617,3 +637,138 @@ class PhotonicEngine:
             return diff.mul_(banks(det["inv_gain"]) * factor)
         est = torch.mul(acc, factor) if det["offset"] else (acc[..., :g] - acc[..., g:]).mul_(factor)
         return est if k is None else topk_lowest_index(est.transpose(1, 2), k)
+
+
+_GROUP_SHARED = ("static", "ring_drift", "w", "transmit")  # row state a group sample reads or writes
+_GROUP_CHUNK_ROWS = 768  # rows per cascade chunk of a group refresh (1.5 MiB CascadePlan work buffer for K·d = 512)
+
+
+class EngineGroup:
+    """Engines that advance through decode steps in lockstep (one per model layer: identical configs and bank
+    shapes), whose drift is sampled and W_eff refreshed in one batched pass for all of them.
+
+    Physically every member's banks are banks on the chip(s), all drifting over the same wall-clock decode step; the
+    model is unchanged. When a member needs a drift sample (:meth:`PhotonicEngine.advance` left ``drift_update_steps``
+    or more steps pending, and it is about to evaluate or append), every member at the same point (same pending steps,
+    same rows and bank shape) is sampled with it: each member draws its ring (and global) drift from its *own*
+    generator, in the same order and shapes as alone, the AR(1) update runs once over the stacked states, and the
+    cascade recomputes W_eff of all their rows in one pass. A member's draws and weights are therefore bitwise those it
+    would have alone, as long as the members are used in lockstep (sample, then that step's appends and evaluations).
+    Counters stay per member (one ``weight_refreshes`` per member and sample). Programming, appending, evaluation and
+    time multiplexing stay per member.
+
+    The members' drift, static detuning, W_eff and transmission rows live in one stacked buffer per quantity (each
+    member's state is a view of its slice); a member that reallocates its rows (program, growth) is copied back in
+    at the next group sample."""
+
+    def __init__(self, engines: Sequence[PhotonicEngine]) -> None:
+        engines = list(engines)
+        if not engines or not all(isinstance(e, PhotonicEngine) for e in engines):
+            raise KvprismError("EngineGroup needs one or more PhotonicEngine instances")
+        if len({id(e) for e in engines}) != len(engines):
+            raise KvprismError("EngineGroup: an engine appears more than once")
+        for i, e in enumerate(engines):
+            if e.config != engines[0].config:
+                raise KvprismError(f"EngineGroup: engine {i} has a different PhotonicConfig from engine 0")
+            if e._group is not None:
+                raise KvprismError(f"EngineGroup: engine {i} already belongs to a group")
+        self.engines = engines
+        for e in engines:
+            e._group = self
+        self._store: dict[str, torch.Tensor] = {}  # name -> [M, B, cap, ...] stacked row state
+        self._members: list[PhotonicEngine] = []  # engines whose row state are views of the store, in store order
+        self._views: dict[str, list[torch.Tensor]] = {}  # name -> each member's [B, cap, ...] view of the store
+        self._scratch_bufs: dict[str, torch.Tensor] = {}
+        self.batched_samples = 0  # drift samples taken for two or more members at once
+
+    def release(self) -> None:
+        """Detach every member; each samples its own drift from then on (its state stays valid)."""
+        for e in self.engines:
+            e._group = None
+        self.engines = []
+        self._store, self._members, self._views, self._scratch_bufs = {}, [], {}, {}
+
+    def sample(self, caller: PhotonicEngine) -> bool:
+        """Sample the drift of ``caller`` and of every member at the same point and refresh their W_eff; False (and
+        nothing done) when no other member is at the caller's point (the caller then samples alone)."""
+        k, n, shape = caller._pending_steps, caller._n, caller._sig.shape
+        members = [
+            e for e in self.engines
+            if e._sig is not None and e._pending_steps == k and e._n == n and e._sig.shape == shape
+        ]  # fmt: skip
+        if len(members) < 2:
+            return False
+        c = caller.config
+        b, _, d = shape
+        noise_shape = (len(members), b, n, d)
+        views = self._adopt(members)
+        if c.drift_ring_sigma_m != 0.0:
+            rho_k, noise_m = drift_mod.ar1_coefficients(k, c.drift_corr_steps, c.drift_ring_sigma_m)
+            noise = self._scratch("noise", noise_shape, caller._dtype)
+            for i, e in enumerate(members):  # each member's draws, in its own generator's order
+                torch.randn((b, n, d), generator=e._gen, dtype=e._dtype, out=noise[i])
+                e._draw_global_drift(k)
+            views["ring_drift"].mul_(rho_k).add_(noise, alpha=noise_m)
+        else:
+            for e in members:
+                e._draw_global_drift(k)
+        det = torch.add(views["static"], views["ring_drift"], out=self._scratch("det", noise_shape, caller._dtype))
+        if any(e._global_drift != 0.0 for e in members):
+            det += torch.tensor([e._global_drift for e in members], dtype=det.dtype).view(-1, 1, 1, 1)
+        w_dst, t_dst = views["w"], views["transmit"]
+        w = w_dst if w_dst.is_contiguous() else torch.empty_like(det)
+        transmit = t_dst if t_dst.is_contiguous() else torch.empty(det.shape[:-1], dtype=det.dtype)
+        caller._cascade_weights(det.view(-1, d), w.view(-1, d), transmit.view(-1), _GROUP_CHUNK_ROWS)
+        if w is not w_dst:
+            w_dst.copy_(w)
+        if transmit is not t_dst:
+            t_dst.copy_(transmit)
+        dets = [e._det for e in members]
+        batched_var = all(x is not None and "var_transmit" in x for x in dets)
+        if batched_var:  # the shot-noise factor of every member at once (as PhotonicEngine._var_transmit)
+            g2 = torch.stack([x["g2"] for x in dets])  # [M, B, 1, 1]
+            var = (g2 * t_dst.double().unsqueeze(-1)).to(caller._dtype).unbind(0)
+        for i, e in enumerate(members):
+            e._pending_steps = 0
+            e._stale = False
+            e.counters["weight_refreshes"] += 1
+            if batched_var:
+                dets[i]["var_transmit"] = var[i]
+            else:
+                e._weights_refreshed()
+        self.batched_samples += 1
+        return True
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A work tensor kept between samples (a fresh one per decode step costs page faults)."""
+        buf = self._scratch_bufs.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._scratch_bufs[name] = torch.empty(shape, dtype=dtype)
+        return buf
+
+    def _adopt(self, members: list[PhotonicEngine]) -> dict[str, torch.Tensor]:
+        """Views [M, B, n, ...] of the stacked row state of ``members``, restacking it where a member's state is not
+        (or no longer) a view of the store."""
+        n = members[0]._n
+        same = len(members) == len(self._members) and all(
+            e is m and all(e._bufs.get(name) is self._store_view(i, name) for name in _GROUP_SHARED)
+            for i, (e, m) in enumerate(zip(members, self._members, strict=True))
+        )
+        if not same:
+            store = {}
+            for name in _GROUP_SHARED:
+                bufs = [e._bufs[name] for e in members]
+                cap = max(buf.shape[1] for buf in bufs)
+                ref = bufs[0]
+                store[name] = torch.zeros((len(members), ref.shape[0], cap, *ref.shape[2:]), dtype=ref.dtype)
+                for i, (e, buf) in enumerate(zip(members, bufs, strict=True)):
+                    store[name][i, :, : e._n] = buf[:, : e._n]
+            self._store, self._members = store, list(members)
+            self._views = {name: list(store[name].unbind(0)) for name in _GROUP_SHARED}
+            for i, e in enumerate(members):
+                for name in _GROUP_SHARED:
+                    e._bufs[name] = self._views[name][i]
+        return {name: self._store[name][:, :, :n] for name in _GROUP_SHARED}
+
+    def _store_view(self, i: int, name: str) -> torch.Tensor | None:
+        return self._views[name][i] if self._members else None

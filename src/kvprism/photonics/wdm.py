@@ -186,7 +186,7 @@ class CascadePlan:
         self._kappa_km = (k0 / (2.0 * p) * self.near_mask).t().reshape(-1, 1).contiguous()  # [K·d, 1]; 0: padding
         self._beta = (1.0 + p * p) / (2.0 * p)
         self._coef_t = self.coef[1:].transpose(1, 2).contiguous()  # [2, lines, rings] for x and x² (column layout)
-        self._work: torch.Tensor | None = None  # reused [K·d, R] work buffer (a fresh one costs page faults)
+        self._work: torch.Tensor | None = None  # reused flat work buffer for [K·d, R] (a fresh one costs page faults)
 
     @classmethod
     def build(cls, optics: RowOptics, lo_m: float, hi_m: float, near_fwhm: float, n_fit: int = 41) -> CascadePlan:
@@ -243,13 +243,14 @@ class CascadePlan:
         return out.mul_(far.exp_()).t().reshape(*lead, d)
 
     def _work_buffer(self, n: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
-        """An [n, rows] work tensor, kept between calls when it is small (decode-time refreshes of few rows)."""
+        """An [n, rows] work tensor (contiguous), the front of a flat buffer kept between calls when it is small
+        (decode-time refreshes of few rows; the chunks of a batched refresh share it)."""
         w = self._work
-        if w is not None and w.shape == (n, rows) and w.dtype == dtype:
-            return w
-        w = torch.empty((n, rows), dtype=dtype)
+        if w is not None and w.numel() >= n * rows and w.dtype == dtype:
+            return w[: n * rows].view(n, rows)
+        w = torch.empty(n * rows, dtype=dtype)
         self._work = w if n * rows <= _WORK_KEEP_ELEMS else None
-        return w
+        return w.view(n, rows)
 
     def log_thru(self, detuning_m: torch.Tensor) -> torch.Tensor:
         """Σ_j log T_j(λ_i) [..., d] for detunings [..., d] (the reference form of :meth:`thru`, one log per near
