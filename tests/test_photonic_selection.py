@@ -107,6 +107,36 @@ def test_ideal_preset_selects_like_exact():
             assert torch.equal(a[layer]["blocks"], b[layer]["blocks"]), layer
 
 
+def test_sparse_cache_groups_layer_engines_with_the_same_results():
+    """SparseCache samples the drift of all layers' engines in one batched pass per decode step; with the group
+    released (each layer samples alone) the selected blocks, logits and engine counters are identical (seed-nominal:
+    drift, noise, ADC), over decode steps that complete a block (append) with batch 2 and left padding."""
+    pytest.importorskip("kvprism.photonics")
+    model = tiny_model("llama")
+    ids, mask = _batch(23)
+    sel = SelectionConfig(block_size=4, k=2, d_sig=6, window=2, backend="photonic", photonic="seed-nominal")
+    runs = []
+    for grouped in (True, False):
+        cache = SparseCache(model, sel, trace=True)
+        assert cache.engine_group is not None and len(cache.engine_group.engines) == model.config.num_hidden_layers
+        if not grouped:
+            cache.engine_group.release()
+        logits, _ = decode_loop(model, ids, mask, cache, steps=6)
+        runs.append((cache, logits))
+    (a, la), (b, lb) = runs
+    assert a.engine_group.batched_samples == 5  # steps 2..6 (step 1 programs every layer, nothing drifted yet)
+    assert torch.equal(la, lb)
+    for sa, sb in zip(a.trace, b.trace, strict=True):
+        for layer in sa:
+            assert torch.equal(sa[layer]["blocks"], sb[layer]["blocks"]), layer
+    ca, cb = a.stats.summary(), b.stats.summary()
+    assert ca["engine_counters"] == cb["engine_counters"]
+    assert ca["engine_counters"]["weight_refreshes"] == 5 * model.config.num_hidden_layers
+    assert ca["engine_counters"]["row_programs"] == ca["programming_events"] == cb["programming_events"]
+    assert a.selectors[0].n_blocks > (ids.shape[1] + 1) // 4  # blocks completed after the first step: appended
+    assert SparseCache(model, sel.replace(backend="exact")).engine_group is None  # nothing to share
+
+
 def _needle_run(model, tok, sel):
     from kvprism.eval.tasks import niah_single
 
