@@ -18,7 +18,7 @@ L, B, N, D = 4, 2, 12, 16
 
 
 def _cfg(**kw) -> PhotonicConfig:
-    return PhotonicConfig.preset("seed-nominal").replace(rows_per_bank=64, **kw)
+    return PhotonicConfig.preset("seed-nominal").replace(**({"rows_per_bank": 64} | kw))
 
 
 def _lockstep(cfg: PhotonicConfig, grouped: bool, steps: int = 9, seed: int = 0):
@@ -49,6 +49,7 @@ def _lockstep(cfg: PhotonicConfig, grouped: bool, steps: int = 9, seed: int = 0)
         {"noise": False, "drift_global_sigma_m": 5e-12},  # global drift too
         {"drift_update_steps": 3},  # held drift: samples every third step
         {"noise": False, "drift_ring_sigma_m": 0.0},  # no drift: nothing to sample
+        {"rows_per_bank": 8, "n_banks": 1},  # time multiplexing: every evaluation loads pages (counted per engine)
     ],
 )
 def test_group_equals_independent_engines(kw):
@@ -62,6 +63,7 @@ def test_group_equals_independent_engines(kw):
         assert torch.equal(a._w, b._w) and torch.equal(a._ring_drift, b._ring_drift)
         assert a._global_drift == b._global_drift
     assert sum(e.counters["bank_rescales"] for e in grouped) > 0  # the rescale path ran
+    assert (grouped[0].counters["page_row_programs"] > 0) == (cfg.physical_rows < B * N)
     samples = 0 if cfg.drift_ring_sigma_m == 0 and cfg.drift_global_sigma_m == 0 else 8 // cfg.drift_update_steps
     assert group.batched_samples == samples
     assert all(e.counters["weight_refreshes"] == samples for e in grouped)
