@@ -385,6 +385,35 @@ class BlockSelector:
             idx = torch.cat([idx, idx.new_full((b, h, k - kk), -1)], dim=-1)
         return idx
 
+    def select_range(self, query: torch.Tensor, lo: int, hi: int, k: int | None = None) -> torch.Tensor:
+        """Top-k among the contiguous candidate blocks ``[lo, hi)`` of every bank, scored by the fused kernel of
+        :func:`kvprism.kernels.score_topk` (Triton on CUDA, its torch reference elsewhere). Same contract as
+        :meth:`select` for that candidate set; ``exact`` backend only (the rows it scores are the programmed fp32
+        signatures). Ties: the lower block id first.
+
+        Args:
+            query: ``[B, H, G, D]`` post-RoPE query group per KV head.
+            lo, hi: candidate block ids ``lo <= j < hi`` (same for every bank); ``hi <= n_blocks``.
+        """
+        from kvprism.kernels import score_topk
+
+        if self.sel.backend != "exact":
+            raise ConfigError(f"select_range scores the exact backend's rows; backend is {self.sel.backend!r}")
+        k = self.sel.k if k is None else k
+        b, h, g, _ = query.shape
+        if not 0 <= lo <= hi <= self.n_blocks:
+            raise KvprismError(f"select_range: need 0 <= lo <= hi <= {self.n_blocks}, got lo={lo}, hi={hi}")
+        self.selection_calls += 1
+        if k == 0 or hi == lo:
+            return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)
+        enc = self.encode_query(query)  # [B, H, G, w] float32
+        self.backend.counters["evaluations"] += b * h * (1 if self.sel.gqa_reduce == "sum" else g)
+        n_valid = torch.full((b,), hi - lo, dtype=torch.int32, device=query.device)
+        rows = self.backend.rows[:, :, lo:hi]
+        idx = score_topk(enc.reshape(b, h * g, -1), rows, n_valid, k, self.sel.gqa_reduce)
+        idx = torch.where(idx >= 0, idx + lo, idx)
+        return idx.masked_fill(~self.head_mask.to(idx.device)[None, :, None], -1)
+
     def advance(self, steps: int = 1) -> None:
         self.backend.advance(steps)
 

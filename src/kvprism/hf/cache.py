@@ -64,6 +64,7 @@ class SparseStats:
         self.steps: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []  # step -> layer -> ([B,H], [B])
         self.selectors: list[BlockSelector] = []
         self.attend_calls: dict[str, int] = {"torch": 0, "triton": 0}  # layer-steps per attention kernel
+        self.select_calls: dict[str, int] = {"torch": 0, "kernel": 0}  # layer-steps per top-k path
 
     def record(self, layer_idx: int, n_attended: torch.Tensor, n_cached: torch.Tensor, new_step: bool) -> None:
         if new_step or not self.steps:
@@ -96,6 +97,7 @@ class SparseStats:
             "programming_events": sum(s.rows_programmed for s in self.selectors),
             "selection_calls": sum(s.selection_calls for s in self.selectors),
             "attend_calls": dict(self.attend_calls),
+            "select_calls": dict(self.select_calls),
             "engine_counters": counters,
         }
         if att.numel() == 0:
@@ -272,13 +274,22 @@ class SparseLayer(CacheLayerMixin):
         h = key.shape[1]
         layout = self.cache.step_layout(attention_mask, b, key.shape[2], key.device)
         self._prepare(layout.valid, scaling)
-        cand = layout.candidates[:, None, :].expand(b, h, -1)
-        blocks = self.selector.select(query.reshape(b, h, hq // h, d), cand)
+        triton = self.cache.attend_with_triton(layout, query, key)
+        if triton and self.selector.sel.backend == "exact" and self.selector.n_blocks:
+            # score + top-k in the fused kernel: without padding the candidates are one contiguous range of blocks
+            lo = min(self.selector.sel.sink_blocks, self.selector.n_blocks)
+            hi = max(lo, min(-(-layout.tail_start // self.selector.sel.block_size), self.selector.n_blocks))
+            blocks = self.selector.select_range(query.reshape(b, h, hq // h, d), lo, hi)
+            self.cache.stats.select_calls["kernel"] += 1
+        else:
+            cand = layout.candidates[:, None, :].expand(b, h, -1)
+            blocks = self.selector.select(query.reshape(b, h, hq // h, d), cand)
+            self.cache.stats.select_calls["torch"] += 1
         plan = gather_plan(blocks, layout)
         if timing is not None:
             _sync(query.device)
             t1 = time.perf_counter()
-        if self.cache.attend_with_triton(layout, query, key):
+        if triton:
             sel = self.selector.sel
             out = _kernels.sparse_decode_attention(
                 query,
@@ -331,6 +342,8 @@ class SparseCache(Cache):
             it where it cannot run is an error. ``"torch"``: gather the selected token rows, then matmul + softmax
             (any device, any mask). ``"auto"`` (default): ``"triton"`` where it can run, else ``"torch"``. Both read
             exactly the same tokens; ``cache.stats.summary()["attend_calls"]`` counts the layer-steps of each.
+            With ``"triton"`` attention and the ``exact`` backend the top-k also runs in the fused score + top-k
+            kernel (``BlockSelector.select_range``; counted in ``"select_calls"``).
     """
 
     def __init__(
