@@ -258,7 +258,7 @@ def graph_node_us(bench) -> float:
 
 
 def run_shape(batch: int, ctx: int, cfg: Config, seed: int, bw: float, bench, dev: torch.device | None = None) -> dict:
-    from kvprism.kernels.triton_decode import SparseDecodeStep, score_topk_triton, sparse_decode_attention_triton
+    from kvprism.kernels.triton_decode import SparseDecodeStep
 
     dev = dev or torch.device("cuda")
     inp = make_inputs(batch, ctx, cfg, seed, dev)
@@ -300,35 +300,7 @@ def run_shape(batch: int, ctx: int, cfg: Config, seed: int, bw: float, bench, de
     torch_graph = capture_graph(pipeline)
     idx = step.block_idx.clone()
 
-    def select():
-        return score_topk_triton(
-            step.q_sig,
-            step.signatures,
-            step.seq_lens,
-            cfg.k,
-            n_valid_div=cfg.block_size,
-            n_valid_window=cfg.window,
-            out=step.block_idx,
-            cand=step._cand,
-            tile=cfg.score_tile,
-        )
-
-    def attend():
-        return sparse_decode_attention_triton(
-            step.q,
-            step.k_cache,
-            step.v_cache,
-            idx,
-            cfg.block_size,
-            cfg.sink,
-            cfg.window,
-            step.seq_lens,
-            out=step.out,
-            plan=step.plan,
-            workspace=step._workspace,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-        )
+    select, attend = step.select, (lambda: step.attend(idx))  # the two stages of the 4-launch step
 
     select_graph, attend_graph = capture_graph(select), capture_graph(attend)
     t = {

@@ -718,9 +718,9 @@ class SparseDecodeStep:
         self._n_cand = splan.n_tiles * splan.k_pow2
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def launch(self) -> torch.Tensor:
-        """Run the step eagerly (4 kernel launches, 3 with ``merge_in_attention``) from the static buffers; returns
-        ``out``."""
+    def select(self) -> torch.Tensor:
+        """The scoring stage alone: score + top-k and the candidate merge into ``block_idx`` (2 launches); with
+        ``merge_in_attention`` only the scoring kernel runs and :meth:`attend` merges. Returns ``block_idx``."""
         score_topk_triton(
             self.q_sig,
             self.signatures,
@@ -734,11 +734,17 @@ class SparseDecodeStep:
             tile=self.score_tile,
             merge=not self.merge_in_attention,
         )
+        return self.block_idx
+
+    def attend(self, block_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention stage alone (split-K kernel + combine) over ``block_idx`` (default: the step's own
+        selection, merged here from the candidates with ``merge_in_attention``). Returns ``out``."""
+        merge = self.merge_in_attention and block_idx is None
         sparse_decode_attention_triton(
             self.q,
             self.k_cache,
             self.v_cache,
-            self.block_idx,
+            self.block_idx if block_idx is None else block_idx,
             self.block_size,
             self.sink_tokens,
             self.window_tokens,
@@ -749,9 +755,15 @@ class SparseDecodeStep:
             workspace=self._workspace,
             num_warps=self.num_warps,
             num_stages=self.num_stages,
-            candidates=(self._cand, self._n_cand) if self.merge_in_attention else None,
+            candidates=(self._cand, self._n_cand) if merge else None,
         )
         return self.out
+
+    def launch(self) -> torch.Tensor:
+        """Run the step eagerly (4 kernel launches, 3 with ``merge_in_attention``) from the static buffers; returns
+        ``out``."""
+        self.select()
+        return self.attend()
 
     def capture(self) -> None:
         """Compile (warm-up launches on a side stream) and capture the step into a CUDA graph."""
