@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "SelectionConfig": "kvprism.selection",
     "BlockSelector": "kvprism.selection",
     "SparseCache": "kvprism.hf.cache",
+    "cache_kwargs": "kvprism.hf.cache",
     "make_sample": "kvprism.eval.tasks",
     "Sample": "kvprism.eval.tasks",
     "Runner": "kvprism.eval.runner",
