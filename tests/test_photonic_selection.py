@@ -10,7 +10,7 @@ import typing
 import pytest
 import torch
 
-from kvprism.hf.cache import SparseCache
+from kvprism.hf.cache import SparseCache, cache_kwargs
 from kvprism.selection import SelectionConfig
 from tests.conftest import tiny_model
 from tests.test_sparse_cache import _batch, decode_loop
@@ -147,7 +147,7 @@ def _needle_run(model, tok, sel):
         out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            past_key_values=cache,
+            **cache_kwargs(model, cache),
             max_new_tokens=12,
             do_sample=False,
         )
