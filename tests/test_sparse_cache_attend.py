@@ -3,6 +3,8 @@ torch gather path and gives the same logits; without CUDA / triton the torch pat
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -68,7 +70,8 @@ def test_triton_attend_equals_torch_attend_on_cuda(family, dtype):
     assert c_tri.stats.summary()["select_calls"] == {"torch": 0, "kernel": n}  # fused score + top-k kernel too
     assert c_ref.stats.summary()["select_calls"] == {"torch": n, "kernel": 0}
     assert c_tri.stats.summary()["restricted"] is True
-    # same selections at every step and layer (the first decode step sees identical inputs)
+    # same selections at every layer of the first decode step (identical inputs there; later steps see the other
+    # path's rounding, so they are compared through the logits)
     first_ref, first_tri = c_ref.trace[0], c_tri.trace[0]
     for layer in first_ref:  # same sets (order among exactly tied scores may differ)
         assert torch.equal(first_ref[layer]["blocks"].sort(-1).values, first_tri[layer]["blocks"].sort(-1).values)
@@ -121,3 +124,63 @@ def test_select_range_needs_the_exact_backend():
     selector = BlockSelector(sel, 0, 2, torch.ones(2, dtype=torch.bool))
     with pytest.raises(ConfigError, match="exact"):
         selector.select_range(torch.zeros(1, 2, 2, 16), 0, 0)
+
+
+@pytest.mark.parametrize("sink_blocks, window, t", [(1, 4, 51), (0, 0, 48), (2, 20, 37), (3, 100, 40), (1, 7, 8)])
+def test_candidate_range_is_the_candidate_mask_without_padding(sink_blocks, window, t):
+    from kvprism.selection import StepLayout
+
+    layout = StepLayout.build(torch.ones(2, t, dtype=torch.bool), 8, sink_blocks, window)
+    n_blocks = t // 8
+    lo, hi = layout.candidate_range(sink_blocks, n_blocks)
+    want = torch.zeros(2, n_blocks, dtype=torch.bool)
+    want[:, lo:hi] = True
+    assert torch.equal(layout.candidates, want)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["reference", pytest.param("triton", marks=pytest.mark.skipif(not triton_available(), reason="needs triton"))],
+)
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_kernel_attention_arguments_read_the_gathered_tokens(family, backend):
+    """The arguments the CUDA path hands to the kernels (run through the torch reference, or the Triton kernel under
+    Triton's interpreter on CPU) give what the gather path computes for the same selected blocks."""
+    model = tiny_model(family)
+    ids, _ = _batch()
+    mask = torch.ones_like(ids)
+    cache = SparseCache(model, SEL, trace=True)
+    decode_loop(model, ids, mask, cache, steps=3)
+    layer = cache.layers[1]
+    key, value = layer.keys, layer.values
+    step = cache.trace[-1][1]
+    query, blocks = step["query"], step["blocks"]
+    layout = cache.step_layout(None, key.shape[0], key.shape[2], key.device)
+    from kvprism.hf.attention import sparse_attend
+    from kvprism.selection import gather_plan
+
+    plan = gather_plan(blocks, layout)
+    scaling = query.shape[-1] ** -0.5
+    want = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+    got = layer.attend_kernel(query, key, value, blocks, layout, scaling, backend=backend)  # Triton: interpreter on CPU
+    got = layer.attend_kernel(query, key, value, blocks, layout, scaling, backend=backend)  # 2nd call: cached plan
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (blocks >= 0).any() and layout.tail_start > SEL.sink_blocks * SEL.block_size  # a restricted step
+
+
+def test_summary_warns_when_no_decode_step_went_through_the_cache():
+    model = tiny_model("llama")
+    ids, mask = _batch()
+    cache = SparseCache(model, SEL)
+    from kvprism.hf.cache import cache_kwargs
+
+    with torch.inference_mode():
+        model(input_ids=ids, attention_mask=mask, use_cache=True, **cache_kwargs(model, cache))  # prefill only
+    with pytest.warns(UserWarning, match="no decode step"):
+        s = cache.stats.summary()
+    assert "cache_kwargs" in s["warning"]
+    decoded = SparseCache(model, SEL)
+    decode_loop(model, ids, mask, decoded, steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a decoded cache does not warn
+        assert "warning" not in decoded.stats.summary()

@@ -488,6 +488,13 @@ class StepLayout:
         lens = torch.full((valid.shape[0],), t, dtype=torch.int32, device=dev)
         return cls(valid, cand, pos, ok, tail_start, block_size, valid.sum(-1), lens)
 
+    def candidate_range(self, sink_blocks: int, n_blocks: int) -> tuple[int, int]:
+        """``(lo, hi)``: the candidates as one range of block ids ``lo <= j < hi`` (of ``n_blocks`` programmed). Valid
+        when no key is masked (no left padding, no sliding window): then ``candidates[b, j]`` is exactly
+        ``lo <= j < hi`` for every row."""
+        lo = min(sink_blocks, n_blocks)
+        return lo, max(lo, min(-(-self.tail_start // self.block_size), n_blocks))
+
 
 def gather_plan(blocks: torch.Tensor, layout: StepLayout) -> GatherPlan:
     """Token positions one layer reads: the step's fixed part (sink + tail) and the selected blocks (clipped to end

@@ -13,7 +13,8 @@ Dispatch inside :func:`kvprism_attention`:
   attention (sdpa); the layer may keep a sample of the prefill queries (``projection="learned"``);
 - any other cache (e.g. a ``DynamicCache`` used as the dense baseline) or no cache: dense attention, as ``sdpa``.
 
-:func:`sparse_attend` is the one function a fused GPU kernel replaces.
+:func:`sparse_attend` is the CPU / general path; on CUDA the SparseCache can attend with the Triton kernel of
+:mod:`kvprism.kernels` instead (``SparseCache(attend=...)``), which reads the same tokens in place.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
 Keys are cached after RoPE, so a gathered key keeps its true position. Prefill is dense. At the first decode step
 every layer fits its projection on the prefill keys, computes the signatures of all complete blocks and programs
 them into its backend (one bank per (batch row, KV head)); whenever a block completes later its signature is
-appended (counted). Each decode step, each layer selects per KV head and attends to the gathered tokens only.
+appended (counted). Each decode step, each layer selects per KV head and attends to the selected tokens only
+(gathered on the torch path; read in place by the Triton kernel on CUDA, see ``attend``).
 
 The block grid is aligned to cache position 0 for every batch row; with left padding the leading blocks of a
 shorter row hold padding, which is never signed, selected nor read (sink blocks start at the first real token).
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -40,12 +43,10 @@ __all__ = ["SparseCache", "SparseLayer", "SparseStats", "cache_kwargs", "chunked
 #: prefill queries kept per layer for projection="learned" (the most recent ones)
 LEARNED_QUERY_SAMPLES = _attn.PREFILL_QUERY_SAMPLES
 
-#: how decode attends to the gathered tokens: ``"torch"`` (index gather + matmul/softmax, any device), ``"triton"``
-#: (the fused split-K kernel of :mod:`kvprism.kernels` reading the selected blocks in place; CUDA only) or ``"auto"``
+#: how decode attends to the selected tokens: ``"torch"`` (index gather + matmul/softmax, any device), ``"triton"``
+#: (the split-K sparse-attention kernel of :mod:`kvprism.kernels` reading the selected blocks in place; CUDA only)
+#: or ``"auto"``
 ATTEND_KERNELS = ("auto", "torch", "triton")
-#: head dims and dtypes the Triton decode kernel takes
-_TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def cache_kwargs(model: Any, cache: Cache) -> dict[str, Cache]:
@@ -65,6 +66,7 @@ class SparseStats:
         self.selectors: list[BlockSelector] = []
         self.attend_calls: dict[str, int] = {"torch": 0, "triton": 0}  # layer-steps per attention kernel
         self.select_calls: dict[str, int] = {"torch": 0, "kernel": 0}  # layer-steps per top-k path
+        self.cached_tokens = lambda: 0  # tokens the owning cache holds (set by SparseCache)
 
     def record(self, layer_idx: int, n_attended: torch.Tensor, n_cached: torch.Tensor, new_step: bool) -> None:
         if new_step or not self.steps:
@@ -100,6 +102,14 @@ class SparseStats:
             "select_calls": dict(self.select_calls),
             "engine_counters": counters,
         }
+        if out["decode_steps"] == 0 and (held := self.cached_tokens()) > 0:
+            msg = (
+                f"no decode step ran through this SparseCache although it holds {held} tokens: if the model decoded, "
+                "it used another cache (pass the cache with kvprism.cache_kwargs(model, cache); transformers "
+                "releases differ in the argument's name and ignore the other one)"
+            )
+            warnings.warn(msg, stacklevel=2)
+            out["warning"] = msg
         if att.numel() == 0:
             out.update(
                 read_fraction_mean=None,
@@ -258,6 +268,35 @@ class SparseLayer(CacheLayerMixin):
             else:
                 self.selector.append(sig)
 
+    def attend_kernel(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        blocks: torch.Tensor,
+        layout: StepLayout,
+        scaling: float,
+        backend: str = "triton",
+    ) -> torch.Tensor:
+        """Attention of ``query [B, Hq, D]`` over ``blocks [B, H, k]`` + sink + tail through :mod:`kvprism.kernels`
+        (the Triton kernel, or with ``backend="reference"`` its torch reference, which any device runs). For a
+        layout without masked keys this reads the tokens :func:`kvprism.selection.gather_plan` lists. The Triton
+        launch geometry and its fp32 workspace are built once per shape and reused by every layer."""
+        sel = self.selector.sel
+        args = (blocks, sel.block_size, sel.sink_blocks * sel.block_size, sel.window, layout.seq_lens, scaling)
+        if backend != "triton":
+            return _kernels.sparse_decode_attention(query, key, value, *args, backend=backend)
+        from kvprism.kernels.triton_decode import decode_plan, decode_workspace, sparse_decode_attention_triton
+
+        b, hq, d = query.shape
+        h = key.shape[1]
+        shape = (b, hq, h, d, blocks.shape[-1], query.device)
+        if shape not in self.cache._kernel_plans:
+            plan = decode_plan(b, hq, h, d, blocks.shape[-1], *args[1:4], query.device)
+            self.cache._kernel_plans[shape] = (plan, decode_workspace(b, h, hq // h, d, plan, query.device))
+        plan, workspace = self.cache._kernel_plans[shape]
+        return sparse_decode_attention_triton(query, key, value, *args, plan=plan, workspace=workspace)
+
     def decode(
         self,
         query: torch.Tensor,
@@ -274,11 +313,10 @@ class SparseLayer(CacheLayerMixin):
         h = key.shape[1]
         layout = self.cache.step_layout(attention_mask, b, key.shape[2], key.device)
         self._prepare(layout.valid, scaling)
-        triton = self.cache.attend_with_triton(layout, query, key)
+        triton = self.cache.attend_with_triton(layout, query, key, value)
         if triton and self.selector.sel.backend == "exact" and self.selector.n_blocks:
             # score + top-k in the fused kernel: without padding the candidates are one contiguous range of blocks
-            lo = min(self.selector.sel.sink_blocks, self.selector.n_blocks)
-            hi = max(lo, min(-(-layout.tail_start // self.selector.sel.block_size), self.selector.n_blocks))
+            lo, hi = layout.candidate_range(self.selector.sel.sink_blocks, self.selector.n_blocks)
             blocks = self.selector.select_range(query.reshape(b, h, hq // h, d), lo, hi)
             self.cache.stats.select_calls["kernel"] += 1
         else:
@@ -290,19 +328,7 @@ class SparseLayer(CacheLayerMixin):
             _sync(query.device)
             t1 = time.perf_counter()
         if triton:
-            sel = self.selector.sel
-            out = _kernels.sparse_decode_attention(
-                query,
-                key,
-                value,
-                blocks,
-                sel.block_size,
-                sel.sink_blocks * sel.block_size,
-                sel.window,
-                layout.seq_lens,
-                scaling,
-                backend="triton",
-            )
+            out = self.attend_kernel(query, key, value, blocks, layout, scaling)
             self.cache.stats.attend_calls["triton"] += 1
         else:
             out = _attn.sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
@@ -336,14 +362,16 @@ class SparseCache(Cache):
         trace: keep, per decode step and layer, the query, the selected blocks and the token mask read.
         profile: accumulate wall time of the selection machinery (signatures, scoring, top-k, gather plan) and of
             the sparse attention in ``cache.timings`` (seconds, summed over layers and steps; synchronises the GPU).
-        attend: how a decode step attends to the selected tokens (:data:`ATTEND_KERNELS`). ``"triton"``: the fused
-            kernel of :mod:`kvprism.kernels` reads the selected blocks, sink and tail straight from the cache (CUDA
-            tensors, no left padding or sliding window in the step, head dim a power of two in [16, 256]); asking for
-            it where it cannot run is an error. ``"torch"``: gather the selected token rows, then matmul + softmax
-            (any device, any mask). ``"auto"`` (default): ``"triton"`` where it can run, else ``"torch"``. Both read
-            exactly the same tokens; ``cache.stats.summary()["attend_calls"]`` counts the layer-steps of each.
-            With ``"triton"`` attention and the ``exact`` backend the top-k also runs in the fused score + top-k
-            kernel (``BlockSelector.select_range``; counted in ``"select_calls"``).
+        attend: how a decode step attends to the selected tokens (:data:`ATTEND_KERNELS`). ``"triton"``: the
+            split-K kernel of :mod:`kvprism.kernels` reads the selected blocks, sink and tail straight from the cache
+            (CUDA tensors, no left padding or sliding window in the step, head dim a power of two in [16, 256]);
+            asking for it where it cannot run is an error. ``"torch"``: gather the selected token rows, then matmul +
+            softmax (any device, any mask). ``"auto"`` (default): ``"triton"`` where it can run, else ``"torch"``.
+            For the same selected blocks both read the same tokens; ``cache.stats.summary()["attend_calls"]``
+            counts the layer-steps of each. With ``"triton"`` attention and the ``exact`` backend the top-k also runs
+            in the fused score + top-k kernel (``BlockSelector.select_range``; counted in ``"select_calls"``), which
+            sums the GQA group's query sketches before the dot product, so exact near-ties may resolve differently
+            from the torch path.
     """
 
     def __init__(
@@ -375,6 +403,8 @@ class SparseCache(Cache):
         self._layout_key: tuple | None = None
         self._layout: StepLayout | None = None
         self._layout_plain: bool = False  # the step's keys are all real and unmasked (no padding / sliding window)
+        # Triton launch geometry + fp32 workspace per problem shape, shared by the layers
+        self._kernel_plans: dict[tuple, tuple[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
         layers = []
         for i in range(n_layers):
             selector = BlockSelector(sel, i, n_kv, heads[i])
@@ -383,6 +413,8 @@ class SparseCache(Cache):
         # photonic layers: one drift sample and W_eff refresh per decode step for all layers (same physics and draws)
         self.engine_group = group_backends(self.stats.selectors)
         super().__init__(layers=layers)
+        ref = weakref.ref(self)
+        self.stats.cached_tokens = lambda: c.get_seq_length() if (c := ref()) is not None else 0
 
     @classmethod
     def from_prefilled(
@@ -432,7 +464,9 @@ class SparseCache(Cache):
             self._layout_plain = self.attend != "torch" and device.type == "cuda" and bool(valid.all())
         return self._layout
 
-    def attend_with_triton(self, layout: StepLayout, query: torch.Tensor, key: torch.Tensor) -> bool:
+    def attend_with_triton(
+        self, layout: StepLayout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> bool:
         """Whether this layer-step attends with the Triton kernel (see ``attend``); raises where ``"triton"`` was
         asked for and cannot run."""
         if self.attend == "torch":
@@ -444,10 +478,14 @@ class SparseCache(Cache):
             why = "the 'triton' package is not installed"
         elif not self._layout_plain:
             why = "the step masks some cached keys (left padding or a sliding window)"
-        elif query.shape[-1] not in _TRITON_HEAD_DIMS or query.dtype not in _TRITON_DTYPES:
-            why = f"head dim {query.shape[-1]} / dtype {query.dtype} (needs {_TRITON_HEAD_DIMS} and fp16/bf16/fp32)"
-        elif key.dtype != query.dtype:
-            why = f"cache dtype {key.dtype} differs from the query dtype {query.dtype}"
+        elif query.shape[-1] not in _kernels.TRITON_HEAD_DIMS or query.dtype not in _kernels.TRITON_DTYPES:
+            why = (
+                f"head dim {query.shape[-1]} / dtype {query.dtype} (needs {_kernels.TRITON_HEAD_DIMS}, fp16/bf16/fp32)"
+            )
+        elif value.shape[-1] != query.shape[-1]:
+            why = f"value head dim {value.shape[-1]} differs from the query head dim {query.shape[-1]}"
+        elif key.dtype != query.dtype or value.dtype != query.dtype:
+            why = f"cache dtypes {key.dtype}/{value.dtype} differ from the query dtype {query.dtype}"
         if why is None:
             return True
         if self.attend == "triton":

@@ -24,9 +24,14 @@ from kvprism.errors import KvprismError
 from kvprism.kernels.reference import candidate_blocks, score_topk_ref, sparse_decode_attention_ref
 
 BACKENDS = ("auto", "triton", "reference")
+#: head dims and input dtypes the Triton decode kernel takes (the reference takes any)
+TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 __all__ = [
     "BACKENDS",
+    "TRITON_DTYPES",
+    "TRITON_HEAD_DIMS",
     "SparseDecodeStep",
     "candidate_blocks",
     "score_topk",

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from kvprism.errors import KvprismError
+from kvprism.kernels import TRITON_DTYPES, TRITON_HEAD_DIMS
 from kvprism.kernels.reference import check_decode_inputs, check_score_inputs
 
 _HAS_TL_TOPK = hasattr(tl, "topk")
@@ -220,7 +221,7 @@ def score_topk_triton(
             that are not entirely inside the window, without an extra launch (see :func:`~kvprism.kernels.reference.candidate_blocks`).
         out: optional preallocated ``[B, Hkv, k]`` int64 result; cand: optional ``[B*Hkv*n_tiles*K_POW2]`` int64
             workspace (both let a CUDA graph reuse memory).
-        tile: signatures per program (power of two, default 256).
+        tile: signatures per program (power of two, default 128).
         merge: launch the merge of the per-tile candidates (default). With False only the scoring kernel runs and
             ``cand`` (the per-tile best keys) is returned, for the attention kernel to merge.
 
@@ -492,7 +493,7 @@ def decode_plan(
     longest possible tail ``max(window, block_size - 1)``), so the geometry depends only on the configuration and a
     CUDA graph stays valid while ``seq_lens`` grows.
     """
-    if head_dim not in (16, 32, 64, 128, 256):
+    if head_dim not in TRITON_HEAD_DIMS:
         raise KvprismError(f"head_dim must be a power of two in [16, 256] for the Triton kernel, got {head_dim}")
     if block_n is None:
         block_n = 64
@@ -554,7 +555,7 @@ def sparse_decode_attention_triton(
     check_decode_inputs(q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens)
     b, hq, d = q.shape
     _, hkv, _t, _ = k_cache.shape
-    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+    if q.dtype not in TRITON_DTYPES:
         raise KvprismError(f"q must be bf16, fp16 or fp32, got {q.dtype}")
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise KvprismError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
@@ -720,7 +721,8 @@ class SparseDecodeStep:
 
     def select(self) -> torch.Tensor:
         """The scoring stage alone: score + top-k and the candidate merge into ``block_idx`` (2 launches); with
-        ``merge_in_attention`` only the scoring kernel runs and :meth:`attend` merges. Returns ``block_idx``."""
+        ``merge_in_attention`` only the scoring kernel runs and :meth:`attend` merges, so the returned
+        ``block_idx`` still holds the previous step's selection until :meth:`attend` has run."""
         score_topk_triton(
             self.q_sig,
             self.signatures,
