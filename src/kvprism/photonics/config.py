@@ -399,7 +399,9 @@ class PhotonicConfig(ConfigBase):
     )
     drift_global_sigma_m: float = param(
         0.0,
-        doc="stationary σ of the chip-global drift (all rings vs the comb)",
+        doc="stationary σ of the chip-global drift (all rings vs the comb); one process per engine, i.e. per model "
+        "layer in a SparseCache: each layer's banks are modelled as a thermally independent chip (a die shared by all "
+        "layers would make this component common to them, which is not modelled)",
         unit="m",
         ge=0.0,
         le=1e-8,

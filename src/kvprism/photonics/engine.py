@@ -648,7 +648,8 @@ class EngineGroup:
     shapes), whose drift is sampled and W_eff refreshed in one batched pass for all of them.
 
     Physically every member's banks are banks on the chip(s), all drifting over the same wall-clock decode step; the
-    model is unchanged. When a member needs a drift sample (:meth:`PhotonicEngine.advance` left ``drift_update_steps``
+    model is unchanged: each member keeps its own global drift process (``drift_global_sigma_m``), i.e. the members
+    are thermally independent chips. When a member needs a drift sample (:meth:`PhotonicEngine.advance` left ``drift_update_steps``
     or more steps pending, and it is about to evaluate or append), every member at the same point (same pending steps,
     same rows and bank shape) is sampled with it: each member draws its ring (and global) drift from its *own*
     generator, in the same order and shapes as alone, the AR(1) update runs once over the stacked states, and the
