@@ -136,6 +136,13 @@ def demo(
         if s["engine_counters"]:
             counters = ", ".join(f"{name} {val}" for name, val in sorted(s["engine_counters"].items()))
             console.print(f"  engine         {counters}")
+            conv = s["engine_counters"].get("adc_conversions", 0)
+            if conv:
+                clip = s["engine_counters"].get("adc_clips", 0) / conv
+                console.print(
+                    f"  ADC            {clip:.1%} of {int(conv)} conversions clipped (full scale fixed at programming "
+                    "from the target weights; noise or drift beyond it clips)"
+                )
         feas = cache.selectors[0].backend.feasibility()
         if feas is not None:
             verdict = (
