@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import DynamicCache
 
+from kvprism.eval.runner import fork_dynamic_cache
 from kvprism.eval.tasks import niah_single
 from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
 from kvprism.hf.models import load_model
@@ -42,13 +43,6 @@ def photonic_available() -> tuple[bool, str]:
     except ImportError as exc:
         return False, str(exc)
     return True, ""
-
-
-def fork_dense(cache: DynamicCache) -> DynamicCache:
-    out = DynamicCache()
-    for i, layer in enumerate(cache.layers):
-        out.update(layer.keys.clone(), layer.values.clone(), i)
-    return out
 
 
 def run_steps(model, cache, tokens: torch.Tensor, start_pos: int) -> tuple[list[float], list[float]]:
@@ -134,7 +128,7 @@ def main() -> None:
     console.print(f"prefill (dense, chunks of 2048): {time.perf_counter() - t0:.1f} s")
     # teacher-forced tokens: the dense greedy continuation
     tokens = [int(logits.argmax(-1))]
-    probe = fork_dense(dense)
+    probe = fork_dynamic_cache(dense)
     with torch.inference_mode():
         for s in range(args.steps - 1):
             out = model(
@@ -156,7 +150,11 @@ def main() -> None:
     for rep in range(args.reps):
         console.print(f"repetition {rep + 1}/{args.reps}")
         for name, cfg in configs.items():
-            cache = fork_dense(dense) if cfg is None else SparseCache.from_prefilled(model, dense, cfg, profile=True)
+            cache = (
+                fork_dynamic_cache(dense)
+                if cfg is None
+                else SparseCache.from_prefilled(model, dense, cfg, profile=True)
+            )
             times, sel_times = run_steps(model, cache, tok_t, ids.shape[1])
             first_step[name].append(times[0])
             step_times[name].extend(times[1:])

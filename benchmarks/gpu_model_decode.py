@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import DynamicCache, Qwen2Config
 
+from kvprism.eval.runner import fork_dynamic_cache
 from kvprism.hf.attention import use_kvprism_attention
 from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
 from kvprism.kernels import triton_available
@@ -115,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, attend in runs:
         if attend is None:
-            cache = DynamicCache()
-            for i, layer in enumerate(dense.layers):
-                cache.update(layer.keys.clone(), layer.values.clone(), i)
+            cache = fork_dynamic_cache(dense)
         else:
             cache = SparseCache.from_prefilled(model, dense, sel, attend=attend)
         times = decode(model, cache, forced, args.context, device)

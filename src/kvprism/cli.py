@@ -61,6 +61,7 @@ def demo(
     import torch
     from transformers import DynamicCache
 
+    from kvprism.eval.runner import fork_dynamic_cache
     from kvprism.eval.tasks import niah_single
     from kvprism.hf.attention import use_kvprism_attention
     from kvprism.hf.cache import SparseCache, chunked_prefill
@@ -109,12 +110,7 @@ def demo(
         )
         runs.append(("exact selection (no hardware model)", sel))
     for label, cfg in runs:
-        if cfg is None:
-            cache = DynamicCache()
-            for i, layer in enumerate(dense_cache.layers):
-                cache.update(layer.keys.clone(), layer.values.clone(), i)
-        else:
-            cache = SparseCache.from_prefilled(mdl, dense_cache, cfg)
+        cache = fork_dynamic_cache(dense_cache) if cfg is None else SparseCache.from_prefilled(mdl, dense_cache, cfg)
         t0 = time.perf_counter()
         with console.status(f"decoding: {label} ..."):
             answer = _decode_greedy(mdl, tok, cache, logits, ids.shape[1], max_new_tokens, device)
