@@ -17,6 +17,7 @@ shorter row hold padding, which is never signed, selected nor read (sink blocks 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import warnings
@@ -52,8 +53,14 @@ ATTEND_KERNELS = ("auto", "torch", "triton")
 def cache_kwargs(model: Any, cache: Cache) -> dict[str, Cache]:
     """``{name: cache}`` for ``model(...)`` / ``model.generate(...)``: earlier transformers 5 releases (5.17 for one)
     name the argument ``past_key_values`` and silently ignore ``cache=``; later ones name it ``cache``."""
-    params = inspect.signature(model.forward).parameters
-    return {"cache" if "cache" in params else "past_key_values": cache}
+    return {_cache_arg_name(type(model)): cache}
+
+
+@functools.cache
+def _cache_arg_name(model_cls: type) -> str:
+    """The cache argument's name of a model class's ``forward`` (looked up once per class: callers pass the cache
+    every decode step)."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
 
 
 class SparseStats:
