@@ -10,9 +10,10 @@ import typing
 import pytest
 import torch
 
-from kvprism.hf.cache import SparseCache, cache_kwargs
+from kvprism.hf.cache import SparseCache
 from kvprism.selection import SelectionConfig
 from tests.conftest import tiny_model
+from tests.test_selection import needle_run_2k
 from tests.test_sparse_cache import _batch, decode_loop
 
 
@@ -137,24 +138,6 @@ def test_sparse_cache_groups_layer_engines_with_the_same_results():
     assert SparseCache(model, sel.replace(backend="exact")).engine_group is None  # nothing to share
 
 
-def _needle_run(model, tok, sel):
-    from kvprism.eval.tasks import niah_single
-
-    sample = niah_single(tok, 2048, 0.25, 1)  # dense and exact selection both answer this one correctly
-    cache = SparseCache(model, sel)
-    ids = torch.tensor([sample.input_ids])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            **cache_kwargs(model, cache),
-            max_new_tokens=12,
-            do_sample=False,
-        )
-    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    return sample, answer, cache.stats.summary()
-
-
 @pytest.mark.slow
 def test_smollm2_needle_2k_photonic_feasible_bank(smollm2):
     """A bank the physics says works (tfln-literature, splitter sized to the 2K context's 32 blocks, comb inside one
@@ -170,7 +153,7 @@ def test_smollm2_needle_2k_photonic_feasible_bank(smollm2):
     # preset's 4-bit requirement, which feasibility reports and this test accepts
     assert not any("FSR" in v or "precision" in v or "V_max" in v for v in rep.violations), rep.violations
     sel = SelectionConfig(block_size=64, k=4, d_sig=5, backend="photonic", photonic=cfg)
-    sample, answer, s = _needle_run(model, tok, sel)
+    sample, answer, s = needle_run_2k(model, tok, sel)
     assert s["restricted"] and s["read_fraction_max"] < 0.5
     assert s["programming_events"] > 0
     assert sample.score(answer), answer
@@ -189,6 +172,6 @@ def test_smollm2_seed_nominal_is_restricted_and_flagged(smollm2):
     rep = feasibility(PhotonicConfig.preset("seed-nominal").replace(n_lines=5), seed=0)
     assert any("ENOB" in v for v in rep.violations), rep.violations
     sel = SelectionConfig(block_size=64, k=4, d_sig=5, backend="photonic", photonic="seed-nominal")
-    _, _, s = _needle_run(model, tok, sel)
+    _, _, s = needle_run_2k(model, tok, sel)
     assert s["restricted"] and s["read_fraction_max"] < 0.5
     assert s["programming_events"] > 0 and s["selection_calls"] > 0

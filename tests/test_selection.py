@@ -134,14 +134,13 @@ def test_photonic_backend_unavailable_is_a_clear_error():
         pytest.skip("the photonic engine is installed; tests/test_photonic_selection.py covers it")
 
 
-@pytest.mark.slow
-def test_smollm2_needle_2k_exact_learned(smollm2):
-    """Exact selection with the default (learned) projection finds a 2K needle reading 4 blocks of 64."""
+def needle_run_2k(model, tok, sel):
+    """Generate the answer to one 2K needle sample (dense and exact selection both answer it correctly) through a
+    SparseCache with ``sel``; returns (sample, answer, stats summary)."""
     from kvprism.eval.tasks import niah_single
 
-    model, tok = smollm2
     sample = niah_single(tok, 2048, 0.25, 1)
-    cache = SparseCache(model, SelectionConfig(block_size=64, k=4))
+    cache = SparseCache(model, sel)
     ids = torch.tensor([sample.input_ids])
     with torch.inference_mode():
         out = model.generate(
@@ -152,7 +151,14 @@ def test_smollm2_needle_2k_exact_learned(smollm2):
             do_sample=False,
         )
     answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    s = cache.stats.summary()
+    return sample, answer, cache.stats.summary()
+
+
+@pytest.mark.slow
+def test_smollm2_needle_2k_exact_learned(smollm2):
+    """Exact selection with the default (learned) projection finds a 2K needle reading 4 blocks of 64."""
+    model, tok = smollm2
+    sample, answer, s = needle_run_2k(model, tok, SelectionConfig(block_size=64, k=4))
     assert s["restricted"] and s["read_fraction_max"] < 0.25
     assert sample.score(answer), answer
 
