@@ -37,10 +37,11 @@ def param(
     lt: float | None = None,
     choices: tuple[Any, ...] | None = None,
     source: str = "",
+    section: str = "",
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """Declare a config field with its unit, allowed range (``ge``/``gt``/``le``/``lt``) or ``choices``,
-    a docstring and the source of its default value."""
+    a docstring, the source of its default value and the ``section`` (TOML table) it belongs to ("" = top level)."""
     meta = {
         "doc": doc,
         "unit": unit,
@@ -50,6 +51,7 @@ def param(
         "lt": lt,
         "choices": choices,
         "source": source,
+        "section": section,
     }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
