@@ -67,7 +67,7 @@ def small(preset: str = "seed-nominal", **kw) -> PhotonicConfig:
 def clean(**kw) -> PhotonicConfig:
     """Physical path without impairments that limit precision: crosstalk and noise off, fine quantisation."""
     base = dict(crosstalk=False, noise=False, program_bits=16, query_bits=16, adc_bits=20, trim_sigma_m=0.0,
-                drift_ring_sigma_m=0.0, drift_global_sigma_m=0.0, calibration_iters=0)  # fmt: skip
+                drift_ring_sigma_m=0.0, drift_global_sigma_m=0.0, calibration_iters=0, coupler_gap_sigma_m=0.0)  # fmt: skip
     base.update(kw)
     return small("seed-nominal", **base)
 

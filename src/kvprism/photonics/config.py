@@ -60,6 +60,21 @@ class PhotonicConfig(ConfigBase):
         choices=("ascending", "descending"),
         source="assumption",
     )
+    drop_bus: str = param(
+        "coherent",
+        doc="how light of one comb line dropped by several rings of a row combines on the drop bus: 'coherent' (adds "
+        "in field, with the bus phases; exact 2×2 scattering chain) or 'incoherent' (drop powers summed: the earlier "
+        "model, kept for comparison)",
+        choices=("coherent", "incoherent"),
+        source="PHYSICS §4 (corrected): same-line light on one bus adds in field",
+    )
+    rest_point: str = param(
+        "centred",
+        doc="where the trim puts each ring at 0 V: 'centred' in the detuning interval the weights ±weight_range_target "
+        "need (smallest drive swing), or 'eo-centre' at tuning·V_max (the earlier model)",
+        choices=("centred", "eo-centre"),
+        source="issue review: a centred rest point needs 6.34 V instead of 7.76 V for seed-nominal",
+    )
     # ---------------------------------------------------------------- comb
     n_lines: int = param(
         32,
@@ -133,6 +148,16 @@ class PhotonicConfig(ConfigBase):
         doc="closed-loop programming: the controller measures each ring and "
         "compensates trim residual and the drift present at programming time",
         source="seed: open loop; literature: feedback (Zhang et al., Optica 9, 579)",
+    )
+    calibration_probe_averages: int = param(
+        16,
+        doc="in-situ calibration (feedback_calibration): probe measurements averaged per line and iteration (each "
+        "probe lights one comb line and reads every row's balanced detector, with detection noise)",
+        unit="",
+        ge=1,
+        le=1_000_000,
+        source="assumption: dithering-style averaging as in closed-loop MRR weight control (Zhang et al., Optica 9, "
+        "579 (2022))",
     )
     ring_capacitance_f: float = param(
         20e-15,
@@ -389,6 +414,30 @@ class PhotonicConfig(ConfigBase):
         le=1e-8,
         source="assumption",
     )
+    bus_phase_random: bool = param(
+        True,
+        doc="coherent drop bus: each ring's path (input bus → ring → drop bus) carries a static fabrication phase "
+        "uniform in [0, 2π) (drawn per ring with the engine's generator); False: only the designed path phase "
+        "from ring pitch and n_eff",
+        source="physics: path lengths of hundreds of µm are not controlled to a fraction of a wavelength",
+    )
+    coupler_gap_sigma_m: float = param(
+        2e-9,
+        doc="fabrication spread σ of each coupler gap (per ring, input and drop coupler independently); the power "
+        "coupling scales as κ² = κ0²·exp(−Δgap/coupler_gap_decay_m)",
+        unit="m",
+        ge=0.0,
+        le=1e-7,
+        source="assumption: e-beam / DUV gap control of a few nm (1σ)",
+    )
+    coupler_gap_decay_m: float = param(
+        150e-9,
+        doc="gap change that changes the power coupling by a factor e (evanescent coupling decay length)",
+        unit="m",
+        gt=0.0,
+        le=1e-5,
+        source="assumption: 0.1–0.2 µm for TFLN ridge waveguide couplers",
+    )
     drift_ring_sigma_m: float = param(
         20e-12,
         doc="stationary σ of the per-ring thermal drift",
@@ -407,13 +456,55 @@ class PhotonicConfig(ConfigBase):
         le=1e-8,
         source="seed: none (per-weight only)",
     )
-    drift_corr_steps: float = param(
-        100.0,
-        doc="correlation time of the drift processes",
-        unit="decode steps",
+    drift_corr_time_s: float = param(
+        2.0,
+        doc="correlation time of the thermal drift processes (converted to decode steps with decode_step_time_s)",
+        unit="s",
         gt=0.0,
-        le=1e9,
-        source="assumption: thermal time constants ≫ one decode step",
+        le=1e6,
+        source="assumption: thermal time constants of a temperature-controlled die, 0.1–10 s",
+    )
+    decode_step_time_s: float = param(
+        0.02,
+        doc="wall-clock time of one decode step (drift and DC relaxation advance by this per step)",
+        unit="s",
+        gt=0.0,
+        le=1e3,
+        source="assumption: a 7B model decoding at 50 tokens/s",
+    )
+    drift_field_sigma_m: float = param(
+        0.0,
+        doc="stationary σ of the spatially correlated drift: a smooth temperature field along each bank's rows (one "
+        "value per row, shared by its rings), exponential correlation drift_corr_length_m",
+        unit="m",
+        ge=0.0,
+        le=1e-8,
+        source="assumption (PHYSICS §8: per-ring drift spatially correlated besides global)",
+    )
+    drift_corr_length_m: float = param(
+        1e-3,
+        doc="correlation length of drift_field_sigma_m along the chip",
+        unit="m",
+        gt=0.0,
+        le=1.0,
+        source="assumption: heat spreads over ~mm in a LN-on-insulator die",
+    )
+    dc_relax_fraction: float = param(
+        0.0,
+        doc="TFLN DC drift: fraction of a held Pockels shift lost with time since programming, "
+        "shift·(1 − f·(1 − exp(−t/dc_relax_time_s))), not compensated by the controller",
+        unit="",
+        ge=0.0,
+        le=1.0,
+        source="PHYSICS §11: fractions up to tens of % (0 = not modelled)",
+    )
+    dc_relax_time_s: float = param(
+        1.0,
+        doc="time constant of the TFLN DC relaxation",
+        unit="s",
+        gt=0.0,
+        le=1e6,
+        source="PHYSICS §11: ms–s",
     )
     drift_update_steps: int = param(
         1,
@@ -464,7 +555,15 @@ class PhotonicConfig(ConfigBase):
             and self.trim_sigma_m == 0.0
             and self.drift_ring_sigma_m == 0.0
             and self.drift_global_sigma_m == 0.0
+            and self.drift_field_sigma_m == 0.0
+            and self.dc_relax_fraction == 0.0
+            and self.coupler_gap_sigma_m == 0.0
         )
+
+    @property
+    def drift_corr_steps(self) -> float:
+        """Correlation time of the drift in decode steps: drift_corr_time_s / decode_step_time_s."""
+        return self.drift_corr_time_s / self.decode_step_time_s
 
     @property
     def drift_hold_rms_m(self) -> float:
@@ -475,7 +574,7 @@ class PhotonicConfig(ConfigBase):
         return self._drift_hold_rms_m(self.drift_update_steps)
 
     def _drift_hold_rms_m(self, m: int) -> float:
-        var = self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2
+        var = self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2 + self.drift_field_sigma_m**2
         if m == 1 or var == 0.0:
             return 0.0
         rho = math.exp(-1.0 / self.drift_corr_steps)
@@ -484,7 +583,7 @@ class PhotonicConfig(ConfigBase):
     def drift_update_steps_within(self, hold_rms_m: float, max_steps: int = 100_000) -> int:
         """The largest ``drift_update_steps`` (≤ ``max_steps``) whose hold error :attr:`drift_hold_rms_m` is at most
         ``hold_rms_m`` [m]; e.g. ``trim_sigma_m`` keeps the added error at the size of the static trim residual."""
-        if self.drift_ring_sigma_m == 0.0 and self.drift_global_sigma_m == 0.0:
+        if self.drift_ring_sigma_m == 0.0 and self.drift_global_sigma_m == 0.0 and self.drift_field_sigma_m == 0.0:
             return max_steps
         m = 1
         while m < max_steps and self._drift_hold_rms_m(m + 1) <= hold_rms_m:
@@ -515,14 +614,63 @@ class PhotonicConfig(ConfigBase):
         at programming time: 3σ of their sum (0 for open-loop programming), at most 0.45·tuning·V_max."""
         if not self.feedback_calibration:
             return 0.0
-        sigma = math.sqrt(self.trim_sigma_m**2 + self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2)
+        sigma = math.sqrt(
+            self.trim_sigma_m**2
+            + self.drift_ring_sigma_m**2
+            + self.drift_global_sigma_m**2
+            + self.drift_field_sigma_m**2
+        )
         return min(3.0 * sigma, 0.45 * self.tuning_m_per_v * self.v_max_v)
 
     @property
     def rest_detuning_m(self) -> float:
-        """Rest (0 V) detuning [m] of every ring from its line, set by the trim: the calibration aims inside
-        [0, 2·tuning·V_max − 2·margin] and the drive reaches [−margin, 2·tuning·V_max − margin] around it."""
-        return self.tuning_m_per_v * self.v_max_v - self.compensation_margin_m
+        """Rest (0 V) detuning [m] of every ring from its line, set by the trim. ``rest_point = "centred"``: the middle
+        of the detunings at which one ring on its own line has the weights ∓weight_range_target (clamped to what
+        the ring reaches), so the drive swing is half that interval; ``"eo-centre"``: tuning·V_max − margin (the
+        calibration then aims inside [0, 2·tuning·V_max − 2·margin])."""
+        reach = self.tuning_m_per_v * self.v_max_v - self.compensation_margin_m
+        if self.rest_point == "eo-centre":
+            return reach
+        lo, hi = self.weight_detuning_interval_m(self.weight_range_target)
+        if hi - lo <= 2.0 * reach:
+            return 0.5 * (lo + hi)
+        # the drive cannot span the wanted interval: centre it where the reachable weights are symmetric,
+        # w(rest − reach) = −w(rest + reach) (w increases with the detuning; bisection)
+        from kvprism.photonics import ring
+
+        r1, r2 = self.couplings
+        a = float(ring.round_trip_amplitude(self.loss_db_per_m, self.ring_radius_m))
+        per_m = self._own_phase_per_m
+
+        def excess(rest: float) -> float:
+            w_hi = ring.single_ring_weight(min(rest + reach, math.pi / per_m) * per_m, r1, r2, a)
+            w_lo = ring.single_ring_weight(max(rest - reach, 0.0) * per_m, r1, r2, a)
+            return w_hi + w_lo
+
+        a_m, b_m = lo, hi
+        for _ in range(60):
+            mid = 0.5 * (a_m + b_m)
+            a_m, b_m = (mid, b_m) if excess(mid) < 0.0 else (a_m, mid)
+        return 0.5 * (a_m + b_m)
+
+    @property
+    def _own_phase_per_m(self) -> float:
+        """Round-trip phase per metre of resonance shift at the centre line, 2π n_g L / λ0² [rad/m]."""
+        return 2.0 * math.pi * self.n_g * 2.0 * math.pi * self.ring_radius_m / self.wavelength_center_m**2
+
+    def weight_detuning_interval_m(self, w: float) -> tuple[float, float]:
+        """Detunings [m] at which one ring (design couplings) on the centre line has the weights −w and +w, each
+        clamped to the ring's reach (on resonance / half an FSR away)."""
+        from kvprism.photonics import ring
+
+        r1, r2 = self.couplings
+        a = float(ring.round_trip_amplitude(self.loss_db_per_m, self.ring_radius_m))
+        per_m = self._own_phase_per_m
+        out = []
+        for x in (-w, w):
+            s2 = min(1.0, max(0.0, ring.single_ring_weight_inverse_sin2(x, r1, r2, a)))
+            out.append(2.0 * math.asin(math.sqrt(s2)) / per_m)
+        return out[0], out[1]
 
     @property
     def comb_span_m(self) -> float:
