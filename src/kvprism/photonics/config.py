@@ -469,6 +469,17 @@ class PhotonicConfig(ConfigBase):
         source="assumption",
         section="detector",
     )
+    pd_sensitivity_bandwidth_hz: float = param(
+        5e9,
+        doc="detection bandwidth at which pd_sensitivity_dbm is specified; the sensitivity floor scales as "
+        "√(Δf / this) (TIA-noise-limited receiver: the smallest detectable power ∝ i_n·√Δf / R)",
+        unit="Hz",
+        gt=0.0,
+        le=1e12,
+        source="assumption: the seed's 5 GHz detection bandwidth (the −26 dBm of SimPhony is a high-speed receiver "
+        "figure)",
+        section="detector",
+    )
     demux_loss_db: float = param(
         3.0,
         doc="insertion loss of the comb demultiplexer before the per-line MZMs",

@@ -119,6 +119,7 @@ class ChipDesign:
     noise_bandwidth_hz: float  # Δf of integrate-and-dump (= detection_bandwidth_hz)
     integration_time_s: float  # T_int = 1/(2 Δf): one query symbol
     adc_rate_hz: float  # conversions per second and row: one per symbol, 1/T_int
+    pd_sensitivity_dbm: float  # sensitivity floor at the noise bandwidth: configured + 5·log10(Δf / Δf_spec)
     rows: int  # physical rows: rows_per_bank × n_banks
     mrr_count: int
     ring_area_m2: float
@@ -181,6 +182,8 @@ class ChipDesign:
             max_drop_field=math.sqrt(float(drop0)), worst_leakage_db=leak, bank_height_m=height,
             bank_width_m=d * cfg.ring_pitch_m, link=budget, passes=2 if cfg.encoding == "dual-rail" else 1,
             noise_bandwidth_hz=cfg.detection_bandwidth_hz, integration_time_s=t_int, adc_rate_hz=1.0 / t_int,
+            pd_sensitivity_dbm=cfg.pd_sensitivity_dbm
+            + 5.0 * math.log10(cfg.detection_bandwidth_hz / cfg.pd_sensitivity_bandwidth_hz),
             rows=rows, mrr_count=mrr, ring_area_m2=mrr * cfg.ring_pitch_m**2, pd_area_m2=rows * cfg.pd_pair_area_m2,
             mzm_area_m2=cfg.n_banks * d * cfg.mzm_area_m2, tia_area_m2=rows * cfg.tia_area_m2,
             adc_area_m2=rows * cfg.adc_area_m2,

@@ -152,7 +152,11 @@ class FeasibilityReport:
             ),
             ("link loss per line", f"{self.link_loss_db:.1f} dB", ""),
             ("received power per line", f"{self.received_line_dbm:.1f} dBm", ""),
-            ("received power per PD (mid bias)", f"{self.received_pd_dbm:.1f} dBm", ""),
+            (
+                "received power per PD (mid bias)",
+                f"{self.received_pd_dbm:.1f} dBm",
+                f"≥ sensitivity {ds.pd_sensitivity_dbm:.1f} dBm",
+            ),
         ]
         for lim in ds.power_limits:
             unit = "mW" if lim.unit == "W" else "mA"  # both shown ×1e3
@@ -295,10 +299,10 @@ def feasibility(
 
     budget = ds.link
     p_pd_w = mid_bias_pd_power_w(cfg, budget.row_line_w, d)
-    if link.w_to_dbm(p_pd_w) < cfg.pd_sensitivity_dbm:
+    if link.w_to_dbm(p_pd_w) < ds.pd_sensitivity_dbm:
         violations.append(
             f"received power per photodiode {link.w_to_dbm(p_pd_w):.1f} dBm is below the sensitivity "
-            f"{cfg.pd_sensitivity_dbm:g} dBm (link loss {budget.total_loss_db:.1f} dB incl. the 1×"
+            f"{ds.pd_sensitivity_dbm:.1f} dBm at {ds.noise_bandwidth_hz:.3g} Hz (link loss {budget.total_loss_db:.1f} dB incl. the 1×"
             f"{cfg.rows_per_bank} splitter)"
         )
     for lim in ds.power_limits:
