@@ -451,7 +451,7 @@ class PhotonicConfig(ConfigBase):
         0.1,
         doc="share of one decode step that the chip's selections may take (the rest is the GPU's attention on the "
         "selected blocks and the MLPs); bounds the time per selection of design.decode_timing",
-        unit="",
+        unit="1",
         gt=0.0,
         le=1.0,
         source="assumption: selection must stay a small part of the step (PHYSICS §11)",
@@ -463,7 +463,7 @@ class PhotonicConfig(ConfigBase):
         "is timed by decode (the rest: query DAC/MZM settling, ADC conversion, top-k); with it design.decode_timing "
         "sets detection_bandwidth_hz = 1/(2·T_int). Without a decode timing detection_bandwidth_hz is the design "
         "choice and T_int = 1/(2·detection_bandwidth_hz)",
-        unit="",
+        unit="1",
         gt=0.0,
         le=1.0,
         source="assumption",
@@ -502,7 +502,7 @@ class PhotonicConfig(ConfigBase):
         1.0,
         doc="routing length inside a bank to its farthest row as a fraction of the bank height rows_per_bank · "
         "ring_pitch_m (added to waveguide_length_m, the route chip input → bank)",
-        unit="",
+        unit="1",
         ge=0.0,
         le=4.0,
         source="assumption: the splitter trunk runs along the full height of the bank",
@@ -512,7 +512,7 @@ class PhotonicConfig(ConfigBase):
         0,
         doc="waveguide crossings on the path of the light to a row (0: the drop photodiode sits inside the row's "
         "cell and nothing crosses the feed; 1: the counter-propagating drop bus crosses the feed trunk)",
-        unit="",
+        unit="1",
         ge=0,
         le=1000,
         source="assumption: layout with the drop PD inside the row cell",
@@ -646,7 +646,7 @@ class PhotonicConfig(ConfigBase):
         0.9,
         doc="signature recall@k the selection needs on the reference score distribution (Gaussian signatures and "
         "queries, k/N = 1/8): fraction of the exact top-k rows the chip's top-k contains",
-        unit="",
+        unit="1",
         ge=0.0,
         le=1.0,
         source="assumption",
