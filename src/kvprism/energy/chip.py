@@ -25,9 +25,8 @@ import math
 from kvprism.errors import KvprismError
 from kvprism.photonics import link
 from kvprism.photonics.config import PhotonicConfig
-from kvprism.photonics.design import SPEED_OF_LIGHT_M_PER_S, ChipDesign, rin_ceiling_db
+from kvprism.photonics.design import SPEED_OF_LIGHT_M_PER_S, ChipDesign, mid_bias_pd_power_w, rin_ceiling_db
 from kvprism.photonics.design import score_snr_db as _design_score_snr_db
-from kvprism.photonics.feasibility import mid_bias_pd_power_w
 
 __all__ = [
     "SPEED_OF_LIGHT_M_PER_S",

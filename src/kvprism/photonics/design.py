@@ -40,6 +40,7 @@ __all__ = [
     "decode_timing",
     "expected_abs_max",
     "leakage_limit_db",
+    "mid_bias_pd_power_w",
     "rin_ceiling_db",
     "score_snr_db",
     "timed_by_decode",
@@ -275,6 +276,13 @@ def _power_limits(cfg: PhotonicConfig, d: int, budget: link.LinkBudget, buildup:
          "pd_saturation_current_a"),
     )  # fmt: skip
     return tuple(PowerLimit(name, per_w * p, cap, unit, cap / per_w, field) for name, per_w, cap, unit, field in rows)
+
+
+def mid_bias_pd_power_w(cfg: PhotonicConfig, row_line_w: float, d: int) -> float:
+    """Optical power [W] on each diode of a row's balanced pair at mid-bias query (half of the row's light on each
+    diode) when each of the ``d`` comb lines reaches the row with ``row_line_w`` [W] (MZM fully open)."""
+    tmin = encoding.t_min(cfg.mzm_extinction_db)
+    return row_line_w * d * (tmin + (1.0 - tmin) * 0.5) * 0.5
 
 
 # ---------------------------------------------------------------------------------------------- score-referred SNR

@@ -25,16 +25,18 @@ import math
 
 import torch
 
-from kvprism.photonics import encoding, link, ring
+from kvprism.photonics import link, ring
 from kvprism.photonics.config import PhotonicConfig
 from kvprism.photonics.design import (
     ChipDesign,
     DecodeTiming,
     PowerLimit,
     leakage_limit_db,
+    mid_bias_pd_power_w,
     score_snr_db,
     timed_by_decode,
 )
+from kvprism.photonics.engine import PhotonicEngine
 
 __all__ = ["FeasibilityReport", "TrimCheck", "feasibility", "mid_bias_pd_power_w", "trim_check"]
 
@@ -210,13 +212,6 @@ def _snr_to_enob(snr_db: float) -> float:
     return (snr_db - 1.76) / 6.02
 
 
-def mid_bias_pd_power_w(cfg: PhotonicConfig, row_line_w: float, d: int) -> float:
-    """Optical power [W] on each diode of a row's balanced pair at mid-bias query (half of the row's light on each
-    diode) when each of the ``d`` comb lines reaches the row with ``row_line_w`` [W] (MZM fully open)."""
-    tmin = encoding.t_min(cfg.mzm_extinction_db)
-    return row_line_w * d * (tmin + (1.0 - tmin) * 0.5) * 0.5
-
-
 def feasibility(
     cfg: PhotonicConfig,
     d: int | None = None,
@@ -231,8 +226,6 @@ def feasibility(
     achieved weight precision come from a seeded Monte Carlo: a bank of ``mc_rows`` Gaussian signatures programmed on
     a fresh engine (all impairments of ``cfg``), ``mc_queries`` Gaussian queries, estimates compared with the exact
     dot products after the best linear fit; weight bits = log2(2 w_r / (√12 · RMS(W_eff − target)))."""
-    from kvprism.photonics.engine import PhotonicEngine
-
     if timing is not None:
         cfg = timed_by_decode(cfg, timing)
     d = d or cfg.n_lines
