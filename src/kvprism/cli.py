@@ -181,11 +181,28 @@ def hw(
     config: Annotated[str | None, typer.Option("--config", help="Photonic config TOML file.")] = None,
     list_presets: Annotated[bool, typer.Option("--list", help="List the shipped presets and exit.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the feasibility Monte Carlo.")] = 0,
+    model_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--model-shape",
+            help="Time the detection by decode for this model (e.g. qwen2.5-7b, smollm2-135m, llama-3.1-8b): the "
+            "integration time follows from the time per selection and replaces detection_bandwidth_hz.",
+        ),
+    ] = None,
+    tokens_per_s: Annotated[
+        float | None,
+        typer.Option("--tokens-per-s", help="Target decode rate for --model-shape (default 20 tokens/s).", min=0.0),
+    ] = None,
+    queries_per_head: Annotated[
+        int, typer.Option(help="Chip queries per (layer, KV head) and decode step (1: GQA sum).", min=1)
+    ] = 1,
+    batch: Annotated[int, typer.Option(help="Sequences decoded together (one logical bank each).", min=1)] = 1,
 ) -> None:
     """Feasibility verdict of a photonic weight-bank configuration (default: the seed-nominal preset)."""
     from rich.table import Table
 
     from kvprism.photonics.config import PhotonicConfig
+    from kvprism.photonics.design import decode_timing
     from kvprism.photonics.feasibility import feasibility
 
     if list_presets:
@@ -207,8 +224,28 @@ def hw(
     else:
         label = preset or "seed-nominal"
         cfg = PhotonicConfig.preset(label)
+    timing = None
+    if model_shape is None and tokens_per_s is not None:
+        raise kvprism.KvprismError("--tokens-per-s needs --model-shape (the model whose decode times the detection)")
+    if model_shape is not None:
+        from kvprism.energy.config import model_shape as get_shape
+
+        shape = get_shape(model_shape)
+        rate = 20.0 if tokens_per_s is None else tokens_per_s
+        timing = decode_timing(
+            cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate,
+            queries_per_head=queries_per_head, batch=batch,
+        )  # fmt: skip
+        console.print(
+            f"detection timed by decode: {shape.name} ({shape.n_layers} layers × {shape.kv_heads} KV heads, batch "
+            f"{batch}, {queries_per_head} quer{'y' if queries_per_head == 1 else 'ies'} per head) at {rate:g} tokens/s, "
+            f"{cfg.selection_time_fraction:g} of the step for selection: {timing.time_per_selection_s * 1e6:.3g} µs "
+            f"per selection, T_int {timing.integration_time_s * 1e6:.3g} µs → detection_bandwidth_hz "
+            f"{timing.noise_bandwidth_hz:.3g} (configured {cfg.detection_bandwidth_hz:.3g})",
+            highlight=False,
+        )
     with console.status("evaluating feasibility ..."):
-        rep = feasibility(cfg, seed=seed)
+        rep = feasibility(cfg, seed=seed, timing=timing)
     table = Table(title=f"feasibility: {label}")
     table.add_column("quantity")
     table.add_column("value", justify="right")

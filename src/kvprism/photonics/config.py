@@ -237,7 +237,12 @@ class PhotonicConfig(ConfigBase):
         20.0, doc="routing waveguide loss", unit="dB/m", ge=0.0, le=1e4, source="Luxtelligence lnoi400 PDK 0.2 dB/cm"
     )
     waveguide_length_m: float = param(
-        0.01, doc="routing length laser input → row", unit="m", ge=0.0, le=1.0, source="assumption: 1 cm"
+        0.01,
+        doc="routing length chip input → bank (ChipDesign adds the route inside the bank from its height)",
+        unit="m",
+        ge=0.0,
+        le=1.0,
+        source="assumption: 1 cm",
     )
     ring_insertion_db: float = param(
         0.01,
@@ -518,13 +523,225 @@ class PhotonicConfig(ConfigBase):
     )
     # ---------------------------------------------------------------- feasibility thresholds
     leakage_limit_db: float = param(
-        -20.0, doc="largest acceptable drop leakage of a ring onto another line", unit="dB", le=0.0, source="assumption"
+        -20.0,
+        doc="largest acceptable drop leakage (power) of a ring onto another line; feasibility applies the stricter of this and the limit derived from required_weight_bits (field formula)",
+        unit="dB",
+        le=0.0,
+        source="assumption",
     )
     required_weight_bits: float = param(
         4.0, doc="weight precision the selection needs", unit="bit", ge=0.0, le=24.0, source="seed: 4–5 bit weights"
     )
     required_score_enob: float = param(
         4.0, doc="effective bits of the scores the selection needs", unit="bit", ge=0.0, le=24.0, source="assumption"
+    )
+
+    # ---------------------------------------------------------------- feasibility, link, detection timing, power,
+    # layout and energy (kvprism.photonics.design / feasibility, kvprism.energy); ChipDesign derives from these
+    selection_time_fraction: float = param(
+        0.1,
+        doc="share of one decode step that the chip's selections may take (the rest is the GPU's attention on the "
+        "selected blocks and the MLPs); bounds the time per selection of design.decode_timing",
+        unit="1",
+        gt=0.0,
+        le=1.0,
+        source="assumption: selection must stay a small part of the step (PHYSICS §11)",
+        section="detector",
+    )
+    integration_fraction: float = param(
+        0.5,
+        doc="share of the time per selection (per optical pass) spent integrating the photocurrent when detection "
+        "is timed by decode (the rest: query DAC/MZM settling, ADC conversion, top-k); with it design.decode_timing "
+        "sets detection_bandwidth_hz = 1/(2·T_int). Without a decode timing detection_bandwidth_hz is the design "
+        "choice and T_int = 1/(2·detection_bandwidth_hz)",
+        unit="1",
+        gt=0.0,
+        le=1.0,
+        source="assumption",
+        section="detector",
+    )
+    pd_sensitivity_bandwidth_hz: float = param(
+        5e9,
+        doc="detection bandwidth at which pd_sensitivity_dbm is specified; the sensitivity floor scales as "
+        "√(Δf / this) (TIA-noise-limited receiver: the smallest detectable power ∝ i_n·√Δf / R)",
+        unit="Hz",
+        gt=0.0,
+        le=1e12,
+        source="assumption: the seed's 5 GHz detection bandwidth (the −26 dBm of SimPhony is a high-speed receiver "
+        "figure)",
+        section="detector",
+    )
+    demux_loss_db: float = param(
+        3.0,
+        doc="insertion loss of the comb demultiplexer before the per-line MZMs",
+        unit="dB",
+        ge=0.0,
+        le=30.0,
+        source="PHYSICS §11: 2–4 dB per demux/mux (AWG)",
+        section="link",
+    )
+    mux_loss_db: float = param(
+        3.0,
+        doc="insertion loss of the multiplexer that recombines the modulated lines onto the bank's bus",
+        unit="dB",
+        ge=0.0,
+        le=30.0,
+        source="PHYSICS §11: 2–4 dB per demux/mux (AWG)",
+        section="link",
+    )
+    bank_routing_fraction: float = param(
+        1.0,
+        doc="routing length inside a bank to its farthest row as a fraction of the bank height rows_per_bank · "
+        "ring_pitch_m (added to waveguide_length_m, the route chip input → bank)",
+        unit="1",
+        ge=0.0,
+        le=4.0,
+        source="assumption: the splitter trunk runs along the full height of the bank",
+        section="link",
+    )
+    crossings_per_row: int = param(
+        0,
+        doc="waveguide crossings on the path of the light to a row (0: the drop photodiode sits inside the row's "
+        "cell and nothing crosses the feed; 1: the counter-propagating drop bus crosses the feed trunk)",
+        unit="1",
+        ge=0,
+        le=1000,
+        source="assumption: layout with the drop PD inside the row cell",
+        section="link",
+    )
+    crossing_loss_db: float = param(
+        0.2,
+        doc="insertion loss per waveguide crossing",
+        unit="dB",
+        ge=0.0,
+        le=10.0,
+        source="assumption: integrated waveguide crossings 0.02–0.3 dB",
+        section="link",
+    )
+    comb_line_max_w: float = param(
+        10e-3,
+        doc="largest optical power per comb line the source delivers at the chip input",
+        unit="W",
+        gt=0.0,
+        source="PHYSICS §11: comb sources give mW per line; 10 mW as the upper end (assumption)",
+        section="power",
+    )
+    waveguide_max_power_w: float = param(
+        100e-3,
+        doc="largest total optical power (all lines) in one LN waveguide, at the input after the coupler",
+        unit="W",
+        gt=0.0,
+        source="assumption: photorefraction and pyroelectric drift of TFLN grow with power (Ren et al., arXiv "
+        "2409.12354; Xu et al., arXiv 2012.10775); 100 mW keeps the input guide below the levels of nonlinear "
+        "TFLN experiments",
+        section="power",
+    )
+    mzm_max_power_w: float = param(
+        50e-3,
+        doc="largest optical power through one MZM (one comb line after the demux)",
+        unit="W",
+        gt=0.0,
+        source="assumption: photorefractive bias drift of TFLN MZMs at tens of mW",
+        section="power",
+    )
+    ring_max_circulating_w: float = param(
+        10e-3,
+        doc="largest circulating power in one ring (input on resonance × build-up ≈ finesse/π)",
+        unit="W",
+        gt=0.0,
+        source="assumption: photorefractive/thermal resonance shifts of TFLN rings appear at mW-level intracavity "
+        "power (Xu et al., arXiv 2012.10775; Ren et al., arXiv 2409.12354)",
+        section="power",
+    )
+    pd_saturation_current_a: float = param(
+        1e-3,
+        doc="photocurrent per photodiode above which the response is no longer linear",
+        unit="A",
+        gt=0.0,
+        source="PHYSICS §11: photodiodes saturate at mA-scale photocurrent (assumption: 1 mA)",
+        section="power",
+    )
+    trim_mechanism: str = param(
+        "heater",
+        doc="how the as-fabricated resonance spread fab_sigma_m is trimmed: 'heater' (a micro-heater per ring, held "
+        "power) or 'one-time' (post-fabrication trim, e.g. photorefractive optical trimming; no held power)",
+        choices=("heater", "one-time"),
+        source="PHYSICS §8, §11; one-time optical trimming of TFLN rings: Ren et al., arXiv 2409.12354",
+        section="layout",
+    )
+    trim_efficiency_m_per_w: float = param(
+        53.7e-12 / 1e-3,
+        doc="heater trim: resonance shift per heater power",
+        unit="m/W",
+        gt=0.0,
+        source="Liu et al., Opt. Lett. 45, 6318 (2020): 53.7 pm/mW with thermal-isolation trenches (~20× less without)",
+        section="layout",
+    )
+    trim_max_power_w: float = param(
+        15e-3,
+        doc="heater trim: largest heater power per ring (trim range = efficiency × this)",
+        unit="W",
+        gt=0.0,
+        source="Liu et al., Opt. Lett. 45, 6318 (2020): one FSR with 14.9 mW",
+        section="layout",
+    )
+    one_time_trim_range_m: float = param(
+        2e-9,
+        doc="one-time trim: largest resonance shift the post-fabrication trim reaches",
+        unit="m",
+        gt=0.0,
+        source="assumption (optical trimming of TFLN rings: Ren et al., arXiv 2409.12354)",
+        section="layout",
+    )
+    pd_pair_area_m2: float = param(
+        2 * 20e-6 * 20e-6,
+        doc="area of one row's balanced photodiode pair on the photonic die",
+        unit="m²",
+        ge=0.0,
+        source="assumption: two 20 µm × 20 µm waveguide photodiodes with contacts",
+        section="layout",
+    )
+    mzm_area_m2: float = param(
+        5e-3 * 100e-6,
+        doc="area of one query MZM (d per physical bank) on the photonic die",
+        unit="m²",
+        ge=0.0,
+        source="assumption: 5 mm travelling-wave electrode × 100 µm (Wang et al., Nature 562, 101 (2018): 5–20 mm)",
+        section="layout",
+    )
+    tia_area_m2: float = param(
+        50e-6 * 50e-6,
+        doc="area of one row's TIA (on the electronic die)",
+        unit="m²",
+        ge=0.0,
+        source="assumption: 50 µm × 50 µm CMOS TIA",
+        section="layout",
+    )
+    adc_area_m2: float = param(
+        100e-6 * 100e-6,
+        doc="area of one row's ADC (on the electronic die)",
+        unit="m²",
+        ge=0.0,
+        source="assumption: 0.01 mm² for an 8-bit CMOS ADC",
+        section="layout",
+    )
+    max_electronic_area_m2: float = param(
+        858e-6,
+        doc="largest area of the electronic die that holds the rows' TIAs and ADCs (3D-stacked under the photonics)",
+        unit="m²",
+        gt=0.0,
+        source="lithography reticle field 26 mm × 33 mm",
+        section="layout",
+    )
+    required_recall: float = param(
+        0.9,
+        doc="signature recall@k the selection needs on the reference score distribution (Gaussian signatures and "
+        "queries, k/N = 1/8): fraction of the exact top-k rows the chip's top-k contains",
+        unit="1",
+        ge=0.0,
+        le=1.0,
+        source="assumption",
+        section="criteria",
     )
 
     def _check(self) -> None:
