@@ -15,7 +15,14 @@ from kvprism.photonics import PhotonicConfig, PhotonicEngine
 GOLDEN = Path(__file__).resolve().parent / "golden" / "engine.pt"
 PRESETS = ("ideal", "seed-nominal", "seed-pessimistic", "seed-optimistic", "tfln-literature")
 #: fields that select the pre-refactor model in the refactored engine (empty before the refactor)
-LEGACY: dict[str, object] = {"drop_bus": "incoherent", "rest_point": "eo-centre", "coupler_gap_sigma_m": 0.0}
+LEGACY: dict[str, object] = {
+    "drop_bus": "incoherent",
+    "rest_point": "eo-centre",
+    "coupler_gap_sigma_m": 0.0,
+    "demux_loss_db": 0.0,
+    "mux_loss_db": 0.0,
+    "bank_routing_fraction": 0.0,
+}
 
 
 def legacy_config(name: str) -> PhotonicConfig:

@@ -122,6 +122,7 @@ class PhotonicEngine:
         self._a = float(ring.round_trip_amplitude(c.loss_db_per_m, c.ring_radius_m))
         self._dtype = torch.float32
         self._coherent = c.crosstalk and c.drop_bus == "coherent"
+        self._fwhm_m = float(ring.fwhm_m(c.wavelength_center_m, c.n_g, c.ring_radius_m, self._r1, self._r2, self._a))
         self.last_calibration_mismatch: float | None = None  # model-based: RMS chip − controller model weights
         self.counters["calibration_time_s"] = 0.0  # in-situ calibration: probes × integration time
         self._tmin = encoding.t_min(c.mzm_extinction_db)
@@ -149,20 +150,28 @@ class PhotonicEngine:
         return self._lead
 
     def link_budget(self, d: int | None = None) -> link.LinkBudget:
-        c = self.config
-        d = d or self.n_dims or c.n_lines
-        return link.link_budget(
-            laser_line_dbm=c.laser_line_dbm,
-            coupling_loss_db=c.coupling_loss_db,
-            mzm_insertion_loss_db=c.mzm_insertion_loss_db,
-            rows_per_bank=c.rows_per_bank,
-            splitter_excess_db_per_stage=c.splitter_excess_db_per_stage,
-            waveguide_loss_db_per_m=c.waveguide_loss_db_per_m,
-            waveguide_length_m=c.waveguide_length_m,
-            ring_insertion_db=c.ring_insertion_db,
-            n_rings_passed=d,
-            pd_coupling_loss_db=c.pd_coupling_loss_db,
-        )
+        """The optical link of the design for ``d`` lines (:class:`~kvprism.photonics.design.ChipDesign`)."""
+        from kvprism.photonics.design import ChipDesign
+
+        return ChipDesign.from_config(self.config, d or self.n_dims or self.config.n_lines).link
+
+    def weights_as_programmed(self) -> torch.Tensor:
+        """W_eff [*L, N, d] as programmed: the chip's weights at the applied drive with the trim residual and every
+        static fabrication effect (bus phases, coupling spread); with in-situ calibration (``feedback_calibration``,
+        which measured and compensated it) also the drift present at programming time; drift and DC relaxation
+        after programming are excluded. Equal to the signatures for the ideal preset."""
+        if self._sig is None:
+            raise KvprismError("the engine has no programmed rows; call program(signatures) first")
+        if self.config.is_ideal:
+            return self._sig.reshape(*self._lead, *self._sig.shape[1:]).clone()
+        det = self._static
+        if "eo" in self._bufs:  # undo the relaxation since programming
+            det = self.config.rest_detuning_m + self._eo + self._trim
+        if self.config.feedback_calibration:
+            det = det + self._drift_now(None, 0, None)
+        _, n, d = det.shape
+        thru, drop = self._chip_fields(det.reshape(-1, d), self._extras(None, 0, None))
+        return (thru - drop).reshape(*self._lead, n, d)
 
     def optics(self, d: int) -> RowOptics:
         """The row optics for ``d`` comb lines (cached, with its :class:`CascadePlan`)."""
@@ -450,7 +459,10 @@ class PhotonicEngine:
         noise_ = self._probe_noise(d) if c.feedback_calibration else None
         # the closed loop may command the whole drive range, margin included (that is what the margin is kept for)
         full = c.tuning_m_per_v * c.v_max_v
-        drive_m = (max(0.0, c.rest_detuning_m - full), c.rest_detuning_m + full)
+        drive_m = (c.rest_detuning_m - full, c.rest_detuning_m + full)
+        # dither for the side of resonance: a tenth of a linewidth, at least two DAC steps
+        dac_step_m = 2.0 * full / (2**c.program_bits - 1) if c.program_bits else 0.0
+        dither_m = max(0.1 * self._fwhm_m, 2.0 * dac_step_m)
         for s0 in range(0, flat.shape[0], step):
             sl = slice(s0, s0 + step)
             ex = {k: v[sl] for k, v in extras.items()}
@@ -459,7 +471,7 @@ class PhotonicEngine:
                 res = program.calibrate_in_situ(
                     flat[sl], opt, *drive_m, c.calibration_iters,
                     apply=lambda x, off=off: self._quantize_detuning(x) + off,
-                    chip=lambda x, ex=ex: self._chip_weights(x, ex), noise=noise_, gen=self._gen,
+                    chip=lambda x, ex=ex: self._chip_weights(x, ex), noise=noise_, gen=self._gen, dither_m=dither_m,
                 )  # fmt: skip
                 probes = res.probes
             else:

@@ -116,6 +116,7 @@ def calibrate_in_situ(
     chip: Model,
     noise: ProbeNoise,
     gen: torch.Generator,
+    dither_m: float = 0.0,
 ) -> InSituResult:
     """Closed-loop calibration on measurements: ``apply`` maps commanded detunings to the detunings the rings really
     take (voltage quantisation, trim residual, drift now); ``chip`` gives the true weights there; each reading is
@@ -123,8 +124,11 @@ def calibrate_in_situ(
     single-ring inverse and moves the command by the difference to where the target weight lies,
     cmd ← cmd + inv(target) − inv(measured) (one step for a pure position error; crosstalk and the coherent drop bus
     enter as an apparent position error and are iterated out; coupling spread is absorbed because the loop closes on
-    the measured weight). Commands stay in [det_min_m, det_max_m]. Each row keeps the iterate with the smallest
-    *measured* error (the controller never sees the truth)."""
+    the measured weight). The weight only tells the distance from resonance, not the side: with ``dither_m`` > 0
+    each reading is paired with one at the command + dither, and the sign of the change says which side the ring
+    sits on (twice the probes). Commands stay in [det_min_m, det_max_m] (they may be negative: the drive can pull
+    a ring across its line). Each row keeps the iterate with the smallest *measured* error (the controller never
+    sees the truth)."""
     per_m = optics.phase_per_m.double()
     half_fsr_m = float(math.pi / per_m.max())  # the single-ring inverse is unique up to half an FSR
 
@@ -151,5 +155,10 @@ def calibrate_in_situ(
         history.append(float(best_err.mean().sqrt()) if err.numel() else 0.0)
         if it == iters:
             break
-        det = (det + goal - where(meas)).clamp(det_min_m, det_max_m)
-    return InSituResult(best_det, best_w, history, (iters + 1) * d * noise.averages)
+        pos = where(meas)
+        if dither_m > 0.0:
+            up = noise.read(chip(apply(det + dither_m)), gen)
+            pos = torch.where(up >= meas, pos, -pos)
+        det = (det + goal - pos).clamp(det_min_m, det_max_m)
+    readings = iters + 1 + (iters if dither_m > 0.0 else 0)
+    return InSituResult(best_det, best_w, history, readings * d * noise.averages)
