@@ -61,6 +61,7 @@ class SearchResult:
 
     study: Any
     base: str
+    base_config: Any
     settings: ObjectiveSettings
     space: list[Dim]
     left_out: list[Dim]
@@ -82,7 +83,8 @@ def _base_config(base: Any) -> tuple[Any, str]:
 
 
 def config_of(trial: Any, base: Any) -> Any:
-    """The :class:`PhotonicConfig` of a finished trial: the base with the trial's field values."""
+    """The :class:`PhotonicConfig` of a finished trial: the base (a config, preset name or TOML file) with the
+    trial's field values."""
     cfg, _ = _base_config(base)
     return cfg.replace(**trial.user_attrs["fields"])
 
@@ -150,13 +152,23 @@ def run_search(
         study_name=study_name, storage=store, directions=list(DIRECTIONS), sampler=sampler, load_if_exists=True
     )
     ref_info = {"model": ref.params.model, "context": ref.params.context, "key": ref.params.key()}
-    meta = {"base": base_name, "settings": dataclasses.asdict(s), "reference": ref_info, "seed": seed}
+    meta = {
+        "base": base_name,
+        "base_config": base_cfg.to_dict(),
+        "space": [d.name for d in dims],
+        "settings": dataclasses.asdict(s),
+        "reference": ref_info,
+        "seed": seed,
+    }
     old = study.user_attrs.get("kvprism")
+    meta = json.loads(json.dumps(meta))
     if old is None:
-        study.set_user_attr("kvprism", json.loads(json.dumps(meta)))
-    elif old != json.loads(json.dumps(meta)):
+        study.set_user_attr("kvprism", meta)
+    elif old != meta:
+        differ = sorted(k for k in meta if old.get(k) != meta[k])
         raise KvprismError(
-            f"study {study_name!r} in {storage} was run with other settings ({old}); use another --storage or --study"
+            f"study {study_name!r} in {storage or 'memory'} was run with other {', '.join(differ)}; "
+            "use another --storage or --study"
         )
     study_id = store.get_study_id_from_name(study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # left by a killed process
@@ -206,7 +218,7 @@ def run_search(
                 )
 
             study.optimize(objective, n_trials=remaining, callbacks=[advance], catch=())
-    return SearchResult(study, base_name, s, dims, left_out, ref_info)
+    return SearchResult(study, base_name, base_cfg, s, dims, left_out, ref_info)
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -326,7 +338,7 @@ def write_outputs(result: SearchResult, out_dir: str | Path, n_presets: int = 3)
             "reference_context": int(result.reference["context"]),
             "reference_key": result.reference["key"],
         }
-        path = write_preset(config_of(t, result.base), out / f"preset-{i + 1}-trial{t.number}.toml", meta)
+        path = write_preset(config_of(t, result.base_config), out / f"preset-{i + 1}-trial{t.number}.toml", meta)
         presets.append(str(path))
         written[f"preset {i + 1}"] = path
     summary = {
