@@ -134,3 +134,23 @@ def test_cli_search_on_a_reference_file(tmp_path, capsys):
     assert "rows_per_bank" not in {r["parameter"] for r in data["space"]}
     assert main([*args[:4], "--trials", "4", *args[6:]]) == 0  # resumes: one more trial
     assert json.loads((out / "pareto.json").read_text())["n_trials"] == 4
+
+
+def test_preset_toml_writes_sections_as_tables_and_roundtrips():
+    import dataclasses
+    import tomllib
+
+    from kvprism.config import ConfigBase, param
+    from kvprism.design.search import preset_toml
+
+    @dataclasses.dataclass(frozen=True)
+    class Sectioned(ConfigBase):
+        a: int = param(1, doc="a")
+        b: float = param(2.5e-12, doc="b", section="ring")
+        c: bool = param(True, doc="c", section="ring")
+
+    data = tomllib.loads(preset_toml(Sectioned(), {"recall": 0.5, "source": "test"}))
+    assert data == {"a": 1, "ring": {"b": 2.5e-12, "c": True}, "meta": {"recall": 0.5, "source": "test"}}
+    cfg = PhotonicConfig.preset("tfln-literature")
+    flat = tomllib.loads(preset_toml(cfg, {}))
+    assert PhotonicConfig.from_dict({k: v for k, v in flat.items() if k != "meta"}) == cfg  # exact float round trip

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from kvprism.design.capture import ReferenceSet
+from kvprism.design.space import leaf
 from kvprism.errors import KvprismError
 
 __all__ = [
@@ -126,12 +127,22 @@ DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")
 
 
 # ------------------------------------------------------------------------------------------------- constraints
-def _get(rep: Any, *names: str) -> float | None:
+def _get(obj: Any, *names: str) -> float | None:
+    """The first of ``names`` that ``obj`` (a report or a config, nested sections included) holds as a number."""
     for n in names:
-        v = getattr(rep, n, None)
+        try:
+            v = leaf(obj, n)
+        except (AttributeError, KvprismError):
+            continue
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
     return None
+
+
+def _margin(rep: Any, cfg: Any, got: str, limit: str, sign: float, scale: float = 1.0) -> float | None:
+    """``sign · (report.got − config.limit) / scale`` or None when either is missing."""
+    v, lim = _get(rep, got), _get(cfg, limit)
+    return None if v is None or lim is None else sign * (v - lim) / scale
 
 
 def _ratio_margin(num: float | None, den: float | None) -> float | None:
@@ -146,16 +157,10 @@ def _ratio_margin(num: float | None, den: float | None) -> float | None:
 CONSTRAINTS: dict[str, Callable[[Any, Any], float | None]] = {
     "drive_swing": lambda r, c: _ratio_margin(_get(r, "required_swing_v"), _get(r, "v_max_v")),
     "comb_span": lambda r, c: _ratio_margin(_get(r, "comb_span_m"), _get(r, "fsr_m")),
-    "leakage_db": lambda r, c: (
-        None if (v := _get(r, "worst_leakage_db")) is None else (v - c.leakage_limit_db) / 10.0
-    ),
-    "pd_power_db": lambda r, c: (
-        None if (v := _get(r, "received_pd_dbm")) is None else (c.pd_sensitivity_dbm - v) / 10.0
-    ),
-    "score_enob_bits": lambda r, c: (
-        None if (v := _get(r, "score_enob_bits")) is None else c.required_score_enob - v
-    ),
-    "weight_bits": lambda r, c: None if (v := _get(r, "weight_bits")) is None else c.required_weight_bits - v,
+    "leakage_db": lambda r, c: _margin(r, c, "worst_leakage_db", "leakage_limit_db", 1.0, 10.0),
+    "pd_power_db": lambda r, c: _margin(r, c, "received_pd_dbm", "pd_sensitivity_dbm", -1.0, 10.0),
+    "score_enob_bits": lambda r, c: _margin(r, c, "score_enob_bits", "required_score_enob", -1.0),
+    "weight_bits": lambda r, c: _margin(r, c, "weight_bits", "required_weight_bits", -1.0),
     "area": lambda r, c: _ratio_margin(_get(r, "chip_area_m2", "area_m2"), _get(c, "max_chip_area_m2")),
 }  # fmt: skip
 
@@ -189,12 +194,13 @@ def configured_laser(cfg: Any, d: int) -> Any:
     from kvprism.photonics import PhotonicEngine, link
 
     budget = PhotonicEngine(cfg, seed=0).link_budget(d)  # no random draw happens before program()
-    laser_w = link.dbm_to_w(cfg.laser_line_dbm)
+    line_dbm = leaf(cfg, "laser_line_dbm")
+    laser_w = link.dbm_to_w(line_dbm)
     return LaserSolution(
-        target_snr_db=enob_to_snr_db(cfg.required_score_enob), snr_ceiling_db=math.nan, limited_by="configured",
-        row_line_w=laser_w / 10.0 ** (budget.total_loss_db / 10.0), link_loss_db=budget.total_loss_db,
-        laser_line_w=laser_w, configured_laser_line_dbm=cfg.laser_line_dbm, d=d,
-        wall_plug_efficiency=cfg.laser_wall_plug_efficiency,
+        target_snr_db=enob_to_snr_db(leaf(cfg, "required_score_enob")), snr_ceiling_db=math.nan,
+        limited_by="configured", row_line_w=laser_w / 10.0 ** (budget.total_loss_db / 10.0),
+        link_loss_db=budget.total_loss_db, laser_line_w=laser_w, configured_laser_line_dbm=line_dbm, d=d,
+        wall_plug_efficiency=leaf(cfg, "laser_wall_plug_efficiency"),
     )  # fmt: skip
 
 
@@ -253,10 +259,10 @@ def evaluate(
 
     s = settings or ObjectiveSettings()
     if d_sig is None:
-        match = [d for d in ref.d_sigs if ref.width(d) == cfg.n_lines]
+        match = [d for d in ref.d_sigs if ref.width(d) == leaf(cfg, "n_lines")]
         if not match:
             raise KvprismError(
-                f"n_lines = {cfg.n_lines} matches no signature width of the reference set "
+                f"n_lines = {leaf(cfg, 'n_lines')} matches no signature width of the reference set "
                 f"({', '.join(str(ref.width(d)) for d in ref.d_sigs)}); pass d_sig"
             )
         d_sig = match[0]
@@ -264,7 +270,7 @@ def evaluate(
     if s.k > ref.params.k_max:
         raise KvprismError(f"k = {s.k} exceeds the reference set's k_max = {ref.params.k_max}")
     w = ref.width(d_sig)
-    if cfg.n_lines != w:
+    if leaf(cfg, "n_lines") != w:
         cfg = cfg.replace(n_lines=w)
     t0 = time.perf_counter()
     sig, qry, top, att = _bank_data(ref, d_sig, s.max_banks)

@@ -154,7 +154,7 @@ def run_search(
     ref_info = {"model": ref.params.model, "context": ref.params.context, "key": ref.params.key()}
     meta = {
         "base": base_name,
-        "base_config": base_cfg.to_dict(),
+        "base_config": _config_tree(base_cfg),
         "space": [d.name for d in dims],
         "settings": dataclasses.asdict(s),
         "reference": ref_info,
@@ -290,18 +290,34 @@ def _toml_value(v: Any) -> str:
     raise KvprismError(f"cannot write {v!r} ({type(v).__name__}) to TOML")
 
 
+def _config_tree(cfg: Any) -> dict[str, Any]:
+    """Every field of a config as a TOML tree: a dataclass field with a ``section`` in its metadata goes into that
+    table; a nested config (dataclass or pydantic model) becomes its own table."""
+    if dataclasses.is_dataclass(cfg):
+        tree: dict[str, Any] = {}
+        for f in dataclasses.fields(cfg):
+            v = getattr(cfg, f.name)
+            v = _config_tree(v) if dataclasses.is_dataclass(v) or hasattr(v, "model_dump") else v
+            sec = (f.metadata or {}).get("section", "")
+            (tree.setdefault(sec, {}) if sec else tree)[f.name] = v
+        return tree
+    if hasattr(cfg, "model_dump"):
+        return cfg.model_dump()
+    raise KvprismError(f"cannot write a {type(cfg).__name__} as a TOML preset")
+
+
+def _toml_lines(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    flat = [f"{k} = {_toml_value(v)}" for k, v in tree.items() if not isinstance(v, dict)]
+    out = ([f"[{prefix}]"] if prefix and flat else []) + flat
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out += ["", *_toml_lines(v, f"{prefix}.{k}" if prefix else k)]
+    return out
+
+
 def preset_toml(cfg: Any, meta: dict[str, Any]) -> str:
-    """TOML text of every field of ``cfg`` (a field with a ``section`` in its metadata goes into that table) and a
-    ``[meta]`` table."""
-    top: list[str] = []
-    sections: dict[str, list[str]] = {}
-    for f in dataclasses.fields(cfg):
-        line = f"{f.name} = {_toml_value(getattr(cfg, f.name))}"
-        sec = (f.metadata or {}).get("section", "")
-        (sections.setdefault(sec, []) if sec else top).append(line)
-    parts = ["# written by kvprism design search", *top]
-    for sec, lines in sections.items():
-        parts += ["", f"[{sec}]", *lines]
+    """TOML text of every field of ``cfg`` (sections as tables, see :func:`_config_tree`) and a ``[meta]`` table."""
+    parts = ["# written by kvprism design search", *_toml_lines(_config_tree(cfg))]
     parts += ["", "[meta]", *(f"{k} = {_toml_value(v)}" for k, v in meta.items())]
     return "\n".join(parts) + "\n"
 
@@ -386,8 +402,11 @@ def _plot(study: Any, pareto: list[Any], path: Path) -> Path:
     if pareto:
         ax.scatter([t.values[1] for t in pareto], [t.values[0] for t in pareto], facecolors="none",
                    edgecolors="red", s=70, label=f"Pareto ({len(pareto)})")  # fmt: skip
-    if done and all(t.values[1] > 0 for t in done):
+    energies = [t.values[1] for t in done]
+    if energies and min(energies) > 0 and max(energies) / min(energies) > 10:
         ax.set_xscale("log")
+    else:
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel("energy per decode step [J]")
     ax.set_ylabel("signature recall@k vs exact")
     ax.set_ylim(-0.02, 1.02)

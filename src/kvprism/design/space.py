@@ -18,7 +18,7 @@ from typing import Any
 
 from kvprism.errors import KvprismError
 
-__all__ = ["D_SIG", "SPACE", "Dim", "active_space", "config_fields", "space_table"]
+__all__ = ["D_SIG", "SPACE", "Dim", "active_space", "config_fields", "leaf", "space_table"]
 
 #: name of the special row whose choices come from the reference set
 D_SIG = "d_sig"
@@ -105,13 +105,48 @@ SPACE: tuple[Dim, ...] = (
 )  # fmt: skip
 
 
+def _field_types(config_cls: type) -> dict[str, Any]:
+    """Field name -> annotation/type of a config class: dataclass fields, or pydantic ``model_fields``."""
+    if dataclasses.is_dataclass(config_cls):
+        import typing
+
+        hints = typing.get_type_hints(config_cls)
+        return {f.name: hints.get(f.name) for f in dataclasses.fields(config_cls)}
+    fields = getattr(config_cls, "model_fields", None)
+    if fields is not None:
+        return {name: f.annotation for name, f in fields.items()}
+    raise KvprismError(f"{config_cls.__name__} is neither a dataclass nor a pydantic model")
+
+
+def _is_config_type(t: Any) -> bool:
+    return isinstance(t, type) and (dataclasses.is_dataclass(t) or hasattr(t, "model_fields"))
+
+
 def config_fields(config_cls: type | None = None) -> set[str]:
-    """Field names of the installed :class:`PhotonicConfig` (or ``config_cls``)."""
+    """Leaf field names of the installed :class:`PhotonicConfig` (or ``config_cls``); fields of nested sections
+    count by their own (unique) names, as ``PhotonicConfig.replace(name=value)`` takes them."""
     if config_cls is None:
         from kvprism.photonics import PhotonicConfig
 
         config_cls = PhotonicConfig
-    return {f.name for f in dataclasses.fields(config_cls)}
+    out: set[str] = set()
+    for name, t in _field_types(config_cls).items():
+        out |= config_fields(t) if _is_config_type(t) else {name}
+    return out
+
+
+def leaf(cfg: Any, name: str) -> Any:
+    """The value of leaf field ``name`` of a config, looked up in nested sections too; AttributeError if absent."""
+    if hasattr(cfg, name):
+        return getattr(cfg, name)
+    subs = [getattr(cfg, n) for n in _field_types(type(cfg))] if _is_config_type(type(cfg)) else []
+    for sub in subs:
+        if _is_config_type(type(sub)):
+            try:
+                return leaf(sub, name)
+            except AttributeError:
+                pass
+    raise AttributeError(f"{type(cfg).__name__} has no field {name!r}")
 
 
 def active_space(
