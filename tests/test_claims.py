@@ -41,3 +41,20 @@ def test_claims_on_a_tiny_model_write_every_section(tmp_path):
     assert set(bits) >= {SEED, "ideal (quantisation only)", "seed-nominal"}
     assert all(0.0 <= r <= 1.0 for c in bits.values() for r in c.values())
     assert (tmp_path / "niah" / "results.jsonl").is_file()
+
+
+def test_claims_cli_on_a_tiny_model_dir(tmp_path, monkeypatch, capsys):
+    from kvprism.cli import main
+
+    monkeypatch.setenv("KVPRISM_CACHE", str(tmp_path / "cache"))  # the reference set is captured on first use
+    model_dir = tmp_path / "tiny"
+    tiny_model().save_pretrained(model_dir)
+    text_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "claims"
+    args = ["claims", "--model", str(model_dir), "--out", str(out), "--contexts", "256", "--k", "2"]
+    assert main(args) == 0
+    data = json.loads((out / "claims.json").read_text())
+    assert list(data["sections"]) == list(CLAIMS)
+    assert data["sections"]["bits"]["measured"]["reference"]["context"] == 1024  # the tiny model's window
+    assert list((tmp_path / "cache" / "design").glob("ref-*.safetensors"))
+    assert "claims.md" in capsys.readouterr().out

@@ -567,6 +567,15 @@ def _markdown(sections: dict[str, dict[str, Any]], plots: dict[str, Path], s: Cl
     return "\n".join(lines)
 
 
+def _default_reference(model: Any, s: ClaimsSettings) -> CaptureParams:
+    """The default reference set of the model: 8192 tokens (or its window), k_max = k where the candidates allow
+    (for SmolLM2 this is ``CaptureParams()``, the set the design search uses)."""
+    window = getattr(model.config, "max_position_embeddings", None) or 8192
+    base = dict(model=s.model_name, context=min(8192, window), block_size=s.block_size)
+    lo, hi = CaptureParams(**base, k_max=1).candidate_range
+    return CaptureParams(**base, k_max=max(1, min(CaptureParams.k_max, s.k, hi - lo)))
+
+
 def run_claims(
     model: Any,
     tokenizer: Any,
@@ -597,8 +606,7 @@ def run_claims(
     sections["scaling"] = _section_scaling(s)
     say("claim 5: bits on the reference set ...")
     if reference is None:
-        ctx = max(sections["niah"]["measured"]["contexts"])
-        params = s.reference or CaptureParams(model=s.model_name, context=min(ctx, 8192), block_size=s.block_size)
+        params = s.reference or _default_reference(model, s)
         reference = reference_set(params, model=model, tokenizer=tokenizer, show_progress=show_progress)
     sections["bits"] = _section_bits(reference, s)
     for cid, sec in sections.items():
