@@ -95,3 +95,20 @@ def test_bad_parameters_name_the_option():
         cap.capture(tiny_model(), text_tokenizer(), capture_params(context=4096))
     with pytest.raises(KvprismError, match="d_sig = 32 is not in the reference set"):
         tiny_reference().width(32)
+
+
+def test_cli_capture_writes_the_file(tmp_path, capsys):
+    from kvprism.cli import main
+
+    model_dir = tmp_path / "tiny"
+    tiny_model().save_pretrained(model_dir)
+    text_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "ref.safetensors"
+    args = ["design", "capture", "--model", str(model_dir), "--context", "512", "--out", str(out), "--d-sig", "8",
+            "--block-size", "16", "--queries", "8", "--k-max", "8"]  # fmt: skip
+    assert main(args) == 0
+    ref = cap.ReferenceSet.load(out)
+    assert ref.d_sigs == (8,) and ref.shape == (2, 2, 32, 8) and ref.params.model == str(model_dir)
+    assert "written" in capsys.readouterr().out
+    assert main([*args[:-2], "--k-max", "64"]) == 1  # too few candidate blocks: one-line error
+    assert "k_max = 64 needs at least as many" in capsys.readouterr().err
