@@ -161,6 +161,7 @@ CONSTRAINTS: dict[str, Callable[[Any, Any], float | None]] = {
     "pd_power_db": lambda r, c: _margin(r, c, "received_pd_dbm", "pd_sensitivity_dbm", -1.0, 10.0),
     "score_enob_bits": lambda r, c: _margin(r, c, "score_enob_bits", "required_score_enob", -1.0),
     "weight_bits": lambda r, c: _margin(r, c, "weight_bits", "required_weight_bits", -1.0),
+    "weight_range": lambda r, c: _margin(r, c, "weight_range", "weight_range_target", -1.0),
     "area": lambda r, c: _ratio_margin(_get(r, "chip_area_m2", "area_m2"), _get(c, "max_chip_area_m2")),
 }  # fmt: skip
 
