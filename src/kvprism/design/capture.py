@@ -47,6 +47,7 @@ __all__ = [
     "ReferenceSet",
     "capture",
     "default_path",
+    "describe",
     "exact_topk",
     "reference_set",
 ]
