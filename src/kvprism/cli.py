@@ -565,6 +565,12 @@ def report(
         console.print(f"{name:>24}  {path}")
 
 
+from kvprism.design.cli import claims_app, design_app  # noqa: E402  (light: typer + rich only)
+
+app.add_typer(design_app, name="design")
+app.add_typer(claims_app, name="claims")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: one-line errors, tracebacks with ``--debug``."""
     args = sys.argv[1:] if argv is None else argv

@@ -79,9 +79,14 @@ class SelectionConfig(ConfigBase):
     )
     sink_blocks: int = param(1, doc="First blocks (of real tokens) always read (attention sinks).", unit="blocks", ge=0)
     window: int = param(64, doc="Most recent tokens always read.", unit="tokens", ge=0)
-    backend: str = param("exact", doc="Scoring backend: a name in kvprism.selection.BACKENDS ('exact', 'photonic').")
+    backend: str = param(
+        "exact",
+        doc="Scoring backend: a name in kvprism.selection.BACKENDS ('exact', 'photonic', 'seed-as-published').",
+    )
     photonic: object = param(
-        "seed-nominal", doc="For backend='photonic': a PhotonicConfig preset name or a PhotonicConfig instance."
+        "seed-nominal",
+        doc="For backend='photonic': a PhotonicConfig preset name or a PhotonicConfig instance; for "
+        "backend='seed-as-published': a kvprism.seed_published.SeedPublishedConfig (other values: its defaults).",
     )
     heads: object = param(
         "all",
@@ -93,8 +98,11 @@ class SelectionConfig(ConfigBase):
     def _check(self) -> None:
         if self.backend not in BACKENDS:
             self._fail("backend", self.backend, f"allowed: {', '.join(map(repr, BACKENDS))}")
-        if not isinstance(self.photonic, str) and type(self.photonic).__name__ != "PhotonicConfig":
-            self._fail("photonic", self.photonic, "must be a preset name or a PhotonicConfig")
+        if not isinstance(self.photonic, str) and type(self.photonic).__name__ not in (
+            "PhotonicConfig",
+            "SeedPublishedConfig",
+        ):
+            self._fail("photonic", self.photonic, "must be a preset name, a PhotonicConfig or a SeedPublishedConfig")
         h = self.heads
         if isinstance(h, str):
             if h != "all" and not h.endswith(".json"):
@@ -514,3 +522,9 @@ def gather_plan(blocks: torch.Tensor, layout: StepLayout) -> GatherPlan:
     idx = torch.cat([layout.fixed_idx[:, None].expand(b, h, mf), pos], dim=-1)
     ok = torch.cat([layout.fixed_ok[:, None].expand(b, h, mf), ok], dim=-1)
     return GatherPlan(token_idx=idx, token_ok=ok, blocks=blocks, n_attended=ok.sum(-1), n_cached=layout.n_cached)
+
+
+# the seed's simplified impairment model (kvprism.seed_published) registers itself as backend "seed-as-published"
+from kvprism.seed_published import _register as _register_seed_published  # noqa: E402
+
+_register_seed_published()
