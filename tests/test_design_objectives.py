@@ -55,7 +55,11 @@ def test_physical_chip_objectives_constraints_and_determinism():
     assert all(math.isfinite(v) for v in a.constraints.values())
     assert a.energy_j > a.selection_energy_j > 0 and set(a.energy_by_context_j) == {32768, 131072}
     assert a.energy_by_context_j[131072] > a.energy_by_context_j[32768]
-    assert a.area_m2 == pytest.approx(cfg.rows_per_bank * cfg.n_banks * 16 * cfg.ring_pitch_m**2)
+    from kvprism.photonics.design import ChipDesign
+
+    ds = ChipDesign.from_config(cfg, 16)
+    assert a.area_m2 == pytest.approx(ds.photonic_area_m2 + ds.electronic_area_m2)
+    assert a.area_m2 > cfg.rows_per_bank * cfg.n_banks * 16 * cfg.ring_pitch_m**2  # rings and more
     assert 0 < a.added_latency_s < a.latency_budget_s
     # more laser power costs more energy (the energy model charges the laser the recall saw)
     hot = evaluate(cfg.replace(laser_line_dbm=20.0), ref, 16, SETTINGS)

@@ -28,7 +28,16 @@ from tests.design_fixtures import one_thread, tiny_reference  # noqa: E402
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 SETTINGS = ObjectiveSettings(k=4)
 # a feasible corner of today's chip model for d = 8 (ideal impairments, short comb, a small chip)
-FEASIBLE_BASE = dict(channel_spacing_m=0.4e-9, rows_per_bank=128, n_banks=4, v_max_v=10.0, n_lines=8)
+FEASIBLE_BASE = dict(
+    channel_spacing_m=0.4e-9,
+    rows_per_bank=128,
+    n_banks=4,
+    v_max_v=10.0,
+    n_lines=8,
+    laser_line_dbm=6.0,
+    trim_mechanism="one-time",
+    fab_sigma_m=0.3e-9,
+)
 SMALL_SPACE = (
     Dim("laser_line_dbm", "laser_line_dbm", "float", low=-10.0, high=20.0, unit="dBm", source="test"),
     Dim("n_banks", "n_banks", "int", low=1, high=8, source="test"),

@@ -192,16 +192,21 @@ def configured_laser(cfg: Any, d: int) -> Any:
     chip input, through the engine's link budget), for the energy model: the scores' noise was that of this power."""
     from kvprism.energy import LaserSolution
     from kvprism.energy.chip import enob_to_snr_db
-    from kvprism.photonics import PhotonicEngine, link
+    from kvprism.photonics import link
+    from kvprism.photonics.design import ChipDesign, score_snr_db
 
-    budget = PhotonicEngine(cfg, seed=0).link_budget(d)  # no random draw happens before program()
+    design = ChipDesign.from_config(cfg, d)
+    budget = design.link
     line_dbm = leaf(cfg, "laser_line_dbm")
     laser_w = link.dbm_to_w(line_dbm)
+    row_w = laser_w / 10.0 ** (budget.total_loss_db / 10.0)
+    cap_w = design.laser_cap_w
     return LaserSolution(
         target_snr_db=enob_to_snr_db(leaf(cfg, "required_score_enob")), snr_ceiling_db=math.nan,
-        limited_by="configured", row_line_w=laser_w / 10.0 ** (budget.total_loss_db / 10.0),
-        link_loss_db=budget.total_loss_db, laser_line_w=laser_w, configured_laser_line_dbm=line_dbm, d=d,
-        wall_plug_efficiency=leaf(cfg, "laser_wall_plug_efficiency"),
+        limited_by="configured", row_line_w=row_w, link_loss_db=budget.total_loss_db, laser_line_w=laser_w,
+        configured_laser_line_dbm=line_dbm, d=d, wall_plug_efficiency=leaf(cfg, "laser_wall_plug_efficiency"),
+        cap_laser_line_w=cap_w, achieved_snr_db=score_snr_db(cfg, design, row_w), feasible=laser_w <= cap_w,
+        reason="" if laser_w <= cap_w else f"{line_dbm:g} dBm per line exceeds the power caps",
     )  # fmt: skip
 
 
@@ -302,7 +307,9 @@ def evaluate(
                 sel_energy = step.photonic_total_energy_j - step.photonic_energy_j["kv_fetch"]
                 added = step.photonic_latency_s["chip"] + step.photonic_latency_s["paging"]
     t4 = time.perf_counter()
-    area = _get(rep, "chip_area_m2", "area_m2")
+    area = _get(rep, "area_m2")
+    if area is not None:  # the whole chip: photonic die + its electronics
+        area += _get(rep, "electronic_area_m2") or 0.0
     return TrialResult(
         recall=recall, block_recall=block_recall, energy_j=energy.get(s.contexts[0], math.nan),
         selection_energy_j=sel_energy, energy_by_context_j=energy, area_m2=math.nan if area is None else area,

@@ -19,11 +19,121 @@ __all__ = ["PhotonicConfig"]
 _PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
+#: Section (TOML table) of every field declared without ``section=`` (the rest declare theirs).
+_SECTIONS: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "wavelength_center_m",
+            "ring_radius_m",
+            "n_eff",
+            "n_g",
+            "loss_db_per_m",
+            "q_loaded",
+            "coupling_regime",
+            "bus_order",
+            "drop_bus",
+            "rest_point",
+            "ring_pitch_m",
+        ],
+        "ring",
+    ),
+    **dict.fromkeys(["n_lines", "channel_spacing_m"], "comb"),
+    **dict.fromkeys(["crosstalk", "cascade_near_fwhm", "drift_update_steps"], "numerics"),
+    **dict.fromkeys(
+        [
+            "tuning_m_per_v",
+            "v_max_v",
+            "program_bits",
+            "weight_range_target",
+            "ring_capacitance_f",
+            "encoding",
+            "query_bits",
+            "mzm_v_pi_v",
+            "mzm_extinction_db",
+            "mzm_predistortion",
+            "mzm_insertion_loss_db",
+        ],
+        "modulator",
+    ),
+    **dict.fromkeys(["calibration_iters", "feedback_calibration", "calibration_probe_averages"], "calibration"),
+    **dict.fromkeys(
+        [
+            "laser_line_dbm",
+            "coupling_loss_db",
+            "splitter_excess_db_per_stage",
+            "waveguide_loss_db_per_m",
+            "waveguide_length_m",
+            "ring_insertion_db",
+            "pd_coupling_loss_db",
+        ],
+        "link",
+    ),
+    **dict.fromkeys(["rows_per_bank", "n_banks", "max_chip_area_m2"], "layout"),
+    **dict.fromkeys(
+        [
+            "pd_responsivity_a_per_w",
+            "pd_sensitivity_dbm",
+            "dark_current_a",
+            "tia_noise_a_per_rthz",
+            "nep_w_per_rthz",
+            "rin_db_per_hz",
+            "detection_bandwidth_hz",
+            "noise",
+            "adc_bits",
+            "adc_headroom",
+        ],
+        "detector",
+    ),
+    **dict.fromkeys(
+        [
+            "laser_wall_plug_efficiency",
+            "adc_sample_rate_hz",
+            "adc_energy_per_conversion_j",
+            "adc_walden_fom_j_per_step",
+            "dac_sample_rate_hz",
+            "dac_energy_per_sample_j",
+            "tia_power_w",
+            "tia_adc_power_seed_w",
+            "static_power_w",
+            "mzm_termination_ohm",
+            "topk_energy_per_compare_j",
+            "program_rate_rings_per_s",
+            "latency_dac_s",
+            "latency_mzm_s",
+            "latency_propagation_s",
+            "latency_ring_s",
+            "latency_pd_s",
+            "latency_tia_adc_s",
+            "latency_topk_s",
+        ],
+        "energy",
+    ),
+    **dict.fromkeys(
+        ["fab_sigma_m", "trim_sigma_m", "bus_phase_random", "coupler_gap_sigma_m", "coupler_gap_decay_m"], "fabrication"
+    ),
+    **dict.fromkeys(
+        [
+            "drift_ring_sigma_m",
+            "drift_global_sigma_m",
+            "drift_corr_time_s",
+            "decode_step_time_s",
+            "drift_field_sigma_m",
+            "drift_corr_length_m",
+            "dc_relax_fraction",
+            "dc_relax_time_s",
+        ],
+        "drift",
+    ),
+    **dict.fromkeys(["leakage_limit_db", "required_weight_bits", "required_score_enob"], "criteria"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class PhotonicConfig(ConfigBase):
     """The photonic weight-bank chip. Defaults are the seed design point (``seed-nominal``)."""
 
     _preset_dir: ClassVar[Path | None] = _PRESETS
+    _sections: ClassVar[dict[str, str]] = _SECTIONS
 
     # ---------------------------------------------------------------- ring geometry and material
     wavelength_center_m: float = param(

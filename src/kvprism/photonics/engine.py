@@ -331,8 +331,8 @@ class PhotonicEngine:
         """Move the thermal-drift process forward by ``steps`` decode steps (call once per decode step). The draw
         is deferred to the next evaluation (exact in distribution for any number of accumulated steps) and made once
         at least ``drift_update_steps`` steps have accumulated; until then the rings hold the last drift sample."""
-        if steps < 0:
-            raise KvprismError(f"advance: steps = {steps} is invalid; allowed range: [0, inf)")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise KvprismError(f"advance: steps = {steps!r} is invalid; allowed: an int in [0, inf)")
         self.counters["drift_steps"] += steps
         if self._sig is not None and not self.config.is_ideal:
             self._pending_steps += steps
@@ -360,6 +360,8 @@ class PhotonicEngine:
     def select(self, query: torch.Tensor, k: int) -> torch.Tensor:
         """Indices [..., k] (int64) of the k best rows for ``query`` ([*L, d] or [*L, G, d]); best first, ties broken
         by the lower index."""
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise KvprismError(f"select: k = {k!r} is invalid; allowed: an int in [1, programmed rows]")
         if self._sig is not None and not 0 < k <= self.n_rows:
             raise KvprismError(f"select: k = {k} is invalid; allowed range: [1, {self.n_rows}] (programmed rows)")
         if self._sig is None or self.config.is_ideal:
@@ -393,6 +395,10 @@ class PhotonicEngine:
             raise KvprismError(f"{name} must be a float tensor [*L, N, d]")
         if x.dim() < 2 or x.shape[-1] == 0:
             raise KvprismError(f"{name} has shape {list(x.shape)}; expected [*L, N, d] with d ≥ 1")
+        if x.shape[-2] == 0 and self._sig is None:
+            raise KvprismError(f"{name} has shape {list(x.shape)}: N = 0 rows; a bank needs at least one row")
+        if any(s == 0 for s in x.shape[:-2]):
+            raise KvprismError(f"{name} has shape {list(x.shape)}: an empty bank dimension")
         if not bool(torch.isfinite(x).all()):
             raise KvprismError(f"{name} contains NaN or inf")
         return x.detach().cpu()
@@ -404,6 +410,8 @@ class PhotonicEngine:
             raise KvprismError("query must be a float tensor [*L, d] or [*L, G, d]")
         lead, d = self._lead, self._sig.shape[-1]
         q = query.detach().cpu()
+        if not bool(torch.isfinite(q).all()):
+            raise KvprismError("query contains NaN or inf")
         if tuple(q.shape) == (*lead, d):
             return q.reshape(-1, 1, d), True
         if q.dim() == len(lead) + 2 and tuple(q.shape[: len(lead)]) == lead and q.shape[-1] == d:
@@ -493,7 +501,9 @@ class PhotonicEngine:
         self._static[banks, r0:r1] = c.rest_detuning_m + eo + self._trim[banks, r0:r1]
         self._const[banks, r0:r1] = target.sum(-1)  # the controller's belief: the target weights
         self._abs_sum[banks, r0:r1] = target.abs().sum(-1)
-        self._full_scale = self._abs_sum.amax(dim=1) * c.adc_headroom  # [B] in weight units (|Σ w u| ≤ Σ|w|)
+        fs = self._abs_sum.amax(dim=1)  # [B] in weight units (|Σ w u| ≤ Σ|w|)
+        # an all-zero bank has no score range of its own: its ADC spans the largest possible one, d·w_r
+        self._full_scale = torch.where(fs > 0, fs, torch.full_like(fs, d * self._wr)) * c.adc_headroom
         self._update_weights(banks, r0, r1)
         if noise_ is None:  # what the controller's model does not know, at the drive it applied
             applied = (c.rest_detuning_m + eo).reshape(-1, d)
