@@ -289,9 +289,9 @@ def test_bad_inputs_are_named_and_zero_banks_are_defined(preset):
             eng.scores(q)
         with pytest.raises(KvprismError, match="query contains NaN or inf"):
             eng.select(q, 2)
-    with pytest.raises(KvprismError, match="k = 2.0 is invalid"):
+    with pytest.raises(KvprismError, match=r"k = 2\.0 is invalid"):
         eng.select(torch.randn(2, 4), 2.0)
-    with pytest.raises(KvprismError, match="steps = 1.5 is invalid"):
+    with pytest.raises(KvprismError, match=r"steps = 1\.5 is invalid"):
         eng.advance(1.5)
     sig = torch.randn(2, 6, 4)
     sig[1, 2, 3] = float("nan")
