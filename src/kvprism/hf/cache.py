@@ -30,14 +30,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
-from kvprism.selection import (
-    BlockSelector,
-    SelectionConfig,
-    StepLayout,
-    gather_plan,
-    group_backends,
-    resolve_heads,
-)
+from kvprism.layout import BlockGeometry, BlockLayout
+from kvprism.selection import BlockSelector, SelectionConfig, group_backends, resolve_heads
 
 __all__ = ["SparseCache", "SparseLayer", "SparseStats", "cache_kwargs", "chunked_prefill"]
 
@@ -281,28 +275,28 @@ class SparseLayer(CacheLayerMixin):
         key: torch.Tensor,
         value: torch.Tensor,
         blocks: torch.Tensor,
-        layout: StepLayout,
+        layout: BlockLayout,
         scaling: float,
         backend: str = "triton",
     ) -> torch.Tensor:
         """Attention of ``query [B, Hq, D]`` over ``blocks [B, H, k]`` + sink + tail through :mod:`kvprism.kernels`
         (the Triton kernel, or with ``backend="reference"`` its torch reference, which any device runs). For a
-        layout without masked keys this reads the tokens :func:`kvprism.selection.gather_plan` lists. The Triton
+        plain layout (no masked keys) this reads the tokens :meth:`BlockLayout.gather_plan` lists. The Triton
         launch geometry and its fp32 workspace are built once per shape and reused by every layer."""
-        sel = self.selector.sel
-        args = (blocks, sel.block_size, sel.sink_blocks * sel.block_size, sel.window, layout.seq_lens, scaling)
         if backend != "triton":
-            return _kernels.sparse_decode_attention(query, key, value, *args, backend=backend)
+            return _kernels.sparse_decode_attention(query, key, value, blocks, layout, scaling, backend=backend)
         from kvprism.kernels.triton_decode import decode_plan, decode_workspace, sparse_decode_attention_triton
 
         b, hq, d = query.shape
         h = key.shape[1]
         shape = (b, hq, h, d, blocks.shape[-1], query.device)
         if shape not in self.cache._kernel_plans:
-            plan = decode_plan(b, hq, h, d, blocks.shape[-1], *args[1:4], query.device)
+            plan = decode_plan(b, hq, h, d, blocks.shape[-1], layout.geometry, query.device)
             self.cache._kernel_plans[shape] = (plan, decode_workspace(b, h, hq // h, d, plan, query.device))
         plan, workspace = self.cache._kernel_plans[shape]
-        return sparse_decode_attention_triton(query, key, value, *args, plan=plan, workspace=workspace)
+        return sparse_decode_attention_triton(
+            query, key, value, blocks, layout, scaling, plan=plan, workspace=workspace
+        )
 
     def decode(
         self,
@@ -319,18 +313,18 @@ class SparseLayer(CacheLayerMixin):
         b, hq, d = query.shape
         h = key.shape[1]
         layout = self.cache.step_layout(attention_mask, b, key.shape[2], key.device)
-        self._prepare(layout.valid, scaling)
+        self._prepare(self.cache.step_valid, scaling)
         triton = self.cache.attend_with_triton(layout, query, key, value)
         if triton and self.selector.sel.backend == "exact" and self.selector.n_blocks:
             # score + top-k in the fused kernel: without padding the candidates are one contiguous range of blocks
-            lo, hi = layout.candidate_range(self.selector.sel.sink_blocks, self.selector.n_blocks)
+            lo, hi = layout.candidate_range(self.selector.n_blocks)
             blocks = self.selector.select_range(query.reshape(b, h, hq // h, d), lo, hi)
             self.cache.stats.select_calls["kernel"] += 1
         else:
-            cand = layout.candidates[:, None, :].expand(b, h, -1)
+            cand = layout.candidate_mask(n=self.selector.n_blocks).expand(b, h, -1)
             blocks = self.selector.select(query.reshape(b, h, hq // h, d), cand)
             self.cache.stats.select_calls["torch"] += 1
-        plan = gather_plan(blocks, layout)
+        plan = layout.gather_plan(blocks)
         if timing is not None:
             _sync(query.device)
             t1 = time.perf_counter()
@@ -407,8 +401,10 @@ class SparseCache(Cache):
         self.stats = SparseStats(n_layers, n_kv)
         self.trace: list[dict[int, dict[str, torch.Tensor]]] | None = [] if trace else None
         self.timings: dict[str, float] | None = {"select_s": 0.0, "attend_s": 0.0} if profile else None
+        self.geometry = BlockGeometry.of(sel)
         self._layout_key: tuple | None = None
-        self._layout: StepLayout | None = None
+        self._layout: BlockLayout | None = None
+        self.step_valid: torch.Tensor | None = None  # [B, T] bool key validity of the current step
         self._layout_plain: bool = False  # the step's keys are all real and unmasked (no padding / sliding window)
         # Triton launch geometry + fp32 workspace per problem shape, shared by the layers
         self._kernel_plans: dict[tuple, tuple[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -460,19 +456,22 @@ class SparseCache(Cache):
 
     def step_layout(
         self, attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device
-    ) -> StepLayout:
-        """The step's :class:`StepLayout`, built once per decode step (every layer gets the same mask object)."""
+    ) -> BlockLayout:
+        """The step's :class:`~kvprism.layout.BlockLayout`, built once per decode step (every layer gets the same mask
+        object). Without masked keys the layout is plain (what the Triton kernels take)."""
         key = (None if attention_mask is None else id(attention_mask), batch, kv_len)
         if self._layout_key != key:
             valid = _attn.key_validity(attention_mask, batch, kv_len, device)
-            self._layout = StepLayout.build(valid, self.sel.block_size, self.sel.sink_blocks, self.sel.window)
+            # one host sync per step (none without a mask)
+            plain = attention_mask is None or bool(valid.all())
+            self._layout = BlockLayout.uniform(batch, kv_len, self.geometry, device, None if plain else valid)
+            self.step_valid = valid
             self._layout_key = key
-            # one host sync per step, only where the Triton kernel could run
-            self._layout_plain = self.attend != "torch" and device.type == "cuda" and bool(valid.all())
+            self._layout_plain = self.attend != "torch" and device.type == "cuda" and plain
         return self._layout
 
     def attend_with_triton(
-        self, layout: StepLayout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+        self, layout: BlockLayout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> bool:
         """Whether this layer-step attends with the Triton kernel (see ``attend``); raises where ``"triton"`` was
         asked for and cannot run."""
