@@ -271,8 +271,9 @@ def trace_metrics(
             if step == 0:
                 first["block_recall"].append(recall[0])
                 first["mass_captured"].append(captured[0])
-                hits = torch.stack([M.needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
-                first["needle_hit"].append(hits.mean(0))
+                if spans:
+                    hits = torch.stack([M.needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
+                    first["needle_hit"].append(hits.mean(0))
                 if reference_blocks is not None and layer in reference_blocks:
                     first["sig"].append(M.selection_recall(blocks, reference_blocks[layer], eligible)[0])
         recall_steps.append(torch.stack(step_recall))
@@ -283,7 +284,7 @@ def trace_metrics(
         "mass_captured": _mean(torch.stack(mass_steps)) if mass_steps else None,
         "block_recall_first": _mean(torch.stack(first["block_recall"])) if layers else None,
         "mass_captured_first": _mean(torch.stack(first["mass_captured"])) if layers else None,
-        "needle_hit": _mean(torch.stack(first["needle_hit"])) if layers else None,
+        "needle_hit": _mean(torch.stack(first["needle_hit"])) if first["needle_hit"] else None,
         "signature_recall": _mean(torch.stack(first["sig"])) if first["sig"] else None,
         "signature_recall_layer0": _mean(first["sig"][0]) if first["sig"] else None,
         "per_layer": {
