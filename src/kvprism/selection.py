@@ -37,9 +37,12 @@ __all__ = [
     "PhotonicBackend",
     "ScoreBackend",
     "SelectionConfig",
+    "block_signatures",
+    "fit_layer_projection",
     "group_backends",
     "register_backend",
     "resolve_heads",
+    "signature_settings",
 ]
 
 
@@ -265,6 +268,51 @@ def group_backends(selectors: Sequence[BlockSelector]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------- selector
+def signature_settings(sel: SelectionConfig) -> tuple:
+    """The fields that decide a layer's projection and signatures (configurations equal in these share them)."""
+    return (sel.block_size, sel.d_sig, sel.signature, sel.projection, sel.sign, sel.seed)
+
+
+def fit_layer_projection(
+    sel: SelectionConfig,
+    layer_idx: int,
+    keys: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    scaling: float = 1.0,
+    queries: torch.Tensor | None = None,
+    query_pos: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The projection of layer ``layer_idx`` fitted on its prefill keys ``[B, H, T, D]`` (``valid [B, T]``)."""
+    return fit_projection(
+        sel.projection,
+        keys,
+        valid,
+        sel.d_sig,
+        seed=derive_seed(sel.seed, layer_idx, 2),
+        block_size=sel.block_size,
+        scaling=scaling,
+        queries=queries,
+        query_pos=query_pos,
+    )
+
+
+def block_signatures(
+    sel: SelectionConfig, proj: torch.Tensor | None, keys: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Signatures of whole blocks: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid [B, n*bs]`` -> ``[B, H, n, w]``
+    float32."""
+    b, h, t, _ = keys.shape
+    bs = sel.block_size
+    n = t // bs
+    pk = project(keys.float(), proj).reshape(b, h, n, bs, -1)
+    v = valid.reshape(b, 1, n, bs).expand(b, h, n, bs)
+    sig = SIGNATURES[sel.signature].block(pk, v)
+    if sel.sign == "relu":
+        sig = sig.clamp_min(0)
+    return sig
+
+
 class BlockSelector:
     """Selection state of one layer: projection, signatures programmed into a backend (one bank per (batch row,
     KV head)), GQA reduction and top-k.
@@ -300,31 +348,24 @@ class BlockSelector:
         query_pos: torch.Tensor | None = None,
     ) -> None:
         """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``)."""
-        self.proj = fit_projection(
-            self.sel.projection,
-            keys,
-            valid,
-            self.sel.d_sig,
-            seed=derive_seed(self.sel.seed, self.layer_idx, 2),
-            block_size=self.sel.block_size,
-            scaling=scaling,
-            queries=queries,
-            query_pos=query_pos,
+        self.proj = fit_layer_projection(
+            self.sel, self.layer_idx, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos
         )
         self.fitted = True
 
     def block_signatures(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Signatures of whole blocks: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid [B, n*bs]`` ->
         ``[B, H, n, w]`` float32."""
-        b, h, t, _ = keys.shape
-        bs = self.sel.block_size
-        n = t // bs
-        pk = project(keys.float(), self.proj).reshape(b, h, n, bs, -1)
-        v = valid.reshape(b, 1, n, bs).expand(b, h, n, bs)
-        sig = self.signature.block(pk, v)
-        if self.sel.sign == "relu":
-            sig = sig.clamp_min(0)
-        return sig
+        return block_signatures(self.sel, self.proj, keys, valid)
+
+    def adopt(self, proj: torch.Tensor | None, signatures: torch.Tensor) -> None:
+        """Take a projection and the signatures of the first complete blocks ``[B, H, n, w]`` computed elsewhere
+        (once per prefill, for every selector that shares the signature settings): the same state as :meth:`fit`
+        followed by :meth:`program` of those blocks."""
+        self.proj = proj
+        self.fitted = True
+        if signatures.shape[-2]:
+            self.program(signatures.clone())
 
     def program(self, signatures: torch.Tensor) -> None:
         """Program all rows ``[B, H, N, w]`` (end of prefill)."""

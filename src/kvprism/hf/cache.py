@@ -17,6 +17,7 @@ shorter row hold padding, which is never signed, selected nor read (sink blocks 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import time
@@ -31,9 +32,25 @@ from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
 from kvprism.layout import BlockGeometry, BlockLayout
-from kvprism.selection import BlockSelector, SelectionConfig, group_backends, resolve_heads
+from kvprism.selection import (
+    BlockSelector,
+    SelectionConfig,
+    block_signatures,
+    fit_layer_projection,
+    group_backends,
+    resolve_heads,
+    signature_settings,
+)
 
-__all__ = ["SparseCache", "SparseLayer", "SparseStats", "cache_kwargs", "chunked_prefill"]
+__all__ = [
+    "PreparedLayer",
+    "SparseCache",
+    "SparseLayer",
+    "SparseStats",
+    "cache_kwargs",
+    "chunked_prefill",
+    "prepare_prefill",
+]
 
 #: prefill queries kept per layer for projection="learned" (the most recent ones)
 LEARNED_QUERY_SAMPLES = _attn.PREFILL_QUERY_SAMPLES
@@ -55,6 +72,87 @@ def _cache_arg_name(model_cls: type) -> str:
     """The cache argument's name of a model class's ``forward`` (looked up once per class: callers pass the cache
     every decode step)."""
     return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedLayer:
+    """What one layer of a prefill needs before its first sparse decode step, computed once per prefill and
+    signature settings: the projection (``[B, H, D, d_sig]`` or None) and the signatures ``[B, H, n, w]`` of the
+    ``n`` complete blocks, under the key validity ``valid [B, n*block_size]`` they were computed with."""
+
+    proj: torch.Tensor | None
+    signatures: torch.Tensor
+    valid: torch.Tensor
+
+
+#: dense prefill cache -> {(signature settings, tokens): [PreparedLayer per layer]}; every fork of one prefill and
+#: every configuration with the same signature settings reuses one entry (the fit is deterministic: sharing it
+#: changes no result)
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layer_scaling(model: torch.nn.Module, layer_idx: int, head_dim: int) -> float:
+    for mod in model.modules():
+        if getattr(mod, "layer_idx", None) == layer_idx and hasattr(mod, "scaling") and hasattr(mod, "q_proj"):
+            return float(mod.scaling)
+    return head_dim**-0.5
+
+
+def prepare_prefill(
+    model: torch.nn.Module, dense_cache: Cache, sel: SelectionConfig, attention_mask: torch.Tensor | None = None
+) -> list[PreparedLayer]:
+    """Fit every layer's projection on a prefill and sign its complete blocks, once per (prefill, signature
+    settings): :meth:`SparseCache.from_prefilled` calls it, so every fork of the prefill and every configuration
+    sharing :func:`~kvprism.selection.signature_settings` (any ``k``, scorer, photonic preset or head mask) reuses
+    the result and its first decode step only programs the signatures. Call it right after the prefill to take the
+    fit out of the first decode step of the first fork.
+
+    Args:
+        model: the model that prefilled ``dense_cache`` (with ``projection="learned"`` its attention must have been
+            ``"kvprism"`` during the prefill, which remembers the queries).
+        dense_cache: the prefilled cache (e.g. a ``DynamicCache``); not modified.
+        sel: the selection config.
+        attention_mask: the prefill's ``[B, T]`` mask (0 = padding); default: every token real.
+    """
+    n_tok = dense_cache.get_seq_length()
+    key = (signature_settings(sel), n_tok)
+    try:
+        per_cache = _PREPARED.setdefault(dense_cache, {})
+    except TypeError:  # a cache type that refuses weak references: nothing is shared
+        per_cache = {}
+    first = dense_cache.layers[0].keys
+    valid = (
+        torch.ones(first.shape[0], n_tok, dtype=torch.bool, device=first.device)
+        if attention_mask is None
+        else attention_mask[:, -n_tok:].to(device=first.device, dtype=torch.bool)
+    )
+    hit = per_cache.get(key)
+    bs = sel.block_size
+    nb = n_tok // bs
+    if hit is not None and torch.equal(hit[0].valid, valid[:, : nb * bs]):
+        return hit
+    out = []
+    with torch.inference_mode():
+        for i, layer in enumerate(dense_cache.layers):
+            keys = layer.keys
+            queries = query_pos = None
+            if sel.projection == "learned" and nb >= 2:
+                found = _attn.prefill_queries_for(model, i, keys)
+                if found is None:
+                    raise ConfigError(
+                        "SelectionConfig.projection = 'learned' needs the prefill queries: prefill the dense cache "
+                        "with the model's attention set to 'kvprism' (constructing any SparseCache does that)"
+                    )
+                q, query_pos = found
+                b, hq, n, d = q.shape
+                h = keys.shape[1]
+                queries = q.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
+            scaling = _layer_scaling(model, i, keys.shape[-1])
+            proj = fit_layer_projection(sel, i, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos)
+            sig = block_signatures(sel, proj, keys[:, :, : nb * bs], valid[:, : nb * bs])
+            out.append(PreparedLayer(proj, sig, valid[:, : nb * bs].clone()))
+    per_cache[key] = out
+    return out
 
 
 class SparseStats:
@@ -151,6 +249,7 @@ class SparseLayer(CacheLayerMixin):
         self._vbuf: torch.Tensor | None = None
         self._queries: torch.Tensor | None = None  # [B, Hq, n, D] recent prefill queries (learned projection)
         self._query_pos: torch.Tensor | None = None
+        self.prepared: PreparedLayer | None = None  # the prefill's projection and signatures (from_prefilled)
 
     # ------------------------------------------------------------------ transformers Cache layer API
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -242,14 +341,22 @@ class SparseLayer(CacheLayerMixin):
         self._query_pos = pos[-LEARNED_QUERY_SAMPLES:].clone()
 
     def _prepare(self, valid: torch.Tensor, scaling: float) -> None:
-        """Fit the projection (once) and program signatures of all complete blocks not yet programmed."""
+        """At a decode step: fit the projection on the prefill (once; or adopt the one :func:`prepare_prefill` fitted)
+        and program the signatures of all complete blocks not yet programmed."""
         sel = self.selector.sel
         bs = sel.block_size
         nb = self.length // bs
         keys = self.keys
+        prep, self.prepared = self.prepared, None
+        if not self.selector.fitted and prep is not None:
+            n_prep = prep.signatures.shape[-2]
+            if n_prep <= nb and torch.equal(prep.valid, valid[:, : n_prep * bs]):
+                self.selector.adopt(prep.proj, prep.signatures)
+                self._queries = self._query_pos = None
         if not self.selector.fitted:
             queries = None
-            if sel.projection == "learned" and nb >= 2:  # with < 2 complete blocks fit_learned is PCA anyway
+            n_pre = self.length - 1  # the prefill: the cache before this decode step's own token
+            if sel.projection == "learned" and n_pre // bs >= 2:  # with < 2 complete blocks fit_learned is PCA
                 if self._queries is None:
                     raise ConfigError(
                         "SelectionConfig.projection = 'learned' needs the prefill queries: prefill through the "
@@ -259,7 +366,10 @@ class SparseLayer(CacheLayerMixin):
                 b, hq, n, d = self._queries.shape
                 h = keys.shape[1]
                 queries = self._queries.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
-            self.selector.fit(keys, valid, scaling=scaling, queries=queries, query_pos=self._query_pos)
+            # fitted on the prefill only (as prepare_prefill does)
+            self.selector.fit(
+                keys[:, :, :n_pre], valid[:, :n_pre], scaling=scaling, queries=queries, query_pos=self._query_pos
+            )
             self._queries = self._query_pos = None
         done = self.selector.n_blocks
         if nb > done:
@@ -428,12 +538,23 @@ class SparseCache(Cache):
         trace: bool = False,
         profile: bool = False,
         attend: str = "auto",
+        *,
+        attention_mask: torch.Tensor | None = None,
+        prepare: bool = True,
     ) -> SparseCache:
         """A SparseCache holding copies of the keys/values of an already prefilled cache (e.g. a ``DynamicCache``),
-        which is left untouched: prefill once, decode many configurations. Signatures are built at the first decode
-        step (same as after a prefill through a SparseCache). ``projection="learned"`` also needs the prefill's
-        queries, which the ``"kvprism"`` attention remembers for any cache it prefilled."""
+        which is left untouched: prefill once, decode many configurations. ``projection="learned"`` also needs the
+        prefill's queries, which the ``"kvprism"`` attention remembers for any cache it prefilled.
+
+        With ``prepare`` (default) the projections and the signatures of the prefill's complete blocks come from
+        :func:`prepare_prefill`, computed once per prefill and signature settings and shared by every fork, so the
+        first decode step only programs them; ``attention_mask`` is the prefill's ``[B, T]`` mask (default: no
+        padding; a first decode step whose key validity differs fits afresh, as without ``prepare``)."""
         cache = cls(model, sel, trace=trace, profile=profile, attend=attend)
+        if prepare and len(dense_cache.layers) == len(cache.layers):
+            prepared = prepare_prefill(model, dense_cache, sel, attention_mask)
+            for dst, prep in zip(cache.layers, prepared, strict=True):
+                dst.prepared = prep
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
                 f"the prefilled cache has {len(dense_cache.layers)} layers; the model has {len(cache.layers)}"
