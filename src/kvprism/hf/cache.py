@@ -568,7 +568,7 @@ class SparseCache(Cache):
                     f"layer {i} of the prefilled cache holds {keys.shape[2]} of {src.get_seq_length()} tokens "
                     "(sliding-window layer); SparseCache needs the full prefill"
                 )
-            dst.load(keys.clone(), values.clone())
+            dst.load(keys, values)  # copies into the layer's own buffers
             if sel.projection == "learned":
                 found = _attn.prefill_queries_for(model, i, keys)
                 if found is not None:
