@@ -55,6 +55,9 @@ __all__ = [
 #: prefill queries kept per layer for projection="learned" (the most recent ones)
 LEARNED_QUERY_SAMPLES = _attn.PREFILL_QUERY_SAMPLES
 
+#: decode tokens a loaded (forked) layer can take before its buffers grow (growth copies the whole layer)
+LOAD_HEADROOM_TOKENS = 256
+
 #: how decode attends to the selected tokens: ``"torch"`` (index gather + matmul/softmax, any device), ``"triton"``
 #: (the split-K sparse-attention kernel of :mod:`kvprism.kernels` reading the selected blocks in place; CUDA only)
 #: or ``"auto"``
@@ -320,7 +323,8 @@ class SparseLayer(CacheLayerMixin):
         if self.length:
             raise KvprismError("SparseLayer.load needs an empty layer")
         self.lazy_initialization(keys, values)
-        self._reserve(keys, values, keys.shape[2])
+        # room for the decode steps that follow: the first one must not reallocate and copy the whole cache
+        self._reserve(keys, values, keys.shape[2] + LOAD_HEADROOM_TOKENS)
         self._kbuf[:, :, : keys.shape[2]] = keys
         self._vbuf[:, :, : keys.shape[2]] = values
         self.length = keys.shape[2]
