@@ -10,8 +10,8 @@ capacity) of which ``valid[b]`` marks the real ones (False = left padding or a k
   together with the incomplete last block — is always read;
 * *sink* blocks: the ``S`` blocks starting at the block of the row's first real token (``first_block``); their tokens
   before ``tail_start`` are always read;
-* *candidate* blocks: complete blocks ``j`` with ``first_block + S <= j`` that start before the tail
-  (``j*B < tail_start``); top-k selection chooses among them and reads a chosen block's tokens before ``tail_start``
+* *candidate* blocks: complete blocks ``j`` with ``first_block + S <= j`` that hold a real token before the tail
+  (so they start before it, ``j*B < tail_start``); top-k selection chooses among them and reads a chosen block's tokens before ``tail_start``
   (its other tokens lie in the tail and are read anyway);
 * *padding*: positions that are not valid or lie at or past ``L``; never read.
 
@@ -283,9 +283,16 @@ class BlockLayout:
 
     @functools.cached_property
     def candidates(self) -> torch.Tensor:
-        """``[B, n_slots]`` bool: candidate blocks (complete, not sink, starting before the tail)."""
+        """``[B, n_slots]`` bool: candidate blocks (complete, not sink, holding a real token before the tail)."""
         j = self._blk[None]
-        return (j >= (self.first_block + self.sink_blocks)[:, None]) & (j < self.candidate_end[:, None])
+        cand = (j >= (self.first_block + self.sink_blocks)[:, None]) & (j < self.candidate_end[:, None])
+        if self.valid is None:  # every position before the tail is real: each such block holds one
+            return cand
+        t = torch.arange(self.capacity, device=self.device)[None]
+        real = self.valid & (t < self.tail_start[:, None])
+        pad = self.n_slots * self.block_size - self.capacity
+        real = torch.nn.functional.pad(real, (0, pad)).reshape(self.batch, self.n_slots, self.block_size)
+        return cand & real.any(-1)
 
     def candidate_mask(self, heads: torch.Tensor | None = None, n: int | None = None) -> torch.Tensor:
         """``[B, H, n]`` candidates per (batch row, KV head): a streaming head (``heads[h]`` False) has none.
@@ -351,6 +358,34 @@ class BlockLayout:
         return fixed + torch.minimum(cand_tokens, k_eff * self.block_size)
 
     # ------------------------------------------------------------------ gather plan
+    @functools.cached_property
+    def _fixed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx, ok) [B, Mf]``: the sink blocks' token positions, then the tail's (padded to the longest tail);
+        the part of every gather plan that does not depend on the selection (built once per layout)."""
+        bs = self.block_size
+        dev = self.device
+        roles = self.token_roles
+        is_sink = roles == SINK
+        sink_ids = self.first_block[:, None] + torch.arange(self.sink_blocks, device=dev)[None]  # [B, S]
+        pos_s = (sink_ids[..., None] * bs + torch.arange(bs, device=dev)).flatten(1)  # [B, S*bs]
+        inside = pos_s < self.capacity
+        pos_s = torch.where(inside, pos_s, torch.zeros_like(pos_s))
+        ok_s = inside & torch.gather(is_sink, 1, pos_s) if pos_s.numel() else pos_s.bool()
+        n_tail = self._lens - self.tail_start
+        m_tail = self.capacity - self.tail_start_int if self.tail_start_int is not None else int(n_tail.max())
+        off = torch.arange(max(m_tail, 0), device=dev)
+        pos_t = self.tail_start[:, None] + off[None]
+        ok_t = off[None] < n_tail[:, None]
+        pos_t = torch.where(ok_t, pos_t, torch.zeros_like(pos_t))
+        ok_t = ok_t & torch.gather(roles, 1, pos_t).eq(TAIL)
+        idx = torch.cat([torch.where(ok_s, pos_s, torch.zeros_like(pos_s)), pos_t], dim=-1)
+        return idx, torch.cat([ok_s, ok_t], dim=-1)
+
+    @functools.cached_property
+    def n_cached(self) -> torch.Tensor:
+        """``[B]`` real (non-padding) tokens."""
+        return self.token_roles.ne(PAD).sum(-1)
+
     def gather_plan(self, blocks: torch.Tensor) -> GatherPlan:
         """Token positions one layer reads for ``blocks [B, H, k]`` (selected candidate ids, -1 = none), as a
         fixed-shape list: the sink blocks' tokens and the tail first, then the selected blocks' tokens (each clipped
@@ -359,23 +394,7 @@ class BlockLayout:
         bs = self.block_size
         dev = blocks.device
         roles = self.token_roles
-        is_sink = roles == SINK
-        # sink tokens: the sink blocks' positions
-        sink_ids = self.first_block[:, None] + torch.arange(self.sink_blocks, device=dev)[None]  # [B, S]
-        pos_s = (sink_ids[..., None] * bs + torch.arange(bs, device=dev)).flatten(1)  # [B, S*bs]
-        inside = pos_s < self.capacity
-        pos_s = torch.where(inside, pos_s, torch.zeros_like(pos_s))
-        ok_s = inside & torch.gather(is_sink, 1, pos_s) if pos_s.numel() else pos_s.bool()
-        # tail tokens: [tail_start, L), padded to the longest tail
-        n_tail = self._lens - self.tail_start
-        m_tail = self.capacity - self.tail_start_int if self.tail_start_int is not None else int(n_tail.max())
-        off = torch.arange(max(m_tail, 0), device=dev)
-        pos_t = self.tail_start[:, None] + off[None]
-        ok_t = off[None] < n_tail[:, None]
-        pos_t = torch.where(ok_t, pos_t, torch.zeros_like(pos_t))
-        ok_t = ok_t & torch.gather(roles, 1, pos_t).eq(TAIL)
-        fixed_idx = torch.cat([torch.where(ok_s, pos_s, torch.zeros_like(pos_s)), pos_t], dim=-1)
-        fixed_ok = torch.cat([ok_s, ok_t], dim=-1)
+        fixed_idx, fixed_ok = self._fixed
         # selected blocks
         pos = (blocks[..., None].long() * bs + torch.arange(bs, device=dev)).reshape(b, h, k * bs)
         ok = (pos >= 0) & (pos < self.capacity)
@@ -384,8 +403,7 @@ class BlockLayout:
         mf = fixed_idx.shape[1]
         idx = torch.cat([fixed_idx[:, None].expand(b, h, mf), pos], dim=-1)
         ok = torch.cat([fixed_ok[:, None].expand(b, h, mf), ok], dim=-1)
-        n_cached = roles.ne(PAD).sum(-1)
-        return GatherPlan(token_idx=idx, token_ok=ok, blocks=blocks, n_attended=ok.sum(-1), n_cached=n_cached)
+        return GatherPlan(token_idx=idx, token_ok=ok, blocks=blocks, n_attended=ok.sum(-1), n_cached=self.n_cached)
 
 
 @dataclass
