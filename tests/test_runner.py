@@ -173,8 +173,9 @@ def test_selection_metrics_plumbing(tmp_path):
     r.run()
     dense, hit, miss = R.read_results(r.results)
     assert dense["config"] == "dense" and dense["kl_first_token"] is None and dense["needle_spans"][0] == [start, end]
-    # 159 prefilled tokens, B = 8: 19 full blocks; sink 1 block; window 16 tokens -> blocks 1..16 eligible
-    assert hit["eligible_blocks"] == 16 and hit["can_restrict"] is True and hit["restricted"] is True
+    # first decode step: 159 prefilled tokens + the step's own = 160, B = 8: 20 complete blocks; sink 1 block; window
+    # 16 tokens -> the tail starts at 144 -> candidate blocks 1..17 (the layout selection chose from)
+    assert hit["eligible_blocks"] == 17 and hit["can_restrict"] is True and hit["restricted"] is True
     assert hit["needle_hit"] == 1.0 and miss["needle_hit"] == 0.0
     for row in (hit, miss):
         assert 0.0 <= row["block_recall"] <= 1.0 and 0.0 < row["mass_captured"] < 1.0

@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # command-line options shared by several commands
-_ModelOpt = Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")]
+_ModelOpt = Annotated[str, typer.Option(help="Model: 'smollm2', a .gguf file, a local directory or a cached hub id.")]
 _DeviceOpt = Annotated[str, typer.Option(help="torch device.")]
 console = Console()
 err_console = Console(stderr=True)
@@ -335,7 +335,10 @@ def energy(
 _DEFAULT_CONTEXTS = "2048,4096"
 _DEFAULT_DEPTHS = "0,0.5,1"
 _DEFAULT_CONFIGS = "dense,exact,seed-nominal"
-_TASK_HELP = "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt."
+_TASK_HELP = (
+    "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe, RULER's "
+    "names (niah_single_1 ... niah_multikey_3), or 'ruler' for every offline RULER task."
+)
 _CONFIG_HELP = "Configurations, comma-separated: dense, exact, and/or photonic preset names (each × every --k)."
 _TaskOpt = Annotated[str, typer.Option(help=_TASK_HELP)]
 _ContextsOpt = Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")]
@@ -370,9 +373,9 @@ def _eval_grid(
 ) -> None:
     """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
     from kvprism.eval import runner as R
-    from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS
+    from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS, expand_tasks
 
-    tasks = R.parse_list(task, str, "task")
+    tasks = expand_tasks(R.parse_list(task, str, "task"))
     for t in tasks:
         if t not in TASKS:
             raise kvprism.KvprismError(f"--task = {t!r} is unknown; allowed: {', '.join(TASKS)}")

@@ -10,7 +10,7 @@ signatures of all ``N = context // block_size`` complete blocks. The reference q
 and reduced over the GQA group (``gqa_reduce = "sum"``: one summed encoded query per KV head).
 
 Candidates are the blocks the loop would let top-k choose at the first reference query: ``[lo, hi)`` with
-``lo = sink_blocks`` and ``hi`` the first block touching the recent ``window`` (:class:`kvprism.selection.StepLayout`
+``lo = sink_blocks`` and ``hi`` the first block touching the recent ``window`` (:class:`kvprism.layout.BlockLayout`
 at ``context − n_queries`` tokens); every reference query sees all of them causally. Stored per query:
 
 - ``topk``: the exact top-``k_max`` candidate rows by signature score (best first; ties to the lower index) — what
@@ -100,11 +100,12 @@ class CaptureParams:
     @property
     def candidate_range(self) -> tuple[int, int]:
         """``(lo, hi)`` candidate rows (see the module docstring)."""
-        from kvprism.selection import block_layout
+        from kvprism.layout import BlockGeometry
 
-        nb, tail = block_layout(self.context - self.n_queries, self.block_size, self.window)
+        lay = BlockGeometry(self.block_size, self.sink_blocks, self.window).at(self.context - self.n_queries)
+        nb, end = int(lay.n_blocks[0]), int(lay.candidate_end[0])
         lo = min(self.sink_blocks, nb)
-        return lo, max(lo, -(-tail // self.block_size))
+        return lo, max(lo, end)
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "d_sigs": list(self.d_sigs), "format": FORMAT_VERSION}

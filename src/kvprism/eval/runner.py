@@ -32,6 +32,7 @@ import torch
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
 from kvprism.eval.tasks import Sample, make_sample, string_match_fraction
+from kvprism.layout import BlockGeometry, BlockLayout
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -233,7 +234,8 @@ def trace_metrics(
 
     Block recall@k and attention mass captured use the dense softmax of each step's traced (post-RoPE) query over the
     ``T`` prefilled keys (tokens generated during decode always lie in the recent window and are left out); they are
-    averaged over decode steps. Needle hit and signature recall are taken at the first decode step (the one that
+    averaged over decode steps. Recall is taken over the step's candidate blocks (:class:`kvprism.layout.BlockLayout`)
+    with each block's mass over its tokens before the tail (:func:`kvprism.eval.metrics.selectable_block_mass`). Needle hit and signature recall are taken at the first decode step (the one that
     produces the first answer token). Heads that select no block at all (streaming heads of a head mask) count as
     not applicable (NaN) for the recall metrics.
 
@@ -241,7 +243,10 @@ def trace_metrics(
         scalar means plus ``per_layer`` ``[L][Hkv]`` tables of the first-step values.
     """
     n_tok = prefilled.get_seq_length()
-    eligible = M.eligible_blocks(n_tok, sel.block_size, sel.sink_blocks, sel.window)
+    geometry = BlockGeometry.of(sel)
+    n_slots = -(-n_tok // sel.block_size)
+    # the candidate set of the first decode step (its cache holds the prefill and the step's own token)
+    eligible = BlockLayout.from_lengths(n_tok + 1, geometry).candidates[0, :n_slots]
     spans = sample.target_spans
     recall_steps, mass_steps = [], []
     first: dict[str, list[torch.Tensor]] = {"block_recall": [], "mass_captured": [], "needle_hit": [], "sig": []}
@@ -252,10 +257,13 @@ def trace_metrics(
             rec = per_layer[layer]
             keys = prefilled.layers[layer].keys
             probs = M.attention_probs(rec["query"].float().cpu(), keys.float().cpu())
+            # the step's own layout: the candidates selection chose from, the tokens read anyway
+            layout = BlockLayout.from_lengths(rec["token_mask"].shape[-1], geometry)
             mask = rec["token_mask"][..., :n_tok].cpu()
             blocks = rec["blocks"].cpu()
-            mass = M.block_sums(M.group_mean(probs, keys.shape[1]), sel.block_size)
-            recall = M.recall_at_k(blocks, mass, sel.k, eligible)
+            mass = M.selectable_block_mass(M.group_mean(probs, keys.shape[1]), layout)
+            step_eligible = layout.candidates[0, :n_slots]
+            recall = M.recall_at_k(blocks, mass, sel.k, step_eligible)
             recall = torch.where((blocks >= 0).any(-1), recall, torch.full_like(recall, float("nan")))
             captured = M.mass_captured(probs, mask)
             step_recall.append(recall[0])
@@ -263,8 +271,9 @@ def trace_metrics(
             if step == 0:
                 first["block_recall"].append(recall[0])
                 first["mass_captured"].append(captured[0])
-                hits = torch.stack([M.needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
-                first["needle_hit"].append(hits.mean(0))
+                if spans:
+                    hits = torch.stack([M.needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
+                    first["needle_hit"].append(hits.mean(0))
                 if reference_blocks is not None and layer in reference_blocks:
                     first["sig"].append(M.selection_recall(blocks, reference_blocks[layer], eligible)[0])
         recall_steps.append(torch.stack(step_recall))
@@ -275,7 +284,7 @@ def trace_metrics(
         "mass_captured": _mean(torch.stack(mass_steps)) if mass_steps else None,
         "block_recall_first": _mean(torch.stack(first["block_recall"])) if layers else None,
         "mass_captured_first": _mean(torch.stack(first["mass_captured"])) if layers else None,
-        "needle_hit": _mean(torch.stack(first["needle_hit"])) if layers else None,
+        "needle_hit": _mean(torch.stack(first["needle_hit"])) if first["needle_hit"] else None,
         "signature_recall": _mean(torch.stack(first["sig"])) if first["sig"] else None,
         "signature_recall_layer0": _mean(first["sig"][0]) if first["sig"] else None,
         "per_layer": {
@@ -619,7 +628,8 @@ class Runner:
         sel = cfg.selection_config()
         stats = dict(out.stats or {})
         n_tok = prefilled.get_seq_length()
-        eligible = int(M.eligible_blocks(n_tok, sel.block_size, sel.sink_blocks, sel.window).sum())
+        # candidates at the first decode step (prefill + the step's token), as selection sees them
+        eligible = int(BlockLayout.from_lengths(n_tok + 1, BlockGeometry.of(sel)).candidates.sum())
         rf_mean = stats.get("read_fraction_mean")
         rf_max = stats.get("read_fraction_max")
         restricted = stats.get("restricted")
