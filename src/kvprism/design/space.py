@@ -102,6 +102,12 @@ SPACE: tuple[Dim, ...] = (
         source="assumption: CMOS-compatible drive up to the ±10 V of tfln-literature (PHYSICS §8: 10 V)"),
     Dim("feedback_calibration", "feedback_calibration", "categorical", choices=(False, True),
         source="open loop (seed) or closed loop (Zhang et al., Optica 9, 579, 2022)"),
+    Dim("calibration_probe_averages", "calibration_probe_averages", "int", low=1, high=1024, log=True,
+        source="assumption: averaging of in-situ probe readings (dithering-style closed loop, Optica 9, 579)"),
+    Dim("fab_sigma_nm", "fab_sigma_m", "float", low=0.5, high=2.0, unit="nm", to_si=1e-9,
+        source="as-fabricated resonance spread 0.5–2 nm (PHYSICS §8): the best process in the range may be chosen"),
+    Dim("trim_mechanism", "trim_mechanism", "categorical", choices=("heater", "one-time"),
+        source="PHYSICS §8/§11: heaters (held power) or a one-time post-fabrication trim"),
 )  # fmt: skip
 
 
