@@ -560,7 +560,9 @@ class Runner:
         self.store.repair()
         settings = {f"{self.mode}/{c.name}": self.cell_settings(c) for c in self.configs}
         self.store.check_settings(settings)
-        self.store.record_invocation(self.command_line, settings, model=self.model_name, model_identity=self.model_identity)
+        self.store.record_invocation(
+            self.command_line, settings, model=self.model_name, model_identity=self.model_identity
+        )
         todo = self.pending()
         n_total = len(self.points) * len(self.configs)
         n_todo = sum(len(m) for _, m in todo)

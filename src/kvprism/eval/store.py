@@ -572,7 +572,9 @@ class ResultStore:
                     f"{self.dir} holds {config} ({mode}) cells computed under other settings ({'; '.join(diff)}); "
                     "use another --out, or the settings they were computed with"
                 )
-            legacy = [r for r in rows if r.get("config") == config and r.get("mode") == mode and not r.get("settings_hash")]
+            legacy = [
+                r for r in rows if r.get("config") == config and r.get("mode") == mode and not r.get("settings_hash")
+            ]
             if legacy and old is None:
                 raise SettingsMismatchError(
                     f"{self.dir} holds {len(legacy)} {config} ({mode}) cells without a record of their settings "
