@@ -46,6 +46,7 @@ from kvprism.eval.store import (  # re-exported: the store's public API used to 
     repair_results,
 )
 from kvprism.eval.tasks import Sample, make_sample, string_match_fraction
+from kvprism.runtime import deferred_signals
 
 __all__ = [
     "MODES",
@@ -628,9 +629,10 @@ class Runner:
                 reference = exact_blocks[cfg.k]
             record = self._record(point, hay, val, sample, cfg, out, prefilled, dense_logits, reference)
             record.update(prefill_s=round(prefill_s, 4), prefill_id=prefill_id, reference_s=round(extra_s, 4))
-            self.store.append(record)
-            summary.cells_run += 1
-            summary.decode_s += out.decode_s
+            with deferred_signals():  # the stored cell and the count move together (an interrupt reports it)
+                self.store.append(record)
+                summary.cells_run += 1
+                summary.decode_s += out.decode_s
             progress.advance(bar)
 
     def _record(
