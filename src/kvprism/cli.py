@@ -377,7 +377,7 @@ _DepthsOpt = Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-se
 _SeedsOpt = Annotated[str, typer.Option(help="Sample seeds, comma-separated.")]
 _ConfigsOpt = Annotated[str, typer.Option(help=_CONFIG_HELP)]
 _KOpt = Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")]
-_BlockSizeOpt = Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")]
+_BlockSizeOpt = Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).", min=1)]
 _HeadsOpt = Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")]
 _HaystackOpt = Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")]
 _ValuesOpt = Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")]
