@@ -175,12 +175,16 @@ def test_interrupts_as_exceptions_maps_sigterm():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_threads():
+def test_threads(monkeypatch):
     import torch
 
     before = torch.get_num_threads()
     try:
         assert physical_cores() >= 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads() == 1  # the environment's choice is the default
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads() == physical_cores()
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
         with pytest.raises(KvprismError, match="threads = 0 is invalid"):
             set_threads(0)

@@ -32,7 +32,8 @@ app = typer.Typer(
 _ModelOpt = Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")]
 _DeviceOpt = Annotated[str, typer.Option(help="torch device.")]
 _ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", help="CPU threads for torch [default: physical cores].", min=1)
+    int | None,
+    typer.Option("--threads", help="CPU threads for torch [default: $OMP_NUM_THREADS, else physical cores].", min=1),
 ]
 console = Console()
 err_console = Console(stderr=True)

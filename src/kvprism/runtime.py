@@ -1,7 +1,7 @@
 """Process-level runtime settings: CPU threads for torch, and interrupts (SIGINT / SIGTERM) as exceptions.
 
-``set_threads(n)`` is what every model-running ``kvprism`` command calls for ``--threads`` (default: the number of
-physical cores available to the process). :func:`interrupts_as_exceptions` turns SIGINT and SIGTERM into
+``set_threads(n)`` is what every model-running ``kvprism`` command calls for ``--threads`` (default:
+``$OMP_NUM_THREADS`` if set, else the number of physical cores available to the process). :func:`interrupts_as_exceptions` turns SIGINT and SIGTERM into
 :class:`Interrupted` (so ``finally`` blocks, locks and the "aborted after N of M cells" message run on both), and
 :func:`deferred_signals` holds them back during a short critical section such as appending one result line.
 """
@@ -15,7 +15,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["Interrupted", "deferred_signals", "interrupts_as_exceptions", "physical_cores", "set_threads"]
+__all__ = [
+    "Interrupted",
+    "default_threads",
+    "deferred_signals",
+    "interrupts_as_exceptions",
+    "physical_cores",
+    "set_threads",
+]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,8 +55,16 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def default_threads() -> int:
+    """``$OMP_NUM_THREADS`` when it is set to an int >= 1, else :func:`physical_cores`."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) >= 1 else physical_cores()
+
+
 def set_threads(n: int | None = None) -> int:
-    """Set torch's intra-op CPU threads to ``n`` (default: :func:`physical_cores`); returns the number set.
+    """Set torch's intra-op CPU threads to ``n`` (default: :func:`default_threads`, i.e. ``$OMP_NUM_THREADS`` or the
+    physical cores); returns the number set. On a machine whose cores are busy with other work, fewer threads can be
+    much faster (see ``benchmarks/threads_decode.py``).
 
     Raises:
         ConfigError: ``n`` is not an int >= 1.
@@ -57,7 +72,7 @@ def set_threads(n: int | None = None) -> int:
     from kvprism.errors import ConfigError
 
     if n is None:
-        n = physical_cores()
+        n = default_threads()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"threads = {n!r} is invalid; allowed range: an int >= 1")
     import torch
