@@ -210,11 +210,14 @@ def test_bad_inputs_fail_before_work(tmp_path):
             **{k: v for k, v in GRID.items() if k != "haystack"},
         )
     assert dec.calls == []
-    # another model into the same directory is refused
+    # another model (other weights) into the same directory is refused, naming the differing field; the same
+    # weights under another name are the same cells
     _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0]).run()
     r = _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0])
     r.model_name = "other"
-    with pytest.raises(KvprismError, match="holds results of model 'tiny'"):
+    assert r.run().cells_run == 0
+    r = _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0], model=tiny_model(seed=1))
+    with pytest.raises(KvprismError, match=r"computed under other settings \(model.weights_sha256"):
         r.run()
 
 

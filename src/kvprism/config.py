@@ -112,9 +112,10 @@ class ConfigBase:
             if meta["choices"] is not None and value not in meta["choices"]:
                 self._fail(f.name, value, f"allowed: {', '.join(map(repr, meta['choices']))}")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if isinstance(value, float) and not math.isfinite(value):
+                    self._fail(f.name, value, "must be a finite number")
                 bad = (
-                    (isinstance(value, float) and math.isnan(value))
-                    or (meta["ge"] is not None and not value >= meta["ge"])
+                    (meta["ge"] is not None and not value >= meta["ge"])
                     or (meta["gt"] is not None and not value > meta["gt"])
                     or (meta["le"] is not None and not value <= meta["le"])
                     or (meta["lt"] is not None and not value < meta["lt"])

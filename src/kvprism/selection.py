@@ -104,6 +104,10 @@ class SelectionConfig(ConfigBase):
             "SeedPublishedConfig",
         ):
             self._fail("photonic", self.photonic, "must be a preset name, a PhotonicConfig or a SeedPublishedConfig")
+        if isinstance(self.photonic, str):
+            known = _photonic_presets()
+            if known is not None and self.photonic not in known:
+                self._fail("photonic", self.photonic, f"allowed presets: {', '.join(known)}")
         h = self.heads
         if isinstance(h, str):
             if h != "all" and not h.endswith(".json"):
@@ -114,6 +118,15 @@ class SelectionConfig(ConfigBase):
             object.__setattr__(self, "heads", tuple(tuple(row) for row in h))
         else:
             self._fail("heads", h, "must be 'all', a JSON file path or a nested bool mask")
+
+
+def _photonic_presets() -> list[str] | None:
+    """Shipped photonic preset names (None when kvprism.photonics is not installed)."""
+    try:
+        from kvprism.photonics.config import PhotonicConfig
+    except ImportError:
+        return None
+    return PhotonicConfig.presets()
 
 
 def resolve_heads(heads: Any, num_layers: int, num_kv_heads: int) -> torch.Tensor:

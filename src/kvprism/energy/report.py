@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -336,15 +334,10 @@ def print_summary(summary: dict[str, Any], console) -> None:
 
 # ---------------------------------------------------------------------------------------------------- files
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """:func:`kvprism.io.atomic_write` (temp file beside ``path``, umask respected, rename)."""
+    from kvprism.io import atomic_write
+
+    atomic_write(path, write)
 
 
 def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
