@@ -248,17 +248,22 @@ def test_leakage_verdict_uses_the_stricter_limit():
 
 def test_trim_range_and_power():
     ds = ChipDesign.from_config(SEED, 32)
-    heater = trim_check(SEED, ds)  # ±3 nm of spread vs 15 mW × 53.7 pm/mW = 0.81 nm
-    assert not heater.fits and heater.needed_m == pytest.approx(6e-9) and heater.range_m == pytest.approx(0.8055e-9)
-    assert heater.chip_power_w == pytest.approx(ds.mrr_count * 3e-9 / 53.7e-9, rel=1e-9)
-    rep = feasibility(SEED, mc_rows=16, mc_queries=4)
-    assert any("trim span" in v for v in rep.violations) and rep.trim == heater
+    eff = ds.fsr_m / SEED.trim_power_per_fsr_w  # one FSR per 14.9 mW, whatever the ring size
+    heater = trim_check(SEED, ds)  # ±3 nm of spread vs 15 mW → 15/14.9 FSR = 8.35 nm: one FSR suffices
+    assert heater.fits and heater.needed_m == pytest.approx(6e-9) and heater.range_m == pytest.approx(15e-3 * eff)
+    assert heater.chip_power_w == pytest.approx(ds.mrr_count * 3e-9 / eff, rel=1e-9)
+    weak = trim_check(SEED.replace(trim_max_power_w=5e-3), ds)  # a third of an FSR
+    assert not weak.fits
+    rep = feasibility(SEED.replace(trim_max_power_w=5e-3), mc_rows=16, mc_queries=4)
+    assert any("trim span" in v for v in rep.violations) and rep.trim == weak
     fine = trim_check(SEED.replace(fab_sigma_m=0.1e-9), ds)
-    assert fine.fits and fine.mean_power_w == pytest.approx(0.3e-9 / 53.7e-9, rel=1e-9)
+    assert fine.fits and fine.mean_power_w == pytest.approx(0.3e-9 / eff, rel=1e-9)
     once = trim_check(SEED.replace(trim_mechanism="one-time", one_time_trim_range_m=7e-9), ds)
     assert once.fits and once.chip_power_w == 0.0
     wide = trim_check(SEED.replace(fab_sigma_m=5e-9), ds)  # 6σ = 30 nm > FSR: one FSR always suffices
     assert wide.needed_m == pytest.approx(ds.fsr_m)
+    big = ChipDesign.from_config(SEED.replace(ring_radius_m=80e-6), 32)  # 4× the circumference: same power per FSR
+    assert trim_check(SEED.replace(ring_radius_m=80e-6), big).range_m == pytest.approx(heater.range_m / 4, rel=1e-6)
 
 
 def test_ideal_selection_has_full_recall():

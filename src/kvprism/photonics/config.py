@@ -779,17 +779,19 @@ class PhotonicConfig(ConfigBase):
         source="PHYSICS §8, §11; one-time optical trimming of TFLN rings: Ren et al., arXiv 2409.12354",
         section="layout",
     )
-    trim_efficiency_m_per_w: float = param(
-        53.7e-12 / 1e-3,
-        doc="heater trim: resonance shift per heater power",
-        unit="m/W",
+    trim_power_per_fsr_w: float = param(
+        14.9e-3,
+        doc="heater trim: heater power that shifts a ring by one FSR. Independent of the ring size to first order: "
+        "the shift per kelvin is λ (dn_eff/dT) / n_g for any ring while the heated length, hence the power per kelvin, "
+        "and the FSR both scale with the circumference (so a fixed pm/mW would penalise small rings)",
+        unit="W",
         gt=0.0,
-        source="Liu et al., Opt. Lett. 45, 6318 (2020): 53.7 pm/mW with thermal-isolation trenches (~20× less without)",
+        source="Liu et al., Opt. Lett. 45, 6318 (2020): one FSR with 14.9 mW (53.7 pm/mW, thermal-isolation trenches)",
         section="layout",
     )
     trim_max_power_w: float = param(
         15e-3,
-        doc="heater trim: largest heater power per ring (trim range = efficiency × this)",
+        doc="heater trim: largest heater power per ring (trim range = FSR × this / trim_power_per_fsr_w)",
         unit="W",
         gt=0.0,
         source="Liu et al., Opt. Lett. 45, 6318 (2020): one FSR with 14.9 mW",

@@ -62,8 +62,9 @@ def trim_check(cfg: PhotonicConfig, design: ChipDesign) -> TrimCheck:
     heater spans 6σ (mean shift 3σ → mean power 3σ / efficiency); a one-time trim needs the same span."""
     needed = min(6.0 * cfg.fab_sigma_m, design.fsr_m)
     if cfg.trim_mechanism == "heater":
-        rng = cfg.trim_efficiency_m_per_w * cfg.trim_max_power_w
-        mean_p = min(3.0 * cfg.fab_sigma_m, 0.5 * design.fsr_m) / cfg.trim_efficiency_m_per_w
+        efficiency_m_per_w = design.fsr_m / cfg.trim_power_per_fsr_w
+        rng = efficiency_m_per_w * cfg.trim_max_power_w
+        mean_p = min(3.0 * cfg.fab_sigma_m, 0.5 * design.fsr_m) / efficiency_m_per_w
     else:
         rng, mean_p = cfg.one_time_trim_range_m, 0.0
     return TrimCheck(cfg.trim_mechanism, needed, rng, mean_p, mean_p * design.mrr_count)
@@ -281,7 +282,7 @@ def feasibility(
     trim = trim_check(cfg, ds)
     if not trim.fits:
         how = (
-            f"{cfg.trim_max_power_w * 1e3:g} mW × {cfg.trim_efficiency_m_per_w * 1e9:g} pm/mW"
+            f"{cfg.trim_max_power_w * 1e3:g} mW × {ds.fsr_m / cfg.trim_power_per_fsr_w * 1e9:.3g} pm/mW"
             if trim.mechanism == "heater"
             else "one_time_trim_range_m"
         )
