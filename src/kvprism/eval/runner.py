@@ -125,7 +125,13 @@ def build_configs(names: Sequence[str], ks: Sequence[int], selection: dict[str, 
                 raise KvprismError("k is empty; give at least one k >= 1 for selection configurations")
             backend = "exact" if name == "exact" else "photonic"
             preset = None if backend == "exact" else name
-            cfgs = [EvalConfig(f"{name}-k{k}", backend, k, preset, selection) for k in ks]
+            sel = selection
+            if preset is not None and "d_sig" not in selection:  # one comb line per signature dimension
+                from kvprism.photonics import PhotonicConfig
+
+                if preset in PhotonicConfig.presets():
+                    sel = {**selection, "d_sig": PhotonicConfig.preset(preset).n_lines}
+            cfgs = [EvalConfig(f"{name}-k{k}", backend, k, preset, sel) for k in ks]
         for c in cfgs:
             if c.name not in seen:
                 seen.add(c.name)
