@@ -148,9 +148,9 @@ def cascade_coherent(
     product, one ring at a time. This is exact for that mode pair, to every order: light dropped by ring j runs back
     on the drop bus, is attenuated by the rings before it (t'), and what they re-couple goes forward on the input bus
     to the through port, where it adds in field. Different lines add in power at the photodiodes, so each line is
-    solved on its own. The segment before ring j (bus order) adds the phase ``optics.bus_phase0`` (designed path,
-    only the round trip input + drop bus matters) plus ``bus_phase_rad[..., j]`` (static fabrication phase, per
-    ring). ``couplers``: per-ring constants [..., d] (coupling spread), None for the design couplings.
+    solved on its own. The path to ring j carries the phase ``optics.bus_phase0[i, j]`` (designed: 2 β_i z_j, only
+    the round trip input + drop bus matters) plus ``bus_phase_rad[..., j]`` (static fabrication phase of that path,
+    per ring); the segment before ring j adds the difference to the path of the ring before it. ``couplers``: per-ring constants [..., d] (coupling spread), None for the design couplings.
     Cost: d passes over [..., d] complex tensors."""
     # layout [j, ..., i] (ring first): each step of the chain reads one contiguous [..., i] slice
     lead = detuning_m.shape[:-1]
@@ -162,8 +162,13 @@ def cascade_coherent(
     psi = optics.bus_phase0.t().reshape(view) if optics.bus_phase0 is not None else torch.zeros(view, dtype=phi.dtype)
     if bus_phase_rad is not None:
         psi = psi + bus_phase_rad.movedim(-1, 0).unsqueeze(-1)
-    seg = torch.polar(torch.ones_like(psi), psi)  # [j, ..., i] (or [j, 1.., i])
-    order = optics.order.tolist() if optics.order is not None else range(optics.n_lines)
+    order = optics.order.tolist() if optics.order is not None else list(range(optics.n_lines))
+    # psi is the phase of the whole path to ring j (bus position p): the segment before it adds the increment
+    # psi_j − psi_(ring at p − 1)
+    inc = psi.clone() if psi.shape[0] == optics.n_lines else psi.expand(optics.n_lines, *psi.shape[1:]).clone()
+    for p in range(len(order) - 1, 0, -1):
+        inc[order[p]] = psi[order[p]] - psi[order[p - 1]]
+    seg = torch.polar(torch.ones_like(inc), inc)  # [j, ..., i] (or [j, 1.., i])
     shape = (*lead, optics.n_lines)
     c11 = torch.ones(shape, dtype=t.dtype)  # laser → right end of the chain (through)
     c12 = torch.zeros(shape, dtype=t.dtype)  # add (right) → right end
