@@ -54,3 +54,11 @@ def test_report_states_the_drift_sampling():
     assert held.drift_hold_rms_m == base.replace(drift_update_steps=7).drift_hold_rms_m > 1e-12
     row = next(v for q, v, _ in held.rows() if q.startswith("drift sampled"))
     assert row.startswith("7 decode steps") and f"{held.drift_hold_rms_m * 1e12:.2f} pm" in row
+
+
+def test_tfln_feasible_passes_every_check_and_says_why_the_others_fail():
+    rep = feasibility(PhotonicConfig.preset("tfln-feasible"))
+    assert rep.feasible, rep.violations
+    assert rep.recall_at_k >= 0.9 and rep.weight_bits >= 4.0 and rep.score_enob_bits >= 4.0
+    lit = feasibility(PhotonicConfig.preset("tfln-literature"), mc_rows=64, mc_queries=16)
+    assert any("leakage" in v for v in lit.violations) and any("chip limit" in v for v in lit.violations)
