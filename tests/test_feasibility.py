@@ -62,3 +62,19 @@ def test_tfln_feasible_passes_every_check_and_says_why_the_others_fail():
     assert rep.recall_at_k >= 0.9 and rep.weight_bits >= 4.0 and rep.score_enob_bits >= 4.0
     lit = feasibility(PhotonicConfig.preset("tfln-literature"), mc_rows=64, mc_queries=16)
     assert any("leakage" in v for v in lit.violations) and any("chip limit" in v for v in lit.violations)
+
+
+def test_in_situ_calibration_of_time_shared_rewrites_must_fit_the_decode_step():
+    """tfln-feasible time-shares 4 banks: timed by a 7B model at 20 tokens/s every round rewrites them, and
+    recalibrating each rewrite in situ (2·iters + 1 probe readings per line, averaged) takes seconds per step."""
+    from kvprism.photonics.design import decode_timing
+
+    cfg = PhotonicConfig.preset("tfln-feasible")
+    timing = decode_timing(cfg, n_layers=28, kv_heads=4, tokens_per_s=20.0)
+    assert timing.shared
+    rep = feasibility(cfg, timing=timing, mc_rows=64, mc_queries=8)
+    (msg,) = [v for v in rep.violations if "in-situ calibration of every rewrite" in v]
+    probes = (2 * cfg.calibration_iters + 1) * cfg.n_lines * cfg.calibration_probe_averages
+    assert f"{probes:,} probes" in msg
+    open_loop = feasibility(cfg.replace(feedback_calibration=False), timing=timing, mc_rows=64, mc_queries=8)
+    assert not any("in-situ calibration" in v for v in open_loop.violations)

@@ -97,9 +97,11 @@ def demo(
     depth: Annotated[float, typer.Option(help="Needle depth as a fraction of the haystack, in [0, 1].")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the needle key/value and haystack offset.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 24,
-    k: Annotated[int, typer.Option(help="Blocks selected per (layer, KV head) and decode step.", min=0)] = 8,
+    k: Annotated[int, typer.Option(help="Blocks selected per (layer, KV head) and decode step.", min=0)] = 16,
     block_size: Annotated[int, typer.Option(help="Tokens per block.", min=1)] = 64,
-    preset: Annotated[str, typer.Option(help="Photonic hardware preset.")] = "seed-nominal",
+    preset: Annotated[
+        str, typer.Option(help="Photonic hardware preset(s), comma-separated (d_sig = each preset's comb lines).")
+    ] = "seed-nominal,tfln-feasible",
     device: _DeviceOpt = "cpu",
     threads: _ThreadsOpt = None,
 ) -> None:
@@ -123,8 +125,10 @@ def demo(
         photonic_ok, why = True, ""
     except ImportError as exc:
         photonic_ok, why = False, str(exc)
+    presets = [p.strip() for p in preset.split(",") if p.strip()]
     if photonic_ok:
-        _check_preset(preset)
+        for p in presets:
+            _check_preset(p)
     peek = _peek_model_config(model)
     _check_window(peek, context + max_new_tokens, "--context + --max-new-tokens")
     _set_threads(threads)
@@ -150,7 +154,11 @@ def demo(
 
     runs: list[tuple[str, SelectionConfig | None]] = [("dense", None)]
     if photonic_ok:
-        runs.append((f"photonic {preset}", sel.replace(backend="photonic", photonic=preset)))
+        from kvprism.photonics import PhotonicConfig
+
+        for p in presets:
+            lines = PhotonicConfig.preset(p).n_lines  # one comb line per signature dimension
+            runs.append((f"photonic {p}", sel.replace(backend="photonic", photonic=p, d_sig=lines)))
     else:
         console.print(
             "[bold red]photonic engine unavailable[/]: kvprism.photonics cannot be imported "
@@ -189,12 +197,17 @@ def demo(
                 )
         feas = cache.selectors[0].backend.feasibility()
         if feas is not None:
-            verdict = (
-                "[green]feasible[/]"
-                if not feas.violations
-                else "[red]infeasible[/]: " + "; ".join(map(str, feas.violations))
-            )
-            console.print(f"  feasibility    preset {preset}: {verdict}")
+            name = cfg.photonic if isinstance(cfg.photonic, str) else "custom"
+            if not feas.violations:
+                verdict = "[green]feasible[/]: no constraint violated"
+            else:
+                more = (
+                    f" (+{len(feas.violations) - 1} more: kvprism hw --preset {name})"
+                    if len(feas.violations) > 1
+                    else ""
+                )
+                verdict = f"[red]infeasible[/]: {feas.violations[0]}{more}"
+            console.print(f"  feasibility    {verdict}", highlight=False)
 
 
 def _decode_greedy(model, tokenizer, cache, logits, start: int, max_new_tokens: int, device: str) -> str:

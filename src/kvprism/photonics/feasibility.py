@@ -360,6 +360,18 @@ def feasibility(
             f"weight precision after calibration is {weight_bits:.2f} bit, below the required "
             f"{cfg.required_weight_bits:g} bit"
         )
+    if timing is not None and timing.shared and cfg.feedback_calibration:
+        # time-shared banks are rewritten every round; in-situ calibration of a rewrite probes every line
+        # (2·iters + 1 readings with the side-of-resonance dither, each averaged) for one integration time each
+        probes = (2 * cfg.calibration_iters + 1) * d * cfg.calibration_probe_averages
+        cal_s = probes * ds.integration_time_s * timing.rounds_per_layer * timing.n_layers
+        if cal_s > timing.step_s:
+            violations.append(
+                f"in-situ calibration of every rewrite of the {timing.physical_banks} time-shared banks takes "
+                f"{cal_s * 1e3:.3g} ms per decode step ({probes:,} probes × {ds.integration_time_s * 1e6:.3g} µs × "
+                f"{timing.rounds_per_layer * timing.n_layers} rounds), above the {timing.step_s * 1e3:.3g} ms step: "
+                "time-shared banks need rewrites without recalibration, or resident banks"
+            )
     plan = eng.cascade_plan
     if ds.photonic_area_m2 > cfg.max_chip_area_m2:
         violations.append(
