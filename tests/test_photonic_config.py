@@ -6,7 +6,7 @@ import kvprism
 from kvprism import PhotonicConfig
 from kvprism.errors import ConfigError
 
-PRESETS = ["ideal", "seed-nominal", "seed-optimistic", "seed-pessimistic", "tfln-literature"]
+PRESETS = ["ideal", "seed-nominal", "seed-optimistic", "seed-pessimistic", "tfln-feasible", "tfln-literature"]
 
 
 def test_presets_ship_and_load():
