@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from kvprism.budgets import BUDGETS, make_budget
 from kvprism.config import ConfigBase, param
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.signatures import PROJECTIONS, SIGNATURES, fit_projection, project
@@ -60,6 +61,22 @@ class SelectionConfig(ConfigBase):
         ge=1,
     )
     signature: str = param("mean", doc="Block signature.", choices=tuple(SIGNATURES))
+    sig_rows: int = param(
+        4,
+        doc="Rows per block of the multi-row signatures ('centroids', 'reps'): each block takes sig_rows bank rows "
+        "and scores as the max over them. Ignored by 'mean' and 'minmax'.",
+        unit="rows",
+        ge=1,
+    )
+    budget: str = param(
+        "topk",
+        doc="Blocks read per (layer, KV head) out of the k best: 'topk' (all k) or 'top_p' (adaptive: the fewest "
+        "whose estimated attention mass reaches top_p; k is then the cap). See kvprism.budgets.",
+        choices=tuple(BUDGETS),
+    )
+    top_p: float = param(
+        0.9, doc="For budget='top_p': estimated attention mass of the candidate blocks to cover.", gt=0.0, le=1.0
+    )
     projection: str = param(
         "learned",
         doc="Projection of keys and query to d_sig dimensions. 'learned' (default) is fitted on the prefill and needs "
@@ -284,7 +301,11 @@ class BlockSelector:
         self.num_kv_heads = num_kv_heads
         self.head_mask = head_mask.bool()
         self.signature = SIGNATURES[sel.signature]
+        self.rows_per_block = self.signature.rows_per_block(sel.sig_rows)
+        self.budget = make_budget(sel.budget, sel.top_p)
         self.proj: torch.Tensor | None = None  # [B, H, D, d_sig]
+        self.probe: torch.Tensor | None = None  # [B, H, P, d_sig] projected prefill queries (signature 'reps')
+        self.scaling = 1.0  # the model's softmax scale (set by fit)
         self.backend: ScoreBackend = BACKENDS[sel.backend](sel, derive_seed(sel.seed, layer_idx, 1))
         self.n_blocks = 0  # rows programmed per bank
         self.rows_programmed = 0  # rows written over all banks (initial programming + appends)
@@ -292,6 +313,11 @@ class BlockSelector:
         self.fitted = False
 
     # ---------------------------------------------------------------- projection and signatures
+    @property
+    def needs_queries(self) -> bool:
+        """Whether :meth:`fit` needs the prefill queries (learned projection, representative-token signatures)."""
+        return self.sel.projection == "learned" or self.signature.needs_probe
+
     def fit(
         self,
         keys: torch.Tensor,
@@ -301,7 +327,9 @@ class BlockSelector:
         queries: torch.Tensor | None = None,
         query_pos: torch.Tensor | None = None,
     ) -> None:
-        """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``)."""
+        """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``); ``queries [B, H, n, G, D]``
+        (with their positions ``query_pos [n]``) are the prefill query sample of :attr:`needs_queries`."""
+        self.scaling = scaling
         self.proj = fit_projection(
             self.sel.projection,
             keys,
@@ -313,36 +341,44 @@ class BlockSelector:
             queries=queries,
             query_pos=query_pos,
         )
+        if self.signature.needs_probe:
+            if queries is None:
+                raise ConfigError(f"SelectionConfig.signature = {self.sel.signature!r} needs the prefill queries")
+            b, h, n, g, d = queries.shape
+            self.probe = project(queries.float().reshape(b, h, n * g, d), self.proj)
         self.fitted = True
 
     def block_signatures(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Signatures of whole blocks: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid [B, n*bs]`` ->
-        ``[B, H, n, w]`` float32."""
+        bank rows ``[B, H, n*R, w]`` float32 (``R`` = :attr:`rows_per_block` consecutive rows per block)."""
         b, h, t, _ = keys.shape
         bs = self.sel.block_size
         n = t // bs
         pk = project(keys.float(), self.proj).reshape(b, h, n, bs, -1)
         v = valid.reshape(b, 1, n, bs).expand(b, h, n, bs)
-        sig = self.signature.block(pk, v)
+        probe = None if self.probe is None else self.probe.to(pk.device)
+        sig = self.signature.block(
+            pk, v, rows=self.rows_per_block, seed=derive_seed(self.sel.seed, self.layer_idx, 3), probe=probe
+        )
         if self.sel.sign == "relu":
             sig = sig.clamp_min(0)
-        return sig
+        return sig.reshape(b, h, n * self.rows_per_block, -1)
 
     def program(self, signatures: torch.Tensor) -> None:
-        """Program all rows ``[B, H, N, w]`` (end of prefill)."""
+        """Program all rows ``[B, H, N*R, w]`` (end of prefill)."""
         self.backend.program(signatures)
-        self.n_blocks = signatures.shape[-2]
+        self.n_blocks = signatures.shape[-2] // self.rows_per_block
         self.rows_programmed += signatures[..., 0].numel()
 
     def append(self, signatures: torch.Tensor) -> None:
-        """Program ``m`` newly completed blocks ``[B, H, m, w]`` after the existing rows."""
+        """Program the rows ``[B, H, m*R, w]`` of ``m`` newly completed blocks after the existing rows."""
         if signatures.shape[-2] == 0:
             return
         if self.n_blocks == 0:
             self.program(signatures)
             return
         self.backend.append(signatures)
-        self.n_blocks += signatures.shape[-2]
+        self.n_blocks += signatures.shape[-2] // self.rows_per_block
         self.rows_programmed += signatures[..., 0].numel()
 
     # ---------------------------------------------------------------- scoring and top-k
@@ -354,11 +390,17 @@ class BlockSelector:
         return enc
 
     def scores(self, query: torch.Tensor) -> torch.Tensor:
-        """Block scores ``[B, H, N]`` of the query group ``[B, H, G, D]`` after GQA reduction."""
+        """Block scores ``[B, H, N]`` of the query group ``[B, H, G, D]`` after GQA reduction (and, for multi-row
+        signatures, the max over each block's rows)."""
         enc = self.encode_query(query)
-        if self.sel.gqa_reduce == "sum":
-            return self.backend.scores(enc.sum(2))
-        return self.backend.scores(enc).amax(2)
+        s = self.backend.scores(enc.sum(2)) if self.sel.gqa_reduce == "sum" else self.backend.scores(enc).amax(2)
+        r = self.rows_per_block
+        return s if r == 1 else s.reshape(*s.shape[:-1], s.shape[-1] // r, r).amax(-1)
+
+    def logit_scale(self, group: int) -> float:
+        """Factor turning a block score into an attention logit estimate (the softmax scale; divided by the group
+        size ``G`` when the group's scores are summed)."""
+        return self.scaling / group if self.sel.gqa_reduce == "sum" else self.scaling
 
     def select(self, query: torch.Tensor, candidates: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """Top-k candidate blocks per bank.
@@ -381,6 +423,7 @@ class BlockSelector:
         kk = min(k, s.shape[-1])
         val, idx = torch.topk(s, kk, dim=-1, sorted=True)
         idx = idx.masked_fill(torch.isinf(val) & (val < 0), -1)
+        idx = self.budget.trim(s, val, idx, self.logit_scale(query.shape[2]))
         if kk < k:
             idx = torch.cat([idx, idx.new_full((b, h, k - kk), -1)], dim=-1)
         return idx
@@ -403,6 +446,11 @@ class BlockSelector:
         b, h, g, _ = query.shape
         if not 0 <= lo <= hi <= self.n_blocks:
             raise KvprismError(f"select_range: need 0 <= lo <= hi <= {self.n_blocks}, got lo={lo}, hi={hi}")
+        if self.rows_per_block > 1 or self.sel.budget != "topk":
+            # multi-row signatures and adaptive budgets are not in the fused kernel: the same selection via select
+            blk = torch.arange(self.n_blocks, device=query.device)
+            cand = ((blk >= lo) & (blk < hi)).expand(b, h, -1)
+            return self.select(query, cand, k)
         self.selection_calls += 1
         if k == 0 or hi == lo:
             return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)

@@ -11,6 +11,13 @@ Signatures (registry :data:`SIGNATURES`):
 - ``minmax``: Quest-style elementwise bounds ``(max_i, min_i)`` of the block's projected keys; the score
   ``Σ_i max(q_i·min_i, q_i·max_i)`` is an upper bound of ``q·k`` over the block and equals
   ``relu(q)·max + min(q, 0)·min`` -- a dot product of width ``2d`` with the encoded query ``[relu(q), min(q, 0)]``.
+- ``centroids``: ``R`` centroids of the block's projected keys (seeded k-means, :class:`CentroidSignature`); the block
+  score is the max over its ``R`` rows (``R = SelectionConfig.sig_rows``). Width ``d`` per row.
+- ``reps``: InfLLM-style representative tokens (:class:`RepresentativeSignature`): the block's ``R`` keys most
+  attended by the prefill's last queries; scored by the max over its ``R`` rows. Width ``d`` per row.
+
+A signature with ``R`` rows per block returns ``[..., n, R*w]`` from ``block`` (its rows side by side); the selector
+programs them as ``R`` consecutive bank rows per block and reduces their scores with a max (:attr:`rows_per_block`).
 
 Projections (registry :data:`PROJECTIONS`), each a ``[B, H, D, d_sig]`` matrix per (batch row, KV head) or ``None``:
 
@@ -36,8 +43,10 @@ import torch
 __all__ = [
     "PROJECTIONS",
     "SIGNATURES",
+    "CentroidSignature",
     "MeanSignature",
     "MinMaxSignature",
+    "RepresentativeSignature",
     "fit_learned",
     "fit_pca",
     "fit_projection",
@@ -51,11 +60,15 @@ class MeanSignature:
     """Mean key of the block (padding tokens excluded). Width ``d``."""
 
     name: ClassVar[str] = "mean"
+    needs_probe: ClassVar[bool] = False
 
     def width(self, d: int) -> int:
         return d
 
-    def block(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def rows_per_block(self, sig_rows: int) -> int:
+        return 1
+
+    def block(self, keys: torch.Tensor, valid: torch.Tensor, **_: object) -> torch.Tensor:
         """``keys [..., n, B, d]``, ``valid [..., n, B]`` bool -> ``[..., n, d]`` (zero for an all-padding block)."""
         w = valid.to(keys.dtype).unsqueeze(-1)
         return (keys * w).sum(-2) / w.sum(-2).clamp_min(1.0)
@@ -70,11 +83,15 @@ class MinMaxSignature:
     """Quest-style elementwise ``[max, min]`` of the block's keys (padding excluded). Width ``2d``."""
 
     name: ClassVar[str] = "minmax"
+    needs_probe: ClassVar[bool] = False
 
     def width(self, d: int) -> int:
         return 2 * d
 
-    def block(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def rows_per_block(self, sig_rows: int) -> int:
+        return 1
+
+    def block(self, keys: torch.Tensor, valid: torch.Tensor, **_: object) -> torch.Tensor:
         """``keys [..., n, B, d]``, ``valid [..., n, B]`` -> ``[..., n, 2d]`` (zero for an all-padding block)."""
         v = valid.unsqueeze(-1)
         hi = keys.masked_fill(~v, -math.inf).amax(-2)
@@ -88,8 +105,121 @@ class MinMaxSignature:
         return torch.cat([q.clamp_min(0), q.clamp_max(0)], dim=-1)
 
 
+def _gather_tokens(keys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``keys [M, B, d]``, ``idx [M, R]`` token ids -> ``[M, R, d]``."""
+    return torch.gather(keys, 1, idx.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
+
+
+@dataclass(frozen=True)
+class CentroidSignature:
+    """``R`` centroids of the block's keys by seeded k-means (Lloyd, squared Euclidean distance), scored by the max
+    over the ``R`` rows: a block holding a few distinct keys (a needle among filler) keeps one row close to each.
+
+    Initial centroids: the first ``R`` valid tokens of one seeded permutation of the ``B`` positions (the same for
+    every block, so a block's signature does not depend on how many blocks are computed together); an empty
+    cluster keeps its previous centroid. Cost per block: ``iters · B · R · d`` multiply-adds. Width ``d`` per row.
+    """
+
+    name: ClassVar[str] = "centroids"
+    needs_probe: ClassVar[bool] = False
+    iters: int = 8
+
+    def width(self, d: int) -> int:
+        return d
+
+    def rows_per_block(self, sig_rows: int) -> int:
+        return sig_rows
+
+    def block(
+        self, keys: torch.Tensor, valid: torch.Tensor, *, rows: int = 4, seed: int = 0, **_: object
+    ) -> torch.Tensor:
+        """``keys [..., n, B, d]``, ``valid [..., n, B]`` -> ``[..., n, rows*d]`` (zero for an all-padding block)."""
+        *lead, bs, d = keys.shape
+        x = keys.reshape(-1, bs, d).float()
+        v = valid.reshape(-1, bs)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        perm = torch.randperm(bs, generator=gen).to(keys.device)
+        # rank of every position in the permutation; invalid tokens go last
+        rank = torch.empty_like(perm)
+        rank[perm] = torch.arange(bs, device=keys.device)
+        prio = torch.where(v, rank[None], rank[None] + bs)
+        first = prio.argsort(-1)[:, : min(rows, bs)]
+        if rows > bs:
+            first = first[:, torch.arange(rows, device=keys.device) % bs]
+        cent = _gather_tokens(x, first)  # [M, R, d]
+        w = v.to(x.dtype)
+        x2 = (x * x).sum(-1, keepdim=True)
+        for _ in range(self.iters):
+            d2 = x2 - 2 * torch.matmul(x, cent.transpose(-1, -2)) + (cent * cent).sum(-1)[:, None, :]  # [M, B, R]
+            onehot = torch.nn.functional.one_hot(d2.argmin(-1), rows).to(x.dtype) * w[..., None]
+            cnt = onehot.sum(1)  # [M, R]
+            new = torch.matmul(onehot.transpose(-1, -2), x) / cnt.clamp_min(1.0)[..., None]
+            cent = torch.where(cnt[..., None] > 0, new, cent)
+        cent = cent * v.any(-1).to(x.dtype)[:, None, None]
+        return cent.reshape(*lead[:-1], lead[-1], rows * d).to(keys.dtype)
+
+    def encode_query(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [..., d]`` -> ``[..., d]`` (the same query drives every row)."""
+        return q
+
+
+@dataclass(frozen=True)
+class RepresentativeSignature:
+    """InfLLM-style representative tokens: the block's ``R`` keys with the largest summed attention logit from the
+    *probe* -- the prefill's most recent queries of the head's query group (the question, at the end of a prompt) --
+    stored as ``R`` rows and scored by the max over them. Needs the probe (``probe [..., P, d]``, projected like
+    the keys); blocks completed during decode use the same probe. Cost per block: ``P · B · d`` multiply-adds once.
+    Width ``d`` per row.
+
+    Reference: Xiao et al., "InfLLM: Training-Free Long-Context Extrapolation for LLMs with an Efficient Context
+    Memory", 2024 (representative score of a token = sum of the local queries' attention logits to it).
+    """
+
+    name: ClassVar[str] = "reps"
+    needs_probe: ClassVar[bool] = True
+
+    def width(self, d: int) -> int:
+        return d
+
+    def rows_per_block(self, sig_rows: int) -> int:
+        return sig_rows
+
+    def block(
+        self,
+        keys: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        rows: int = 4,
+        probe: torch.Tensor | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        """``keys [..., n, B, d]``, ``valid [..., n, B]``, ``probe [..., P, d]`` -> ``[..., n, rows*d]``."""
+        if probe is None:
+            raise ValueError("signature 'reps' needs the probe queries (the prefill's last queries)")
+        *lead, bs, d = keys.shape
+        score = torch.einsum("...nbd,...pd->...nb", keys.float(), probe.float())
+        score = score.masked_fill(~valid, -math.inf).reshape(-1, bs)
+        r = min(rows, bs)
+        val, idx = score.topk(r, dim=-1)  # [M, r]
+        idx = torch.where(torch.isfinite(val), idx, idx[:, :1])  # fewer valid tokens than rows: repeat the best
+        if rows > bs:
+            idx = idx[:, torch.arange(rows, device=keys.device) % bs]
+        x = keys.reshape(-1, bs, d)
+        reps = _gather_tokens(x, idx) * valid.reshape(-1, bs).any(-1).to(x.dtype)[:, None, None]
+        return reps.reshape(*lead[:-1], lead[-1], rows * d)
+
+    def encode_query(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [..., d]`` -> ``[..., d]``."""
+        return q
+
+
 #: signature name -> signature object
-SIGNATURES: dict[str, MeanSignature | MinMaxSignature] = {"mean": MeanSignature(), "minmax": MinMaxSignature()}
+SIGNATURES: dict[str, MeanSignature | MinMaxSignature | CentroidSignature | RepresentativeSignature] = {
+    "mean": MeanSignature(),
+    "minmax": MinMaxSignature(),
+    "centroids": CentroidSignature(),
+    "reps": RepresentativeSignature(),
+}
 
 
 # ---------------------------------------------------------------------------------------------------- projections

@@ -236,7 +236,7 @@ class SparseLayer(CacheLayerMixin):
 
     def observe_prefill(self, query: torch.Tensor) -> None:
         """Keep the most recent prefill queries ``[B, Hq, q, D]`` (only for projection='learned')."""
-        if self.selector.sel.projection != "learned" or self.selector.fitted:
+        if not self.selector.needs_queries or self.selector.fitted:
             return
         q = query.shape[2]
         pos = torch.arange(self.length - q, self.length, device=query.device)
@@ -255,10 +255,12 @@ class SparseLayer(CacheLayerMixin):
         keys = self.keys
         if not self.selector.fitted:
             queries = None
-            if sel.projection == "learned" and nb >= 2:  # with < 2 complete blocks fit_learned is PCA anyway
+            # with < 2 complete blocks fit_learned is PCA anyway; representative tokens always need the probe
+            if self.selector.needs_queries and (nb >= 2 or self.selector.signature.needs_probe):
                 if self._queries is None:
                     raise ConfigError(
-                        "SelectionConfig.projection = 'learned' needs the prefill queries: prefill through the "
+                        f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
+                        "prefill queries: prefill through the "
                         "SparseCache, or prefill the dense cache with the model's attention set to 'kvprism' "
                         "(constructing any SparseCache does that) before SparseCache.from_prefilled"
                     )
@@ -452,7 +454,7 @@ class SparseCache(Cache):
                     "(sliding-window layer); SparseCache needs the full prefill"
                 )
             dst.load(keys.clone(), values.clone())
-            if sel.projection == "learned":
+            if cache.layers[i].selector.needs_queries:
                 found = _attn.prefill_queries_for(model, i, keys)
                 if found is not None:
                     dst._queries, dst._query_pos = found[0].clone(), found[1].clone()
