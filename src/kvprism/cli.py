@@ -311,6 +311,9 @@ _HeadsOpt = Annotated[str | None, typer.Option(help="Head mask JSON from `kvpris
 _HaystackOpt = Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")]
 _ValuesOpt = Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")]
 _OutOpt = Annotated[str, typer.Option(help="Results directory (resumed if it exists).")]
+_SelectOpt = Annotated[
+    str | None, typer.Option(help="SelectionConfig fields for the selection configs, e.g. 'd_sig=8,signature=minmax'.")
+]
 
 
 def _eval_grid(
@@ -330,6 +333,7 @@ def _eval_grid(
     device: str,
     out: str,
     max_new_tokens: int | None,
+    select: str | None = None,
 ) -> None:
     """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
     from kvprism.eval import runner as R
@@ -358,7 +362,9 @@ def _eval_grid(
             raise kvprism.KvprismError(f"--k: {kk} is invalid; allowed range: k >= 1")
     if not (ctx_list and depth_list and seed_list):
         raise kvprism.KvprismError("--contexts, --depths and --seeds each need at least one value")
-    selection: dict = {}
+    from kvprism.eval.sweep import parse_overrides
+
+    selection: dict = parse_overrides(select)
     if block_size is not None:
         selection["block_size"] = block_size
     if heads is not None:
@@ -425,6 +431,7 @@ def niah(
     device: _DeviceOpt = "cpu",
     out: _OutOpt = "runs/niah",
     max_new_tokens: Annotated[int | None, typer.Option(help="Answer tokens (default: task's).", min=1)] = None,
+    select: _SelectOpt = None,
 ) -> None:
     """Needle-in-a-haystack grid: prefill once per prompt, decode every configuration, score answers (resumable)."""
     _eval_grid(**locals(), mode="niah")
@@ -445,9 +452,24 @@ def recall(
     model: _ModelOpt = "smollm2",
     device: _DeviceOpt = "cpu",
     out: _OutOpt = "runs/recall",
+    select: _SelectOpt = None,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Sweep methods × --d-sigs × --k instead of --configs (one prefill/prompt).")
+    ] = False,
+    methods: Annotated[str, typer.Option(help="--sweep: signature/projection[/budget], comma-separated.")] = (
+        "mean/learned,minmax/learned,centroids/learned,reps/learned,mean/pca,mean/learned/top_p"
+    ),
+    d_sigs: Annotated[str, typer.Option(help="--sweep: signature dimensions, comma-separated.")] = "4,8,16,32",
 ) -> None:
     """Selection metrics only (block/signature recall@k, mass captured, needle hit, KL, read fraction): one decode
-    step per configuration, no answer generation."""
+    step per configuration, no answer generation. With --sweep: every method × d_sig × k (kvprism.eval.sweep)."""
+    if sweep:
+        opts = {n: v for n, v in locals().items() if n not in ("sweep", "configs", "heads")}
+        from kvprism.eval.sweep import run_cli
+
+        run_cli(**opts, console=console)
+        return
+    del sweep, methods, d_sigs
     _eval_grid(**locals(), mode="recall", max_new_tokens=1)
 
 

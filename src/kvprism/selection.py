@@ -326,21 +326,26 @@ class BlockSelector:
         scaling: float = 1.0,
         queries: torch.Tensor | None = None,
         query_pos: torch.Tensor | None = None,
+        proj: torch.Tensor | None = None,
     ) -> None:
         """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``); ``queries [B, H, n, G, D]``
-        (with their positions ``query_pos [n]``) are the prefill query sample of :attr:`needs_queries`."""
+        (with their positions ``query_pos [n]``) are the prefill query sample of :attr:`needs_queries`. ``proj``: a
+        projection already fitted on this prefill with the same projection settings (reused, not refitted)."""
         self.scaling = scaling
-        self.proj = fit_projection(
-            self.sel.projection,
-            keys,
-            valid,
-            self.sel.d_sig,
-            seed=derive_seed(self.sel.seed, self.layer_idx, 2),
-            block_size=self.sel.block_size,
-            scaling=scaling,
-            queries=queries,
-            query_pos=query_pos,
-        )
+        if proj is not None:
+            self.proj = proj
+        else:
+            self.proj = fit_projection(
+                self.sel.projection,
+                keys,
+                valid,
+                self.sel.d_sig,
+                seed=derive_seed(self.sel.seed, self.layer_idx, 2),
+                block_size=self.sel.block_size,
+                scaling=scaling,
+                queries=queries,
+                query_pos=query_pos,
+            )
         if self.signature.needs_probe:
             if queries is None:
                 raise ConfigError(f"SelectionConfig.signature = {self.sel.signature!r} needs the prefill queries")
