@@ -6,9 +6,11 @@ decides how many of those ``k`` to keep, per (batch row, KV head). Registry :dat
 - ``topk``: always the ``k`` best (a fixed budget).
 - ``top_p``: Twilight-style adaptive budget (Lin et al., "Twilight: Adaptive Attention Sparsity with Hierarchical
   Top-p Pruning", 2025): the smallest prefix of the ranked blocks whose *estimated* attention mass reaches ``p``,
-  never more than ``k``. The estimate is the softmax over all candidate blocks of the block score times the logit
-  scale (``scaling`` for one query head; ``scaling / G`` when the GQA group's scores are summed), i.e. a block's
-  mass is taken as that of one key equal to its signature. Heads with concentrated attention read one or two
+  never more than ``k``. The estimate is the softmax over all candidate blocks of the block score times a logit
+  scale: with the learned projection the temperature fitted with it, which was trained so that this softmax
+  matches the true block masses of the prefill queries (:func:`kvprism.signatures.fit_learned`); otherwise the
+  softmax scale (``scaling / G`` when the GQA group's scores are summed), i.e. a block's mass is taken as that of
+  one key equal to its signature. Heads with concentrated attention read one or two
   blocks; heads with flat attention read up to the cap.
 
 Whatever a budget keeps, sink blocks and the tail are always read (:func:`kvprism.selection.gather_plan`), and the
@@ -31,7 +33,9 @@ class TopKBudget:
 
     name: ClassVar[str] = "topk"
 
-    def trim(self, scores: torch.Tensor, val: torch.Tensor, idx: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    def trim(
+        self, scores: torch.Tensor, val: torch.Tensor, idx: torch.Tensor, logit_scale: float | torch.Tensor
+    ) -> torch.Tensor:
         return idx
 
 
@@ -42,13 +46,15 @@ class TopPBudget:
     p: float = 0.9
     name: ClassVar[str] = "top_p"
 
-    def trim(self, scores: torch.Tensor, val: torch.Tensor, idx: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    def trim(
+        self, scores: torch.Tensor, val: torch.Tensor, idx: torch.Tensor, logit_scale: float | torch.Tensor
+    ) -> torch.Tensor:
         """Drop the ranked blocks beyond the top-p prefix.
 
         Args:
             scores: ``[..., N]`` block scores, ``-inf`` on non-candidates.
             val, idx: ``[..., k]`` the top-k scores (descending) and their block ids (``-1`` = none).
-            logit_scale: factor turning a block score into an attention logit.
+            logit_scale: factor turning a block score into a block-mass logit (a float or ``[..., 1]``).
 
         Returns:
             ``[..., k]`` block ids with ``-1`` after the prefix (the first ranked block is always kept).

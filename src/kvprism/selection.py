@@ -306,6 +306,7 @@ class BlockSelector:
         self.proj: torch.Tensor | None = None  # [B, H, D, d_sig]
         self.probe: torch.Tensor | None = None  # [B, H, P, d_sig] projected prefill queries (signature 'reps')
         self.scaling = 1.0  # the model's softmax scale (set by fit)
+        self.temperature: torch.Tensor | None = None  # [B, H] fitted score temperature (projection 'learned')
         self.backend: ScoreBackend = BACKENDS[sel.backend](sel, derive_seed(sel.seed, layer_idx, 1))
         self.n_blocks = 0  # rows programmed per bank
         self.rows_programmed = 0  # rows written over all banks (initial programming + appends)
@@ -313,6 +314,11 @@ class BlockSelector:
         self.fitted = False
 
     # ---------------------------------------------------------------- projection and signatures
+    @property
+    def fit_result(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(projection, temperature)`` as fitted (for :meth:`fit` ``fitted=`` on another selector)."""
+        return self.proj, self.temperature
+
     @property
     def needs_queries(self) -> bool:
         """Whether :meth:`fit` needs the prefill queries (learned projection, representative-token signatures)."""
@@ -326,16 +332,17 @@ class BlockSelector:
         scaling: float = 1.0,
         queries: torch.Tensor | None = None,
         query_pos: torch.Tensor | None = None,
-        proj: torch.Tensor | None = None,
+        fitted: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> None:
         """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``); ``queries [B, H, n, G, D]``
         (with their positions ``query_pos [n]``) are the prefill query sample of :attr:`needs_queries`. ``proj``: a
-        projection already fitted on this prefill with the same projection settings (reused, not refitted)."""
+        ``fitted``: ``(projection, temperature)`` already fitted on this prefill with the same projection settings
+        (reused, not refitted; see :attr:`fit_result`)."""
         self.scaling = scaling
-        if proj is not None:
-            self.proj = proj
+        if fitted is not None:
+            self.proj, self.temperature = fitted
         else:
-            self.proj = fit_projection(
+            self.proj, self.temperature = fit_projection(
                 self.sel.projection,
                 keys,
                 valid,
@@ -345,6 +352,7 @@ class BlockSelector:
                 scaling=scaling,
                 queries=queries,
                 query_pos=query_pos,
+                return_temperature=True,
             )
         if self.signature.needs_probe:
             if queries is None:
@@ -402,9 +410,13 @@ class BlockSelector:
         r = self.rows_per_block
         return s if r == 1 else s.reshape(*s.shape[:-1], s.shape[-1] // r, r).amax(-1)
 
-    def logit_scale(self, group: int) -> float:
-        """Factor turning a block score into an attention logit estimate (the softmax scale; divided by the group
-        size ``G`` when the group's scores are summed)."""
+    def logit_scale(self, group: int) -> float | torch.Tensor:
+        """Factor turning a block score into a block-mass logit, for the adaptive budget: with the learned
+        projection its fitted temperature (``τ · scaling`` on the summed group score, ``[B, H, 1]``); otherwise the
+        softmax scale, divided by the group size ``G`` when the group's scores are summed."""
+        if self.temperature is not None:
+            tau = self.temperature[..., None] * self.scaling
+            return tau if self.sel.gqa_reduce == "sum" else tau * group
         return self.scaling / group if self.sel.gqa_reduce == "sum" else self.scaling
 
     def select(self, query: torch.Tensor, candidates: torch.Tensor, k: int | None = None) -> torch.Tensor:

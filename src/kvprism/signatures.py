@@ -276,7 +276,8 @@ def fit_learned(
     *,
     steps: int = 60,
     lr: float = 0.02,
-) -> torch.Tensor:
+    return_temperature: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fit a projection on the prefill so that projected mean-key block scores rank blocks like true attention.
 
     Objective (ListNet-style listwise cross-entropy, averaged over the sampled prefill queries and KV heads): for a
@@ -292,14 +293,18 @@ def fit_learned(
             their cache positions.
         d_sig: output dimension; ``block_size``: tokens per block; ``scaling``: the model's softmax scale.
 
+    Fitting cost: ``steps`` Adam steps over ``B·H·n·nb·d`` score terms, plus one dense ``B·H·n·G·T·D`` pass for
+    the targets (SmolLM2 at 4K tokens, 30 layers, n = 64: about 2 s on one CPU thread).
+
     Returns:
-        ``[B, H, D, d_sig]`` float32.
+        ``[B, H, D, d_sig]`` float32; with ``return_temperature`` also ``τ [B, H]``, so that
+        ``softmax_j(τ · scaling · (Σ_g P^T q_g)·(P^T k̄_j))`` estimates the block masses (1 where nothing was fitted).
     """
     p0 = fit_pca(keys, valid, d_sig)
     b, h, t, d = keys.shape
     nb = t // block_size
     if nb < 2 or queries.shape[2] == 0:
-        return p0
+        return (p0, torch.ones(b, h, device=keys.device)) if return_temperature else p0
     with torch.inference_mode(False), torch.enable_grad():
         k = keys.float().clone()
         vmask = valid.clone()
@@ -332,6 +337,8 @@ def fit_learned(
             loss = -(target * logq.masked_fill(~blk_ok, 0.0)).sum(-1).mean()
             loss.backward()
             opt.step()
+        if return_temperature:
+            return proj.detach().clone(), log_tau.detach().exp().reshape(b, h).clone()
         return proj.detach().clone()
 
 
@@ -350,20 +357,29 @@ def fit_projection(
     scaling: float = 1.0,
     queries: torch.Tensor | None = None,
     query_pos: torch.Tensor | None = None,
-) -> torch.Tensor | None:
+    return_temperature: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor | None] | None:
     """The projection ``[B, H, D, d_sig]`` of one layer (``None`` for ``kind="none"``). ``keys [B, H, T, D]`` are the
-    prefill keys, ``valid [B, T]`` the non-padding mask; ``learned`` also needs the sampled prefill ``queries``."""
+    prefill keys, ``valid [B, T]`` the non-padding mask; ``learned`` also needs the sampled prefill ``queries``.
+    ``return_temperature``: return ``(projection, τ [B, H] or None)``, ``τ`` being the fitted score temperature of
+    ``learned`` (see :func:`fit_learned`; None for the other kinds)."""
     b, h, _, d = keys.shape
+    tau = None
     if kind == "none":
-        return None
-    if kind == "random":
-        return random_projection(b, h, d, d_sig, seed=seed, device=keys.device)
-    if kind == "pca":
-        return fit_pca(keys, valid, d_sig)
-    if kind == "learned":
+        proj = None
+    elif kind == "random":
+        proj = random_projection(b, h, d, d_sig, seed=seed, device=keys.device)
+    elif kind == "pca":
+        proj = fit_pca(keys, valid, d_sig)
+    elif kind == "learned":
         if queries is None or query_pos is None:
-            if keys.shape[2] // block_size < 2:  # nothing to rank yet: fit_learned would return PCA as well
-                return fit_pca(keys, valid, d_sig)
-            raise ValueError("projection 'learned' needs the prefill queries")
-        return fit_learned(keys, valid, queries, query_pos, d_sig, block_size, scaling)
-    raise ValueError(f"unknown projection {kind!r}; allowed: {', '.join(PROJECTIONS)}")
+            if keys.shape[2] // block_size >= 2:
+                raise ValueError("projection 'learned' needs the prefill queries")
+            proj = fit_pca(keys, valid, d_sig)  # nothing to rank yet: fit_learned would return PCA as well
+        else:
+            proj, tau = fit_learned(
+                keys, valid, queries, query_pos, d_sig, block_size, scaling, return_temperature=True
+            )
+    else:
+        raise ValueError(f"unknown projection {kind!r}; allowed: {', '.join(PROJECTIONS)}")
+    return (proj, tau) if return_temperature else proj

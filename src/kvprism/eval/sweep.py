@@ -196,7 +196,7 @@ def evaluate_step(
     n_layers = len(cap.keys)
     _, h, t, _ = cap.keys[0].shape
     cells = []
-    fitted: dict[tuple[str, int | None, int], torch.Tensor | None] = {}  # (projection, d_sig, layer) -> projection
+    fitted: dict[tuple[str, int | None, int], tuple] = {}  # (projection, d_sig, layer) -> projection
     fit_cost: dict[tuple[str, int | None], float] = {}
     for m in methods:
         dims = [None] if m.projection == "none" else list(d_sigs)
@@ -225,11 +225,11 @@ def evaluate_step(
                     scaling=cap.scaling,
                     queries=cap.queries[layer] if selector.needs_queries else None,
                     query_pos=cap.query_pos[layer] if selector.needs_queries else None,
-                    proj=fitted.get(pkey),
+                    fitted=fitted.get(pkey),
                 )
                 t1 = time.perf_counter()
                 if pkey not in fitted:
-                    fitted[pkey] = selector.proj
+                    fitted[pkey] = selector.fit_result
                     fit_cost[(sel.projection, d)] = fit_cost.get((sel.projection, d), 0.0) + t1 - t0
                 rows_sig = selector.block_signatures(keys[:, :, : nb * sel.block_size], valid[:, : nb * sel.block_size])
                 fit_s += time.perf_counter() - t1
