@@ -312,7 +312,11 @@ _HaystackOpt = Annotated[str | None, typer.Option(help="noise, text or needles (
 _ValuesOpt = Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")]
 _OutOpt = Annotated[str, typer.Option(help="Results directory (resumed if it exists).")]
 _SelectOpt = Annotated[
-    str | None, typer.Option(help="SelectionConfig fields for the selection configs, e.g. 'd_sig=8,signature=minmax'.")
+    str | None,
+    typer.Option(
+        help="SelectionConfig fields of the selection configs, e.g. 'd_sig=8,signature=minmax'; several sets "
+        "separated by ';' each give their own configs (named with the fields differing from the first set)."
+    ),
 ]
 
 
@@ -362,16 +366,16 @@ def _eval_grid(
             raise kvprism.KvprismError(f"--k: {kk} is invalid; allowed range: k >= 1")
     if not (ctx_list and depth_list and seed_list):
         raise kvprism.KvprismError("--contexts, --depths and --seeds each need at least one value")
-    from kvprism.eval.sweep import parse_overrides
+    from kvprism.eval.sweep import expand_selection_sets
 
-    selection: dict = parse_overrides(select)
+    selection: dict = {}
     if block_size is not None:
         selection["block_size"] = block_size
     if heads is not None:
         from kvprism.eval.heads import load_mask
 
         selection["heads"] = load_mask(heads)
-    cfgs = R.build_configs(R.parse_list(configs, str, "configs"), k_list, selection)
+    cfgs = expand_selection_sets(R.parse_list(configs, str, "configs"), k_list, selection, select)
     R.validate_configs(cfgs)
     R.check_out_dir(out)
     from kvprism.eval.tasks import make_sample

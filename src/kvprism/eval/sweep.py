@@ -122,6 +122,35 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     return out
 
 
+def expand_selection_sets(
+    names: Sequence[str], ks: Sequence[int], selection: dict[str, Any], select: str | None
+) -> list[Any]:
+    """The evaluation configs of ``--configs`` × ``--k`` for each ';'-separated ``--select`` set (``selection``
+    holds fields common to all). Dense once; the configs of the first set keep their plain names (so a results
+    directory resumes), later sets are named ``<config>@<field>=<value>,...`` with the fields differing from the
+    first set."""
+    from dataclasses import replace
+
+    from kvprism.eval.runner import build_configs
+
+    sets = [parse_overrides(t) for t in (select or "").split(";")] or [{}]
+    first = sets[0]
+    out = build_configs(names, ks, {**selection, **first})
+    seen = {c.name for c in out}
+    for extra in sets[1:]:
+        diff = {k: v for k, v in extra.items() if first.get(k) != v}
+        diff.update({k: "default" for k in first if k not in extra})
+        tag = ",".join(f"{k}={v}" for k, v in sorted(diff.items())) or "same"
+        for c in build_configs(names, ks, {**selection, **extra}):
+            if c.backend == "dense":
+                continue
+            c = replace(c, name=f"{c.name}@{tag}")
+            if c.name not in seen:
+                seen.add(c.name)
+                out.append(c)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- one decode step
 @dataclass
 class StepCapture:
