@@ -507,7 +507,8 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
                 if y > best:
                     front.append((x, y))
                     best = y
-            line = ax.plot(*zip(*front, strict=True), marker="o", label=m)[0]
+            style = "--" if m.count("/") == 2 else "-"  # adaptive budgets dashed (they may overlay their top-k)
+            line = ax.plot(*zip(*front, strict=True), marker="o", linestyle=style, label=m)[0]
             ax.scatter(*zip(*pts, strict=True), s=10, color=line.get_color())
         ax.axvline(1 / 16, color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"d_sig = {d}" if d is not None else "no projection")
