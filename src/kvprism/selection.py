@@ -51,14 +51,9 @@ class SelectionConfig(ConfigBase):
     """Block-sparse decode: block size, how many blocks, how they are scored and by what."""
 
     block_size: int = param(
-        32,
-        doc="Tokens per block (one signature / one weight-bank row per block). 32 (with window 32, k 6) reads at "
-        "most 1/16 of a 4K cache and, on SmolLM2 at 8K, captured more attention mass than 64 at equal read "
-        "fraction (README, 'Selection methods, the sweep and the defaults').",
-        unit="tokens",
-        ge=1,
+        64, doc="Tokens per block (one signature / one weight-bank row per block).", unit="tokens", ge=1
     )
-    k: int = param(6, doc="Complete blocks selected per (layer, KV head) at each decode step.", unit="blocks", ge=0)
+    k: int = param(8, doc="Complete blocks selected per (layer, KV head) at each decode step.", unit="blocks", ge=0)
     d_sig: int = param(
         32,
         doc="Projected signature dimension (wavelength channels per bank row); ignored for projection='none', where "
@@ -100,7 +95,7 @@ class SelectionConfig(ConfigBase):
         choices=("sum", "max"),
     )
     sink_blocks: int = param(1, doc="First blocks (of real tokens) always read (attention sinks).", unit="blocks", ge=0)
-    window: int = param(32, doc="Most recent tokens always read.", unit="tokens", ge=0)
+    window: int = param(64, doc="Most recent tokens always read.", unit="tokens", ge=0)
     backend: str = param("exact", doc="Scoring backend: a name in kvprism.selection.BACKENDS ('exact', 'photonic').")
     photonic: object = param(
         "seed-nominal", doc="For backend='photonic': a PhotonicConfig preset name or a PhotonicConfig instance."

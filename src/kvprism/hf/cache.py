@@ -1,6 +1,6 @@
 """``SparseCache``: a transformers ``Cache`` that decodes with query-aware block-sparse attention.
 
-    sel = SelectionConfig(block_size=32, k=6, d_sig=32, backend="exact")
+    sel = SelectionConfig(block_size=64, k=8, d_sig=32, backend="exact")
     cache = SparseCache(model, sel)                      # switches the model to attn_implementation "kvprism"
     out = model.generate(**inputs, **cache_kwargs(model, cache), max_new_tokens=32)
     cache.stats.summary()                                # read fraction, programming events, selection calls, ...
