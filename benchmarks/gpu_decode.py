@@ -1,7 +1,7 @@
 """Decode-step benchmark on one CUDA GPU: dense SDPA vs a plain PyTorch sparse pipeline vs the kvprism kernels.
 
 Layer: Qwen2.5-7B attention (28 query heads, 4 KV heads, head dim 128, bf16); blocks of 128 tokens, k = 32 selected
-blocks, a 256-token window (no sink unless --sink), block signatures = mean key of the block (scored with the query).
+blocks, a 256-token window (no sink blocks unless --sink), block signatures = mean key of the block (scored with the query).
 Shapes: batch 1 x {4K, 32K, 128K, 512K} and batch 8 x {4K, 32K, 128K} tokens of context.
 
 For every shape, in one run:
@@ -58,6 +58,22 @@ class Config:
     num_warps: int = 4
     num_stages: int = 2
     warmup_ms: int = 25
+
+    @property
+    def sink_tokens(self) -> int:
+        return self.sink * self.block_size
+
+    @property
+    def geometry(self):
+        from kvprism.layout import BlockGeometry
+
+        return BlockGeometry(self.block_size, self.sink, self.window)
+
+    def layout(self, seq_lens: torch.Tensor, t_cap: int):
+        from kvprism.layout import BlockLayout
+
+        return BlockLayout.from_lengths(seq_lens, self.geometry, t_cap)
+
     rep_ms: int = 100
     dtype: str = "bf16"
 
@@ -108,7 +124,7 @@ class TorchPipeline:
         dev = inp.q.device
         self.block_tok = torch.arange(cfg.block_size, device=dev)
         self.cand_mask = torch.arange(inp.signatures.shape[2], device=dev) >= self.n_cand
-        self.extra_mask = torch.ones(b, HKV, cfg.sink + cfg.window, dtype=torch.bool, device=dev)
+        self.extra_mask = torch.ones(b, HKV, cfg.sink_tokens + cfg.window, dtype=torch.bool, device=dev)
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         inp, cfg = self.inp, self.cfg
@@ -119,14 +135,14 @@ class TorchPipeline:
         ok = top.values > float("-inf")
         idx = torch.where(ok, top.indices, -1)
         tok = (top.indices[..., None] * cfg.block_size + self.block_tok).flatten(2)  # [B, HKV, k*bs]
-        tok_ok = ok.repeat_interleave(cfg.block_size, dim=-1) & (tok >= cfg.sink) & (tok < self.tail_start)
+        tok_ok = ok.repeat_interleave(cfg.block_size, dim=-1) & (tok >= cfg.sink_tokens) & (tok < self.tail_start)
         gidx = tok[..., None].expand(-1, -1, -1, HEAD_DIM)
         t_cap = inp.k_cache.shape[2]
         parts_k = [torch.gather(inp.k_cache, 2, gidx), inp.k_cache[:, :, self.tail_start : t_cap]]
         parts_v = [torch.gather(inp.v_cache, 2, gidx), inp.v_cache[:, :, self.tail_start : t_cap]]
         if cfg.sink:
-            parts_k.append(inp.k_cache[:, :, : cfg.sink])
-            parts_v.append(inp.v_cache[:, :, : cfg.sink])
+            parts_k.append(inp.k_cache[:, :, : cfg.sink_tokens])
+            parts_v.append(inp.v_cache[:, :, : cfg.sink_tokens])
         k_all, v_all = torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2)
         mask = torch.cat([tok_ok, self.extra_mask], dim=-1).repeat_interleave(g, dim=1)[:, :, None, :]
         out = F.scaled_dot_product_attention(inp.q[:, :, None], k_all, v_all, attn_mask=mask, enable_gqa=True)
@@ -172,10 +188,11 @@ def check_selection(idx: torch.Tensor, inp: Inputs, n_cand: torch.Tensor, k: int
 def check_shape(inp: Inputs, cfg: Config, step, pipeline: TorchPipeline) -> dict:
     """Correctness of every method on these inputs against float64 references; returns errors and counts."""
     from kvprism.kernels.reference import sparse_decode_attention_ref
+    from kvprism.layout import BlockGeometry, BlockLayout
 
     b, _, t_cap, _ = inp.k_cache.shape
     q64 = inp.q.double()
-    args = (cfg.block_size, cfg.sink, cfg.window, inp.seq_lens)
+    args = (cfg.layout(inp.seq_lens, t_cap),)
     res: dict = {}
 
     # kvprism step, eager
@@ -207,15 +224,14 @@ def check_shape(inp: Inputs, cfg: Config, step, pipeline: TorchPipeline) -> dict
 
     # dense SDPA vs the float64 reference with every block selected
     all_blocks = torch.arange(t_cap // cfg.block_size, device=inp.q.device).expand(b, HKV, -1)
-    dense_ref = sparse_decode_attention_ref(
-        q64, inp.k_cache, inp.v_cache, all_blocks, cfg.block_size, 0, 0, inp.seq_lens
-    )
+    dense_layout = BlockLayout.from_lengths(inp.seq_lens, BlockGeometry(cfg.block_size), t_cap)
+    dense_ref = sparse_decode_attention_ref(q64, inp.k_cache, inp.v_cache, all_blocks, dense_layout)
     res["err_dense"] = rel_err(dense_sdpa(inp), dense_ref)
 
     # tokens the sparse step attends (for the byte count)
     from kvprism.kernels.reference import attended_mask
 
-    res["attended_tokens"] = int(attended_mask(idx, cfg.block_size, cfg.sink, cfg.window, inp.seq_lens, t_cap).sum())
+    res["attended_tokens"] = int(attended_mask(idx, cfg.layout(inp.seq_lens, t_cap)).sum())
     res["ok"] = (
         all(res[f"err_{m}"] < TOL_OUT for m in ("kvprism", "torch", "dense")) and sel_ok and res["graph_equals_eager"]
     )
@@ -270,9 +286,7 @@ def run_shape(batch: int, ctx: int, cfg: Config, seed: int, bw: float, bench, de
             inp.signatures,
             q_heads=HQ,
             k=cfg.k,
-            block_size=cfg.block_size,
-            sink_tokens=cfg.sink,
-            window_tokens=cfg.window,
+            geometry=cfg.geometry,
             num_splits=cfg.num_splits,
             block_n=cfg.block_n,
             score_tile=cfg.score_tile,
@@ -385,19 +399,16 @@ def _sweep_shape(b: int, ctx: int, cfg: Config, seed: int, bench, dev: torch.dev
     inp = make_inputs(b, ctx, cfg, seed, dev)
     n_cand = torch.full((b,), n_candidates(ctx, cfg), device=dev)
     idx = score_topk_ref(inp.q.float(), inp.signatures.float(), n_cand, cfg.k)
-    ref = sparse_decode_attention_ref(
-        inp.q.double(), inp.k_cache, inp.v_cache, idx, cfg.block_size, cfg.sink, cfg.window, inp.seq_lens
-    )
-    auto = decode_plan(b, HQ, HKV, HEAD_DIM, cfg.k, cfg.block_size, cfg.sink, cfg.window, dev).n_splits
+    layout = cfg.layout(inp.seq_lens, inp.k_cache.shape[2])
+    ref = sparse_decode_attention_ref(inp.q.double(), inp.k_cache, inp.v_cache, idx, layout)
+    auto = decode_plan(b, HQ, HKV, HEAD_DIM, cfg.k, cfg.geometry, dev).n_splits
     for block_n in (64, 128):
         for splits in sorted({max(1, auto // 2), auto, 2 * auto}):
             for warps in (4, 8):
                 for stages in (2, 3):
                     row = dict(kind="attend", batch=b, context=ctx, block_n=block_n, num_splits=splits)
                     row.update(num_warps=warps, num_stages=stages)
-                    plan = decode_plan(
-                        b, HQ, HKV, HEAD_DIM, cfg.k, cfg.block_size, cfg.sink, cfg.window, dev, splits, block_n
-                    )
+                    plan = decode_plan(b, HQ, HKV, HEAD_DIM, cfg.k, cfg.geometry, dev, splits, block_n)
                     ws = decode_workspace(b, HKV, HQ // HKV, HEAD_DIM, plan, dev)
                     out = torch.full_like(inp.q, float("nan"))
 
@@ -407,10 +418,7 @@ def _sweep_shape(b: int, ctx: int, cfg: Config, seed: int, bench, dev: torch.dev
                             inp.k_cache,
                             inp.v_cache,
                             idx,
-                            cfg.block_size,
-                            cfg.sink,
-                            cfg.window,
-                            inp.seq_lens,
+                            layout,
                             out=out,
                             plan=plan,
                             workspace=ws,
@@ -539,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="batch 1 x 4K and 32K only")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/gpu_decode.json"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sink", type=int, default=0, help="sink tokens (default 0)")
+    p.add_argument("--sink", type=int, default=0, help="sink blocks (default 0)")
     p.add_argument("--num-splits", type=int, default=None, help="split-K programs per (batch, KV head)")
     p.add_argument("--block-n", type=int, default=None, help="tokens per attention tile (default 64)")
     p.add_argument("--score-tile", type=int, default=None, help="signatures per scoring program (default 256)")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kvprism.selection import BlockSelector, SelectionConfig, StepLayout
+from kvprism.layout import BlockGeometry, BlockLayout
+from kvprism.selection import BlockSelector, SelectionConfig
 
 
 def planted_cache(
@@ -47,8 +48,8 @@ def select_on(keys, query, probe, probe_pos, **sel_kw):
     selector.fit(keys, valid, scaling=keys.shape[-1] ** -0.5, queries=probe, query_pos=probe_pos)
     nb = t // bs
     selector.program(selector.block_signatures(keys[:, :, : nb * bs], valid[:, : nb * bs]))
-    layout = StepLayout.build(valid, bs, sel.sink_blocks, sel.window)
-    cand = layout.candidates[:, None, :].expand(1, h, -1)
+    layout = BlockLayout.from_valid(valid, BlockGeometry.of(sel))
+    cand = layout.candidate_mask(torch.ones(h, dtype=torch.bool), selector.n_blocks)
     return selector, selector.select(query, cand), layout
 
 

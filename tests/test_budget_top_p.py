@@ -7,7 +7,7 @@ import torch
 
 from kvprism.budgets import TopPBudget
 from kvprism.errors import ConfigError
-from kvprism.selection import SelectionConfig, gather_plan
+from kvprism.selection import SelectionConfig
 from tests.sig_helpers import planted_cache, select_on
 
 
@@ -30,12 +30,13 @@ def test_never_exceeds_cap_and_always_reads_sink_and_tail(seed):
         assert blocks.shape[-1] == 6
         n_sel = (blocks >= 0).sum(-1)
         assert (n_sel >= 1).all() and (n_sel <= 6).all()
-        plan = gather_plan(blocks, layout)
+        plan = layout.gather_plan(blocks)
         mask = plan.token_mask(keys.shape[2])
         assert mask[:, :, :16].all()  # sink block
-        assert mask[:, :, layout.tail_start :].all()  # tail
+        tail_start = layout.tail_start_int
+        assert mask[:, :, tail_start:].all()  # tail
         # the read count is what is gathered: sink + tail + 16 tokens per kept block, per head
-        assert torch.equal(plan.n_attended[0], 16 + (keys.shape[2] - layout.tail_start) + 16 * n_sel[0])
+        assert torch.equal(plan.n_attended[0], 16 + (keys.shape[2] - tail_start) + 16 * n_sel[0])
         assert (plan.n_attended < keys.shape[2]).all()
 
 

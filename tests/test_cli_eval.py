@@ -39,7 +39,8 @@ def test_bad_input_one_line_error_before_work(tmp_path, capsys, args, message):
 def test_unwritable_out_dir(tmp_path, capsys, tiny_dir):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["niah", "--model", str(tiny_dir), "--configs", "dense", "--out", str(blocker / "sub")]) == 1
+    args = ["niah", "--model", str(tiny_dir), "--configs", "dense", "--contexts", "150"]
+    assert main([*args, "--out", str(blocker / "sub")]) == 1
     assert "is not a writable directory" in capsys.readouterr().err
 
 

@@ -21,12 +21,22 @@ from kvprism.energy.chip import (
     snr_to_enob,
 )
 from kvprism.errors import KvprismError
-from kvprism.photonics import PhotonicConfig, PhotonicEngine, feasibility
+from kvprism.photonics import PhotonicConfig, PhotonicEngine, link
+from kvprism.photonics.design import ChipDesign
 
 
 @pytest.fixture(scope="module")
 def seed() -> PhotonicConfig:
     return PhotonicConfig.preset("seed-nominal")
+
+
+@pytest.fixture(scope="module")
+def small() -> PhotonicConfig:
+    """A bank small and slow enough (256 rows, 1 MHz noise bandwidth) that the laser meets the SNR target within
+    the power caps."""
+    cfg = PhotonicConfig.preset("seed-nominal").replace(rows_per_bank=256, detection_bandwidth_hz=1e6)
+    assert required_laser(cfg, 32).feasible
+    return cfg
 
 
 def test_adc_tia_energy_proportional_to_rows_dac_not(seed):
@@ -62,7 +72,9 @@ def test_seed_latency_reproduced_energy_recomputed(seed):
     tau = 1e4 * 1.55e-6 / (2 * math.pi * 299_792_458.0)
     assert ring_settling_s(seed) == pytest.approx(tau * 8 * math.log(2), rel=1e-12)
     q = chip_query(seed, 8192, 32, 8)
-    assert q.total_latency_s == pytest.approx(8.9e-9 - 0.1e-9 + ring_settling_s(seed), rel=1e-12)
+    t_int = 1.0 / (2.0 * seed.detection_bandwidth_hz)  # one symbol of integrate-and-dump at 5 GHz: 0.1 ns
+    assert q.latency_s["integration"] == pytest.approx(t_int, rel=1e-12)
+    assert q.total_latency_s == pytest.approx(8.9e-9 - 0.1e-9 + ring_settling_s(seed) + t_int, rel=1e-12)
     assert abs(q.total_latency_s - 8.9e-9) < 0.1e-9
     # the energy is not the seed's quoted 796–2290 pJ: N ADC conversions at a cited FoM dominate (module docstring)
     assert q.total_energy_j > 20 * 2290e-12
@@ -88,10 +100,10 @@ LOCALITY = {
 
 
 @pytest.mark.parametrize("name", sorted(LOCALITY))
-def test_one_parameter_changes_only_its_terms(seed, name):
-    base = chip_query(seed, 4096, 32, 8)
-    cfg = seed.replace(**{name: getattr(seed, name) * 2.0})
-    new = chip_query(cfg, 4096, 32, 8)
+def test_one_parameter_changes_only_its_terms(small, name):
+    base = chip_query(small, 256, 32, 8)
+    cfg = small.replace(**{name: getattr(small, name) * 2.0})
+    new = chip_query(cfg, 256, 32, 8)
     want_e, want_t = LOCALITY[name]
     changed_e = {t for t in ENERGY_TERMS if new.energy_j[t] != base.energy_j[t]}
     changed_t = {s for s in LATENCY_STAGES if new.latency_s[s] != base.latency_s[s]}
@@ -99,37 +111,59 @@ def test_one_parameter_changes_only_its_terms(seed, name):
     assert changed_t == want_t
 
 
-def test_laser_grows_with_splitting_loss_and_snr_target(seed):
-    small = required_laser(seed.replace(rows_per_bank=1024), 32)
-    big = required_laser(seed.replace(rows_per_bank=8192), 32)
-    # same row power (same SNR operating point), the splitter's extra loss is paid at the laser
-    assert big.row_line_w == pytest.approx(small.row_line_w, rel=1e-9)
-    extra_db = big.link_loss_db - small.link_loss_db
-    assert extra_db == pytest.approx(10 * math.log10(8) + 0.2 * 3, rel=1e-9)
-    assert big.electrical_w / small.electrical_w == pytest.approx(10 ** (extra_db / 10), rel=1e-9)
-    lo, hi = required_laser(seed, 32, target_enob=4.0), required_laser(seed, 32, target_enob=6.0)
+def test_laser_grows_with_splitting_loss_and_snr_target(small):
+    a, b = small.replace(rows_per_bank=128), small
+    la, lb = required_laser(a, 32), required_laser(b, 32)
+    assert la.feasible and lb.feasible
+    extra_db = lb.link_loss_db - la.link_loss_db
+    routing_db = 128 * 50e-6 * small.waveguide_loss_db_per_m  # the bank is 128 rows taller
+    assert extra_db == pytest.approx(10 * math.log10(2) + 0.2 + routing_db, rel=1e-9)
+    for las in (la, lb):  # the row power is carried back through the link exactly
+        assert las.laser_line_w == pytest.approx(las.row_line_w * 10 ** (las.link_loss_db / 10), rel=1e-12)
+    assert lb.laser_line_w > la.laser_line_w * 10 ** (extra_db / 10) * 0.5
+    lo, hi = required_laser(small, 32, target_enob=4.0), required_laser(small, 32, target_enob=6.0)
     assert hi.electrical_w > 2.0 * lo.electrical_w  # 12 dB more SNR needs > 2× the power even when shot-limited
-    lossy = required_laser(seed.replace(laser_wall_plug_efficiency=0.1), 32)
-    assert lossy.electrical_w == pytest.approx(2 * big.electrical_w, rel=1e-12)
+    lossy = required_laser(small.replace(laser_wall_plug_efficiency=0.1), 32)
+    assert lossy.electrical_w == pytest.approx(2 * lb.electrical_w, rel=1e-12)
 
 
-def test_laser_operating_point_matches_noise_model_and_feasibility(seed):
-    eng = PhotonicEngine(seed, seed=0)
-    wr, row_w = eng.weight_range(32), eng.link_budget(32).row_line_w
-    # at the preset's own laser power this is exactly the feasibility verdict's electrical SNR
-    assert score_snr_db(seed, row_w, 32, wr) == pytest.approx(feasibility(seed).electrical_snr_db, abs=1e-9)
+def test_laser_operating_point_is_the_score_referred_snr(small):
+    las = required_laser(small, 32)
+    assert las.limited_by == "snr" and las.feasible
+    assert score_snr_db(small, las.row_line_w, 32) == pytest.approx(enob_to_snr_db(4.0), abs=1e-6)
+    assert las.achieved_snr_db == pytest.approx(enob_to_snr_db(4.0), abs=1e-6)
+    assert snr_to_enob(las.target_snr_db) == pytest.approx(small.required_score_enob)
+    # at the preset's own laser power it is the feasibility verdict's analytic score SNR
+    des = ChipDesign.from_config(small, 32)
+    from kvprism.photonics.design import score_snr_db as design_snr
+
+    assert score_snr_db(small, des.link.row_line_w, 32) == design_snr(small, des)
+
+
+def test_laser_never_above_the_power_caps(seed):
+    """5 GHz and the 59 dB link of an 8192-row bank: the 4-bit target is out of reach within the caps; the laser is
+    capped, not sized up to 1 kW, and reported infeasible with the binding cap."""
     las = required_laser(seed, 32)
-    assert las.limited_by == "snr"
-    assert score_snr_db(seed, las.row_line_w, 32, wr) == pytest.approx(enob_to_snr_db(4.0), abs=1e-6)
-    assert snr_to_enob(las.target_snr_db) == pytest.approx(seed.required_score_enob)
+    des = ChipDesign.from_config(seed, 32)
+    assert not las.feasible and las.limited_by.startswith("power cap")
+    assert las.laser_line_w == pytest.approx(des.laser_cap_w, rel=1e-12) and las.cap_laser_line_w == des.laser_cap_w
+    assert "caps allow" in las.reason and las.achieved_snr_db < las.target_snr_db
+    # the cap is the tightest of the limits: comb line, input waveguide (d lines after the coupler), MZM, ring, PD
+    assert des.laser_cap_w == pytest.approx(min(10e-3, 0.1 / (32 * 10 ** (-1.5 / 10))), rel=1e-12)
 
 
-def test_laser_limits_rin_ceiling_and_sensitivity(seed):
+def test_laser_limits_rin_ceiling_and_sensitivity(small):
     with pytest.raises(KvprismError, match="RIN ceiling"):
-        required_laser(seed, 32, target_enob=8.0)  # 50 dB > 43 dB RIN ceiling at −140 dB/Hz over 5 GHz
-    quiet = required_laser(seed.replace(noise=False), 32)
-    assert quiet.limited_by == "pd sensitivity"
+        required_laser(small.replace(detection_bandwidth_hz=5e9), 32, target_enob=8.0)
+    quiet = required_laser(small.replace(noise=False), 32)
+    assert quiet.limited_by == "pd sensitivity" and quiet.feasible
     assert math.isinf(quiet.snr_ceiling_db)
+    # the sensitivity floor scales as √Δf around the bandwidth it is specified at
+    des = ChipDesign.from_config(small.replace(noise=False), 32)
+    assert des.pd_sensitivity_dbm == pytest.approx(-26.0 + 5 * math.log10(1e6 / 5e9), rel=1e-12)
+    assert link.w_to_dbm(quiet.row_line_w * 32 * 0.5 * 0.5 * (1 + 10**-2.5)) == pytest.approx(
+        des.pd_sensitivity_dbm, abs=1e-9
+    )
 
 
 def test_dual_rail_doubles_pass_terms(seed):
@@ -182,7 +216,7 @@ def test_bad_input_is_named(seed):
 
 
 def test_unquantised_adc_is_charged_at_the_target_enob():
-    ideal = PhotonicConfig.preset("ideal")
+    ideal = PhotonicConfig.preset("ideal").replace(rows_per_bank=256, detection_bandwidth_hz=1e6)
     q = chip_query(ideal, 1024, 32, 8)
     assert q.laser.limited_by == "pd sensitivity"  # noise-free: only the photodiode floor sets the laser
     assert q.energy_j["adc"] == pytest.approx(1024 * ideal.adc_walden_fom_j_per_step * 2**4, rel=1e-12)

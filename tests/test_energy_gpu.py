@@ -47,7 +47,9 @@ def test_energy_and_time_units():
 
 def test_selected_tokens():
     e = EnergyConfig()  # k 8, sink 1, window 64, B 64
-    assert selected_tokens(100_000, e) == 9 * 64 + 64 + 100_000 % 64
+    # the incomplete last block (32 tokens) lies inside the 64-token window: the tail is 64 tokens, counted once
+    assert selected_tokens(100_000, e) == 9 * 64 + 64
+    assert selected_tokens(100_000 - 32 + 100, EnergyConfig(window=16)) == 9 * 64 + 100 % 64  # tail = incomplete
     assert selected_tokens(300, e) == 300  # fewer blocks than k + sink: everything is read
 
 

@@ -67,7 +67,7 @@ def small(preset: str = "seed-nominal", **kw) -> PhotonicConfig:
 def clean(**kw) -> PhotonicConfig:
     """Physical path without impairments that limit precision: crosstalk and noise off, fine quantisation."""
     base = dict(crosstalk=False, noise=False, program_bits=16, query_bits=16, adc_bits=20, trim_sigma_m=0.0,
-                drift_ring_sigma_m=0.0, drift_global_sigma_m=0.0, calibration_iters=0)  # fmt: skip
+                drift_ring_sigma_m=0.0, drift_global_sigma_m=0.0, calibration_iters=0, coupler_gap_sigma_m=0.0)  # fmt: skip
     base.update(kw)
     return small("seed-nominal", **base)
 
@@ -271,3 +271,29 @@ def test_detection_in_bank_chunks_equals_one_pass(monkeypatch, encoding):
         runs.append((eng.scores(q), eng.select(q, 7), eng.counters["adc_clips"]))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert runs[0][2] == runs[1][2] > 0
+
+
+@pytest.mark.parametrize("preset", ["ideal", "seed-nominal"])
+def test_bad_inputs_are_named_and_zero_banks_are_defined(preset):
+    eng = PhotonicEngine(small(preset), seed=0)
+    with pytest.raises(KvprismError, match="N = 0 rows"):
+        eng.program(torch.zeros(2, 0, 4))
+    eng.program(torch.zeros(2, 6, 4))  # all-zero banks are defined: finite scores (exact zeros on the ideal chip)
+    s = eng.scores(torch.randn(2, 4))
+    assert torch.isfinite(s).all() and (preset != "ideal" or not s.any())
+    assert eng.select(torch.randn(2, 4), 3).shape == (2, 3)
+    for bad in (float("nan"), float("inf")):
+        q = torch.randn(2, 4)
+        q[0, 1] = bad
+        with pytest.raises(KvprismError, match="query contains NaN or inf"):
+            eng.scores(q)
+        with pytest.raises(KvprismError, match="query contains NaN or inf"):
+            eng.select(q, 2)
+    with pytest.raises(KvprismError, match=r"k = 2\.0 is invalid"):
+        eng.select(torch.randn(2, 4), 2.0)
+    with pytest.raises(KvprismError, match=r"steps = 1\.5 is invalid"):
+        eng.advance(1.5)
+    sig = torch.randn(2, 6, 4)
+    sig[1, 2, 3] = float("nan")
+    with pytest.raises(KvprismError, match="signatures contains NaN or inf"):
+        eng.program(sig)

@@ -19,7 +19,13 @@ def test_dense_grid_fits_one_fsr():
     rep = feasibility(PhotonicConfig.preset("tfln-literature"), mc_rows=64, mc_queries=16)
     assert rep.comb_span_m < rep.fsr_m and not any("comb span" in v for v in rep.violations)
     assert rep.worst_leakage_db < -20.0
-    assert rep.weight_bits > 5.0  # 9-bit closed-loop programming
+    # 9-bit closed-loop programming reaches > 5 bit once the probes can see the rows: at 5 GHz behind a 1×8192
+    # splitter the in-situ readings are noise (the weights are not calibrated at all)
+    assert rep.weight_bits < 2.0
+    small = PhotonicConfig.preset("tfln-literature").replace(
+        detection_bandwidth_hz=1e6, rows_per_bank=256, n_banks=1, laser_line_dbm=6.0
+    )
+    assert feasibility(small, mc_rows=64, mc_queries=16).weight_bits > 5.0
 
 
 def test_report_numbers_respond_to_the_configuration():

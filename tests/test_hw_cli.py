@@ -27,3 +27,17 @@ def test_hw_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown PhotonicConfig preset 'nope'") and len(err.splitlines()) == 1
     assert main(["hw", "--preset", "ideal", "--config", "x.toml"]) == 1
+
+
+def test_hw_timed_by_decode(capsys):
+    assert main(["hw", "--preset", "tfln-literature", "--model-shape", "qwen2.5-7b", "--tokens-per-s", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "detection timed by decode: qwen2.5-7b" in out and "179 µs per selection" in out
+    assert "5.6e+03" in out and "score-referred" in out and "recall@32" in out
+
+
+def test_hw_timing_errors(capsys):
+    assert main(["hw", "--tokens-per-s", "20"]) == 1
+    assert "--model-shape" in capsys.readouterr().err
+    assert main(["hw", "--model-shape", "nope"]) == 1
+    assert "unknown model shape" in capsys.readouterr().err

@@ -10,10 +10,17 @@ import torch
 from kvprism.errors import KvprismError
 from kvprism.kernels import score_topk, sparse_decode_attention, triton_available
 from kvprism.kernels.reference import attended_mask, score_topk_ref, sparse_decode_attention_ref
+from kvprism.layout import BlockGeometry, BlockLayout
 
 
-def oracle_token_sets(block_idx, block_size, sink, window, seq_lens):
+def lay(block_size, sink_blocks, window, seq_lens, t_cap):
+    """The plain layout of rows of ``seq_lens`` positions in a cache of ``t_cap``."""
+    return BlockLayout.from_lengths(seq_lens, BlockGeometry(block_size, sink_blocks, window), t_cap)
+
+
+def oracle_token_sets(block_idx, block_size, sink_blocks, window, seq_lens):
     """Attended token set per (b, h), built with plain Python sets."""
+    sink = sink_blocks * block_size
     b, hkv, _ = block_idx.shape
     sets = {}
     for bi in range(b):
@@ -57,11 +64,11 @@ def random_case(seed, b=2, hq=8, hkv=2, t_cap=150, d=16, block_size=16, n_sel=4,
 
 
 CASES = [
-    # (hq, hkv, t_cap, d, block_size, n_sel, sink, window)
-    (8, 2, 150, 16, 16, 4, 4, 8),  # ragged capacity (150 = 9 * 16 + 6)
+    # (hq, hkv, t_cap, d, block_size, n_sel, sink blocks, window)
+    (8, 2, 150, 16, 16, 4, 1, 8),  # ragged capacity (150 = 9 * 16 + 6)
     (6, 2, 97, 8, 8, 6, 0, 0),  # G = 3, no sink / window
-    (4, 4, 64, 32, 32, 2, 40, 40),  # MHA, sink and window overlapping each other and the blocks
-    (7, 1, 200, 16, 10, 8, 3, 250),  # block size not a power of two; window longer than any sequence
+    (4, 4, 64, 32, 32, 2, 2, 40),  # MHA, sink and window overlapping each other and the blocks
+    (7, 1, 200, 16, 10, 8, 1, 250),  # block size not a power of two; window longer than any sequence
 ]
 
 
@@ -70,7 +77,7 @@ CASES = [
 def test_reference_matches_dense_masked_attention(case, seed):
     hq, hkv, t_cap, d, bs, n_sel, sink, window = case
     q, k, v, idx, seq_lens = random_case(seed, 3, hq, hkv, t_cap, d, bs, n_sel, dtype=torch.float64)
-    out = sparse_decode_attention_ref(q, k, v, idx, bs, sink, window, seq_lens)
+    out = sparse_decode_attention_ref(q, k, v, idx, lay(bs, sink, window, seq_lens, t_cap))
     want = dense_masked_attention(q, k, v, oracle_token_sets(idx, bs, sink, window, seq_lens))
     assert out.shape == (3, hq, d) and out.dtype == torch.float64
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
@@ -78,8 +85,8 @@ def test_reference_matches_dense_masked_attention(case, seed):
 
 def test_mask_equals_oracle_sets():
     *_, idx, seq_lens = random_case(5, b=4, t_cap=123, block_size=8, n_sel=6)
-    mask = attended_mask(idx, 8, 5, 13, seq_lens, 123)
-    sets = oracle_token_sets(idx, 8, 5, 13, seq_lens)
+    mask = attended_mask(idx, lay(8, 1, 13, seq_lens, 123))
+    sets = oracle_token_sets(idx, 8, 1, 13, seq_lens)
     for (bi, h), s in sets.items():
         assert set(mask[bi, h].nonzero().squeeze(1).tolist()) == s
 
@@ -89,14 +96,14 @@ def test_duplicates_and_unused_slots_count_once():
     seq_lens = torch.tensor([128])
     once = torch.tensor([[[1, 4, -1, -1], [0, 2, -1, -1]]])
     twice = torch.tensor([[[4, 1, 4, 1], [2, -1, 0, 2]]])
-    a = sparse_decode_attention_ref(q, k, v, once, 16, 0, 0, seq_lens)
-    b = sparse_decode_attention_ref(q, k, v, twice, 16, 0, 0, seq_lens)
+    a = sparse_decode_attention_ref(q, k, v, once, lay(16, 0, 0, seq_lens, k.shape[2]))
+    b = sparse_decode_attention_ref(q, k, v, twice, lay(16, 0, 0, seq_lens, k.shape[2]))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_gqa_heads_share_selection_and_heads_differ():
     q, k, v, idx, seq_lens = random_case(4, b=1, hq=8, hkv=2, t_cap=96, d=16, block_size=16, n_sel=2)
-    out = sparse_decode_attention_ref(q, k, v, idx, 16, 0, 0, seq_lens)
+    out = sparse_decode_attention_ref(q, k, v, idx, lay(16, 0, 0, seq_lens, k.shape[2]))
     # query head 5 belongs to KV head 1: recomputing it alone over KV head 1's tokens must give the same row
     sets = oracle_token_sets(idx, 16, 0, 0, seq_lens)
     tok = sorted(sets[0, 1])
@@ -109,12 +116,12 @@ def test_only_attended_tokens_matter():
     q, k, v, _, _ = random_case(6, b=1, hq=2, hkv=1, t_cap=64, d=8)
     idx = torch.tensor([[[1]]])
     seq_lens = torch.tensor([60])  # blocks: 0..2 complete, 3 incomplete (48..59)
-    base = sparse_decode_attention_ref(q, k, v, idx, 16, 2, 4, seq_lens)
-    for t, attended in [(0, True), (1, True), (2, False), (20, True), (40, False), (50, True), (61, False)]:
+    base = sparse_decode_attention_ref(q, k, v, idx, lay(16, 1, 4, seq_lens, k.shape[2]))
+    for t, attended in [(0, True), (15, True), (20, True), (40, False), (47, False), (50, True), (61, False)]:
         k2, v2 = k.clone(), v.clone()
         k2[0, 0, t] += 3.0
         v2[0, 0, t] -= 5.0
-        out = sparse_decode_attention_ref(q, k2, v2, idx, 16, 2, 4, seq_lens)
+        out = sparse_decode_attention_ref(q, k2, v2, idx, lay(16, 1, 4, seq_lens, k2.shape[2]))
         assert (not torch.allclose(out, base)) == attended, t
 
 
@@ -123,17 +130,17 @@ def test_seq_lens_beyond_length_ignored():
     q, k, v, _, _ = random_case(7, b=2, hq=4, hkv=2, t_cap=80, d=8)
     seq_lens = torch.tensor([37, 80])
     idx = torch.tensor([[[2, 4], [0, -1]], [[4, 1], [3, 3]]])  # block 2 of row 0 covers 32..47 but only 32..36 exist
-    out = sparse_decode_attention_ref(q, k, v, idx, 16, 0, 0, seq_lens)
+    out = sparse_decode_attention_ref(q, k, v, idx, lay(16, 0, 0, seq_lens, k.shape[2]))
     k2 = k.clone()
     k2[0, :, 37:] = float("nan")
-    out2 = sparse_decode_attention_ref(q, k2, v, idx, 16, 0, 0, seq_lens)
+    out2 = sparse_decode_attention_ref(q, k2, v, idx, lay(16, 0, 0, seq_lens, k2.shape[2]))
     torch.testing.assert_close(out, out2, rtol=0, atol=0)
 
 
 def test_bf16_inputs_keep_dtype_and_accuracy():
     q, k, v, idx, seq_lens = random_case(8, dtype=torch.bfloat16)
-    out = sparse_decode_attention_ref(q, k, v, idx, 16, 4, 8, seq_lens)
-    want = dense_masked_attention(q, k, v, oracle_token_sets(idx, 16, 4, 8, seq_lens))
+    out = sparse_decode_attention_ref(q, k, v, idx, lay(16, 1, 8, seq_lens, k.shape[2]))
+    want = dense_masked_attention(q, k, v, oracle_token_sets(idx, 16, 1, 8, seq_lens))
     assert out.dtype == torch.bfloat16
     assert ((out.double() - want).norm() / want.norm()).item() < 1e-2
 
@@ -143,8 +150,9 @@ def test_bf16_inputs_keep_dtype_and_accuracy():
     [
         (lambda a: a.update(block_idx=torch.tensor([[[10]]])), "block_idx values"),
         (lambda a: a.update(block_idx=torch.tensor([[[-2]]])), "block_idx values"),
-        (lambda a: a.update(seq_lens=torch.tensor([0])), "seq_lens"),
-        (lambda a: a.update(seq_lens=torch.tensor([65])), "seq_lens"),
+        (lambda a: a.update(layout=lay(16, 0, 0, torch.tensor([0]), 64)), "seq_lens"),
+        (lambda a: a.update(layout=lay(16, 0, 0, torch.tensor([65]), 65)), "capacity"),
+        (lambda a: a.update(layout=lay(16, 0, 0, torch.tensor([64, 64]), 64)), "layout.seq_lens"),
         (
             lambda a: a.update(
                 q=torch.zeros(1, 3, 8), k_cache=torch.zeros(1, 2, 64, 8), v_cache=torch.zeros(1, 2, 64, 8)
@@ -152,8 +160,7 @@ def test_bf16_inputs_keep_dtype_and_accuracy():
             "multiple",
         ),
         (lambda a: a.update(block_idx=torch.zeros(1, 1, 1)), "integer"),
-        (lambda a: a.update(block_size=0), "block_size"),
-        (lambda a: a.update(window_tokens=-1), "window_tokens"),
+        (lambda a: a.update(layout=(16, 0, 0)), "BlockLayout"),
     ],
 )
 def test_reference_rejects_bad_input(mutate, match):
@@ -162,10 +169,7 @@ def test_reference_rejects_bad_input(mutate, match):
         k_cache=torch.zeros(1, 1, 64, 8),
         v_cache=torch.zeros(1, 1, 64, 8),
         block_idx=torch.tensor([[[0]]]),
-        block_size=16,
-        sink_tokens=0,
-        window_tokens=0,
-        seq_lens=torch.tensor([64]),
+        layout=lay(16, 0, 0, torch.tensor([64]), 64),
     )
     mutate(args)
     with pytest.raises(KvprismError, match=match):
@@ -237,8 +241,10 @@ def test_score_topk_ref_rejects_bad_input(kw, match):
 
 def test_dispatcher_on_cpu_uses_the_sparse_reference():
     q, k, v, idx, seq_lens = random_case(9)
-    out = sparse_decode_attention(q, k, v, idx, 16, 4, 8, seq_lens)
-    torch.testing.assert_close(out, sparse_decode_attention_ref(q, k, v, idx, 16, 4, 8, seq_lens), rtol=0, atol=0)
+    out = sparse_decode_attention(q, k, v, idx, lay(16, 1, 8, seq_lens, k.shape[2]))
+    torch.testing.assert_close(
+        out, sparse_decode_attention_ref(q, k, v, idx, lay(16, 1, 8, seq_lens, k.shape[2])), rtol=0, atol=0
+    )
     dense = dense_masked_attention(q, k, v, {(b, h): set(range(int(seq_lens[b]))) for b in range(2) for h in range(2)})
     assert not torch.allclose(out.double(), dense, atol=1e-3)  # sparse, not silently dense
     sig = torch.randn(2, 2, 9, 16, generator=torch.Generator().manual_seed(0))
@@ -248,16 +254,25 @@ def test_dispatcher_on_cpu_uses_the_sparse_reference():
 def test_dispatcher_rejects_unknown_or_unavailable_backend():
     q, k, v, idx, seq_lens = random_case(10)
     with pytest.raises(KvprismError, match="backend"):
-        sparse_decode_attention(q, k, v, idx, 16, 0, 0, seq_lens, backend="dense")
+        sparse_decode_attention(q, k, v, idx, lay(16, 0, 0, seq_lens, k.shape[2]), backend="dense")
     if not triton_available():
         with pytest.raises(KvprismError, match="triton"):
-            sparse_decode_attention(q, k, v, idx, 16, 0, 0, seq_lens, backend="triton")
+            sparse_decode_attention(q, k, v, idx, lay(16, 0, 0, seq_lens, k.shape[2]), backend="triton")
 
 
 def test_candidate_blocks_excludes_blocks_inside_the_window():
     from kvprism.kernels import candidate_blocks
 
     lens = torch.tensor([320, 87, 9, 128])
-    assert candidate_blocks(lens, 16, 0).tolist() == [20, 5, 0, 8]
-    assert candidate_blocks(lens, 16, 20).tolist() == [19, 5, 0, 7]  # a block the window covers partly stays
-    assert candidate_blocks(lens, 16, 32).tolist() == [18, 4, 0, 6]
+    assert candidate_blocks(lay(16, 0, 0, lens, 320)).tolist() == [20, 5, 0, 8]
+    assert candidate_blocks(lay(16, 0, 20, lens, 320)).tolist() == [19, 5, 0, 7]  # a block the window covers partly
+    assert candidate_blocks(lay(16, 0, 32, lens, 320)).tolist() == [18, 4, 0, 6]
+
+
+def test_geometry_rejects_bad_values():
+    with pytest.raises(KvprismError, match="block_size"):
+        BlockGeometry(0)
+    with pytest.raises(KvprismError, match="window"):
+        BlockGeometry(16, 0, -1)
+    with pytest.raises(KvprismError, match="sink_blocks"):
+        BlockGeometry(16, -1, 0)

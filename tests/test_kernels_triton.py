@@ -33,12 +33,18 @@ from kvprism.kernels.triton_decode import (  # noqa: E402
     score_topk_triton,
     sparse_decode_attention_triton,
 )
+from kvprism.layout import BlockGeometry, BlockLayout  # noqa: E402
 
 DEV = torch.device("cuda" if CUDA else "cpu")
 # fp32 inputs use exact ("ieee") fp32 dots; fp16/bf16 products are exact with fp32 accumulation, but the softmax
 # weights are rounded to the input dtype before the second dot (as in flash attention)
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
+
+
+def lay(block_size, sink_blocks, window, seq_lens, t_cap):
+    """The plain layout of rows of ``seq_lens`` positions in a cache of ``t_cap``."""
+    return BlockLayout.from_lengths(seq_lens, BlockGeometry(block_size, sink_blocks, window), t_cap)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -67,13 +73,13 @@ def make_case(seed, b, hq, hkv, t_cap, d, block_size, n_sel, dtype, idx_mode="ra
 
 
 CASES = [
-    # (b, hq, hkv, t_cap, d, block_size, n_sel, sink, window, idx_mode)
-    (2, 8, 2, 150, 32, 16, 4, 4, 8, "random"),  # ragged capacity and last blocks
+    # (b, hq, hkv, t_cap, d, block_size, n_sel, sink blocks, window, idx_mode)
+    (2, 8, 2, 150, 32, 16, 4, 1, 8, "random"),  # ragged capacity and last blocks
     (2, 6, 2, 97, 16, 8, 6, 0, 0, "unique"),  # G = 3; block smaller than the 16-token tile
-    (1, 4, 4, 64, 32, 32, 2, 40, 40, "random"),  # sink and window overlap each other and the blocks
-    (2, 7, 1, 200, 16, 10, 5, 3, 250, "unique"),  # block size not a power of two; window longer than any sequence
+    (1, 4, 4, 64, 32, 32, 2, 2, 40, "random"),  # sink and window overlap each other and the blocks
+    (2, 7, 1, 200, 16, 10, 5, 1, 250, "unique"),  # block size not a power of two; window longer than any sequence
     (2, 28, 4, 320, 64, 64, 3, 0, 20, "unique"),  # Qwen2.5-7B head grouping (G = 7), 64-token blocks
-    (1, 4, 2, 300, 16, 128, 2, 5, 9, "random"),  # 128-token blocks split into two 64-token tiles
+    (1, 4, 2, 300, 16, 128, 2, 1, 9, "random"),  # 128-token blocks split into two 64-token tiles
 ]
 
 
@@ -83,17 +89,19 @@ def test_sparse_decode_matches_reference(case, dtype):
     b, hq, hkv, t_cap, d, bs, n_sel, sink, window, mode = case
     q, k, v, idx, seq_lens = make_case(hash(case) % 1000, b, hq, hkv, t_cap, d, bs, n_sel, dtype, mode)
     out = torch.full_like(q, float("nan"))
-    sparse_decode_attention_triton(q, k, v, idx, bs, sink, window, seq_lens, out=out)
-    ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, bs, sink, window, seq_lens)
+    sparse_decode_attention_triton(q, k, v, idx, lay(bs, sink, window, seq_lens, k.shape[2]), out=out)
+    ref = sparse_decode_attention_ref(
+        q.double(), k.double(), v.double(), idx, lay(bs, sink, window, seq_lens, k.shape[2])
+    )
     assert rel_err(out, ref) < TOL[dtype]
 
 
 @pytest.mark.parametrize("num_splits", [1, 3, 1000])
 def test_split_count_does_not_change_the_result(num_splits):
     q, k, v, idx, seq_lens = make_case(11, 2, 8, 2, 256, 32, 16, 6, torch.float32)
-    ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, 16, 3, 20, seq_lens)
+    ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, lay(16, 3, 20, seq_lens, k.shape[2]))
     out = torch.full_like(q, float("nan"))
-    sparse_decode_attention_triton(q, k, v, idx, 16, 3, 20, seq_lens, out=out, num_splits=num_splits)
+    sparse_decode_attention_triton(q, k, v, idx, lay(16, 3, 20, seq_lens, k.shape[2]), out=out, num_splits=num_splits)
     assert rel_err(out, ref) < TOL[torch.float32]
 
 
@@ -102,8 +110,8 @@ def test_duplicates_and_padding_count_once():
     seq_lens = torch.tensor([128], device=DEV)
     once = torch.tensor([[[1, 4, -1, -1], [0, 2, -1, -1]]], device=DEV)
     twice = torch.tensor([[[4, 1, 4, 1], [2, -1, 0, 2]]], device=DEV, dtype=torch.int32)
-    a = sparse_decode_attention_triton(q, k, v, once, 16, 0, 0, seq_lens)
-    b = sparse_decode_attention_triton(q, k, v, twice, 16, 0, 0, seq_lens)
+    a = sparse_decode_attention_triton(q, k, v, once, lay(16, 0, 0, seq_lens, k.shape[2]))
+    b = sparse_decode_attention_triton(q, k, v, twice, lay(16, 0, 0, seq_lens, k.shape[2]))
     assert rel_err(b, a) < TOL[torch.float32]
 
 
@@ -113,15 +121,15 @@ def test_strided_cache_views_and_length_one():
     k, v = k_big[:, :, :100], v_big[:, :, :100]
     idx = idx.clamp(max=6)
     seq_lens = torch.tensor([100, 1], device=DEV)
-    out = sparse_decode_attention_triton(q, k, v, idx, 16, 2, 5, seq_lens)
-    ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, 16, 2, 5, seq_lens)
+    out = sparse_decode_attention_triton(q, k, v, idx, lay(16, 2, 5, seq_lens, k.shape[2]))
+    ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, lay(16, 2, 5, seq_lens, k.shape[2]))
     assert rel_err(out, ref) < TOL[torch.float16]
 
 
 def test_dispatcher_triton_backend():
     q, k, v, idx, seq_lens = make_case(14, 1, 4, 2, 64, 16, 16, 2, torch.float32)
-    out = sparse_decode_attention(q, k, v, idx, 16, 1, 4, seq_lens, backend="triton")
-    ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, 16, 1, 4, seq_lens)
+    out = sparse_decode_attention(q, k, v, idx, lay(16, 1, 4, seq_lens, k.shape[2]), backend="triton")
+    ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, lay(16, 1, 4, seq_lens, k.shape[2]))
     assert rel_err(out, ref) < TOL[torch.float32]
 
 
@@ -162,7 +170,7 @@ def test_score_topk_counts_candidate_blocks_from_seq_lens(window):
     q = torch.randint(-2, 3, (3, 4, 16), generator=g).float().to(DEV)
     sig = torch.randint(-2, 3, (3, 2, 20, 16), generator=g).float().to(DEV)
     seq_lens = torch.tensor([20 * 16, 5 * 16 + 7, 9], device=DEV)
-    n_cand = candidate_blocks(seq_lens, 16, window)
+    n_cand = candidate_blocks(lay(16, 0, window, seq_lens, 320))
     want = {0: [20, 5, 0], 20: [19, 5, 0], 32: [18, 4, 0], 500: [0, 0, 0]}[window]
     assert n_cand.tolist() == want
     got = score_topk_triton(q, sig, seq_lens, 6, "max", n_valid_div=16, n_valid_window=window, tile=16)
@@ -175,18 +183,9 @@ def test_score_topk_counts_candidate_blocks_from_seq_lens(window):
 
 
 def step_reference(step: SparseDecodeStep) -> tuple[torch.Tensor, torch.Tensor]:
-    n_cand = candidate_blocks(step.seq_lens, step.block_size, step.window_tokens)
+    n_cand = candidate_blocks(step.layout())
     idx = score_topk_ref(step.q_sig, step.signatures, n_cand, step.k, step.gqa_reduce)
-    out = sparse_decode_attention_ref(
-        step.q.double(),
-        step.k_cache.double(),
-        step.v_cache.double(),
-        idx,
-        step.block_size,
-        step.sink_tokens,
-        step.window_tokens,
-        step.seq_lens,
-    )
+    out = sparse_decode_attention_ref(step.q.double(), step.k_cache.double(), step.v_cache.double(), idx, step.layout())
     return idx, out
 
 
@@ -203,7 +202,7 @@ def make_step(dtype, seed=0, **kw):
     k = torch.randn(b, hkv, t_cap, d, generator=g).to(dtype).to(DEV)
     v = torch.randn(b, hkv, t_cap, d, generator=g).to(dtype).to(DEV)
     sig = torch.randint(-2, 3, (b, hkv, t_cap // bs, 16), generator=g).to(dtype).to(DEV)
-    return SparseDecodeStep(k, v, sig, q_heads=8, k=4, block_size=bs, sink_tokens=2, window_tokens=24, **kw)
+    return SparseDecodeStep(k, v, sig, q_heads=8, k=4, geometry=BlockGeometry(bs, 1, 24), **kw)
 
 
 @pytest.mark.parametrize("merge_in_attention", [False, True])
@@ -253,9 +252,7 @@ def test_merging_in_attention_gives_the_same_step_bit_for_bit(k_sel, tile):
             sig,
             q_heads=8,
             k=k_sel,
-            block_size=bs,
-            sink_tokens=5,
-            window_tokens=20,
+            geometry=BlockGeometry(bs, 1, 20),
             score_tile=tile,
             merge_in_attention=merge_in_attention,
         )

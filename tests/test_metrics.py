@@ -38,11 +38,11 @@ def test_true_block_mass_group_mean_and_blocks():
     assert M.block_sums(torch.arange(5.0), 2).tolist() == [1.0, 5.0, 4.0]
 
 
-def test_eligible_blocks_excludes_sink_window_and_partial():
-    # 10 tokens, B = 2 -> blocks 0..4; sink 1 block; the window (tokens 7, 8, 9) touches blocks 3 and 4
+def test_eligible_blocks_are_the_selection_candidates():
+    # 10 tokens, B = 2 -> blocks 0..4; sink 1 block; the window (tokens 7, 8, 9) covers block 3 partly, 4 wholly
     e = M.eligible_blocks(10, 2, sink_blocks=1, window=3)
-    # block ends: 2,4,6,8,10; eligible iff end <= 7 and id >= 1 -> blocks 1, 2
-    assert e.tolist() == [False, True, True, False, False]
+    # candidates start before the tail (position 7) and are not sinks -> blocks 1, 2 and the partly covered 3
+    assert e.tolist() == [False, True, True, True, False]
     # partial trailing block excluded
     assert M.eligible_blocks(9, 2, 0, 0).tolist() == [True, True, True, True, False]
 

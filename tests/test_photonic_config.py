@@ -34,7 +34,12 @@ def test_every_field_documented_with_unit_and_source():
         assert row["doc"] and row["source"], row["name"]
         f = next(f for f in dataclasses.fields(PhotonicConfig) if f.name == row["name"])
         if f.type in ("float", float) and not row["name"].startswith(("n_", "q_")):
-            assert row["unit"] or row["name"] in {"weight_range_target", "adc_headroom", "laser_wall_plug_efficiency"}
+            assert row["unit"] or row["name"] in {
+                "weight_range_target",
+                "adc_headroom",
+                "laser_wall_plug_efficiency",
+                "dc_relax_fraction",
+            }
 
 
 def test_custom_toml(tmp_path):

@@ -133,7 +133,8 @@ def test_sparse_cache_groups_layer_engines_with_the_same_results():
     ca, cb = a.stats.summary(), b.stats.summary()
     assert ca["engine_counters"] == cb["engine_counters"]
     assert ca["engine_counters"]["weight_refreshes"] == 5 * model.config.num_hidden_layers
-    assert ca["engine_counters"]["row_programs"] == ca["programming_events"] == cb["programming_events"]
+    rows = ca["engine_counters"]["row_programs"] - ca["engine_counters"]["rescale_row_programs"]  # rescales rewrite
+    assert rows == ca["programming_events"] == cb["programming_events"]
     assert a.selectors[0].n_blocks > (ids.shape[1] + 1) // 4  # blocks completed after the first step: appended
     assert SparseCache(model, sel.replace(backend="exact")).engine_group is None  # nothing to share
 

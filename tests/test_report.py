@@ -113,5 +113,8 @@ def test_feasibility_verdict_of_presets(tmp_path):
 
 
 def test_empty_dir_is_clear_error(tmp_path):
+    with pytest.raises(KvprismError, match=r"results\.jsonl does not exist"):
+        Rep.write_report(tmp_path)
+    (tmp_path / RESULTS_FILE).write_text("")
     with pytest.raises(KvprismError, match="holds no finished cell"):
         Rep.write_report(tmp_path)

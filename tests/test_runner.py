@@ -173,8 +173,9 @@ def test_selection_metrics_plumbing(tmp_path):
     r.run()
     dense, hit, miss = R.read_results(r.results)
     assert dense["config"] == "dense" and dense["kl_first_token"] is None and dense["needle_spans"][0] == [start, end]
-    # 159 prefilled tokens, B = 8: 19 full blocks; sink 1 block; window 16 tokens -> blocks 1..16 eligible
-    assert hit["eligible_blocks"] == 16 and hit["can_restrict"] is True and hit["restricted"] is True
+    # first decode step: 159 prefilled tokens + the step's own = 160, B = 8: 20 complete blocks; sink 1 block; window
+    # 16 tokens -> the tail starts at 144 -> candidate blocks 1..17 (the layout selection chose from)
+    assert hit["eligible_blocks"] == 17 and hit["can_restrict"] is True and hit["restricted"] is True
     assert hit["needle_hit"] == 1.0 and miss["needle_hit"] == 0.0
     for row in (hit, miss):
         assert 0.0 <= row["block_recall"] <= 1.0 and 0.0 < row["mass_captured"] < 1.0
@@ -209,11 +210,14 @@ def test_bad_inputs_fail_before_work(tmp_path):
             **{k: v for k, v in GRID.items() if k != "haystack"},
         )
     assert dec.calls == []
-    # another model into the same directory is refused
+    # another model (other weights) into the same directory is refused, naming the differing field; the same
+    # weights under another name are the same cells
     _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0]).run()
     r = _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0])
     r.model_name = "other"
-    with pytest.raises(KvprismError, match="holds results of model 'tiny'"):
+    assert r.run().cells_run == 0
+    r = _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0], model=tiny_model(seed=1))
+    with pytest.raises(KvprismError, match=r"computed under other settings \(model.weights_sha256"):
         r.run()
 
 

@@ -10,14 +10,8 @@ import torch
 
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.cache import SparseCache, cache_kwargs
-from kvprism.selection import (
-    BACKENDS,
-    BlockSelector,
-    SelectionConfig,
-    StepLayout,
-    gather_plan,
-    resolve_heads,
-)
+from kvprism.layout import BlockGeometry, BlockLayout
+from kvprism.selection import BACKENDS, BlockSelector, SelectionConfig, resolve_heads
 from tests.conftest import tiny_model
 from tests.test_sparse_cache import _batch, decode_loop
 
@@ -100,22 +94,23 @@ def test_exact_selection_in_model_is_topk_of_projected_signatures():
         blk = torch.arange(nb)
         cand = (blk[None] >= first_blk[:, None] + 1) & (blk[None] * 4 < tail)
         score = score.masked_fill(~cand[:, None], -math.inf)
-        want = score.topk(3).indices
+        # ties: the lower block id first (a stable descending sort)
+        want = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :3]
         assert torch.equal(rec["blocks"], want), layer_idx
 
 
 def test_candidates_and_plan_cover_everything_once():
     valid = torch.ones(2, 23, dtype=torch.bool)
     valid[1, :5] = False
-    layout = StepLayout.build(valid, 4, 1, 3)
+    layout = BlockLayout.from_valid(valid, BlockGeometry(4, 1, 3))
     cand = layout.candidates
-    assert layout.tail_start == 20 and cand.shape == (2, 5)
-    assert cand[0].tolist() == [False, True, True, True, True]
-    assert cand[1].tolist() == [False, False, True, True, True]
-    sink_read = [layout.fixed_idx[i][layout.fixed_ok[i] & (layout.fixed_idx[i] < 20)].tolist() for i in range(2)]
+    assert layout.tail_start.tolist() == [20, 20] and cand.shape == (2, 6)  # 6 slots: the last is incomplete
+    assert cand[0].tolist() == [False, True, True, True, True, False]
+    assert cand[1].tolist() == [False, False, True, True, True, False]
+    sink_read = [(layout.token_roles[i] == 1).nonzero().flatten().tolist() for i in range(2)]
     assert sink_read == [[0, 1, 2, 3], [5, 6, 7]]  # sink block = the block of the first real token
     blocks = torch.tensor([[[1, 2, 3, 4]], [[2, 3, 4, -1]]])
-    plan = gather_plan(blocks, layout)
+    plan = layout.gather_plan(blocks)
     tm = plan.token_mask(23)
     assert tm[0, 0].all()  # every real token read exactly once ...
     assert tm[1, 0].tolist() == [False] * 5 + [True] * 18

@@ -128,14 +128,14 @@ def test_select_range_needs_the_exact_backend():
 
 @pytest.mark.parametrize("sink_blocks, window, t", [(1, 4, 51), (0, 0, 48), (2, 20, 37), (3, 100, 40), (1, 7, 8)])
 def test_candidate_range_is_the_candidate_mask_without_padding(sink_blocks, window, t):
-    from kvprism.selection import StepLayout
+    from kvprism.layout import BlockGeometry, BlockLayout
 
-    layout = StepLayout.build(torch.ones(2, t, dtype=torch.bool), 8, sink_blocks, window)
+    layout = BlockLayout.from_valid(torch.ones(2, t, dtype=torch.bool), BlockGeometry(8, sink_blocks, window))
     n_blocks = t // 8
-    lo, hi = layout.candidate_range(sink_blocks, n_blocks)
+    lo, hi = layout.candidate_range(n_blocks)
     want = torch.zeros(2, n_blocks, dtype=torch.bool)
     want[:, lo:hi] = True
-    assert torch.equal(layout.candidates, want)
+    assert torch.equal(layout.candidates[:, :n_blocks], want)
 
 
 @pytest.mark.parametrize(
@@ -157,15 +157,14 @@ def test_kernel_attention_arguments_read_the_gathered_tokens(family, backend):
     query, blocks = step["query"], step["blocks"]
     layout = cache.step_layout(None, key.shape[0], key.shape[2], key.device)
     from kvprism.hf.attention import sparse_attend
-    from kvprism.selection import gather_plan
 
-    plan = gather_plan(blocks, layout)
+    plan = layout.gather_plan(blocks)
     scaling = query.shape[-1] ** -0.5
     want = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
     got = layer.attend_kernel(query, key, value, blocks, layout, scaling, backend=backend)  # Triton: interpreter on CPU
     got = layer.attend_kernel(query, key, value, blocks, layout, scaling, backend=backend)  # 2nd call: cached plan
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert (blocks >= 0).any() and layout.tail_start > SEL.sink_blocks * SEL.block_size  # a restricted step
+    assert (blocks >= 0).any() and layout.tail_start_int > SEL.sink_blocks * SEL.block_size  # a restricted step
 
 
 def test_summary_warns_when_no_decode_step_went_through_the_cache():

@@ -44,10 +44,13 @@ def test_bad_inputs(smollm2_tokenizer):
 
 
 # ------------------------------------------------------------------------------------------- task registry
-from kvprism.eval.tasks import TASKS, make_sample, string_match_all, string_match_fraction  # noqa: E402
+from kvprism.eval.tasks import make_sample, string_match_all, string_match_fraction  # noqa: E402
+
+# the tasks with a choice of haystack (RULER's names fix theirs: tests/test_ruler_tasks.py; cwe / fwe have none)
+HAYSTACK_TASKS = ["niah_multikey", "niah_multiquery", "niah_multivalue", "niah_single", "vt"]
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", HAYSTACK_TASKS)
 @pytest.mark.parametrize("haystack", ["noise", "text", "needles"])
 def test_every_task_and_haystack_exact_length(smollm2_tokenizer, task, haystack):
     tok = smollm2_tokenizer

@@ -37,6 +37,8 @@ _EXPORTS: dict[str, str] = {
     "build_configs": "kvprism.eval.runner",
     "write_report": "kvprism.eval.report",
     "run_profile": "kvprism.eval.heads",
+    "set_threads": "kvprism.runtime",
+    "ResultStore": "kvprism.eval.store",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -13,8 +13,8 @@ decides how many of those ``k`` to keep, per (batch row, KV head). Registry :dat
   one key equal to its signature. Heads with concentrated attention read one or two
   blocks; heads with flat attention read up to the cap.
 
-Whatever a budget keeps, sink blocks and the tail are always read (:func:`kvprism.selection.gather_plan`), and the
-read fraction is counted from the tokens actually gathered, per (layer, KV head).
+Whatever a budget keeps, sink blocks and the tail are always read (:meth:`kvprism.layout.BlockLayout.gather_plan`),
+and the read fraction is counted from the tokens actually gathered, per (layer, KV head).
 """
 
 from __future__ import annotations

@@ -1,15 +1,20 @@
 """``kvprism`` command line.
 
 Errors caused by input are printed as one line (``error: ...``) with exit code 1; ``--debug`` shows the traceback.
-Heavy imports (torch, transformers) happen inside the commands so ``kvprism --help`` stays fast.
+Usage errors (a bad option value) are one line too, with exit code 2. SIGINT / SIGTERM stop a command with exit code
+130 / 143 (an evaluation grid first says how far it got; rerunning the same command resumes it). Every option is
+validated before a model loads. Heavy imports (torch, transformers) happen inside the commands so ``kvprism --help``
+stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,11 +29,52 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # command-line options shared by several commands
-_ModelOpt = Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")]
+_ModelOpt = Annotated[str, typer.Option(help="Model: 'smollm2', a .gguf file, a local directory or a cached hub id.")]
 _DeviceOpt = Annotated[str, typer.Option(help="torch device.")]
+_ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="CPU threads for torch [default: $OMP_NUM_THREADS, else physical cores].", min=1),
+]
 console = Console()
 err_console = Console(stderr=True)
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "argv": []}
+
+
+def _set_threads(threads: int | None) -> None:
+    from kvprism.runtime import set_threads
+
+    set_threads(threads)
+
+
+def _note(msg: str) -> None:
+    err_console.print(f"note: {msg}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _peek_model_config(model: str) -> Any | None:
+    """The model's transformers config without loading its weights (None when it cannot be read that way; the
+    model load then reports the problem)."""
+    try:
+        from transformers import AutoConfig
+
+        from kvprism.hf.models import resolve_model_path
+
+        return AutoConfig.from_pretrained(resolve_model_path(model), local_files_only=True)
+    except Exception:
+        return None
+
+
+def _check_window(cfg: Any, tokens: int, what: str) -> None:
+    window = getattr(cfg, "max_position_embeddings", None)
+    if window is not None and tokens > window:
+        raise kvprism.KvprismError(f"{what} = {tokens} exceeds the model's window of {window} tokens")
+
+
+def _check_preset(preset: str, option: str = "--preset") -> None:
+    from kvprism.photonics.config import PhotonicConfig
+
+    names = PhotonicConfig.presets()
+    if preset not in names:
+        raise kvprism.KvprismError(f"{option} = {preset!r} is unknown; presets: {', '.join(names)}")
 
 
 @app.callback()
@@ -55,6 +101,7 @@ def demo(
     block_size: Annotated[int, typer.Option(help="Tokens per block.", min=1)] = 64,
     preset: Annotated[str, typer.Option(help="Photonic hardware preset.")] = "seed-nominal",
     device: _DeviceOpt = "cpu",
+    threads: _ThreadsOpt = None,
 ) -> None:
     """PRISM demonstration: one needle in a natural-text haystack, answered with dense attention and with
     photonic block selection (the photonic engine picks the blocks each decode step reads)."""
@@ -70,22 +117,23 @@ def demo(
 
     if not 0.0 <= depth <= 1.0:
         raise kvprism.KvprismError(f"--depth = {depth} is invalid; allowed range: [0, 1]")
-    t0 = time.perf_counter()
-    with console.status(f"loading {model} ..."):
-        mdl, tok = load_model(model, device=device)
-    t_load = time.perf_counter() - t0
-    window = getattr(mdl.config, "max_position_embeddings", None)
-    if window is not None and context + max_new_tokens > window:
-        raise kvprism.KvprismError(
-            f"--context + --max-new-tokens = {context + max_new_tokens} exceeds the model's window of {window} tokens"
-        )
-    sample = niah_single(tok, context, depth, seed)
     sel = SelectionConfig(block_size=block_size, k=k, backend="exact", seed=seed)
     try:
         importlib.import_module("kvprism.photonics")
         photonic_ok, why = True, ""
     except ImportError as exc:
         photonic_ok, why = False, str(exc)
+    if photonic_ok:
+        _check_preset(preset)
+    peek = _peek_model_config(model)
+    _check_window(peek, context + max_new_tokens, "--context + --max-new-tokens")
+    _set_threads(threads)
+    t0 = time.perf_counter()
+    with console.status(f"loading {model} ..."):
+        mdl, tok = load_model(model, device=device)
+    t_load = time.perf_counter() - t0
+    _check_window(mdl.config, context + max_new_tokens, "--context + --max-new-tokens")
+    sample = niah_single(tok, context, depth, seed)
 
     console.print(f"[bold]model[/]          {model}  (loaded in {t_load:.1f} s)")
     console.print(f"[bold]context[/]        {sample.context_tokens} tokens, needle at depth {sample.depth:.2f}")
@@ -181,11 +229,30 @@ def hw(
     config: Annotated[str | None, typer.Option("--config", help="Photonic config TOML file.")] = None,
     list_presets: Annotated[bool, typer.Option("--list", help="List the shipped presets and exit.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the feasibility Monte Carlo.")] = 0,
+    model_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--model-shape",
+            help="Time the detection by decode for this model (e.g. qwen2.5-7b, smollm2-135m, llama-3.1-8b): the "
+            "integration time follows from the time per selection and replaces detection_bandwidth_hz.",
+        ),
+    ] = None,
+    tokens_per_s: Annotated[
+        float | None,
+        typer.Option("--tokens-per-s", help="Target decode rate for --model-shape (default 20 tokens/s).", min=0.0),
+    ] = None,
+    queries_per_head: Annotated[
+        int, typer.Option(help="Chip queries per (layer, KV head) and decode step (1: GQA sum).", min=1)
+    ] = 1,
+    batch: Annotated[int, typer.Option(help="Sequences decoded together (one logical bank each).", min=1)] = 1,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 if a constraint is violated.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON instead of a table.")] = False,
 ) -> None:
     """Feasibility verdict of a photonic weight-bank configuration (default: the seed-nominal preset)."""
     from rich.table import Table
 
     from kvprism.photonics.config import PhotonicConfig
+    from kvprism.photonics.design import decode_timing
     from kvprism.photonics.feasibility import feasibility
 
     if list_presets:
@@ -207,8 +274,31 @@ def hw(
     else:
         label = preset or "seed-nominal"
         cfg = PhotonicConfig.preset(label)
+    timing = None
+    if model_shape is None and tokens_per_s is not None:
+        raise kvprism.KvprismError("--tokens-per-s needs --model-shape (the model whose decode times the detection)")
+    if model_shape is not None:
+        from kvprism.energy.config import model_shape as get_shape
+
+        shape = get_shape(model_shape)
+        rate = 20.0 if tokens_per_s is None else tokens_per_s
+        timing = decode_timing(
+            cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate,
+            queries_per_head=queries_per_head, batch=batch,
+        )  # fmt: skip
+        (err_console if as_json else console).print(
+            f"detection timed by decode: {shape.name} ({shape.n_layers} layers × {shape.kv_heads} KV heads, batch "
+            f"{batch}, {queries_per_head} quer{'y' if queries_per_head == 1 else 'ies'} per head) at {rate:g} tokens/s, "
+            f"{cfg.selection_time_fraction:g} of the step for selection: {timing.time_per_selection_s * 1e6:.3g} µs "
+            f"per selection, T_int {timing.integration_time_s * 1e6:.3g} µs → detection_bandwidth_hz "
+            f"{timing.noise_bandwidth_hz:.3g} (configured {cfg.detection_bandwidth_hz:.3g})",
+            highlight=False,
+        )
     with console.status("evaluating feasibility ..."):
-        rep = feasibility(cfg, seed=seed)
+        rep = feasibility(cfg, seed=seed, timing=timing)
+    if as_json:
+        _print_json({"config": label, "feasible": not rep.violations, "violations": rep.violations, "report": rep})
+        raise typer.Exit(1 if strict and rep.violations else 0)
     table = Table(title=f"feasibility: {label}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -222,6 +312,15 @@ def hw(
             console.print(f"  [red]✗[/] {v}", highlight=False)
     else:
         console.print("[bold green]feasible: no constraint violated[/]")
+    if strict and rep.violations:
+        raise typer.Exit(1)
+
+
+def _print_json(obj: Any) -> None:
+    from kvprism.eval.store import jsonable
+
+    sys.stdout.write(json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n")
+    sys.stdout.flush()
 
 
 @app.command()
@@ -234,7 +333,7 @@ def energy(
     contexts: Annotated[str, typer.Option(help="Context lengths, k = 1024, m = 1024².")] = "4k,32k,128k,1m",
     out: Annotated[str | None, typer.Option(help="Folder for the plots and energy_summary.json.")] = None,
     rows: Annotated[
-        int | None, typer.Option(help="Rows N of the per-query breakdown (default: rows_per_bank).")
+        int | None, typer.Option(help="Rows N of the per-query breakdown (default: rows_per_bank).", min=1)
     ] = None,
     # workload / GPU options: None = not given, EnergyConfig's default applies (kvprism.energy.config)
     batch: Annotated[int | None, typer.Option(help="Sequences decoded together.")] = None,
@@ -261,6 +360,7 @@ def energy(
     gpu_times: Annotated[
         str | None, typer.Option(help="Measured GPU times JSON (benchmarks/gpu_decode.py output or records).")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
 ) -> None:
     """Energy and latency per decode step of the photonic chip vs GPU baselines, derived from components."""
     from kvprism.energy.config import EnergyConfig
@@ -281,16 +381,25 @@ def energy(
     }  # fmt: skip
     ecfg = EnergyConfig(**{name: value for name, value in given.items() if value is not None})
     shape = get_shape(model_shape)
-    with console.status("computing ..."):
+    if out is not None:
+        from kvprism.eval.store import check_out_dir
+
+        if Path(out).exists() and not Path(out).is_dir():
+            raise kvprism.KvprismError(f"--out {out} is a file; give a folder for the plots and energy_summary.json")
+        check_out_dir(out)
+    with err_console.status("computing ..."):
         summary = build_summary(
             cfg, ecfg, shape, parse_contexts(contexts), preset=label, rows=rows, gpu_times=gpu_times
         )
-    print_summary(summary, console)
+    if as_json:
+        _print_json(summary)
+    else:
+        print_summary(summary, console)
     if out is not None:
         with console.status("writing plots ..."):
             paths = write_outputs(summary, out)
         for p in paths:
-            console.print(f"wrote {p}", highlight=False)
+            (err_console if as_json else console).print(f"wrote {p}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -298,7 +407,10 @@ def energy(
 _DEFAULT_CONTEXTS = "2048,4096"
 _DEFAULT_DEPTHS = "0,0.5,1"
 _DEFAULT_CONFIGS = "dense,exact,seed-nominal"
-_TASK_HELP = "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt."
+_TASK_HELP = (
+    "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe, RULER's "
+    "names (niah_single_1 ... niah_multikey_3), or 'ruler' for every offline RULER task."
+)
 _CONFIG_HELP = "Configurations, comma-separated: dense, exact, and/or photonic preset names (each × every --k)."
 _TaskOpt = Annotated[str, typer.Option(help=_TASK_HELP)]
 _ContextsOpt = Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")]
@@ -306,7 +418,7 @@ _DepthsOpt = Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-se
 _SeedsOpt = Annotated[str, typer.Option(help="Sample seeds, comma-separated.")]
 _ConfigsOpt = Annotated[str, typer.Option(help=_CONFIG_HELP)]
 _KOpt = Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")]
-_BlockSizeOpt = Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).")]
+_BlockSizeOpt = Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).", min=1)]
 _HeadsOpt = Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")]
 _HaystackOpt = Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")]
 _ValuesOpt = Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")]
@@ -337,13 +449,24 @@ def _eval_grid(
     device: str,
     out: str,
     max_new_tokens: int | None,
+    threads: int | None,
     select: str | None = None,
 ) -> None:
     """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
     from kvprism.eval import runner as R
-    from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS
+    from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS, expand_tasks
+    from kvprism.runtime import Interrupted
 
-    tasks = R.parse_list(task, str, "task")
+    def unique(values: list[Any], option: str) -> list[Any]:
+        out_values: list[Any] = []
+        for v in values:
+            if v in out_values:
+                _note(f"{option}: duplicate value {v!r} removed")
+            else:
+                out_values.append(v)
+        return out_values
+
+    tasks = unique(expand_tasks(R.parse_list(task, str, "task")), "--task")
     for t in tasks:
         if t not in TASKS:
             raise kvprism.KvprismError(f"--task = {t!r} is unknown; allowed: {', '.join(TASKS)}")
@@ -351,10 +474,10 @@ def _eval_grid(
         raise kvprism.KvprismError(f"--haystack = {haystack!r} is invalid; allowed: {', '.join(HAYSTACKS)}")
     if values is not None and values not in VALUE_KINDS:
         raise kvprism.KvprismError(f"--values = {values!r} is invalid; allowed: {', '.join(VALUE_KINDS)}")
-    ctx_list = R.parse_list(contexts, int, "contexts")
-    depth_list = R.parse_list(depths, float, "depths")
-    seed_list = R.parse_list(seeds, int, "seeds")
-    k_list = R.parse_list(k, int, "k")
+    ctx_list = unique(R.parse_list(contexts, int, "contexts"), "--contexts")
+    depth_list = unique(R.parse_list(depths, float, "depths"), "--depths")
+    seed_list = unique(R.parse_list(seeds, int, "seeds"), "--seeds")
+    k_list = unique(R.parse_list(k, int, "k"), "--k")
     for c in ctx_list:
         if c < 1:
             raise kvprism.KvprismError(f"--contexts: {c} is invalid; allowed range: >= 1 token")
@@ -375,17 +498,28 @@ def _eval_grid(
         from kvprism.eval.heads import load_mask
 
         selection["heads"] = load_mask(heads)
-    cfgs = expand_selection_sets(R.parse_list(configs, str, "configs"), k_list, selection, select)
+    cfgs = expand_selection_sets(unique(R.parse_list(configs, str, "configs"), "--configs"), k_list, selection, select)
     R.validate_configs(cfgs)
+    peek = _peek_model_config(model)
+    if peek is not None:
+        _check_window(peek, max(ctx_list), "--contexts")
+        if heads is not None:
+            layers = peek.num_hidden_layers
+            kv = getattr(peek, "num_key_value_heads", None) or peek.num_attention_heads
+            mask = selection["heads"]
+            if (len(mask), len(mask[0])) != (layers, kv):
+                raise kvprism.KvprismError(
+                    f"--heads {heads}: the mask is {len(mask)} layers x {len(mask[0])} KV heads; model {model} has "
+                    f"{layers} x {kv}"
+                )
     R.check_out_dir(out)
     from kvprism.eval.tasks import make_sample
     from kvprism.hf.models import load_model
 
+    _set_threads(threads)
     with console.status(f"loading {model} ..."):
         mdl, tok = load_model(model, device=device)
-    window = getattr(mdl.config, "max_position_embeddings", None)
-    if window is not None and max(ctx_list) > window:
-        raise kvprism.KvprismError(f"--contexts: {max(ctx_list)} exceeds the model's window of {window} tokens")
+    _check_window(mdl.config, max(ctx_list), "--contexts")
     for t in tasks:  # too-short / too-long contexts fail here, before any prefill
         for c in (min(ctx_list), max(ctx_list)):
             make_sample(t, tok, c, depth_list[0], seed_list[0], haystack=haystack, values=values)
@@ -403,19 +537,26 @@ def _eval_grid(
         values=values,
         max_new_tokens=max_new_tokens,
         model_name=model,
+        command_line=_state["argv"],
     )
     n_cells = len(runner.points) * len(cfgs)
     console.print(
         f"[bold]{mode}[/]: {len(runner.points)} prompts × {len(cfgs)} configurations = {n_cells} cells -> {out}"
     )
-    summary = runner.run()
+    try:
+        summary = runner.run()
+    except (Interrupted, KeyboardInterrupt) as exc:
+        done = runner.summary.cells_done if runner.summary else 0
+        err_console.print(f"aborted after {done} of {n_cells} cells; rerun the same command to resume", highlight=False)
+        exc.reported = True  # type: ignore[attr-defined]
+        raise
     console.print(
         f"ran {summary.cells_run} cells ({summary.cells_done_before} already done); "
         f"prefill {summary.prefill_s:.1f} s over {summary.prefills} prompts, decode {summary.decode_s:.1f} s"
     )
     from kvprism.eval.report import write_report
 
-    written = write_report(out)
+    written = write_report(out, on_note=_note)
     console.print(f"report: {written['report']}  summary: {written['summary']}")
 
 
@@ -436,6 +577,7 @@ def niah(
     out: _OutOpt = "runs/niah",
     max_new_tokens: Annotated[int | None, typer.Option(help="Answer tokens (default: task's).", min=1)] = None,
     select: _SelectOpt = None,
+    threads: _ThreadsOpt = None,
 ) -> None:
     """Needle-in-a-haystack grid: prefill once per prompt, decode every configuration, score answers (resumable)."""
     _eval_grid(**locals(), mode="niah")
@@ -457,12 +599,13 @@ def recall(
     device: _DeviceOpt = "cpu",
     out: _OutOpt = "runs/recall",
     select: _SelectOpt = None,
+    threads: _ThreadsOpt = None,
     sweep: Annotated[
         bool, typer.Option("--sweep", help="Sweep methods × --d-sigs × --k instead of --configs (one prefill/prompt).")
     ] = False,
-    methods: Annotated[str, typer.Option(help="--sweep: signature/projection[/budget], comma-separated.")] = (
-        "mean/learned,minmax/learned,centroids/learned,reps/learned,mean/pca,mean/learned/top_p"
-    ),
+    methods: Annotated[
+        str, typer.Option(help="--sweep: signature/projection or signature/projection/budget, comma-separated.")
+    ] = ("mean/learned,minmax/learned,centroids/learned,reps/learned,mean/pca,mean/learned/top_p"),
     d_sigs: Annotated[str, typer.Option(help="--sweep: signature dimensions, comma-separated.")] = "4,8,16,32",
 ) -> None:
     """Selection metrics only (block/signature recall@k, mass captured, needle hit, KL, read fraction): one decode
@@ -496,10 +639,9 @@ def heads(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the text offset.")] = 0,
     out: Annotated[str, typer.Option(help="Mask JSON path (the heatmap PNG goes beside it).")] = "runs/heads.json",
+    threads: _ThreadsOpt = None,
 ) -> None:
     """Retrieval-head profiling: R_h per (layer, KV head) on natural text, heatmap PNG and a SelectionConfig mask."""
-    from pathlib import Path
-
     from kvprism.eval import heads as H
     from kvprism.eval.runner import check_out_dir
     from kvprism.hf.models import load_model
@@ -513,12 +655,18 @@ def heads(
         raise kvprism.KvprismError(f"--fraction = {fraction} is invalid; allowed range: (0, 1]")
     if sink + window >= text_tokens:
         raise kvprism.KvprismError(f"--text-tokens = {text_tokens} must exceed --sink + --window = {sink + window}")
+    if Path(out).is_dir():
+        raise kvprism.KvprismError(
+            f"--out {out} is a directory; give the mask file's path, e.g. {Path(out) / 'heads.json'}"
+        )
+    if Path(out).suffix != ".json":
+        raise kvprism.KvprismError(f"--out {out} must end in .json (SelectionConfig.heads loads *.json masks)")
     check_out_dir(Path(out).parent)
+    _check_window(_peek_model_config(model), text_tokens, "--text-tokens")
+    _set_threads(threads)
     with console.status(f"loading {model} ..."):
         mdl, tok = load_model(model, device=device)
-    window_max = getattr(mdl.config, "max_position_embeddings", None)
-    if window_max is not None and text_tokens > window_max:
-        raise kvprism.KvprismError(f"--text-tokens = {text_tokens} exceeds the model's window of {window_max} tokens")
+    _check_window(mdl.config, text_tokens, "--text-tokens")
     t0 = time.perf_counter()
     with console.status(f"profiling {text_tokens} tokens ..."):
         prof = H.run_profile(
@@ -545,38 +693,73 @@ def heads(
 @app.command()
 def report(
     results_dir: Annotated[str, typer.Argument(help="Directory holding results.jsonl.")],
+    skip_corrupt: Annotated[
+        bool, typer.Option("--skip-corrupt", help="Skip corrupt lines of results.jsonl (counted) instead of failing.")
+    ] = False,
 ) -> None:
     """Write summary.json, heatmaps (context × depth per configuration), k-sweep plots and report.md."""
     from kvprism.eval.report import write_report
 
-    written = write_report(results_dir)
+    written = write_report(results_dir, skip_corrupt=skip_corrupt, on_note=_note)
     for name, path in written.items():
         console.print(f"{name:>24}  {path}")
 
 
+def _usage_line(exc: Any) -> str | None:
+    """A click usage error as one line (None for the no-arguments help screen, shown as is)."""
+    if type(exc).__name__ == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    return f"error: {exc.format_message()}{hint}"
+
+
+from kvprism.design.cli import claims_app, design_app  # noqa: E402  (light: typer + rich only)
+
+app.add_typer(design_app, name="design")
+app.add_typer(claims_app, name="claims")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: one-line errors, tracebacks with ``--debug``."""
+    """Console-script entry point: one-line errors, tracebacks with ``--debug``; returns the exit status (0 ok,
+    1 error, 2 usage error, 130 / 143 interrupted by SIGINT / SIGTERM, or what a command exits with)."""
+    from kvprism.runtime import Interrupted, interrupts_as_exceptions
+
     args = sys.argv[1:] if argv is None else argv
+    _state["argv"] = ["kvprism", *args]
     debug = "--debug" in args
-    try:
-        app(args=args, prog_name="kvprism", standalone_mode=False)
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        err_console.print("aborted")
-        return 130
-    except Exception as exc:
-        # usage errors (typer vendors its own click; plain click's have the same interface)
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
+    with interrupts_as_exceptions():
+        try:
+            rv = app(args=args, prog_name="kvprism", standalone_mode=False)
+        except Interrupted as exc:
+            if not getattr(exc, "reported", False):
+                err_console.print(f"aborted ({exc})", highlight=False)
             return exc.exit_code
-        if debug:
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        prefix = "error" if isinstance(exc, kvprism.KvprismError) else f"error ({type(exc).__name__})"
-        err_console.print(f"{prefix}: {msg}  [dim](--debug for the traceback)[/]", highlight=False, soft_wrap=True)
-        return 1
-    return 0
+        except typer.Exit as exc:
+            return exc.exit_code
+        except typer.Abort:
+            err_console.print("aborted")
+            return 130
+        except Exception as exc:
+            # usage errors (typer vendors its own click; plain click's have the same interface)
+            if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+                line = _usage_line(exc)
+                if line is None:
+                    exc.show()
+                else:
+                    err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+                return exc.exit_code
+            if debug:
+                raise
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            prefix = "error" if isinstance(exc, kvprism.KvprismError) else f"error ({type(exc).__name__})"
+            from rich.markup import escape
+
+            err_console.print(
+                f"{escape(prefix)}: {escape(msg)}  [dim](--debug for the traceback)[/]", highlight=False, soft_wrap=True
+            )
+            return 1
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -112,9 +112,10 @@ class ConfigBase:
             if meta["choices"] is not None and value not in meta["choices"]:
                 self._fail(f.name, value, f"allowed: {', '.join(map(repr, meta['choices']))}")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if isinstance(value, float) and not math.isfinite(value):
+                    self._fail(f.name, value, "must be a finite number")
                 bad = (
-                    (isinstance(value, float) and math.isnan(value))
-                    or (meta["ge"] is not None and not value >= meta["ge"])
+                    (meta["ge"] is not None and not value >= meta["ge"])
                     or (meta["gt"] is not None and not value > meta["gt"])
                     or (meta["le"] is not None and not value <= meta["le"])
                     or (meta["lt"] is not None and not value < meta["lt"])
@@ -141,10 +142,53 @@ class ConfigBase:
             )
         return dataclasses.replace(self, **changes)
 
+    #: Section (TOML table) of fields declared without ``section=``; subclasses may fill it.
+    _sections: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def section_of(cls, name: str) -> str:
+        """The section (TOML table) field ``name`` belongs to ("" = top level)."""
+        meta = {f.name: f.metadata for f in dataclasses.fields(cls)}.get(name) or {}
+        return meta.get("section") or cls._sections.get(name, "")
+
+    @classmethod
+    def sections(cls) -> dict[str, list[str]]:
+        """Section name → its field names, in declaration order ("" = top level)."""
+        out: dict[str, list[str]] = {}
+        for f in dataclasses.fields(cls):
+            out.setdefault(cls.section_of(f.name), []).append(f.name)
+        return out
+
+    @classmethod
+    def _flatten(cls, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Flat field → value mapping from either layout: leaf fields at the top level, or tables named by their
+        section (``[ring]`` ``q_loaded = 1e5``), or both. A field in the wrong table, or given twice, is an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        sections = cls.sections()
+        at = f" in {where}" if where else ""
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in names and isinstance(value, Mapping) and key in sections and key:
+                for sub, v in value.items():
+                    if sub in names and cls.section_of(sub) != key:
+                        raise ConfigError(
+                            f"{cls.__name__}.{sub} belongs to [{cls.section_of(sub) or 'top level'}], not [{key}]{at}"
+                        )
+                    if sub in flat:
+                        raise ConfigError(f"{cls.__name__}.{sub} is given twice{at}")
+                    flat[sub] = v
+            else:
+                if key in flat:
+                    raise ConfigError(f"{cls.__name__}.{key} is given twice{at}")
+                flat[key] = value
+        return flat
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> Self:
-        """Build from a mapping (e.g. parsed TOML). Unknown keys are an error naming the key."""
+        """Build from a mapping (e.g. parsed TOML), flat or with one table per section. Unknown keys are an error
+        naming the key."""
         names = {f.name for f in dataclasses.fields(cls)}
+        data = cls._flatten(data, where)
         unknown = sorted(set(data) - names)
         if unknown:
             at = f" in {where}" if where else ""
@@ -155,7 +199,8 @@ class ConfigBase:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Self:
-        """Load from a TOML file: top-level keys are field names; tables ``[meta]`` are ignored (free text)."""
+        """Load from a TOML file: keys are field names, at the top level or in their section's table (both layouts
+        load); the table ``[meta]`` is ignored (free text)."""
         path = Path(path)
         try:
             with path.open("rb") as fh:
@@ -186,6 +231,17 @@ class ConfigBase:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_nested_dict(self) -> dict[str, Any]:
+        """Field values grouped by section: top-level fields first, then one mapping per section."""
+        out: dict[str, Any] = {}
+        for section, names in self.sections().items():
+            vals = {n: getattr(self, n) for n in names}
+            if section:
+                out[section] = vals
+            else:
+                out.update(vals)
+        return out
+
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:
         """One record per field: name, default, unit, allowed range/choices, doc and source."""
@@ -206,6 +262,7 @@ class ConfigBase:
                     "allowed": allowed,
                     "doc": meta.get("doc", ""),
                     "source": meta.get("source", ""),
+                    "section": cls.section_of(f.name),
                 }
             )
         return rows

@@ -8,16 +8,16 @@ small classes in the :data:`BACKENDS` registry:
 - ``photonic``: the :class:`kvprism.photonics.PhotonicEngine` (a physical model of a microring weight bank) built
   from ``SelectionConfig.photonic`` (a preset name or a ``PhotonicConfig``); its scores are noisy estimates.
 
-What a decode step reads, per (batch row, KV head) -- see :func:`gather_plan`:
-the ``sink_blocks`` first blocks holding real (non-padding) tokens, the top-``k`` complete blocks by score among the
-remaining candidates, and the *tail*: the ``window`` most recent tokens together with the incomplete last block.
-Padding tokens are never read. "Streaming" heads (masked out in ``heads``) read sink + tail only.
+What a decode step reads, per (batch row, KV head), is defined once in :mod:`kvprism.layout` (:class:`BlockLayout`):
+the ``sink_blocks`` first blocks holding real (non-padding) tokens, the top-``k`` candidate blocks by score, and the
+*tail*: the ``window`` most recent tokens together with the incomplete last block. Padding tokens are never read.
+"Streaming" heads (masked out in ``heads``) read sink + tail only. Top-k is :func:`kvprism.layout.topk_blocks`
+(ties: the lower block id).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,21 +28,24 @@ import torch
 from kvprism.budgets import BUDGETS, make_budget
 from kvprism.config import ConfigBase, param
 from kvprism.errors import ConfigError, KvprismError
+from kvprism.layout import topk_blocks
 from kvprism.signatures import PROJECTIONS, SIGNATURES, fit_projection, project
 
 __all__ = [
     "BACKENDS",
     "BlockSelector",
     "ExactBackend",
-    "GatherPlan",
     "PhotonicBackend",
     "ScoreBackend",
     "SelectionConfig",
-    "StepLayout",
-    "gather_plan",
+    "block_signatures",
+    "fit_layer_projection",
     "group_backends",
+    "layer_probe",
+    "needs_queries",
     "register_backend",
     "resolve_heads",
+    "signature_settings",
 ]
 
 
@@ -96,9 +99,14 @@ class SelectionConfig(ConfigBase):
     )
     sink_blocks: int = param(1, doc="First blocks (of real tokens) always read (attention sinks).", unit="blocks", ge=0)
     window: int = param(64, doc="Most recent tokens always read.", unit="tokens", ge=0)
-    backend: str = param("exact", doc="Scoring backend: a name in kvprism.selection.BACKENDS ('exact', 'photonic').")
+    backend: str = param(
+        "exact",
+        doc="Scoring backend: a name in kvprism.selection.BACKENDS ('exact', 'photonic', 'seed-as-published').",
+    )
     photonic: object = param(
-        "seed-nominal", doc="For backend='photonic': a PhotonicConfig preset name or a PhotonicConfig instance."
+        "seed-nominal",
+        doc="For backend='photonic': a PhotonicConfig preset name or a PhotonicConfig instance; for "
+        "backend='seed-as-published': a kvprism.seed_published.SeedPublishedConfig (other values: its defaults).",
     )
     heads: object = param(
         "all",
@@ -110,8 +118,15 @@ class SelectionConfig(ConfigBase):
     def _check(self) -> None:
         if self.backend not in BACKENDS:
             self._fail("backend", self.backend, f"allowed: {', '.join(map(repr, BACKENDS))}")
-        if not isinstance(self.photonic, str) and type(self.photonic).__name__ != "PhotonicConfig":
-            self._fail("photonic", self.photonic, "must be a preset name or a PhotonicConfig")
+        if not isinstance(self.photonic, str) and type(self.photonic).__name__ not in (
+            "PhotonicConfig",
+            "SeedPublishedConfig",
+        ):
+            self._fail("photonic", self.photonic, "must be a preset name, a PhotonicConfig or a SeedPublishedConfig")
+        if isinstance(self.photonic, str):
+            known = _photonic_presets()
+            if known is not None and self.photonic not in known:
+                self._fail("photonic", self.photonic, f"allowed presets: {', '.join(known)}")
         h = self.heads
         if isinstance(h, str):
             if h != "all" and not h.endswith(".json"):
@@ -122,6 +137,15 @@ class SelectionConfig(ConfigBase):
             object.__setattr__(self, "heads", tuple(tuple(row) for row in h))
         else:
             self._fail("heads", h, "must be 'all', a JSON file path or a nested bool mask")
+
+
+def _photonic_presets() -> list[str] | None:
+    """Shipped photonic preset names (None when kvprism.photonics is not installed)."""
+    try:
+        from kvprism.photonics.config import PhotonicConfig
+    except ImportError:
+        return None
+    return PhotonicConfig.presets()
 
 
 def resolve_heads(heads: Any, num_layers: int, num_kv_heads: int) -> torch.Tensor:
@@ -284,6 +308,82 @@ def group_backends(selectors: Sequence[BlockSelector]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------- selector
+def signature_settings(sel: SelectionConfig) -> tuple:
+    """The fields that decide a layer's projection, temperature, probe and signatures (configurations equal in these
+    share them)."""
+    return (sel.block_size, sel.d_sig, sel.signature, sel.sig_rows, sel.projection, sel.sign, sel.seed)
+
+
+def needs_queries(sel: SelectionConfig) -> bool:
+    """Whether fitting a layer needs the prefill queries (learned projection, representative-token signatures)."""
+    return sel.projection == "learned" or SIGNATURES[sel.signature].needs_probe
+
+
+def fit_layer_projection(
+    sel: SelectionConfig,
+    layer_idx: int,
+    keys: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    scaling: float = 1.0,
+    queries: torch.Tensor | None = None,
+    query_pos: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The projection of layer ``layer_idx`` fitted on its prefill keys ``[B, H, T, D]`` (``valid [B, T]``) and its
+    fitted score temperature: ``(projection [B, H, D, d_sig] or None, temperature [B, H] or None)`` (a temperature
+    only for ``projection='learned'``; see :func:`kvprism.signatures.fit_learned`)."""
+    return fit_projection(
+        sel.projection,
+        keys,
+        valid,
+        sel.d_sig,
+        seed=derive_seed(sel.seed, layer_idx, 2),
+        block_size=sel.block_size,
+        scaling=scaling,
+        queries=queries,
+        query_pos=query_pos,
+        return_temperature=True,
+    )
+
+
+def layer_probe(sel: SelectionConfig, proj: torch.Tensor | None, queries: torch.Tensor | None) -> torch.Tensor | None:
+    """The projected prefill queries ``[B, H, n*G, d_sig]`` a probe-based signature ('reps') ranks tokens by, from
+    ``queries [B, H, n, G, D]``; None for signatures without a probe."""
+    if not SIGNATURES[sel.signature].needs_probe:
+        return None
+    if queries is None:
+        raise ConfigError(f"SelectionConfig.signature = {sel.signature!r} needs the prefill queries")
+    b, h, n, g, d = queries.shape
+    return project(queries.float().reshape(b, h, n * g, d), proj)
+
+
+def block_signatures(
+    sel: SelectionConfig,
+    proj: torch.Tensor | None,
+    keys: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    layer_idx: int,
+    probe: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Signatures of whole blocks of layer ``layer_idx``: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid
+    [B, n*bs]`` -> bank rows ``[B, H, n*R, w]`` float32 (``R`` = the signature's rows per block, consecutive rows per
+    block); ``probe``: :func:`layer_probe` for signatures that need one."""
+    b, h, t, _ = keys.shape
+    bs = sel.block_size
+    n = t // bs
+    signature = SIGNATURES[sel.signature]
+    rows = signature.rows_per_block(sel.sig_rows)
+    pk = project(keys.float(), proj).reshape(b, h, n, bs, -1)
+    v = valid.reshape(b, 1, n, bs).expand(b, h, n, bs)
+    if probe is not None:
+        probe = probe.to(pk.device)
+    sig = signature.block(pk, v, rows=rows, seed=derive_seed(sel.seed, layer_idx, 3), probe=probe)
+    if sel.sign == "relu":
+        sig = sig.clamp_min(0)
+    return sig.reshape(b, h, n * rows, -1)
+
+
 class BlockSelector:
     """Selection state of one layer: projection, signatures programmed into a backend (one bank per (batch row,
     KV head)), GQA reduction and top-k.
@@ -335,47 +435,44 @@ class BlockSelector:
         fitted: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> None:
         """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``); ``queries [B, H, n, G, D]``
-        (with their positions ``query_pos [n]``) are the prefill query sample of :attr:`needs_queries`. ``proj``: a
-        ``fitted``: ``(projection, temperature)`` already fitted on this prefill with the same projection settings
-        (reused, not refitted; see :attr:`fit_result`)."""
+        (with their positions ``query_pos [n]``) are the prefill query sample of :attr:`needs_queries`. ``fitted``:
+        ``(projection, temperature)`` already fitted on this prefill with the same projection settings (reused, not
+        refitted; see :attr:`fit_result`)."""
         self.scaling = scaling
         if fitted is not None:
             self.proj, self.temperature = fitted
         else:
-            self.proj, self.temperature = fit_projection(
-                self.sel.projection,
-                keys,
-                valid,
-                self.sel.d_sig,
-                seed=derive_seed(self.sel.seed, self.layer_idx, 2),
-                block_size=self.sel.block_size,
-                scaling=scaling,
-                queries=queries,
-                query_pos=query_pos,
-                return_temperature=True,
+            self.proj, self.temperature = fit_layer_projection(
+                self.sel, self.layer_idx, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos
             )
-        if self.signature.needs_probe:
-            if queries is None:
-                raise ConfigError(f"SelectionConfig.signature = {self.sel.signature!r} needs the prefill queries")
-            b, h, n, g, d = queries.shape
-            self.probe = project(queries.float().reshape(b, h, n * g, d), self.proj)
+        self.probe = layer_probe(self.sel, self.proj, queries)
         self.fitted = True
 
     def block_signatures(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Signatures of whole blocks: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid [B, n*bs]`` ->
         bank rows ``[B, H, n*R, w]`` float32 (``R`` = :attr:`rows_per_block` consecutive rows per block)."""
-        b, h, t, _ = keys.shape
-        bs = self.sel.block_size
-        n = t // bs
-        pk = project(keys.float(), self.proj).reshape(b, h, n, bs, -1)
-        v = valid.reshape(b, 1, n, bs).expand(b, h, n, bs)
-        probe = None if self.probe is None else self.probe.to(pk.device)
-        sig = self.signature.block(
-            pk, v, rows=self.rows_per_block, seed=derive_seed(self.sel.seed, self.layer_idx, 3), probe=probe
-        )
-        if self.sel.sign == "relu":
-            sig = sig.clamp_min(0)
-        return sig.reshape(b, h, n * self.rows_per_block, -1)
+        return block_signatures(self.sel, self.proj, keys, valid, layer_idx=self.layer_idx, probe=self.probe)
+
+    def adopt(
+        self,
+        proj: torch.Tensor | None,
+        signatures: torch.Tensor,
+        *,
+        temperature: torch.Tensor | None = None,
+        probe: torch.Tensor | None = None,
+        scaling: float = 1.0,
+    ) -> None:
+        """Take a projection (with its fitted ``temperature`` and the signature's ``probe``) and the bank rows of the
+        first complete blocks ``[B, H, n*R, w]`` computed elsewhere (once per prefill, for every selector that shares
+        the signature settings): the same state as :meth:`fit` (``scaling``: the model's softmax scale) followed by
+        :meth:`program` of those blocks."""
+        self.proj = proj
+        self.temperature = temperature
+        self.probe = probe
+        self.scaling = scaling
+        self.fitted = True
+        if signatures.shape[-2]:
+            self.program(signatures.clone())
 
     def program(self, signatures: torch.Tensor) -> None:
         """Program all rows ``[B, H, N*R, w]`` (end of prefill)."""
@@ -428,7 +525,8 @@ class BlockSelector:
             k: blocks to select (default ``sel.k``).
 
         Returns:
-            ``[B, H, k]`` int64 block ids, best first, ``-1`` where fewer than k candidates exist.
+            ``[B, H, k]`` int64 block ids, best first (ties: the lower id), ``-1`` where fewer than k candidates
+            exist (:func:`kvprism.layout.topk_blocks`).
         """
         k = self.sel.k if k is None else k
         b, h = query.shape[:2]
@@ -436,14 +534,14 @@ class BlockSelector:
         if k == 0 or self.n_blocks == 0:
             return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)
         cand = candidates & self.head_mask.to(candidates.device)[None, :, None]
-        s = self.scores(query).masked_fill(~cand, -math.inf)
-        kk = min(k, s.shape[-1])
-        val, idx = torch.topk(s, kk, dim=-1, sorted=True)
-        idx = idx.masked_fill(torch.isinf(val) & (val < 0), -1)
-        idx = self.budget.trim(s, val, idx, self.logit_scale(query.shape[2]))
-        if kk < k:
-            idx = torch.cat([idx, idx.new_full((b, h, k - kk), -1)], dim=-1)
-        return idx
+        s = self.scores(query)
+        idx = topk_blocks(s, cand, k)
+        if self.sel.budget == "topk":
+            return idx
+        # the adaptive budget keeps a best-first prefix of those ids (-1 after it and on missing candidates)
+        masked = s.float().masked_fill(~cand | torch.isnan(s), -torch.inf)
+        val = torch.gather(masked, -1, idx.clamp_min(0)).masked_fill(idx < 0, -torch.inf)
+        return self.budget.trim(masked, val, idx, self.logit_scale(query.shape[2]))
 
     def select_range(self, query: torch.Tensor, lo: int, hi: int, k: int | None = None) -> torch.Tensor:
         """Top-k among the contiguous candidate blocks ``[lo, hi)`` of every bank, scored by the fused kernel of
@@ -483,99 +581,7 @@ class BlockSelector:
         self.backend.advance(steps)
 
 
-# ------------------------------------------------------------------------------------------------------- gather plan
-@dataclass
-class GatherPlan:
-    """The tokens one decode step reads, per (batch row, KV head).
+# the seed's simplified impairment model (kvprism.seed_published) registers itself as backend "seed-as-published"
+from kvprism.seed_published import _register as _register_seed_published  # noqa: E402
 
-    ``token_idx [B, H, M]`` int64 cache positions (a fixed-shape list, padded with position 0 where ``token_ok`` is
-    False); ``token_ok [B, H, M]`` bool; ``blocks [B, H, k]`` selected complete-block ids (-1 = none);
-    ``n_attended [B, H]`` tokens actually read; ``n_cached [B]`` real (non-padding) tokens in the cache.
-    """
-
-    token_idx: torch.Tensor
-    token_ok: torch.Tensor
-    blocks: torch.Tensor
-    n_attended: torch.Tensor
-    n_cached: torch.Tensor
-
-    def token_mask(self, seq_len: int) -> torch.Tensor:
-        """``[B, H, T]`` bool: the tokens read."""
-        b, h, _ = self.token_idx.shape
-        out = torch.zeros(b, h, seq_len, dtype=torch.uint8, device=self.token_idx.device)
-        out.scatter_reduce_(-1, self.token_idx, self.token_ok.to(torch.uint8), reduce="amax")
-        return out.bool()
-
-
-def block_layout(seq_len: int, block_size: int, window: int) -> tuple[int, int]:
-    """``(n_complete_blocks, tail_start)``: complete blocks in a cache of ``seq_len`` tokens and the first position
-    of the tail (window ∪ incomplete last block), which is always read."""
-    nb = seq_len // block_size
-    tail_start = max(0, min(nb * block_size, seq_len - window))
-    return nb, tail_start
-
-
-@dataclass
-class StepLayout:
-    """What one decode step reads regardless of the query: shared by every layer of the step.
-
-    ``valid [B, T]`` bool (False on padding); ``candidates [B, nb]`` bool, complete blocks eligible for top-k (real
-    tokens, not sink blocks, starting before the tail); ``fixed_idx / fixed_ok [B, Mf]``: the sink blocks (clipped
-    to end before the tail) followed by the tail (the ``window`` most recent tokens and the incomplete last block);
-    ``tail_start``; ``n_cached [B]`` real tokens cached; ``seq_lens [B]`` int32 cache length (what the fused
-    kernels take; equal to ``n_cached`` only without padding).
-    """
-
-    valid: torch.Tensor
-    candidates: torch.Tensor
-    fixed_idx: torch.Tensor
-    fixed_ok: torch.Tensor
-    tail_start: int
-    block_size: int
-    n_cached: torch.Tensor
-    seq_lens: torch.Tensor
-
-    @classmethod
-    def build(cls, valid: torch.Tensor, block_size: int, sink_blocks: int, window: int) -> StepLayout:
-        t = valid.shape[1]
-        dev = valid.device
-        nb, tail_start = block_layout(t, block_size, window)
-        first = valid.int().argmax(-1)  # first real token (left padding)
-        first_blk = torch.div(first, block_size, rounding_mode="floor")
-        blk = torch.arange(nb, device=dev)
-        cand = (blk[None] >= (first_blk + sink_blocks)[:, None]) & (blk[None] * block_size < tail_start)
-        sink = first_blk[:, None] + torch.arange(sink_blocks, device=dev)[None]  # [B, S]
-        pos = (sink[..., None] * block_size + torch.arange(block_size, device=dev)).flatten(1)  # [B, S*bs]
-        ok = pos < tail_start
-        tail = torch.arange(tail_start, t, device=dev).expand(valid.shape[0], -1)
-        pos = torch.cat([torch.where(ok, pos, torch.zeros_like(pos)), tail], dim=-1)
-        ok = torch.cat([ok, torch.ones_like(tail, dtype=torch.bool)], dim=-1) & torch.gather(valid, 1, pos)
-        lens = torch.full((valid.shape[0],), t, dtype=torch.int32, device=dev)
-        return cls(valid, cand, pos, ok, tail_start, block_size, valid.sum(-1), lens)
-
-    def candidate_range(self, sink_blocks: int, n_blocks: int) -> tuple[int, int]:
-        """``(lo, hi)``: the candidates as one range of block ids ``lo <= j < hi`` (of ``n_blocks`` programmed). Valid
-        when no key is masked (no left padding, no sliding window): then ``candidates[b, j]`` is exactly
-        ``lo <= j < hi`` for every row."""
-        lo = min(sink_blocks, n_blocks)
-        return lo, max(lo, min(-(-self.tail_start // self.block_size), n_blocks))
-
-
-def gather_plan(blocks: torch.Tensor, layout: StepLayout) -> GatherPlan:
-    """Token positions one layer reads: the step's fixed part (sink + tail) and the selected blocks (clipped to end
-    before the tail; padding excluded).
-
-    Args:
-        blocks: ``[B, H, k]`` selected complete-block ids (-1 = none); disjoint from sink blocks by construction.
-        layout: the step's :class:`StepLayout`.
-    """
-    b, h, k = blocks.shape
-    bs = layout.block_size
-    pos = (blocks[..., None] * bs + torch.arange(bs, device=blocks.device)).reshape(b, h, k * bs)
-    ok = (pos >= 0) & (pos < layout.tail_start)
-    pos = torch.where(ok, pos, torch.zeros_like(pos))
-    ok = ok & torch.gather(layout.valid, 1, pos.reshape(b, h * k * bs)).reshape(b, h, k * bs)
-    mf = layout.fixed_idx.shape[1]
-    idx = torch.cat([layout.fixed_idx[:, None].expand(b, h, mf), pos], dim=-1)
-    ok = torch.cat([layout.fixed_ok[:, None].expand(b, h, mf), ok], dim=-1)
-    return GatherPlan(token_idx=idx, token_ok=ok, blocks=blocks, n_attended=ok.sum(-1), n_cached=layout.n_cached)
+_register_seed_published()

@@ -4,11 +4,17 @@
 A *query* is one query vector scored against the N rows of one logical weight bank (the engine's ``queries``
 counter); with dual-rail encoding it takes two optical *passes* (the engine's ``evaluations``).
 
-Laser: the optical power per comb line that must reach a row so that the electrical SNR of a full-scale score
-reaches the target (``required_score_enob`` by default) is found from the detection-noise model
-(:mod:`kvprism.photonics.noise`: shot, dark, TIA, NEP, RIN), floored at the photodiode sensitivity, and carried back
-to the chip input through the link budget (:mod:`kvprism.photonics.link`), then to the wall through the wall-plug
-efficiency. The laser is on for one ADC sample period per pass and physical bank lit (gated laser, pipelined chip).
+Every design quantity (weight range, link budget, photon lifetime, integration time, power caps) comes from
+:class:`~kvprism.photonics.design.ChipDesign`; nothing here builds an engine.
+
+Laser: the optical power per comb line that must reach a row so that the *score-referred* SNR of the detection noise
+(:func:`~kvprism.photonics.design.score_snr_db`: the spread of the scores between rows on the reference score
+distribution against shot, dark, TIA, NEP and RIN noise) reaches the target (``required_score_enob`` by default),
+floored at the photodiode sensitivity, carried back to the chip input through the link budget, then to the wall
+through the wall-plug efficiency. It never exceeds the optical power caps (comb line, input waveguide, MZM, ring
+circulating power, photodiode saturation: ``ChipDesign.laser_cap_w``); when the target needs more, the solution is
+capped there and marked infeasible. The laser is on for one integration time T_int = 1/(2·detection_bandwidth_hz)
+per pass and physical bank lit (gated laser, pipelined chip); TIAs are powered for the same symbol.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ import dataclasses
 import math
 
 from kvprism.errors import KvprismError
-from kvprism.photonics import link, noise
+from kvprism.photonics import link
 from kvprism.photonics.config import PhotonicConfig
-from kvprism.photonics.feasibility import electrical_snr_db as score_snr_db
-from kvprism.photonics.feasibility import mid_bias_pd_power_w
+from kvprism.photonics.design import SPEED_OF_LIGHT_M_PER_S, ChipDesign, mid_bias_pd_power_w, rin_ceiling_db
+from kvprism.photonics.design import score_snr_db as _design_score_snr_db
 
 __all__ = [
     "SPEED_OF_LIGHT_M_PER_S",
@@ -38,11 +44,10 @@ __all__ = [
     "snr_to_enob",
 ]
 
-#: Speed of light in vacuum [m/s] (SI exact value).
-SPEED_OF_LIGHT_M_PER_S = 299_792_458.0
-
 ENERGY_TERMS = ("laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming", "paging_programming", "static")
-LATENCY_STAGES = ("dac", "mzm", "propagation", "ring", "pd", "tia_adc", "topk", "extra_passes", "paging")
+LATENCY_STAGES = (
+    "dac", "mzm", "propagation", "ring", "integration", "pd", "tia_adc", "topk", "extra_passes", "paging",
+)  # fmt: skip
 
 
 def snr_to_enob(snr_db: float) -> float:
@@ -55,25 +60,29 @@ def enob_to_snr_db(enob_bits: float) -> float:
     return 6.02 * enob_bits + 1.76
 
 
-def _engine(cfg: PhotonicConfig):
-    from kvprism.photonics.engine import PhotonicEngine
-
-    return PhotonicEngine(cfg, seed=0)  # no random draw happens before program(): the seed is irrelevant here
+def score_snr_db(cfg: PhotonicConfig, row_line_w: float, d: int | None = None) -> float:
+    """Score-referred SNR [dB] of the detection noise at ``row_line_w`` [W] per line at a row
+    (:func:`kvprism.photonics.design.score_snr_db` of ``ChipDesign.from_config(cfg, d)``)."""
+    return _design_score_snr_db(cfg, ChipDesign.from_config(cfg, d), row_line_w)
 
 
 @dataclasses.dataclass(frozen=True)
 class LaserSolution:
-    """Laser operating point of one weight bank (all ``d`` lines) for a score-SNR target."""
+    """Laser operating point of one weight bank (all ``d`` lines) for a score-SNR target, within the power caps."""
 
     target_snr_db: float
-    snr_ceiling_db: float  # RIN limit: the SNR that no laser power exceeds
-    limited_by: str  # "snr" or "pd sensitivity"
+    snr_ceiling_db: float  # RIN limit: the score-referred SNR that no laser power exceeds
+    limited_by: str  # "snr", "pd sensitivity", or "power cap: <limit>" (infeasible)
     row_line_w: float  # per line at a row's photodiodes (MZM open)
-    link_loss_db: float  # laser line → row, incl. the 1×rows_per_bank splitter
-    laser_line_w: float  # optical, per line at the chip input
+    link_loss_db: float  # laser line → row, incl. demux, mux, the 1×rows_per_bank splitter and the routing
+    laser_line_w: float  # optical, per line at the chip input (≤ cap_laser_line_w)
     configured_laser_line_dbm: float  # the preset's laser_line_dbm, for comparison
     d: int
     wall_plug_efficiency: float
+    cap_laser_line_w: float  # largest laser power per line that every power cap allows
+    achieved_snr_db: float  # score-referred SNR at row_line_w
+    feasible: bool  # the target is reached within the caps
+    reason: str = ""  # why not, when infeasible
 
     @property
     def laser_line_dbm(self) -> float:
@@ -91,44 +100,64 @@ class LaserSolution:
 
 
 def required_laser(cfg: PhotonicConfig, d: int | None = None, target_enob: float | None = None) -> LaserSolution:
-    """Smallest laser power per line that gives a full-scale score SNR of ``target_enob`` effective bits (default
-    ``cfg.required_score_enob``) and at least ``cfg.pd_sensitivity_dbm`` per photodiode; raises
-    :class:`KvprismError` when RIN caps the SNR below the target. Solved by bisection on log power with the noise
-    functions (SNR rises monotonically with power)."""
-    d = d or cfg.n_lines
+    """Smallest laser power per line that gives a score-referred SNR of ``target_enob`` effective bits (default
+    ``cfg.required_score_enob``) and at least the photodiode sensitivity (``ChipDesign.pd_sensitivity_dbm``) per photodiode, never above the power caps
+    (``ChipDesign.laser_cap_w``): when the target or the sensitivity needs more, the laser is set to the cap and the
+    solution is ``feasible = False`` with the reason. Raises :class:`KvprismError` when RIN caps the SNR below the
+    target at any power. Solved by bisection on log power (the SNR rises monotonically with power)."""
+    des = ChipDesign.from_config(cfg, d)
+    d = des.d
     enob = cfg.required_score_enob if target_enob is None else target_enob
     target = enob_to_snr_db(enob)
-    eng = _engine(cfg)
-    wr = eng.weight_range(d)
-    budget = eng.link_budget(d)
-    rin = noise.rin_sigma(cfg.rin_db_per_hz, cfg.detection_bandwidth_hz) if cfg.noise else 0.0
-    ceiling = -20.0 * math.log10(rin) if rin > 0 else math.inf
+    ceiling = rin_ceiling_db(cfg, des) if cfg.noise else math.inf
     if target >= ceiling:
         raise KvprismError(
             f"score SNR target {target:.1f} dB (ENOB {enob:g} bit) is above the RIN ceiling {ceiling:.1f} dB "
             f"(rin_db_per_hz = {cfg.rin_db_per_hz:g}, detection_bandwidth_hz = {cfg.detection_bandwidth_hz:g}): "
             "no laser power reaches it"
         )
+
+    def snr(row_w: float) -> float:
+        return _design_score_snr_db(cfg, des, row_w)
+
+    cap_laser = des.laser_cap_w
+    row_cap = des.row_line_w_at(cap_laser)
     # row line power at which each photodiode just reaches its sensitivity (the PD power is linear in it)
-    p_sens = link.dbm_to_w(cfg.pd_sensitivity_dbm) / mid_bias_pd_power_w(cfg, 1.0, d)
+    p_sens = link.dbm_to_w(des.pd_sensitivity_dbm) / mid_bias_pd_power_w(cfg, 1.0, d)
     p_snr = 0.0
+    reasons = []
     if math.isfinite(target) and cfg.noise:
-        lo, hi = math.log(1e-18), math.log(1e3)
-        if score_snr_db(cfg, math.exp(hi), d, wr) < target:
-            raise KvprismError(f"score SNR target {target:.1f} dB is not reached below 1 kW per line")
-        for _ in range(200):
-            mid = 0.5 * (lo + hi)
-            if score_snr_db(cfg, math.exp(mid), d, wr) >= target:
-                hi = mid
-            else:
-                lo = mid
-        p_snr = math.exp(hi)
-    row_w = max(p_snr, p_sens)
+        if snr(row_cap) < target:
+            reasons.append(
+                f"score SNR target {target:.1f} dB needs more than the caps allow ({link.w_to_dbm(cap_laser):.1f} dBm "
+                f"per line, {des.binding_power_limit.name}): {snr(row_cap):.1f} dB there"
+            )
+            p_snr = row_cap
+        else:
+            lo, hi = math.log(1e-18), math.log(row_cap)
+            for _ in range(200):
+                mid = 0.5 * (lo + hi)
+                if snr(math.exp(mid)) >= target:
+                    hi = mid
+                else:
+                    lo = mid
+            p_snr = math.exp(hi)
+    if p_sens > row_cap:
+        reasons.append(
+            f"the photodiode sensitivity {des.pd_sensitivity_dbm:.1f} dBm needs {link.w_to_dbm(des.laser_line_w_for(p_sens)):.1f} "
+            f"dBm per line, above the caps' {link.w_to_dbm(cap_laser):.1f} dBm ({des.binding_power_limit.name})"
+        )
+    row_w = min(max(p_snr, p_sens), row_cap)
+    if reasons:
+        limited = f"power cap: {des.binding_power_limit.name}"
+    else:
+        limited = "snr" if p_snr >= p_sens else "pd sensitivity"
+    laser_w = min(des.laser_line_w_for(row_w), cap_laser)
     return LaserSolution(
-        target_snr_db=target, snr_ceiling_db=ceiling, limited_by="snr" if p_snr >= p_sens else "pd sensitivity",
-        row_line_w=row_w, link_loss_db=budget.total_loss_db,
-        laser_line_w=row_w * 10.0 ** (budget.total_loss_db / 10.0), configured_laser_line_dbm=cfg.laser_line_dbm,
-        d=d, wall_plug_efficiency=cfg.laser_wall_plug_efficiency,
+        target_snr_db=target, snr_ceiling_db=ceiling, limited_by=limited, row_line_w=row_w,
+        link_loss_db=des.link.total_loss_db, laser_line_w=laser_w, configured_laser_line_dbm=cfg.laser_line_dbm,
+        d=d, wall_plug_efficiency=cfg.laser_wall_plug_efficiency, cap_laser_line_w=cap_laser,
+        achieved_snr_db=snr(row_w), feasible=not reasons, reason="; ".join(reasons),
     )  # fmt: skip
 
 
@@ -137,8 +166,7 @@ def ring_settling_s(cfg: PhotonicConfig, bits: int | None = None) -> float:
     step of the input [s]: photon lifetime τ = Q λ / (2π c) times ln(2^bits) (power decays as exp(−t/τ)); at
     least τ."""
     bits = cfg.adc_bits if bits is None else bits
-    tau = cfg.q_loaded * cfg.wavelength_center_m / (2.0 * math.pi * SPEED_OF_LIGHT_M_PER_S)
-    return tau * max(1.0, bits * math.log(2.0))
+    return ChipDesign.from_config(cfg).ring_settling_s(bits)
 
 
 def energy_adc_bits(cfg: PhotonicConfig, laser: LaserSolution) -> int:
@@ -165,7 +193,8 @@ class ChipQuery:
 
     ``energy_j`` keys: laser, dac, modulator, tia, adc, topk, eo_programming (new rows: one row every block_size
     tokens), paging_programming (rows reloaded when the chip pages), static. ``latency_s`` keys: dac, mzm,
-    propagation, ring (settling from Q), pd, tia_adc, topk, extra_passes (further pipelined passes), paging."""
+    propagation, ring (settling from Q), integration (one symbol T_int), pd, tia_adc, topk, extra_passes (further
+    pipelined passes), paging."""
 
     n_rows: int
     d: int
@@ -210,7 +239,7 @@ def chip_query(
     paging: pages = ⌈banks·N / physical rows⌉, the engine's rule; when pages > 1 every row is reloaded per step).
 
     Static power is charged as ``static_power_w / query_rate_hz`` per query; the default rate is the chip's full
-    throughput for this bank size (⌊physical rows / N⌋ banks every ``passes`` ADC periods) — a lower bound on the
+    throughput for this bank size (⌊physical rows / N⌋ banks every ``passes`` symbols T_int) — a lower bound on the
     static share. ``laser`` reuses a :func:`required_laser` result (it depends on cfg, d and the target only)."""
     if n_rows < 1:
         raise KvprismError(f"n_rows = {n_rows} is invalid; allowed range: [1, inf)")
@@ -218,11 +247,12 @@ def chip_query(
         raise KvprismError(f"k = {k} is invalid; allowed range: [1, {n_rows}] (n_rows)")
     if queries < 1 or banks < 1 or block_size < 1:
         raise KvprismError(f"queries, banks and block_size must be ≥ 1 (got {queries}, {banks}, {block_size})")
-    d = d or cfg.n_lines
+    des = ChipDesign.from_config(cfg, d)
+    d = des.d
     las = laser or required_laser(cfg, d, target_enob)
-    passes = 2 if cfg.encoding == "dual-rail" else 1
+    passes = des.passes
     n_pass = queries * passes
-    t_slot = 1.0 / cfg.adc_sample_rate_hz
+    t_slot = des.integration_time_s  # one query symbol: integrate-and-dump over T_int = 1/(2 Δf)
     slots = math.ceil(n_rows / cfg.rows_per_bank)
     pages = math.ceil(banks * n_rows / cfg.physical_rows)
     writes_paging = n_rows * d if pages > 1 else 0
@@ -243,15 +273,17 @@ def chip_query(
         "paging_programming": writes_paging * cv2,
         "static": cfg.static_power_w * queries / query_rate_hz,
     }
+    settle = des.ring_settling_s(adc_bits)
     stage_sum = (
-        cfg.latency_dac_s + cfg.latency_mzm_s + cfg.latency_propagation_s + ring_settling_s(cfg, adc_bits)
+        cfg.latency_dac_s + cfg.latency_mzm_s + cfg.latency_propagation_s + settle + t_slot
         + cfg.latency_pd_s + cfg.latency_tia_adc_s
     )  # fmt: skip
     latency = {
         "dac": cfg.latency_dac_s,
         "mzm": cfg.latency_mzm_s,
         "propagation": cfg.latency_propagation_s,
-        "ring": ring_settling_s(cfg, adc_bits),
+        "ring": settle,
+        "integration": t_slot,
         "pd": cfg.latency_pd_s,
         "tia_adc": cfg.latency_tia_adc_s,
         "topk": cfg.latency_topk_s,

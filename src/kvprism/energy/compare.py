@@ -23,8 +23,17 @@ from kvprism.energy.config import EnergyConfig, ModelShape
 from kvprism.energy.gpu import GpuStep, gpu_step
 from kvprism.errors import KvprismError
 from kvprism.photonics.config import PhotonicConfig
+from kvprism.photonics.design import ChipDesign
 
-__all__ = ["StepComparison", "crossover", "decode_step", "min_context", "ring_inventory", "thermo_optic_reference"]
+__all__ = [
+    "StepComparison",
+    "bank_sharing",
+    "crossover",
+    "decode_step",
+    "min_context",
+    "ring_inventory",
+    "thermo_optic_reference",
+]
 
 CHIP_TERMS = ("laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming", "paging_programming")
 
@@ -150,17 +159,65 @@ def crossover(diff: Callable[[int], float], lo: int, hi: int, points: int = 96) 
 
 
 def ring_inventory(cfg: PhotonicConfig, ecfg: EnergyConfig, shape: ModelShape, context: int) -> dict[str, float]:
-    """Rings (MRRs) and ring area [m²] needed to hold every row of the step without paging, and the chip's own."""
+    """Rings (MRRs) and areas [m²] needed to hold every row of the step without paging (resident signatures), and
+    the chip's own: rings, each row's balanced photodiode pair and the d query MZMs per bank on the photonic die;
+    each row's TIA and ADC on the electronic die (``ChipDesign`` areas)."""
     rows = ecfg.batch * shape.n_layers * shape.kv_heads * (context // ecfg.block_size)
-    need = rows * ecfg.d_sig
-    chip = cfg.physical_rows * ecfg.d_sig
+    banks = ecfg.batch * shape.n_layers * shape.kv_heads
+    d = ecfg.d_sig
+    need = rows * d
+    chip = ChipDesign.from_config(cfg, d)
+    ring_area = need * cfg.ring_pitch_m**2
+    pd_area = rows * cfg.pd_pair_area_m2
+    mzm_area = banks * d * cfg.mzm_area_m2
     return {
         "rows_needed": rows,
         "mrr_needed": need,
-        "area_needed_m2": need * cfg.ring_pitch_m**2,
-        "mrr_chip": chip,
-        "area_chip_m2": chip * cfg.ring_pitch_m**2,
+        "area_needed_m2": ring_area,
+        "pd_area_needed_m2": pd_area,
+        "mzm_area_needed_m2": mzm_area,
+        "photonic_area_needed_m2": ring_area + pd_area + mzm_area,
+        "electronic_area_needed_m2": rows * (cfg.tia_area_m2 + cfg.adc_area_m2),
+        "mrr_chip": chip.mrr_count,
+        "area_chip_m2": chip.ring_area_m2,
+        "photonic_area_chip_m2": chip.photonic_area_m2,
+        "electronic_area_chip_m2": chip.electronic_area_m2,
         "max_chip_area_m2": cfg.max_chip_area_m2,
+        "max_electronic_area_m2": cfg.max_electronic_area_m2,
+    }
+
+
+def bank_sharing(
+    cfg: PhotonicConfig, ecfg: EnergyConfig, shape: ModelShape, step: StepComparison
+) -> dict[str, float | int | bool]:
+    """Resident signatures vs time-shared physical banks for one decode step (``step`` from :func:`decode_step`).
+
+    The chip has ``n_banks`` physical banks of ``rows_per_bank`` rows; the step needs one logical bank per (sequence,
+    layer, KV head). When they do not all fit (``pages > 1``, the engine's rule) every row is rewritten each step:
+    ``ring_writes`` drive codes of ``program_bits`` read from memory (``reprogram_bytes``; the signatures the
+    electronic scan reads are ``scan_bytes``), C·V² per write, and the write time (``ring_writes`` /
+    ``program_rate_rings_per_s`` + ring settling per extra page). Resident banks avoid all of it but need the area of
+    every row (:func:`ring_inventory`)."""
+    d = ecfg.d_sig
+    writes = step.banks * step.n_blocks * d if step.pages > 1 else 0
+    code_bits = cfg.program_bits if cfg.program_bits > 0 else 8 * ecfg.kv_bytes_per_element
+    reprogram_bytes = writes * code_bits / 8.0
+    scan = step.gpu.scan_bytes
+    inv = ring_inventory(cfg, ecfg, shape, step.context)
+    return {
+        "logical_banks": step.banks,
+        "physical_banks": cfg.n_banks,
+        "shared": step.pages > 1,
+        "rewrites_per_physical_bank": (writes / d / cfg.rows_per_bank / cfg.n_banks) if writes else 0.0,
+        "ring_writes": writes,
+        "reprogram_bytes": reprogram_bytes,
+        "scan_bytes": scan,
+        "reprogram_vs_scan_bytes": reprogram_bytes / scan if scan else 0.0,
+        "reprogram_energy_j": step.photonic_energy_j["paging_programming"] + step.photonic_energy_j["paging_reads"],
+        "reprogram_time_s": step.photonic_latency_s["paging"],
+        "resident_photonic_area_m2": inv["photonic_area_needed_m2"],
+        "resident_electronic_area_m2": inv["electronic_area_needed_m2"],
+        "chip_photonic_area_m2": inv["photonic_area_chip_m2"],
     }
 
 
@@ -169,13 +226,8 @@ def thermo_optic_reference(cfg: PhotonicConfig, ecfg: EnergyConfig) -> dict[str,
     Δλ needs a round-trip phase 2π·Δλ/FSR, i.e. P = P_π · 2Δλ/FSR per ring (P_π roughly length-independent for
     thermo-optic shifters). Reported per ring for one FWHM and for the EO range 2·tuning·V_max, and for every ring
     of the chip held one FWHM off (EO holds a weight at ~0 W: the electrodes are capacitive)."""
-    from kvprism.photonics import ring
-
-    r1, r2 = cfg.couplings
-    a = float(ring.round_trip_amplitude(cfg.loss_db_per_m, cfg.ring_radius_m))
-    lam = cfg.wavelength_center_m
-    fsr = float(ring.fsr_m(lam, cfg.n_g, cfg.ring_radius_m))
-    fwhm = float(ring.fwhm_m(lam, cfg.n_g, cfg.ring_radius_m, r1, r2, a))
+    des = ChipDesign.from_config(cfg, ecfg.d_sig)
+    fsr, fwhm = des.fsr_m, des.fwhm_m
     per_fwhm = ecfg.thermo_optic_p_pi_w * 2.0 * fwhm / fsr
     eo_range = 2.0 * cfg.tuning_m_per_v * cfg.v_max_v
     return {

@@ -4,7 +4,8 @@ Three reads per decode step (all layers, all KV heads, ``batch`` sequences), ele
 
 * dense: every cached token's K and V;
 * block-selection scan: the signature of every complete block (``d_sig`` or ``head_dim`` dimensions);
-* fetch of the selected tokens: k blocks + sink blocks + the recent window + the incomplete last block (K and V).
+* fetch of the selected tokens: k candidate blocks + sink blocks + the tail (the recent window and the incomplete last
+  block), each token once (:class:`kvprism.layout.BlockLayout`) (K and V).
 
 Compute, kernel launches and the query/output traffic are not modelled (decode attention is memory-bound; the
 measured times of ``benchmarks/gpu_decode.py`` include everything and can replace the modelled times).
@@ -28,16 +29,17 @@ from pathlib import Path
 
 from kvprism.energy.config import EnergyConfig, ModelShape
 from kvprism.errors import KvprismError
+from kvprism.layout import BlockGeometry, BlockLayout
 
 __all__ = ["GpuStep", "gpu_step", "load_gpu_times", "selected_tokens"]
 
 
 def selected_tokens(context: int, ecfg: EnergyConfig) -> int:
-    """Tokens read per (sequence, layer, KV head) by block-sparse decode: min(context, (k + sink)·B + window +
-    incomplete last block), with at most the complete blocks there are."""
-    n_blocks = context // ecfg.block_size
-    blocks = min(ecfg.k + ecfg.sink_blocks, n_blocks)
-    return min(context, blocks * ecfg.block_size + ecfg.window + context % ecfg.block_size)
+    """Tokens read per (sequence, layer, KV head) by block-sparse decode at ``context`` cached tokens: the sink blocks,
+    the tail (the window and the incomplete last block) and ``k`` candidate blocks, as
+    :meth:`kvprism.layout.BlockLayout.tokens_read_max` counts them (each token once)."""
+    layout = BlockLayout.from_lengths(context, BlockGeometry(ecfg.block_size, ecfg.sink_blocks, ecfg.window))
+    return int(layout.tokens_read_max(ecfg.k)[0])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 ``energy_summary.json`` (written atomically) holds: ``preset``, ``model_shape``, ``energy_config``, ``laser``,
 ``per_query`` (breakdown at ``rows`` rows), ``steps`` (one record per context, J and s), ``crossovers``
-(lists of [context, regime]), ``rings``, ``thermo_optic``, ``measured`` (if a GPU times file was given) and ``plots``
+(lists of [context, regime]), ``rings``, ``bank_sharing`` (resident vs time-shared banks per context),
+``thermo_optic``, ``measured`` (if a GPU times file was given) and ``plots``
 (file names in the same folder).
 """
 
@@ -10,15 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kvprism.energy.chip import LATENCY_STAGES, chip_query, required_laser, seed_stage_latency_s
 from kvprism.energy.compare import (
     CHIP_TERMS,
+    bank_sharing,
     crossover,
     decode_step,
     min_context,
@@ -110,6 +110,10 @@ def build_summary(
             "configured_laser_line_dbm": laser.configured_laser_line_dbm,
             "optical_w_per_bank": laser.optical_w,
             "electrical_w_per_bank": laser.electrical_w,
+            "cap_laser_line_dbm": 10 * math.log10(laser.cap_laser_line_w / 1e-3),
+            "achieved_snr_db": laser.achieved_snr_db,
+            "feasible": laser.feasible,
+            "reason": laser.reason,
         },
         "per_query": {
             "n_rows": pq.n_rows,
@@ -137,6 +141,7 @@ def build_summary(
         "crossovers": _crossings(cfg, ecfg, shape, laser, lo, hi),
         "search_range": [lo, hi],
         "rings": [ring_inventory(cfg, ecfg, shape, c) | {"context": c} for c in contexts],
+        "bank_sharing": [bank_sharing(cfg, ecfg, shape, s) | {"context": s.context} for s in steps],
         "thermo_optic": thermo_optic_reference(cfg, ecfg),
         "plots": [],
     }
@@ -210,7 +215,11 @@ def print_summary(summary: dict[str, Any], console) -> None:
     )
     t.add_row("optical / wall-plug, all lines", f"{las['optical_w_per_bank'] * 1e3:.1f} mW / "
               f"{las['electrical_w_per_bank'] * 1e3:.1f} mW")  # fmt: skip
+    t.add_row("largest laser per line (power caps)", f"{las['cap_laser_line_dbm']:.1f} dBm")
+    t.add_row("score SNR reached", f"{las['achieved_snr_db']:.1f} dB")
     console.print(t)
+    if not las["feasible"]:
+        console.print(f"[bold red]laser infeasible within the power caps:[/] {las['reason']}", highlight=False)
 
     t = Table(title=f"one query: N = {pq['n_rows']:,} rows, d = {pq['d']}, k = {pq['k']}, passes = {pq['passes']}")
     t.add_column("energy term")
@@ -278,6 +287,25 @@ def print_summary(summary: dict[str, Any], console) -> None:
         f"({summary['rings'][0]['area_chip_m2'] * 1e6:,.0f} mm²) and pages beyond them[/]"
     )
 
+    t = Table(title="resident signatures vs time-shared physical banks (per decode step)")
+    for col in ("context", "logical / physical banks", "rewrites per bank", "reprogram bytes", "vs GPU scan bytes",
+                "reprogram energy", "reprogram time", "resident photonic area"):  # fmt: skip
+        t.add_column(col, justify="right")
+    for b in summary["bank_sharing"]:
+        t.add_row(
+            _ctx(b["context"]), f"{b['logical_banks']} / {b['physical_banks']}", f"{b['rewrites_per_physical_bank']:.3g}",
+            f"{b['reprogram_bytes']:.3g} B", f"{100 * b['reprogram_vs_scan_bytes']:.1f} %",
+            _fmt_j(b["reprogram_energy_j"]) if b["reprogram_energy_j"] else "0", _fmt_s(b["reprogram_time_s"])
+            if b["reprogram_time_s"] else "0", f"{b['resident_photonic_area_m2'] * 1e6:,.0f} mm²",
+        )  # fmt: skip
+    console.print(t)
+    console.print(
+        "[dim]trade-off: resident signatures need the photonic area of every row (the column above, against a "
+        f"{summary['rings'][0]['max_chip_area_m2'] * 1e6:g} mm² reticle); time-shared banks fit the chip but rewrite "
+        "every row each step, reading drive codes from memory — the same kind of traffic as the electronic signature "
+        "scan they replace (the 'vs GPU scan bytes' column) — plus C·V² and the write time[/]"
+    )
+
     t = Table(title=f"crossovers, contexts {_ctx(summary['search_range'][0])}–{_ctx(summary['search_range'][1])}")
     t.add_column("comparison")
     t.add_column("regime changes (first context of the new regime)")
@@ -306,15 +334,10 @@ def print_summary(summary: dict[str, Any], console) -> None:
 
 # ---------------------------------------------------------------------------------------------------- files
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """:func:`kvprism.io.atomic_write` (temp file beside ``path``, umask respected, rename)."""
+    from kvprism.io import atomic_write
+
+    atomic_write(path, write)
 
 
 def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:

@@ -17,9 +17,7 @@ attention weights to ``[Hkv]`` as soon as they are computed, so only one layer's
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 
 from kvprism.errors import KvprismError
+from kvprism.io import atomic_write
 
 #: Profiling defaults: tokens of natural text, sink tokens and recent-window tokens excluded from R_h, and the
 #: fraction of heads marked as retrieval heads.
@@ -205,15 +204,8 @@ def run_profile(
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """:func:`kvprism.io.atomic_write` (kept for callers of the old private helper)."""
+    atomic_write(path, write)
 
 
 def save_mask(profile: HeadProfile, path: str | Path) -> Path:
@@ -226,19 +218,31 @@ def save_mask(profile: HeadProfile, path: str | Path) -> Path:
 def load_mask(path: str | Path) -> list[list[bool]]:
     """Read and validate a head mask JSON -> ``mask`` as ``L`` lists of ``Hkv`` bools.
 
+    The file holds either the object written by :func:`save_mask` (``{"mask": ..., "layers": L, "kv_heads": H}``) or
+    a bare list of lists of bools.
+
     Raises:
-        KvprismError: missing file, malformed JSON or a mask whose shape does not match ``layers`` × ``kv_heads``.
+        KvprismError: missing file, malformed JSON, or a mask that is not a rectangular list of lists of bools (or
+            whose shape does not match the file's ``layers`` × ``kv_heads``).
     """
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KvprismError(f"head mask {path}: {exc}") from exc
-    mask = data.get("mask")
-    layers, kv_heads = data.get("layers"), data.get("kv_heads")
+    if isinstance(data, list):
+        mask, layers, kv_heads = data, len(data), len(data[0]) if data and isinstance(data[0], list) else None
+    elif isinstance(data, dict):
+        mask = data.get("mask")
+        layers, kv_heads = data.get("layers"), data.get("kv_heads")
+        if isinstance(mask, list) and layers is None and kv_heads is None:
+            layers, kv_heads = len(mask), len(mask[0]) if mask and isinstance(mask[0], list) else None
+    else:
+        raise KvprismError(f"head mask {path}: expected a JSON object with 'mask' or a list of lists of booleans")
     ok = (
         isinstance(mask, list)
         and len(mask) == layers
+        and layers > 0
         and all(isinstance(r, list) and len(r) == kv_heads and all(isinstance(v, bool) for v in r) for r in mask)
     )
     if not ok:

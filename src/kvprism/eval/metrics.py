@@ -4,10 +4,12 @@ Shapes: ``B`` batch, ``Hq`` query heads, ``Hkv`` KV heads (``Hq = G·Hkv``; quer
 ``h // G`` as in Hugging Face GQA), ``T`` cached tokens, ``D`` head dim, ``nb = ceil(T / block_size)`` blocks, ``V``
 vocabulary. Keys are post-RoPE, as stored in the KV cache.
 
-Blocks that block selection never decides about — the first ``sink_blocks`` blocks, every block touching the recent
-``window`` tokens, and the trailing partial block — are excluded from both the selected set and the reference set of
-the recall metrics (:func:`eligible_blocks`). When fewer than one eligible block exists, the recall metrics are NaN:
-the cell cannot restrict attention and must be reported as such, not as a perfect score.
+The recall metrics count only the blocks selection decides about: the candidate blocks of the step's
+:class:`kvprism.layout.BlockLayout` (:func:`eligible_blocks`; the same set selection chooses from -- sink blocks,
+blocks starting in the tail and the incomplete last block are not candidates, a block that the window covers only
+partly is). The reference score of a candidate is the attention mass of its tokens before the tail
+(:func:`selectable_block_mass`: what selecting it adds). When no block is eligible, the recall metrics are NaN: the
+cell cannot restrict attention and must be reported as such, not as a perfect score.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from kvprism.layout import CANDIDATE, BlockGeometry, BlockLayout, ids_to_mask, topk_mask
 
 
 def attention_probs(query: torch.Tensor, keys: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -65,34 +69,24 @@ def true_block_mass(
 
 
 def eligible_blocks(n_tokens: int, block_size: int, sink_blocks: int, window: int) -> torch.Tensor:
-    """Blocks that selection decides about: full blocks after the first ``sink_blocks`` blocks that do not touch the
-    last ``window`` tokens. Returns ``Bool[nb]``."""
-    nb = -(-n_tokens // block_size)
-    idx = torch.arange(nb)
-    end = (idx + 1) * block_size  # exclusive token end of each block
-    full = end <= n_tokens
-    outside_window = end <= n_tokens - window
-    return full & outside_window & (idx >= sink_blocks)
+    """The candidate blocks of a cache of ``n_tokens`` real tokens (no padding): ``Bool[ceil(n_tokens / block_size)]``
+    (:attr:`kvprism.layout.BlockLayout.candidates`)."""
+    return BlockLayout.from_lengths(n_tokens, BlockGeometry(block_size, sink_blocks, window)).candidates[0]
 
 
-def _selected_mask(selected: torch.Tensor, nb: int) -> torch.Tensor:
-    """``Long[..., k]`` block ids (-1 = none) -> ``Bool[..., nb]``."""
-    mask = torch.zeros(*selected.shape[:-1], nb + 1, dtype=torch.bool, device=selected.device)
-    ids = torch.where((selected >= 0) & (selected < nb), selected, torch.full_like(selected, nb))
-    mask.scatter_(-1, ids, True)
-    return mask[..., :nb]
+def selectable_block_mass(token_mass: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Per-block attention mass of the tokens selecting a block adds: ``token_mass [B, H, T']`` (``T' <=
+    layout.capacity``; later positions count as zero) summed per block over candidate-role tokens only ->
+    ``[B, H, ceil(T' / B)]``. Sink and tail tokens (read anyway) count zero."""
+    t = token_mass.shape[-1]
+    role = layout.token_roles[:, None, :t]
+    return block_sums(token_mass.float() * (role == CANDIDATE), layout.block_size)
 
 
 def top_k_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor) -> torch.Tensor:
-    """``Bool[..., nb]``: the ``min(k, #eligible)`` eligible blocks with the highest ``scores`` (ties: lower id)."""
-    masked = scores.float().masked_fill(~eligible, float("-inf"))
-    k_eff = min(k, int(eligible.sum()))
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k_eff == 0:
-        return mask
-    # stable sort so ties resolve to the lower block id, deterministically
-    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k_eff]
-    return mask.scatter_(-1, order, True)
+    """``Bool[..., nb]``: the ``min(k, #eligible)`` eligible blocks with the highest ``scores`` (ties: lower id;
+    :func:`kvprism.layout.topk_blocks`)."""
+    return topk_mask(scores, eligible, k)
 
 
 def recall_at_k(selected: torch.Tensor, scores: torch.Tensor, k: int, eligible: torch.Tensor) -> torch.Tensor:
@@ -103,7 +97,8 @@ def recall_at_k(selected: torch.Tensor, scores: torch.Tensor, k: int, eligible: 
         scores: ``[B, H, nb]`` reference scores (true attention mass for block recall, ideal signature scores for
             signature recall).
         k: number of blocks selection may choose (must be >= 1).
-        eligible: ``Bool[nb]`` from :func:`eligible_blocks`.
+        eligible: ``Bool[nb]`` from :func:`eligible_blocks`, or any shape broadcasting to ``scores`` (e.g. a
+            layout's ``candidate_mask``).
 
     Returns:
         ``[B, H]`` float in [0, 1]; NaN where no block is eligible (selection could not restrict anything).
@@ -111,21 +106,21 @@ def recall_at_k(selected: torch.Tensor, scores: torch.Tensor, k: int, eligible: 
     if k < 1:
         raise ValueError(f"k = {k} is invalid; allowed range: k >= 1")
     nb = scores.shape[-1]
-    k_eff = min(k, int(eligible.sum()))
-    if k_eff == 0:
-        return torch.full(scores.shape[:-1], float("nan"))
+    eligible = eligible.to(scores.device).expand_as(scores)
+    k_eff = eligible.sum(-1).clamp(max=k).float()
     top = top_k_mask(scores, k, eligible)
-    sel = _selected_mask(selected, nb) & eligible
-    return (sel & top).sum(-1).float() / k_eff
+    sel = ids_to_mask(selected, nb) & eligible
+    out = (sel & top).sum(-1).float() / k_eff.clamp(min=1)
+    return torch.where(k_eff > 0, out, torch.full_like(out, float("nan")))
 
 
 def selection_recall(selected: torch.Tensor, reference: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
     """|selected ∩ reference| / |reference| over eligible blocks; both ``Long[B, H, k]`` (-1 = none). Used for
     signature recall when the reference is the exact (ideal-signature) selection of the same step. NaN where the
     reference holds no eligible block. Returns ``[B, H]``."""
-    nb = eligible.shape[0]
-    ref = _selected_mask(reference, nb) & eligible
-    sel = _selected_mask(selected, nb) & eligible
+    nb = eligible.shape[-1]
+    ref = ids_to_mask(reference, nb) & eligible
+    sel = ids_to_mask(selected, nb) & eligible
     n_ref = ref.sum(-1).float()
     out = (sel & ref).sum(-1).float() / n_ref.clamp(min=1)
     return torch.where(n_ref > 0, out, torch.full_like(out, float("nan")))

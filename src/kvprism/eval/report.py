@@ -1,6 +1,7 @@
 """Summaries, plots and a Markdown report from a results directory (``results.jsonl`` written by the runner).
 
-``write_report(dir)`` writes, atomically (temp file + rename):
+``write_report(dir)`` writes, atomically and together (every file is staged first and renamed only once all were
+written, so a failure part-way -- a full disk -- leaves the previous report files as they were):
 
 - ``summary.json``: per mode and configuration the cell count, accuracy, read fraction (mean / max), needle hit,
   block recall@k, signature recall@k, attention mass captured and KL at the first answer token (each as
@@ -16,13 +17,14 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
-from kvprism.eval.heads import _atomic_write
-from kvprism.eval.runner import RESULTS_FILE, read_results
+from kvprism.eval.store import REQUIRED_FIELDS, RESULTS_FILE, dedupe, read_cells
+from kvprism.io import AtomicBatch
 
 METRICS = (
     "correct",
@@ -79,8 +81,23 @@ def feasibility_verdicts(presets: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _config_labels(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], str]:
+    """(mode, config, settings_hash) -> the name a configuration is reported under: its config name, with
+    ``@<hash>`` appended when one store holds the same name under several settings (never averaged together)."""
+    hashes: dict[tuple[str, str], set[str | None]] = defaultdict(set)
+    for r in rows:
+        hashes[(r["mode"], r["config"])].add(r.get("settings_hash"))
+    out = {}
+    for (mode, config), hs in hashes.items():
+        for h in hs:
+            out[(mode, config, h)] = config if len(hs) == 1 else f"{config}@{(h or 'unrecorded')[:8]}"
+    return out
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The ``summary.json`` content of a list of cells (see module docstring)."""
+    labels = _config_labels(rows)
+    rows = [{**r, "config": labels[(r["mode"], r["config"], r.get("settings_hash"))]} for r in rows]
     by_mode: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by_mode[r["mode"]][r["config"]].append(r)
@@ -156,8 +173,20 @@ def _plt():
     return plt
 
 
-def plot_heatmap(entry: dict[str, Any], title: str, path: Path) -> Path:
-    """Context × depth heatmap of ``entry["grid"]`` (values in [0, 1]; empty cells blank)."""
+def _save(fig: Any, path: Path, batch: AtomicBatch | None) -> None:
+    def write(p: Path) -> None:
+        fig.savefig(p, dpi=110, format="png")
+
+    if batch is None:
+        with AtomicBatch() as own:
+            own.write(path, write)
+    else:
+        batch.write(path, write)
+
+
+def plot_heatmap(entry: dict[str, Any], title: str, path: Path, batch: AtomicBatch | None = None) -> Path:
+    """Context × depth heatmap of ``entry["grid"]`` (values in [0, 1]; empty cells blank); staged in ``batch``
+    when given, else written atomically at once."""
     import numpy as np
 
     plt = _plt()
@@ -178,12 +207,14 @@ def plot_heatmap(entry: dict[str, Any], title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label=entry["grid_metric"])
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    try:
+        _save(fig, path, batch)
+    finally:
+        plt.close(fig)
     return path
 
 
-def plot_ksweep(mode: str, configs: dict[str, Any], path: Path) -> Path | None:
+def plot_ksweep(mode: str, configs: dict[str, Any], path: Path, batch: AtomicBatch | None = None) -> Path | None:
     """Accuracy (or block recall) and read fraction against k, one line per backend/preset; dense as a line."""
     plt = _plt()
     series: dict[str, list[tuple[int, Any, Any]]] = defaultdict(list)
@@ -216,8 +247,10 @@ def plot_ksweep(mode: str, configs: dict[str, Any], path: Path) -> Path | None:
     a1.legend(fontsize=7)
     fig.suptitle(f"k sweep ({mode})", fontsize=10)
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    try:
+        _save(fig, path, batch)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -274,34 +307,73 @@ def render_markdown(summary: dict[str, Any], images: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results_dir: str | Path) -> dict[str, Path]:
-    """Write ``summary.json``, heatmaps, k-sweep plots and ``report.md`` into ``results_dir``; returns their paths.
+def load_cells(
+    results_dir: str | Path, *, skip_corrupt: bool = False, on_note: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """The cells of a results directory, checked and deduplicated by key.
 
     Raises:
-        KvprismError: the directory has no ``results.jsonl`` or it holds no finished cell.
+        KvprismError: the directory does not exist, or holds no ``results.jsonl``.
+        CorruptStoreError: a corrupt or misshapen line (without ``skip_corrupt``), naming file, line and field.
     """
     d = Path(results_dir)
-    rows = read_results(d / RESULTS_FILE)
+    if not d.is_dir():
+        what = "is not a directory" if d.exists() else "does not exist"
+        raise KvprismError(f"results directory {d} {what}")
+    path = d / RESULTS_FILE
+    if not path.exists():
+        raise KvprismError(f"{path} does not exist; run `kvprism niah` or `kvprism recall` with --out {d} first")
+    note = on_note or (lambda _msg: None)
+    read = read_cells(path, skip_corrupt=skip_corrupt, required=REQUIRED_FIELDS)
+    if read.skipped:
+        where = ", ".join(str(line) for line, _ in read.skipped[:5]) + (" ..." if len(read.skipped) > 5 else "")
+        note(f"skipped {len(read.skipped)} corrupt line(s) of {path} (line {where}; first: {read.skipped[0][1]})")
+    if read.torn_tail:
+        note(f"ignored an incomplete last line of {path} (a run in progress or interrupted mid-write)")
+    rows, dropped = dedupe(read.rows)
+    if dropped:
+        note(f"{path}: {dropped} duplicate cell(s) (same key) ignored; the first of each was kept")
+    return rows
+
+
+def write_report(
+    results_dir: str | Path, *, skip_corrupt: bool = False, on_note: Callable[[str], None] | None = None
+) -> dict[str, Path]:
+    """Write ``summary.json``, heatmaps, k-sweep plots and ``report.md`` into ``results_dir``; returns their paths.
+
+    All files are staged and renamed together at the end (see module docstring).
+
+    Args:
+        results_dir: a directory written by the runner.
+        skip_corrupt: skip corrupt / misshapen lines of ``results.jsonl`` (counted in a note) instead of failing.
+        on_note: receives one-line notes (skipped lines, duplicate cells dropped).
+
+    Raises:
+        KvprismError: the directory or its ``results.jsonl`` is missing or holds no finished cell, or (without
+            ``skip_corrupt``) a corrupt line; nothing is written then.
+    """
+    d = Path(results_dir)
+    rows = load_cells(d, skip_corrupt=skip_corrupt, on_note=on_note)
     if not rows:
         raise KvprismError(f"{d / RESULTS_FILE} holds no finished cell; run `kvprism niah` or `kvprism recall` first")
     summary = summarize(rows)
     written: dict[str, Path] = {}
-    path = d / "summary.json"
-    _atomic_write(path, lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
-    written["summary"] = path
-    images: list[str] = []
-    for mode, configs in summary["modes"].items():
-        for name, entry in configs.items():
-            title = f"{name} ({mode}): {'accuracy' if entry['grid_metric'] == 'correct' else 'block recall@k'}"
-            p = plot_heatmap(entry, title, d / f"heatmap_{_safe(mode)}_{_safe(name)}.png")
-            written[p.stem] = p
-            images.append(p.name)
-        ks = plot_ksweep(mode, configs, d / f"ksweep_{_safe(mode)}.png")
-        if ks is not None:
-            written[ks.stem] = ks
-            images.append(ks.name)
-    md = d / "report.md"
-    text = render_markdown(summary, images)
-    _atomic_write(md, lambda p: p.write_text(text))
-    written["report"] = md
+    with AtomicBatch() as batch:
+        path = d / "summary.json"
+        batch.write(path, json.dumps(summary, indent=1) + "\n")
+        written["summary"] = path
+        images: list[str] = []
+        for mode, configs in summary["modes"].items():
+            for name, entry in configs.items():
+                title = f"{name} ({mode}): {'accuracy' if entry['grid_metric'] == 'correct' else 'block recall@k'}"
+                p = plot_heatmap(entry, title, d / f"heatmap_{_safe(mode)}_{_safe(name)}.png", batch)
+                written[p.stem] = p
+                images.append(p.name)
+            ks = plot_ksweep(mode, configs, d / f"ksweep_{_safe(mode)}.png", batch)
+            if ks is not None:
+                written[ks.stem] = ks
+                images.append(ks.name)
+        md = d / "report.md"
+        batch.write(md, render_markdown(summary, images))
+        written["report"] = md
     return written

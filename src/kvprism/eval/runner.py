@@ -5,22 +5,25 @@ into a transformers ``DynamicCache``. Each configuration (dense; exact block sel
 then decodes from its own fork of that cache, starting with the prompt's last token — so the first answer token is
 already produced under the configuration's attention, and its next-token distribution can be compared with dense (KL).
 
-Every finished cell (point × configuration) is appended as one JSON line to ``results.jsonl`` and flushed + fsynced.
-A rerun with the same output directory skips finished cells and prefills only points that still have missing cells;
-a partial last line left by a crash is cut off first. Killing the run at any moment loses at most the cell in flight
-and never computes a finished cell twice.
+Results go to a :class:`kvprism.eval.store.ResultStore`: every finished cell (point × configuration) is appended as
+one JSON line to ``results.jsonl`` and fsynced, under an exclusive lock (one writer per directory). A cell's key holds
+a hash of every setting that can change its result (see :meth:`Runner.cell_settings`), so a rerun with the same
+output directory skips exactly the cells finished under the same settings and refuses to mix in other settings of a
+configuration already there. Killing the run at any moment loses at most the cell in flight and never computes a
+finished cell twice; :attr:`Runner.summary` tells how far it got.
 
 The per-configuration decode is a callable (:data:`DecodeFn`) so the bookkeeping can be tested with any decoder;
 :func:`default_decode` uses a forked ``DynamicCache`` for ``dense`` and ``kvprism.hf.cache.SparseCache`` otherwise.
+CPU threads: call :func:`kvprism.runtime.set_threads` (the CLI's ``--threads``) before running.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import inspect
-import json
-import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,10 +34,44 @@ import torch
 
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
+from kvprism.eval.store import (  # re-exported: the store's public API used to live here
+    RESULTS_FILE,
+    RUN_FILE,
+    ResultStore,
+    append_result,
+    cell_key,
+    check_out_dir,
+    jsonable,
+    read_results,
+    repair_results,
+)
 from kvprism.eval.tasks import Sample, make_sample, string_match_fraction
+from kvprism.layout import BlockGeometry, BlockLayout
+from kvprism.runtime import deferred_signals
 
-RESULTS_FILE = "results.jsonl"
-RUN_FILE = "run.json"
+__all__ = [
+    "MODES",
+    "RESULTS_FILE",
+    "RUN_FILE",
+    "DecodeOutput",
+    "EvalConfig",
+    "Point",
+    "RunSummary",
+    "Runner",
+    "append_result",
+    "build_configs",
+    "cell_key",
+    "check_out_dir",
+    "default_decode",
+    "fork_dynamic_cache",
+    "greedy_decode",
+    "jsonable",
+    "parse_list",
+    "read_results",
+    "repair_results",
+    "validate_configs",
+]
+
 MODES = ("niah", "recall")
 
 
@@ -233,7 +270,8 @@ def trace_metrics(
 
     Block recall@k and attention mass captured use the dense softmax of each step's traced (post-RoPE) query over the
     ``T`` prefilled keys (tokens generated during decode always lie in the recent window and are left out); they are
-    averaged over decode steps. Needle hit and signature recall are taken at the first decode step (the one that
+    averaged over decode steps. Recall is taken over the step's candidate blocks (:class:`kvprism.layout.BlockLayout`)
+    with each block's mass over its tokens before the tail (:func:`kvprism.eval.metrics.selectable_block_mass`). Needle hit and signature recall are taken at the first decode step (the one that
     produces the first answer token). Heads that select no block at all (streaming heads of a head mask) count as
     not applicable (NaN) for the recall metrics.
 
@@ -241,7 +279,10 @@ def trace_metrics(
         scalar means plus ``per_layer`` ``[L][Hkv]`` tables of the first-step values.
     """
     n_tok = prefilled.get_seq_length()
-    eligible = M.eligible_blocks(n_tok, sel.block_size, sel.sink_blocks, sel.window)
+    geometry = BlockGeometry.of(sel)
+    n_slots = -(-n_tok // sel.block_size)
+    # the candidate set of the first decode step (its cache holds the prefill and the step's own token)
+    eligible = BlockLayout.from_lengths(n_tok + 1, geometry).candidates[0, :n_slots]
     spans = sample.target_spans
     recall_steps, mass_steps = [], []
     first: dict[str, list[torch.Tensor]] = {"block_recall": [], "mass_captured": [], "needle_hit": [], "sig": []}
@@ -252,10 +293,13 @@ def trace_metrics(
             rec = per_layer[layer]
             keys = prefilled.layers[layer].keys
             probs = M.attention_probs(rec["query"].float().cpu(), keys.float().cpu())
+            # the step's own layout: the candidates selection chose from, the tokens read anyway
+            layout = BlockLayout.from_lengths(rec["token_mask"].shape[-1], geometry)
             mask = rec["token_mask"][..., :n_tok].cpu()
             blocks = rec["blocks"].cpu()
-            mass = M.block_sums(M.group_mean(probs, keys.shape[1]), sel.block_size)
-            recall = M.recall_at_k(blocks, mass, sel.k, eligible)
+            mass = M.selectable_block_mass(M.group_mean(probs, keys.shape[1]), layout)
+            step_eligible = layout.candidates[0, :n_slots]
+            recall = M.recall_at_k(blocks, mass, sel.k, step_eligible)
             recall = torch.where((blocks >= 0).any(-1), recall, torch.full_like(recall, float("nan")))
             captured = M.mass_captured(probs, mask)
             step_recall.append(recall[0])
@@ -263,8 +307,9 @@ def trace_metrics(
             if step == 0:
                 first["block_recall"].append(recall[0])
                 first["mass_captured"].append(captured[0])
-                hits = torch.stack([M.needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
-                first["needle_hit"].append(hits.mean(0))
+                if spans:
+                    hits = torch.stack([M.needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
+                    first["needle_hit"].append(hits.mean(0))
                 if reference_blocks is not None and layer in reference_blocks:
                     first["sig"].append(M.selection_recall(blocks, reference_blocks[layer], eligible)[0])
         recall_steps.append(torch.stack(step_recall))
@@ -275,7 +320,7 @@ def trace_metrics(
         "mass_captured": _mean(torch.stack(mass_steps)) if mass_steps else None,
         "block_recall_first": _mean(torch.stack(first["block_recall"])) if layers else None,
         "mass_captured_first": _mean(torch.stack(first["mass_captured"])) if layers else None,
-        "needle_hit": _mean(torch.stack(first["needle_hit"])) if layers else None,
+        "needle_hit": _mean(torch.stack(first["needle_hit"])) if first["needle_hit"] else None,
         "signature_recall": _mean(torch.stack(first["sig"])) if first["sig"] else None,
         "signature_recall_layer0": _mean(first["sig"][0]) if first["sig"] else None,
         "per_layer": {
@@ -298,87 +343,6 @@ def first_step_blocks(trace: list[dict[int, dict[str, torch.Tensor]]] | None) ->
     return {layer: rec["blocks"].cpu() for layer, rec in trace[0].items()}
 
 
-# ------------------------------------------------------------------------------------------------------ results file
-def repair_results(path: Path) -> None:
-    """Cut a partial or corrupt last line (a crash during a write) so appends stay line-aligned; atomic rewrite."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if not data:
-        return
-    lines = data.split(b"\n")
-    good: list[bytes] = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        complete = i < len(lines) - 1  # followed by a newline
-        try:
-            json.loads(line)
-        except ValueError:
-            complete = False
-        if not complete:
-            if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1 :]):
-                raise KvprismError(f"{path} line {i + 1} is corrupt (not the last line); fix or remove the file")
-            break
-        good.append(line)
-    fixed = b"".join(line + b"\n" for line in good)
-    if fixed != data:
-        tmp = path.with_name(f".{path.name}.repair")
-        tmp.write_bytes(fixed)
-        os.replace(tmp, path)
-
-
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """All complete cells of a ``results.jsonl`` (a partial last line is ignored)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            break
-    return out
-
-
-def jsonable(x: Any) -> Any:
-    """Tensors / numpy values / tuples -> JSON types; NaN and inf -> None."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if hasattr(x, "tolist"):  # torch tensor, numpy array or scalar
-        return jsonable(x.tolist())
-    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-        return None
-    return x
-
-
-def append_result(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and make it durable (flush + fsync) before returning."""
-    line = json.dumps(jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def check_out_dir(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` and prove it is writable (raises ``KvprismError`` naming it otherwise)."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise KvprismError(f"--out {out} is not a writable directory ({exc.strerror or exc})") from exc
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------------ runner
 @dataclass(frozen=True)
 class Point:
@@ -388,12 +352,10 @@ class Point:
     seed: int
 
 
-def cell_key(point: Point, haystack: str, values: str, config: str, mode: str) -> str:
-    return f"{point.task}|{haystack}|{values}|{point.context}|{point.depth:.4f}|{point.seed}|{config}|{mode}"
-
-
 @dataclass
 class RunSummary:
+    """Counts and times of one :meth:`Runner.run` (``cells_done_before`` were found finished in the store)."""
+
     cells_total: int
     cells_done_before: int
     cells_run: int
@@ -402,18 +364,44 @@ class RunSummary:
     decode_s: float
     results: Path
 
+    @property
+    def cells_done(self) -> int:
+        """Cells finished in the store now (before this run + by it)."""
+        return self.cells_done_before + self.cells_run
+
+
+def _check_unique(name: str, values: Sequence[Any]) -> None:
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            raise KvprismError(f"{name}: {v!r} is given twice; give every value once")
+        seen.add(v)
+
+
+def _callable_name(fn: Any) -> str:
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+
 
 class Runner:
     """The evaluation grid over tasks × contexts × depths × seeds × configurations (see module docstring).
 
     Args:
         model, tokenizer: a loaded causal LM and its tokenizer.
-        out_dir: results directory (``results.jsonl``, ``run.json``).
+        out_dir: results directory (``results.jsonl``, ``run.json``, ``.lock``; see :mod:`kvprism.eval.store`).
+        tasks, contexts, depths, seeds: the grid axes; every value at most once.
         configs: from :func:`build_configs`.
         mode: ``niah`` (greedy answer, scored) or ``recall`` (first decode step only, metrics, no answer).
+        haystack, values: task overrides (default: each task's own).
         max_new_tokens: answer length; default: the task's suggestion (answer tokens + 8).
+        chat: wrap prompts in the tokenizer's chat template.
         decode_fn: per-configuration decoder, :func:`default_decode` by default.
-        model_name: recorded in ``run.json``; a rerun into the same directory with another model is refused.
+        model_name: how the model was named (recorded in ``run.json``; the key uses the model's content hash).
+        command_line: recorded in ``run.json`` (default: ``sys.argv``).
+
+    Raises:
+        KvprismError: invalid mode, depth, context, duplicate axis values or a head mask whose shape does not match
+            the model -- all before any work.
     """
 
     def __init__(
@@ -435,6 +423,7 @@ class Runner:
         decode_fn: DecodeFn = default_decode,
         model_name: str = "",
         show_progress: bool = True,
+        command_line: Sequence[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise KvprismError(f"mode = {mode!r} is invalid; allowed: {', '.join(MODES)}")
@@ -445,36 +434,92 @@ class Runner:
         for c in contexts:
             if window is not None and c > window:
                 raise KvprismError(f"context = {c} exceeds the model's window of {window} tokens")
+        for name, axis in (("tasks", tasks), ("contexts", contexts), ("depths", depths), ("seeds", seeds)):
+            _check_unique(name, list(axis))
+        _check_unique("configs", [c.name for c in configs])
         self.model, self.tokenizer = model, tokenizer
-        self.out = check_out_dir(out_dir)
-        self.results = self.out / RESULTS_FILE
-        self.points = [Point(t, c, d, s) for t in tasks for c in contexts for d in depths for s in seeds]
         self.configs = list(configs)
+        self._check_head_masks()
+        self.store = ResultStore(out_dir)
+        self.out = self.store.dir
+        self.results = self.store.results
+        self.points = [Point(t, c, d, s) for t in tasks for c in contexts for d in depths for s in seeds]
         self.mode, self.haystack, self.values, self.chat = mode, haystack, values, chat
         self.max_new_tokens = max_new_tokens
         self.decode_fn = decode_fn
         self.model_name = model_name
         self.show_progress = show_progress
+        self.command_line = list(sys.argv if command_line is None else command_line)
         eos = {tokenizer.eos_token_id}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
         self.eos_ids = frozenset(e for e in eos if e is not None)
+        self._identity: dict[str, Any] | None = None
+        self._settings: dict[str, tuple[dict[str, Any], str]] = {}
+        #: progress of the current / last :meth:`run` (read it after an interrupt)
+        self.summary: RunSummary | None = None
+
+    def _check_head_masks(self) -> None:
+        cfg = self.model.config
+        layers = getattr(cfg, "num_hidden_layers", None)
+        kv = getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", None)
+        if layers is None or kv is None:
+            return
+        for c in self.configs:
+            heads = c.selection.get("heads", "all")
+            if isinstance(heads, str) and heads == "all":
+                continue
+            from kvprism.selection import resolve_heads
+
+            try:
+                resolve_heads(heads, layers, kv)
+            except KvprismError as exc:
+                raise KvprismError(f"configuration {c.name!r}: {exc}") from None
+
+    # -- identity
+    @property
+    def model_identity(self) -> dict[str, Any]:
+        """:func:`kvprism.eval.store.model_identity` of the model (computed once)."""
+        if self._identity is None:
+            from kvprism.eval.store import model_identity
+
+            self._identity = model_identity(self.model)
+        return self._identity
+
+    def cell_settings(self, config: EvalConfig) -> dict[str, Any]:
+        """Everything besides the grid coordinates that can change a cell's result under ``config``:
+
+        - ``model``: content hashes of the model's config and weights;
+        - ``decode``: answer length (``"task default"`` when not given), chat template on/off, the decoder;
+        - ``selection``: the resolved ``SelectionConfig`` (``None`` for dense): the photonic preset by content
+          (for the photonic backend only), a head-mask path by its mask.
+        """
+        return self._settings_and_hash(config)[0]
+
+    def settings_hash(self, config: EvalConfig) -> str:
+        """:func:`kvprism.eval.store.settings_digest` of :meth:`cell_settings`."""
+        return self._settings_and_hash(config)[1]
+
+    def _settings_and_hash(self, config: EvalConfig) -> tuple[dict[str, Any], str]:
+        if config.name not in self._settings:
+            from kvprism.eval.store import settings_digest
+
+            ident = self.model_identity
+            n_new: Any = 1 if self.mode == "recall" else (self.max_new_tokens or "task default")
+            settings = {
+                "model": {"config_sha256": ident["config_sha256"], "weights_sha256": ident["weights_sha256"]},
+                "decode": {"max_new_tokens": n_new, "chat": self.chat, "decoder": _callable_name(self.decode_fn)},
+                "backend": config.backend,
+                "selection": _selection_settings(config),
+            }
+            self._settings[config.name] = (settings, settings_digest(settings))
+        return self._settings[config.name]
+
+    def key(self, point: Point, hay: str, val: str, config: EvalConfig) -> str:
+        """The store key of one cell (:func:`kvprism.eval.store.cell_key` with :meth:`settings_hash`)."""
+        return cell_key(point, hay, val, config.name, self.mode, self.settings_hash(config))
 
     # -- bookkeeping
-    def _write_run_meta(self) -> None:
-        meta_path = self.out / RUN_FILE
-        meta = {"model": self.model_name}
-        if meta_path.exists():
-            old = json.loads(meta_path.read_text())
-            if old.get("model") != self.model_name:
-                raise KvprismError(
-                    f"{self.out} holds results of model {old.get('model')!r}, not {self.model_name!r}; use another --out"
-                )
-            return
-        tmp = meta_path.with_name(f".{RUN_FILE}.tmp")
-        tmp.write_text(json.dumps({**meta, "created": _dt.datetime.now(_dt.UTC).isoformat()}) + "\n")
-        os.replace(tmp, meta_path)
-
     def _hv(self, task: str) -> tuple[str, str]:
         """Effective haystack and value kind of a task (its defaults unless overridden)."""
         from kvprism.eval.tasks import TASKS
@@ -483,11 +528,12 @@ class Runner:
         return (self.haystack or sig["haystack"].default, self.values or sig["values"].default)
 
     def pending(self) -> list[tuple[Point, list[EvalConfig]]]:
-        done = {r["key"] for r in read_results(self.results)}
+        """Points with at least one configuration not yet in the store, with those configurations."""
+        done = self.store.done_keys()
         todo = []
         for p in self.points:
             hay, val = self._hv(p.task)
-            missing = [c for c in self.configs if cell_key(p, hay, val, c.name, self.mode) not in done]
+            missing = [c for c in self.configs if self.key(p, hay, val, c) not in done]
             if missing:
                 todo.append((p, missing))
         return todo
@@ -509,13 +555,29 @@ class Runner:
         return cache, time.perf_counter() - t0
 
     def run(self) -> RunSummary:
-        """Run (or resume) the grid; returns counts and the prefill / decode time of this invocation."""
-        self._write_run_meta()
-        repair_results(self.results)
+        """Run (or resume) the grid under the store's write lock; returns counts and the prefill / decode time of
+        this invocation (:attr:`summary` holds the same, also after an interrupt).
+
+        Raises:
+            StoreLockedError: another process is writing this directory.
+            SettingsMismatchError: the directory holds cells of one of the configurations under other settings.
+            CorruptStoreError: ``results.jsonl`` has a corrupt line that is not the last one.
+        """
+        with self.store.lock():
+            return self._run_locked()
+
+    def _run_locked(self) -> RunSummary:
+        self.store.repair()
+        settings = {f"{self.mode}/{c.name}": self.cell_settings(c) for c in self.configs}
+        self.store.check_settings(settings)
+        self.store.record_invocation(
+            self.command_line, settings, model=self.model_name, model_identity=self.model_identity
+        )
         todo = self.pending()
         n_total = len(self.points) * len(self.configs)
         n_todo = sum(len(m) for _, m in todo)
         summary = RunSummary(n_total, n_total - n_todo, 0, 0, 0.0, 0.0, self.results)
+        self.summary = summary
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -576,9 +638,10 @@ class Runner:
                 reference = exact_blocks[cfg.k]
             record = self._record(point, hay, val, sample, cfg, out, prefilled, dense_logits, reference)
             record.update(prefill_s=round(prefill_s, 4), prefill_id=prefill_id, reference_s=round(extra_s, 4))
-            append_result(self.results, record)
-            summary.cells_run += 1
-            summary.decode_s += out.decode_s
+            with deferred_signals():  # the stored cell and the count move together (an interrupt reports it)
+                self.store.append(record)
+                summary.cells_run += 1
+                summary.decode_s += out.decode_s
             progress.advance(bar)
 
     def _record(
@@ -595,7 +658,8 @@ class Runner:
     ) -> dict[str, Any]:
         answer = self.tokenizer.decode(out.tokens, skip_special_tokens=True)
         rec: dict[str, Any] = {
-            "key": cell_key(point, hay, val, cfg.name, self.mode),
+            "key": self.key(point, hay, val, cfg),
+            "settings_hash": self.settings_hash(cfg),
             "mode": self.mode,
             **asdict(point),
             "haystack": hay,
@@ -619,7 +683,8 @@ class Runner:
         sel = cfg.selection_config()
         stats = dict(out.stats or {})
         n_tok = prefilled.get_seq_length()
-        eligible = int(M.eligible_blocks(n_tok, sel.block_size, sel.sink_blocks, sel.window).sum())
+        # candidates at the first decode step (prefill + the step's token), as selection sees them
+        eligible = int(BlockLayout.from_lengths(n_tok + 1, BlockGeometry.of(sel)).candidates.sum())
         rf_mean = stats.get("read_fraction_mean")
         rf_max = stats.get("read_fraction_max")
         restricted = stats.get("restricted")
@@ -638,6 +703,36 @@ class Runner:
         if out.trace:
             rec.update(trace_metrics(out.trace, prefilled, sel, sample, reference))
         return rec
+
+
+_PRESET_CONTENT: dict[str, dict[str, Any]] = {}
+
+
+def _selection_settings(config: EvalConfig) -> dict[str, Any] | None:
+    """The resolved selection settings of a configuration, by content (``None`` for dense)."""
+    sel = config.selection_config()
+    if sel is None:
+        return None
+    if dataclasses.is_dataclass(sel):
+        d = {f.name: getattr(sel, f.name) for f in dataclasses.fields(sel)}
+    else:  # duck-typed configurations (tests)
+        d = dict(vars(sel))
+    photonic = d.pop("photonic", None)
+    if config.backend == "photonic":
+        if isinstance(photonic, str):
+            if photonic not in _PRESET_CONTENT:
+                from kvprism.photonics.config import PhotonicConfig
+
+                _PRESET_CONTENT[photonic] = PhotonicConfig.preset(photonic).to_dict()
+            d["photonic"] = _PRESET_CONTENT[photonic]
+        else:
+            d["photonic"] = jsonable(photonic)
+    heads = d.get("heads")
+    if isinstance(heads, str) and heads != "all":
+        from kvprism.eval.heads import load_mask
+
+        d["heads"] = load_mask(heads)
+    return jsonable(d)
 
 
 def parse_list(text: str, kind: Callable[[str], Any], name: str) -> list[Any]:

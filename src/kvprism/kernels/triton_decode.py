@@ -34,6 +34,7 @@ import triton.language as tl
 from kvprism.errors import KvprismError
 from kvprism.kernels import TRITON_DTYPES, TRITON_HEAD_DIMS
 from kvprism.kernels.reference import check_decode_inputs, check_score_inputs
+from kvprism.layout import BlockGeometry, BlockLayout
 
 _HAS_TL_TOPK = hasattr(tl, "topk")
 _INT32_MIN = -(2**31)
@@ -480,9 +481,7 @@ def decode_plan(
     hkv: int,
     head_dim: int,
     n_sel: int,
-    block_size: int,
-    sink_tokens: int,
-    window_tokens: int,
+    geometry: BlockGeometry,
     device: torch.device,
     num_splits: int | None = None,
     block_n: int | None = None,
@@ -491,8 +490,10 @@ def decode_plan(
 
     The tile list has a static length (``n_sel * sub`` selected tiles, then sink tiles, then tail tiles covering the
     longest possible tail ``max(window, block_size - 1)``), so the geometry depends only on the configuration and a
-    CUDA graph stays valid while ``seq_lens`` grows.
+    CUDA graph stays valid while ``seq_lens`` grows. ``geometry``: block size, sink blocks and window of the layouts
+    the plan serves.
     """
+    block_size, sink_tokens, window_tokens = geometry.block_size, geometry.sink_tokens, geometry.window
     if head_dim not in TRITON_HEAD_DIMS:
         raise KvprismError(f"head_dim must be a power of two in [16, 256] for the Triton kernel, got {head_dim}")
     if block_n is None:
@@ -527,10 +528,7 @@ def sparse_decode_attention_triton(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     block_idx: torch.Tensor,
-    block_size: int,
-    sink_tokens: int,
-    window_tokens: int,
-    seq_lens: torch.Tensor,
+    layout: BlockLayout,
     scale: float | None = None,
     *,
     out: torch.Tensor | None = None,
@@ -544,7 +542,8 @@ def sparse_decode_attention_triton(
 ) -> torch.Tensor:
     """Block-sparse decode attention on the GPU (contract: :func:`~kvprism.kernels.reference.sparse_decode_attention_ref`).
 
-    Requires ``seq_lens[b]`` in ``[1, T]`` and ``block_idx`` values in ``[-1, ceil(T / block_size))`` — not checked
+    ``layout`` must be plain (no masked key: the kernel reads sink, tail and blocks by position). Requires
+    ``layout.seq_lens[b]`` in ``[1, T]`` and ``block_idx`` values in ``[-1, ceil(T / block_size))`` — not checked
     here (that would synchronise the device); the reference checks them. Caches may be views into larger buffers
     (any strides, last dimension contiguous). ``out`` / ``plan`` / ``workspace`` allow static reuse in a CUDA graph.
     bf16 / fp16 inputs run on the tensor cores with fp32 accumulation; fp32 inputs use exact fp32 dots (slower).
@@ -552,7 +551,11 @@ def sparse_decode_attention_triton(
     (``n_cand`` per (batch, KV head), from ``score_topk_triton(..., merge=False)``) instead of reading ``block_idx``;
     the top ``block_idx.shape[2]`` are merged inside this kernel and written to ``block_idx``.
     """
-    check_decode_inputs(q, k_cache, v_cache, block_idx, block_size, sink_tokens, window_tokens, seq_lens)
+    check_decode_inputs(q, k_cache, v_cache, block_idx, layout)
+    if not layout.plain:
+        raise KvprismError("the Triton decode kernel needs a layout without masked keys (no padding mask)")
+    geometry, seq_lens = layout.geometry, layout.seq_lens
+    block_size, sink_tokens, window_tokens = geometry.block_size, geometry.sink_tokens, geometry.window
     b, hq, d = q.shape
     _, hkv, _t, _ = k_cache.shape
     if q.dtype not in TRITON_DTYPES:
@@ -564,7 +567,7 @@ def sparse_decode_attention_triton(
     n_sel = block_idx.shape[2]
     g = hq // hkv
     if plan is None:
-        plan = decode_plan(b, hq, hkv, d, n_sel, block_size, sink_tokens, window_tokens, q.device, num_splits, block_n)
+        plan = decode_plan(b, hq, hkv, d, n_sel, geometry, q.device, num_splits, block_n)
     if out is None:
         out = torch.empty_like(q)
     if workspace is None:
@@ -656,7 +659,9 @@ class SparseDecodeStep:
     inputs into the static buffers ``q`` ``[B, Hq, D]``, ``q_sig`` ``[B, Hq, d]`` and ``seq_lens`` ``[B]`` (int32), then
     call :meth:`__call__` — it replays the captured graph if :meth:`capture` was called, else launches eagerly. The
     result lands in ``out`` ``[B, Hq, D]`` and the selection in ``block_idx`` ``[B, Hkv, k]``. The blocks scored are
-    :func:`~kvprism.kernels.reference.candidate_blocks` ``(seq_lens, block_size, window_tokens)`` (computed inside the scoring kernel), so growing
+    :func:`~kvprism.kernels.reference.candidate_blocks` of :meth:`layout` (computed inside the scoring kernel from
+    ``seq_lens``, counted from block 0: unlike :class:`~kvprism.layout.BlockLayout`'s candidates they include the
+    sink blocks, which the kernel reads anyway), so growing
     sequences need no re-capture as long as they stay within the caches' capacity ``T``.
 
     Args:
@@ -664,7 +669,8 @@ class SparseDecodeStep:
         signatures: ``[B, Hkv, N, d]`` with ``N >= T // block_size``.
         q_heads: query heads ``Hq`` (a multiple of ``Hkv``).
         k: selected blocks per (batch, KV head).
-        block_size, sink_tokens, window_tokens, scale: as in the reference.
+        geometry: block size, sink blocks and window (:class:`~kvprism.layout.BlockGeometry`).
+        scale: as in the reference.
         gqa_reduce: ``"sum"`` or ``"max"`` over the query heads of a group.
         num_splits, block_n, score_tile, num_warps, num_stages: launch geometry of the attention / scoring kernels
             (None = heuristics).
@@ -680,9 +686,7 @@ class SparseDecodeStep:
         *,
         q_heads: int,
         k: int,
-        block_size: int,
-        sink_tokens: int,
-        window_tokens: int,
+        geometry: BlockGeometry,
         gqa_reduce: str = "sum",
         scale: float | None = None,
         num_splits: int | None = None,
@@ -694,6 +698,7 @@ class SparseDecodeStep:
     ) -> None:
         b, hkv, t_cap, d = k_cache.shape
         dev = k_cache.device
+        block_size = geometry.block_size
         if signatures.shape[0] != b or signatures.shape[1] != hkv:
             raise KvprismError(f"signatures {tuple(signatures.shape)} must be [B={b}, Hkv={hkv}, N, d]")
         if signatures.shape[2] < t_cap // block_size:
@@ -701,7 +706,8 @@ class SparseDecodeStep:
                 f"signatures hold N={signatures.shape[2]} blocks, fewer than T // block_size = {t_cap // block_size}"
             )
         self.k_cache, self.v_cache, self.signatures = k_cache, v_cache, signatures
-        self.k, self.block_size, self.sink_tokens, self.window_tokens = k, block_size, sink_tokens, window_tokens
+        self.k, self.geometry = k, geometry
+        self.block_size, self.window_tokens = block_size, geometry.window
         self.gqa_reduce, self.scale = gqa_reduce, scale
         self.q = torch.zeros(b, q_heads, d, dtype=k_cache.dtype, device=dev)
         self.q_sig = torch.zeros(b, q_heads, signatures.shape[3], dtype=signatures.dtype, device=dev)
@@ -711,9 +717,7 @@ class SparseDecodeStep:
         self.score_tile, self.num_warps, self.num_stages = score_tile, num_warps, num_stages
         splan = _score_plan(signatures.shape[2], signatures.shape[3], q_heads // hkv, k, score_tile)
         self._cand = torch.empty(b * hkv * splan.n_tiles * splan.k_pow2, dtype=torch.int64, device=dev)
-        self.plan = decode_plan(
-            b, q_heads, hkv, d, k, block_size, sink_tokens, window_tokens, dev, num_splits=num_splits, block_n=block_n
-        )
+        self.plan = decode_plan(b, q_heads, hkv, d, k, geometry, dev, num_splits=num_splits, block_n=block_n)
         self._workspace = decode_workspace(b, hkv, q_heads // hkv, d, self.plan, dev)
         self.merge_in_attention = merge_in_attention
         self._n_cand = splan.n_tiles * splan.k_pow2
@@ -747,10 +751,7 @@ class SparseDecodeStep:
             self.k_cache,
             self.v_cache,
             self.block_idx if block_idx is None else block_idx,
-            self.block_size,
-            self.sink_tokens,
-            self.window_tokens,
-            self.seq_lens,
+            self.layout(),
             self.scale,
             out=self.out,
             plan=self.plan,
@@ -760,6 +761,10 @@ class SparseDecodeStep:
             candidates=(self._cand, self._n_cand) if merge else None,
         )
         return self.out
+
+    def layout(self) -> BlockLayout:
+        """The layout of the static ``seq_lens`` buffer (a view of it: build it after writing the step's lengths)."""
+        return BlockLayout.from_lengths(self.seq_lens, self.geometry, self.k_cache.shape[2])
 
     def launch(self) -> torch.Tensor:
         """Run the step eagerly (4 kernel launches, 3 with ``merge_in_attention``) from the static buffers; returns

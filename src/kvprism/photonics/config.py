@@ -19,11 +19,121 @@ __all__ = ["PhotonicConfig"]
 _PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
+#: Section (TOML table) of every field declared without ``section=`` (the rest declare theirs).
+_SECTIONS: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "wavelength_center_m",
+            "ring_radius_m",
+            "n_eff",
+            "n_g",
+            "loss_db_per_m",
+            "q_loaded",
+            "coupling_regime",
+            "bus_order",
+            "drop_bus",
+            "rest_point",
+            "ring_pitch_m",
+        ],
+        "ring",
+    ),
+    **dict.fromkeys(["n_lines", "channel_spacing_m"], "comb"),
+    **dict.fromkeys(["crosstalk", "cascade_near_fwhm", "drift_update_steps"], "numerics"),
+    **dict.fromkeys(
+        [
+            "tuning_m_per_v",
+            "v_max_v",
+            "program_bits",
+            "weight_range_target",
+            "ring_capacitance_f",
+            "encoding",
+            "query_bits",
+            "mzm_v_pi_v",
+            "mzm_extinction_db",
+            "mzm_predistortion",
+            "mzm_insertion_loss_db",
+        ],
+        "modulator",
+    ),
+    **dict.fromkeys(["calibration_iters", "feedback_calibration", "calibration_probe_averages"], "calibration"),
+    **dict.fromkeys(
+        [
+            "laser_line_dbm",
+            "coupling_loss_db",
+            "splitter_excess_db_per_stage",
+            "waveguide_loss_db_per_m",
+            "waveguide_length_m",
+            "ring_insertion_db",
+            "pd_coupling_loss_db",
+        ],
+        "link",
+    ),
+    **dict.fromkeys(["rows_per_bank", "n_banks", "max_chip_area_m2"], "layout"),
+    **dict.fromkeys(
+        [
+            "pd_responsivity_a_per_w",
+            "pd_sensitivity_dbm",
+            "dark_current_a",
+            "tia_noise_a_per_rthz",
+            "nep_w_per_rthz",
+            "rin_db_per_hz",
+            "detection_bandwidth_hz",
+            "noise",
+            "adc_bits",
+            "adc_headroom",
+        ],
+        "detector",
+    ),
+    **dict.fromkeys(
+        [
+            "laser_wall_plug_efficiency",
+            "adc_sample_rate_hz",
+            "adc_energy_per_conversion_j",
+            "adc_walden_fom_j_per_step",
+            "dac_sample_rate_hz",
+            "dac_energy_per_sample_j",
+            "tia_power_w",
+            "tia_adc_power_seed_w",
+            "static_power_w",
+            "mzm_termination_ohm",
+            "topk_energy_per_compare_j",
+            "program_rate_rings_per_s",
+            "latency_dac_s",
+            "latency_mzm_s",
+            "latency_propagation_s",
+            "latency_ring_s",
+            "latency_pd_s",
+            "latency_tia_adc_s",
+            "latency_topk_s",
+        ],
+        "energy",
+    ),
+    **dict.fromkeys(
+        ["fab_sigma_m", "trim_sigma_m", "bus_phase_random", "coupler_gap_sigma_m", "coupler_gap_decay_m"], "fabrication"
+    ),
+    **dict.fromkeys(
+        [
+            "drift_ring_sigma_m",
+            "drift_global_sigma_m",
+            "drift_corr_time_s",
+            "decode_step_time_s",
+            "drift_field_sigma_m",
+            "drift_corr_length_m",
+            "dc_relax_fraction",
+            "dc_relax_time_s",
+        ],
+        "drift",
+    ),
+    **dict.fromkeys(["leakage_limit_db", "required_weight_bits", "required_score_enob"], "criteria"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class PhotonicConfig(ConfigBase):
     """The photonic weight-bank chip. Defaults are the seed design point (``seed-nominal``)."""
 
     _preset_dir: ClassVar[Path | None] = _PRESETS
+    _sections: ClassVar[dict[str, str]] = _SECTIONS
 
     # ---------------------------------------------------------------- ring geometry and material
     wavelength_center_m: float = param(
@@ -59,6 +169,21 @@ class PhotonicConfig(ConfigBase):
         doc="physical order of the rings on the bus (ring of line 0 first or last)",
         choices=("ascending", "descending"),
         source="assumption",
+    )
+    drop_bus: str = param(
+        "coherent",
+        doc="how light of one comb line dropped by several rings of a row combines on the drop bus: 'coherent' (adds "
+        "in field, with the bus phases; exact 2×2 scattering chain) or 'incoherent' (drop powers summed: the earlier "
+        "model, kept for comparison)",
+        choices=("coherent", "incoherent"),
+        source="PHYSICS §4 (corrected): same-line light on one bus adds in field",
+    )
+    rest_point: str = param(
+        "centred",
+        doc="where the trim puts each ring at 0 V: 'centred' in the detuning interval the weights ±weight_range_target "
+        "need (smallest drive swing), or 'eo-centre' at tuning·V_max (the earlier model)",
+        choices=("centred", "eo-centre"),
+        source="issue review: a centred rest point needs 6.34 V instead of 7.76 V for seed-nominal",
     )
     # ---------------------------------------------------------------- comb
     n_lines: int = param(
@@ -133,6 +258,16 @@ class PhotonicConfig(ConfigBase):
         doc="closed-loop programming: the controller measures each ring and "
         "compensates trim residual and the drift present at programming time",
         source="seed: open loop; literature: feedback (Zhang et al., Optica 9, 579)",
+    )
+    calibration_probe_averages: int = param(
+        16,
+        doc="in-situ calibration (feedback_calibration): probe measurements averaged per line and iteration (each "
+        "probe lights one comb line and reads every row's balanced detector, with detection noise)",
+        unit="",
+        ge=1,
+        le=1_000_000,
+        source="assumption: dithering-style averaging as in closed-loop MRR weight control (Zhang et al., Optica 9, "
+        "579 (2022))",
     )
     ring_capacitance_f: float = param(
         20e-15,
@@ -212,7 +347,12 @@ class PhotonicConfig(ConfigBase):
         20.0, doc="routing waveguide loss", unit="dB/m", ge=0.0, le=1e4, source="Luxtelligence lnoi400 PDK 0.2 dB/cm"
     )
     waveguide_length_m: float = param(
-        0.01, doc="routing length laser input → row", unit="m", ge=0.0, le=1.0, source="assumption: 1 cm"
+        0.01,
+        doc="routing length chip input → bank (ChipDesign adds the route inside the bank from its height)",
+        unit="m",
+        ge=0.0,
+        le=1.0,
+        source="assumption: 1 cm",
     )
     ring_insertion_db: float = param(
         0.01,
@@ -389,6 +529,30 @@ class PhotonicConfig(ConfigBase):
         le=1e-8,
         source="assumption",
     )
+    bus_phase_random: bool = param(
+        True,
+        doc="coherent drop bus: each ring's path (input bus → ring → drop bus) carries a static fabrication phase "
+        "uniform in [0, 2π) (drawn per ring with the engine's generator); False: only the designed path phase "
+        "from ring pitch and n_eff",
+        source="physics: path lengths of hundreds of µm are not controlled to a fraction of a wavelength",
+    )
+    coupler_gap_sigma_m: float = param(
+        2e-9,
+        doc="fabrication spread σ of each coupler gap (per ring, input and drop coupler independently); the power "
+        "coupling scales as κ² = κ0²·exp(−Δgap/coupler_gap_decay_m)",
+        unit="m",
+        ge=0.0,
+        le=1e-7,
+        source="assumption: e-beam / DUV gap control of a few nm (1σ)",
+    )
+    coupler_gap_decay_m: float = param(
+        150e-9,
+        doc="gap change that changes the power coupling by a factor e (evanescent coupling decay length)",
+        unit="m",
+        gt=0.0,
+        le=1e-5,
+        source="assumption: 0.1–0.2 µm for TFLN ridge waveguide couplers",
+    )
     drift_ring_sigma_m: float = param(
         20e-12,
         doc="stationary σ of the per-ring thermal drift",
@@ -407,13 +571,55 @@ class PhotonicConfig(ConfigBase):
         le=1e-8,
         source="seed: none (per-weight only)",
     )
-    drift_corr_steps: float = param(
-        100.0,
-        doc="correlation time of the drift processes",
-        unit="decode steps",
+    drift_corr_time_s: float = param(
+        2.0,
+        doc="correlation time of the thermal drift processes (converted to decode steps with decode_step_time_s)",
+        unit="s",
         gt=0.0,
-        le=1e9,
-        source="assumption: thermal time constants ≫ one decode step",
+        le=1e6,
+        source="assumption: thermal time constants of a temperature-controlled die, 0.1–10 s",
+    )
+    decode_step_time_s: float = param(
+        0.02,
+        doc="wall-clock time of one decode step (drift and DC relaxation advance by this per step)",
+        unit="s",
+        gt=0.0,
+        le=1e3,
+        source="assumption: a 7B model decoding at 50 tokens/s",
+    )
+    drift_field_sigma_m: float = param(
+        0.0,
+        doc="stationary σ of the spatially correlated drift: a smooth temperature field along each bank's rows (one "
+        "value per row, shared by its rings), exponential correlation drift_corr_length_m",
+        unit="m",
+        ge=0.0,
+        le=1e-8,
+        source="assumption (PHYSICS §8: per-ring drift spatially correlated besides global)",
+    )
+    drift_corr_length_m: float = param(
+        1e-3,
+        doc="correlation length of drift_field_sigma_m along the chip",
+        unit="m",
+        gt=0.0,
+        le=1.0,
+        source="assumption: heat spreads over ~mm in a LN-on-insulator die",
+    )
+    dc_relax_fraction: float = param(
+        0.0,
+        doc="TFLN DC drift: fraction of a held Pockels shift lost with time since programming, "
+        "shift·(1 − f·(1 − exp(−t/dc_relax_time_s))), not compensated by the controller",
+        unit="",
+        ge=0.0,
+        le=1.0,
+        source="PHYSICS §11: fractions up to tens of % (0 = not modelled)",
+    )
+    dc_relax_time_s: float = param(
+        1.0,
+        doc="time constant of the TFLN DC relaxation",
+        unit="s",
+        gt=0.0,
+        le=1e6,
+        source="PHYSICS §11: ms–s",
     )
     drift_update_steps: int = param(
         1,
@@ -427,13 +633,225 @@ class PhotonicConfig(ConfigBase):
     )
     # ---------------------------------------------------------------- feasibility thresholds
     leakage_limit_db: float = param(
-        -20.0, doc="largest acceptable drop leakage of a ring onto another line", unit="dB", le=0.0, source="assumption"
+        -20.0,
+        doc="largest acceptable drop leakage (power) of a ring onto another line; feasibility applies the stricter of this and the limit derived from required_weight_bits (field formula)",
+        unit="dB",
+        le=0.0,
+        source="assumption",
     )
     required_weight_bits: float = param(
         4.0, doc="weight precision the selection needs", unit="bit", ge=0.0, le=24.0, source="seed: 4–5 bit weights"
     )
     required_score_enob: float = param(
         4.0, doc="effective bits of the scores the selection needs", unit="bit", ge=0.0, le=24.0, source="assumption"
+    )
+
+    # ---------------------------------------------------------------- feasibility, link, detection timing, power,
+    # layout and energy (kvprism.photonics.design / feasibility, kvprism.energy); ChipDesign derives from these
+    selection_time_fraction: float = param(
+        0.1,
+        doc="share of one decode step that the chip's selections may take (the rest is the GPU's attention on the "
+        "selected blocks and the MLPs); bounds the time per selection of design.decode_timing",
+        unit="1",
+        gt=0.0,
+        le=1.0,
+        source="assumption: selection must stay a small part of the step (PHYSICS §11)",
+        section="detector",
+    )
+    integration_fraction: float = param(
+        0.5,
+        doc="share of the time per selection (per optical pass) spent integrating the photocurrent when detection "
+        "is timed by decode (the rest: query DAC/MZM settling, ADC conversion, top-k); with it design.decode_timing "
+        "sets detection_bandwidth_hz = 1/(2·T_int). Without a decode timing detection_bandwidth_hz is the design "
+        "choice and T_int = 1/(2·detection_bandwidth_hz)",
+        unit="1",
+        gt=0.0,
+        le=1.0,
+        source="assumption",
+        section="detector",
+    )
+    pd_sensitivity_bandwidth_hz: float = param(
+        5e9,
+        doc="detection bandwidth at which pd_sensitivity_dbm is specified; the sensitivity floor scales as "
+        "√(Δf / this) (TIA-noise-limited receiver: the smallest detectable power ∝ i_n·√Δf / R)",
+        unit="Hz",
+        gt=0.0,
+        le=1e12,
+        source="assumption: the seed's 5 GHz detection bandwidth (the −26 dBm of SimPhony is a high-speed receiver "
+        "figure)",
+        section="detector",
+    )
+    demux_loss_db: float = param(
+        3.0,
+        doc="insertion loss of the comb demultiplexer before the per-line MZMs",
+        unit="dB",
+        ge=0.0,
+        le=30.0,
+        source="PHYSICS §11: 2–4 dB per demux/mux (AWG)",
+        section="link",
+    )
+    mux_loss_db: float = param(
+        3.0,
+        doc="insertion loss of the multiplexer that recombines the modulated lines onto the bank's bus",
+        unit="dB",
+        ge=0.0,
+        le=30.0,
+        source="PHYSICS §11: 2–4 dB per demux/mux (AWG)",
+        section="link",
+    )
+    bank_routing_fraction: float = param(
+        1.0,
+        doc="routing length inside a bank to its farthest row as a fraction of the bank height rows_per_bank · "
+        "ring_pitch_m (added to waveguide_length_m, the route chip input → bank)",
+        unit="1",
+        ge=0.0,
+        le=4.0,
+        source="assumption: the splitter trunk runs along the full height of the bank",
+        section="link",
+    )
+    crossings_per_row: int = param(
+        0,
+        doc="waveguide crossings on the path of the light to a row (0: the drop photodiode sits inside the row's "
+        "cell and nothing crosses the feed; 1: the counter-propagating drop bus crosses the feed trunk)",
+        unit="1",
+        ge=0,
+        le=1000,
+        source="assumption: layout with the drop PD inside the row cell",
+        section="link",
+    )
+    crossing_loss_db: float = param(
+        0.2,
+        doc="insertion loss per waveguide crossing",
+        unit="dB",
+        ge=0.0,
+        le=10.0,
+        source="assumption: integrated waveguide crossings 0.02–0.3 dB",
+        section="link",
+    )
+    comb_line_max_w: float = param(
+        10e-3,
+        doc="largest optical power per comb line the source delivers at the chip input",
+        unit="W",
+        gt=0.0,
+        source="PHYSICS §11: comb sources give mW per line; 10 mW as the upper end (assumption)",
+        section="power",
+    )
+    waveguide_max_power_w: float = param(
+        100e-3,
+        doc="largest total optical power (all lines) in one LN waveguide, at the input after the coupler",
+        unit="W",
+        gt=0.0,
+        source="assumption: photorefraction and pyroelectric drift of TFLN grow with power (Ren et al., arXiv "
+        "2409.12354; Xu et al., arXiv 2012.10775); 100 mW keeps the input guide below the levels of nonlinear "
+        "TFLN experiments",
+        section="power",
+    )
+    mzm_max_power_w: float = param(
+        50e-3,
+        doc="largest optical power through one MZM (one comb line after the demux)",
+        unit="W",
+        gt=0.0,
+        source="assumption: photorefractive bias drift of TFLN MZMs at tens of mW",
+        section="power",
+    )
+    ring_max_circulating_w: float = param(
+        10e-3,
+        doc="largest circulating power in one ring (input on resonance × build-up ≈ finesse/π)",
+        unit="W",
+        gt=0.0,
+        source="assumption: photorefractive/thermal resonance shifts of TFLN rings appear at mW-level intracavity "
+        "power (Xu et al., arXiv 2012.10775; Ren et al., arXiv 2409.12354)",
+        section="power",
+    )
+    pd_saturation_current_a: float = param(
+        1e-3,
+        doc="photocurrent per photodiode above which the response is no longer linear",
+        unit="A",
+        gt=0.0,
+        source="PHYSICS §11: photodiodes saturate at mA-scale photocurrent (assumption: 1 mA)",
+        section="power",
+    )
+    trim_mechanism: str = param(
+        "heater",
+        doc="how the as-fabricated resonance spread fab_sigma_m is trimmed: 'heater' (a micro-heater per ring, held "
+        "power) or 'one-time' (post-fabrication trim, e.g. photorefractive optical trimming; no held power)",
+        choices=("heater", "one-time"),
+        source="PHYSICS §8, §11; one-time optical trimming of TFLN rings: Ren et al., arXiv 2409.12354",
+        section="layout",
+    )
+    trim_efficiency_m_per_w: float = param(
+        53.7e-12 / 1e-3,
+        doc="heater trim: resonance shift per heater power",
+        unit="m/W",
+        gt=0.0,
+        source="Liu et al., Opt. Lett. 45, 6318 (2020): 53.7 pm/mW with thermal-isolation trenches (~20× less without)",
+        section="layout",
+    )
+    trim_max_power_w: float = param(
+        15e-3,
+        doc="heater trim: largest heater power per ring (trim range = efficiency × this)",
+        unit="W",
+        gt=0.0,
+        source="Liu et al., Opt. Lett. 45, 6318 (2020): one FSR with 14.9 mW",
+        section="layout",
+    )
+    one_time_trim_range_m: float = param(
+        2e-9,
+        doc="one-time trim: largest resonance shift the post-fabrication trim reaches",
+        unit="m",
+        gt=0.0,
+        source="assumption (optical trimming of TFLN rings: Ren et al., arXiv 2409.12354)",
+        section="layout",
+    )
+    pd_pair_area_m2: float = param(
+        2 * 20e-6 * 20e-6,
+        doc="area of one row's balanced photodiode pair on the photonic die",
+        unit="m²",
+        ge=0.0,
+        source="assumption: two 20 µm × 20 µm waveguide photodiodes with contacts",
+        section="layout",
+    )
+    mzm_area_m2: float = param(
+        5e-3 * 100e-6,
+        doc="area of one query MZM (d per physical bank) on the photonic die",
+        unit="m²",
+        ge=0.0,
+        source="assumption: 5 mm travelling-wave electrode × 100 µm (Wang et al., Nature 562, 101 (2018): 5–20 mm)",
+        section="layout",
+    )
+    tia_area_m2: float = param(
+        50e-6 * 50e-6,
+        doc="area of one row's TIA (on the electronic die)",
+        unit="m²",
+        ge=0.0,
+        source="assumption: 50 µm × 50 µm CMOS TIA",
+        section="layout",
+    )
+    adc_area_m2: float = param(
+        100e-6 * 100e-6,
+        doc="area of one row's ADC (on the electronic die)",
+        unit="m²",
+        ge=0.0,
+        source="assumption: 0.01 mm² for an 8-bit CMOS ADC",
+        section="layout",
+    )
+    max_electronic_area_m2: float = param(
+        858e-6,
+        doc="largest area of the electronic die that holds the rows' TIAs and ADCs (3D-stacked under the photonics)",
+        unit="m²",
+        gt=0.0,
+        source="lithography reticle field 26 mm × 33 mm",
+        section="layout",
+    )
+    required_recall: float = param(
+        0.9,
+        doc="signature recall@k the selection needs on the reference score distribution (Gaussian signatures and "
+        "queries, k/N = 1/8): fraction of the exact top-k rows the chip's top-k contains",
+        unit="1",
+        ge=0.0,
+        le=1.0,
+        source="assumption",
+        section="criteria",
     )
 
     def _check(self) -> None:
@@ -464,7 +882,15 @@ class PhotonicConfig(ConfigBase):
             and self.trim_sigma_m == 0.0
             and self.drift_ring_sigma_m == 0.0
             and self.drift_global_sigma_m == 0.0
+            and self.drift_field_sigma_m == 0.0
+            and self.dc_relax_fraction == 0.0
+            and self.coupler_gap_sigma_m == 0.0
         )
+
+    @property
+    def drift_corr_steps(self) -> float:
+        """Correlation time of the drift in decode steps: drift_corr_time_s / decode_step_time_s."""
+        return self.drift_corr_time_s / self.decode_step_time_s
 
     @property
     def drift_hold_rms_m(self) -> float:
@@ -475,7 +901,7 @@ class PhotonicConfig(ConfigBase):
         return self._drift_hold_rms_m(self.drift_update_steps)
 
     def _drift_hold_rms_m(self, m: int) -> float:
-        var = self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2
+        var = self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2 + self.drift_field_sigma_m**2
         if m == 1 or var == 0.0:
             return 0.0
         rho = math.exp(-1.0 / self.drift_corr_steps)
@@ -484,7 +910,7 @@ class PhotonicConfig(ConfigBase):
     def drift_update_steps_within(self, hold_rms_m: float, max_steps: int = 100_000) -> int:
         """The largest ``drift_update_steps`` (≤ ``max_steps``) whose hold error :attr:`drift_hold_rms_m` is at most
         ``hold_rms_m`` [m]; e.g. ``trim_sigma_m`` keeps the added error at the size of the static trim residual."""
-        if self.drift_ring_sigma_m == 0.0 and self.drift_global_sigma_m == 0.0:
+        if self.drift_ring_sigma_m == 0.0 and self.drift_global_sigma_m == 0.0 and self.drift_field_sigma_m == 0.0:
             return max_steps
         m = 1
         while m < max_steps and self._drift_hold_rms_m(m + 1) <= hold_rms_m:
@@ -515,14 +941,63 @@ class PhotonicConfig(ConfigBase):
         at programming time: 3σ of their sum (0 for open-loop programming), at most 0.45·tuning·V_max."""
         if not self.feedback_calibration:
             return 0.0
-        sigma = math.sqrt(self.trim_sigma_m**2 + self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2)
+        sigma = math.sqrt(
+            self.trim_sigma_m**2
+            + self.drift_ring_sigma_m**2
+            + self.drift_global_sigma_m**2
+            + self.drift_field_sigma_m**2
+        )
         return min(3.0 * sigma, 0.45 * self.tuning_m_per_v * self.v_max_v)
 
     @property
     def rest_detuning_m(self) -> float:
-        """Rest (0 V) detuning [m] of every ring from its line, set by the trim: the calibration aims inside
-        [0, 2·tuning·V_max − 2·margin] and the drive reaches [−margin, 2·tuning·V_max − margin] around it."""
-        return self.tuning_m_per_v * self.v_max_v - self.compensation_margin_m
+        """Rest (0 V) detuning [m] of every ring from its line, set by the trim. ``rest_point = "centred"``: the middle
+        of the detunings at which one ring on its own line has the weights ∓weight_range_target (clamped to what
+        the ring reaches), so the drive swing is half that interval; ``"eo-centre"``: tuning·V_max − margin (the
+        calibration then aims inside [0, 2·tuning·V_max − 2·margin])."""
+        reach = self.tuning_m_per_v * self.v_max_v - self.compensation_margin_m
+        if self.rest_point == "eo-centre":
+            return reach
+        lo, hi = self.weight_detuning_interval_m(self.weight_range_target)
+        if hi - lo <= 2.0 * reach:
+            return 0.5 * (lo + hi)
+        # the drive cannot span the wanted interval: centre it where the reachable weights are symmetric,
+        # w(rest − reach) = −w(rest + reach) (w increases with the detuning; bisection)
+        from kvprism.photonics import ring
+
+        r1, r2 = self.couplings
+        a = float(ring.round_trip_amplitude(self.loss_db_per_m, self.ring_radius_m))
+        per_m = self._own_phase_per_m
+
+        def excess(rest: float) -> float:
+            w_hi = ring.single_ring_weight(min(rest + reach, math.pi / per_m) * per_m, r1, r2, a)
+            w_lo = ring.single_ring_weight(max(rest - reach, 0.0) * per_m, r1, r2, a)
+            return w_hi + w_lo
+
+        a_m, b_m = lo, hi
+        for _ in range(60):
+            mid = 0.5 * (a_m + b_m)
+            a_m, b_m = (mid, b_m) if excess(mid) < 0.0 else (a_m, mid)
+        return 0.5 * (a_m + b_m)
+
+    @property
+    def _own_phase_per_m(self) -> float:
+        """Round-trip phase per metre of resonance shift at the centre line, 2π n_g L / λ0² [rad/m]."""
+        return 2.0 * math.pi * self.n_g * 2.0 * math.pi * self.ring_radius_m / self.wavelength_center_m**2
+
+    def weight_detuning_interval_m(self, w: float) -> tuple[float, float]:
+        """Detunings [m] at which one ring (design couplings) on the centre line has the weights −w and +w, each
+        clamped to the ring's reach (on resonance / half an FSR away)."""
+        from kvprism.photonics import ring
+
+        r1, r2 = self.couplings
+        a = float(ring.round_trip_amplitude(self.loss_db_per_m, self.ring_radius_m))
+        per_m = self._own_phase_per_m
+        out = []
+        for x in (-w, w):
+            s2 = min(1.0, max(0.0, ring.single_ring_weight_inverse_sin2(x, r1, r2, a)))
+            out.append(2.0 * math.asin(math.sqrt(s2)) / per_m)
+        return out[0], out[1]
 
     @property
     def comb_span_m(self) -> float:

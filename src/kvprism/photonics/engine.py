@@ -16,6 +16,7 @@ evaluation loads the rows in pages, and every page load is counted as reprogramm
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,10 +25,10 @@ import torch
 
 from kvprism.errors import KvprismError
 from kvprism.photonics import drift as drift_mod
-from kvprism.photonics import encoding, link, noise, ring
+from kvprism.photonics import encoding, link, noise, program, ring
 from kvprism.photonics.config import PhotonicConfig
 from kvprism.photonics.select import topk_codes, topk_lowest_index
-from kvprism.photonics.wdm import CascadePlan, RowOptics, calibrate, cascade
+from kvprism.photonics.wdm import CascadePlan, RowOptics, cascade, cascade_coherent
 
 __all__ = ["EngineGroup", "PhotonicEngine"]
 
@@ -45,6 +46,7 @@ _COUNTERS = (
     "adc_clips",  # ADC samples beyond full scale
     "drift_steps",  # decode steps the drift process was advanced
     "weight_refreshes",  # recomputations of W_eff for drifted rings (full cascade over all rows)
+    "calibration_probes",  # in-situ calibration: comb-line probes per bank (all rows of a bank read in parallel)
 )
 _CHUNK_ELEMS = 1 << 22  # rows × d × d elements per cascade chunk (bounds memory of the O(d²) ring model)
 _CHUNK_DETECT = 1 << 18  # rows × evaluations per detection chunk (two 1 MiB float32 work buffers stay in L2)
@@ -91,6 +93,12 @@ class PhotonicEngine:
     _transmit = _row_state("transmit")  # [B, N] row mean of thru + drop (1 − absorption)
     _const = _row_state("const")  # [B, N] believed row sum Σ_j w_nj (offset subtraction)
     _abs_sum = _row_state("abs_sum")  # [B, N] believed Σ_j |w_nj| (ADC full scale)
+    _bus_phase = _row_state("bus_phase")  # [B, N, d] rad: static fabrication phase of each ring's drop path
+    _k1dev = _row_state("k1dev")  # [B, N, d] relative deviation of each input coupler's κ² (gap spread)
+    _k2dev = _row_state("k2dev")  # [B, N, d] relative deviation of each drop coupler's κ²
+    _field_drift = _row_state("field_drift")  # [B, N] m: spatially correlated drift along the bank's rows
+    _eo = _row_state("eo")  # [B, N, d] m: programmed Pockels shift (held; relaxes with DC drift)
+    _age = _row_state("age")  # [B, N] decode steps since each row was programmed
 
     def __init__(self, config: PhotonicConfig, seed: int = 0) -> None:
         if not isinstance(config, PhotonicConfig):
@@ -113,6 +121,10 @@ class PhotonicEngine:
         self._r1, self._r2 = c.couplings
         self._a = float(ring.round_trip_amplitude(c.loss_db_per_m, c.ring_radius_m))
         self._dtype = torch.float32
+        self._coherent = c.crosstalk and c.drop_bus == "coherent"
+        self._fwhm_m = float(ring.fwhm_m(c.wavelength_center_m, c.n_g, c.ring_radius_m, self._r1, self._r2, self._a))
+        self.last_calibration_mismatch: float | None = None  # model-based: RMS chip − controller model weights
+        self.counters["calibration_time_s"] = 0.0  # in-situ calibration: probes × integration time
         self._tmin = encoding.t_min(c.mzm_extinction_db)
         self._rin = noise.rin_sigma(c.rin_db_per_hz, c.detection_bandwidth_hz) if c.noise else 0.0
         # with a query DAC the MZM transmission takes 2^bits values: tabulated once, looked up per query
@@ -138,20 +150,28 @@ class PhotonicEngine:
         return self._lead
 
     def link_budget(self, d: int | None = None) -> link.LinkBudget:
-        c = self.config
-        d = d or self.n_dims or c.n_lines
-        return link.link_budget(
-            laser_line_dbm=c.laser_line_dbm,
-            coupling_loss_db=c.coupling_loss_db,
-            mzm_insertion_loss_db=c.mzm_insertion_loss_db,
-            rows_per_bank=c.rows_per_bank,
-            splitter_excess_db_per_stage=c.splitter_excess_db_per_stage,
-            waveguide_loss_db_per_m=c.waveguide_loss_db_per_m,
-            waveguide_length_m=c.waveguide_length_m,
-            ring_insertion_db=c.ring_insertion_db,
-            n_rings_passed=d,
-            pd_coupling_loss_db=c.pd_coupling_loss_db,
-        )
+        """The optical link of the design for ``d`` lines (:class:`~kvprism.photonics.design.ChipDesign`)."""
+        from kvprism.photonics.design import ChipDesign
+
+        return ChipDesign.from_config(self.config, d or self.n_dims or self.config.n_lines).link
+
+    def weights_as_programmed(self) -> torch.Tensor:
+        """W_eff [*L, N, d] as programmed: the chip's weights at the applied drive with the trim residual and every
+        static fabrication effect (bus phases, coupling spread); with in-situ calibration (``feedback_calibration``,
+        which measured and compensated it) also the drift present at programming time; drift and DC relaxation
+        after programming are excluded. Equal to the signatures for the ideal preset."""
+        if self._sig is None:
+            raise KvprismError("the engine has no programmed rows; call program(signatures) first")
+        if self.config.is_ideal:
+            return self._sig.reshape(*self._lead, *self._sig.shape[1:]).clone()
+        det = self._static
+        if "eo" in self._bufs:  # undo the relaxation since programming
+            det = self.config.rest_detuning_m + self._eo + self._trim
+        if self.config.feedback_calibration:
+            det = det + self._drift_now(None, 0, None)
+        _, n, d = det.shape
+        thru, drop = self._chip_fields(det.reshape(-1, d), self._extras(None, 0, None))
+        return (thru - drop).reshape(*self._lead, n, d)
 
     def optics(self, d: int) -> RowOptics:
         """The row optics for ``d`` comb lines (cached, with its :class:`CascadePlan`)."""
@@ -159,13 +179,15 @@ class PhotonicEngine:
             c = self.config
             self._optics = RowOptics.build(
                 d, c.channel_spacing_m, c.wavelength_center_m, c.ring_radius_m, c.n_eff, c.n_g,
-                self._r1, self._r2, self._a, c.bus_order, self._dtype,
+                self._r1, self._r2, self._a, c.bus_order, self._dtype, c.ring_pitch_m,
             )  # fmt: skip
             self._plan = None
-            if c.crosstalk and c.cascade_near_fwhm > 0:
+            if c.crosstalk and c.cascade_near_fwhm > 0 and not self._coherent:
                 # every detuning the rings can physically take: the drive range around the rest point ± 6σ of the
                 # trim residual and drift
-                sigma = math.sqrt(c.trim_sigma_m**2 + c.drift_ring_sigma_m**2 + c.drift_global_sigma_m**2)
+                sigma = math.sqrt(
+                    c.trim_sigma_m**2 + c.drift_ring_sigma_m**2 + c.drift_global_sigma_m**2 + c.drift_field_sigma_m**2
+                )
                 reach = c.tuning_m_per_v * c.v_max_v + 6.0 * sigma
                 lo, hi = c.rest_detuning_m - reach, c.rest_detuning_m + reach
                 self._plan = CascadePlan.build(self._optics, lo, hi, c.cascade_near_fwhm)
@@ -177,11 +199,12 @@ class PhotonicEngine:
         return getattr(self, "_plan", None)
 
     def detuning_range_m(self) -> tuple[float, float]:
-        """Detunings [m] the calibration may aim for: [0, 2·tuning·V_max − 2·margin] (``compensation_margin_m`` of the
-        config: swing kept for the closed loop's compensation of trim residual and drift; 0 open loop). What the
-        compensation needs beyond the margin is clipped by the voltage quantiser."""
+        """Detunings [m] the calibration may aim for: the drive's reach rest ± (tuning·V_max − margin), above 0
+        (``compensation_margin_m`` of the config: swing kept for the closed loop's compensation of trim residual and
+        drift; 0 open loop). With ``rest_point = "eo-centre"`` this is [0, 2·tuning·V_max − 2·margin]."""
         c = self.config
-        return 0.0, 2.0 * (c.tuning_m_per_v * c.v_max_v - c.compensation_margin_m)
+        reach = c.tuning_m_per_v * c.v_max_v - c.compensation_margin_m
+        return max(0.0, c.rest_detuning_m - reach), c.rest_detuning_m + reach
 
     def weight_range(self, d: int | None = None) -> float:
         """Half-width w_r of the symmetric weight interval used for every bank: the wanted
@@ -224,7 +247,36 @@ class PhotonicEngine:
         self._transmit = torch.zeros((b, n), dtype=self._dtype)  # 1 − row-mean ring absorption
         self._const = torch.zeros((b, n), dtype=self._dtype)
         self._abs_sum = torch.zeros((b, n), dtype=self._dtype)
+        for name, value in self._fabricate((b, n, d)).items():
+            setattr(self, name, value)
         self._program_rows(torch.arange(b), 0, n)
+
+    def _fabricate(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        """Per-row state of ``shape`` = (banks, new rows, d) drawn when rows first exist, after the trim and drift
+        draws (only the models that are on draw, so switching one off leaves the other draws unchanged): the drop
+        path's fabrication phases, the couplers' gap spread, the spatially correlated drift along the rows (drawn
+        for the new rows alone: not continued from the rows before), and the held EO shift / row age for DC
+        relaxation."""
+        c, out = self.config, {}
+        b, n, _ = shape
+        if self._coherent and c.bus_phase_random:
+            out["_bus_phase"] = torch.rand(shape, generator=self._gen, dtype=self._dtype) * (2.0 * math.pi)
+        if c.coupler_gap_sigma_m > 0.0:
+            out["_k1dev"] = drift_mod.coupling_deviation(shape, c.coupler_gap_sigma_m, c.coupler_gap_decay_m, self._gen)
+            out["_k2dev"] = drift_mod.coupling_deviation(shape, c.coupler_gap_sigma_m, c.coupler_gap_decay_m, self._gen)
+        if c.drift_field_sigma_m > 0.0:
+            out["_field_drift"] = drift_mod.spatial_field(
+                (b, n), c.drift_field_sigma_m, self._field_rho, self._gen, self._dtype
+            )
+        if c.dc_relax_fraction > 0.0:
+            out["_eo"] = torch.zeros(shape, dtype=self._dtype)
+            out["_age"] = torch.zeros((b, n), dtype=self._dtype)
+        return out
+
+    @property
+    def _field_rho(self) -> float:
+        """Correlation of the spatial drift field between neighbouring rows (row pitch / correlation length)."""
+        return math.exp(-self.config.ring_pitch_m / self.config.drift_corr_length_m)
 
     def append(self, signatures: torch.Tensor) -> None:
         """Program ``m`` new rows after the existing N in every bank: ``signatures`` [*L, m, d].
@@ -259,6 +311,8 @@ class PhotonicEngine:
         extra = (b, m, d)
         self._trim[:, n0:] = drift_mod.trim_residual(extra, c.trim_sigma_m, self._gen, self._dtype)
         self._ring_drift[:, n0:] = drift_mod.stationary_draw(extra, c.drift_ring_sigma_m, self._gen, self._dtype)
+        for name, value in self._fabricate(extra).items():
+            getattr(self, name)[:, n0:] = value
         new_max = new.abs().amax(dim=(1, 2)).to(self._dtype) * self._scale
         rescale = new_max > self._wr * (1.0 + 1e-6)
         resc = rescale.nonzero().squeeze(-1)
@@ -277,8 +331,8 @@ class PhotonicEngine:
         """Move the thermal-drift process forward by ``steps`` decode steps (call once per decode step). The draw
         is deferred to the next evaluation (exact in distribution for any number of accumulated steps) and made once
         at least ``drift_update_steps`` steps have accumulated; until then the rings hold the last drift sample."""
-        if steps < 0:
-            raise KvprismError(f"advance: steps = {steps} is invalid; allowed range: [0, inf)")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise KvprismError(f"advance: steps = {steps!r} is invalid; allowed: an int in [0, inf)")
         self.counters["drift_steps"] += steps
         if self._sig is not None and not self.config.is_ideal:
             self._pending_steps += steps
@@ -306,6 +360,8 @@ class PhotonicEngine:
     def select(self, query: torch.Tensor, k: int) -> torch.Tensor:
         """Indices [..., k] (int64) of the k best rows for ``query`` ([*L, d] or [*L, G, d]); best first, ties broken
         by the lower index."""
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise KvprismError(f"select: k = {k!r} is invalid; allowed: an int in [1, programmed rows]")
         if self._sig is not None and not 0 < k <= self.n_rows:
             raise KvprismError(f"select: k = {k} is invalid; allowed range: [1, {self.n_rows}] (programmed rows)")
         if self._sig is None or self.config.is_ideal:
@@ -339,6 +395,10 @@ class PhotonicEngine:
             raise KvprismError(f"{name} must be a float tensor [*L, N, d]")
         if x.dim() < 2 or x.shape[-1] == 0:
             raise KvprismError(f"{name} has shape {list(x.shape)}; expected [*L, N, d] with d ≥ 1")
+        if x.shape[-2] == 0 and self._sig is None:
+            raise KvprismError(f"{name} has shape {list(x.shape)}: N = 0 rows; a bank needs at least one row")
+        if any(s == 0 for s in x.shape[:-2]):
+            raise KvprismError(f"{name} has shape {list(x.shape)}: an empty bank dimension")
         if not bool(torch.isfinite(x).all()):
             raise KvprismError(f"{name} contains NaN or inf")
         return x.detach().cpu()
@@ -350,6 +410,8 @@ class PhotonicEngine:
             raise KvprismError("query must be a float tensor [*L, d] or [*L, G, d]")
         lead, d = self._lead, self._sig.shape[-1]
         q = query.detach().cpu()
+        if not bool(torch.isfinite(q).all()):
+            raise KvprismError("query contains NaN or inf")
         if tuple(q.shape) == (*lead, d):
             return q.reshape(-1, 1, d), True
         if q.dim() == len(lead) + 2 and tuple(q.shape[: len(lead)]) == lead and q.shape[-1] == d:
@@ -375,52 +437,177 @@ class PhotonicEngine:
         return (self._wr / torch.where(mx > 0, mx, torch.ones_like(mx))).to(self._dtype)
 
     def _chunk_rows(self, d: int) -> int:
+        if self._coherent:  # complex work tensors [d, rows, d], several alive at once
+            return max(1, _CHUNK_ELEMS // (4 * d * d))
         plan = self.cascade_plan
         k = plan.k if plan is not None else (d if self.config.crosstalk else 1)
         return max(1, _CHUNK_ELEMS // (d * k))
 
     def _program_rows(self, banks: torch.Tensor, r0: int, r1: int) -> None:
-        """Calibrate, quantise and write rows [r0, r1) of ``banks`` (1-D index tensor) into the state tensors."""
+        """Calibrate, quantise and write rows [r0, r1) of ``banks`` (1-D index tensor) into the state tensors:
+        model-based (the controller inverts its own model; mismatch in ``last_calibration_mismatch``) or in-situ
+        (``feedback_calibration``: iterated on noisy measurements of the chip, :mod:`kvprism.photonics.program`)."""
         self._det = None  # detection constants depend on the rows' constants and the ADC full scale
         c = self.config
-        opt = self.optics(self._sig.shape[-1])
+        d = self._sig.shape[-1]
+        opt = self.optics(d)
         lo_m, hi_m = self.detuning_range_m()
         sig = self._sig[banks, r0:r1].to(self._dtype)
         target = sig * self._scale[banks, None, None]
-        nb, nr, d = target.shape
+        nb, nr, _ = target.shape
         flat = target.reshape(-1, d)
+        if "age" in self._bufs:  # rows start their DC relaxation now
+            self._age[banks, r0:r1] = 0.0
+        # what the rings add to the drive while being programmed: trim residual and the drift present now
+        offset = (self._trim[banks, r0:r1] + self._drift_now(banks, r0, r1)).reshape(-1, d)
+        extras = self._extras(banks, r0, r1)
         det = torch.empty_like(flat)
         step = self._chunk_rows(d)
-        sq_err, count = 0.0, 0
-        for s in range(0, flat.shape[0], step):
-            res = calibrate(flat[s : s + step], opt, lo_m, hi_m, c.calibration_iters, c.crosstalk, self.cascade_plan)
-            det[s : s + step] = res.detuning_m
+        sq_err, count, probes = 0.0, 0, 0
+        noise_ = self._probe_noise(d) if c.feedback_calibration else None
+        # the closed loop may command the whole drive range, margin included (that is what the margin is kept for)
+        full = c.tuning_m_per_v * c.v_max_v
+        drive_m = (c.rest_detuning_m - full, c.rest_detuning_m + full)
+        # dither for the side of resonance: a tenth of a linewidth, at least two DAC steps
+        dac_step_m = 2.0 * full / (2**c.program_bits - 1) if c.program_bits else 0.0
+        dither_m = max(0.1 * self._fwhm_m, 2.0 * dac_step_m)
+        for s0 in range(0, flat.shape[0], step):
+            sl = slice(s0, s0 + step)
+            ex = {k: v[sl] for k, v in extras.items()}
+            if noise_ is not None:
+                off = offset[sl]
+                res = program.calibrate_in_situ(
+                    flat[sl], opt, *drive_m, c.calibration_iters,
+                    apply=lambda x, off=off: self._quantize_detuning(x) + off,
+                    chip=lambda x, ex=ex: self._chip_weights(x, ex), noise=noise_, gen=self._gen, dither_m=dither_m,
+                )  # fmt: skip
+                probes = res.probes
+            else:
+                res = program.calibrate_model(flat[sl], opt, lo_m, hi_m, c.calibration_iters, self._controller_weights)
+            det[sl] = res.detuning_m
             sq_err += res.residual**2 * res.detuning_m.numel()
             count += res.detuning_m.numel()
         self.last_calibration_residual = math.sqrt(sq_err / max(count, 1))
+        if noise_ is not None:
+            self.counters["calibration_probes"] += probes * nb
+            self.counters["calibration_time_s"] += probes * nb * noise_.probe_time_s
         det = det.reshape(nb, nr, d)
-        trim = self._trim[banks, r0:r1]
-        known = torch.zeros_like(det)
-        if c.feedback_calibration:  # the closed loop sees the trim residual and the drift present now
-            known = trim + self._ring_drift[banks, r0:r1] + self._global_drift
-        volts = (det - c.rest_detuning_m - known) / c.tuning_m_per_v
-        volts = encoding.quantize_uniform(volts, -c.v_max_v, c.v_max_v, c.program_bits)
+        volts = encoding.quantize_uniform((det - c.rest_detuning_m) / c.tuning_m_per_v, -c.v_max_v, c.v_max_v,
+                                          c.program_bits)  # fmt: skip
         self.counters["program_energy_j"] += c.ring_capacitance_f * float(volts.double().pow(2).sum())
-        static = c.rest_detuning_m + c.tuning_m_per_v * volts + trim
-        self._static[banks, r0:r1] = static
+        eo = c.tuning_m_per_v * volts
+        if "eo" in self._bufs:
+            self._eo[banks, r0:r1] = eo
+        self._static[banks, r0:r1] = c.rest_detuning_m + eo + self._trim[banks, r0:r1]
         self._const[banks, r0:r1] = target.sum(-1)  # the controller's belief: the target weights
         self._abs_sum[banks, r0:r1] = target.abs().sum(-1)
-        self._full_scale = self._abs_sum.amax(dim=1) * c.adc_headroom  # [B] in weight units (|Σ w u| ≤ Σ|w|)
+        fs = self._abs_sum.amax(dim=1)  # [B] in weight units (|Σ w u| ≤ Σ|w|)
+        # an all-zero bank has no score range of its own: its ADC spans the largest possible one, d·w_r
+        self._full_scale = torch.where(fs > 0, fs, torch.full_like(fs, d * self._wr)) * c.adc_headroom
         self._update_weights(banks, r0, r1)
+        if noise_ is None:  # what the controller's model does not know, at the drive it applied
+            applied = (c.rest_detuning_m + eo).reshape(-1, d)
+            model = torch.cat(
+                [self._controller_weights(applied[s : s + step]) for s in range(0, applied.shape[0], step)]
+            )
+            true = self._w[banks, r0:r1].reshape(-1, d)
+            self.last_calibration_mismatch = (
+                float((true - model).double().pow(2).mean().sqrt()) if true.numel() else 0.0
+            )
+
+    def _quantize_detuning(self, det: torch.Tensor) -> torch.Tensor:
+        """The detuning [m] the drive really sets for a commanded ``det``: the voltage quantised by the ring DAC."""
+        c = self.config
+        v = encoding.quantize_uniform((det - c.rest_detuning_m) / c.tuning_m_per_v, -c.v_max_v, c.v_max_v,
+                                      c.program_bits)  # fmt: skip
+        return c.rest_detuning_m + c.tuning_m_per_v * v
+
+    def _probe_noise(self, d: int) -> program.ProbeNoise:
+        """Noise of one in-situ probe reading of a weight (one comb line lit at full MZM transmission, every row's
+        balanced detector read): σ_w = σ_I / (R·P) with σ_I² = 2q(R·P + 2 I_dark)Δf + i_n²Δf + 2(R·NEP)²Δf."""
+        c = self.config
+        p_w = self.link_budget(d).row_line_w
+        resp, bw = c.pd_responsivity_a_per_w, c.detection_bandwidth_hz
+        sigma = 0.0
+        if c.noise:
+            var = noise.detector_variance_a2(
+                resp * p_w, 0.0, i_dark_a=c.dark_current_a, tia_noise_a_per_rthz=c.tia_noise_a_per_rthz,
+                nep_w_per_rthz=c.nep_w_per_rthz, responsivity_a_per_w=resp, bandwidth_hz=bw,
+            )  # fmt: skip
+            sigma = math.sqrt(var) / (resp * p_w)
+        step = 2.0 / (2**c.adc_bits - 1) if c.adc_bits else 0.0
+        return program.ProbeNoise(sigma, step, c.calibration_probe_averages, 0.5 / bw)
+
+    def _extras(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> dict[str, torch.Tensor]:
+        """Per-ring physics of rows [r0, r1) of ``banks`` (None: all) beyond the detuning, flattened to [R, d]:
+        drop-path fabrication phases and coupler deviations (only those that are modelled)."""
+        out = {}
+        for name in ("bus_phase", "k1dev", "k2dev"):
+            buf = self._bufs.get(name)
+            if buf is not None:
+                x = buf[:, r0 : (r1 if r1 is not None else self._n)]
+                x = x if banks is None else x[banks]
+                out[name] = x.reshape(-1, x.shape[-1])
+        return out
+
+    def _drift_now(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> torch.Tensor:
+        """Drift detuning [nb, nr, d] (m) of rows [r0, r1) now: per-ring + spatial field + global."""
+        sl = slice(r0, r1)
+        ring_d = self._ring_drift[:, sl] if banks is None else self._ring_drift[banks, sl]
+        out = ring_d.clone()
+        if "field_drift" in self._bufs:
+            f = self._field_drift[:, sl] if banks is None else self._field_drift[banks, sl]
+            out += f.unsqueeze(-1)
+        if self._global_drift != 0.0:
+            out += self._global_drift
+        return out
+
+    def _couplers(self, extras: dict[str, torch.Tensor]) -> ring.Couplers | None:
+        """Per-ring coupler constants [R, d] from the gap deviations in ``extras`` (None: design couplers)."""
+        if "k1dev" not in extras:
+            return None
+        k1 = (1.0 - self._r1 * self._r1) * (1.0 + extras["k1dev"].double())
+        k2 = (1.0 - self._r2 * self._r2) * (1.0 + extras["k2dev"].double())
+        return ring.Couplers.from_kappa_sq(k1.clamp(max=1.0), k2.clamp(max=1.0), self._a, self._dtype)
+
+    def _chip_fields(self, det: torch.Tensor, extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Through and drop power fractions [R, d] of the chip's rows (all of its physics) at detunings [R, d]."""
+        opt = self.optics(det.shape[-1])
+        couplers = self._couplers(extras)
+        if self._coherent:
+            return cascade_coherent(det, opt, couplers, extras.get("bus_phase"))
+        if couplers is not None:  # incoherent model with per-ring couplings: the general (order-aware) path
+            r1 = (1.0 - (1.0 - self._r1**2) * (1.0 + extras["k1dev"].double())).sqrt()
+            r2 = (1.0 - (1.0 - self._r2**2) * (1.0 + extras["k2dev"].double())).sqrt()
+            if self.config.crosstalk:  # one value per ring j, broadcast over the lines i
+                r1, r2 = r1.unsqueeze(-2), r2.unsqueeze(-2)
+            thru, drop = cascade(det.double(), dataclasses.replace(opt, r1=r1, r2=r2), self.config.crosstalk)
+            return thru.to(det.dtype), drop.to(det.dtype)
+        return cascade(det, opt, self.config.crosstalk, self.cascade_plan)
+
+    def _chip_weights(self, det: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        thru, drop = self._chip_fields(det, extras)
+        return thru - drop
+
+    def _controller_weights(self, det: torch.Tensor) -> torch.Tensor:
+        """The controller's model of a row [R, d] at detunings [R, d]: the chip's drop-bus model with the design
+        couplings and the designed bus phases only (no fabrication phases, gap spread, trim or drift)."""
+        opt = self.optics(det.shape[-1])
+        if self._coherent:
+            thru, drop = cascade_coherent(det, opt)
+        else:
+            thru, drop = cascade(det, opt, self.config.crosstalk, self.cascade_plan)
+        return thru - drop
 
     def _update_weights(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> None:
-        """Recompute W_eff and the mean ring absorption for the given rows at the current drift (``banks`` None: all
-        banks, written in place)."""
+        """Recompute W_eff and the mean ring transmission for the given rows at the current drift (``banks`` None:
+        all banks, written in place)."""
         sl = slice(r0, r1)
-        if banks is None:
-            det = torch.add(self._static[:, sl], self._ring_drift[:, sl])
-        else:
-            det = self._static[banks, sl] + self._ring_drift[banks, sl]
+        static = self._static[:, sl] if banks is None else self._static[banks, sl]
+        ring_d = self._ring_drift[:, sl] if banks is None else self._ring_drift[banks, sl]
+        det = torch.add(static, ring_d)  # summed in the order EngineGroup.sample uses (same bits)
+        if "field_drift" in self._bufs:
+            det += (self._field_drift[:, sl] if banks is None else self._field_drift[banks, sl]).unsqueeze(-1)
         if self._global_drift != 0.0:
             det += self._global_drift
         nb, nr, d = det.shape
@@ -431,7 +618,7 @@ class PhotonicEngine:
         t_dst = self._transmit[:, sl] if banks is None else None
         w = w_dst if w_dst is not None and w_dst.is_contiguous() else torch.empty_like(det)  # [nb, nr, d]
         absorb = t_dst if t_dst is not None and t_dst.is_contiguous() else torch.empty((nb, nr), dtype=self._dtype)
-        self._cascade_weights(flat, w.view(-1, d), absorb.view(-1), self._chunk_rows(d))
+        self._cascade_weights(flat, w.view(-1, d), absorb.view(-1), self._chunk_rows(d), self._extras(banks, r0, r1))
         if banks is not None:
             self._w[banks, sl] = w
             self._transmit[banks, sl] = absorb
@@ -442,12 +629,16 @@ class PhotonicEngine:
                 t_dst.copy_(absorb)
         self._weights_refreshed()
 
-    def _cascade_weights(self, det: torch.Tensor, w: torch.Tensor, transmit: torch.Tensor, step: int) -> None:
+    def _cascade_weights(
+        self, det: torch.Tensor, w: torch.Tensor, transmit: torch.Tensor, step: int,
+        extras: dict[str, torch.Tensor] | None = None,
+    ) -> None:  # fmt: skip
         """W_eff = thru − drop into ``w`` [R, d] and the row mean of thru + drop (= 1 − Ā) into ``transmit`` [R] for
-        detunings ``det`` [R, d] (m), ``step`` rows at a time."""
-        opt = self.optics(det.shape[-1])
+        detunings ``det`` [R, d] (m) and per-ring ``extras`` [R, d], ``step`` rows at a time."""
+        extras = extras or {}
         for s in range(0, det.shape[0], step):
-            thru, drop = cascade(det[s : s + step], opt, self.config.crosstalk, self.cascade_plan)
+            ex = {k: v[s : s + step] for k, v in extras.items()}
+            thru, drop = self._chip_fields(det[s : s + step], ex)
             torch.sub(thru, drop, out=w[s : s + step])
             torch.mean(thru.add_(drop), -1, out=transmit[s : s + step])
 
@@ -455,14 +646,25 @@ class PhotonicEngine:
         if self._det is not None and "var_transmit" in self._det:  # the only detection constant W_eff changes
             self._det["var_transmit"] = self._var_transmit(self._det["g2"])
 
+    @property
+    def _time_varying(self) -> bool:
+        """True when the rings move between decode steps (drift or DC relaxation)."""
+        c = self.config
+        return (
+            c.drift_ring_sigma_m != 0.0
+            or c.drift_global_sigma_m != 0.0
+            or c.drift_field_sigma_m != 0.0
+            or c.dc_relax_fraction != 0.0
+        )
+
     def _apply_pending_drift(self) -> None:
-        """Sample the drift processes if ``drift_update_steps`` or more steps are pending (else keep holding). In an
-        :class:`EngineGroup` the sample is taken for every member at the same point in one batched pass, which also
-        refreshes W_eff."""
+        """Sample the drift processes (and age the held EO shifts) if ``drift_update_steps`` or more steps are
+        pending (else keep holding). In an :class:`EngineGroup` the sample is taken for every member at the same
+        point in one batched pass, which also refreshes W_eff."""
         c = self.config
         if self._pending_steps == 0 or self._pending_steps < c.drift_update_steps:
             return
-        if c.drift_ring_sigma_m == 0.0 and c.drift_global_sigma_m == 0.0:
+        if not self._time_varying:
             self._pending_steps = 0
             return
         if self._group is not None and self._group.sample(self):
@@ -471,6 +673,8 @@ class PhotonicEngine:
         if c.drift_ring_sigma_m != 0.0:
             drift_mod.ar1_advance_(self._ring_drift, k, c.drift_corr_steps, c.drift_ring_sigma_m, self._gen)
         self._draw_global_drift(k)
+        self._draw_field_drift(k)
+        self._relax(k)
         self._stale = True
 
     def _draw_global_drift(self, k: int) -> None:
@@ -481,6 +685,25 @@ class PhotonicEngine:
             self._global_drift = float(
                 drift_mod.ar1_advance(g, k, c.drift_corr_steps, c.drift_global_sigma_m, self._gen)[0]
             )
+
+    def _draw_field_drift(self, k: int) -> None:
+        """Advance the spatially correlated drift field by ``k`` steps (AR(1) in time; spatially correlated
+        innovations), in place."""
+        c = self.config
+        if c.drift_field_sigma_m != 0.0:
+            rho_k, noise_m = drift_mod.ar1_coefficients(k, c.drift_corr_steps, 1.0)
+            innov = drift_mod.spatial_field(
+                tuple(self._field_drift.shape), c.drift_field_sigma_m, self._field_rho, self._gen, self._dtype
+            )
+            self._field_drift.mul_(rho_k).add_(innov, alpha=noise_m)
+
+    def _relax(self, k: int) -> None:
+        """Age the rows by ``k`` decode steps and let their held Pockels shifts relax (TFLN DC drift), in place."""
+        c = self.config
+        if c.dc_relax_fraction != 0.0:
+            self._age.add_(k)
+            factor = drift_mod.dc_relaxation(self._age * c.decode_step_time_s, c.dc_relax_fraction, c.dc_relax_time_s)
+            torch.addcmul(self._trim, self._eo, factor.unsqueeze(-1), out=self._static).add_(c.rest_detuning_m)
 
     def _refresh(self) -> None:
         self._apply_pending_drift()
@@ -640,6 +863,7 @@ class PhotonicEngine:
 
 
 _GROUP_SHARED = ("static", "ring_drift", "w", "transmit")  # row state a group sample reads or writes
+_GROUP_OPTIONAL = ("field_drift", "bus_phase", "k1dev", "k2dev")  # stacked too when the model has them
 _GROUP_CHUNK_ROWS = 768  # rows per cascade chunk of a group refresh (1.5 MiB CascadePlan work buffer for K·d = 512)
 
 
@@ -680,6 +904,7 @@ class EngineGroup:
         self._members: list[PhotonicEngine] = []  # engines whose row state are views of the store, in store order
         self._views: dict[str, list[torch.Tensor]] = {}  # name -> each member's [B, cap, ...] view of the store
         self._scratch_bufs: dict[str, torch.Tensor] = {}
+        self._names: tuple[str, ...] = _GROUP_SHARED  # row state stacked in the store
         self.batched_samples = 0  # drift samples taken for two or more members at once
 
     def release(self) -> None:
@@ -702,6 +927,7 @@ class EngineGroup:
         c = caller.config
         b, _, d = shape
         noise_shape = (len(members), b, n, d)
+        self._names = _GROUP_SHARED + tuple(x for x in _GROUP_OPTIONAL if x in caller._bufs)
         views = self._adopt(members)
         if c.drift_ring_sigma_m != 0.0:
             rho_k, noise_m = drift_mod.ar1_coefficients(k, c.drift_corr_steps, c.drift_ring_sigma_m)
@@ -709,17 +935,31 @@ class EngineGroup:
             for i, e in enumerate(members):  # each member's draws, in its own generator's order
                 torch.randn((b, n, d), generator=e._gen, dtype=e._dtype, out=noise[i])
                 e._draw_global_drift(k)
+                e._draw_field_drift(k)
+                e._relax(k)
             views["ring_drift"].mul_(rho_k).add_(noise, alpha=noise_m)
         else:
             for e in members:
                 e._draw_global_drift(k)
+                e._draw_field_drift(k)
+                e._relax(k)
         det = torch.add(views["static"], views["ring_drift"], out=self._scratch("det", noise_shape, caller._dtype))
+        if "field_drift" in views:
+            det += views["field_drift"].unsqueeze(-1)
         if any(e._global_drift != 0.0 for e in members):
             det += torch.tensor([e._global_drift for e in members], dtype=det.dtype).view(-1, 1, 1, 1)
         w_dst, t_dst = views["w"], views["transmit"]
         w = w_dst if w_dst.is_contiguous() else torch.empty_like(det)
         transmit = t_dst if t_dst.is_contiguous() else torch.empty(det.shape[:-1], dtype=det.dtype)
-        caller._cascade_weights(det.view(-1, d), w.view(-1, d), transmit.view(-1), _GROUP_CHUNK_ROWS)
+        extra_names = [x for x in ("bus_phase", "k1dev", "k2dev") if x in views]
+        if caller._coherent:  # compute-bound: member by member, in the chunks each would use alone (same bits)
+            for i in range(len(members)):
+                extras = {x: views[x][i].reshape(-1, d) for x in extra_names}
+                caller._cascade_weights(det[i].view(-1, d), w[i].view(-1, d), transmit[i].view(-1),
+                                        caller._chunk_rows(d), extras)  # fmt: skip
+        else:
+            extras = {x: views[x].reshape(-1, d) for x in extra_names}
+            caller._cascade_weights(det.view(-1, d), w.view(-1, d), transmit.view(-1), _GROUP_CHUNK_ROWS, extras)
         if w is not w_dst:
             w_dst.copy_(w)
         if transmit is not t_dst:
@@ -752,12 +992,12 @@ class EngineGroup:
         (or no longer) a view of the store."""
         n = members[0]._n
         same = len(members) == len(self._members) and all(
-            e is m and all(e._bufs.get(name) is self._store_view(i, name) for name in _GROUP_SHARED)
+            e is m and all(e._bufs.get(name) is self._store_view(i, name) for name in self._names)
             for i, (e, m) in enumerate(zip(members, self._members, strict=True))
         )
         if not same:
             store = {}
-            for name in _GROUP_SHARED:
+            for name in self._names:
                 bufs = [e._bufs[name] for e in members]
                 cap = max(buf.shape[1] for buf in bufs)
                 ref = bufs[0]
@@ -765,11 +1005,11 @@ class EngineGroup:
                 for i, (e, buf) in enumerate(zip(members, bufs, strict=True)):
                     store[name][i, :, : e._n] = buf[:, : e._n]
             self._store, self._members = store, list(members)
-            self._views = {name: list(store[name].unbind(0)) for name in _GROUP_SHARED}
+            self._views = {name: list(store[name].unbind(0)) for name in self._names}
             for i, e in enumerate(members):
-                for name in _GROUP_SHARED:
+                for name in self._names:
                     e._bufs[name] = self._views[name][i]
-        return {name: self._store[name][:, :, :n] for name in _GROUP_SHARED}
+        return {name: self._store[name][:, :, :n] for name in self._names}
 
     def _store_view(self, i: int, name: str) -> torch.Tensor | None:
         return self._views[name][i] if self._members else None

@@ -1,4 +1,22 @@
-"""Feasibility verdict of a photonic configuration (PHYSICS.md §9): numbers with units and violated constraints."""
+"""Feasibility verdict of a photonic configuration (PHYSICS.md §9, §11): numbers with units and violated constraints.
+
+The analytic rows come from :class:`~kvprism.photonics.design.ChipDesign` (pure); the score SNR, recall@k and the
+weight precision from a seeded Monte Carlo on a :class:`~kvprism.photonics.engine.PhotonicEngine` through its public
+API (``program``, ``scores``, ``select``, ``weights_as_programmed``, ``last_calibration_residual``,
+``cascade_plan``). Thresholds and their sources:
+
+* drive swing ≤ V_max; comb span ≤ FSR (physics);
+* neighbour leakage ≤ the stricter of ``leakage_limit_db`` and the field-formula limit for ``required_weight_bits``
+  (:func:`~kvprism.photonics.design.leakage_limit_db`);
+* 3σ of ``fab_sigma_m`` on either side within the trim range (heater: efficiency × max power; one-time: its range);
+* each optical power cap (``comb_line_max_w``, ``waveguide_max_power_w``, ``mzm_max_power_w``,
+  ``ring_max_circulating_w``, ``pd_saturation_current_a``) at the configured laser power;
+* a query symbol (T_int) at least the ring photon lifetime; the ADC converts one sample per symbol and row;
+* received power ≥ PD sensitivity; score ENOB ≥ ``required_score_enob``; recall@k ≥ ``required_recall``; weight
+  precision ≥ ``required_weight_bits`` (all from the config, each with its source);
+* photonic area (rings + PD pairs + MZMs) ≤ ``max_chip_area_m2``; electronic area (TIAs + ADCs) ≤
+  ``max_electronic_area_m2``.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +25,57 @@ import math
 
 import torch
 
-from kvprism.photonics import encoding, link, noise, ring
+from kvprism.photonics import link, ring
 from kvprism.photonics.config import PhotonicConfig
+from kvprism.photonics.design import (
+    ChipDesign,
+    DecodeTiming,
+    PowerLimit,
+    leakage_limit_db,
+    mid_bias_pd_power_w,
+    score_snr_db,
+    timed_by_decode,
+)
+from kvprism.photonics.engine import PhotonicEngine
 
-__all__ = ["FeasibilityReport", "feasibility"]
+__all__ = ["FeasibilityReport", "TrimCheck", "feasibility", "mid_bias_pd_power_w", "trim_check"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrimCheck:
+    """Trim of the as-fabricated resonance spread: the shift needed (±3σ of ``fab_sigma_m``, at most one FSR: a ring
+    may lock onto its line through any resonance order), the mechanism's range, and the held power."""
+
+    mechanism: str
+    needed_m: float
+    range_m: float
+    mean_power_w: float  # per ring (heater); 0 for a one-time trim
+    chip_power_w: float  # every ring of the chip
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_m <= self.range_m
+
+
+def trim_check(cfg: PhotonicConfig, design: ChipDesign) -> TrimCheck:
+    """:class:`TrimCheck` of ``cfg``: a heater only red-shifts, so rings are designed 3σ blue of their line and the
+    heater spans 6σ (mean shift 3σ → mean power 3σ / efficiency); a one-time trim needs the same span."""
+    needed = min(6.0 * cfg.fab_sigma_m, design.fsr_m)
+    if cfg.trim_mechanism == "heater":
+        rng = cfg.trim_efficiency_m_per_w * cfg.trim_max_power_w
+        mean_p = min(3.0 * cfg.fab_sigma_m, 0.5 * design.fsr_m) / cfg.trim_efficiency_m_per_w
+    else:
+        rng, mean_p = cfg.one_time_trim_range_m, 0.0
+    return TrimCheck(cfg.trim_mechanism, needed, rng, mean_p, mean_p * design.mrr_count)
 
 
 @dataclasses.dataclass
 class FeasibilityReport:
-    """Feasibility numbers of one configuration; ``violations`` holds one readable sentence per violated constraint."""
+    """Feasibility numbers of one configuration; ``violations`` holds one readable sentence per violated constraint.
+    ``design`` is the :class:`ChipDesign` every analytic number comes from."""
 
     d: int
+    design: ChipDesign
     fsr_m: float
     fwhm_m: float
     q_loaded: float
@@ -28,19 +86,25 @@ class FeasibilityReport:
     v_max_v: float
     weight_range: float
     worst_leakage_db: float
+    leakage_limit_db: float
     received_line_dbm: float
     received_pd_dbm: float
     link_loss_db: float
-    electrical_snr_db: float
-    score_snr_db: float
+    score_snr_analytic_db: float  # detection noise only, score-referred (design.score_snr_db)
+    score_snr_db: float  # Monte Carlo, all impairments
     score_enob_bits: float
+    recall_at_k: float
+    recall_k: int
     weight_bits: float
     calibration_residual: float
     mrr_count: int
-    area_m2: float
+    area_m2: float  # photonic die: rings + PD pairs + MZMs
+    electronic_area_m2: float
+    trim: TrimCheck
     cascade_near_rings: int
     cascade_fit_error: float
     violations: list[str]
+    timing: DecodeTiming | None = None
     drift_update_steps: int = 1  # simulation: decode steps between drift samples (PhotonicConfig.drift_update_steps)
     drift_hold_rms_m: float = 0.0  # simulation: RMS detuning error of holding the drift between samples
 
@@ -48,10 +112,14 @@ class FeasibilityReport:
     def feasible(self) -> bool:
         return not self.violations
 
+    @property
+    def power_limits(self) -> tuple[PowerLimit, ...]:
+        return self.design.power_limits
+
     def rows(self) -> list[tuple[str, str, str]]:
         """(quantity, value with unit, constraint) rows for a table."""
-        nm, pm = 1e9, 1e12
-        return [
+        nm, pm, ds = 1e9, 1e12, self.design
+        out = [
             ("comb lines d", f"{self.d}", ""),
             ("ring FSR", f"{self.fsr_m * nm:.2f} nm", ""),
             ("comb span d·Δ", f"{self.comb_span_m * nm:.2f} nm", f"≤ FSR {self.fsr_m * nm:.2f} nm"),
@@ -60,15 +128,62 @@ class FeasibilityReport:
                 f"{self.fwhm_m * pm:.1f} pm / {self.q_loaded:.3g} / {self.q_intrinsic:.3g}",
                 "",
             ),
+            (
+                "finesse / power build-up / photon lifetime",
+                f"{ds.finesse:.1f} / {ds.buildup:.1f}× / {ds.photon_lifetime_s * pm:.1f} ps",
+                "",
+            ),
             ("EO range 2·tuning·V_max", f"{self.eo_range_m * pm:.1f} pm", ""),
             ("required drive swing", f"±{self.required_swing_v:.2f} V", f"≤ V_max {self.v_max_v:.2f} V"),
             ("usable weight range", f"±{self.weight_range:.3f}", ""),
-            ("worst neighbour leakage", f"{self.worst_leakage_db:.1f} dB", ""),
+            ("worst neighbour leakage", f"{self.worst_leakage_db:.1f} dB", f"≤ {self.leakage_limit_db:.1f} dB"),
+            (
+                f"trim ({self.trim.mechanism}): needed / range",
+                f"{self.trim.needed_m * nm:.2f} nm / {self.trim.range_m * nm:.2f} nm",
+                "needed ≤ range (±3σ fab, ≤ 1 FSR)",
+            ),
+            (
+                "trim power per ring / chip",
+                f"{self.trim.mean_power_w * 1e3:.3g} mW / {self.trim.chip_power_w:.3g} W",
+                "",
+            ),
+            (
+                "bank height / routing length",
+                f"{ds.bank_height_m * 1e2:.2f} cm / {ds.link.routing_length_m * 1e2:.2f} cm",
+                "",
+            ),
             ("link loss per line", f"{self.link_loss_db:.1f} dB", ""),
             ("received power per line", f"{self.received_line_dbm:.1f} dBm", ""),
-            ("received power per PD (mid bias)", f"{self.received_pd_dbm:.1f} dBm", ""),
-            ("electrical SNR at full scale", f"{self.electrical_snr_db:.1f} dB", ""),
+            (
+                "received power per PD (mid bias)",
+                f"{self.received_pd_dbm:.1f} dBm",
+                f"≥ sensitivity {ds.pd_sensitivity_dbm:.1f} dBm",
+            ),
+        ]
+        for lim in ds.power_limits:
+            unit = "mW" if lim.unit == "W" else "mA"  # both shown ×1e3
+            out.append((lim.name, f"{lim.value * 1e3:.3g} {unit}", f"≤ {lim.cap * 1e3:.3g} {unit}"))
+        out.append(("largest laser power per line (all caps)", f"{link.w_to_dbm(ds.laser_cap_w):.1f} dBm", ""))
+        if self.timing is not None:
+            t = self.timing
+            out.append(
+                (
+                    "decode timing: time per selection",
+                    f"{t.time_per_selection_s * 1e6:.3g} µs",
+                    f"{t.tokens_per_s:g} tok/s, {t.rounds_per_layer} round(s)/layer, "
+                    + (f"reprogram {t.reprogram_s * 1e6:.3g} µs" if t.shared else "banks resident"),
+                )
+            )
+        out += [
+            (
+                "noise bandwidth / integration time (symbol)",
+                f"{ds.noise_bandwidth_hz:.3g} Hz / {ds.integration_time_s * 1e9:.3g} ns",
+                f"symbol ≥ photon lifetime {ds.photon_lifetime_s * pm:.1f} ps",
+            ),
+            ("ADC rate needed per row", f"{ds.adc_rate_hz:.3g} S/s", ""),
+            ("score SNR, detection noise (score-referred)", f"{self.score_snr_analytic_db:.1f} dB", ""),
             ("score SNR / ENOB (Monte Carlo)", f"{self.score_snr_db:.1f} dB / {self.score_enob_bits:.2f} bit", ""),
+            (f"recall@{self.recall_k} (Monte Carlo, k/N = 1/8)", f"{self.recall_at_k:.3f}", ""),
             ("weight precision after calibration", f"{self.weight_bits:.2f} bit", ""),
             ("calibration residual (RMS)", f"{self.calibration_residual:.2e}", ""),
             (
@@ -82,93 +197,53 @@ class FeasibilityReport:
                 "",
             ),
             ("MRR count", f"{self.mrr_count:,}", ""),
-            ("ring area", f"{self.area_m2 * 1e6:.1f} mm²", ""),
+            (
+                "photonic area: rings + PD pairs + MZMs",
+                f"{self.area_m2 * 1e6:,.1f} mm² ({ds.ring_area_m2 * 1e6:,.0f} + {ds.pd_area_m2 * 1e6:,.0f} + "
+                f"{ds.mzm_area_m2 * 1e6:,.0f})",
+                "",
+            ),
+            ("electronic area: TIAs + ADCs", f"{self.electronic_area_m2 * 1e6:,.1f} mm²", ""),
         ]
+        return out
 
 
 def _snr_to_enob(snr_db: float) -> float:
     return (snr_db - 1.76) / 6.02
 
 
-def _worst_leakage_db(cfg: PhotonicConfig, d: int, r1: float, r2: float, a: float, lo_m: float, hi_m: float) -> float:
-    """Largest drop transmission of any ring onto any other line over the ring's detuning range, all FSR orders."""
-    from kvprism.photonics.wdm import RowOptics
-
-    if d < 2:
-        return -math.inf
-    opt = RowOptics.build(d, cfg.channel_spacing_m, cfg.wavelength_center_m, cfg.ring_radius_m, cfg.n_eff, cfg.n_g,
-                          r1, r2, a, cfg.bus_order, torch.float64)  # fmt: skip
-    det = torch.linspace(lo_m, hi_m, 33, dtype=torch.float64)
-    phi = opt.phase0.unsqueeze(0) + det.view(-1, 1, 1) * opt.phase_per_m.view(1, -1, 1)
-    _, drop = ring.add_drop(phi, r1, r2, a)
-    off = ~torch.eye(d, dtype=torch.bool)
-    worst = float(drop[:, off].max())
-    return 10.0 * math.log10(max(worst, 1e-300))
-
-
-def mid_bias_pd_power_w(cfg: PhotonicConfig, row_line_w: float, d: int) -> float:
-    """Optical power [W] on each diode of a row's balanced pair at mid-bias query (half of the row's light on each
-    diode) when each of the ``d`` comb lines reaches the row with ``row_line_w`` [W] (MZM fully open)."""
-    tmin = encoding.t_min(cfg.mzm_extinction_db)
-    return row_line_w * d * (tmin + (1.0 - tmin) * 0.5) * 0.5
-
-
-def electrical_snr_db(cfg: PhotonicConfig, row_line_w: float, d: int, weight_range: float) -> float:
-    """Electrical SNR [dB] of a full-scale score of one row (the feasibility verdict's operating point): ADC
-    full-scale current of a typical bank (Σ|w| ≈ d·w_r/2, doubled for dual-rail) against shot + dark + TIA + NEP
-    noise at mid bias (:func:`noise.detector_variance_a2`) plus RIN on the signal (:func:`noise.rin_sigma`).
-    ``inf`` for a noise-free configuration."""
-    if not cfg.noise:
-        return math.inf
-    tmin = encoding.t_min(cfg.mzm_extinction_db)
-    resp, bw = cfg.pd_responsivity_a_per_w, cfg.detection_bandwidth_hz
-    p_pd_w = mid_bias_pd_power_w(cfg, row_line_w, d)
-    i_fs = 0.5 * (1.0 - tmin) * row_line_w * resp * d * weight_range * 0.5
-    if cfg.encoding == "dual-rail":
-        i_fs *= 2.0
-    var = noise.detector_variance_a2(
-        resp * p_pd_w, resp * p_pd_w, i_dark_a=cfg.dark_current_a, tia_noise_a_per_rthz=cfg.tia_noise_a_per_rthz,
-        nep_w_per_rthz=cfg.nep_w_per_rthz, responsivity_a_per_w=resp, bandwidth_hz=bw,
-    )  # fmt: skip
-    var += (noise.rin_sigma(cfg.rin_db_per_hz, bw) * i_fs) ** 2
-    return 10.0 * math.log10(i_fs**2 / var) if var > 0 else math.inf
-
-
 def feasibility(
-    cfg: PhotonicConfig, d: int | None = None, seed: int = 0, mc_rows: int = 256, mc_queries: int = 64
+    cfg: PhotonicConfig,
+    d: int | None = None,
+    seed: int = 0,
+    mc_rows: int = 256,
+    mc_queries: int = 64,
+    timing: DecodeTiming | None = None,
 ) -> FeasibilityReport:
-    """Evaluate ``cfg`` for ``d`` comb lines (default ``cfg.n_lines``). The score SNR/ENOB and the achieved weight
-    precision come from a seeded Monte Carlo: a bank of ``mc_rows`` Gaussian signatures programmed on a fresh engine
-    (all impairments of ``cfg``), ``mc_queries`` Gaussian queries, estimates compared with the exact dot products
-    after the best linear fit; weight bits = log2(2 w_r / (√12 · RMS(W_eff − target)))."""
-    from kvprism.photonics.engine import PhotonicEngine
-
+    """Evaluate ``cfg`` for ``d`` comb lines (default ``cfg.n_lines``); with ``timing``
+    (:func:`~kvprism.photonics.design.decode_timing`) the detection is timed by decode first
+    (:func:`~kvprism.photonics.design.timed_by_decode`). The score SNR/ENOB, recall@k (k = mc_rows/8) and the
+    achieved weight precision come from a seeded Monte Carlo: a bank of ``mc_rows`` Gaussian signatures programmed on
+    a fresh engine (all impairments of ``cfg``), ``mc_queries`` Gaussian queries, estimates compared with the exact
+    dot products after the best linear fit; weight bits = log2(2 w_r / (√12 · RMS(W_eff − target)))."""
+    if timing is not None:
+        cfg = timed_by_decode(cfg, timing)
     d = d or cfg.n_lines
-    r1, r2 = cfg.couplings
-    a = float(ring.round_trip_amplitude(cfg.loss_db_per_m, cfg.ring_radius_m))
-    lam = cfg.wavelength_center_m
-    fsr = float(ring.fsr_m(lam, cfg.n_g, cfg.ring_radius_m))
-    fwhm = float(ring.fwhm_m(lam, cfg.n_g, cfg.ring_radius_m, r1, r2, a))
-    qi = float(ring.q_intrinsic(lam, cfg.n_g, cfg.loss_db_per_m))
-    span = d * cfg.channel_spacing_m
-    eng = PhotonicEngine(cfg, seed=seed)
-    lo_m, hi_m = eng.detuning_range_m()
-    opt = eng.optics(d)
-    eo_range = 2.0 * cfg.tuning_m_per_v * cfg.v_max_v
-    wr = eng.weight_range(d)
+    ds = ChipDesign.from_config(cfg, d)
+    r1, r2, a = ds.r1, ds.r2, ds.a
+    wr = ds.weight_range
     violations: list[str] = []
 
     # drive swing needed for ±weight_range_target with one ring (if the ring can reach it at all), plus 3σ of
     # the static trim residual that the bias must absorb
-    w_min = float(ring.single_ring_weight(0.0, r1, r2, a))
-    w_max = float(ring.single_ring_weight(math.pi, r1, r2, a))
-    w_req = min(cfg.weight_range_target, -w_min, w_max)
+    w_req = min(cfg.weight_range_target, -ds.w_min, ds.w_max)
     if w_req < cfg.weight_range_target:
         violations.append(
             f"weights ±{cfg.weight_range_target:g} are out of the ring's reach at any drive: its extinction limits "
-            f"them to [{w_min:.3f}, {w_max:.3f}]"
+            f"them to [{ds.w_min:.3f}, {ds.w_max:.3f}]"
         )
-    per_m = float(opt.phase_per_m.min())
+    lines = cfg.wavelength_center_m + (torch.arange(d, dtype=torch.float64) - (d - 1) / 2.0) * cfg.channel_spacing_m
+    per_m = float((2.0 * math.pi * cfg.n_g * ring.ring_length_m(cfg.ring_radius_m) / lines**2).min())
     c = ring.single_ring_weight_inverse_cos(torch.tensor([-w_req, w_req], dtype=torch.float64), r1, r2, a)
     det_needed = torch.arccos(c.clamp(-1.0, 1.0)) / per_m
     reserve = 3.0 * cfg.trim_sigma_m
@@ -179,48 +254,84 @@ def feasibility(
             f"weights ±{w_req:.3g} (+3σ trim) need a drive of ±{swing:.2f} V but V_max is {cfg.v_max_v:g} V: "
             f"usable weights shrink to ±{wr:.3f}"
         )
-    if span > fsr:
+    if ds.comb_span_m > ds.fsr_m:
         violations.append(
-            f"comb span {span * 1e9:.2f} nm ({d} lines × {cfg.channel_spacing_m * 1e9:g} nm) exceeds the ring FSR "
-            f"{fsr * 1e9:.2f} nm: lines alias onto other resonance orders of the rings"
+            f"comb span {ds.comb_span_m * 1e9:.2f} nm ({d} lines × {cfg.channel_spacing_m * 1e9:g} nm) exceeds the "
+            f"ring FSR {ds.fsr_m * 1e9:.2f} nm: lines alias onto other resonance orders of the rings"
         )
-    leak_db = _worst_leakage_db(cfg, d, r1, r2, a, lo_m, hi_m) if cfg.crosstalk else -math.inf
-    if leak_db > cfg.leakage_limit_db:
+    derived = leakage_limit_db(wr, cfg.required_weight_bits, ds.max_drop_field)
+    leak_limit = min(cfg.leakage_limit_db, derived)
+    if ds.worst_leakage_db > leak_limit:
         violations.append(
-            f"worst leakage of a ring onto another line is {leak_db:.1f} dB, above the {cfg.leakage_limit_db:g} dB limit"
+            f"worst leakage of a ring onto another line is {ds.worst_leakage_db:.1f} dB, above the "
+            f"{leak_limit:.1f} dB limit (field formula for {cfg.required_weight_bits:g}-bit weights: "
+            f"2·√L·|κ| ≤ ½ LSB gives {derived:.1f} dB; configured {cfg.leakage_limit_db:g} dB)"
         )
+    eo_range = ds.eo_range_m
     if cfg.feedback_calibration and 3.0 * cfg.trim_sigma_m > 0.5 * eo_range:
         violations.append(
             f"trim residual 3σ = {3e12 * cfg.trim_sigma_m:.1f} pm exceeds half the EO range "
             f"({0.5e12 * eo_range:.1f} pm): the closed loop cannot absorb it"
         )
-    if not cfg.feedback_calibration and cfg.trim_sigma_m > 0.25 * fwhm:
+    if not cfg.feedback_calibration and cfg.trim_sigma_m > 0.25 * ds.fwhm_m:
         violations.append(
             f"open-loop programming with a trim residual σ = {1e12 * cfg.trim_sigma_m:.1f} pm > FWHM/4 "
-            f"({0.25e12 * fwhm:.1f} pm): weights are dominated by fabrication error"
+            f"({0.25e12 * ds.fwhm_m:.1f} pm): weights are dominated by fabrication error"
+        )
+    trim = trim_check(cfg, ds)
+    if not trim.fits:
+        how = (
+            f"{cfg.trim_max_power_w * 1e3:g} mW × {cfg.trim_efficiency_m_per_w * 1e9:g} pm/mW"
+            if trim.mechanism == "heater"
+            else "one_time_trim_range_m"
+        )
+        violations.append(
+            f"fabrication spread ±3σ = ±{3e9 * cfg.fab_sigma_m:.2f} nm needs a trim span of {trim.needed_m * 1e9:.2f} "
+            f"nm, but the {trim.mechanism} trim reaches {trim.range_m * 1e9:.2f} nm ({how})"
         )
 
-    budget = eng.link_budget(d)
+    budget = ds.link
     p_pd_w = mid_bias_pd_power_w(cfg, budget.row_line_w, d)
-    if link.w_to_dbm(p_pd_w) < cfg.pd_sensitivity_dbm:
+    if link.w_to_dbm(p_pd_w) < ds.pd_sensitivity_dbm:
         violations.append(
             f"received power per photodiode {link.w_to_dbm(p_pd_w):.1f} dBm is below the sensitivity "
-            f"{cfg.pd_sensitivity_dbm:g} dBm (link loss {budget.total_loss_db:.1f} dB incl. the 1×"
+            f"{ds.pd_sensitivity_dbm:.1f} dBm at {ds.noise_bandwidth_hz:.3g} Hz (link loss {budget.total_loss_db:.1f} dB incl. the 1×"
             f"{cfg.rows_per_bank} splitter)"
         )
-    el_snr_db = electrical_snr_db(cfg, budget.row_line_w, d, wr)
+    for lim in ds.power_limits:
+        if lim.exceeded:
+            unit = "mW" if lim.unit == "W" else "mA"
+            violations.append(
+                f"{lim.name} is {lim.value * 1e3:.3g} {unit} at {cfg.laser_line_dbm:g} dBm per line, above the cap "
+                f"{lim.cap * 1e3:.3g} {unit} ({lim.source_field}); the caps allow at most "
+                f"{link.w_to_dbm(ds.laser_cap_w):.1f} dBm per line"
+            )
+    if ds.symbol_shorter_than_lifetime:
+        violations.append(
+            f"a query symbol (integration time {ds.integration_time_s * 1e12:.1f} ps = 1/(2·{cfg.detection_bandwidth_hz:g}"
+            f" Hz)) is shorter than the ring photon lifetime {ds.photon_lifetime_s * 1e12:.1f} ps: the previous "
+            "query leaks into the score (inter-symbol error, not modelled)"
+        )
+    if ds.adc_rate_hz > cfg.adc_sample_rate_hz * (1.0 + 1e-12):
+        violations.append(
+            f"one ADC conversion per row and symbol needs {ds.adc_rate_hz:.3g} S/s, above adc_sample_rate_hz "
+            f"{cfg.adc_sample_rate_hz:.3g} S/s"
+        )
+    snr_analytic = score_snr_db(cfg, ds)
 
-    # Monte Carlo on a fresh engine
+    # Monte Carlo on a fresh engine (public API only)
+    eng = PhotonicEngine(cfg, seed=seed)
     gen = torch.Generator().manual_seed(seed + 7919)
     sig = torch.randn(mc_rows, d, generator=gen)
     qs = torch.randn(mc_queries, d, generator=gen)
     eng.program(sig.unsqueeze(0))
+    k = max(1, mc_rows // 8)
     if cfg.is_ideal:
         weight_bits, resid, snr_db = math.inf, 0.0, math.inf
     else:
-        tgt = sig * eng._scale[0]
-        w_nodrift = _weights_without_drift(eng)
-        err = (w_nodrift - tgt).pow(2).mean().sqrt().item()
+        tgt = sig * (wr / float(sig.abs().max()))  # one scale per bank: max |signature| → w_r (PHYSICS §2)
+        w_prog = eng.weights_as_programmed()[0]
+        err = (w_prog.double() - tgt.double()).pow(2).mean().sqrt().item()
         weight_bits = math.log2(2.0 * wr / (math.sqrt(12.0) * err)) if err > 0 else math.inf
         resid = eng.last_calibration_residual or 0.0
         est = eng.scores(qs.unsqueeze(0)).squeeze(0)  # [Q, N]
@@ -228,11 +339,20 @@ def feasibility(
         alpha = float((est * exact).sum() / (exact * exact).sum())
         e = est - alpha * exact
         snr_db = 10.0 * math.log10(float((alpha * exact).pow(2).mean()) / max(float(e.pow(2).mean()), 1e-300))
+    chosen = eng.select(qs.unsqueeze(0), k).squeeze(0)  # [Q, k]
+    truth = (qs @ sig.T).topk(k, dim=-1).indices
+    hits = (chosen.unsqueeze(-1) == truth.unsqueeze(-2)).any(-1).sum(-1).double()
+    recall = float(hits.mean()) / k
     enob = _snr_to_enob(snr_db)
     if enob < cfg.required_score_enob:
         violations.append(
             f"score ENOB {enob:.2f} bit (SNR {snr_db:.1f} dB, Monte Carlo) is below the required "
             f"{cfg.required_score_enob:g} bit"
+        )
+    if recall < cfg.required_recall:
+        violations.append(
+            f"recall@{k} of the chip's top-k on Gaussian signatures is {recall:.3f}, below the required "
+            f"{cfg.required_recall:g}"
         )
     if weight_bits < cfg.required_weight_bits:
         violations.append(
@@ -240,32 +360,26 @@ def feasibility(
             f"{cfg.required_weight_bits:g} bit"
         )
     plan = eng.cascade_plan
-    mrr = cfg.rows_per_bank * cfg.n_banks * d
-    area = mrr * cfg.ring_pitch_m**2
-    if area > cfg.max_chip_area_m2:
+    if ds.photonic_area_m2 > cfg.max_chip_area_m2:
         violations.append(
-            f"{mrr:,} rings at {cfg.ring_pitch_m * 1e6:g} µm pitch need {area * 1e6:,.0f} mm², above the "
+            f"{ds.mrr_count:,} rings at {cfg.ring_pitch_m * 1e6:g} µm pitch, {ds.rows:,} PD pairs and "
+            f"{cfg.n_banks * d:,} MZMs need {ds.photonic_area_m2 * 1e6:,.0f} mm², above the "
             f"{cfg.max_chip_area_m2 * 1e6:g} mm² chip limit"
         )
+    if ds.electronic_area_m2 > cfg.max_electronic_area_m2:
+        violations.append(
+            f"{ds.rows:,} TIAs and ADCs need {ds.electronic_area_m2 * 1e6:,.0f} mm² of electronics, above the "
+            f"{cfg.max_electronic_area_m2 * 1e6:g} mm² die limit"
+        )
     return FeasibilityReport(
-        d=d, fsr_m=fsr, fwhm_m=fwhm, q_loaded=lam / fwhm, q_intrinsic=qi, comb_span_m=span, eo_range_m=eo_range,
-        required_swing_v=swing, v_max_v=cfg.v_max_v, weight_range=wr, worst_leakage_db=leak_db,
+        d=d, design=ds, fsr_m=ds.fsr_m, fwhm_m=ds.fwhm_m, q_loaded=ds.q_loaded, q_intrinsic=ds.q_intrinsic,
+        comb_span_m=ds.comb_span_m, eo_range_m=eo_range, required_swing_v=swing, v_max_v=cfg.v_max_v,
+        weight_range=wr, worst_leakage_db=ds.worst_leakage_db, leakage_limit_db=leak_limit,
         received_line_dbm=budget.row_line_dbm, received_pd_dbm=link.w_to_dbm(p_pd_w),
-        link_loss_db=budget.total_loss_db, electrical_snr_db=el_snr_db, score_snr_db=snr_db, score_enob_bits=enob,
-        weight_bits=weight_bits, calibration_residual=resid, mrr_count=mrr, area_m2=area,
+        link_loss_db=budget.total_loss_db, score_snr_analytic_db=snr_analytic, score_snr_db=snr_db,
+        score_enob_bits=enob, recall_at_k=recall, recall_k=k, weight_bits=weight_bits, calibration_residual=resid,
+        mrr_count=ds.mrr_count, area_m2=ds.photonic_area_m2, electronic_area_m2=ds.electronic_area_m2, trim=trim,
         cascade_near_rings=plan.k if plan is not None else (d if cfg.crosstalk else 1),
-        cascade_fit_error=plan.max_fit_error if plan is not None else 0.0, violations=violations,
+        cascade_fit_error=plan.max_fit_error if plan is not None else 0.0, violations=violations, timing=timing,
         drift_update_steps=cfg.drift_update_steps, drift_hold_rms_m=cfg.drift_hold_rms_m,
     )  # fmt: skip
-
-
-def _weights_without_drift(eng) -> torch.Tensor:
-    """W_eff [N, d] of bank 0 as programmed: calibration + voltage quantisation + trim residual, plus — for the closed
-    loop, which compensated it — the drift present at programming time; drift after programming is excluded."""
-    from kvprism.photonics.wdm import cascade
-
-    det = eng._static[0]
-    if eng.config.feedback_calibration:
-        det = det + eng._ring_drift[0] + eng._global_drift
-    thru, drop = cascade(det, eng.optics(eng.n_dims), eng.config.crosstalk, eng.cascade_plan)
-    return thru - drop

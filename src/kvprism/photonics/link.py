@@ -1,4 +1,8 @@
-"""Optical link budget from the laser to one photodiode of one row (PHYSICS.md §6). All losses in dB (positive)."""
+"""Optical link budget from the laser to one photodiode of one row (PHYSICS.md §6). All losses in dB (positive).
+
+Path of one comb line: fibre-chip coupler → demux → the line's MZM → mux → 1×N splitter of the bank → routing
+(chip input → bank, plus the route inside the bank to its farthest row) → crossings → the row's rings → photodiode.
+"""
 
 from __future__ import annotations
 
@@ -36,17 +40,29 @@ class LinkBudget:
     waveguide_db: float
     ring_insertion_db: float
     pd_coupling_db: float
+    demux_db: float = 0.0
+    mux_db: float = 0.0
+    crossing_db: float = 0.0
+    routing_length_m: float = 0.0  # the waveguide length behind ``waveguide_db`` (information)
 
     @property
     def total_loss_db(self) -> float:
         return (
             self.coupling_db
+            + self.demux_db
             + self.mzm_db
+            + self.mux_db
             + self.splitter_db
             + self.waveguide_db
+            + self.crossing_db
             + self.ring_insertion_db
             + self.pd_coupling_db
         )
+
+    @property
+    def to_mzm_db(self) -> float:
+        """Loss from the laser line to the input of its MZM [dB] (coupler + demux)."""
+        return self.coupling_db + self.demux_db
 
     @property
     def row_line_dbm(self) -> float:
@@ -60,9 +76,12 @@ class LinkBudget:
     def items(self) -> list[tuple[str, float]]:
         return [
             ("fibre-chip coupling", self.coupling_db),
+            ("demux", self.demux_db),
             ("MZM insertion", self.mzm_db),
+            ("mux", self.mux_db),
             ("1×N splitter", self.splitter_db),
             ("waveguide", self.waveguide_db),
+            ("crossings", self.crossing_db),
             ("ring insertion (excess, all rings)", self.ring_insertion_db),
             ("PD coupling", self.pd_coupling_db),
         ]
@@ -80,10 +99,17 @@ def link_budget(
     ring_insertion_db: float,
     n_rings_passed: int,
     pd_coupling_loss_db: float,
+    demux_loss_db: float = 0.0,
+    mux_loss_db: float = 0.0,
+    crossings: int = 0,
+    crossing_loss_db: float = 0.0,
 ) -> LinkBudget:
     """Budget of one comb line to one row: each bank's light is split 1×``rows_per_bank``; the line passes
     ``n_rings_passed`` rings of its own row, each with an excess insertion loss ``ring_insertion_db`` on top of the
-    ring transfer that the cascade model computes."""
+    ring transfer that the cascade model computes. Per-line modulation puts a demux before and a mux after the MZMs
+    (``demux_loss_db``, ``mux_loss_db``); ``crossings`` waveguide crossings of ``crossing_loss_db`` each lie on the
+    way to the row; ``waveguide_length_m`` is the whole routing length (see :class:`~kvprism.photonics.design.
+    ChipDesign` for the length from the bank geometry)."""
     return LinkBudget(
         laser_line_dbm=laser_line_dbm,
         coupling_db=coupling_loss_db,
@@ -92,4 +118,8 @@ def link_budget(
         waveguide_db=waveguide_loss_db_per_m * waveguide_length_m,
         ring_insertion_db=ring_insertion_db * n_rings_passed,
         pd_coupling_db=pd_coupling_loss_db,
+        demux_db=demux_loss_db,
+        mux_db=mux_loss_db,
+        crossing_db=crossing_loss_db * crossings,
+        routing_length_m=waveguide_length_m,
     )

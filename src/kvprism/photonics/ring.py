@@ -7,12 +7,16 @@ Conventions: ``r1`` is the self-coupling of the input-bus coupler, ``r2`` of the
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "Couplers",
     "add_drop",
+    "add_drop_fields",
     "design_couplings",
     "eo_shift_m",
     "extinction_ratio_db",
@@ -23,11 +27,14 @@ __all__ = [
     "n_eff_at",
     "q_intrinsic",
     "q_loaded",
+    "ring_fields",
     "ring_length_m",
     "round_trip_amplitude",
     "round_trip_phase",
+    "sin2_half",
     "single_ring_weight",
     "single_ring_weight_inverse_cos",
+    "single_ring_weight_inverse_sin2",
 ]
 
 Num = float | torch.Tensor
@@ -62,16 +69,111 @@ def round_trip_phase(wl_m: Num, radius_m: float, n_eff0: float, n_g: float, wl0_
     return phi + 2.0 * math.pi * n_g * length * shift_m / (wl_m * wl_m)
 
 
+def sin2_half(phi: Num) -> Num:
+    """sin²(φ/2) — the cancellation-free measure of the distance from resonance (1 − cos φ = 2 sin²(φ/2))."""
+    if isinstance(phi, torch.Tensor):
+        return torch.sin(0.5 * phi).square()
+    return math.sin(0.5 * phi) ** 2
+
+
 def add_drop(phi: Num, r1: Num, r2: Num, a: Num) -> tuple[Num, Num]:
     """Through and drop power transmission of an add-drop ring at round-trip phase ``phi`` (closed form, all
-    FSR orders): D = 1 − 2 r1 r2 a cos φ + (r1 r2 a)²; T = (r2² a² − 2 r1 r2 a cos φ + r1²)/D;
-    Dr = (1 − r1²)(1 − r2²) a / D."""
-    c = torch.cos(phi) if isinstance(phi, torch.Tensor) else math.cos(phi)
+    FSR orders), in the cancellation-free form (PHYSICS.md §4) with s = sin²(φ/2) and p = r1 r2 a:
+    D = (1 − p)² + 4 p s; T = ((r1 − r2 a)² + 4 p s) / D; Dr = (1 − r1²)(1 − r2²) a / D.
+    (Algebraically equal to D = 1 − 2p cos φ + p², T = (r2² a² − 2p cos φ + r1²)/D, whose terms cancel
+    catastrophically in float32 near resonance at Q ≳ 1e5.)"""
+    s = sin2_half(phi)
     p = r1 * r2 * a
-    den = 1.0 - 2.0 * p * c + p * p
-    thru = (r2 * r2 * a * a - 2.0 * p * c + r1 * r1) / den
+    den = (1.0 - p) ** 2 + 4.0 * p * s
+    thru = ((r1 - r2 * a) ** 2 + 4.0 * p * s) / den
     drop = (1.0 - r1 * r1) * (1.0 - r2 * r2) * a / den
     return thru, drop
+
+
+@dataclass(frozen=True)
+class Couplers:
+    """Constants of add-drop rings in the cancellation-free forms of :func:`ring_fields` (floats, or tensors of one
+    value per ring that broadcast against the phase). Built in float64 from the power couplings κ1², κ2² and the
+    single-pass amplitude a, then cast: 1 − r = κ²/(1 + r) and 1 − p = (1 − r1) + r1(1 − r2) + r1 r2(1 − a) have no
+    cancellation, so the constants keep their relative precision in float32 even at Q = 1e6."""
+
+    p: Num  # r1 r2 a
+    one_minus_p: Num  # 1 − p
+    r1_minus_r2a: Num  # r1 − r2 a (0 at critical coupling)
+    r2_minus_r1a: Num  # r2 − r1 a
+    r2a: Num  # r2 a
+    r1a: Num  # r1 a
+    drop_amp: Num  # κ1 κ2 √a
+
+    @classmethod
+    def from_kappa_sq(cls, kappa1_sq: Num, kappa2_sq: Num, a: float, dtype: torch.dtype | None = None) -> Couplers:
+        """From the power couplings κ1², κ2² (floats or tensors) and a; tensors are evaluated in float64 and cast
+        to ``dtype`` (default: their own dtype)."""
+        if isinstance(kappa1_sq, torch.Tensor) or isinstance(kappa2_sq, torch.Tensor):
+            out_dtype = dtype or (kappa1_sq.dtype if isinstance(kappa1_sq, torch.Tensor) else kappa2_sq.dtype)
+            k1 = torch.as_tensor(kappa1_sq, dtype=torch.float64)
+            k2 = torch.as_tensor(kappa2_sq, dtype=torch.float64)
+            r1, r2 = (1.0 - k1).sqrt(), (1.0 - k2).sqrt()
+            om1, om2 = k1 / (1.0 + r1), k2 / (1.0 + r2)
+            drop_amp = (k1 * k2 * a).sqrt()
+        else:
+            r1, r2 = math.sqrt(1.0 - kappa1_sq), math.sqrt(1.0 - kappa2_sq)
+            om1, om2 = kappa1_sq / (1.0 + r1), kappa2_sq / (1.0 + r2)
+            drop_amp = math.sqrt(kappa1_sq * kappa2_sq * a)
+            out_dtype = None
+        oma = 1.0 - a
+        vals = (
+            r1 * r2 * a,
+            om1 + r1 * om2 + r1 * r2 * oma,
+            (om2 + r2 * oma) - om1,
+            (om1 + r1 * oma) - om2,
+            r2 * a,
+            r1 * a,
+            drop_amp,
+        )
+        if out_dtype is not None:
+            vals = tuple(v.to(out_dtype) if isinstance(v, torch.Tensor) else v for v in vals)
+        return cls(*vals)
+
+    @classmethod
+    def from_r(cls, r1: float, r2: float, a: float) -> Couplers:
+        """From the self-couplings r1, r2 (floats) and a."""
+        return cls.from_kappa_sq(1.0 - r1 * r1, 1.0 - r2 * r2, a)
+
+    def per_ring(self, fn) -> Couplers:
+        """A copy with ``fn`` applied to every tensor constant (e.g. ``lambda x: x.unsqueeze(-2)`` to broadcast one
+        value per ring over the lines)."""
+        return Couplers(*(fn(v) if isinstance(v, torch.Tensor) else v for v in dataclasses.astuple(self)))
+
+
+def ring_fields(phi: torch.Tensor, c: Couplers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Complex field transmissions of add-drop rings (2×2 couplers, Yariv/Bogaerts) at round-trip phase ``phi``:
+    ``(t, k, t_drop_bus)`` with t = (r1 − r2 a e^{iφ}) / (1 − p e^{iφ}) (input bus → through),
+    k = −κ1 κ2 √a e^{iφ/2} / (1 − p e^{iφ}) (input bus → drop bus) and t' = (r2 − r1 a e^{iφ}) / (1 − p e^{iφ})
+    (light on the drop bus passing the ring). Real parts are written cancellation-free
+    (1 − p cos φ = (1 − p) + 2 p sin²(φ/2)); |t|² and |k|² equal :func:`add_drop`."""
+    half = 0.5 * phi
+    sh, ch = torch.sin(half), torch.cos(half)
+    s = sh * sh
+    ps = c.p * s
+    # 1/(1 − p e^{iφ}) = conj(den)/|den|² with |den|² = (1 − p)² + 4ps (real, cancellation-free)
+    inv_d = (c.one_minus_p**2 + 4.0 * ps).reciprocal()
+    den_re = (c.one_minus_p + 2.0 * ps) * inv_d
+    den_im = (2.0 * c.p) * (sh * ch) * inv_d  # imag of conj(den)/|den|² = p sin φ / |den|²
+    sin_phi = 2.0 * sh * ch
+
+    def over_den(n_re: torch.Tensor, n_im: torch.Tensor) -> torch.Tensor:
+        return torch.complex(n_re * den_re - n_im * den_im, n_re * den_im + n_im * den_re)
+
+    t = over_den(c.r1_minus_r2a + 2.0 * c.r2a * s, -c.r2a * sin_phi)
+    tb = over_den(c.r2_minus_r1a + 2.0 * c.r1a * s, -c.r1a * sin_phi)
+    k = over_den(-c.drop_amp * ch, -c.drop_amp * sh)
+    return t, k, tb
+
+
+def add_drop_fields(phi: torch.Tensor, r1: float, r2: float, a: float) -> tuple[torch.Tensor, ...]:
+    """:func:`ring_fields` of rings with self-couplings ``r1``, ``r2`` and single-pass amplitude ``a``."""
+    return ring_fields(phi, Couplers.from_r(r1, r2, a))
 
 
 def fsr_m(wl_m: Num, n_g: Num, radius_m: Num) -> Num:
@@ -158,7 +260,19 @@ def single_ring_weight(phi: Num, r1: Num, r2: Num, a: Num) -> Num:
 
 def single_ring_weight_inverse_cos(w: Num, r1: float, r2: float, a: float) -> Num:
     """cos φ at which one ring has balanced weight ``w`` (inverse of :func:`single_ring_weight`, not clipped):
-    with p = r1 r2 a and K = r2² a² + r1² − (1 − r1²)(1 − r2²) a, cos φ = (K − w(1 + p²)) / (2 p (1 − w))."""
+    with p = r1 r2 a and K = r2² a² + r1² − (1 − r1²)(1 − r2²) a, cos φ = (K − w(1 + p²)) / (2 p (1 − w)).
+    Cancels in float32 at high Q: use :func:`single_ring_weight_inverse_sin2` there."""
     p = r1 * r2 * a
     k = r2 * r2 * a * a + r1 * r1 - (1.0 - r1 * r1) * (1.0 - r2 * r2) * a
     return (k - w * (1.0 + p * p)) / (2.0 * p * (1.0 - w))
+
+
+def single_ring_weight_inverse_sin2(w: Num, r1: float, r2: float, a: float) -> Num:
+    """sin²(φ/2) at which one ring has balanced weight ``w`` (inverse of :func:`single_ring_weight`, not clipped),
+    cancellation-free: from w·D = N_thru − N_drop with D = (1 − p)² + 4ps, N_thru = (r1 − r2 a)² + 4ps,
+    s = (w (1 − p)² + (1 − r1²)(1 − r2²) a − (r1 − r2 a)²) / (4 p (1 − w)). The constants are Python floats
+    (float64)."""
+    p = r1 * r2 * a
+    c_w = (1.0 - p) ** 2
+    c_0 = (1.0 - r1 * r1) * (1.0 - r2 * r2) * a - (r1 - r2 * a) ** 2
+    return (w * c_w + c_0) / (4.0 * p * (1.0 - w))

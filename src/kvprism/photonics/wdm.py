@@ -14,7 +14,16 @@ import torch
 
 from kvprism.photonics import ring
 
-__all__ = ["CalibrationResult", "CascadePlan", "RowOptics", "calibrate", "cascade", "comb_grid_m", "exclusive_cumprod"]
+__all__ = [
+    "CalibrationResult",
+    "CascadePlan",
+    "RowOptics",
+    "calibrate",
+    "cascade",
+    "cascade_coherent",
+    "comb_grid_m",
+    "exclusive_cumprod",
+]
 
 
 def comb_grid_m(n_lines: int, spacing_m: float, center_m: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -39,6 +48,7 @@ class RowOptics:
     r2: float | torch.Tensor
     a: float | torch.Tensor
     order: torch.Tensor | None = None
+    bus_phase0: torch.Tensor | None = None  # [d, d] rad: designed path phase of line i via ring j (coherent drop bus)
 
     @classmethod
     def build(
@@ -54,16 +64,26 @@ class RowOptics:
         a: float,
         order: str = "ascending",
         dtype: torch.dtype = torch.float64,
+        ring_spacing_m: float = 0.0,
     ) -> RowOptics:
-        """Optics for ``n_lines`` lines; ``order`` is ``"ascending"`` (ring 0 first on the bus) or ``"descending"``."""
+        """Optics for ``n_lines`` lines; ``order`` is ``"ascending"`` (ring 0 first on the bus) or ``"descending"``.
+        ``ring_spacing_m``: distance between neighbouring rings along the bus; it sets the designed phase of the path
+        input bus → ring → drop bus → drop photodiode, 2 β_i z (z = bus position × spacing, β_i = 2π n_eff(λ_i)/λ_i;
+        the light goes to the ring on the input bus and back on the counter-propagating drop bus)."""
         lines = comb_grid_m(n_lines, spacing_m, center_m, torch.float64)
         phi = ring.round_trip_phase(lines, radius_m, n_eff, n_g, center_m)
-        phase0 = phi[:, None] - phi[None, :]
+        # reduced to [−π, π) in float64 before any cast: the ring transfer is 2π-periodic, and a float32 phase of
+        # hundreds of rad would carry an error of ~1e-5 rad (a sizeable fraction of a linewidth at Q ≥ 1e5)
+        phase0 = torch.remainder(phi[:, None] - phi[None, :] + math.pi, 2.0 * math.pi) - math.pi
         per_m = 2.0 * math.pi * n_g * ring.ring_length_m(radius_m) / lines**2
         perm = None if order == "ascending" else torch.arange(n_lines - 1, -1, -1)
         if order not in ("ascending", "descending"):
             raise ValueError(f"order = {order!r} is invalid; allowed: 'ascending', 'descending'")
-        return cls(lines.to(dtype), phase0.to(dtype), per_m.to(dtype), r1, r2, a, perm)
+        beta = 2.0 * math.pi * ring.n_eff_at(lines, n_eff, n_g, center_m) / lines  # [d] rad/m
+        pos = torch.arange(n_lines, dtype=torch.float64) if perm is None else torch.argsort(perm).double()
+        path = 2.0 * beta[:, None] * (pos[None, :] * ring_spacing_m)  # [i, j]: line i via ring j
+        bus = torch.remainder(path + math.pi, 2.0 * math.pi) - math.pi
+        return cls(lines.to(dtype), phase0.to(dtype), per_m.to(dtype), r1, r2, a, perm, bus.to(dtype))
 
     @property
     def n_lines(self) -> int:
@@ -84,8 +104,8 @@ class RowOptics:
         lo = self.single_ring_weight(torch.full_like(self.phase_per_m, det_min_m))
         hi = self.single_ring_weight(torch.full_like(self.phase_per_m, det_max_m))
         w = torch.minimum(torch.maximum(w, lo), hi)
-        c = ring.single_ring_weight_inverse_cos(w, self.r1, self.r2, self.a).clamp(-1.0, 1.0)
-        return (torch.arccos(c) / self.phase_per_m).clamp(det_min_m, det_max_m)
+        s = ring.single_ring_weight_inverse_sin2(w, self.r1, self.r2, self.a).clamp(0.0, 1.0)
+        return (2.0 * torch.asin(s.sqrt()) / self.phase_per_m).clamp(det_min_m, det_max_m)
 
 
 def exclusive_cumprod(x: torch.Tensor) -> torch.Tensor:
@@ -99,10 +119,63 @@ def _identical_rings(optics: RowOptics) -> bool:
 
 
 def _drop_fraction(optics: RowOptics) -> float:
-    """κ with D = κ(1 − T) for one ring: κ = (1 − r1²)(1 − r2²) a / (1 + p² − r2² a² − r1²), p = r1 r2 a."""
+    """κ with D = κ(1 − T) for one ring: κ = (1 − r1²)(1 − r2²) a / ((1 − p)² − (r1 − r2 a)²), p = r1 r2 a."""
     r1, r2, a = optics.r1, optics.r2, optics.a
     p = r1 * r2 * a
-    return (1.0 - r1 * r1) * (1.0 - r2 * r2) * a / (1.0 + p * p - r2 * r2 * a * a - r1 * r1)
+    return (1.0 - r1 * r1) * (1.0 - r2 * r2) * a / ((1.0 - p) ** 2 - (r1 - r2 * a) ** 2)
+
+
+def _thru_constants(optics: RowOptics) -> tuple[float, float]:
+    """(c, K) with T = 1 − K / (c + sin²(φ/2)) for identical rings (cancellation-free, float64 constants):
+    1 − T = ((1 − p)² − (r1 − r2 a)²) / D and D = (1 − p)² + 4 p sin²(φ/2), so c = (1 − p)²/4p and
+    K = ((1 − p)² − (r1 − r2 a)²)/4p."""
+    r1, r2, a = optics.r1, optics.r2, optics.a
+    p = r1 * r2 * a
+    return (1.0 - p) ** 2 / (4.0 * p), ((1.0 - p) ** 2 - (r1 - r2 * a) ** 2) / (4.0 * p)
+
+
+def cascade_coherent(
+    detuning_m: torch.Tensor,
+    optics: RowOptics,
+    couplers: ring.Couplers | None = None,
+    bus_phase_rad: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Through and drop power fractions [..., d] of every line with the drop bus adding in *field* (PHYSICS.md §4).
+
+    Each ring is a 2×2 scattering block on the wave pair (input bus forward, drop bus backward) — both couple to the
+    same circulating mode: [a_out, b_out] = [[t, k], [k, t']] [a_in, b_in] (:func:`ring.ring_fields`; k is both the
+    input → drop and the add → through coupling), and the rings are chained along the bus by the Redheffer star
+    product, one ring at a time. This is exact for that mode pair, to every order: light dropped by ring j runs back
+    on the drop bus, is attenuated by the rings before it (t'), and what they re-couple goes forward on the input bus
+    to the through port, where it adds in field. Different lines add in power at the photodiodes, so each line is
+    solved on its own. The segment before ring j (bus order) adds the phase ``optics.bus_phase0`` (designed path,
+    only the round trip input + drop bus matters) plus ``bus_phase_rad[..., j]`` (static fabrication phase, per
+    ring). ``couplers``: per-ring constants [..., d] (coupling spread), None for the design couplings.
+    Cost: d passes over [..., d] complex tensors."""
+    # layout [j, ..., i] (ring first): each step of the chain reads one contiguous [..., i] slice
+    lead = detuning_m.shape[:-1]
+    det_j = detuning_m.movedim(-1, 0).unsqueeze(-1)  # [j, ..., 1]
+    view = (optics.n_lines,) + (1,) * len(lead) + (optics.n_lines,)
+    phi = torch.addcmul(optics.phase0.t().reshape(view), det_j, optics.phase_per_m)  # [j, ..., i]
+    c = couplers if couplers is not None else ring.Couplers.from_r(optics.r1, optics.r2, optics.a)
+    t, k, tb = ring.ring_fields(phi, c.per_ring(lambda x: x.movedim(-1, 0).unsqueeze(-1)))
+    psi = optics.bus_phase0.t().reshape(view) if optics.bus_phase0 is not None else torch.zeros(view, dtype=phi.dtype)
+    if bus_phase_rad is not None:
+        psi = psi + bus_phase_rad.movedim(-1, 0).unsqueeze(-1)
+    seg = torch.polar(torch.ones_like(psi), psi)  # [j, ..., i] (or [j, 1.., i])
+    order = optics.order.tolist() if optics.order is not None else range(optics.n_lines)
+    shape = (*lead, optics.n_lines)
+    c11 = torch.ones(shape, dtype=t.dtype)  # laser → right end of the chain (through)
+    c12 = torch.zeros(shape, dtype=t.dtype)  # add (right) → right end
+    c21 = torch.zeros(shape, dtype=t.dtype)  # laser → left end of the drop bus (drop photodiode)
+    c22 = torch.ones(shape, dtype=t.dtype)  # drop bus from the right → left end
+    for j in order:
+        e = seg[j]
+        c11, c12 = c11 * e, c12 * e
+        tj, kj, tbj = t[j], k[j], tb[j]
+        inv = 1.0 / (1.0 - c12 * kj)
+        c11, c12, c21, c22 = c11 * tj * inv, kj + tj * c12 * tbj * inv, c21 + c22 * kj * c11 * inv, c22 * tbj * inv
+    return c11.real.square() + c11.imag.square(), c21.real.square() + c21.imag.square()
 
 
 def cascade(
@@ -141,13 +214,11 @@ def cascade(
 
 
 def _ring_thru(phase0: torch.Tensor, det: torch.Tensor, per_m: torch.Tensor, optics: RowOptics) -> torch.Tensor:
-    """T of identical rings: T = 1 − K0 / (1 + p² − 2 p cos φ), K0 = 1 + p² − r2² a² − r1², φ = phase0 + det·per_m
+    """T of identical rings: T = 1 − K / (c + sin²(φ/2)) (:func:`_thru_constants`), φ = phase0 + det·per_m
     (broadcast), computed in place."""
-    r1, r2, a = optics.r1, optics.r2, optics.a
-    p = r1 * r2 * a
-    k0 = 1.0 + p * p - r2 * r2 * a * a - r1 * r1
-    x = torch.addcmul(phase0, det, per_m).cos_()
-    return x.mul_(-2.0 * p).add_(1.0 + p * p).reciprocal_().mul_(-k0).add_(1.0)
+    c, k = _thru_constants(optics)
+    x = torch.addcmul(phase0, det, per_m).mul_(0.5).sin_().square_()
+    return x.add_(c).reciprocal_().mul_(-k).add_(1.0)
 
 
 _WORK_KEEP_ELEMS = 1 << 20  # CascadePlan.thru keeps its work buffer up to this size (4 MiB float32)
@@ -177,14 +248,13 @@ class CascadePlan:
         # constants of :meth:`thru` in its layout: near entries k-major ([K·d], entry k·d + i = near ring k of line
         # i) as columns over the rows, so every elementwise pass runs along contiguous rows with one scalar per entry
         opt, k = self.optics, self.near_idx.shape[1]
-        p = opt.r1 * opt.r2 * opt.a
         self._idx_km = self.near_idx.t().reshape(-1).contiguous()  # [K·d]
-        self._phase0_km = self.near_phase0.t().reshape(-1, 1).contiguous()  # [K·d, 1] rad
-        self._per_m_km = opt.phase_per_m.repeat(k).unsqueeze(-1)  # [K·d, 1] rad/m (line i's phase per metre)
-        # T = 1 − K0 / (1 + p² − 2p cos φ) = 1 + κ / (cos φ − β), κ = K0 / 2p, β = (1 + p²) / 2p
-        k0 = 1.0 + p * p - opt.r2 * opt.r2 * opt.a * opt.a - opt.r1 * opt.r1
-        self._kappa_km = (k0 / (2.0 * p) * self.near_mask).t().reshape(-1, 1).contiguous()  # [K·d, 1]; 0: padding
-        self._beta = (1.0 + p * p) / (2.0 * p)
+        # half phases: T = 1 − K / (c + sin²(φ/2)) with φ/2 = phase0/2 + det·per_m/2 (cancellation-free)
+        self._phase0_km = (0.5 * self.near_phase0).t().reshape(-1, 1).contiguous()  # [K·d, 1] rad
+        self._per_m_km = (0.5 * opt.phase_per_m).repeat(k).unsqueeze(-1)  # [K·d, 1] rad/m (line i's phase per m)
+        c, kk = _thru_constants(opt)
+        self._neg_k_km = (-kk * self.near_mask).t().reshape(-1, 1).contiguous()  # [K·d, 1]; 0: padding
+        self._c = c
         self._coef_t = self.coef[1:].transpose(1, 2).contiguous()  # [2, lines, rings] for x and x² (column layout)
         self._work: torch.Tensor | None = None  # reused flat work buffer for [K·d, R] (a fresh one costs page faults)
 
@@ -234,8 +304,8 @@ class CascadePlan:
         rows = det_t.shape[1]
         t = self._work_buffer(k * d, rows, det_t.dtype)
         torch.index_select(det_t, 0, self._idx_km, out=t)  # [K·d, R] detuning of near ring k of line i
-        t.mul_(self._per_m_km).add_(self._phase0_km).cos_()  # cos φ
-        torch.div(self._kappa_km, t.sub_(self._beta), out=t).add_(1.0)  # T (1 for padding)
+        t.mul_(self._per_m_km).add_(self._phase0_km).sin_().square_()  # sin²(φ/2)
+        torch.div(self._neg_k_km, t.add_(self._c), out=t).add_(1.0)  # T (1 for padding)
         out = t.view(k, d, rows).prod(0)  # [d, R] near rings
         x = det_t.sub(self.center_m).div_(self.half_m)  # [d, R] (det_t may be a view of the input when R = 1)
         far = torch.addmm(self.far_const.unsqueeze(-1), self._coef_t[0], x)

@@ -1,0 +1,216 @@
+"""``kvprism design`` (capture, space, search) and ``kvprism claims`` command lines (typer sub-apps).
+
+Heavy imports happen inside the commands. Errors caused by input raise :class:`kvprism.KvprismError` (one line,
+printed by :func:`kvprism.cli.main`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kvprism.errors import KvprismError
+
+design_app = typer.Typer(
+    name="design",
+    help="Design-space search for the photonic selector: reference set, search space, optuna search.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+claims_app = typer.Typer(
+    name="claims",
+    help="Reproduction report of the PRISM abstract's claims next to what kvprism measures.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+_ModelOpt = Annotated[str, typer.Option(help="Model: 'smollm2', a local directory or a cached hub id.")]
+_ContextOpt = Annotated[int, typer.Option(help="Prefill length of the reference set in tokens.", min=64)]
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise KvprismError(f"--{name} = {text!r} is invalid; give comma-separated integers") from None
+    if not vals:
+        raise KvprismError(f"--{name} is empty")
+    return vals
+
+
+def _capture_params(model: str, context: int, d_sig: str, block_size: int, projection: str, queries: int,
+                    k_max: int, seed: int):  # fmt: skip
+    from kvprism.design.capture import CaptureParams
+
+    return CaptureParams(
+        model=model, context=context, block_size=block_size, d_sigs=_ints(d_sig, "d-sig"), projection=projection,
+        n_queries=queries, k_max=k_max, seed=seed,
+    )  # fmt: skip
+
+
+def _rows_table(title: str, rows) -> Table:
+    t = Table(title=title)
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    for a, b in rows:
+        t.add_row(a, b)
+    return t
+
+
+_DSigOpt = Annotated[str, typer.Option("--d-sig", help="Signature dimensions to capture (comma-separated).")]
+_BlockOpt = Annotated[int, typer.Option(help="Tokens per block.", min=1)]
+_ProjOpt = Annotated[str, typer.Option(help="Projection: none, random, pca, learned.")]
+_QueriesOpt = Annotated[int, typer.Option(help="Reference queries (the last prompt positions).", min=1)]
+_KMaxOpt = Annotated[int, typer.Option(help="Exact top-k stored per query (k of the search <= this).", min=1)]
+_SeedOpt = Annotated[int, typer.Option(help="Seed (text window, random projections; search sampler).")]
+
+
+@design_app.command()
+def capture(
+    model: _ModelOpt = "smollm2",
+    context: _ContextOpt = 8192,
+    out: Annotated[
+        str | None, typer.Option(help="Output file (default: the kvprism cache, keyed by parameters).")
+    ] = None,
+    d_sig: _DSigOpt = "16,32,64",
+    block_size: _BlockOpt = 64,
+    projection: _ProjOpt = "learned",
+    queries: _QueriesOpt = 32,
+    k_max: _KMaxOpt = 32,
+    seed: _SeedOpt = 0,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Capture a reference set from one real prefill on natural text: per (layer, KV head) block signatures,
+    decode-time queries and their exact top-k."""
+    from kvprism.design.capture import describe, reference_set
+    from kvprism.hf.models import load_model
+
+    params = _capture_params(model, context, d_sig, block_size, projection, queries, k_max, seed)
+    t0 = time.perf_counter()
+    with console.status(f"loading {model} ..."):
+        mdl, tok = load_model(model, device=device)
+    from kvprism.design.capture import default_path
+
+    path = Path(out) if out else default_path(params)
+    ref = reference_set(params, model=mdl, tokenizer=tok, path=path, rebuild=True, show_progress=True)
+    console.print(_rows_table("reference set", describe(ref)))
+    console.print(f"written {path} in {time.perf_counter() - t0:.1f} s")
+
+
+@design_app.command()
+def space() -> None:
+    """Print the search space: parameter, config field, range, source (rows whose field the chip model lacks are
+    marked)."""
+    from kvprism.design.space import SPACE, active_space
+
+    keep, _ = active_space(SPACE)
+    t = Table(title="design search space")
+    for c in ("parameter", "field", "range", "source"):
+        t.add_column(c)
+    for d in SPACE:
+        mark = "" if d in keep else " [dim](not in this chip model)[/]"
+        t.add_row(d.name + mark, d.field, d.range_text(), d.source)
+    console.print(t)
+
+
+@design_app.command()
+def search(
+    trials: Annotated[
+        int, typer.Option(help="Finished trials the study should hold (a resumed study continues).", min=1)
+    ] = 200,
+    seed: _SeedOpt = 0,
+    storage: Annotated[str | None, typer.Option(help="optuna storage URL [default: sqlite:///<out>/study.db].")] = None,
+    study: Annotated[str, typer.Option(help="Study name inside the storage.")] = "kvprism-design",
+    out: Annotated[str, typer.Option(help="Output directory (pareto.json, pareto.png, presets).")] = "runs/design",
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Reference set file (default: the cached one of --model/--context, built on first use)."),
+    ] = None,
+    model: _ModelOpt = "smollm2",
+    context: _ContextOpt = 8192,
+    base: Annotated[
+        str, typer.Option(help="Base preset (name or TOML file): values not searched.")
+    ] = "tfln-literature",
+    k: Annotated[int, typer.Option(help="Blocks selected (recall@k).", min=1)] = 16,
+    shape: Annotated[str, typer.Option(help="Model shape of the energy/latency objectives.")] = "qwen2.5-7b",
+    contexts: Annotated[str, typer.Option(help="Contexts of the energy model (first = objective).")] = "32768,131072",
+    latency_budget_s: Annotated[
+        float | None, typer.Option(help="Added latency allowed per step [s] (default: 10 % of the dense step).")
+    ] = None,
+    max_banks: Annotated[
+        int, typer.Option(help="Evaluate only the first this many (layer, KV head) banks (0 = all).", min=0)
+    ] = 0,
+    population: Annotated[int, typer.Option(help="NSGA-II population size.", min=2)] = 24,
+    presets: Annotated[int, typer.Option(help="TOML presets written (Pareto points, best recall first).", min=0)] = 3,
+    fix: Annotated[str, typer.Option(help="Search parameters kept at the base value (comma-separated).")] = "",
+) -> None:
+    """Multi-objective design search (optuna NSGA-II): recall@k ↑, energy per decode step ↓, chip area ↓, added
+    latency ↓, every feasibility constraint a constraint. Resumable (SQLite)."""
+    from kvprism.design.capture import CaptureParams, ReferenceSet, reference_set
+    from kvprism.design.objectives import ObjectiveSettings
+    from kvprism.design.search import pareto_table, run_search, write_outputs
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    if reference:
+        ref = ReferenceSet.load(reference)
+    else:
+        with console.status(f"reference set of {model} at {context} tokens (captured on first use) ..."):
+            ref = reference_set(CaptureParams(model=model, context=context))
+    settings = ObjectiveSettings(
+        k=k, shape=shape, contexts=_ints(contexts, "contexts"), latency_budget_s=latency_budget_s, engine_seed=seed,
+        max_banks=max_banks,
+    )  # fmt: skip
+    fixed = [f.strip() for f in fix.split(",") if f.strip()]
+    t0 = time.perf_counter()
+    res = run_search(ref, trials, seed=seed, storage=url, study_name=study, base=base, settings=settings,
+                     fixed=fixed, population_size=population, show_progress=True)  # fmt: skip
+    written = write_outputs(res, out_dir, presets)
+    console.print(pareto_table(res))
+    if res.left_out:
+        console.print(f"[dim]not searched (absent from this chip model): {', '.join(d.name for d in res.left_out)}[/]")
+    errors = [t for t in res.study.trials if t.user_attrs.get("error")]
+    if errors:
+        console.print(f"[yellow]{len(errors)} trials failed in the chip model (not scored); first: "
+                      f"trial {errors[0].number}: {errors[0].user_attrs['error']}[/]")  # fmt: skip
+    if not res.pareto:
+        console.print("[bold]no feasible design point[/] in this search: the table lists the least infeasible trials "
+                      "and the constraints they violate")  # fmt: skip
+    console.print(f"{len(res.study.trials)} trials in {url} ({time.perf_counter() - t0:.1f} s this run)")
+    for name, path in written.items():
+        console.print(f"{name:>10}  {path}")
+
+
+@claims_app.callback(invoke_without_command=True)
+def claims(
+    model: _ModelOpt = "smollm2",
+    out: Annotated[str, typer.Option(help="Output directory (claims.md, claims.json, plots).")] = "runs/claims",
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    contexts: Annotated[
+        str | None, typer.Option(help="NIAH contexts (default: 4K up to the model's window, capped at 64K).")
+    ] = None,
+    depths: Annotated[str, typer.Option(help="NIAH depths.")] = "0.5",
+    k: Annotated[int, typer.Option(help="Blocks selected (the paper: 32).", min=1)] = 32,
+    seed: _SeedOpt = 0,
+) -> None:
+    """Each quantitative claim of the PRISM abstract next to what kvprism measures: (a) the seed's own impairment
+    model (seed-as-published), (b) seed-nominal with the physical model, (c) a feasible preset where one ships."""
+    from kvprism.design.claims import ClaimsSettings, run_claims
+    from kvprism.hf.models import load_model
+
+    with console.status(f"loading {model} ..."):
+        mdl, tok = load_model(model, device=device)
+    ctx = _ints(contexts, "contexts") if contexts else None
+    dep = tuple(float(x) for x in depths.split(",") if x.strip())
+    settings = ClaimsSettings(model_name=model, contexts=ctx, depths=dep, k=k, seed=seed)
+    written = run_claims(mdl, tok, out, settings, show_progress=True, console=console)
+    for name, path in written.items():
+        console.print(f"{name:>10}  {path}")

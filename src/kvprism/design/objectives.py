@@ -1,0 +1,331 @@
+"""Objectives of one design point: how well the chip selects on the reference set and what it costs.
+
+:func:`evaluate` takes a :class:`~kvprism.photonics.PhotonicConfig` and a reference set
+(:mod:`kvprism.design.capture`) and returns a :class:`TrialResult`:
+
+- **signature recall@k** (maximise): one :class:`~kvprism.photonics.PhotonicEngine` holds every (layer, KV head) of
+  the reference set as an independent weight bank (``program`` of ``[L·H, N, w]``: all ``N`` complete blocks, sink
+  and tail blocks included, as in the loop); the reference queries are evaluated with every impairment of the config
+  on (noise, crosstalk, quantisation, drift at the programming time); the selection among the candidate rows
+  ``[lo, hi)`` is the engine's own ``select`` of ``k + m`` rows (``m`` = rows outside the candidates) with the
+  non-candidates dropped — the exact top-k among candidates, as the loop's masked top-k. Recall = |selected ∩ exact
+  top-k of the signatures| / k, averaged over banks and queries. *Block recall* (against the true attention mass)
+  is reported beside it.
+- **energy per decode step** (minimise) for a model shape at ``contexts[0]`` (default Qwen2.5-7B at 32K), from
+  :func:`kvprism.energy.decode_step` with the laser the config *uses* (``laser_line_dbm``: the power whose noise the
+  recall saw), whole step (selected-block fetch included); selection alone and other contexts beside it.
+- **chip area** (minimise): the feasibility report's area.
+- **added latency per step** (minimise): chip latency over all layers + paging (what the selection adds to a decode
+  step; the fetch of the selected blocks is paid by every block-sparse method), checked against a budget.
+- **constraints**: the number of violated feasibility constraints (``feasibility()``: authoritative), graded margins
+  of the known ones (to guide the search; clipped to ≤ 0 when ``feasibility()`` passes) and the latency budget. A
+  value > 0 means infeasible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kvprism.design.capture import ReferenceSet
+from kvprism.design.space import leaf
+from kvprism.errors import KvprismError
+
+__all__ = [
+    "CONSTRAINTS",
+    "ObjectiveSettings",
+    "TrialResult",
+    "configured_laser",
+    "default_latency_budget_s",
+    "evaluate",
+    "exact_recall",
+    "recall_at_k",
+    "select_candidates",
+]
+
+#: clip of constraint values (optuna needs finite numbers; ±inf margins become ±this)
+_CLIP = 1e3
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSettings:
+    """What a design point is judged on (the workload side).
+
+    ``k``: blocks selected (≤ the reference set's ``k_max``); ``shape``: a name in
+    :data:`kvprism.energy.MODEL_SHAPES`; ``contexts``: tokens per sequence for the energy model (the first is the
+    objective); ``latency_budget_s``: added latency allowed per decode step (None: :func:`default_latency_budget_s`);
+    ``engine_seed``: seed of the engine's draws (common to all trials: common random numbers); ``max_banks``: use only
+    the first this many (layer, KV head) banks of the reference set (0 = all; for quick searches)."""
+
+    k: int = 16
+    shape: str = "qwen2.5-7b"
+    contexts: tuple[int, ...] = (32768, 131072)
+    latency_budget_s: float | None = None
+    engine_seed: int = 0
+    max_banks: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "contexts", tuple(int(c) for c in self.contexts))
+        if self.k < 1:
+            raise KvprismError(f"k = {self.k} is invalid; allowed range: [1, inf)")
+        if not self.contexts:
+            raise KvprismError("contexts is empty; give at least one context for the energy model")
+        if self.latency_budget_s is not None and not self.latency_budget_s > 0:
+            raise KvprismError(f"latency_budget_s = {self.latency_budget_s} is invalid; allowed range: (0, inf)")
+        if self.max_banks < 0:
+            raise KvprismError(f"max_banks = {self.max_banks} is invalid; allowed range: [0, inf)")
+
+
+@dataclasses.dataclass
+class TrialResult:
+    """One evaluated design point (energies in J, latencies in s, area in m²)."""
+
+    recall: float
+    block_recall: float
+    energy_j: float
+    selection_energy_j: float
+    energy_by_context_j: dict[int, float]
+    area_m2: float
+    added_latency_s: float
+    latency_budget_s: float
+    violations: list[str]
+    constraints: dict[str, float]
+    d_sig: int
+    k: int
+    seconds: dict[str, float]
+    counters: dict[str, Any]
+
+    @property
+    def chip_feasible(self) -> bool:
+        """``feasibility()`` lists no violated constraint."""
+        return not self.violations
+
+    @property
+    def feasible(self) -> bool:
+        """Every constraint of the search holds (chip feasibility and the latency budget)."""
+        return all(v <= 0.0 for v in self.constraints.values())
+
+    def objectives(self) -> tuple[float, float, float, float]:
+        """(recall ↑, energy ↓, area ↓, added latency ↓) for the optuna study."""
+        return self.recall, self.energy_j, self.area_m2, self.added_latency_s
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["energy_by_context_j"] = {str(c): v for c, v in self.energy_by_context_j.items()}
+        out["feasible"] = self.feasible
+        out["chip_feasible"] = self.chip_feasible
+        return out
+
+
+OBJECTIVE_NAMES = ("recall", "energy_j", "area_m2", "added_latency_s")
+DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")
+
+
+# ------------------------------------------------------------------------------------------------- constraints
+def _get(obj: Any, *names: str) -> float | None:
+    """The first of ``names`` that ``obj`` (a report or a config, nested sections included) holds as a number."""
+    for n in names:
+        try:
+            v = leaf(obj, n)
+        except (AttributeError, KvprismError):
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def _margin(rep: Any, cfg: Any, got: str, limit: str, sign: float, scale: float = 1.0) -> float | None:
+    """``sign · (report.got − config.limit) / scale`` or None when either is missing."""
+    v, lim = _get(rep, got), _get(cfg, limit)
+    return None if v is None or lim is None else sign * (v - lim) / scale
+
+
+def _ratio_margin(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den - 1.0
+
+
+#: Graded constraint margins read from a feasibility report (> 0: violated), by name. Each returns None when the
+#: report lacks the quantity (a chip model with other field names): the authoritative ``violations`` count still
+#: decides. Add rows as the chip model gains constraints (power caps, trim range, ...).
+CONSTRAINTS: dict[str, Callable[[Any, Any], float | None]] = {
+    "drive_swing": lambda r, c: _ratio_margin(_get(r, "required_swing_v"), _get(r, "v_max_v")),
+    "comb_span": lambda r, c: _ratio_margin(_get(r, "comb_span_m"), _get(r, "fsr_m")),
+    "leakage_db": lambda r, c: _margin(r, c, "worst_leakage_db", "leakage_limit_db", 1.0, 10.0),
+    "pd_power_db": lambda r, c: _margin(r, c, "received_pd_dbm", "pd_sensitivity_dbm", -1.0, 10.0),
+    "score_enob_bits": lambda r, c: _margin(r, c, "score_enob_bits", "required_score_enob", -1.0),
+    "weight_bits": lambda r, c: _margin(r, c, "weight_bits", "required_weight_bits", -1.0),
+    "weight_range": lambda r, c: _margin(r, c, "weight_range", "weight_range_target", -1.0),
+    "area": lambda r, c: _ratio_margin(_get(r, "chip_area_m2", "area_m2"), _get(c, "max_chip_area_m2")),
+}  # fmt: skip
+
+
+def _finite(x: float) -> float:
+    if math.isnan(x):
+        return _CLIP
+    return max(-_CLIP, min(_CLIP, x))
+
+
+def constraint_values(report: Any, cfg: Any, added_latency_s: float, budget_s: float) -> dict[str, float]:
+    """Every constraint of the search (> 0: violated; finite). ``violations`` = the number of violated
+    feasibility constraints; the graded margins are clipped to ≤ 0 when there is none, so that "feasible for the
+    search" is exactly "``feasibility()`` passes and the latency budget holds"."""
+    n_viol = len(report.violations)
+    out = {"violations": float(n_viol)}
+    for name, fn in CONSTRAINTS.items():
+        v = fn(report, cfg)
+        v = 0.0 if v is None else _finite(v)
+        out[name] = v if n_viol else min(v, 0.0)
+    out["latency_budget"] = _finite(added_latency_s / budget_s - 1.0)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def configured_laser(cfg: Any, d: int) -> Any:
+    """The :class:`kvprism.energy.LaserSolution` of the laser the config uses (``laser_line_dbm`` per line at the
+    chip input, through the engine's link budget), for the energy model: the scores' noise was that of this power."""
+    from kvprism.energy import LaserSolution
+    from kvprism.energy.chip import enob_to_snr_db
+    from kvprism.photonics import link
+    from kvprism.photonics.design import ChipDesign, score_snr_db
+
+    design = ChipDesign.from_config(cfg, d)
+    budget = design.link
+    line_dbm = leaf(cfg, "laser_line_dbm")
+    laser_w = link.dbm_to_w(line_dbm)
+    row_w = laser_w / 10.0 ** (budget.total_loss_db / 10.0)
+    cap_w = design.laser_cap_w
+    return LaserSolution(
+        target_snr_db=enob_to_snr_db(leaf(cfg, "required_score_enob")), snr_ceiling_db=math.nan,
+        limited_by="configured", row_line_w=row_w, link_loss_db=budget.total_loss_db, laser_line_w=laser_w,
+        configured_laser_line_dbm=line_dbm, d=d, wall_plug_efficiency=leaf(cfg, "laser_wall_plug_efficiency"),
+        cap_laser_line_w=cap_w, achieved_snr_db=score_snr_db(cfg, design, row_w), feasible=laser_w <= cap_w,
+        reason="" if laser_w <= cap_w else f"{line_dbm:g} dBm per line exceeds the power caps",
+    )  # fmt: skip
+
+
+def default_latency_budget_s(shape: Any, context: int, ecfg: Any) -> float:
+    """Added latency allowed per decode step [s] — assumption: 10 % of the modelled dense decode step (model
+    weights + the whole KV cache read once from HBM, :func:`kvprism.energy.gpu_step`) at ``context``."""
+    from kvprism.energy import gpu_step
+
+    g = gpu_step(shape, context, ecfg)
+    return 0.1 * g.time_s(g.weight_bytes + g.dense_bytes)
+
+
+def select_candidates(idx: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
+    """From ``idx [..., k + m]`` (best first) keep the first ``k`` rows inside ``[lo, hi)`` -> ``[..., k]``."""
+    ok = (idx >= lo) & (idx < hi)
+    order = torch.sort((~ok).to(torch.int8), dim=-1, stable=True).indices[..., :k]
+    out = torch.gather(idx, -1, order)
+    if not bool(torch.gather(ok, -1, order).all()):
+        raise KvprismError("fewer than k candidate rows among the selected rows")
+    return out
+
+
+def recall_at_k(selected: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean of |selected ∩ reference| / k over the leading dims; ``selected``, ``reference`` ``[..., k]``."""
+    k = reference.shape[-1]
+    hits = (selected.unsqueeze(-1) == reference.unsqueeze(-2)).any(-1).sum(-1).float()
+    return float(hits.mean() / k)
+
+
+def _bank_data(ref: ReferenceSet, d_sig: int, max_banks: int) -> tuple[torch.Tensor, ...]:
+    sig = ref.signatures[d_sig].flatten(0, 1)
+    qry = ref.queries[d_sig].flatten(0, 1)
+    top = ref.topk[d_sig].flatten(0, 1)
+    att = ref.attn_topk.flatten(0, 1)
+    if max_banks:
+        sig, qry, top, att = sig[:max_banks], qry[:max_banks], top[:max_banks], att[:max_banks]
+    return sig, qry, top, att
+
+
+# ------------------------------------------------------------------------------------------------- evaluate
+def evaluate(
+    cfg: Any,
+    ref: ReferenceSet,
+    d_sig: int | None = None,
+    settings: ObjectiveSettings | None = None,
+    ecfg: Any = None,
+    *,
+    with_energy: bool = True,
+) -> TrialResult:
+    """Evaluate the design point ``cfg`` on ``ref`` (see the module docstring). ``d_sig`` picks the reference
+    signatures (default: the one whose width equals ``cfg.n_lines``); ``cfg.n_lines`` is set to that width.
+    ``ecfg``: an :class:`kvprism.energy.EnergyConfig` whose block size, k and d_sig are replaced by the reference
+    set's and this call's."""
+    from kvprism.energy import EnergyConfig, decode_step, model_shape
+    from kvprism.photonics import PhotonicEngine
+
+    s = settings or ObjectiveSettings()
+    if d_sig is None:
+        match = [d for d in ref.d_sigs if ref.width(d) == leaf(cfg, "n_lines")]
+        if not match:
+            raise KvprismError(
+                f"n_lines = {leaf(cfg, 'n_lines')} matches no signature width of the reference set "
+                f"({', '.join(str(ref.width(d)) for d in ref.d_sigs)}); pass d_sig"
+            )
+        d_sig = match[0]
+    ref.check_d(d_sig)
+    if s.k > ref.params.k_max:
+        raise KvprismError(f"k = {s.k} exceeds the reference set's k_max = {ref.params.k_max}")
+    w = ref.width(d_sig)
+    if leaf(cfg, "n_lines") != w:
+        cfg = cfg.replace(n_lines=w)
+    t0 = time.perf_counter()
+    sig, qry, top, att = _bank_data(ref, d_sig, s.max_banks)
+    lo, hi = ref.candidate_range
+    n = sig.shape[-2]
+    eng = PhotonicEngine(cfg, seed=s.engine_seed)
+    eng.program(sig)
+    t1 = time.perf_counter()
+    idx = eng.select(qry, min(n, s.k + n - (hi - lo)))  # [B, n_q, k + m]
+    chosen = select_candidates(idx, lo, hi, s.k)
+    recall = recall_at_k(chosen, top[..., : s.k])
+    block_recall = recall_at_k(chosen, att[..., : s.k])
+    t2 = time.perf_counter()
+    rep = eng.feasibility()
+    t3 = time.perf_counter()
+    shape = model_shape(s.shape)
+    base = ecfg or EnergyConfig()
+    ecfg = base.replace(block_size=ref.params.block_size, k=s.k, d_sig=w)
+    budget = s.latency_budget_s or default_latency_budget_s(shape, s.contexts[0], ecfg)
+    energy: dict[int, float] = {}
+    sel_energy = added = math.nan
+    if with_energy:
+        laser = configured_laser(cfg, w)
+        for c in s.contexts:
+            step = decode_step(cfg, ecfg, shape, c, laser=laser)
+            energy[c] = step.photonic_total_energy_j
+            if c == s.contexts[0]:
+                sel_energy = step.photonic_total_energy_j - step.photonic_energy_j["kv_fetch"]
+                added = step.photonic_latency_s["chip"] + step.photonic_latency_s["paging"]
+    t4 = time.perf_counter()
+    area = _get(rep, "area_m2")
+    if area is not None:  # the whole chip: photonic die + its electronics
+        area += _get(rep, "electronic_area_m2") or 0.0
+    return TrialResult(
+        recall=recall, block_recall=block_recall, energy_j=energy.get(s.contexts[0], math.nan),
+        selection_energy_j=sel_energy, energy_by_context_j=energy, area_m2=math.nan if area is None else area,
+        added_latency_s=added, latency_budget_s=budget, violations=list(rep.violations),
+        constraints=constraint_values(rep, cfg, added if with_energy else 0.0, budget), d_sig=d_sig, k=s.k,
+        seconds={"program": t1 - t0, "select": t2 - t1, "feasibility": t3 - t2, "energy": t4 - t3},
+        counters=dict(eng.counters),
+    )  # fmt: skip
+
+
+def exact_recall(ref: ReferenceSet, d_sig: int, k: int, max_banks: int = 0) -> float:
+    """Recall@k of exact fp32 scoring through the same candidate selection (1.0 unless exact scores tie across
+    the k-th place): the check that the reference and the selection agree."""
+    from kvprism.design.capture import exact_topk
+
+    sig, qry, top, _ = _bank_data(ref, d_sig, max_banks)
+    lo, hi = ref.candidate_range
+    scores = qry @ sig.transpose(-1, -2)
+    return recall_at_k(exact_topk(scores, lo, hi, k), top[..., :k])

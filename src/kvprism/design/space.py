@@ -1,0 +1,179 @@
+"""The design search space as a declarative table: one :class:`Dim` per searched parameter.
+
+A row names the optuna parameter (in the unit people think in: µm, nm, pm/V, dBm), the :class:`PhotonicConfig`
+field it sets, the range or choices, log or linear sampling, the factor to SI and the source of the range
+(PHYSICS.md §10/§11 or a cited value; "assumption" where no source fixes it). ``d_sig`` is special: it is the
+reference set's signature dimension and sets the comb lines ``n_lines`` (its choices are the widths captured).
+
+Extending: add a row. A row whose field the installed :class:`PhotonicConfig` lacks is left out of the search
+(:func:`active_space` reports it), so rows for fields that a newer chip model adds (drop bus, integration time,
+power caps, calibration mode) can be written before that model lands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kvprism.errors import KvprismError
+
+__all__ = ["D_SIG", "SPACE", "Dim", "active_space", "config_fields", "leaf", "space_table"]
+
+#: name of the special row whose choices come from the reference set
+D_SIG = "d_sig"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dim:
+    """One searched parameter.
+
+    ``kind``: ``"float"``, ``"int"`` or ``"categorical"``; ``low``/``high`` bound float and int rows (in ``unit``),
+    ``choices`` a categorical row; ``to_si`` multiplies a numeric value into the config field's SI unit."""
+
+    name: str
+    field: str
+    kind: str
+    source: str
+    unit: str = ""
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+    to_si: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("float", "int", "categorical"):
+            raise KvprismError(f"Dim {self.name}: kind = {self.kind!r} is invalid; allowed: float, int, categorical")
+        if self.kind == "categorical" and not self.choices and self.name != D_SIG:
+            raise KvprismError(f"Dim {self.name}: a categorical row needs choices")
+        if self.kind != "categorical" and (self.low is None or self.high is None or not self.low <= self.high):
+            raise KvprismError(f"Dim {self.name}: a numeric row needs low <= high (got {self.low}, {self.high})")
+
+    def suggest(self, trial: Any, choices: Sequence[Any] | None = None) -> Any:
+        """Draw this parameter from an optuna trial (``choices`` overrides the row's, e.g. for d_sig)."""
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_categorical(self.name, list(choices if choices is not None else self.choices))
+
+    def field_value(self, value: Any) -> Any:
+        """The config field's value for a drawn ``value`` (unit conversion for floats)."""
+        if self.kind == "float":
+            return float(value) * self.to_si
+        return value
+
+    def range_text(self) -> str:
+        if self.kind == "categorical":
+            return ", ".join(map(str, self.choices or ("from the reference set",)))
+        scale = "log" if self.log else "linear"
+        return f"[{self.low:g}, {self.high:g}] {self.unit} ({scale})".replace("  ", " ")
+
+
+#: The search space (issue: ring radius → FSR, Q_loaded, comb spacing, d_sig, rows per bank, banks, detection
+#: bandwidth, laser power per line, ADC/DAC bits, encoding, EO tuning, V_max, calibration mode).
+SPACE: tuple[Dim, ...] = (
+    Dim("ring_radius_um", "ring_radius_m", "float", low=10.0, high=80.0, log=True, unit="µm", to_si=1e-6,
+        source="seed 20 µm (FSR 8.3 nm); Luxtelligence lnoi400 PDK default bend 80 µm (PHYSICS §10); FSR follows"),
+    Dim("q_loaded", "q_loaded", "float", low=3e3, high=1e6, log=True,
+        source="seed 1e4 (FDTD 1.25e4); below the intrinsic Q ≈ 2e6 of 0.2 dB/cm (PHYSICS §10)"),
+    Dim("channel_spacing_nm", "channel_spacing_m", "float", low=0.1, high=1.6, log=True, unit="nm", to_si=1e-9,
+        source="ITU-T G.694.1 grid 12.5–200 GHz (0.1–1.6 nm); seed 1.6 nm"),
+    Dim(D_SIG, "n_lines", "categorical",
+        source="reference set: the signature widths captured (one comb line per signature dimension)"),
+    Dim("rows_per_bank", "rows_per_bank", "categorical", choices=(128, 256, 512, 1024, 2048, 4096, 8192),
+        source="1×2^n splitter trees; seed N = 8192 (PHYSICS §6); 128 = the reference set's blocks at 8K"),
+    Dim("n_banks", "n_banks", "int", low=1, high=112, log=True,
+        source="1 … one bank per (layer, KV head) of Qwen2.5-7B (28 × 4), PHYSICS §11: shared banks"),
+    Dim("detection_bandwidth_hz", "detection_bandwidth_hz", "float", low=1e6, high=5e9, log=True, unit="Hz",
+        source="seed 5 GHz; PHYSICS §11: µs per selection are available (integrate-and-dump)"),
+    Dim("laser_line_dbm", "laser_line_dbm", "float", low=-10.0, high=20.0, unit="dBm",
+        source="comb sources give mW per line (PHYSICS §11); seed 13–20 dBm"),
+    Dim("adc_bits", "adc_bits", "int", low=4, high=10,
+        source="IEEE 9731625: 8 b at 10 GS/s; seed 4–6 bit claim"),
+    Dim("query_bits", "query_bits", "int", low=4, high=10, source="IEEE 9162776: 8 b DAC"),
+    Dim("program_bits", "program_bits", "int", low=4, high=10,
+        source="seed 5-bit weights; Zhang et al., Optica 9, 579 (2022): 9-bit closed loop"),
+    Dim("encoding", "encoding", "categorical", choices=("offset", "dual-rail"), source="PHYSICS §5"),
+    Dim("tuning_pm_per_v", "tuning_m_per_v", "float", low=1.8, high=16.0, log=True, unit="pm/V", to_si=1e-12,
+        source="measured TFLN 1.8–3 pm/V, photonic-crystal cavity ~16 pm/V (PHYSICS §3; the seed's 28.5 pm/V is computed)"),
+    Dim("v_max_v", "v_max_v", "float", low=1.0, high=10.0, unit="V",
+        source="assumption: CMOS-compatible drive up to the ±10 V of tfln-literature (PHYSICS §8: 10 V)"),
+    Dim("feedback_calibration", "feedback_calibration", "categorical", choices=(False, True),
+        source="open loop (seed) or closed loop (Zhang et al., Optica 9, 579, 2022)"),
+    Dim("calibration_probe_averages", "calibration_probe_averages", "int", low=1, high=1024, log=True,
+        source="assumption: averaging of in-situ probe readings (dithering-style closed loop, Optica 9, 579)"),
+    Dim("fab_sigma_nm", "fab_sigma_m", "float", low=0.5, high=2.0, unit="nm", to_si=1e-9,
+        source="as-fabricated resonance spread 0.5–2 nm (PHYSICS §8): the best process in the range may be chosen"),
+    Dim("trim_mechanism", "trim_mechanism", "categorical", choices=("heater", "one-time"),
+        source="PHYSICS §8/§11: heaters (held power) or a one-time post-fabrication trim"),
+)  # fmt: skip
+
+
+def _field_types(config_cls: type) -> dict[str, Any]:
+    """Field name -> annotation/type of a config class: dataclass fields, or pydantic ``model_fields``."""
+    if dataclasses.is_dataclass(config_cls):
+        import typing
+
+        hints = typing.get_type_hints(config_cls)
+        return {f.name: hints.get(f.name) for f in dataclasses.fields(config_cls)}
+    fields = getattr(config_cls, "model_fields", None)
+    if fields is not None:
+        return {name: f.annotation for name, f in fields.items()}
+    raise KvprismError(f"{config_cls.__name__} is neither a dataclass nor a pydantic model")
+
+
+def _is_config_type(t: Any) -> bool:
+    return isinstance(t, type) and (dataclasses.is_dataclass(t) or hasattr(t, "model_fields"))
+
+
+def config_fields(config_cls: type | None = None) -> set[str]:
+    """Leaf field names of the installed :class:`PhotonicConfig` (or ``config_cls``); fields of nested sections
+    count by their own (unique) names, as ``PhotonicConfig.replace(name=value)`` takes them."""
+    if config_cls is None:
+        from kvprism.photonics import PhotonicConfig
+
+        config_cls = PhotonicConfig
+    out: set[str] = set()
+    for name, t in _field_types(config_cls).items():
+        out |= config_fields(t) if _is_config_type(t) else {name}
+    return out
+
+
+def leaf(cfg: Any, name: str) -> Any:
+    """The value of leaf field ``name`` of a config, looked up in nested sections too; AttributeError if absent."""
+    if hasattr(cfg, name):
+        return getattr(cfg, name)
+    subs = [getattr(cfg, n) for n in _field_types(type(cfg))] if _is_config_type(type(cfg)) else []
+    for sub in subs:
+        if _is_config_type(type(sub)):
+            try:
+                return leaf(sub, name)
+            except AttributeError:
+                pass
+    raise AttributeError(f"{type(cfg).__name__} has no field {name!r}")
+
+
+def active_space(
+    space: Iterable[Dim] = SPACE, config_cls: type | None = None, fixed: Iterable[str] = ()
+) -> tuple[list[Dim], list[Dim]]:
+    """``(searched, left_out)``: rows whose field exists in the config (and is not ``fixed``), and the others."""
+    names = config_fields(config_cls)
+    fixed = set(fixed)
+    rows = list(space)
+    seen: set[str] = set()
+    for d in rows:
+        if d.name in seen:
+            raise KvprismError(f"the search space has two rows named {d.name!r}")
+        seen.add(d.name)
+    unknown = fixed - seen
+    if unknown:
+        raise KvprismError(f"--fix names no search parameter: {', '.join(sorted(unknown))}; known: {', '.join(seen)}")
+    keep = [d for d in rows if d.field in names and d.name not in fixed]
+    return keep, [d for d in rows if d not in keep]
+
+
+def space_table(space: Iterable[Dim] = SPACE) -> list[dict[str, str]]:
+    """The table for display/JSON: parameter, field, range, source."""
+    return [{"parameter": d.name, "field": d.field, "range": d.range_text(), "source": d.source} for d in space]

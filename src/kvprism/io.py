@@ -1,0 +1,146 @@
+"""Crash-safe file output: every file kvprism writes appears complete or not at all.
+
+:func:`atomic_write` writes into a temporary file beside the target (created with mode ``0o666`` so the process
+umask applies exactly as for a plain ``open``; an existing target's permission bits are kept), fsyncs it and renames
+it over the target. :class:`AtomicBatch` stages several files the same way and renames them only once all of them
+were written, so a failure while writing (``OSError``: disk full, I/O error) leaves every previous file untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = ["AtomicBatch", "atomic_write", "fsync_dir"]
+
+#: what :func:`atomic_write` accepts as content: text, bytes, or a function writing the file at the path it is given
+Content = str | bytes | Callable[[Path], object]
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """fsync a directory so a rename inside it survives a power loss (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _stage(path: Path, content: Content) -> Path:
+    """Write ``content`` into a new temporary file beside ``path`` (fsynced); returns the temporary path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open(path, "w")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(fd, stat.S_IMODE(os.stat(path).st_mode))  # keep an existing file's permissions
+        if callable(content):
+            os.close(fd)
+            fd = -1
+            content(tmp)
+        else:
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        if fd < 0:
+            fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+            fd = -1
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return tmp
+
+
+def atomic_write(path: str | Path, content: Content) -> Path:
+    """Write ``path`` atomically: temp file beside it (umask respected), fsync, rename, fsync of the directory.
+
+    Args:
+        path: the target file; its folder is created if missing.
+        content: ``str`` (written as UTF-8), ``bytes``, or a callable ``write(tmp_path)`` that writes the file itself
+            (e.g. ``lambda p: fig.savefig(p, format="png")``; give the format explicitly, the temp name ends in .tmp).
+
+    Returns:
+        ``path`` as a ``Path``. On any exception the target is unchanged and no temporary file is left.
+    """
+    path = Path(path)
+    tmp = _stage(path, content)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+class AtomicBatch:
+    """Stage several files, then replace all targets together: all new files or (on an error) all old ones.
+
+    ::
+
+        with AtomicBatch() as batch:
+            batch.write(d / "summary.json", text)
+            batch.write(d / "plot.png", lambda p: fig.savefig(p, format="png"))
+        # renamed here, only if the block finished without an exception
+
+    Renames do not allocate space, so once every file is staged the commit cannot fail for a full disk.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (tmp, target)
+
+    def write(self, path: str | Path, content: Content) -> Path:
+        """Stage ``content`` for ``path`` (see :func:`atomic_write` for ``content``); returns ``path``."""
+        path = Path(path)
+        self._staged.append((_stage(path, content), path))
+        return path
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file over its target; returns the targets in staging order."""
+        done = []
+        for tmp, path in self._staged:
+            os.replace(tmp, path)
+            done.append(path)
+        for parent in {p.parent for p in done}:
+            fsync_dir(parent)
+        self._staged = []
+        return done
+
+    def discard(self) -> None:
+        """Delete the staged temporary files (targets untouched)."""
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged = []
+
+    def __enter__(self) -> AtomicBatch:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(p for _, p in self._staged)

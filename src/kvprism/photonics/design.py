@@ -1,0 +1,431 @@
+"""``ChipDesign``: every design quantity of a photonic configuration that follows from its parameters alone.
+
+Pure: ``ChipDesign.from_config(cfg, d)`` draws nothing and builds no engine; the feasibility verdict
+(:mod:`kvprism.photonics.feasibility`) and the energy model (:mod:`kvprism.energy.chip`) read their numbers from it.
+SI units; equations and sources in PHYSICS.md (§1 ring, §2 weight range, §6 link, §7 noise, §11 time, power, area).
+
+* couplers r1, r2, a; FSR, FWHM, finesse, Q_loaded, Q_intrinsic; photon lifetime τ = Q λ / (2π c); circulating-power
+  build-up on resonance (1 − r1²)/(1 − r1 r2 a)² ≈ finesse/π;
+* the drive's detuning range, the realisable single-ring weight range and the symmetric range w_r used for a bank;
+* the worst neighbour leakage (drop power of a ring onto another line over the drive range, all FSR orders);
+* the bank geometry (height = rows_per_bank × ring_pitch, width = d × ring_pitch) → routing length → link budget
+  (coupler, demux, MZM, mux, 1×N splitter, routing, crossings, ring insertion, PD coupling);
+* detection timing: integrate-and-dump over T_int with noise bandwidth 1/(2·T_int) = ``detection_bandwidth_hz``, one
+  ADC conversion per row and T_int (the ADC rate follows); :func:`decode_timing` derives T_int from a model shape and
+  a decode rate, :func:`timed_by_decode` applies it;
+* optical power limits (comb line, input waveguide, MZM, ring circulating power, photodiode saturation) as the
+  largest laser power per line each allows;
+* areas: rings, each row's balanced photodiode pair, the query MZMs (photonic die); each row's TIA and ADC
+  (electronic die);
+* the score-referred SNR of the detection noise on a reference score distribution (:func:`score_snr_db`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from statistics import NormalDist
+
+import torch
+
+from kvprism.errors import KvprismError
+from kvprism.photonics import encoding, link, noise, ring
+from kvprism.photonics.config import PhotonicConfig
+
+__all__ = [
+    "SPEED_OF_LIGHT_M_PER_S",
+    "ChipDesign",
+    "DecodeTiming",
+    "PowerLimit",
+    "decode_timing",
+    "expected_abs_max",
+    "leakage_limit_db",
+    "mid_bias_pd_power_w",
+    "rin_ceiling_db",
+    "score_snr_db",
+    "timed_by_decode",
+]
+
+#: Speed of light in vacuum [m/s] (SI exact value).
+SPEED_OF_LIGHT_M_PER_S = 299_792_458.0
+
+
+def expected_abs_max(n: int) -> float:
+    """Median of max |z| over ``n`` independent standard normal draws: Φ⁻¹((1 + 2^(−1/n))/2) (the scale the engine
+    maps to w_r for a bank of Gaussian signatures, or to 1 for a Gaussian query)."""
+    if n < 1:
+        raise KvprismError(f"n = {n} is invalid; allowed range: [1, inf)")
+    return NormalDist().inv_cdf(0.5 * (1.0 + 2.0 ** (-1.0 / n)))
+
+
+def leakage_limit_db(weight_range: float, weight_bits: float, max_drop_field: float) -> float:
+    """Largest neighbour drop leakage (power, dB) compatible with ``weight_bits`` of weight precision, from the field
+    formula: a leak of power L onto a line meets that line's own drop field κ on the drop bus and adds the cross term
+    2·√L·|κ|·cos θ to its weight; requiring 2·√L·|κ| ≤ ½ LSB = w_r / 2^bits (LSB = 2 w_r / 2^bits over [−w_r, w_r])
+    gives L_max = (w_r / (2^(bits+1) · |κ|))²."""
+    if weight_bits <= 0 or max_drop_field <= 0:
+        return 0.0
+    half_lsb = weight_range / 2.0**weight_bits
+    return 20.0 * math.log10(min(1.0, half_lsb / (2.0 * max_drop_field)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLimit:
+    """One optical power cap: the quantity at the configured laser power, its cap, and the largest laser power per
+    comb line (at the chip input, W) that respects the cap."""
+
+    name: str
+    value: float
+    cap: float
+    unit: str  # "W" or "A"
+    max_laser_line_w: float
+    source_field: str  # the PhotonicConfig field that sets the cap
+
+    @property
+    def exceeded(self) -> bool:
+        return self.value > self.cap * (1.0 + 1e-12)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipDesign:
+    """Design quantities of one configuration for ``d`` comb lines (see the module docstring). Build with
+    :meth:`from_config`; every field is a plain number (SI units) or a :class:`~kvprism.photonics.link.LinkBudget`."""
+
+    d: int
+    r1: float
+    r2: float
+    a: float
+    fsr_m: float
+    fwhm_m: float
+    finesse: float
+    q_loaded: float
+    q_intrinsic: float
+    photon_lifetime_s: float  # τ of the stored energy: Q λ / (2π c)
+    buildup: float  # circulating / input power on resonance
+    comb_span_m: float
+    eo_range_m: float  # 2 · tuning · V_max
+    detuning_lo_m: float  # detunings the calibration may aim for (the drive range around the rest point)
+    detuning_hi_m: float
+    w_min: float  # single-ring weight on resonance (any drive)
+    w_max: float  # single-ring weight half an FSR off (any drive)
+    w_lo: float  # single-ring weight at detuning_lo_m (weakest ring)
+    w_hi: float  # single-ring weight at detuning_hi_m (weakest ring)
+    weight_range: float  # w_r: half-width of the symmetric interval every bank is mapped into
+    max_drop_field: float  # |κ|: largest drop field amplitude of a ring on its own line
+    worst_leakage_db: float  # largest drop power of a ring onto another line over the drive range (−inf: none)
+    bank_height_m: float
+    bank_width_m: float
+    link: link.LinkBudget
+    passes: int  # optical passes per query (2 for dual-rail)
+    noise_bandwidth_hz: float  # Δf of integrate-and-dump (= detection_bandwidth_hz)
+    integration_time_s: float  # T_int = 1/(2 Δf): one query symbol
+    adc_rate_hz: float  # conversions per second and row: one per symbol, 1/T_int
+    pd_sensitivity_dbm: float  # sensitivity floor at the noise bandwidth: configured + 5·log10(Δf / Δf_spec)
+    rows: int  # physical rows: rows_per_bank × n_banks
+    mrr_count: int
+    ring_area_m2: float
+    pd_area_m2: float
+    mzm_area_m2: float
+    tia_area_m2: float
+    adc_area_m2: float
+    power_limits: tuple[PowerLimit, ...]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: PhotonicConfig, d: int | None = None) -> ChipDesign:
+        """The design of ``cfg`` for ``d`` comb lines (default ``cfg.n_lines``)."""
+        if not isinstance(cfg, PhotonicConfig):
+            raise KvprismError(f"ChipDesign.from_config needs a PhotonicConfig, got {type(cfg).__name__}")
+        d = cfg.n_lines if d is None else d
+        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+            raise KvprismError(f"d = {d!r} is invalid; allowed range: [1, inf) comb lines")
+        r1, r2 = cfg.couplings
+        a = float(ring.round_trip_amplitude(cfg.loss_db_per_m, cfg.ring_radius_m))
+        lam, n_g, rad = cfg.wavelength_center_m, cfg.n_g, cfg.ring_radius_m
+        fsr = float(ring.fsr_m(lam, n_g, rad))
+        fwhm = float(ring.fwhm_m(lam, n_g, rad, r1, r2, a))
+        q_l = lam / fwhm
+        p = r1 * r2 * a
+        buildup = (1.0 - r1 * r1) / (1.0 - p) ** 2
+        # detuning range: the drive's reach around the rest point, less the closed loop's compensation margin
+        reach = cfg.tuning_m_per_v * cfg.v_max_v - cfg.compensation_margin_m
+        lo_m = max(0.0, cfg.rest_detuning_m - reach)
+        hi_m = cfg.rest_detuning_m + reach
+        lines = cfg.wavelength_center_m + (torch.arange(d, dtype=torch.float64) - (d - 1) / 2.0) * cfg.channel_spacing_m
+        per_m = 2.0 * math.pi * n_g * ring.ring_length_m(rad) / lines**2  # [d] rad per metre of shift at each line
+        w_lo = float(ring.single_ring_weight(lo_m * per_m, r1, r2, a).max())
+        w_hi = float(ring.single_ring_weight(hi_m * per_m, r1, r2, a).min())
+        wr = max(1e-3, min(cfg.weight_range_target, -w_lo, w_hi))
+        _, drop0 = ring.add_drop(0.0, r1, r2, a)
+        leak = _worst_leakage_db(cfg, d, r1, r2, a, lo_m, hi_m) if cfg.crosstalk else -math.inf
+        height = cfg.rows_per_bank * cfg.ring_pitch_m
+        routing = cfg.waveguide_length_m + cfg.bank_routing_fraction * height
+        budget = link.link_budget(
+            laser_line_dbm=cfg.laser_line_dbm, coupling_loss_db=cfg.coupling_loss_db,
+            mzm_insertion_loss_db=cfg.mzm_insertion_loss_db, rows_per_bank=cfg.rows_per_bank,
+            splitter_excess_db_per_stage=cfg.splitter_excess_db_per_stage,
+            waveguide_loss_db_per_m=cfg.waveguide_loss_db_per_m, waveguide_length_m=routing,
+            ring_insertion_db=cfg.ring_insertion_db, n_rings_passed=d, pd_coupling_loss_db=cfg.pd_coupling_loss_db,
+            demux_loss_db=cfg.demux_loss_db, mux_loss_db=cfg.mux_loss_db, crossings=cfg.crossings_per_row,
+            crossing_loss_db=cfg.crossing_loss_db,
+        )  # fmt: skip
+        t_int = 1.0 / (2.0 * cfg.detection_bandwidth_hz)
+        rows = cfg.rows_per_bank * cfg.n_banks
+        mrr = rows * d
+        return cls(
+            d=d, r1=r1, r2=r2, a=a, fsr_m=fsr, fwhm_m=fwhm, finesse=float(ring.finesse(r1, r2, a)), q_loaded=q_l,
+            q_intrinsic=float(ring.q_intrinsic(lam, n_g, cfg.loss_db_per_m)),
+            photon_lifetime_s=q_l * lam / (2.0 * math.pi * SPEED_OF_LIGHT_M_PER_S), buildup=buildup,
+            comb_span_m=d * cfg.channel_spacing_m, eo_range_m=2.0 * cfg.tuning_m_per_v * cfg.v_max_v,
+            detuning_lo_m=lo_m, detuning_hi_m=hi_m,
+            w_min=float(ring.single_ring_weight(0.0, r1, r2, a)),
+            w_max=float(ring.single_ring_weight(math.pi, r1, r2, a)), w_lo=w_lo, w_hi=w_hi, weight_range=wr,
+            max_drop_field=math.sqrt(float(drop0)), worst_leakage_db=leak, bank_height_m=height,
+            bank_width_m=d * cfg.ring_pitch_m, link=budget, passes=2 if cfg.encoding == "dual-rail" else 1,
+            noise_bandwidth_hz=cfg.detection_bandwidth_hz, integration_time_s=t_int, adc_rate_hz=1.0 / t_int,
+            pd_sensitivity_dbm=cfg.pd_sensitivity_dbm
+            + 5.0 * math.log10(cfg.detection_bandwidth_hz / cfg.pd_sensitivity_bandwidth_hz),
+            rows=rows, mrr_count=mrr, ring_area_m2=mrr * cfg.ring_pitch_m**2, pd_area_m2=rows * cfg.pd_pair_area_m2,
+            mzm_area_m2=cfg.n_banks * d * cfg.mzm_area_m2, tia_area_m2=rows * cfg.tia_area_m2,
+            adc_area_m2=rows * cfg.adc_area_m2,
+            power_limits=_power_limits(cfg, d, budget, buildup),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def detuning_range_m(self) -> tuple[float, float]:
+        return self.detuning_lo_m, self.detuning_hi_m
+
+    @property
+    def photonic_area_m2(self) -> float:
+        """Rings + photodiode pairs + query MZMs [m²]."""
+        return self.ring_area_m2 + self.pd_area_m2 + self.mzm_area_m2
+
+    @property
+    def electronic_area_m2(self) -> float:
+        """TIAs + ADCs of every row [m²]."""
+        return self.tia_area_m2 + self.adc_area_m2
+
+    @property
+    def laser_cap_w(self) -> float:
+        """Largest laser power per comb line [W] at the chip input that respects every power limit."""
+        return min(lim.max_laser_line_w for lim in self.power_limits)
+
+    @property
+    def binding_power_limit(self) -> PowerLimit:
+        return min(self.power_limits, key=lambda lim: lim.max_laser_line_w)
+
+    @property
+    def symbol_shorter_than_lifetime(self) -> bool:
+        """True when a query symbol (T_int) is shorter than the ring photon lifetime: the ring has not reached its
+        steady state within the symbol and the previous query leaks into the score (inter-symbol error)."""
+        return self.integration_time_s < self.photon_lifetime_s
+
+    def ring_settling_s(self, bits: int) -> float:
+        """Time for a ring's output power to settle to 1 LSB of ``bits`` bits after a step [s]: τ · ln 2^bits (the
+        stored energy decays as exp(−t/τ)); at least τ."""
+        return self.photon_lifetime_s * max(1.0, bits * math.log(2.0))
+
+    def row_line_w_at(self, laser_line_w: float) -> float:
+        """Power per comb line at a row's photodiodes [W] for ``laser_line_w`` per line at the chip input."""
+        return laser_line_w * 10.0 ** (-self.link.total_loss_db / 10.0)
+
+    def laser_line_w_for(self, row_line_w: float) -> float:
+        """Laser power per line at the chip input [W] that delivers ``row_line_w`` at a row."""
+        return row_line_w * 10.0 ** (self.link.total_loss_db / 10.0)
+
+
+def _worst_leakage_db(cfg: PhotonicConfig, d: int, r1: float, r2: float, a: float, lo_m: float, hi_m: float) -> float:
+    """Largest drop power of any ring onto any other line over the ring's detuning range, all FSR orders [dB]."""
+    from kvprism.photonics.wdm import RowOptics
+
+    if d < 2:
+        return -math.inf
+    opt = RowOptics.build(d, cfg.channel_spacing_m, cfg.wavelength_center_m, cfg.ring_radius_m, cfg.n_eff, cfg.n_g,
+                          r1, r2, a, cfg.bus_order, torch.float64)  # fmt: skip
+    det = torch.linspace(lo_m, hi_m, 33, dtype=torch.float64)
+    phi = opt.phase0.unsqueeze(0) + det.view(-1, 1, 1) * opt.phase_per_m.view(1, -1, 1)
+    _, drop = ring.add_drop(phi, r1, r2, a)
+    off = ~torch.eye(d, dtype=torch.bool)
+    worst = float(drop[:, off].max())
+    return 10.0 * math.log10(max(worst, 1e-300))
+
+
+def _power_limits(cfg: PhotonicConfig, d: int, budget: link.LinkBudget, buildup: float) -> tuple[PowerLimit, ...]:
+    """Each optical power cap as the largest laser power per line it allows, and its value at ``laser_line_dbm``."""
+    p = link.dbm_to_w(cfg.laser_line_dbm)
+
+    def frac(loss_db: float) -> float:
+        return 10.0 ** (-loss_db / 10.0)
+
+    to_wg = frac(budget.coupling_db)  # per line, in the input waveguide after the coupler (all d lines share it)
+    to_mzm = frac(budget.to_mzm_db)
+    # light entering a row's first ring (MZM fully open): everything but the rings' excess insertion and PD coupling
+    to_ring = frac(budget.total_loss_db - budget.ring_insertion_db - budget.pd_coupling_db)
+    to_pd = frac(budget.total_loss_db)
+    resp = cfg.pd_responsivity_a_per_w
+    rows = (
+        # (name, value per W of laser line, cap, unit, field)
+        ("comb power per line", 1.0, cfg.comb_line_max_w, "W", "comb_line_max_w"),
+        ("input waveguide power (all lines)", d * to_wg, cfg.waveguide_max_power_w, "W", "waveguide_max_power_w"),
+        ("MZM optical power (one line)", to_mzm, cfg.mzm_max_power_w, "W", "mzm_max_power_w"),
+        ("ring circulating power (on resonance)", to_ring * buildup, cfg.ring_max_circulating_w, "W",
+         "ring_max_circulating_w"),
+        # worst case for one diode: every line fully on and all of the row's light on that diode
+        ("photocurrent per photodiode (worst case)", resp * d * to_pd, cfg.pd_saturation_current_a, "A",
+         "pd_saturation_current_a"),
+    )  # fmt: skip
+    return tuple(PowerLimit(name, per_w * p, cap, unit, cap / per_w, field) for name, per_w, cap, unit, field in rows)
+
+
+def mid_bias_pd_power_w(cfg: PhotonicConfig, row_line_w: float, d: int) -> float:
+    """Optical power [W] on each diode of a row's balanced pair at mid-bias query (half of the row's light on each
+    diode) when each of the ``d`` comb lines reaches the row with ``row_line_w`` [W] (MZM fully open)."""
+    tmin = encoding.t_min(cfg.mzm_extinction_db)
+    return row_line_w * d * (tmin + (1.0 - tmin) * 0.5) * 0.5
+
+
+# ---------------------------------------------------------------------------------------------- score-referred SNR
+def _score_terms(cfg: PhotonicConfig, design: ChipDesign, row_line_w: float, bandwidth_hz: float) -> tuple:
+    """(signal variance, detector-noise variance, RIN variance) [A²] of the score photocurrent of one row on the
+    reference score distribution (see :func:`score_snr_db`)."""
+    d = design.d
+    tmin = encoding.t_min(cfg.mzm_extinction_db)
+    resp = cfg.pd_responsivity_a_per_w
+    m_w = expected_abs_max(cfg.rows_per_bank * d)  # bank maximum → w_r
+    m_q = expected_abs_max(d)  # query maximum → 1
+    sigma_w = design.weight_range / m_w  # RMS weight
+    eu2 = 1.0 / m_q**2  # E u² of the normalised query
+    sig_var_w = d * sigma_w**2 * eu2  # Var over rows of Σ_j w_j u_j (weight units)
+    if cfg.encoding == "offset":
+        unit = 0.5 * (1.0 - tmin) * resp * row_line_w  # A per unit of Σ w u
+        mean_frac = tmin + 0.5 * (1.0 - tmin)  # mean MZM transmission (u = 0 on average)
+        e_frac2 = mean_frac**2 + (0.5 * (1.0 - tmin)) ** 2 * eu2
+        evals = 1
+    else:  # dual-rail: score = I(u⁺) − I(u⁻), each pass with its own noise
+        unit = (1.0 - tmin) * resp * row_line_w
+        e_abs = math.sqrt(2.0 / math.pi) / m_q
+        mean_frac = tmin + (1.0 - tmin) * 0.5 * e_abs
+        e_frac2 = tmin**2 + 2.0 * tmin * (1.0 - tmin) * 0.5 * e_abs + (1.0 - tmin) ** 2 * 0.5 * eu2
+        evals = 2
+    i_total = resp * row_line_w * d * mean_frac  # I_thru + I_drop at the mean query (ring absorption neglected)
+    det_var = evals * noise.detector_variance_a2(
+        i_total, 0.0, i_dark_a=cfg.dark_current_a, tia_noise_a_per_rthz=cfg.tia_noise_a_per_rthz,
+        nep_w_per_rthz=cfg.nep_w_per_rthz, responsivity_a_per_w=resp, bandwidth_hz=bandwidth_hz,
+    )  # fmt: skip
+    rin = noise.rin_sigma(cfg.rin_db_per_hz, bandwidth_hz)
+    rin_var = evals * (rin * resp * row_line_w) ** 2 * d * sigma_w**2 * e_frac2
+    if not cfg.noise:
+        det_var, rin_var = 0.0, 0.0
+    return unit**2 * sig_var_w, det_var, rin_var
+
+
+def score_snr_db(
+    cfg: PhotonicConfig, design: ChipDesign, row_line_w: float | None = None, bandwidth_hz: float | None = None
+) -> float:
+    """Score-referred SNR [dB] of the detection noise: the variance over rows of the noise-free score photocurrent
+    (what ranking compares: differences between rows) on the reference score distribution — a bank of
+    ``rows_per_bank`` Gaussian signatures mapped with one scale to ±w_r, a Gaussian query normalised to max |u| = 1,
+    as the engine and the feasibility Monte Carlo do — against the per-row detection noise (shot at the mean query,
+    dark, TIA, NEP; both passes for dual-rail) plus RIN (each line's power fluctuation δ_j enters as Σ_j w_j P_j δ_j).
+    ``row_line_w`` [W]: power per line at a row (default: the configured laser through the link budget);
+    ``bandwidth_hz``: default ``design.noise_bandwidth_hz``. ``inf`` without noise."""
+    p = design.link.row_line_w if row_line_w is None else row_line_w
+    bw = design.noise_bandwidth_hz if bandwidth_hz is None else bandwidth_hz
+    sig, det, rin = _score_terms(cfg, design, p, bw)
+    var = det + rin
+    return 10.0 * math.log10(sig / var) if var > 0 else math.inf
+
+
+def rin_ceiling_db(cfg: PhotonicConfig, design: ChipDesign, bandwidth_hz: float | None = None) -> float:
+    """Score-referred SNR [dB] that no laser power exceeds: signal and RIN both grow as P², so their ratio is the
+    ceiling (``inf`` without noise or RIN)."""
+    bw = design.noise_bandwidth_hz if bandwidth_hz is None else bandwidth_hz
+    sig, _, rin = _score_terms(cfg, design, 1.0, bw)
+    return 10.0 * math.log10(sig / rin) if rin > 0 else math.inf
+
+
+# ---------------------------------------------------------------------------------------------- decode timing
+@dataclasses.dataclass(frozen=True)
+class DecodeTiming:
+    """Time available per selection when a model decodes at ``tokens_per_s`` (all times in s).
+
+    Per decode step (1/tokens_per_s) the chip may take ``selection_time_fraction`` of it; layers are sequential, so
+    each layer gets step·fraction/layers. A layer needs ``batch × kv_heads`` logical banks, each queried
+    ``queries_per_head`` times; the physical banks serve them in ``rounds_per_layer`` rounds. When all logical banks
+    of the step (batch × layers × KV heads) do not fit the physical banks, every round first rewrites its banks
+    (``reprogram_s``: ring writes at ``program_rate_rings_per_s`` + ring settling). What is left of a round, per query
+    and optical pass, is one symbol; ``integration_fraction`` of it integrates (T_int), giving the noise bandwidth
+    1/(2·T_int) and one ADC conversion per row and symbol."""
+
+    tokens_per_s: float
+    step_s: float
+    n_layers: int
+    banks_per_layer: int
+    total_logical_banks: int
+    physical_banks: int
+    queries_per_head: int
+    passes: int
+    shared: bool
+    rounds_per_layer: int
+    reprogram_s: float  # per round (0 when resident)
+    time_per_selection_s: float  # per query of one logical bank (all its passes)
+    integration_time_s: float
+    noise_bandwidth_hz: float
+    adc_rate_hz: float
+
+
+def decode_timing(
+    cfg: PhotonicConfig,
+    *,
+    n_layers: int,
+    kv_heads: int,
+    tokens_per_s: float,
+    queries_per_head: int = 1,
+    batch: int = 1,
+    d: int | None = None,
+) -> DecodeTiming:
+    """:class:`DecodeTiming` of ``cfg`` for a model of ``n_layers`` × ``kv_heads`` decoding ``batch`` sequences at
+    ``tokens_per_s``, each (layer, KV head) asking ``queries_per_head`` queries per step (1 for ``gqa_reduce='sum'``),
+    one logical bank per (sequence, layer, KV head) of ``rows_per_bank`` rows and ``d`` lines."""
+    for name, v in (("n_layers", n_layers), ("kv_heads", kv_heads), ("queries_per_head", queries_per_head),
+                    ("batch", batch)):  # fmt: skip
+        if not isinstance(v, int) or v < 1:
+            raise KvprismError(f"{name} = {v!r} is invalid; allowed range: [1, inf)")
+    if not tokens_per_s > 0 or not math.isfinite(tokens_per_s):
+        raise KvprismError(f"tokens_per_s = {tokens_per_s!r} is invalid; allowed range: (0, inf)")
+    des = ChipDesign.from_config(cfg, d)
+    step = 1.0 / tokens_per_s
+    per_layer = batch * kv_heads
+    total = per_layer * n_layers
+    shared = total > cfg.n_banks
+    rounds = math.ceil(per_layer / cfg.n_banks)
+    if shared:
+        banks_in_round = min(cfg.n_banks, per_layer)
+        writes = banks_in_round * cfg.rows_per_bank * des.d
+        reprogram = writes / cfg.program_rate_rings_per_s + des.ring_settling_s(cfg.adc_bits)
+    else:
+        reprogram = 0.0
+    t_layer = cfg.selection_time_fraction * step / n_layers
+    t_sel = (t_layer / rounds - reprogram) / queries_per_head
+    if t_sel <= 0:
+        raise KvprismError(
+            f"at {tokens_per_s:g} tokens/s the chip has {t_layer / rounds * 1e6:.3g} µs per round of banks, but "
+            f"rewriting the {min(cfg.n_banks, per_layer)} time-shared banks takes {reprogram * 1e6:.3g} µs "
+            f"(program_rate_rings_per_s = {cfg.program_rate_rings_per_s:g}): no time is left to detect"
+        )
+    t_int = cfg.integration_fraction * t_sel / des.passes
+    return DecodeTiming(
+        tokens_per_s=tokens_per_s, step_s=step, n_layers=n_layers, banks_per_layer=per_layer,
+        total_logical_banks=total, physical_banks=cfg.n_banks, queries_per_head=queries_per_head,
+        passes=des.passes, shared=shared, rounds_per_layer=rounds, reprogram_s=reprogram,
+        time_per_selection_s=t_sel, integration_time_s=t_int, noise_bandwidth_hz=1.0 / (2.0 * t_int),
+        adc_rate_hz=1.0 / t_int,
+    )  # fmt: skip
+
+
+def timed_by_decode(cfg: PhotonicConfig, timing: DecodeTiming) -> PhotonicConfig:
+    """``cfg`` with its detection timed by ``timing``: ``detection_bandwidth_hz`` (the noise bandwidth the engine and
+    the energy model use) set to 1/(2·T_int). This is the precedence rule: a decode timing, when given, replaces the
+    configured bandwidth; otherwise ``detection_bandwidth_hz`` is the design choice and T_int = 1/(2·Δf)."""
+    return cfg.replace(detection_bandwidth_hz=min(timing.noise_bandwidth_hz, 1e12))

@@ -1,0 +1,60 @@
+"""kvprism claims: every claim of the PRISM abstract gets a section, measured on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kvprism.design.claims import CLAIMS, SEED, ClaimsSettings, run_claims
+from tests.conftest import tiny_model
+from tests.design_fixtures import one_thread, text_tokenizer, tiny_reference
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+
+
+def test_claims_on_a_tiny_model_write_every_section(tmp_path):
+    s = ClaimsSettings(model_name="tiny", contexts=(256, 4096), depths=(0.5,), k=2, block_size=16,
+                       energy_contexts=(4096, 16384, 65536), bits=(3, 5), bits_d_sig=8, max_new_tokens=2)  # fmt: skip
+    written = run_claims(tiny_model(), text_tokenizer(), tmp_path, s, reference=tiny_reference())
+    data = json.loads(written["json"].read_text())
+    sections = data["sections"]
+    assert list(sections) == list(CLAIMS)
+    md = written["markdown"].read_text()
+    for i, (cid, (claim, _, _)) in enumerate(CLAIMS.items(), 1):
+        assert f"## {i}. {claim}" in md
+        sec = sections[cid]
+        assert sec["verdict"] and sec["measured"] and sec["claim"] == claim
+        assert (tmp_path / sec["plot"]).read_bytes()[:4] == b"\x89PNG"
+    niah = sections["niah"]["measured"]
+    assert niah["contexts"] == [256] and niah["contexts_skipped"] == [4096]  # beyond the 1024-token window
+    by = niah["by_config"]
+    assert {"dense", "exact-k2", f"{SEED}-k2", "seed-nominal-k2"} <= set(by)
+    assert by["dense"]["256"]["read_fraction"] == 1.0
+    assert 0 < by[f"{SEED}-k2"]["256"]["read_fraction"] < 1.0  # the seed model really restricts the reads
+    traffic = sections["traffic"]["measured"]
+    assert traffic["attention_reads_in_the_loop"]["exact-k2"]["reduction"] > 1.0
+    assert traffic["model_qwen2.5_7b"]["whole_step"]["gpu_sparse_reduction"] > 1.0
+    scaling = sections["scaling"]["measured"]
+    assert len(scaling["gpu_scan_s"]) == 3 and "gpu scan" in sections["scaling"]["verdict"]
+    bits = sections["bits"]["measured"]["recall_vs_bits"]
+    assert set(bits) >= {SEED, "ideal (quantisation only)", "seed-nominal"}
+    assert all(0.0 <= r <= 1.0 for c in bits.values() for r in c.values())
+    assert (tmp_path / "niah" / "results.jsonl").is_file()
+
+
+def test_claims_cli_on_a_tiny_model_dir(tmp_path, monkeypatch, capsys):
+    from kvprism.cli import main
+
+    monkeypatch.setenv("KVPRISM_CACHE", str(tmp_path / "cache"))  # the reference set is captured on first use
+    model_dir = tmp_path / "tiny"
+    tiny_model().save_pretrained(model_dir)
+    text_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "claims"
+    args = ["claims", "--model", str(model_dir), "--out", str(out), "--contexts", "256", "--k", "2"]
+    assert main(args) == 0
+    data = json.loads((out / "claims.json").read_text())
+    assert list(data["sections"]) == list(CLAIMS)
+    assert data["sections"]["bits"]["measured"]["reference"]["context"] == 1024  # the tiny model's window
+    assert list((tmp_path / "cache" / "design").glob("ref-*.safetensors"))
+    assert "claims.md" in capsys.readouterr().out

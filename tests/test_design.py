@@ -1,0 +1,276 @@
+"""ChipDesign (kvprism.photonics.design): purity, agreement with the feasibility report and the engine, detection
+timing (integrate-and-dump), optical power caps, trim, area, leakage threshold, shared banks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvprism.energy import EnergyConfig, bank_sharing, chip_query, decode_step, model_shape, required_laser
+from kvprism.energy.compare import ring_inventory
+from kvprism.errors import KvprismError
+from kvprism.photonics import PhotonicConfig, PhotonicEngine, feasibility, link
+from kvprism.photonics.design import (
+    ChipDesign,
+    decode_timing,
+    expected_abs_max,
+    leakage_limit_db,
+    score_snr_db,
+    timed_by_decode,
+)
+from kvprism.photonics.feasibility import trim_check
+
+SEED = PhotonicConfig.preset("seed-nominal")
+TFLN = PhotonicConfig.preset("tfln-literature")
+QWEN = model_shape("qwen2.5-7b")
+
+
+def test_design_is_pure_and_builds_no_engine(monkeypatch):
+    state = torch.get_rng_state()
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("a design question built a PhotonicEngine")
+
+    monkeypatch.setattr(PhotonicEngine, "__init__", no_engine)
+    a, b = ChipDesign.from_config(TFLN, 32), ChipDesign.from_config(TFLN, 32)
+    assert a == b
+    # the energy model asks only the design
+    required_laser(SEED, 32)
+    chip_query(SEED, 4096, 32, 8)
+    decode_step(SEED, EnergyConfig(), QWEN, 1 << 16)
+    ring_inventory(SEED, EnergyConfig(), QWEN, 1 << 16)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn from the global generator
+
+
+@pytest.mark.parametrize("preset", ["seed-nominal", "tfln-literature"])
+def test_design_equals_feasibility_and_engine(preset):
+    cfg = PhotonicConfig.preset(preset)
+    ds = ChipDesign.from_config(cfg, 32)
+    rep = feasibility(cfg, mc_rows=32, mc_queries=4)
+    assert rep.design == ds
+    assert (rep.fsr_m, rep.fwhm_m, rep.weight_range, rep.worst_leakage_db) == (
+        ds.fsr_m, ds.fwhm_m, ds.weight_range, ds.worst_leakage_db,
+    )  # fmt: skip
+    assert rep.link_loss_db == ds.link.total_loss_db and rep.received_line_dbm == ds.link.row_line_dbm
+    assert rep.area_m2 == ds.photonic_area_m2 and rep.mrr_count == ds.mrr_count
+    eng = PhotonicEngine(cfg, seed=0)
+    assert ds.weight_range == pytest.approx(eng.weight_range(32), rel=1e-6)  # engine optics in float32
+    assert ds.detuning_range_m == pytest.approx(eng.detuning_range_m(), rel=1e-12)
+
+
+def test_ring_quantities():
+    ds = ChipDesign.from_config(TFLN, 32)
+    assert ds.photon_lifetime_s == pytest.approx(1e5 * 1.55e-6 / (2 * math.pi * 299_792_458.0), rel=1e-9)
+    assert 82e-12 < ds.photon_lifetime_s < 83e-12  # PHYSICS §11: Q = 1e5 → ≈ 82 ps
+    assert ds.finesse == pytest.approx(ds.fsr_m / ds.fwhm_m, rel=1e-9)
+    assert ds.q_loaded == pytest.approx(1e5, rel=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(q=st.floats(5e3, 2e5), loss=st.floats(0.0, 30.0))
+def test_buildup_is_finesse_over_pi(q, loss):
+    """Circulating power on resonance (1 − r1²)/(1 − r1 r2 a)² ≈ finesse/π for high finesse (PHYSICS §11)."""
+    ds = ChipDesign.from_config(SEED.replace(q_loaded=q, loss_db_per_m=loss, crosstalk=False), 4)
+    assert ds.buildup == pytest.approx(ds.finesse / math.pi, rel=3.0 / ds.finesse)  # ratio 1 + O(1/F)
+    # and it is the field build-up of the 2×2 coupler recursion, summed directly
+    r1, r2, a = ds.r1, ds.r2, ds.a
+    n = torch.arange(200_000, dtype=torch.float64)
+    field = math.sqrt(1 - r1 * r1) * ((r1 * r2 * a) ** n).sum()
+    assert float(field**2) == pytest.approx(ds.buildup, rel=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(t_int=st.floats(1e-10, 1e-4))
+def test_integrate_and_dump_noise_bandwidth(t_int):
+    """The equivalent noise bandwidth of integrate-and-dump over T (|H(f)|² = sinc²(fT)) is 1/(2T), integrated here
+    numerically; the design and the decode timing use exactly that."""
+    f = torch.linspace(0.0, 200.0 / t_int, 400_001, dtype=torch.float64)  # tail beyond: ≈ 1/(π² 200 T)
+    h2 = torch.special.sinc(f * t_int) ** 2
+    enbw = float(torch.trapezoid(h2, f))
+    assert enbw == pytest.approx(1.0 / (2.0 * t_int), rel=2e-3)
+    ds = ChipDesign.from_config(SEED.replace(detection_bandwidth_hz=1.0 / (2.0 * t_int)), 32)
+    assert ds.integration_time_s == pytest.approx(t_int, rel=1e-12)
+    assert ds.adc_rate_hz == pytest.approx(1.0 / t_int, rel=1e-12)
+
+
+def test_decode_timing_from_model_shape():
+    t = decode_timing(SEED, n_layers=QWEN.n_layers, kv_heads=QWEN.kv_heads, tokens_per_s=20.0)
+    assert not t.shared and t.rounds_per_layer == 1 and t.reprogram_s == 0.0  # 28 × 4 = 112 banks resident
+    assert t.time_per_selection_s == pytest.approx(0.1 * 0.05 / 28, rel=1e-12)  # 179 µs
+    assert t.integration_time_s == pytest.approx(0.5 * t.time_per_selection_s, rel=1e-12)
+    assert t.noise_bandwidth_hz == pytest.approx(1.0 / (2.0 * t.integration_time_s), rel=1e-12)
+    assert t.adc_rate_hz == pytest.approx(1.0 / t.integration_time_s, rel=1e-12)
+    timed = timed_by_decode(SEED, t)
+    assert timed.detection_bandwidth_hz == t.noise_bandwidth_hz
+    # 5 GHz → 5.6 kHz: +59 dB of noise bandwidth; the score-referred SNR rises accordingly
+    assert score_snr_db(timed, ChipDesign.from_config(timed)) > score_snr_db(SEED, ChipDesign.from_config(SEED)) + 40
+    # two sequences: 224 logical banks on 112 physical ones → rewritten every step, less time per selection
+    two = decode_timing(SEED, n_layers=28, kv_heads=4, tokens_per_s=20.0, batch=2)
+    writes = 8 * 8192 * 32
+    assert two.shared and two.reprogram_s == pytest.approx(
+        writes / SEED.program_rate_rings_per_s + ChipDesign.from_config(SEED).ring_settling_s(8), rel=1e-12
+    )
+    assert two.time_per_selection_s == pytest.approx(t.time_per_selection_s - two.reprogram_s, rel=1e-9)
+    dual = decode_timing(SEED.replace(encoding="dual-rail"), n_layers=28, kv_heads=4, tokens_per_s=20.0)
+    assert dual.integration_time_s == pytest.approx(0.5 * t.integration_time_s, rel=1e-12)
+    with pytest.raises(KvprismError, match="no time is left"):
+        decode_timing(SEED.replace(program_rate_rings_per_s=1e6), n_layers=28, kv_heads=4, tokens_per_s=20, batch=2)
+    with pytest.raises(KvprismError, match="tokens_per_s"):
+        decode_timing(SEED, n_layers=28, kv_heads=4, tokens_per_s=0.0)
+
+
+def test_symbol_shorter_than_photon_lifetime_is_flagged():
+    fast = feasibility(TFLN.replace(detection_bandwidth_hz=1e10), mc_rows=32, mc_queries=4)  # 50 ps < 82 ps
+    assert any("photon lifetime" in v for v in fast.violations)
+    ok = feasibility(TFLN.replace(detection_bandwidth_hz=1e9), mc_rows=32, mc_queries=4)
+    assert not any("photon lifetime" in v for v in ok.violations)
+    assert any("ADC conversion" in v for v in fast.violations)  # 2·10 GHz symbols > 10 GS/s
+
+
+@settings(max_examples=30, deadline=None)
+@given(dbm=st.floats(-30.0, 30.0), rows=st.sampled_from([1, 16, 1024, 8192]))
+def test_each_power_cap_is_reached_at_its_laser_limit(dbm, rows):
+    cfg = TFLN.replace(laser_line_dbm=dbm, rows_per_bank=rows)
+    ds = ChipDesign.from_config(cfg, 32)
+    for lim in ds.power_limits:
+        if link.w_to_dbm(lim.max_laser_line_w) > 40.0:  # beyond laser_line_dbm's allowed range
+            continue
+        at_limit = ChipDesign.from_config(cfg.replace(laser_line_dbm=link.w_to_dbm(lim.max_laser_line_w)), 32)
+        same = next(x for x in at_limit.power_limits if x.name == lim.name)
+        assert same.value == pytest.approx(lim.cap, rel=1e-9)
+        assert lim.exceeded == (link.dbm_to_w(dbm) > lim.max_laser_line_w * (1 + 1e-12))
+    assert ds.laser_cap_w == min(x.max_laser_line_w for x in ds.power_limits)
+
+
+def test_power_caps_are_flagged():
+    rep = feasibility(SEED, mc_rows=32, mc_queries=4)  # 13 dBm × 32 lines: 20 mW per line, 452 mW in one guide
+    assert any("comb power per line is 20 mW" in v for v in rep.violations)
+    assert any("input waveguide power" in v and "452 mW" in v for v in rep.violations)
+    low = feasibility(SEED.replace(laser_line_dbm=0.0), mc_rows=32, mc_queries=4)
+    assert not any("above the cap" in v for v in low.violations)
+    pd = feasibility(SEED.replace(laser_line_dbm=0.0, pd_saturation_current_a=1e-9), mc_rows=32, mc_queries=4)
+    assert any("photocurrent per photodiode" in v for v in pd.violations)
+    ring = feasibility(SEED.replace(laser_line_dbm=0.0, rows_per_bank=1, ring_max_circulating_w=1e-6), mc_rows=8,
+                       mc_queries=4)  # fmt: skip
+    assert any("ring circulating power" in v for v in ring.violations)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    rows=st.sampled_from([16, 256, 4096, 65536]),
+    bw=st.floats(1e3, 1e10),
+    enob=st.floats(0.0, 5.0),
+    wg_cap=st.floats(1e-4, 1.0),
+    dual=st.booleans(),
+)
+def test_required_laser_never_above_the_caps(rows, bw, enob, wg_cap, dual):
+    cfg = SEED.replace(rows_per_bank=rows, detection_bandwidth_hz=bw, waveguide_max_power_w=wg_cap,
+                       encoding="dual-rail" if dual else "offset")  # fmt: skip
+    try:
+        las = required_laser(cfg, 32, target_enob=enob)
+    except KvprismError as exc:  # only when RIN caps the SNR below the target
+        assert "RIN ceiling" in str(exc)
+        return
+    cap = ChipDesign.from_config(cfg, 32).laser_cap_w
+    assert las.laser_line_w <= cap * (1 + 1e-12) and las.cap_laser_line_w == cap
+    assert las.feasible == (las.achieved_snr_db >= las.target_snr_db - 1e-6 and not las.reason)
+
+
+def test_area_counts_pd_pairs_mzms_tias_and_adcs():
+    ds = ChipDesign.from_config(SEED, 32)
+    rows = SEED.rows_per_bank * SEED.n_banks
+    assert ds.ring_area_m2 == pytest.approx(rows * 32 * 50e-6**2, rel=1e-12)
+    assert ds.photonic_area_m2 == pytest.approx(
+        ds.ring_area_m2 + rows * SEED.pd_pair_area_m2 + SEED.n_banks * 32 * SEED.mzm_area_m2, rel=1e-12
+    )
+    assert ds.electronic_area_m2 == pytest.approx(rows * (SEED.tia_area_m2 + SEED.adc_area_m2), rel=1e-12)
+    bigger = ChipDesign.from_config(SEED.replace(pd_pair_area_m2=2 * SEED.pd_pair_area_m2), 32)
+    assert bigger.photonic_area_m2 - ds.photonic_area_m2 == pytest.approx(rows * SEED.pd_pair_area_m2, rel=1e-9)
+    small = feasibility(SEED.replace(rows_per_bank=16, n_banks=2, tia_area_m2=1e-3), mc_rows=16, mc_queries=4)
+    assert any("TIAs and ADCs" in v for v in small.violations)  # 32 TIAs of 1000 mm² each
+    inv = ring_inventory(SEED, EnergyConfig(), QWEN, 1 << 17)
+    assert inv["electronic_area_needed_m2"] == pytest.approx(inv["rows_needed"] * 1.25e-8, rel=1e-12)
+    assert inv["photonic_area_needed_m2"] > inv["area_needed_m2"]
+
+
+def test_shared_bank_reprogramming_scales_with_logical_banks():
+    ecfg = EnergyConfig()
+    ctx = 1 << 17  # 2048 blocks: 112 logical banks × 2048 rows fit the 112 × 8192 physical rows (resident)
+    one = decode_step(SEED, ecfg, QWEN, ctx)
+    resident = bank_sharing(SEED, ecfg, QWEN, one)
+    assert not resident["shared"] and resident["reprogram_bytes"] == 0 and resident["reprogram_energy_j"] == 0
+    out = {}
+    for batch in (5, 10):  # 560 and 1120 logical banks of 2048 rows on 917 504 physical rows
+        e = ecfg.replace(batch=batch)
+        step = decode_step(SEED, e, QWEN, ctx)
+        out[batch] = bank_sharing(SEED, e, QWEN, step)
+        b = out[batch]
+        assert b["shared"] and b["logical_banks"] == batch * 112
+        n = ctx // ecfg.block_size
+        assert b["ring_writes"] == batch * 112 * n * 32
+        assert b["reprogram_bytes"] == pytest.approx(b["ring_writes"] * SEED.program_bits / 8)
+        assert b["rewrites_per_physical_bank"] == pytest.approx(batch * 112 * n / (8192 * 112), rel=1e-12)
+        assert b["reprogram_vs_scan_bytes"] == pytest.approx(b["reprogram_bytes"] / step.gpu.scan_bytes)
+    assert out[10]["reprogram_bytes"] == pytest.approx(2 * out[5]["reprogram_bytes"], rel=1e-12)
+    assert out[10]["reprogram_energy_j"] == pytest.approx(2 * out[5]["reprogram_energy_j"], rel=1e-9)
+    assert out[10]["rewrites_per_physical_bank"] == pytest.approx(2 * out[5]["rewrites_per_physical_bank"])
+
+
+@settings(max_examples=50, deadline=None)
+@given(wr=st.floats(0.05, 0.99), bits=st.floats(1.0, 12.0), kappa=st.floats(0.05, 1.0))
+def test_leakage_threshold_is_the_field_formula(wr, bits, kappa):
+    limit = leakage_limit_db(wr, bits, kappa)
+    leak_field = math.sqrt(10 ** (limit / 10))
+    assert 2 * leak_field * kappa == pytest.approx(min(wr / 2**bits, 2 * kappa), rel=1e-9)  # = ½ LSB of ±w_r
+    if wr / 2 ** (bits + 1) < 2 * kappa:  # below the 0 dB ceiling one more bit is 6.02 dB stricter
+        assert (
+            leakage_limit_db(wr, bits + 1, kappa)
+            == pytest.approx(
+                10 * math.log10(min(1.0, (wr / 2**bits / (2 * kappa)) ** 2)) - 20 * math.log10(2), abs=1e-9
+            )
+            or limit == 0.0
+        )
+
+
+def test_leakage_verdict_uses_the_stricter_limit():
+    ds = ChipDesign.from_config(TFLN, 32)
+    derived = leakage_limit_db(ds.weight_range, 4.0, ds.max_drop_field)
+    assert -32 < derived < -30  # 4-bit weights: ≈ −31 dB in power (−15.5 dB in field)
+    rep = feasibility(TFLN, mc_rows=32, mc_queries=4)
+    assert rep.leakage_limit_db == pytest.approx(derived) and any("leakage" in v for v in rep.violations)
+    loose = feasibility(TFLN.replace(required_weight_bits=2.0), mc_rows=32, mc_queries=4)
+    assert loose.leakage_limit_db == -20.0 and not any("leakage" in v for v in loose.violations)
+
+
+def test_trim_range_and_power():
+    ds = ChipDesign.from_config(SEED, 32)
+    heater = trim_check(SEED, ds)  # ±3 nm of spread vs 15 mW × 53.7 pm/mW = 0.81 nm
+    assert not heater.fits and heater.needed_m == pytest.approx(6e-9) and heater.range_m == pytest.approx(0.8055e-9)
+    assert heater.chip_power_w == pytest.approx(ds.mrr_count * 3e-9 / 53.7e-9, rel=1e-9)
+    rep = feasibility(SEED, mc_rows=16, mc_queries=4)
+    assert any("trim span" in v for v in rep.violations) and rep.trim == heater
+    fine = trim_check(SEED.replace(fab_sigma_m=0.1e-9), ds)
+    assert fine.fits and fine.mean_power_w == pytest.approx(0.3e-9 / 53.7e-9, rel=1e-9)
+    once = trim_check(SEED.replace(trim_mechanism="one-time", one_time_trim_range_m=7e-9), ds)
+    assert once.fits and once.chip_power_w == 0.0
+    wide = trim_check(SEED.replace(fab_sigma_m=5e-9), ds)  # 6σ = 30 nm > FSR: one FSR always suffices
+    assert wide.needed_m == pytest.approx(ds.fsr_m)
+
+
+def test_ideal_selection_has_full_recall():
+    rep = feasibility(PhotonicConfig.preset("ideal"), mc_rows=64, mc_queries=8)
+    assert rep.recall_k == 8 and rep.recall_at_k == 1.0
+
+
+def test_analytic_score_snr_matches_the_monte_carlo():
+    """Detection-noise-limited regime (5 GHz, unquantised ADC, 6.6-bit weights, a 256-row bank = the Monte Carlo's
+    reference bank) with the link of the engine's budget (no demux/mux, no bank routing): the score-referred SNR of
+    the design is the Monte Carlo's within 1 dB (measured: 17.7 vs 17.6 dB)."""
+    cfg = TFLN.replace(rows_per_bank=256, adc_bits=0, demux_loss_db=0.0, mux_loss_db=0.0, bank_routing_fraction=0.0)
+    rep = feasibility(cfg, mc_rows=256, mc_queries=64)
+    assert rep.score_snr_analytic_db == pytest.approx(rep.score_snr_db, abs=1.0)
+    assert expected_abs_max(1) == pytest.approx(0.6745, abs=1e-4)  # median |z|

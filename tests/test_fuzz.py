@@ -1,0 +1,212 @@
+"""Fuzzing: every invalid configuration field and CLI option value is one clear error naming it; a cell's key changes
+if and only if a result-affecting setting changes."""
+
+import dataclasses
+import math
+import tempfile
+import typing
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvprism.cli import main
+from kvprism.errors import ConfigError
+from kvprism.photonics.config import PhotonicConfig
+from kvprism.selection import SelectionConfig
+
+CLASSES = (SelectionConfig, PhotonicConfig)
+
+
+def _invalid_values(cls, f: dataclasses.Field) -> st.SearchStrategy:
+    """Values that break the field's own declared type, range or choices (other fields stay at their defaults)."""
+    hint = typing.get_type_hints(cls)[f.name]
+    meta = f.metadata
+    junk = st.one_of(
+        st.none(), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers())
+    )
+    if hint is bool:
+        return st.one_of(junk, st.integers(), st.floats(allow_nan=True), st.text(max_size=4))
+    if hint in (int, float):
+        out = [junk, st.text(max_size=5), st.booleans()]
+        if hint is int:
+            out.append(st.floats(allow_nan=True).filter(lambda x: x != int(x) if math.isfinite(x) else True))
+            num = st.integers
+        else:
+            out.append(st.sampled_from([math.nan, math.inf, -math.inf]))
+            num = lambda **kw: st.floats(allow_nan=False, allow_infinity=False, **kw)  # noqa: E731
+        if meta["ge"] is not None:
+            out.append(num(max_value=meta["ge"] - (1 if hint is int else 0)).filter(lambda x: x < meta["ge"]))
+        if meta["gt"] is not None:
+            out.append(num(max_value=meta["gt"]))
+        if meta["le"] is not None:
+            out.append(num(min_value=meta["le"] + (1 if hint is int else 0)).filter(lambda x: x > meta["le"]))
+        if meta["lt"] is not None:
+            out.append(num(min_value=meta["lt"]))
+        return st.one_of(out)
+    if hint is str:
+        out = [junk, st.integers()]
+        if meta["choices"] is not None:
+            out.append(st.text(max_size=8).filter(lambda x: x not in meta["choices"]))
+        elif f.name == "backend":
+            out.append(st.text(max_size=8).filter(lambda x: x not in ("exact", "photonic")))
+        return st.one_of(out)
+    # object-typed fields of SelectionConfig
+    if f.name == "photonic":
+        return st.one_of(
+            st.integers(), st.none(), st.text(max_size=8).filter(lambda x: x not in PhotonicConfig.presets())
+        )
+    if f.name == "heads":
+        return st.one_of(
+            st.integers(),
+            st.none(),
+            st.text(max_size=8).filter(lambda x: x != "all" and not x.endswith(".json")),
+            st.lists(st.lists(st.integers(), min_size=1, max_size=2), min_size=1, max_size=2),
+        )
+    raise AssertionError(f"no strategy for {cls.__name__}.{f.name}: {hint}")
+
+
+FIELDS = [(cls, f) for cls in CLASSES for f in dataclasses.fields(cls)]
+
+
+@st.composite
+def bad_field(draw):
+    cls, f = draw(st.sampled_from(FIELDS))
+    return cls, f.name, draw(_invalid_values(cls, f))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(bad_field())
+def test_every_invalid_config_field_is_one_config_error_naming_it(case):
+    cls, name, value = case
+    with pytest.raises(ConfigError) as info:
+        cls(**{name: value})
+    msg = str(info.value)
+    assert f"{cls.__name__}.{name}" in msg and "\n" not in msg
+
+
+def test_the_defaults_are_valid():
+    for cls in CLASSES:
+        cls()
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+# option -> (strategy of invalid values, text the one-line error must contain)
+_BAD_INTS = st.integers(max_value=0).map(str)
+_JUNK = st.text(alphabet="abcxyz!%", min_size=1, max_size=6)
+CLI_CASES = {
+    "--contexts": (st.one_of(_BAD_INTS, _JUNK), "--contexts"),
+    "--depths": (st.one_of(st.floats(min_value=1.0001, max_value=1e6).map(repr), st.just("nan"), _JUNK), "--depths"),
+    "--seeds": (_JUNK, "--seeds"),
+    "--k": (st.one_of(_BAD_INTS, _JUNK), "--k"),
+    "--block-size": (st.one_of(_BAD_INTS, _JUNK), "--block-size"),
+    "--max-new-tokens": (st.one_of(_BAD_INTS, _JUNK), "--max-new-tokens"),
+    "--threads": (st.one_of(_BAD_INTS, _JUNK), "--threads"),
+    "--task": (_JUNK, "--task"),
+    "--haystack": (_JUNK, "--haystack"),
+    "--values": (_JUNK, "--values"),
+    "--configs": (_JUNK, "is neither 'dense', 'exact' nor a photonic preset"),
+}
+
+
+@st.composite
+def bad_option(draw):
+    opt = draw(st.sampled_from(sorted(CLI_CASES)))
+    strategy, expected = CLI_CASES[opt]
+    return opt, draw(strategy), expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad_option())
+def test_every_invalid_cli_value_is_one_line_naming_the_option(capsys, case):
+    """Each bad value fails before any model loads (the model path does not exist, so reaching the load would give a
+    different message) with exactly one line naming the option."""
+    opt, value, expected = case
+    out = f"{tempfile.gettempdir()}/kvprism-fuzz-never-written"
+    rc = main(["niah", "--model", "./no/such/model", "--out", out, f"{opt}={value}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc in (1, 2) and len(err) == 1, (opt, value, err)
+    assert expected in err[0], (opt, value, err)
+
+
+# ------------------------------------------------------------------------------------------------- cell identity
+_MODELS: dict[int, object] = {}
+
+
+def _model(seed: int):
+    from tests.conftest import tiny_model
+
+    if seed not in _MODELS:
+        _MODELS[seed] = tiny_model("llama", seed=seed)
+    return _MODELS[seed]
+
+
+#: result-affecting settings and the values drawn for them
+AFFECTING = {
+    "block_size": st.sampled_from([16, 32]),
+    "k": st.sampled_from([2, 4]),
+    "d_sig": st.sampled_from([8, 16]),
+    "projection": st.sampled_from(["learned", "pca"]),
+    "window": st.sampled_from([16, 64]),
+    "heads": st.sampled_from(["all", ((True, False), (True, True))]),
+    "backend": st.sampled_from(["exact", "photonic:seed-nominal", "photonic:ideal"]),
+    "max_new_tokens": st.sampled_from([None, 3, 5]),
+    "chat": st.booleans(),
+    "model_seed": st.sampled_from([0, 1]),
+    "mode": st.sampled_from(["niah", "recall"]),
+}
+#: settings that must not change a key
+NEUTRAL = {"model_name": st.sampled_from(["tiny", "same weights, other name"]), "show_progress": st.booleans()}
+
+
+def _key(s: dict, out_dir: str) -> str:
+    from kvprism.eval import runner as R
+
+    backend, _, preset = s["backend"].partition(":")
+    selection = {n: s[n] for n in ("block_size", "d_sig", "projection", "window", "heads")}
+    cfg = R.EvalConfig("cfg", backend, s["k"], preset or None, selection)
+    runner = R.Runner(
+        _model(s["model_seed"]),
+        _tokenizer(),
+        out_dir=out_dir,
+        tasks=["niah_single"],
+        contexts=[120],
+        depths=[0.5],
+        seeds=[0],
+        configs=[cfg],
+        mode=s["mode"],
+        haystack="noise",
+        max_new_tokens=s["max_new_tokens"],
+        chat=s["chat"],
+        model_name=s["model_name"],
+        show_progress=s["show_progress"],
+    )
+    return runner.key(runner.points[0], "noise", "numbers", cfg)
+
+
+_TOK = []
+
+
+def _tokenizer():
+    from tests.conftest import tiny_tokenizer
+
+    if not _TOK:
+        _TOK.append(tiny_tokenizer())
+    return _TOK[0]
+
+
+def _affecting(s: dict) -> tuple:
+    a = {n: s[n] for n in AFFECTING}
+    if a["mode"] == "recall":  # recall decodes exactly one step: the answer length does not apply
+        a["max_new_tokens"] = None
+    return tuple(sorted(a.items(), key=lambda kv: kv[0]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries({**AFFECTING, **NEUTRAL}), st.fixed_dictionaries({**AFFECTING, **NEUTRAL}))
+def test_cell_key_changes_iff_a_result_affecting_setting_changes(a, b):
+    with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
+        ka, kb = _key(a, d1), _key(b, d2)
+        assert (ka == kb) == (_affecting(a) == _affecting(b)), (a, b)
+        b_neutral = {**a, **{n: b[n] for n in NEUTRAL}}  # only neutral settings changed
+        assert _key(b_neutral, d2) == ka
