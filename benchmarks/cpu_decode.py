@@ -77,8 +77,8 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=8000, help="prompt tokens")
     ap.add_argument("--steps", type=int, default=12, help="decode steps per repetition")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (configurations interleaved)")
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--k", type=int, default=None, help="blocks per step (default: SelectionConfig's)")
+    ap.add_argument("--block-size", type=int, default=None, help="tokens per block (default: SelectionConfig's)")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (0 = torch default; 1 avoids OpenMP oversubscription)"
     )
@@ -101,7 +101,9 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
 
-    sel = SelectionConfig(block_size=args.block_size, k=args.k, d_sig=32, backend="exact")
+    given = {"block_size": args.block_size, "k": args.k}
+    sel = SelectionConfig(backend="exact", **{n: v for n, v in given.items() if v is not None})
+    console.print(f"selection: block_size {sel.block_size}, k {sel.k}, window {sel.window}, d_sig {sel.d_sig}")
     configs: dict[str, SelectionConfig | None] = {"dense": None, "exact": sel}
     ok, why = photonic_available()
     if ok:

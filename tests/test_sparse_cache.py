@@ -325,15 +325,27 @@ def test_learned_projection_from_prefilled_matches_direct_prefill():
         decode_loop_from(model, bare, tok, mask, positions)
 
 
-@pytest.mark.parametrize("projection", ["learned", "pca"])
-def test_the_prefill_fit_is_shared_by_forks_and_changes_no_result(projection):
-    """from_prefilled reuses one projection fit and one set of block signatures per prefill and signature settings;
-    decoding from it gives exactly what a fork that fits at its first decode step gives."""
+@pytest.mark.parametrize(
+    ("projection", "signature", "budget"),
+    [
+        ("learned", "mean", "topk"),
+        ("pca", "mean", "topk"),
+        ("learned", "reps", "top_p"),
+        ("pca", "reps", "topk"),
+        ("learned", "centroids", "top_p"),
+    ],
+)
+def test_the_prefill_fit_is_shared_by_forks_and_changes_no_result(projection, signature, budget):
+    """from_prefilled reuses one projection fit (with its temperature), one probe and one set of block signatures
+    per prefill and signature settings; decoding from it gives exactly what a fork that fits at its first decode
+    step gives (multi-row signatures and the adaptive budget included)."""
     from kvprism.hf.cache import prepare_prefill
 
     model = tiny_model("qwen2")
     ids, mask = _batch(13)
-    sel = SelectionConfig(block_size=4, k=2, d_sig=6, projection=projection, window=4)
+    sel = SelectionConfig(
+        block_size=4, k=2, d_sig=6, projection=projection, window=4, signature=signature, sig_rows=2, budget=budget
+    )
     SparseCache(model, sel)  # the "kvprism" dispatcher remembers the prefill queries
     dense = DynamicCache()
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -345,11 +357,18 @@ def test_the_prefill_fit_is_shared_by_forks_and_changes_no_result(projection):
     prepared = prepare_prefill(model, dense, sel, mask)
     assert prepare_prefill(model, dense, sel.replace(k=5, backend="photonic"), mask) is prepared  # shared
     assert prepare_prefill(model, dense, sel.replace(d_sig=4), mask) is not prepared
+    assert prepare_prefill(model, dense, sel.replace(sig_rows=3), mask) is not prepared
     got_lazy, _ = decode_loop_from(model, lazy, tok, mask, positions)
     got_shared, _ = decode_loop_from(model, shared, tok, mask, positions)
     for layer, prep in enumerate(prepared):
         assert shared.layers[layer].selector.proj is prep.proj  # adopted, not refitted
-        torch.testing.assert_close(shared.layers[layer].selector.proj, lazy.layers[layer].selector.proj)
+        a, b = shared.layers[layer].selector, lazy.layers[layer].selector
+        torch.testing.assert_close(a.proj, b.proj)
+        torch.testing.assert_close(a.temperature, b.temperature)
+        torch.testing.assert_close(a.probe, b.probe)
+        assert a.scaling == b.scaling and a.n_blocks == b.n_blocks
+        assert (a.temperature is not None) == (projection == "learned")
+        assert (a.probe is not None) == (signature == "reps")
     for a, b in zip(lazy.trace, shared.trace, strict=True):
         for layer in a:
             assert torch.equal(a[layer]["blocks"], b[layer]["blocks"])

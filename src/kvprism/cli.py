@@ -436,6 +436,13 @@ _HeadsOpt = Annotated[str | None, typer.Option(help="Head mask JSON from `kvpris
 _HaystackOpt = Annotated[str | None, typer.Option(help="noise, text or needles (default: the task's).")]
 _ValuesOpt = Annotated[str | None, typer.Option(help="numbers, uuids or words (default: the task's).")]
 _OutOpt = Annotated[str, typer.Option(help="Results directory (resumed if it exists).")]
+_SelectOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="SelectionConfig fields of the selection configs, e.g. 'd_sig=8,signature=minmax'; several sets "
+        "separated by ';' each give their own configs (named with the fields differing from the first set)."
+    ),
+]
 
 
 def _eval_grid(
@@ -456,6 +463,7 @@ def _eval_grid(
     out: str,
     max_new_tokens: int | None,
     threads: int | None,
+    select: str | None = None,
 ) -> None:
     """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
     from kvprism.eval import runner as R
@@ -494,6 +502,8 @@ def _eval_grid(
             raise kvprism.KvprismError(f"--k: {kk} is invalid; allowed range: k >= 1")
     if not (ctx_list and depth_list and seed_list):
         raise kvprism.KvprismError("--contexts, --depths and --seeds each need at least one value")
+    from kvprism.eval.sweep import expand_selection_sets
+
     selection: dict = {}
     if block_size is not None:
         selection["block_size"] = block_size
@@ -501,7 +511,7 @@ def _eval_grid(
         from kvprism.eval.heads import load_mask
 
         selection["heads"] = load_mask(heads)
-    cfgs = R.build_configs(unique(R.parse_list(configs, str, "configs"), "--configs"), k_list, selection)
+    cfgs = expand_selection_sets(unique(R.parse_list(configs, str, "configs"), "--configs"), k_list, selection, select)
     R.validate_configs(cfgs)
     peek = _peek_model_config(model)
     if peek is not None:
@@ -579,6 +589,7 @@ def niah(
     device: _DeviceOpt = "cpu",
     out: _OutOpt = "runs/niah",
     max_new_tokens: Annotated[int | None, typer.Option(help="Answer tokens (default: task's).", min=1)] = None,
+    select: _SelectOpt = None,
     threads: _ThreadsOpt = None,
 ) -> None:
     """Needle-in-a-haystack grid: prefill once per prompt, decode every configuration, score answers (resumable)."""
@@ -600,10 +611,25 @@ def recall(
     model: _ModelOpt = "smollm2",
     device: _DeviceOpt = "cpu",
     out: _OutOpt = "runs/recall",
+    select: _SelectOpt = None,
     threads: _ThreadsOpt = None,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Sweep methods × --d-sigs × --k instead of --configs (one prefill/prompt).")
+    ] = False,
+    methods: Annotated[
+        str, typer.Option(help="--sweep: signature/projection or signature/projection/budget, comma-separated.")
+    ] = ("mean/learned,minmax/learned,centroids/learned,reps/learned,mean/pca,mean/learned/top_p"),
+    d_sigs: Annotated[str, typer.Option(help="--sweep: signature dimensions, comma-separated.")] = "4,8,16,32",
 ) -> None:
     """Selection metrics only (block/signature recall@k, mass captured, needle hit, KL, read fraction): one decode
-    step per configuration, no answer generation."""
+    step per configuration, no answer generation. With --sweep: every method × d_sig × k (kvprism.eval.sweep)."""
+    if sweep:
+        opts = {n: v for n, v in locals().items() if n not in ("sweep", "configs", "heads")}
+        from kvprism.eval.sweep import run_cli
+
+        run_cli(**opts, console=console)
+        return
+    del sweep, methods, d_sigs
     _eval_grid(**locals(), mode="recall", max_new_tokens=1)
 
 
@@ -740,7 +766,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             prefix = "error" if isinstance(exc, kvprism.KvprismError) else f"error ({type(exc).__name__})"
-            err_console.print(f"{prefix}: {msg}  [dim](--debug for the traceback)[/]", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(
+                f"{escape(prefix)}: {escape(msg)}  [dim](--debug for the traceback)[/]", highlight=False, soft_wrap=True
+            )
             return 1
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 

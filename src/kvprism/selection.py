@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from kvprism.budgets import BUDGETS, make_budget
 from kvprism.config import ConfigBase, param
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.layout import topk_blocks
@@ -40,6 +41,8 @@ __all__ = [
     "block_signatures",
     "fit_layer_projection",
     "group_backends",
+    "layer_probe",
+    "needs_queries",
     "register_backend",
     "resolve_heads",
     "signature_settings",
@@ -61,6 +64,22 @@ class SelectionConfig(ConfigBase):
         ge=1,
     )
     signature: str = param("mean", doc="Block signature.", choices=tuple(SIGNATURES))
+    sig_rows: int = param(
+        4,
+        doc="Rows per block of the multi-row signatures ('centroids', 'reps'): each block takes sig_rows bank rows "
+        "and scores as the max over them. Ignored by 'mean' and 'minmax'.",
+        unit="rows",
+        ge=1,
+    )
+    budget: str = param(
+        "topk",
+        doc="Blocks read per (layer, KV head) out of the k best: 'topk' (all k) or 'top_p' (adaptive: the fewest "
+        "whose estimated attention mass reaches top_p; k is then the cap). See kvprism.budgets.",
+        choices=tuple(BUDGETS),
+    )
+    top_p: float = param(
+        0.9, doc="For budget='top_p': estimated attention mass of the candidate blocks to cover.", gt=0.0, le=1.0
+    )
     projection: str = param(
         "learned",
         doc="Projection of keys and query to d_sig dimensions. 'learned' (default) is fitted on the prefill and needs "
@@ -290,8 +309,14 @@ def group_backends(selectors: Sequence[BlockSelector]) -> Any:
 
 # ------------------------------------------------------------------------------------------------------- selector
 def signature_settings(sel: SelectionConfig) -> tuple:
-    """The fields that decide a layer's projection and signatures (configurations equal in these share them)."""
-    return (sel.block_size, sel.d_sig, sel.signature, sel.projection, sel.sign, sel.seed)
+    """The fields that decide a layer's projection, temperature, probe and signatures (configurations equal in these
+    share them)."""
+    return (sel.block_size, sel.d_sig, sel.signature, sel.sig_rows, sel.projection, sel.sign, sel.seed)
+
+
+def needs_queries(sel: SelectionConfig) -> bool:
+    """Whether fitting a layer needs the prefill queries (learned projection, representative-token signatures)."""
+    return sel.projection == "learned" or SIGNATURES[sel.signature].needs_probe
 
 
 def fit_layer_projection(
@@ -303,8 +328,10 @@ def fit_layer_projection(
     scaling: float = 1.0,
     queries: torch.Tensor | None = None,
     query_pos: torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """The projection of layer ``layer_idx`` fitted on its prefill keys ``[B, H, T, D]`` (``valid [B, T]``)."""
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The projection of layer ``layer_idx`` fitted on its prefill keys ``[B, H, T, D]`` (``valid [B, T]``) and its
+    fitted score temperature: ``(projection [B, H, D, d_sig] or None, temperature [B, H] or None)`` (a temperature
+    only for ``projection='learned'``; see :func:`kvprism.signatures.fit_learned`)."""
     return fit_projection(
         sel.projection,
         keys,
@@ -315,23 +342,46 @@ def fit_layer_projection(
         scaling=scaling,
         queries=queries,
         query_pos=query_pos,
+        return_temperature=True,
     )
 
 
+def layer_probe(sel: SelectionConfig, proj: torch.Tensor | None, queries: torch.Tensor | None) -> torch.Tensor | None:
+    """The projected prefill queries ``[B, H, n*G, d_sig]`` a probe-based signature ('reps') ranks tokens by, from
+    ``queries [B, H, n, G, D]``; None for signatures without a probe."""
+    if not SIGNATURES[sel.signature].needs_probe:
+        return None
+    if queries is None:
+        raise ConfigError(f"SelectionConfig.signature = {sel.signature!r} needs the prefill queries")
+    b, h, n, g, d = queries.shape
+    return project(queries.float().reshape(b, h, n * g, d), proj)
+
+
 def block_signatures(
-    sel: SelectionConfig, proj: torch.Tensor | None, keys: torch.Tensor, valid: torch.Tensor
+    sel: SelectionConfig,
+    proj: torch.Tensor | None,
+    keys: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    layer_idx: int,
+    probe: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Signatures of whole blocks: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid [B, n*bs]`` -> ``[B, H, n, w]``
-    float32."""
+    """Signatures of whole blocks of layer ``layer_idx``: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid
+    [B, n*bs]`` -> bank rows ``[B, H, n*R, w]`` float32 (``R`` = the signature's rows per block, consecutive rows per
+    block); ``probe``: :func:`layer_probe` for signatures that need one."""
     b, h, t, _ = keys.shape
     bs = sel.block_size
     n = t // bs
+    signature = SIGNATURES[sel.signature]
+    rows = signature.rows_per_block(sel.sig_rows)
     pk = project(keys.float(), proj).reshape(b, h, n, bs, -1)
     v = valid.reshape(b, 1, n, bs).expand(b, h, n, bs)
-    sig = SIGNATURES[sel.signature].block(pk, v)
+    if probe is not None:
+        probe = probe.to(pk.device)
+    sig = signature.block(pk, v, rows=rows, seed=derive_seed(sel.seed, layer_idx, 3), probe=probe)
     if sel.sign == "relu":
         sig = sig.clamp_min(0)
-    return sig
+    return sig.reshape(b, h, n * rows, -1)
 
 
 class BlockSelector:
@@ -351,7 +401,12 @@ class BlockSelector:
         self.num_kv_heads = num_kv_heads
         self.head_mask = head_mask.bool()
         self.signature = SIGNATURES[sel.signature]
+        self.rows_per_block = self.signature.rows_per_block(sel.sig_rows)
+        self.budget = make_budget(sel.budget, sel.top_p)
         self.proj: torch.Tensor | None = None  # [B, H, D, d_sig]
+        self.probe: torch.Tensor | None = None  # [B, H, P, d_sig] projected prefill queries (signature 'reps')
+        self.scaling = 1.0  # the model's softmax scale (set by fit)
+        self.temperature: torch.Tensor | None = None  # [B, H] fitted score temperature (projection 'learned')
         self.backend: ScoreBackend = BACKENDS[sel.backend](sel, derive_seed(sel.seed, layer_idx, 1))
         self.n_blocks = 0  # rows programmed per bank
         self.rows_programmed = 0  # rows written over all banks (initial programming + appends)
@@ -359,6 +414,16 @@ class BlockSelector:
         self.fitted = False
 
     # ---------------------------------------------------------------- projection and signatures
+    @property
+    def fit_result(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(projection, temperature)`` as fitted (for :meth:`fit` ``fitted=`` on another selector)."""
+        return self.proj, self.temperature
+
+    @property
+    def needs_queries(self) -> bool:
+        """Whether :meth:`fit` needs the prefill queries (learned projection, representative-token signatures)."""
+        return self.sel.projection == "learned" or self.signature.needs_probe
+
     def fit(
         self,
         keys: torch.Tensor,
@@ -367,42 +432,63 @@ class BlockSelector:
         scaling: float = 1.0,
         queries: torch.Tensor | None = None,
         query_pos: torch.Tensor | None = None,
+        fitted: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
     ) -> None:
-        """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``)."""
-        self.proj = fit_layer_projection(
-            self.sel, self.layer_idx, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos
-        )
+        """Fit the projection on the prefill keys ``[B, H, T, D]`` (``valid [B, T]``); ``queries [B, H, n, G, D]``
+        (with their positions ``query_pos [n]``) are the prefill query sample of :attr:`needs_queries`. ``fitted``:
+        ``(projection, temperature)`` already fitted on this prefill with the same projection settings (reused, not
+        refitted; see :attr:`fit_result`)."""
+        self.scaling = scaling
+        if fitted is not None:
+            self.proj, self.temperature = fitted
+        else:
+            self.proj, self.temperature = fit_layer_projection(
+                self.sel, self.layer_idx, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos
+            )
+        self.probe = layer_probe(self.sel, self.proj, queries)
         self.fitted = True
 
     def block_signatures(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Signatures of whole blocks: ``keys [B, H, n*bs, D]`` (block-aligned), ``valid [B, n*bs]`` ->
-        ``[B, H, n, w]`` float32."""
-        return block_signatures(self.sel, self.proj, keys, valid)
+        bank rows ``[B, H, n*R, w]`` float32 (``R`` = :attr:`rows_per_block` consecutive rows per block)."""
+        return block_signatures(self.sel, self.proj, keys, valid, layer_idx=self.layer_idx, probe=self.probe)
 
-    def adopt(self, proj: torch.Tensor | None, signatures: torch.Tensor) -> None:
-        """Take a projection and the signatures of the first complete blocks ``[B, H, n, w]`` computed elsewhere
-        (once per prefill, for every selector that shares the signature settings): the same state as :meth:`fit`
-        followed by :meth:`program` of those blocks."""
+    def adopt(
+        self,
+        proj: torch.Tensor | None,
+        signatures: torch.Tensor,
+        *,
+        temperature: torch.Tensor | None = None,
+        probe: torch.Tensor | None = None,
+        scaling: float = 1.0,
+    ) -> None:
+        """Take a projection (with its fitted ``temperature`` and the signature's ``probe``) and the bank rows of the
+        first complete blocks ``[B, H, n*R, w]`` computed elsewhere (once per prefill, for every selector that shares
+        the signature settings): the same state as :meth:`fit` (``scaling``: the model's softmax scale) followed by
+        :meth:`program` of those blocks."""
         self.proj = proj
+        self.temperature = temperature
+        self.probe = probe
+        self.scaling = scaling
         self.fitted = True
         if signatures.shape[-2]:
             self.program(signatures.clone())
 
     def program(self, signatures: torch.Tensor) -> None:
-        """Program all rows ``[B, H, N, w]`` (end of prefill)."""
+        """Program all rows ``[B, H, N*R, w]`` (end of prefill)."""
         self.backend.program(signatures)
-        self.n_blocks = signatures.shape[-2]
+        self.n_blocks = signatures.shape[-2] // self.rows_per_block
         self.rows_programmed += signatures[..., 0].numel()
 
     def append(self, signatures: torch.Tensor) -> None:
-        """Program ``m`` newly completed blocks ``[B, H, m, w]`` after the existing rows."""
+        """Program the rows ``[B, H, m*R, w]`` of ``m`` newly completed blocks after the existing rows."""
         if signatures.shape[-2] == 0:
             return
         if self.n_blocks == 0:
             self.program(signatures)
             return
         self.backend.append(signatures)
-        self.n_blocks += signatures.shape[-2]
+        self.n_blocks += signatures.shape[-2] // self.rows_per_block
         self.rows_programmed += signatures[..., 0].numel()
 
     # ---------------------------------------------------------------- scoring and top-k
@@ -414,11 +500,21 @@ class BlockSelector:
         return enc
 
     def scores(self, query: torch.Tensor) -> torch.Tensor:
-        """Block scores ``[B, H, N]`` of the query group ``[B, H, G, D]`` after GQA reduction."""
+        """Block scores ``[B, H, N]`` of the query group ``[B, H, G, D]`` after GQA reduction (and, for multi-row
+        signatures, the max over each block's rows)."""
         enc = self.encode_query(query)
-        if self.sel.gqa_reduce == "sum":
-            return self.backend.scores(enc.sum(2))
-        return self.backend.scores(enc).amax(2)
+        s = self.backend.scores(enc.sum(2)) if self.sel.gqa_reduce == "sum" else self.backend.scores(enc).amax(2)
+        r = self.rows_per_block
+        return s if r == 1 else s.reshape(*s.shape[:-1], s.shape[-1] // r, r).amax(-1)
+
+    def logit_scale(self, group: int) -> float | torch.Tensor:
+        """Factor turning a block score into a block-mass logit, for the adaptive budget: with the learned
+        projection its fitted temperature (``τ · scaling`` on the summed group score, ``[B, H, 1]``); otherwise the
+        softmax scale, divided by the group size ``G`` when the group's scores are summed."""
+        if self.temperature is not None:
+            tau = self.temperature[..., None] * self.scaling
+            return tau if self.sel.gqa_reduce == "sum" else tau * group
+        return self.scaling / group if self.sel.gqa_reduce == "sum" else self.scaling
 
     def select(self, query: torch.Tensor, candidates: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """Top-k candidate blocks per bank.
@@ -438,7 +534,14 @@ class BlockSelector:
         if k == 0 or self.n_blocks == 0:
             return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)
         cand = candidates & self.head_mask.to(candidates.device)[None, :, None]
-        return topk_blocks(self.scores(query), cand, k)
+        s = self.scores(query)
+        idx = topk_blocks(s, cand, k)
+        if self.sel.budget == "topk":
+            return idx
+        # the adaptive budget keeps a best-first prefix of those ids (-1 after it and on missing candidates)
+        masked = s.float().masked_fill(~cand | torch.isnan(s), -torch.inf)
+        val = torch.gather(masked, -1, idx.clamp_min(0)).masked_fill(idx < 0, -torch.inf)
+        return self.budget.trim(masked, val, idx, self.logit_scale(query.shape[2]))
 
     def select_range(self, query: torch.Tensor, lo: int, hi: int, k: int | None = None) -> torch.Tensor:
         """Top-k among the contiguous candidate blocks ``[lo, hi)`` of every bank, scored by the fused kernel of
@@ -458,6 +561,11 @@ class BlockSelector:
         b, h, g, _ = query.shape
         if not 0 <= lo <= hi <= self.n_blocks:
             raise KvprismError(f"select_range: need 0 <= lo <= hi <= {self.n_blocks}, got lo={lo}, hi={hi}")
+        if self.rows_per_block > 1 or self.sel.budget != "topk":
+            # multi-row signatures and adaptive budgets are not in the fused kernel: the same selection via select
+            blk = torch.arange(self.n_blocks, device=query.device)
+            cand = ((blk >= lo) & (blk < hi)).expand(b, h, -1)
+            return self.select(query, cand, k)
         self.selection_calls += 1
         if k == 0 or hi == lo:
             return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)

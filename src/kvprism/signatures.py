@@ -11,6 +11,13 @@ Signatures (registry :data:`SIGNATURES`):
 - ``minmax``: Quest-style elementwise bounds ``(max_i, min_i)`` of the block's projected keys; the score
   ``Σ_i max(q_i·min_i, q_i·max_i)`` is an upper bound of ``q·k`` over the block and equals
   ``relu(q)·max + min(q, 0)·min`` -- a dot product of width ``2d`` with the encoded query ``[relu(q), min(q, 0)]``.
+- ``centroids``: ``R`` centroids of the block's projected keys (seeded k-means, :class:`CentroidSignature`); the block
+  score is the max over its ``R`` rows (``R = SelectionConfig.sig_rows``). Width ``d`` per row.
+- ``reps``: InfLLM-style representative tokens (:class:`RepresentativeSignature`): the block's ``R`` keys most
+  attended by the prefill's last queries; scored by the max over its ``R`` rows. Width ``d`` per row.
+
+A signature with ``R`` rows per block returns ``[..., n, R*w]`` from ``block`` (its rows side by side); the selector
+programs them as ``R`` consecutive bank rows per block and reduces their scores with a max (:attr:`rows_per_block`).
 
 Projections (registry :data:`PROJECTIONS`), each a ``[B, H, D, d_sig]`` matrix per (batch row, KV head) or ``None``:
 
@@ -36,8 +43,10 @@ import torch
 __all__ = [
     "PROJECTIONS",
     "SIGNATURES",
+    "CentroidSignature",
     "MeanSignature",
     "MinMaxSignature",
+    "RepresentativeSignature",
     "fit_learned",
     "fit_pca",
     "fit_projection",
@@ -51,11 +60,15 @@ class MeanSignature:
     """Mean key of the block (padding tokens excluded). Width ``d``."""
 
     name: ClassVar[str] = "mean"
+    needs_probe: ClassVar[bool] = False
 
     def width(self, d: int) -> int:
         return d
 
-    def block(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def rows_per_block(self, sig_rows: int) -> int:
+        return 1
+
+    def block(self, keys: torch.Tensor, valid: torch.Tensor, **_: object) -> torch.Tensor:
         """``keys [..., n, B, d]``, ``valid [..., n, B]`` bool -> ``[..., n, d]`` (zero for an all-padding block)."""
         w = valid.to(keys.dtype).unsqueeze(-1)
         return (keys * w).sum(-2) / w.sum(-2).clamp_min(1.0)
@@ -70,11 +83,15 @@ class MinMaxSignature:
     """Quest-style elementwise ``[max, min]`` of the block's keys (padding excluded). Width ``2d``."""
 
     name: ClassVar[str] = "minmax"
+    needs_probe: ClassVar[bool] = False
 
     def width(self, d: int) -> int:
         return 2 * d
 
-    def block(self, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def rows_per_block(self, sig_rows: int) -> int:
+        return 1
+
+    def block(self, keys: torch.Tensor, valid: torch.Tensor, **_: object) -> torch.Tensor:
         """``keys [..., n, B, d]``, ``valid [..., n, B]`` -> ``[..., n, 2d]`` (zero for an all-padding block)."""
         v = valid.unsqueeze(-1)
         hi = keys.masked_fill(~v, -math.inf).amax(-2)
@@ -88,8 +105,121 @@ class MinMaxSignature:
         return torch.cat([q.clamp_min(0), q.clamp_max(0)], dim=-1)
 
 
+def _gather_tokens(keys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``keys [M, B, d]``, ``idx [M, R]`` token ids -> ``[M, R, d]``."""
+    return torch.gather(keys, 1, idx.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
+
+
+@dataclass(frozen=True)
+class CentroidSignature:
+    """``R`` centroids of the block's keys by seeded k-means (Lloyd, squared Euclidean distance), scored by the max
+    over the ``R`` rows: a block holding a few distinct keys (a needle among filler) keeps one row close to each.
+
+    Initial centroids: the first ``R`` valid tokens of one seeded permutation of the ``B`` positions (the same for
+    every block, so a block's signature does not depend on how many blocks are computed together); an empty
+    cluster keeps its previous centroid. Cost per block: ``iters · B · R · d`` multiply-adds. Width ``d`` per row.
+    """
+
+    name: ClassVar[str] = "centroids"
+    needs_probe: ClassVar[bool] = False
+    iters: int = 8
+
+    def width(self, d: int) -> int:
+        return d
+
+    def rows_per_block(self, sig_rows: int) -> int:
+        return sig_rows
+
+    def block(
+        self, keys: torch.Tensor, valid: torch.Tensor, *, rows: int = 4, seed: int = 0, **_: object
+    ) -> torch.Tensor:
+        """``keys [..., n, B, d]``, ``valid [..., n, B]`` -> ``[..., n, rows*d]`` (zero for an all-padding block)."""
+        *lead, bs, d = keys.shape
+        x = keys.reshape(-1, bs, d).float()
+        v = valid.reshape(-1, bs)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        perm = torch.randperm(bs, generator=gen).to(keys.device)
+        # rank of every position in the permutation; invalid tokens go last
+        rank = torch.empty_like(perm)
+        rank[perm] = torch.arange(bs, device=keys.device)
+        prio = torch.where(v, rank[None], rank[None] + bs)
+        first = prio.argsort(-1)[:, : min(rows, bs)]
+        if rows > bs:
+            first = first[:, torch.arange(rows, device=keys.device) % bs]
+        cent = _gather_tokens(x, first)  # [M, R, d]
+        w = v.to(x.dtype)
+        x2 = (x * x).sum(-1, keepdim=True)
+        for _ in range(self.iters):
+            d2 = x2 - 2 * torch.matmul(x, cent.transpose(-1, -2)) + (cent * cent).sum(-1)[:, None, :]  # [M, B, R]
+            onehot = torch.nn.functional.one_hot(d2.argmin(-1), rows).to(x.dtype) * w[..., None]
+            cnt = onehot.sum(1)  # [M, R]
+            new = torch.matmul(onehot.transpose(-1, -2), x) / cnt.clamp_min(1.0)[..., None]
+            cent = torch.where(cnt[..., None] > 0, new, cent)
+        cent = cent * v.any(-1).to(x.dtype)[:, None, None]
+        return cent.reshape(*lead[:-1], lead[-1], rows * d).to(keys.dtype)
+
+    def encode_query(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [..., d]`` -> ``[..., d]`` (the same query drives every row)."""
+        return q
+
+
+@dataclass(frozen=True)
+class RepresentativeSignature:
+    """InfLLM-style representative tokens: the block's ``R`` keys with the largest summed attention logit from the
+    *probe* -- the prefill's most recent queries of the head's query group (the question, at the end of a prompt) --
+    stored as ``R`` rows and scored by the max over them. Needs the probe (``probe [..., P, d]``, projected like
+    the keys); blocks completed during decode use the same probe. Cost per block: ``P · B · d`` multiply-adds once.
+    Width ``d`` per row.
+
+    Reference: Xiao et al., "InfLLM: Training-Free Long-Context Extrapolation for LLMs with an Efficient Context
+    Memory", 2024 (representative score of a token = sum of the local queries' attention logits to it).
+    """
+
+    name: ClassVar[str] = "reps"
+    needs_probe: ClassVar[bool] = True
+
+    def width(self, d: int) -> int:
+        return d
+
+    def rows_per_block(self, sig_rows: int) -> int:
+        return sig_rows
+
+    def block(
+        self,
+        keys: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        rows: int = 4,
+        probe: torch.Tensor | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        """``keys [..., n, B, d]``, ``valid [..., n, B]``, ``probe [..., P, d]`` -> ``[..., n, rows*d]``."""
+        if probe is None:
+            raise ValueError("signature 'reps' needs the probe queries (the prefill's last queries)")
+        *lead, bs, d = keys.shape
+        score = torch.einsum("...nbd,...pd->...nb", keys.float(), probe.float())
+        score = score.masked_fill(~valid, -math.inf).reshape(-1, bs)
+        r = min(rows, bs)
+        val, idx = score.topk(r, dim=-1)  # [M, r]
+        idx = torch.where(torch.isfinite(val), idx, idx[:, :1])  # fewer valid tokens than rows: repeat the best
+        if rows > bs:
+            idx = idx[:, torch.arange(rows, device=keys.device) % bs]
+        x = keys.reshape(-1, bs, d)
+        reps = _gather_tokens(x, idx) * valid.reshape(-1, bs).any(-1).to(x.dtype)[:, None, None]
+        return reps.reshape(*lead[:-1], lead[-1], rows * d)
+
+    def encode_query(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [..., d]`` -> ``[..., d]``."""
+        return q
+
+
 #: signature name -> signature object
-SIGNATURES: dict[str, MeanSignature | MinMaxSignature] = {"mean": MeanSignature(), "minmax": MinMaxSignature()}
+SIGNATURES: dict[str, MeanSignature | MinMaxSignature | CentroidSignature | RepresentativeSignature] = {
+    "mean": MeanSignature(),
+    "minmax": MinMaxSignature(),
+    "centroids": CentroidSignature(),
+    "reps": RepresentativeSignature(),
+}
 
 
 # ---------------------------------------------------------------------------------------------------- projections
@@ -146,7 +276,8 @@ def fit_learned(
     *,
     steps: int = 60,
     lr: float = 0.02,
-) -> torch.Tensor:
+    return_temperature: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fit a projection on the prefill so that projected mean-key block scores rank blocks like true attention.
 
     Objective (ListNet-style listwise cross-entropy, averaged over the sampled prefill queries and KV heads): for a
@@ -162,14 +293,18 @@ def fit_learned(
             their cache positions.
         d_sig: output dimension; ``block_size``: tokens per block; ``scaling``: the model's softmax scale.
 
+    Fitting cost: ``steps`` Adam steps over ``B·H·n·nb·d`` score terms, plus one dense ``B·H·n·G·T·D`` pass for
+    the targets (SmolLM2 at 4K tokens, 30 layers, n = 64: about 2 s on one CPU thread).
+
     Returns:
-        ``[B, H, D, d_sig]`` float32.
+        ``[B, H, D, d_sig]`` float32; with ``return_temperature`` also ``τ [B, H]``, so that
+        ``softmax_j(τ · scaling · (Σ_g P^T q_g)·(P^T k̄_j))`` estimates the block masses (1 where nothing was fitted).
     """
     p0 = fit_pca(keys, valid, d_sig)
     b, h, t, d = keys.shape
     nb = t // block_size
     if nb < 2 or queries.shape[2] == 0:
-        return p0
+        return (p0, torch.ones(b, h, device=keys.device)) if return_temperature else p0
     with torch.inference_mode(False), torch.enable_grad():
         k = keys.float().clone()
         vmask = valid.clone()
@@ -202,6 +337,8 @@ def fit_learned(
             loss = -(target * logq.masked_fill(~blk_ok, 0.0)).sum(-1).mean()
             loss.backward()
             opt.step()
+        if return_temperature:
+            return proj.detach().clone(), log_tau.detach().exp().reshape(b, h).clone()
         return proj.detach().clone()
 
 
@@ -220,20 +357,29 @@ def fit_projection(
     scaling: float = 1.0,
     queries: torch.Tensor | None = None,
     query_pos: torch.Tensor | None = None,
-) -> torch.Tensor | None:
+    return_temperature: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor | None] | None:
     """The projection ``[B, H, D, d_sig]`` of one layer (``None`` for ``kind="none"``). ``keys [B, H, T, D]`` are the
-    prefill keys, ``valid [B, T]`` the non-padding mask; ``learned`` also needs the sampled prefill ``queries``."""
+    prefill keys, ``valid [B, T]`` the non-padding mask; ``learned`` also needs the sampled prefill ``queries``.
+    ``return_temperature``: return ``(projection, τ [B, H] or None)``, ``τ`` being the fitted score temperature of
+    ``learned`` (see :func:`fit_learned`; None for the other kinds)."""
     b, h, _, d = keys.shape
+    tau = None
     if kind == "none":
-        return None
-    if kind == "random":
-        return random_projection(b, h, d, d_sig, seed=seed, device=keys.device)
-    if kind == "pca":
-        return fit_pca(keys, valid, d_sig)
-    if kind == "learned":
+        proj = None
+    elif kind == "random":
+        proj = random_projection(b, h, d, d_sig, seed=seed, device=keys.device)
+    elif kind == "pca":
+        proj = fit_pca(keys, valid, d_sig)
+    elif kind == "learned":
         if queries is None or query_pos is None:
-            if keys.shape[2] // block_size < 2:  # nothing to rank yet: fit_learned would return PCA as well
-                return fit_pca(keys, valid, d_sig)
-            raise ValueError("projection 'learned' needs the prefill queries")
-        return fit_learned(keys, valid, queries, query_pos, d_sig, block_size, scaling)
-    raise ValueError(f"unknown projection {kind!r}; allowed: {', '.join(PROJECTIONS)}")
+            if keys.shape[2] // block_size >= 2:
+                raise ValueError("projection 'learned' needs the prefill queries")
+            proj = fit_pca(keys, valid, d_sig)  # nothing to rank yet: fit_learned would return PCA as well
+        else:
+            proj, tau = fit_learned(
+                keys, valid, queries, query_pos, d_sig, block_size, scaling, return_temperature=True
+            )
+    else:
+        raise ValueError(f"unknown projection {kind!r}; allowed: {', '.join(PROJECTIONS)}")
+    return (proj, tau) if return_temperature else proj

@@ -38,9 +38,12 @@ from kvprism.selection import (
     block_signatures,
     fit_layer_projection,
     group_backends,
+    layer_probe,
+    needs_queries,
     resolve_heads,
     signature_settings,
 )
+from kvprism.signatures import SIGNATURES
 
 __all__ = [
     "PreparedLayer",
@@ -80,12 +83,16 @@ def _cache_arg_name(model_cls: type) -> str:
 @dataclasses.dataclass(frozen=True)
 class PreparedLayer:
     """What one layer of a prefill needs before its first sparse decode step, computed once per prefill and
-    signature settings: the projection (``[B, H, D, d_sig]`` or None) and the signatures ``[B, H, n, w]`` of the
-    ``n`` complete blocks, under the key validity ``valid [B, n*block_size]`` they were computed with."""
+    signature settings: the projection (``[B, H, D, d_sig]`` or None), its fitted temperature (``[B, H]``, learned
+    projection only), the signature's probe (``[B, H, P, d_sig]``, 'reps' only) and the bank rows ``[B, H, n*R, w]``
+    of the ``n`` complete blocks (``R`` rows per block), under the key validity ``valid [B, n*block_size]`` they were
+    computed with."""
 
     proj: torch.Tensor | None
     signatures: torch.Tensor
     valid: torch.Tensor
+    temperature: torch.Tensor | None = None
+    probe: torch.Tensor | None = None
 
 
 #: dense prefill cache -> {(signature settings, tokens): [PreparedLayer per layer]}; every fork of one prefill and
@@ -111,8 +118,8 @@ def prepare_prefill(
     fit out of the first decode step of the first fork.
 
     Args:
-        model: the model that prefilled ``dense_cache`` (with ``projection="learned"`` its attention must have been
-            ``"kvprism"`` during the prefill, which remembers the queries).
+        model: the model that prefilled ``dense_cache`` (with ``projection="learned"`` or ``signature="reps"`` its
+            attention must have been ``"kvprism"`` during the prefill, which remembers the queries).
         dense_cache: the prefilled cache (e.g. a ``DynamicCache``); not modified.
         sel: the selection config.
         attention_mask: the prefill's ``[B, T]`` mask (0 = padding); default: every token real.
@@ -139,21 +146,26 @@ def prepare_prefill(
         for i, layer in enumerate(dense_cache.layers):
             keys = layer.keys
             queries = query_pos = None
-            if sel.projection == "learned" and nb >= 2:
+            # with < 2 complete blocks fit_learned is PCA anyway; representative tokens always need the probe
+            if needs_queries(sel) and (nb >= 2 or SIGNATURES[sel.signature].needs_probe):
                 found = _attn.prefill_queries_for(model, i, keys)
                 if found is None:
                     raise ConfigError(
-                        "SelectionConfig.projection = 'learned' needs the prefill queries: prefill the dense cache "
-                        "with the model's attention set to 'kvprism' (constructing any SparseCache does that)"
+                        f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
+                        "prefill queries: prefill the dense cache with the model's attention set to 'kvprism' "
+                        "(constructing any SparseCache does that)"
                     )
                 q, query_pos = found
                 b, hq, n, d = q.shape
                 h = keys.shape[1]
                 queries = q.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
             scaling = _layer_scaling(model, i, keys.shape[-1])
-            proj = fit_layer_projection(sel, i, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos)
-            sig = block_signatures(sel, proj, keys[:, :, : nb * bs], valid[:, : nb * bs])
-            out.append(PreparedLayer(proj, sig, valid[:, : nb * bs].clone()))
+            proj, temperature = fit_layer_projection(
+                sel, i, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos
+            )
+            probe = layer_probe(sel, proj, queries)
+            sig = block_signatures(sel, proj, keys[:, :, : nb * bs], valid[:, : nb * bs], layer_idx=i, probe=probe)
+            out.append(PreparedLayer(proj, sig, valid[:, : nb * bs].clone(), temperature, probe))
     per_cache[key] = out
     return out
 
@@ -333,7 +345,7 @@ class SparseLayer(CacheLayerMixin):
 
     def observe_prefill(self, query: torch.Tensor) -> None:
         """Keep the most recent prefill queries ``[B, Hq, q, D]`` (only for projection='learned')."""
-        if self.selector.sel.projection != "learned" or self.selector.fitted:
+        if not self.selector.needs_queries or self.selector.fitted:
             return
         q = query.shape[2]
         pos = torch.arange(self.length - q, self.length, device=query.device)
@@ -353,17 +365,21 @@ class SparseLayer(CacheLayerMixin):
         keys = self.keys
         prep, self.prepared = self.prepared, None
         if not self.selector.fitted and prep is not None:
-            n_prep = prep.signatures.shape[-2]
+            n_prep = prep.valid.shape[-1] // bs  # complete blocks signed at the prefill
             if n_prep <= nb and torch.equal(prep.valid, valid[:, : n_prep * bs]):
-                self.selector.adopt(prep.proj, prep.signatures)
+                self.selector.adopt(
+                    prep.proj, prep.signatures, temperature=prep.temperature, probe=prep.probe, scaling=scaling
+                )
                 self._queries = self._query_pos = None
         if not self.selector.fitted:
             queries = None
             n_pre = self.length - 1  # the prefill: the cache before this decode step's own token
-            if sel.projection == "learned" and n_pre // bs >= 2:  # with < 2 complete blocks fit_learned is PCA
+            # with < 2 complete blocks fit_learned is PCA anyway; representative tokens always need the probe
+            if self.selector.needs_queries and (n_pre // bs >= 2 or self.selector.signature.needs_probe):
                 if self._queries is None:
                     raise ConfigError(
-                        "SelectionConfig.projection = 'learned' needs the prefill queries: prefill through the "
+                        f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
+                        "prefill queries: prefill through the "
                         "SparseCache, or prefill the dense cache with the model's attention set to 'kvprism' "
                         "(constructing any SparseCache does that) before SparseCache.from_prefilled"
                     )
@@ -573,7 +589,7 @@ class SparseCache(Cache):
                     "(sliding-window layer); SparseCache needs the full prefill"
                 )
             dst.load(keys, values)  # copies into the layer's own buffers
-            if sel.projection == "learned":
+            if dst.selector.needs_queries:
                 found = _attn.prefill_queries_for(model, i, keys)
                 if found is not None:
                     dst._queries, dst._query_pos = found[0].clone(), found[1].clone()
