@@ -31,8 +31,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 import torch
 
 from kvprism.errors import KvprismError
+from kvprism.io import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -168,7 +167,7 @@ class ReferenceSet:
             tensors[f"topk.d{d}"] = self.topk[d].contiguous()
         meta = {_META_KEY: json.dumps({"params": self.params.to_json(), "info": self.info})}
         path = Path(path)
-        _atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+        atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
         return path
 
     @classmethod
@@ -201,18 +200,6 @@ class ReferenceSet:
             query_pos=tensors["query_pos"],
             info=head.get("info", {}),
         )
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -------------------------------------------------------------------------------------------------------- capture

@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
-from kvprism.design.capture import CaptureParams, ReferenceSet, _atomic_write, exact_topk
+from kvprism.design.capture import CaptureParams, ReferenceSet, exact_topk
 from kvprism.errors import KvprismError
+from kvprism.io import atomic_write
 
 __all__ = ["CLAIMS", "ClaimsSettings", "run_claims"]
 
@@ -456,7 +457,7 @@ def _plots(sections: dict[str, dict[str, Any]], out: Path) -> dict[str, Path]:
     def save(fig: Any, name: str) -> None:
         path = out / f"claims-{name}.png"
         fig.tight_layout()
-        _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+        atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
         plt.close(fig)
         paths[name] = path
 
@@ -627,8 +628,8 @@ def run_claims(
         "sections": sections,
     }
     jpath, mpath = out / "claims.json", out / "claims.md"
-    _atomic_write(jpath, lambda p: p.write_text(json.dumps(report, indent=1, default=_json_default) + "\n"))
-    _atomic_write(mpath, lambda p: p.write_text(_markdown(sections, plots, s)))
+    atomic_write(jpath, lambda p: p.write_text(json.dumps(report, indent=1, default=_json_default) + "\n"))
+    atomic_write(mpath, lambda p: p.write_text(_markdown(sections, plots, s)))
     return {"markdown": mpath, "json": jpath, **{f"plot {k}": v for k, v in plots.items()}}
 
 

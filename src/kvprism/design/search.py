@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvprism.design.capture import ReferenceSet, _atomic_write
+from kvprism.design.capture import ReferenceSet
 from kvprism.design.objectives import DIRECTIONS, OBJECTIVE_NAMES, ObjectiveSettings, evaluate
 from kvprism.design.space import D_SIG, SPACE, Dim, active_space, space_table
 from kvprism.errors import ConfigError, KvprismError
+from kvprism.io import atomic_write
 
 __all__ = [
     "SearchResult",
@@ -326,7 +327,7 @@ def write_preset(cfg: Any, path: str | Path, meta: dict[str, Any]) -> Path:
     """Write :func:`preset_toml` atomically."""
     path = Path(path)
     text = preset_toml(cfg, meta)
-    _atomic_write(path, lambda p: p.write_text(text))
+    atomic_write(path, lambda p: p.write_text(text))
     return path
 
 
@@ -375,7 +376,7 @@ def write_outputs(result: SearchResult, out_dir: str | Path, n_presets: int = 3)
         "trials": [_trial_record(t, ids) for t in study.trials],
     }
     p = out / "pareto.json"
-    _atomic_write(p, lambda q: q.write_text(json.dumps(summary, indent=1, default=float) + "\n"))
+    atomic_write(p, lambda q: q.write_text(json.dumps(summary, indent=1, default=float) + "\n"))
     written["json"] = p
     written["plot"] = _plot(study, pareto, out / "pareto.png")
     return written
@@ -413,7 +414,7 @@ def _plot(study: Any, pareto: list[Any], path: Path) -> Path:
     ax.set_title(f"design search: {len(done)} trials", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
     return path
 

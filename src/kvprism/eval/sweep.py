@@ -34,6 +34,7 @@ import torch
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
 from kvprism.eval.runner import append_result, check_out_dir, read_results, repair_results
+from kvprism.io import atomic_write
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -445,12 +446,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
     """``sweep.md``, ``sweep.csv`` and ``sweep.png`` (if matplotlib is installed) from the cell records."""
     out = Path(out_dir)
@@ -468,12 +463,12 @@ def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path) -> dic
     ]
     md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     files = {"table": out / "sweep.md", "csv": out / "sweep.csv", "results": out / SWEEP_FILE}
-    _atomic_write(files["table"], ("\n".join(md) + "\n").encode())
+    atomic_write(files["table"], ("\n".join(md) + "\n").encode())
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
     w.writerows(rows)
-    _atomic_write(files["csv"], buf.getvalue().encode())
+    atomic_write(files["csv"], buf.getvalue().encode())
     png = _plot(rows, out / "sweep.png")
     if png is not None:
         files["plot"] = png
