@@ -29,6 +29,26 @@ __all__ = ["InSituResult", "ProbeNoise", "calibrate_in_situ", "calibrate_model",
 Model = Callable[[torch.Tensor], torch.Tensor]  # detunings [R, d] (m) -> weights W_eff [R, d]
 
 
+class _Best:
+    """Each row's best iterate so far (smallest mean squared error over the row), so a row where an iteration
+    oscillates never gets worse; ``history`` holds the RMS over rows of the best errors after each step."""
+
+    def __init__(self) -> None:
+        self.det = self.w = self.err = None
+        self.history: list[float] = []
+
+    def update(self, det: torch.Tensor, w: torch.Tensor, err: torch.Tensor) -> None:
+        row_err = err.pow(2).mean(dim=-1, keepdim=True)
+        if self.err is None:
+            self.det, self.w, self.err = det, w, row_err
+        else:
+            better = row_err < self.err
+            self.det = torch.where(better, det, self.det)
+            self.w = torch.where(better, w, self.w)
+            self.err = torch.minimum(row_err, self.err)
+        self.history.append(float(self.err.mean().sqrt()) if err.numel() else 0.0)
+
+
 def calibrate_model(
     target: torch.Tensor, optics: RowOptics, det_min_m: float, det_max_m: float, iters: int, model: Model
 ) -> CalibrationResult:
@@ -36,25 +56,16 @@ def calibrate_model(
     Each row keeps its best iterate; ``residual_rms`` is the model's RMS residual after each step."""
     aim = target.clone()
     det = optics.single_ring_inverse(aim, det_min_m, det_max_m)
-    history: list[float] = []
-    best_det = best_w = best_err = None
+    best = _Best()
     for it in range(iters + 1):
         w = model(det)
         err = target - w
-        row_err = err.pow(2).mean(dim=-1, keepdim=True)
-        if best_err is None:
-            best_det, best_w, best_err = det, w, row_err
-        else:  # keep each row's best iterate, so a row where the iteration oscillates never gets worse
-            better = row_err < best_err
-            best_det = torch.where(better, det, best_det)
-            best_w = torch.where(better, w, best_w)
-            best_err = torch.minimum(row_err, best_err)
-        history.append(float(best_err.mean().sqrt()) if err.numel() else 0.0)
+        best.update(det, w, err)
         if it == iters:
             break
         aim = aim + err
         det = optics.single_ring_inverse(aim, det_min_m, det_max_m)
-    return CalibrationResult(best_det, best_w, history)
+    return CalibrationResult(best.det, best.w, best.history)
 
 
 def model_mismatch_rms(det: torch.Tensor, model: Model, chip: Model) -> float:
@@ -137,22 +148,12 @@ def calibrate_in_situ(
 
     goal = where(target)
     det = goal.clamp(det_min_m, det_max_m)
-    history: list[float] = []
-    best_det = best_w = best_err = None
+    best = _Best()
     d = target.shape[-1]
     for it in range(iters + 1):
         w_true = chip(apply(det))
         meas = noise.read(w_true, gen)
-        err = target - meas
-        row_err = err.pow(2).mean(dim=-1, keepdim=True)
-        if best_err is None:
-            best_det, best_w, best_err = det, w_true, row_err
-        else:
-            better = row_err < best_err
-            best_det = torch.where(better, det, best_det)
-            best_w = torch.where(better, w_true, best_w)
-            best_err = torch.minimum(row_err, best_err)
-        history.append(float(best_err.mean().sqrt()) if err.numel() else 0.0)
+        best.update(det, w_true, target - meas)  # the controller ranks iterates by what it measured
         if it == iters:
             break
         pos = where(meas)
@@ -161,4 +162,4 @@ def calibrate_in_situ(
             pos = torch.where(up >= meas, pos, -pos)
         det = (det + goal - pos).clamp(det_min_m, det_max_m)
     readings = iters + 1 + (iters if dither_m > 0.0 else 0)
-    return InSituResult(best_det, best_w, history, readings * d * noise.averages)
+    return InSituResult(best.det, best.w, best.history, readings * d * noise.averages)

@@ -371,25 +371,10 @@ def calibrate(
     (aim ← aim + target − W_eff(detuning), detuning ← single-ring inverse(aim)), a fixed-point iteration that converges
     while crosstalk is a perturbation of each ring's own response. Detunings stay in [det_min_m, det_max_m]. Each
     row keeps its best iterate. ``plan``: optional :class:`CascadePlan` for the cascade evaluations."""
-    aim = target.clone()
-    det = optics.single_ring_inverse(aim, det_min_m, det_max_m)
-    history: list[float] = []
-    best_det, best_w, best_err = det, target, None
-    for it in range(iters + 1):
+    from kvprism.photonics.program import calibrate_model  # the one fixed-point iteration (program imports wdm)
+
+    def model(det: torch.Tensor) -> torch.Tensor:
         thru, drop = cascade(det, optics, crosstalk, plan)
-        w = thru - drop
-        err = target - w
-        row_err = err.pow(2).mean(dim=-1, keepdim=True)
-        if best_err is None:
-            best_det, best_w, best_err = det, w, row_err
-        else:  # keep each row's best iterate, so a row where the iteration oscillates never gets worse
-            better = row_err < best_err
-            best_det = torch.where(better, det, best_det)
-            best_w = torch.where(better, w, best_w)
-            best_err = torch.minimum(row_err, best_err)
-        history.append(float(best_err.mean().sqrt()) if err.numel() else 0.0)
-        if it == iters:
-            break
-        aim = aim + err
-        det = optics.single_ring_inverse(aim, det_min_m, det_max_m)
-    return CalibrationResult(best_det, best_w, history)
+        return thru - drop
+
+    return calibrate_model(target, optics, det_min_m, det_max_m, iters, model)
