@@ -57,13 +57,22 @@ class _StandInEngine:
 
 @pytest.fixture
 def stand_in_engine(monkeypatch):
+    import kvprism.photonics.config  # noqa: F401  (preset names are validated against the real shipped presets)
+
     class PhotonicConfig:
         @classmethod
         def preset(cls, name):
             return types.SimpleNamespace(name=name)
 
+    class EngineGroup:  # the stand-in engines sample no drift: a group that only holds them
+        def __init__(self, engines):
+            self.engines, self.batched_samples = list(engines), 0
+
+        def release(self):
+            self.engines = []
+
     mod = types.ModuleType("kvprism.photonics")
-    mod.PhotonicConfig, mod.PhotonicEngine = PhotonicConfig, _StandInEngine
+    mod.PhotonicConfig, mod.PhotonicEngine, mod.EngineGroup = PhotonicConfig, _StandInEngine, EngineGroup
     monkeypatch.setitem(sys.modules, "kvprism.photonics", mod)
     _StandInEngine.instances.clear()
     return _StandInEngine

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from kvprism.errors import ConfigError, KvprismError
+from kvprism.errors import ConfigError
 from kvprism.hf.cache import SparseCache, cache_kwargs
 from kvprism.layout import BlockGeometry, BlockLayout
 from kvprism.selection import BACKENDS, BlockSelector, SelectionConfig, resolve_heads
@@ -117,16 +117,6 @@ def test_candidates_and_plan_cover_everything_once():
     ok_pos = [p for p, o in zip(plan.token_idx[0, 0].tolist(), plan.token_ok[0, 0].tolist(), strict=True) if o]
     assert sorted(ok_pos) == list(range(23))  # ... and never twice
     assert plan.n_attended.tolist() == [[23], [18]] and plan.n_cached.tolist() == [23, 18]
-
-
-def test_photonic_backend_unavailable_is_a_clear_error():
-    try:
-        import kvprism.photonics  # noqa: F401
-    except ImportError:
-        with pytest.raises(KvprismError, match="photonic engine"):
-            BlockSelector(SelectionConfig(backend="photonic"), 0, 2, torch.ones(2, dtype=torch.bool))
-    else:
-        pytest.skip("the photonic engine is installed; tests/test_photonic_selection.py covers it")
 
 
 def needle_run_2k(model, tok, sel):

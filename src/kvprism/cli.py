@@ -9,7 +9,6 @@ stays fast.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -120,15 +119,9 @@ def demo(
     if not 0.0 <= depth <= 1.0:
         raise kvprism.KvprismError(f"--depth = {depth} is invalid; allowed range: [0, 1]")
     sel = SelectionConfig(block_size=block_size, k=k, backend="exact", seed=seed)
-    try:
-        importlib.import_module("kvprism.photonics")
-        photonic_ok, why = True, ""
-    except ImportError as exc:
-        photonic_ok, why = False, str(exc)
     presets = [p.strip() for p in preset.split(",") if p.strip()]
-    if photonic_ok:
-        for p in presets:
-            _check_preset(p)
+    for p in presets:
+        _check_preset(p)
     peek = _peek_model_config(model)
     _check_window(peek, context + max_new_tokens, "--context + --max-new-tokens")
     _set_threads(threads)
@@ -153,18 +146,11 @@ def demo(
     console.print(f"[bold]prefill[/]        {time.perf_counter() - t0:.1f} s (dense, shared by every run below)")
 
     runs: list[tuple[str, SelectionConfig | None]] = [("dense", None)]
-    if photonic_ok:
-        from kvprism.photonics import PhotonicConfig
+    from kvprism.photonics import PhotonicConfig
 
-        for p in presets:
-            lines = PhotonicConfig.preset(p).n_lines  # one comb line per signature dimension
-            runs.append((f"photonic {p}", sel.replace(backend="photonic", photonic=p, d_sig=lines)))
-    else:
-        console.print(
-            "[bold red]photonic engine unavailable[/]: kvprism.photonics cannot be imported "
-            f"({why}); no photonic answer. Showing exact (fp32, ideal) block selection instead, labelled as such."
-        )
-        runs.append(("exact selection (no hardware model)", sel))
+    for p in presets:
+        lines = PhotonicConfig.preset(p).n_lines  # one comb line per signature dimension
+        runs.append((f"photonic {p}", sel.replace(backend="photonic", photonic=p, d_sig=lines)))
     for label, cfg in runs:
         cache = fork_dynamic_cache(dense_cache) if cfg is None else SparseCache.from_prefilled(mdl, dense_cache, cfg)
         t0 = time.perf_counter()

@@ -125,7 +125,7 @@ class SelectionConfig(ConfigBase):
             self._fail("photonic", self.photonic, "must be a preset name, a PhotonicConfig or a SeedPublishedConfig")
         if isinstance(self.photonic, str):
             known = _photonic_presets()
-            if known is not None and self.photonic not in known:
+            if self.photonic not in known:
                 self._fail("photonic", self.photonic, f"allowed presets: {', '.join(known)}")
         h = self.heads
         if isinstance(h, str):
@@ -139,12 +139,10 @@ class SelectionConfig(ConfigBase):
             self._fail("heads", h, "must be 'all', a JSON file path or a nested bool mask")
 
 
-def _photonic_presets() -> list[str] | None:
-    """Shipped photonic preset names (None when kvprism.photonics is not installed)."""
-    try:
-        from kvprism.photonics.config import PhotonicConfig
-    except ImportError:
-        return None
+def _photonic_presets() -> list[str]:
+    """Shipped photonic preset names."""
+    from kvprism.photonics.config import PhotonicConfig
+
     return PhotonicConfig.presets()
 
 
@@ -255,13 +253,8 @@ class PhotonicBackend:
     name: ClassVar[str] = "photonic"
 
     def __init__(self, sel: SelectionConfig, seed: int = 0) -> None:
-        try:
-            from kvprism.photonics import PhotonicConfig, PhotonicEngine
-        except ImportError as exc:
-            raise KvprismError(
-                "backend 'photonic' needs the photonic engine (kvprism.photonics), which is not available in this "
-                f"installation ({exc})"
-            ) from None
+        from kvprism.photonics import PhotonicConfig, PhotonicEngine
+
         cfg = PhotonicConfig.preset(sel.photonic) if isinstance(sel.photonic, str) else sel.photonic
         self.config = cfg
         self.engine = PhotonicEngine(cfg, seed=seed)
@@ -300,10 +293,8 @@ def group_backends(selectors: Sequence[BlockSelector]) -> Any:
     backends = [s.backend for s in selectors]
     if len(backends) < 2 or not all(isinstance(b, PhotonicBackend) for b in backends):
         return None
-    try:
-        from kvprism.photonics import EngineGroup
-    except ImportError:
-        return None
+    from kvprism.photonics import EngineGroup
+
     return EngineGroup([b.engine for b in backends])
 
 

@@ -100,10 +100,8 @@ def selection_sink_window() -> tuple[int, int]:
     """(sink tokens, window tokens) that block selection always reads by default: ``SelectionConfig()``'s
     ``sink_blocks · block_size`` and ``window``, so R_h measures exactly what a streaming head would miss; the
     module defaults where ``kvprism.selection`` is not installed."""
-    try:
-        from kvprism.selection import SelectionConfig
-    except ImportError:
-        return DEFAULT_SINK_TOKENS, DEFAULT_WINDOW_TOKENS
+    from kvprism.selection import SelectionConfig
+
     sel = SelectionConfig()
     return sel.sink_blocks * sel.block_size, sel.window
 

@@ -65,12 +65,8 @@ def feasibility_verdicts(presets: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if not presets:
         return out
-    try:
-        from kvprism.photonics import PhotonicConfig, PhotonicEngine
-    except ImportError as exc:
-        return {
-            p: {"feasible": None, "violations": [], "note": f"kvprism.photonics unavailable ({exc})"} for p in presets
-        }
+    from kvprism.photonics import PhotonicConfig, PhotonicEngine
+
     for p in presets:
         try:
             rep = PhotonicEngine(PhotonicConfig.preset(p), seed=0).feasibility()
