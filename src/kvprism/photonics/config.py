@@ -8,6 +8,7 @@ Sources are the rows of PHYSICS.md §10 unless stated; "assumption" marks a valu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import ClassVar
@@ -951,7 +952,7 @@ class PhotonicConfig(ConfigBase):
         )
         return min(3.0 * sigma, 0.45 * self.tuning_m_per_v * self.v_max_v)
 
-    @property
+    @functools.cached_property
     def rest_detuning_m(self) -> float:
         """Rest (0 V) detuning [m] of every ring from its line, set by the trim. ``rest_point = "centred"``: the middle
         of the detunings at which one ring on its own line has the weights ∓weight_range_target (clamped to what

@@ -27,6 +27,7 @@ from kvprism.errors import KvprismError
 from kvprism.photonics import drift as drift_mod
 from kvprism.photonics import encoding, link, noise, program, ring
 from kvprism.photonics.config import PhotonicConfig
+from kvprism.photonics.design import ChipDesign
 from kvprism.photonics.select import topk_codes, topk_lowest_index
 from kvprism.photonics.wdm import CascadePlan, RowOptics, cascade, cascade_coherent
 
@@ -112,6 +113,7 @@ class PhotonicEngine:
         self._bufs: dict[str, torch.Tensor] = {}
         self._n = 0
         self._optics: RowOptics | None = None
+        self._designs: dict[int, ChipDesign] = {}  # ChipDesign per comb-line count (see design())
         self._pending_steps = 0
         self._stale = False
         self._det: dict[str, Any] | None = None  # detection constants (see _detection_constants)
@@ -151,9 +153,15 @@ class PhotonicEngine:
 
     def link_budget(self, d: int | None = None) -> link.LinkBudget:
         """The optical link of the design for ``d`` lines (:class:`~kvprism.photonics.design.ChipDesign`)."""
-        from kvprism.photonics.design import ChipDesign
+        return self.design(d).link
 
-        return ChipDesign.from_config(self.config, d or self.n_dims or self.config.n_lines).link
+    def design(self, d: int | None = None) -> ChipDesign:
+        """The :class:`~kvprism.photonics.design.ChipDesign` of this engine's config for ``d`` lines (default: the
+        programmed width, else ``n_lines``); built once per width."""
+        d = d or self.n_dims or self.config.n_lines
+        if d not in self._designs:
+            self._designs[d] = ChipDesign.from_config(self.config, d)
+        return self._designs[d]
 
     def weights_as_programmed(self) -> torch.Tensor:
         """W_eff [*L, N, d] as programmed: the chip's weights at the applied drive with the trim residual and every
@@ -202,19 +210,12 @@ class PhotonicEngine:
         """Detunings [m] the calibration may aim for: the drive's reach rest ± (tuning·V_max − margin), above 0
         (``compensation_margin_m`` of the config: swing kept for the closed loop's compensation of trim residual and
         drift; 0 open loop). With ``rest_point = "eo-centre"`` this is [0, 2·tuning·V_max − 2·margin]."""
-        c = self.config
-        reach = c.tuning_m_per_v * c.v_max_v - c.compensation_margin_m
-        return max(0.0, c.rest_detuning_m - reach), c.rest_detuning_m + reach
+        return self.design().detuning_range_m
 
     def weight_range(self, d: int | None = None) -> float:
         """Half-width w_r of the symmetric weight interval used for every bank: the wanted
-        ``weight_range_target`` limited by what one ring reaches inside :meth:`detuning_range_m`."""
-        opt = self.optics(d or self.n_dims or self.config.n_lines)
-        lo_m, hi_m = self.detuning_range_m()
-        per_m = opt.phase_per_m.double()  # the weakest ring (line with the smallest phase per metre) limits w_hi
-        w_lo = float(ring.single_ring_weight(lo_m * per_m, self._r1, self._r2, self._a).max())
-        w_hi = float(ring.single_ring_weight(hi_m * per_m, self._r1, self._r2, self._a).min())
-        return max(1e-3, min(self.config.weight_range_target, -w_lo, w_hi))
+        ``weight_range_target`` limited by what one ring reaches inside :meth:`detuning_range_m` (the design's)."""
+        return self.design(d).weight_range
 
     # ------------------------------------------------------------------ programming
     def program(self, signatures: torch.Tensor) -> None:
@@ -550,11 +551,14 @@ class PhotonicEngine:
                 out[name] = x.reshape(-1, x.shape[-1])
         return out
 
-    def _drift_now(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> torch.Tensor:
-        """Drift detuning [nb, nr, d] (m) of rows [r0, r1) now: per-ring + spatial field + global."""
+    def _drift_now(
+        self, banks: torch.Tensor | None, r0: int, r1: int | None, static: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Drift detuning [nb, nr, d] (m) of rows [r0, r1) now: per-ring + spatial field + global; with ``static``
+        (the rows' static detuning) the total detuning, summed in the order EngineGroup.sample uses (same bits)."""
         sl = slice(r0, r1)
         ring_d = self._ring_drift[:, sl] if banks is None else self._ring_drift[banks, sl]
-        out = ring_d.clone()
+        out = ring_d.clone() if static is None else torch.add(static, ring_d)
         if "field_drift" in self._bufs:
             f = self._field_drift[:, sl] if banks is None else self._field_drift[banks, sl]
             out += f.unsqueeze(-1)
@@ -562,23 +566,24 @@ class PhotonicEngine:
             out += self._global_drift
         return out
 
-    def _couplers(self, extras: dict[str, torch.Tensor]) -> ring.Couplers | None:
-        """Per-ring coupler constants [R, d] from the gap deviations in ``extras`` (None: design couplers)."""
+    def _kappa_sq(self, extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-ring power couplings (κ1², κ2²) [R, d] in float64 from the gap deviations in ``extras`` (None: the
+        design couplers)."""
         if "k1dev" not in extras:
             return None
         k1 = (1.0 - self._r1 * self._r1) * (1.0 + extras["k1dev"].double())
         k2 = (1.0 - self._r2 * self._r2) * (1.0 + extras["k2dev"].double())
-        return ring.Couplers.from_kappa_sq(k1.clamp(max=1.0), k2.clamp(max=1.0), self._a, self._dtype)
+        return k1.clamp(max=1.0), k2.clamp(max=1.0)
 
     def _chip_fields(self, det: torch.Tensor, extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Through and drop power fractions [R, d] of the chip's rows (all of its physics) at detunings [R, d]."""
         opt = self.optics(det.shape[-1])
-        couplers = self._couplers(extras)
+        kappa_sq = self._kappa_sq(extras)
         if self._coherent:
+            couplers = None if kappa_sq is None else ring.Couplers.from_kappa_sq(*kappa_sq, self._a, self._dtype)
             return cascade_coherent(det, opt, couplers, extras.get("bus_phase"))
-        if couplers is not None:  # incoherent model with per-ring couplings: the general (order-aware) path
-            r1 = (1.0 - (1.0 - self._r1**2) * (1.0 + extras["k1dev"].double())).sqrt()
-            r2 = (1.0 - (1.0 - self._r2**2) * (1.0 + extras["k2dev"].double())).sqrt()
+        if kappa_sq is not None:  # incoherent model with per-ring couplings: the general (order-aware) path
+            r1, r2 = ((1.0 - k).sqrt() for k in kappa_sq)
             if self.config.crosstalk:  # one value per ring j, broadcast over the lines i
                 r1, r2 = r1.unsqueeze(-2), r2.unsqueeze(-2)
             thru, drop = cascade(det.double(), dataclasses.replace(opt, r1=r1, r2=r2), self.config.crosstalk)
@@ -604,12 +609,7 @@ class PhotonicEngine:
         all banks, written in place)."""
         sl = slice(r0, r1)
         static = self._static[:, sl] if banks is None else self._static[banks, sl]
-        ring_d = self._ring_drift[:, sl] if banks is None else self._ring_drift[banks, sl]
-        det = torch.add(static, ring_d)  # summed in the order EngineGroup.sample uses (same bits)
-        if "field_drift" in self._bufs:
-            det += (self._field_drift[:, sl] if banks is None else self._field_drift[banks, sl]).unsqueeze(-1)
-        if self._global_drift != 0.0:
-            det += self._global_drift
+        det = self._drift_now(banks, r0, r1, static)
         nb, nr, d = det.shape
         flat = det.view(-1, d)
         # all banks: write straight into the state buffers where their rows are contiguous (one bank, or no spare
