@@ -320,6 +320,16 @@ def _mean(t: torch.Tensor) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------------------- driver
+def _check_axes(d_sigs: Sequence[int], ks: Sequence[int]) -> None:
+    """Signature dimensions and k values must be ≥ 1 (checked before any model loads and again by the API)."""
+    for d in d_sigs:
+        if d < 1:
+            raise KvprismError(f"--d-sigs: {d} is invalid; allowed range: >= 1")
+    for k in ks:
+        if k < 1:
+            raise KvprismError(f"--k: {k} is invalid; allowed range: k >= 1")
+
+
 def run_sweep(
     model: Any,
     tokenizer: Any,
@@ -343,12 +353,7 @@ def run_sweep(
     from kvprism.eval.runner import Runner
     from kvprism.eval.tasks import make_sample
 
-    for d in d_sigs:
-        if d < 1:
-            raise KvprismError(f"--d-sigs: {d} is invalid; allowed range: >= 1")
-    for k in ks:
-        if k < 1:
-            raise KvprismError(f"--k: {k} is invalid; allowed range: k >= 1")
+    _check_axes(d_sigs, ks)
     out = check_out_dir(out_dir)
     path = out / SWEEP_FILE
     repair_results(path)
@@ -568,12 +573,7 @@ def run_cli(
     for d in dep:
         if not 0.0 <= d <= 1.0:
             raise KvprismError(f"--depths: {d} is invalid; allowed range: [0, 1]")
-    for kk in ks:
-        if kk < 1:
-            raise KvprismError(f"--k: {kk} is invalid; allowed range: k >= 1")
-    for d in dims:
-        if d < 1:
-            raise KvprismError(f"--d-sigs: {d} is invalid; allowed range: >= 1")
+    _check_axes(dims, ks)
     check_out_dir(out)
     from kvprism.runtime import set_threads
 
