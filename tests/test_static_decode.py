@@ -1,0 +1,351 @@
+"""The static decode path (kvprism.hf.static): fixed-shape step parts against kvprism.layout, the whole-model step
+against the dynamic SparseCache, fullgraph compilation, host synchronisation, capacity errors, and (CUDA only) CUDA
+graph replay with the Triton kernels."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import DynamicCache
+
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.hf.attention import use_kvprism_attention
+from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
+from kvprism.hf.static import (
+    StaticDecodeStep,
+    StaticSparseCache,
+    check_static_config,
+    plain_tokens_read,
+    static_candidates,
+    static_gather_plan,
+)
+from kvprism.layout import BlockGeometry, BlockLayout
+from kvprism.selection import SelectionConfig
+
+from .conftest import tiny_model
+
+CUDA = torch.cuda.is_available()
+SEL = SelectionConfig(block_size=8, k=2, window=8, sink_blocks=1, projection="pca", d_sig=8)
+
+
+def _prefill(family: str, batch: int = 2, n: int = 70, seed: int = 0, mask: torch.Tensor | None = None, **kw):
+    model = tiny_model(family, **kw)
+    use_kvprism_attention(model)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 128, (batch, n), generator=g)
+    dense = DynamicCache()
+    logits = chunked_prefill(model, ids, dense, attention_mask=mask)
+    return model, ids, dense, logits
+
+
+def _greedy(model, cache, logits, start, steps, step=None, mask=None):
+    """Greedy tokens ``[B, steps + 1]`` from the prefill's last logits; ``step`` a StaticDecodeStep (else a plain
+    model call with ``mask`` grown by one real token per step)."""
+    b = logits.shape[0]
+    tok = logits.argmax(-1, keepdim=True)
+    out = [tok]
+    pos = start if isinstance(start, torch.Tensor) else torch.full((b, 1), start)
+    with torch.inference_mode():
+        for s in range(steps):
+            p = pos + s
+            if step is not None:
+                lg = step(tok, p)
+            else:
+                kw = {}
+                if mask is not None:
+                    kw["attention_mask"] = torch.cat([mask, torch.ones(b, s + 1, dtype=mask.dtype)], dim=1)
+                lg = model(
+                    input_ids=tok, position_ids=p, use_cache=True, logits_to_keep=1, **kw, **cache_kwargs(model, cache)
+                ).logits[:, -1]
+            tok = lg.argmax(-1, keepdim=True)
+            out.append(tok)
+    return torch.cat(out, 1)
+
+
+# ------------------------------------------------------------------------------------------------ step parts
+def _random_valid(b: int, t: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    pad = torch.randint(0, t // 3, (b,), generator=g)
+    return torch.arange(t)[None] >= pad[:, None]
+
+
+@pytest.mark.parametrize("geometry", [BlockGeometry(8, 1, 8), BlockGeometry(8, 0, 0), BlockGeometry(4, 2, 13)])
+@pytest.mark.parametrize("length", [1, 7, 8, 29, 64])
+def test_candidates_and_plan_match_layout(geometry, length):
+    t = 64
+    valid = _random_valid(3, t, seed=length) & (torch.arange(t)[None] < length)
+    valid[:, length - 1] = True  # the newest token is real
+    lay = BlockLayout(geometry, torch.full((3,), length, dtype=torch.int32), t, valid)
+    cand, first = static_candidates(valid, torch.tensor(length), geometry)
+    assert torch.equal(cand, lay.candidates)
+    assert torch.equal(first, lay.first_block)
+    # every candidate selected once (or -1), per head: the plan reads exactly the layout's read mask
+    g = torch.Generator().manual_seed(length)
+    scores = torch.rand(3, 2, t // geometry.block_size, generator=g)
+    from kvprism.layout import topk_blocks
+
+    blocks = topk_blocks(scores, cand[:, None], 3)
+    idx, ok = static_gather_plan(blocks, valid, torch.tensor(length), first, geometry)
+    read = torch.zeros(3, 2, t, dtype=torch.int64).scatter_add_(-1, idx, ok.long())
+    assert read.max() <= 1, "a token listed twice"
+    assert torch.equal(read.bool(), lay.read_mask(blocks))
+
+
+@pytest.mark.parametrize("length", [1, 9, 40, 64])
+def test_plain_tokens_read_counts_the_plan(length):
+    geometry = BlockGeometry(8, 1, 12)
+    t = 64
+    valid = torch.arange(t)[None].expand(2, t) < length
+    cand, first = static_candidates(valid, torch.tensor(length), geometry)
+    scores = torch.rand(2, 3, t // 8, generator=torch.Generator().manual_seed(1))
+    from kvprism.layout import topk_blocks
+
+    blocks = topk_blocks(scores, cand[:, None], 2)
+    _, ok = static_gather_plan(blocks, valid, torch.tensor(length), first, geometry)
+    assert torch.equal(plain_tokens_read(blocks, torch.tensor(length), geometry), ok.sum(-1))
+
+
+# ------------------------------------------------------------------------------------------------ configuration
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("backend", "photonic"), ("projection", "learned"), ("signature", "centroids"), ("budget", "top_p")],
+)
+def test_unsupported_config_names_the_field(field, value):
+    sel = SEL.replace(**{field: value})
+    with pytest.raises(ConfigError, match=f"SelectionConfig.{field} = {value!r}.*allowed"):
+        check_static_config(sel)
+    model = tiny_model("llama")
+    with pytest.raises(ConfigError, match=field):
+        StaticSparseCache(model, sel, max_cache_len=64)
+
+
+def test_sliding_window_model_is_refused():
+    model = tiny_model("qwen2", use_sliding_window=True, sliding_window=16, max_window_layers=0)
+    with pytest.raises(ConfigError, match="full-attention layers only"):
+        StaticSparseCache(model, SEL, max_cache_len=64)
+
+
+# ------------------------------------------------------------------------------------------------ whole model
+@pytest.mark.parametrize(
+    ("family", "sel"),
+    [
+        ("llama", SEL),
+        ("qwen2", SelectionConfig(block_size=8, k=3, window=5, sink_blocks=0, projection="none", signature="minmax")),
+        ("llama", SelectionConfig(block_size=4, k=2, window=4, projection="random", d_sig=4, gqa_reduce="max")),
+        ("qwen2", SelectionConfig(block_size=8, k=2, window=8, projection="pca", d_sig=6, sign="relu")),
+    ],
+)
+def test_same_tokens_and_reads_as_dynamic_sparse_cache(family, sel):
+    model, ids, dense, logits = _prefill(family)
+    dyn = SparseCache.from_prefilled(model, dense, sel, impl="torch")
+    want = _greedy(model, dyn, logits, ids.shape[1], 30)
+    st = StaticSparseCache.from_prefilled(model, dense, sel, max_cache_len=ids.shape[1] + 30, impl="torch")
+    got = _greedy(model, st, logits, ids.shape[1], 30)
+    assert torch.equal(got, want)
+    ref, summ = dyn.stats.summary(), st.stats_summary()
+    assert summ["decode_steps"] == ref["decode_steps"] == 30
+    assert summ["read_fraction_mean"] == pytest.approx(ref["read_fraction_mean"], rel=1e-12)
+    assert summ["read_fraction_max"] == pytest.approx(ref["read_fraction_max"], rel=1e-12)
+    assert summ["tokens_attended"] == ref["tokens_attended"]
+    assert summ["read_fraction_mean"] < 0.9  # the selection restricted the reads
+
+
+def test_left_padding_same_tokens_as_dynamic():
+    b, n = 2, 60
+    mask = torch.ones(b, n, dtype=torch.long)
+    mask[1, :13] = 0
+    model, _, dense, logits = _prefill("llama", batch=b, n=n, mask=mask)
+    start = mask.sum(-1, keepdim=True).long()  # next position per row (positions follow the mask)
+    dyn = SparseCache.from_prefilled(model, dense, SEL, impl="torch", attention_mask=mask)
+    want = _greedy(model, dyn, logits, start, 20, mask=mask)
+    st = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=n + 24, impl="torch", attention_mask=mask)
+    got = _greedy(model, st, logits, start, 20, step=StaticDecodeStep(model, st, attention_mask=mask))
+    assert torch.equal(got, want)
+    assert st.stats_summary()["read_fraction_mean"] == pytest.approx(dyn.stats.summary()["read_fraction_mean"])
+
+
+def test_prefill_through_the_static_cache_decodes_like_from_prefilled():
+    model, ids, dense, logits = _prefill("qwen2")
+    ref = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=100, impl="torch")
+    want = _greedy(model, ref, logits, ids.shape[1], 12)
+    st = StaticSparseCache(model, SEL, max_cache_len=100, impl="torch")
+    lg = chunked_prefill(model, ids, st, chunk_tokens=32)
+    torch.testing.assert_close(lg, logits, rtol=1e-4, atol=1e-4)
+    st.prepare()
+    assert torch.equal(_greedy(model, st, lg, ids.shape[1], 12), want)
+
+
+@pytest.mark.parametrize(("family", "backend"), [("llama", "eager"), ("qwen2", "eager"), ("llama", "aot_eager")])
+def test_fullgraph_compiled_step_same_tokens_without_recompiling(family, backend):
+    model, ids, dense, logits = _prefill(family)
+    n = ids.shape[1]
+    eager = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=n + 24, impl="torch")
+    want = _greedy(model, eager, logits, n, 20, step=StaticDecodeStep(model, eager))
+    torch._dynamo.reset()
+    st = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=n + 24, impl="torch")
+    step = StaticDecodeStep(model, st).compile(backend=backend)
+    # 20 steps cross two block boundaries (block_size 8): candidates and tail change on the device only
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = _greedy(model, st, logits, n, 20, step=step)
+    assert torch.equal(got, want)
+    assert st.host_length == n + 20
+    assert int(st.layers[0].cumulative_length) == n + 20
+    assert st.stats_summary()["read_fraction_mean"] == pytest.approx(eager.stats_summary()["read_fraction_mean"])
+
+
+@pytest.mark.slow
+def test_inductor_compiled_step_same_tokens():
+    model, ids, dense, logits = _prefill("llama")
+    n = ids.shape[1]
+    eager = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=n + 12, impl="torch")
+    want = _greedy(model, eager, logits, n, 10, step=StaticDecodeStep(model, eager))
+    torch._dynamo.reset()
+    st = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=n + 12, impl="torch")
+    got = _greedy(model, st, logits, n, 10, step=StaticDecodeStep(model, st).compile(backend="inductor"))
+    assert torch.equal(got, want)
+
+
+class _HostSyncs(TorchDispatchMode):
+    """Records the ops that read a tensor's value on the host or produce a data-dependent shape."""
+
+    SYNC: ClassVar[set[str]] = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.SYNC:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_decode_step_has_no_host_sync():
+    model, ids, dense, logits = _prefill("llama")
+    st = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=ids.shape[1] + 4, impl="torch")
+    step = StaticDecodeStep(model, st)
+    tok = logits.argmax(-1, keepdim=True)
+    with torch.inference_mode(), _HostSyncs() as mode:
+        step(tok, torch.full((2, 1), ids.shape[1]))
+    assert mode.seen == []
+    # the probe is live: reading the device-side length on the host, or a data-dependent shape, is seen
+    with _HostSyncs() as mode:
+        int(st.layers[0].cumulative_length)
+        st.layers[0].counters["attended"].nonzero()
+    assert mode.seen == ["_local_scalar_dense", "nonzero"]
+
+
+def test_overflow_is_an_error_not_a_wrap():
+    model, ids, dense, logits = _prefill("llama", n=64)
+    n = ids.shape[1]
+    st = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=n + 2, impl="torch")
+    assert st.max_cache_len == 72  # rounded up to whole blocks of 8
+    step = StaticDecodeStep(model, st).compile(backend="eager")
+    _greedy(model, st, logits, n, 8, step=step)  # fills the cache exactly
+    keys_before = st.layers[0].keys.clone()
+    with pytest.raises(KvprismError, match=r"max_cache_len = 72.*holds 72 tokens"):
+        step(torch.zeros(2, 1, dtype=torch.long), torch.full((2, 1), n + 8))
+    assert int(st.layers[0].cumulative_length) == 72
+    assert torch.equal(st.layers[0].keys, keys_before)
+    # eager update and prefill check too
+    with pytest.raises(KvprismError, match="max_cache_len = 72"), torch.inference_mode():
+        model(input_ids=torch.zeros(2, 1, dtype=torch.long), use_cache=True, **cache_kwargs(model, st))
+    small = StaticSparseCache(model, SEL, max_cache_len=32, impl="torch")
+    with pytest.raises(KvprismError, match=r"max_cache_len = 32.*cannot take 64 more"):
+        chunked_prefill(model, ids, small)
+
+
+def test_decode_before_prepare_is_an_error():
+    model, ids, _, _ = _prefill("llama", n=20)
+    st = StaticSparseCache(model, SEL, max_cache_len=40, impl="torch")
+    chunked_prefill(model, ids, st)
+    with pytest.raises(KvprismError, match="prepare"):
+        StaticDecodeStep(model, st)
+    with pytest.raises(KvprismError, match="prepare"), torch.inference_mode():
+        model(input_ids=ids[:, :1], position_ids=torch.full((2, 1), 20), use_cache=True, **cache_kwargs(model, st))
+
+
+def test_triton_impl_without_cuda_is_refused_at_prepare():
+    from kvprism.kernels import triton_available
+
+    model, _, dense, _ = _prefill("llama", n=20)
+    if not triton_available():
+        with pytest.raises(ConfigError, match="triton"):
+            StaticSparseCache(model, SEL, max_cache_len=40, impl="triton")
+    elif not CUDA:
+        with pytest.raises(KvprismError, match="not cuda"):
+            StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=40, impl="triton")
+
+
+# ------------------------------------------------------------------------------------------------ CUDA graphs
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_cuda_graph_replay_same_tokens_as_eager(dtype, impl):
+    from kvprism.kernels import triton_available
+
+    if impl == "triton" and not triton_available():
+        pytest.skip("needs triton")
+    dev = torch.device("cuda")
+    model = tiny_model("qwen2", head_dim=16, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    model = model.to(device=dev, dtype=dtype)
+    use_kvprism_attention(model)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 128, (2, 200), generator=g).to(dev)
+    dense = DynamicCache()
+    logits = chunked_prefill(model, ids, dense)
+    sel = SelectionConfig(block_size=16, k=3, window=16, sink_blocks=1, projection="none")
+    n = ids.shape[1]
+    runs = []
+    for graph in (False, True):
+        st = StaticSparseCache.from_prefilled(model, dense, sel, max_cache_len=n + 40, impl=impl)
+        assert st.use_triton == (impl == "triton")
+        step = StaticDecodeStep(model, st)
+        tok = logits.argmax(-1, keepdim=True)
+        out = [tok]
+        pos = torch.full((2, 1), n, device=dev)
+        for s in range(36):
+            lg = step.capture(tok, pos) if graph and s == 0 else step(tok, pos + s)
+            tok = lg.argmax(-1, keepdim=True)
+            out.append(tok)
+        runs.append((torch.cat(out, 1).cpu(), st.stats_summary()))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert runs[1][1]["decode_steps"] == 36
+    assert runs[0][1]["read_fraction_mean"] == pytest.approx(runs[1][1]["read_fraction_mean"])
+    assert runs[1][1]["read_fraction_mean"] < 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_cuda_triton_static_selects_like_torch_static_fp32():
+    """fp32: the Triton path (fused score + top-k, split-K attention) decodes the same tokens as the torch path."""
+    from kvprism.kernels import triton_available
+
+    if not triton_available():
+        pytest.skip("needs triton")
+    dev = torch.device("cuda")
+    model = tiny_model("llama", head_dim=16).to(dev)
+    use_kvprism_attention(model)
+    ids = torch.randint(3, 128, (2, 150), generator=torch.Generator().manual_seed(1)).to(dev)
+    dense = DynamicCache()
+    logits = chunked_prefill(model, ids, dense)
+    sel = SelectionConfig(block_size=16, k=2, window=16, projection="none")
+    toks = []
+    for impl in ("torch", "triton"):
+        st = StaticSparseCache.from_prefilled(model, dense, sel, max_cache_len=200, impl=impl)
+        toks.append(_greedy_cuda(model, st, logits, ids.shape[1], 30))
+    assert torch.equal(toks[0], toks[1])
+
+
+def _greedy_cuda(model, cache, logits, start, steps):
+    step = StaticDecodeStep(model, cache)
+    tok = logits.argmax(-1, keepdim=True)
+    out = [tok]
+    for s in range(steps):
+        tok = step(tok, torch.full_like(tok, start + s)).argmax(-1, keepdim=True)
+        out.append(tok)
+    return torch.cat(out, 1).cpu()
