@@ -349,3 +349,24 @@ def _greedy_cuda(model, cache, logits, start, steps):
         tok = step(tok, torch.full_like(tok, start + s)).argmax(-1, keepdim=True)
         out.append(tok)
     return torch.cat(out, 1).cpu()
+
+
+def test_dense_static_cache_step_has_no_host_sync():
+    """The dense baseline of benchmarks/gpu_e2e.py (transformers StaticCache + sdpa) is graph-capturable too."""
+    from transformers import StaticCache
+
+    model, ids, _, logits = _prefill("llama")
+    model.set_attn_implementation("sdpa")
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + 4)
+    with torch.inference_mode():
+        chunked_prefill(model, ids, cache)
+    step = StaticDecodeStep(model, cache)
+    tok = logits.argmax(-1, keepdim=True)
+    step(tok, torch.full((2, 1), ids.shape[1]))  # the first call reads the cache length once
+    with torch.inference_mode(), _HostSyncs() as mode:
+        step(tok, torch.full((2, 1), ids.shape[1] + 1))
+    assert mode.seen == []
+    step(tok, torch.full((2, 1), ids.shape[1] + 2))
+    step(tok, torch.full((2, 1), ids.shape[1] + 3))
+    with pytest.raises(KvprismError, match="cannot take one more"):
+        step(tok, torch.full((2, 1), ids.shape[1] + 4))
