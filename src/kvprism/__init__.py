@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "BlockSelector": "kvprism.selection",
     "SparseCache": "kvprism.hf.cache",
     "cache_kwargs": "kvprism.hf.cache",
+    "StaticSparseCache": "kvprism.hf.static",
+    "StaticDecodeStep": "kvprism.hf.static",
     "make_sample": "kvprism.eval.tasks",
     "Sample": "kvprism.eval.tasks",
     "Runner": "kvprism.eval.runner",
