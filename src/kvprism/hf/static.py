@@ -498,8 +498,6 @@ class StaticSparseCache(Cache):
             why = f"head dim {layer.k_head_dim} / dtype {layer.keys.dtype}"
         elif layer.v_head_dim != layer.k_head_dim:
             why = f"value head dim {layer.v_head_dim} differs from the key head dim {layer.k_head_dim}"
-        elif self.sel.gqa_reduce not in ("sum", "max") or self.sel.sign not in ("signed", "relu"):
-            why = "unsupported scoring options"
         if why is None:
             return True
         if self.impl == "triton":
