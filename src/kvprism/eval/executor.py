@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -70,8 +71,11 @@ class _RayWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, unit: Any) -> list[dict[str, Any]]:
-        return self._worker(unit)
+    def run(self, unit: Any) -> tuple[list[dict[str, Any]], float]:
+        """The unit's cells and the seconds this worker spent computing them."""
+        t0 = time.perf_counter()
+        cells = self._worker(unit)
+        return cells, time.perf_counter() - t0
 
 
 @dataclass
@@ -108,6 +112,11 @@ class RayExecutor(Generic[U]):
             raise ConfigError(f"max_restarts = {self.max_restarts} is invalid; allowed: -1 (unlimited) or >= 0")
         #: pids of the actors of the current run (for diagnostics and tests)
         self.worker_pids: list[int] = []
+        #: seconds from ``ray.init`` (or the first actor's creation) until every actor built its worker
+        self.startup_s = 0.0
+        #: per unit of the last run, in completion order: (seconds from submission to its cells arriving here,
+        #: seconds the worker computed); their difference is what Ray adds per unit
+        self.unit_times: list[tuple[float, float]] = []
 
     def run(
         self,
@@ -123,6 +132,8 @@ class RayExecutor(Generic[U]):
         if not units:
             return
         started = False
+        t_start = time.perf_counter()
+        self.unit_times = []
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": False, **(self.init_kwargs or {})}
             ray.init(address=self.address, **kwargs)
@@ -139,20 +150,24 @@ class RayExecutor(Generic[U]):
             n = min(n, len(units))
             actors = [cls.remote(make_worker) for _ in range(n)]
             self.worker_pids = ray.get([a.pid.remote() for a in actors])
+            self.startup_s = time.perf_counter() - t_start
             queue = collections.deque(units)
-            in_flight: dict[Any, tuple[Any, U]] = {}
-            for actor in actors:
+            in_flight: dict[Any, tuple[Any, U, float]] = {}
+
+            def submit(actor: Any) -> None:
                 if queue:
                     unit = queue.popleft()
-                    in_flight[actor.run.remote(unit)] = (actor, unit)
+                    in_flight[actor.run.remote(unit)] = (actor, unit, time.perf_counter())
+
+            for actor in actors:
+                submit(actor)
             while in_flight:
                 done, _ = ray.wait(list(in_flight), num_returns=1)
-                ref = done[0]
-                actor, unit = in_flight.pop(ref)
-                on_result(unit, ray.get(ref))
-                if queue:
-                    nxt = queue.popleft()
-                    in_flight[actor.run.remote(nxt)] = (actor, nxt)
+                actor, unit, t_sub = in_flight.pop(done[0])
+                cells, compute_s = ray.get(done[0])
+                self.unit_times.append((time.perf_counter() - t_sub, compute_s))
+                on_result(unit, cells)
+                submit(actor)
         finally:
             for actor in actors:
                 ray.kill(actor)
