@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if attend is None:
             cache = fork_dynamic_cache(dense)
         else:
-            cache = SparseCache.from_prefilled(model, dense, sel, attend=attend)
+            cache = SparseCache.from_prefilled(model, dense, sel, impl=attend)
         times = decode(model, cache, forced, args.context, device)
         first, steady = times[0], times[1:]
         row = {"label": label, "first_ms": first * 1e3, "ms": statistics.median(steady) * 1e3}

@@ -251,13 +251,13 @@ def test_dispatcher_on_cpu_uses_the_sparse_reference():
     assert torch.equal(score_topk(q, sig, None, 3), score_topk_ref(q, sig, None, 3))
 
 
-def test_dispatcher_rejects_unknown_or_unavailable_backend():
+def test_dispatcher_rejects_unknown_or_unavailable_impl():
     q, k, v, idx, seq_lens = random_case(10)
-    with pytest.raises(KvprismError, match="backend"):
-        sparse_decode_attention(q, k, v, idx, lay(16, 0, 0, seq_lens, k.shape[2]), backend="dense")
+    with pytest.raises(KvprismError, match="impl"):
+        sparse_decode_attention(q, k, v, idx, lay(16, 0, 0, seq_lens, k.shape[2]), impl="dense")
     if not triton_available():
         with pytest.raises(KvprismError, match="triton"):
-            sparse_decode_attention(q, k, v, idx, lay(16, 0, 0, seq_lens, k.shape[2]), backend="triton")
+            sparse_decode_attention(q, k, v, idx, lay(16, 0, 0, seq_lens, k.shape[2]), impl="triton")
 
 
 def test_candidate_blocks_excludes_blocks_inside_the_window():
@@ -276,3 +276,11 @@ def test_geometry_rejects_bad_values():
         BlockGeometry(16, 0, -1)
     with pytest.raises(KvprismError, match="sink_blocks"):
         BlockGeometry(16, -1, 0)
+
+
+def test_former_backend_keyword_still_works_with_a_deprecation_warning():
+    q, k, v, idx, seq_lens = random_case(10)
+    layout = lay(16, 1, 4, seq_lens, k.shape[2])
+    with pytest.warns(DeprecationWarning, match="impl"):
+        old = sparse_decode_attention(q, k, v, idx, layout, backend="reference")
+    assert torch.equal(old, sparse_decode_attention(q, k, v, idx, layout, impl="reference"))

@@ -128,7 +128,7 @@ def test_strided_cache_views_and_length_one():
 
 def test_dispatcher_triton_backend():
     q, k, v, idx, seq_lens = make_case(14, 1, 4, 2, 64, 16, 16, 2, torch.float32)
-    out = sparse_decode_attention(q, k, v, idx, lay(16, 1, 4, seq_lens, k.shape[2]), backend="triton")
+    out = sparse_decode_attention(q, k, v, idx, lay(16, 1, 4, seq_lens, k.shape[2]), impl="triton")
     ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, lay(16, 1, 4, seq_lens, k.shape[2]))
     assert rel_err(out, ref) < TOL[torch.float32]
 

@@ -79,7 +79,7 @@ def test_exact_selection_in_model_is_topk_of_projected_signatures():
     t = ids.shape[1] + 1
     for layer_idx, layer in enumerate(cache.layers):
         rec = cache.trace[0][layer_idx]
-        p = layer.selector.proj  # [B, H, D, d]
+        p = cache.selectors[layer_idx].proj  # [B, H, D, d]
         keys = layer.keys.float()  # [B, H, T, D]
         nb = t // 4
         pk = torch.einsum("bhtd,bhde->bhte", keys[:, :, : nb * 4], p).reshape(2, 2, nb, 4, -1)
@@ -154,10 +154,10 @@ def test_relu_variant_programs_non_negative_rows_and_inputs():
     sel = SelectionConfig(block_size=4, k=2, d_sig=6, projection="random", sign="relu", signature="minmax")
     cache = SparseCache(model, sel, trace=True)
     decode_loop(model, ids, mask, cache, steps=2)
-    for layer in cache.layers:
-        rows = layer.selector.scorer.rows
+    for layer_idx, selector in enumerate(cache.selectors):
+        rows = selector.scorer.rows
         assert rows.shape[-1] == 12 and (rows >= 0).all() and (rows > 0).any()
-        enc = layer.selector.encode_query(cache.trace[-1][layer.layer_idx]["query"].reshape(2, 2, 2, -1))
+        enc = selector.encode_query(cache.trace[-1][layer_idx]["query"].reshape(2, 2, 2, -1))
         assert (enc >= 0).all()
 
 

@@ -188,7 +188,7 @@ def test_signatures_programmed_when_blocks_complete():
     cache = SparseCache(model, sel)
     decode_loop(model, ids, mask, cache, steps=3)  # T = 40 at the last step: block 4 (32..39) just completed
     layer = cache.layers[0]
-    sl = layer.selector
+    sl = cache.selectors[0]
     assert sl.n_blocks == 5 and layer.length == 40
     rows = sl.scorer.rows  # [B, H, N, d]
     proj_keys = torch.matmul(layer.keys.float(), sl.proj)  # [B, H, T, d]
@@ -308,7 +308,7 @@ def test_learned_projection_from_prefilled_matches_direct_prefill():
     forked = SparseCache.from_prefilled(model, dense, sel, trace=True)
     got, _ = decode_loop_from(model, forked, tok, mask, positions)
     for layer in range(model.config.num_hidden_layers):
-        p_fork, p_direct = forked.layers[layer].selector.proj, direct.layers[layer].selector.proj
+        p_fork, p_direct = forked.selectors[layer].proj, direct.selectors[layer].proj
         torch.testing.assert_close(p_fork, p_direct, rtol=1e-3, atol=1e-4)  # chunked vs one-shot prefill rounding
     for a, b in zip(direct.trace, forked.trace, strict=True):
         assert torch.equal(a[0]["blocks"], b[0]["blocks"])
@@ -361,8 +361,8 @@ def test_the_prefill_fit_is_shared_by_forks_and_changes_no_result(projection, si
     got_lazy, _ = decode_loop_from(model, lazy, tok, mask, positions)
     got_shared, _ = decode_loop_from(model, shared, tok, mask, positions)
     for layer, prep in enumerate(prepared):
-        assert shared.layers[layer].selector.proj is prep.proj  # adopted, not refitted
-        a, b = shared.layers[layer].selector, lazy.layers[layer].selector
+        assert shared.selectors[layer].proj is prep.proj  # adopted, not refitted
+        a, b = shared.selectors[layer], lazy.selectors[layer]
         torch.testing.assert_close(a.proj, b.proj)
         torch.testing.assert_close(a.temperature, b.temperature)
         torch.testing.assert_close(a.probe, b.probe)

@@ -1,4 +1,4 @@
-"""SparseCache's choice of attention kernel (``attend=``): the Triton kernel on CUDA reads the same tokens as the
+"""SparseCache's choice of attention kernel (``impl=``): the Triton kernel on CUDA reads the same tokens as the
 torch gather path and gives the same logits; without CUDA / triton the torch path runs and says so in the stats."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.cache import SparseCache
-from kvprism.kernels import triton_available
+from kvprism.kernels import sparse_decode_attention, triton_available
 from kvprism.selection import BlockSelector, SelectionConfig
 from tests.conftest import tiny_model
 from tests.test_sparse_cache import STEPS, _batch, decode_loop
@@ -22,11 +22,13 @@ SEL = SelectionConfig(block_size=8, k=2, d_sig=8, window=4, sink_blocks=1, score
 
 def test_attend_choice_is_validated():
     model = tiny_model("llama")
-    with pytest.raises(ConfigError, match="attend"):
-        SparseCache(model, SEL, attend="cuda")
+    with pytest.raises(ConfigError, match="impl"):
+        SparseCache(model, SEL, impl="cuda")
     if not triton_available():
         with pytest.raises(ConfigError, match="triton"):
-            SparseCache(model, SEL, attend="triton")
+            SparseCache(model, SEL, impl="triton")
+    with pytest.warns(DeprecationWarning, match="impl"):
+        assert SparseCache(model, SEL, attend="torch").impl == "torch"
 
 
 def test_cpu_decode_uses_the_torch_path_and_counts_it():
@@ -44,7 +46,7 @@ def test_asking_for_triton_on_cpu_tensors_is_an_error():
     model = tiny_model("llama")
     ids, mask = _batch()
     with pytest.raises(KvprismError, match="not cuda"):
-        decode_loop(model, ids, mask, SparseCache(model, SEL, attend="triton"), steps=1)
+        decode_loop(model, ids, mask, SparseCache(model, SEL, impl="triton"), steps=1)
 
 
 @pytest.mark.gpu
@@ -60,7 +62,7 @@ def test_triton_attend_equals_torch_attend_on_cuda(family, dtype):
     forced = torch.randint(3, 128, (2, STEPS), generator=g).cuda()
     runs = {}
     for attend in ("torch", "triton"):
-        cache = SparseCache(model, SEL, trace=True, attend=attend)
+        cache = SparseCache(model, SEL, trace=True, impl=attend)
         logits, _ = decode_loop(model, ids, mask, cache, tokens=forced)
         runs[attend] = (logits, cache)
     (ref, c_ref), (got, c_tri) = runs["torch"], runs["triton"]
@@ -90,7 +92,7 @@ def test_left_padding_falls_to_the_torch_path_under_auto_and_errors_under_triton
     decode_loop(model, ids, mask, cache, steps=2)
     assert cache.stats.summary()["attend_calls"] == {"torch": 2 * model.config.num_hidden_layers, "triton": 0}
     with pytest.raises(KvprismError, match="padding"):
-        decode_loop(model, ids, mask, SparseCache(model, SEL, attend="triton"), steps=1)
+        decode_loop(model, ids, mask, SparseCache(model, SEL, impl="triton"), steps=1)
 
 
 @pytest.mark.parametrize("reduce", ["sum", "max"])
@@ -155,14 +157,17 @@ def test_kernel_attention_arguments_read_the_gathered_tokens(family, backend):
     key, value = layer.keys, layer.values
     step = cache.trace[-1][1]
     query, blocks = step["query"], step["blocks"]
-    layout = cache.step_layout(None, key.shape[0], key.shape[2], key.device)
+    layout = cache.pipeline.layout(None, key.shape[0], key.shape[2], key.device)
     from kvprism.hf.attention import sparse_attend
 
     plan = layout.gather_plan(blocks)
     scaling = query.shape[-1] ** -0.5
     want = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
-    got = layer.attend_kernel(query, key, value, blocks, layout, scaling, backend=backend)  # Triton: interpreter on CPU
-    got = layer.attend_kernel(query, key, value, blocks, layout, scaling, backend=backend)  # 2nd call: cached plan
+    if backend == "reference":
+        got = sparse_decode_attention(query, key, value, blocks, layout, scaling, impl="reference")
+    else:  # Triton: interpreter on CPU
+        got = cache.pipeline.attend_triton(query, key, value, blocks, layout, scaling)
+        got = cache.pipeline.attend_triton(query, key, value, blocks, layout, scaling)  # 2nd call: cached plan
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (blocks >= 0).any() and layout.tail_start_int > SEL.sink_blocks * SEL.block_size  # a restricted step
 

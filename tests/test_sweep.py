@@ -71,7 +71,7 @@ def test_sweep_step_matches_the_decode_path(model_tok, tmp_path):
         (m,) = S.parse_methods(method)
         cells = S.evaluate_step(cap, [m], [4], [3], sample.target_spans, base)
         sel = SelectionConfig(signature=m.signature, projection=m.projection, budget=m.budget, d_sig=4, k=3, **base)
-        cache = SparseCache.from_prefilled(model, prefilled, sel, attend="torch")
+        cache = SparseCache.from_prefilled(model, prefilled, sel, impl="torch")
         greedy_decode(model, cache, last, 1, frozenset())
         per_head = cache.stats.summary()["per_layer_head"]
         assert cells[0]["read_fraction_head"][0] == pytest.approx(per_head[0], abs=1e-5), method

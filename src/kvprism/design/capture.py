@@ -54,7 +54,6 @@ __all__ = [
 #: bumped whenever the content of a reference set changes meaning (old cache files are then rebuilt)
 FORMAT_VERSION = 1
 _META_KEY = "kvprism_reference"
-_ATTN = "kvprism_capture"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,26 +210,6 @@ def exact_topk(scores: torch.Tensor, lo: int, hi: int, k: int) -> torch.Tensor:
     return order + lo
 
 
-class _QueryRecorder:
-    """Keeps the last ``keep`` post-RoPE queries ``[B, Hq, n, D]`` each attention layer computes (chunks joined)."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self.queries: dict[int, torch.Tensor] = {}
-
-    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        idx = int(module.layer_idx)
-        prev = self.queries.get(idx)
-        q = query.detach().float()
-        q = q if prev is None else torch.cat([prev, q], dim=2)
-        self.queries[idx] = q[:, :, -self.keep :].clone()
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-
-
 def _decoder_dims(model: Any) -> tuple[int, int, int, int]:
     cfg = model.config.get_text_config(decoder=True)
     hq = cfg.num_attention_heads
@@ -249,10 +228,10 @@ def capture(
 ) -> ReferenceSet:
     """Capture a reference set from one prefill of ``model`` (see the module docstring). Deterministic for
     ``params.seed`` (text window, random projections); the model runs densely and is left as it was."""
-    from transformers import AttentionInterface, DynamicCache
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers import DynamicCache
 
     from kvprism.eval.heads import natural_text_ids
+    from kvprism.hf.attention import ATTN_NAME, keep_prefill_queries, prefill_queries, use_kvprism_attention
     from kvprism.hf.cache import chunked_prefill
     from kvprism.selection import BlockSelector, SelectionConfig
 
@@ -263,16 +242,15 @@ def capture(
     if window is not None and p.context > window:
         raise KvprismError(f"context = {p.context} exceeds the model's window of {window} tokens")
     ids = natural_text_ids(tokenizer, p.context, p.seed)
-    recorder = _QueryRecorder(p.n_queries + p.fit_queries)
-    AttentionInterface.register(_ATTN, recorder)
-    AttentionMaskInterface.register(_ATTN, sdpa_mask)
     previous = model.config._attn_implementation
     cache = DynamicCache(config=model.config)
+    keep_prefill_queries(cache, p.n_queries + p.fit_queries)
     try:
-        model.set_attn_implementation(_ATTN)
+        use_kvprism_attention(model)  # dense sdpa on a DynamicCache, recording the prefill queries
         chunked_prefill(model, ids.to(model.device), cache, chunk_tokens=chunk_tokens)
     finally:
-        model.set_attn_implementation(previous)
+        if previous != ATTN_NAME:
+            model.set_attn_implementation(previous)
     t = p.context
     bs = p.block_size
     nb = p.n_blocks
@@ -290,7 +268,7 @@ def capture(
         for layer in range(n_layers):
             keys = cache.layers[layer].keys.float().cpu()  # [1, H, T, D] post-RoPE
             valid = torch.ones(1, t, dtype=torch.bool)
-            q_all = recorder.queries[layer].cpu()  # [1, Hq, n + f, D]
+            q_all = prefill_queries(cache, layer).queries.float().cpu()  # [1, Hq, n + f, D]
             q_ref = q_all[:, :, -p.n_queries :].reshape(1, hkv, g, p.n_queries, head_dim).transpose(2, 3)
             q_fit = q_all[:, :, : -p.n_queries].reshape(1, hkv, g, -1, head_dim).transpose(2, 3)
             attn_out.append(_attention_topk(q_ref[0], keys[0], qpos, bs, lo, hi, p.k_max, scaling))

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kvprism.cli_common import AddressOpt, ExecutorOpt, GpusPerWorkerOpt, WorkersOpt, executor_of
 from kvprism.errors import KvprismError
 
 design_app = typer.Typer(
@@ -150,13 +151,27 @@ def search(
     population: Annotated[int, typer.Option(help="NSGA-II population size.", min=2)] = 24,
     presets: Annotated[int, typer.Option(help="TOML presets written (Pareto points, best recall first).", min=0)] = 3,
     fix: Annotated[str, typer.Option(help="Search parameters kept at the base value (comma-separated).")] = "",
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Trials asked before their results are told (default: 1 locally, --workers on Ray); the search "
+            "is reproducible for a --seed and a --batch.",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Multi-objective design search (optuna NSGA-II): recall@k ↑, energy per decode step ↓, chip area ↓, added
-    latency ↓, every feasibility constraint a constraint. Resumable (SQLite)."""
+    latency ↓, every feasibility constraint a constraint. Resumable (SQLite); trials in parallel with
+    --executor ray."""
     from kvprism.design.capture import CaptureParams, ReferenceSet, reference_set
     from kvprism.design.objectives import ObjectiveSettings
     from kvprism.design.search import pareto_table, run_search, write_outputs
 
+    ex = executor_of(executor, address, workers, gpus_per_worker)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
@@ -172,7 +187,8 @@ def search(
     fixed = [f.strip() for f in fix.split(",") if f.strip()]
     t0 = time.perf_counter()
     res = run_search(ref, trials, seed=seed, storage=url, study_name=study, base=base, settings=settings,
-                     fixed=fixed, population_size=population, show_progress=True)  # fmt: skip
+                     fixed=fixed, population_size=population, show_progress=True, executor=ex,
+                     batch=batch)  # fmt: skip
     written = write_outputs(res, out_dir, presets)
     console.print(pareto_table(res))
     if res.left_out:

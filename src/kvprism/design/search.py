@@ -21,6 +21,7 @@ and a rich table (:func:`pareto_table`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from kvprism.design.capture import ReferenceSet
 from kvprism.design.objectives import DIRECTIONS, OBJECTIVE_NAMES, ObjectiveSettings, evaluate
 from kvprism.design.space import D_SIG, SPACE, Dim, active_space, space_table
 from kvprism.errors import ConfigError, KvprismError
+from kvprism.eval.executor import LocalExecutor
 from kvprism.io import atomic_write
 
 __all__ = [
@@ -120,6 +122,45 @@ def _base_params(dims: Sequence[Dim], cfg: Any, ref: ReferenceSet) -> dict[str, 
     return out
 
 
+def evaluate_trial(ref: ReferenceSet, settings: ObjectiveSettings, unit: tuple[int, Any, int | None]) -> list[dict]:
+    """Evaluate one asked trial ``(number, config, d_sig)``: ``[{"result": ...}]`` or ``[{"error": ...}]`` when the
+    chip model failed on the point (recorded and reported, never scored). Runs wherever the executor puts it."""
+    _, cfg, d_sig = unit
+    try:
+        res = evaluate(cfg, ref, d_sig, settings)
+    except Exception as exc:
+        return [{"error": f"{type(exc).__name__}: {exc}"}]
+    return [{"result": res}]
+
+
+def _trial_worker(ref: ReferenceSet, settings: ObjectiveSettings) -> Any:
+    """A Ray worker's evaluator (built once per worker; see :class:`kvprism.eval.executor.RayExecutor`)."""
+    return functools.partial(evaluate_trial, ref, settings)
+
+
+def _collect(results: dict[int, dict[str, Any]], unit: tuple[int, Any, Any], out: list[dict[str, Any]]) -> None:
+    results[unit[0]] = out[0]
+
+
+def _tell(study: Any, trial: Any, out: dict[str, Any] | None, optuna: Any) -> None:
+    """Record one evaluated (or invalid) trial in the study."""
+    from optuna.trial import TrialState
+
+    if out is None:  # rejected by the config: pruned, the reason is its 'invalid' attribute
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    if "error" in out:
+        trial.set_user_attr("error", out["error"])
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    res = out["result"]
+    for name, value in res.constraints.items():
+        trial.set_constraint(name, value)
+    trial.set_user_attr("result", json.loads(json.dumps(res.to_json(), default=float)))
+    trial.set_user_attr("feasible", res.feasible)
+    study.tell(trial, res.objectives())
+
+
 def run_search(
     ref: ReferenceSet,
     n_trials: int,
@@ -134,9 +175,14 @@ def run_search(
     population_size: int = 24,
     enqueue_base: bool = True,
     show_progress: bool = False,
+    executor: Any = None,
+    batch: int | None = None,
 ) -> SearchResult:
     """Run (or resume) the search until the study holds ``n_trials`` finished trials (see the module docstring).
-    ``storage``: an optuna storage URL (``sqlite:///path.db``) or None (in memory)."""
+    ``storage``: an optuna storage URL (``sqlite:///path.db``) or None (in memory). ``executor``: where trials are
+    evaluated (:mod:`kvprism.eval.executor`; default in this process); ``batch``: trials asked before the results
+    are told (default 1 in process, the worker count on Ray) -- the search is reproducible for a seed and a batch
+    size, whichever executor evaluates it."""
     optuna = _optuna()
     from optuna.trial import TrialState
 
@@ -181,44 +227,50 @@ def run_search(
         if params is not None:
             study.enqueue_trial(params, user_attrs={"enqueued": "base"})
 
-    def objective(trial: Any) -> tuple[float, ...]:
-        params = {d.name: d.suggest(trial, ref.d_sigs if d.name == D_SIG else None) for d in dims}
-        fields = _fields(dims, params, ref)
-        trial.set_user_attr("fields", fields)
-        try:
-            cfg = base_cfg.replace(**fields)
-        except ConfigError as exc:
-            trial.set_user_attr("invalid", str(exc))
-            raise optuna.TrialPruned(str(exc)) from None
-        try:
-            res = evaluate(cfg, ref, params.get(D_SIG), s)
-        except Exception as exc:  # the chip model failed on this point: recorded and reported, never scored
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            raise optuna.TrialPruned(str(exc)) from None
-        for name, value in res.constraints.items():
-            trial.set_constraint(name, value)
-        trial.set_user_attr("result", json.loads(json.dumps(res.to_json(), default=float)))
-        trial.set_user_attr("feasible", res.feasible)
-        return res.objectives()
-
     remaining = max(0, n_trials - done)
     if remaining:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        ex = executor if executor is not None else LocalExecutor()
+        local_worker = functools.partial(evaluate_trial, ref, s)
+        batch_size = batch if batch is not None else (1 if isinstance(ex, LocalExecutor) else (ex.workers or 2))
+        if batch_size < 1:
+            raise KvprismError(f"batch = {batch_size} is invalid; allowed range: [1, inf)")
         cols = (TextColumn("[bold]design search"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                 TextColumn("{task.fields[best]}"))  # fmt: skip
         with Progress(*cols, disable=not show_progress) as progress:
             bar = progress.add_task("search", total=n_trials, completed=done, best="")
-
-            def advance(st: Any, tr: Any) -> None:
-                feas = [t for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                        if t.user_attrs.get("feasible")]  # fmt: skip
-                best = max((t.values[0] for t in feas), default=None)
-                progress.update(
-                    bar, advance=1, best="no feasible point yet" if best is None else f"best feasible recall {best:.3f}"
-                )
-
-            study.optimize(objective, n_trials=remaining, callbacks=[advance], catch=())
+            while remaining:
+                # ask a batch in trial order, evaluate it anywhere, tell it in trial order: the sampler's state only
+                # moves here, so a seed and a batch size fix the whole search whoever evaluates the trials
+                asked, units = [], []
+                for _ in range(min(batch_size, remaining)):
+                    trial = study.ask()
+                    params = {d.name: d.suggest(trial, ref.d_sigs if d.name == D_SIG else None) for d in dims}
+                    fields = _fields(dims, params, ref)
+                    trial.set_user_attr("fields", fields)
+                    try:
+                        cfg = base_cfg.replace(**fields)
+                    except ConfigError as exc:
+                        trial.set_user_attr("invalid", str(exc))
+                        asked.append((trial, None))
+                        continue
+                    asked.append((trial, len(units)))
+                    units.append((trial.number, cfg, params.get(D_SIG)))
+                results: dict[int, dict[str, Any]] = {}
+                worker = local_worker if isinstance(ex, LocalExecutor) else functools.partial(_trial_worker, ref, s)
+                ex.run(worker, units, functools.partial(_collect, results))
+                for trial, _ in asked:
+                    _tell(study, trial, results.get(trial.number), optuna)
+                    remaining -= 1
+                    feas = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                            if t.user_attrs.get("feasible")]  # fmt: skip
+                    best = max((t.values[0] for t in feas), default=None)
+                    progress.update(
+                        bar,
+                        advance=1,
+                        best="no feasible point yet" if best is None else f"best feasible recall {best:.3f}",
+                    )
     return SearchResult(study, base_name, base_cfg, s, dims, left_out, ref_info)
 
 

@@ -184,17 +184,17 @@ def capture_step(model: Any, prefilled: Any, last_ids: torch.Tensor) -> StepCapt
     sel = SelectionConfig(block_size=bs, k=-(-n_tok // bs) + 1, projection="none", signature="mean")
     queries, qpos = [], []
     for i, layer in enumerate(prefilled.layers):
-        found = A.prefill_queries_for(model, i, layer.keys)
+        found = A.prefill_queries(prefilled, i)
         if found is None:
             queries.append(None)
             qpos.append(None)
             continue
-        q, pos = found
+        q, pos = found.queries, found.positions
         b, hq, n, d = q.shape
         h = layer.keys.shape[1]
         queries.append(q.reshape(b, h, hq // h, n, d).transpose(2, 3).float().cpu())
         qpos.append(pos.cpu())
-    cache = SparseCache.from_prefilled(model, prefilled, sel, trace=True, attend="torch")
+    cache = SparseCache.from_prefilled(model, prefilled, sel, trace=True, impl="torch")
     greedy_decode(model, cache, last_ids, 1, frozenset())
     summary = cache.stats.summary()
     if summary["read_fraction_mean"] != 1.0:

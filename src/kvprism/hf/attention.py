@@ -4,24 +4,25 @@ Importing this module registers ``"kvprism"`` in transformers' ``AttentionInterf
 boolean (sdpa-style) mask in ``AttentionMaskInterface`` -- so causal masks, left padding and sliding windows are
 built exactly as for ``sdpa`` and arrive here as ``[B, 1, q, T]`` bool masks (or None when nothing is masked).
 
-Dispatch inside :func:`kvprism_attention`:
+:func:`use_kvprism_attention` switches a model to it and puts a forward pre-hook on every attention module that hands
+the cache passed to that module (``cache=`` / ``past_key_values=``, whichever the transformers release names it) to
+the attention function as ``kvprism_cache``. Dispatch inside :func:`kvprism_attention`, by that cache and
+``module.layer_idx`` (nothing is looked up by tensor identity):
 
-- the keys came from a :class:`kvprism.hf.cache.SparseCache` layer and this is a decode step (one query token):
-  the layer selects the tokens to read and :func:`sparse_attend` computes exact attention over **only** those
-  gathered tokens (true positions: keys are cached after RoPE);
-- the keys came from a SparseCache layer and several query tokens arrive (prefill, possibly chunked): dense
-  attention (sdpa); the layer may keep a sample of the prefill queries (``projection="learned"``);
+- one query token and a cache with a ``decode_attention`` method (:class:`kvprism.hf.cache.SparseCache`, the static
+  cache of :mod:`kvprism.hf.static`): the cache computes the step's attention over the tokens it selects
+  (``decode_attention(layer_idx, query [B, Hq, D], key, value, attention_mask, scaling) -> [B, Hq, D]``);
+- several query tokens (prefill, possibly chunked), through any cache: dense attention (sdpa), and the most recent
+  queries are recorded for that cache and layer (:func:`record_prefill_queries`; ``projection="learned"`` and
+  ``signature="reps"`` fit on them);
 - any other cache (e.g. a ``DynamicCache`` used as the dense baseline) or no cache: dense attention, as ``sdpa``.
-
-:func:`sparse_attend` is the CPU / general path; on CUDA the SparseCache can attend with the Triton kernel of
-:mod:`kvprism.kernels` instead (``SparseCache(attend=...)``), which reads the same tokens in place.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,39 +32,45 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 __all__ = [
     "ATTN_NAME",
+    "PREFILL_QUERY_SAMPLES",
+    "PrefillQueries",
+    "attention_modules",
+    "copy_prefill_queries",
+    "keep_prefill_queries",
     "key_validity",
     "kvprism_attention",
-    "mark_update",
-    "owner_of",
+    "prefill_queries",
+    "record_prefill_queries",
     "sparse_attend",
     "use_kvprism_attention",
 ]
 
 ATTN_NAME = "kvprism"
 
-_last = threading.local()
+#: prefill queries kept per (cache, layer) for projection="learned" / signature="reps" (the most recent ones)
+PREFILL_QUERY_SAMPLES = 64
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's self-attention modules: those with a ``layer_idx`` and a ``q_proj`` (Llama, Qwen2, Mistral)."""
+    return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
+
+
+def _pass_cache(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """Forward pre-hook: hand the module's cache argument on to the attention function as ``kvprism_cache``."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return args, {**kwargs, "kvprism_cache": cache}
 
 
 def use_kvprism_attention(model: Any) -> None:
-    """Switch ``model`` to the ``"kvprism"`` attention (a no-op if it already uses it). On caches other than a
-    SparseCache it computes dense sdpa and keeps a sample of the prefill queries, which forks of that cache need for
-    ``projection="learned"``."""
+    """Switch ``model`` to the ``"kvprism"`` attention and install the pre-hooks that pass each attention module's
+    cache to it (both idempotent). On caches without ``decode_attention`` it computes dense sdpa and records the
+    prefill queries, which forks of that cache need for ``projection="learned"``."""
     if getattr(model.config, "_attn_implementation", None) != ATTN_NAME:
         model.set_attn_implementation(ATTN_NAME)
-
-
-def mark_update(layer: Any, keys: torch.Tensor) -> None:
-    """Record that ``layer`` (a SparseCache layer) just returned ``keys`` from ``update`` in this thread."""
-    _last.entry = (weakref.ref(layer), weakref.ref(keys))
-
-
-def owner_of(keys: torch.Tensor) -> Any | None:
-    """The SparseCache layer whose latest ``update`` returned exactly this ``keys`` tensor, else None."""
-    entry = getattr(_last, "entry", None)
-    if entry is None:
-        return None
-    layer, ref = entry[0](), entry[1]()
-    return layer if (layer is not None and ref is keys) else None
+    for mod in attention_modules(model):
+        if getattr(mod, "_kvprism_hook", None) is None:
+            mod._kvprism_hook = mod.register_forward_pre_hook(_pass_cache, with_kwargs=True)
 
 
 def key_validity(attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device) -> torch.Tensor:
@@ -126,38 +133,66 @@ def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 2, idx.unsqueeze(-1).expand(-1, -1, -1, d))
 
 
-#: prefill queries kept per layer for projection="learned" (the most recent ones)
-PREFILL_QUERY_SAMPLES = 64
+# ---------------------------------------------------------------------------------------------- prefill queries
+@dataclass(frozen=True)
+class PrefillQueries:
+    """The most recent prefill queries of one layer: ``queries [B, Hq, n, D]`` (post-RoPE) at cache positions
+    ``positions [n]``, recorded when the cache held ``length`` tokens."""
+
+    queries: torch.Tensor
+    positions: torch.Tensor
+    length: int
 
 
-def remember_prefill_queries(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor) -> None:
-    """Keep the last :data:`PREFILL_QUERY_SAMPLES` queries ``[B, Hq, n, D]`` of a dense prefill (any cache) on the
-    attention module, tied by identity to the key tensor returned by the cache, so that
-    ``SparseCache.from_prefilled`` can fit ``projection="learned"`` on a fork of that prefill. Chunks continue the
-    previous record when the cache grew by exactly the chunk length."""
-    n, t = query.shape[2], key.shape[2]
-    pos = torch.arange(t - n, t, device=query.device)
+#: cache -> {layer_idx: PrefillQueries}; the one record of prefill queries, for any cache type
+_PREFILL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: cache -> queries to keep per layer where more than :data:`PREFILL_QUERY_SAMPLES` are wanted
+_SAMPLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def keep_prefill_queries(cache: Any, samples: int) -> None:
+    """Record the last ``samples`` prefill queries per layer for ``cache`` (default :data:`PREFILL_QUERY_SAMPLES`);
+    call it before the prefill."""
+    if samples < 1:
+        raise ValueError(f"keep_prefill_queries: samples = {samples} is invalid; allowed range: [1, inf)")
+    _SAMPLES[cache] = int(samples)
+
+
+def record_prefill_queries(cache: Any, layer_idx: int, query: torch.Tensor, kv_len: int) -> None:
+    """Keep the last queries ``[B, Hq, n, D]`` of a dense prefill step of layer ``layer_idx`` whose cache now holds
+    ``kv_len`` tokens (:func:`keep_prefill_queries` sets how many). A chunk continues the previous record when the
+    cache grew by exactly the chunk length; any other step starts a new record."""
+    n = query.shape[2]
+    pos = torch.arange(kv_len - n, kv_len, device=query.device)
     q = query.detach()
-    prev = getattr(module, "_kvprism_prefill", None)
-    if prev is not None and t > n and prev[3] == t - n:
-        q = torch.cat([prev[1], q], dim=2)
-        pos = torch.cat([prev[2], pos])
-    module._kvprism_prefill = (
-        weakref.ref(key),
-        q[:, :, -PREFILL_QUERY_SAMPLES:].clone(),
-        pos[-PREFILL_QUERY_SAMPLES:].clone(),
-        t,
-    )
+    try:
+        per_layer = _PREFILL.setdefault(cache, {})
+        samples = _SAMPLES.get(cache, PREFILL_QUERY_SAMPLES)
+    except TypeError:  # a cache that refuses weak references keeps no record
+        return
+    prev = per_layer.get(layer_idx)
+    if prev is not None and kv_len > n and prev.length == kv_len - n:
+        q = torch.cat([prev.queries, q], dim=2)
+        pos = torch.cat([prev.positions, pos])
+    per_layer[layer_idx] = PrefillQueries(q[:, :, -samples:].clone(), pos[-samples:].clone(), kv_len)
 
 
-def prefill_queries_for(model: torch.nn.Module, layer_idx: int, keys: torch.Tensor):
-    """``(queries [B, Hq, n, D], positions [n])`` remembered for the prefill whose layer ``layer_idx`` keys are
-    exactly ``keys``, else None."""
-    for mod in model.modules():
-        rec = getattr(mod, "_kvprism_prefill", None)
-        if rec is not None and getattr(mod, "layer_idx", None) == layer_idx and rec[0]() is keys:
-            return rec[1], rec[2]
-    return None
+def prefill_queries(cache: Any, layer_idx: int) -> PrefillQueries | None:
+    """The prefill queries recorded for ``cache``'s layer ``layer_idx``, else None."""
+    try:
+        return _PREFILL.get(cache, {}).get(layer_idx)
+    except TypeError:
+        return None
+
+
+def copy_prefill_queries(src: Any, dst: Any) -> None:
+    """Give ``dst`` (a fork of the prefilled cache ``src``) the prefill queries recorded for ``src``."""
+    try:
+        rec = _PREFILL.get(src)
+    except TypeError:
+        return
+    if rec:
+        _PREFILL[dst] = dict(rec)
 
 
 def kvprism_attention(
@@ -168,23 +203,20 @@ def kvprism_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    kvprism_cache: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention interface: ``query [B, Hq, q, D]``, ``key/value [B, H, T, D]`` ->
-    ``([B, q, Hq, D], None)``."""
-    layer = owner_of(key)
+    ``([B, q, Hq, D], None)``; ``kvprism_cache`` is the cache the attention module was given (see module doc)."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    if layer is None or query.shape[2] > 1:
-        if layer is not None:
-            layer.observe_prefill(query)
-        elif query.shape[2] > 1:
-            remember_prefill_queries(module, query, key)
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    out = layer.decode(query[:, :, 0], key, value, attention_mask, scaling)  # [B, Hq, D]
-    return out.unsqueeze(1), None
+    decode = getattr(kvprism_cache, "decode_attention", None)
+    if query.shape[2] == 1 and decode is not None:
+        out = decode(module.layer_idx, query[:, :, 0], key, value, attention_mask, scaling)  # [B, Hq, D]
+        return out.unsqueeze(1), None
+    if query.shape[2] > 1 and kvprism_cache is not None:
+        record_prefill_queries(kvprism_cache, module.layer_idx, query, key.shape[2])
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
 AttentionInterface.register(ATTN_NAME, kvprism_attention)

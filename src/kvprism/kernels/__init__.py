@@ -7,7 +7,7 @@ Stable entry points (the sparse attention path calls these):
 * :func:`score_topk` — top-k blocks per (batch, KV head) by signature score.
 * ``SparseDecodeStep`` (Triton only) — score -> select -> attend with static buffers, capturable in a CUDA graph.
 
-``backend="auto"`` picks the Triton kernels for CUDA tensors when ``triton`` imports, else the reference. Both are
+``impl="auto"`` picks the Triton kernels for CUDA tensors when ``triton`` imports, else the reference. Both are
 sparse: neither falls back to dense attention.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import warnings
 from typing import Any
 
 import torch
@@ -24,13 +25,18 @@ from kvprism.errors import KvprismError
 from kvprism.kernels.reference import candidate_blocks, score_topk_ref, sparse_decode_attention_ref
 from kvprism.layout import BlockLayout
 
-BACKENDS = ("auto", "triton", "reference")
+#: kernel implementations: ``"auto"`` (Triton for CUDA tensors when it imports, else the reference), ``"triton"``,
+#: ``"reference"`` (pure torch, any device)
+IMPLS = ("auto", "triton", "reference")
+#: former name of :data:`IMPLS` (deprecated)
+BACKENDS = IMPLS
 #: head dims and input dtypes the Triton decode kernel takes (the reference takes any)
 TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 __all__ = [
     "BACKENDS",
+    "IMPLS",
     "TRITON_DTYPES",
     "TRITON_HEAD_DIMS",
     "SparseDecodeStep",
@@ -52,14 +58,17 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _resolve(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise KvprismError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
+def _resolve(impl: str, backend: str | None, device: torch.device) -> str:
+    if backend is not None:
+        warnings.warn("kvprism.kernels: backend= is deprecated; use impl=", DeprecationWarning, stacklevel=3)
+        impl = backend
+    if impl not in IMPLS:
+        raise KvprismError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "reference"
-    if backend == "triton" and not triton_available():
-        raise KvprismError("backend='triton' needs the 'triton' package (pip install 'kvprism[gpu]')")
-    return backend
+    if impl == "triton" and not triton_available():
+        raise KvprismError("impl='triton' needs the 'triton' package (pip install 'kvprism[gpu]')")
+    return impl
 
 
 def sparse_decode_attention(
@@ -70,7 +79,8 @@ def sparse_decode_attention(
     layout: BlockLayout,
     scale: float | None = None,
     *,
-    backend: str = "auto",
+    impl: str = "auto",
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Block-sparse decode attention ``[B, Hq, D]``.
 
@@ -80,9 +90,10 @@ def sparse_decode_attention(
         layout: the step's :class:`~kvprism.layout.BlockLayout` (block size, sink blocks, window, ``seq_lens [B]``
             in ``[1, T]``); the Triton kernel needs a plain one (no masked key).
         scale: softmax scale (default ``1/sqrt(D)``).
-        backend: ``"auto"`` (Triton on CUDA when available, else reference), ``"triton"`` or ``"reference"``.
+        impl: ``"auto"`` (Triton on CUDA when available, else reference), ``"triton"`` or ``"reference"``
+            (:data:`IMPLS`); ``backend`` is its former name (deprecated).
     """
-    which = _resolve(backend, q.device)
+    which = _resolve(impl, backend, q.device)
     if which == "triton":
         from kvprism.kernels.triton_decode import sparse_decode_attention_triton
 
@@ -97,16 +108,17 @@ def score_topk(
     k: int,
     gqa_reduce: str = "sum",
     *,
-    backend: str = "auto",
+    impl: str = "auto",
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Top-k block indices ``[B, Hkv, k]`` (int64, best first, ties to the lower index, ``-1`` padding).
 
     Args:
         q: ``[B, Hq, d]`` query sketches; signatures: ``[B, Hkv, N, d]``; n_valid: ``[B]`` or None.
         k: blocks per (batch, KV head); gqa_reduce: ``"sum"`` or ``"max"`` over a GQA group.
-        backend: as in :func:`sparse_decode_attention`.
+        impl, backend: as in :func:`sparse_decode_attention`.
     """
-    which = _resolve(backend, q.device)
+    which = _resolve(impl, backend, q.device)
     if which == "triton":
         from kvprism.kernels.triton_decode import score_topk_triton
 

@@ -1,0 +1,302 @@
+"""One sparse decode step of one layer, top to bottom: layout -> sign -> score and select -> plan -> attend.
+
+    pipe = DecodePipeline(sel, num_layers, num_kv_heads, head_mask)      # SparseCache builds one
+    out = pipe.step(layer_idx, query, key, value, attention_mask, scaling, prefill=record)
+
+:meth:`DecodePipeline.step` is the whole decode step of a layer, in the order a reader follows it:
+
+1. **layout** -- the step's :class:`~kvprism.layout.BlockLayout` (padding, sink blocks, candidate blocks, tail), built
+   once per step from the attention mask and shared by every layer;
+2. **sign** -- the layer's projection is fitted on the prefill once (or adopted from :func:`prepare_prefill
+   <kvprism.hf.cache.prepare_prefill>`), and the signatures of blocks completed since the last step are programmed
+   into the layer's scorer (:class:`~kvprism.selection.BlockSelector`);
+3. **score and select** -- the scorer scores the candidate blocks against the query; tie-aware top-k
+   (:func:`kvprism.layout.topk_blocks`), in the fused score + top-k kernel where it applies;
+4. **plan** -- the tokens to read: :meth:`BlockLayout.gather_plan`;
+5. **attend** -- exact attention over those tokens only: the torch gather path (any device, any mask) or the Triton
+   kernel reading the selected blocks in place (CUDA, plain layout; ``impl``).
+
+Nothing is recorded inside the step: observers (read statistics, traces, timings) subscribe to :attr:`hooks` and get
+a :class:`StepEvent` after each layer-step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from kvprism import kernels as _kernels
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.hf.attention import PrefillQueries, key_validity, sparse_attend
+from kvprism.layout import BlockGeometry, BlockLayout, GatherPlan
+from kvprism.selection import BlockSelector, SelectionConfig, group_scorers
+
+__all__ = ["IMPLS", "DecodePipeline", "PreparedLayer", "StepEvent", "resolve_impl"]
+
+#: how decode attends to the selected tokens: ``"torch"`` (index gather + matmul/softmax, any device), ``"triton"``
+#: (the split-K sparse-attention kernel of :mod:`kvprism.kernels` reading the selected blocks in place; CUDA only)
+#: or ``"auto"`` (Triton where it can run, else torch)
+IMPLS = ("auto", "torch", "triton")
+
+
+def resolve_impl(impl: str | None, attend: str | None = None, *, owner: str = "SparseCache") -> str:
+    """Validate the kernel implementation ``impl`` (:data:`IMPLS`); ``attend`` is its former name (deprecated)."""
+    if attend is not None:
+        warnings.warn(f"{owner}(attend=...) is deprecated; use impl=...", DeprecationWarning, stacklevel=3)
+        if impl not in (None, attend):
+            raise ConfigError(f"{owner}: impl = {impl!r} and attend = {attend!r} disagree; pass impl only")
+        impl = attend
+    impl = "auto" if impl is None else impl
+    if impl not in IMPLS:
+        raise ConfigError(f"{owner}.impl = {impl!r} is invalid; allowed: {', '.join(IMPLS)}")
+    if impl == "triton" and not _kernels.triton_available():
+        raise ConfigError(f"{owner}.impl = 'triton' needs the 'triton' package (pip install 'kvprism[gpu]')")
+    return impl
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedLayer:
+    """What one layer of a prefill needs before its first sparse decode step, computed once per prefill and
+    signature settings: the projection (``[B, H, D, d_sig]`` or None), its fitted temperature (``[B, H]``, learned
+    projection only), the signature's probe (``[B, H, P, d_sig]``, 'reps' only) and the bank rows ``[B, H, n*R, w]``
+    of the ``n`` complete blocks (``R`` rows per block), under the key validity ``valid [B, n*block_size]`` they were
+    computed with."""
+
+    proj: torch.Tensor | None
+    signatures: torch.Tensor
+    valid: torch.Tensor
+    temperature: torch.Tensor | None = None
+    probe: torch.Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepEvent:
+    """One layer-step, as observers see it: the query ``[B, Hq, D]``, the selected blocks ``[B, H, k]`` (``-1``
+    unused), the gather plan (tokens read), the cached length, which top-k path (``"torch"`` / ``"kernel"``) and
+    attention kernel (``"torch"`` / ``"triton"``) ran, and with ``profile`` the wall seconds of selection (layout
+    to plan) and attention."""
+
+    layer_idx: int
+    query: torch.Tensor
+    blocks: torch.Tensor
+    plan: GatherPlan
+    kv_len: int
+    select_impl: str
+    attend_impl: str
+    select_s: float | None = None
+    attend_s: float | None = None
+
+
+class DecodePipeline:
+    """The sparse decode step of every layer of one cache (see module doc).
+
+    Args:
+        sel: the selection config.
+        num_layers, num_kv_heads: the model's shape.
+        head_mask: ``[L, H]`` bool, False = streaming head (sink + tail only).
+        impl: attention kernel (:data:`IMPLS`).
+        profile: time selection and attention per layer-step (synchronises the GPU) into :attr:`StepEvent.select_s`
+            / ``attend_s``.
+    """
+
+    def __init__(
+        self,
+        sel: SelectionConfig,
+        num_layers: int,
+        num_kv_heads: int,
+        head_mask: torch.Tensor,
+        impl: str = "auto",
+        profile: bool = False,
+    ) -> None:
+        self.sel = sel
+        self.impl = resolve_impl(impl, owner="DecodePipeline")
+        self.profile = profile
+        self.geometry = BlockGeometry.of(sel)
+        self.selectors = [BlockSelector(sel, i, num_kv_heads, head_mask[i]) for i in range(num_layers)]
+        # photonic layers: one drift sample and W_eff refresh per decode step for all layers (same physics and draws)
+        self.engine_group = group_scorers(self.selectors)
+        self.prepared: list[PreparedLayer | None] = [None] * num_layers
+        self.hooks: list[Callable[[StepEvent], Any]] = []
+        self._layout_key: tuple | None = None
+        self._layout: BlockLayout | None = None
+        self._valid: torch.Tensor | None = None  # [B, T] key validity of the current step
+        self._plain = False  # the step's keys are all real and unmasked (no padding / sliding window)
+        # Triton launch geometry + fp32 workspace per problem shape, shared by the layers
+        self._kernel_plans: dict[tuple, tuple[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    # ------------------------------------------------------------------------------------------------ the step
+    def step(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+        prefill: PrefillQueries | None = None,
+    ) -> torch.Tensor:
+        """One decode step of layer ``layer_idx``: ``query [B, Hq, D]`` -> attention output ``[B, Hq, D]`` over the
+        selected tokens only. ``key/value [B, H, T, D]``: everything cached (post-RoPE; the prefill is ``T - 1``
+        tokens at the first step); ``attention_mask``: the step's 4D mask or None; ``prefill``: the prefill queries
+        recorded for this layer (needed once, by ``projection='learned'`` / ``signature='reps'``)."""
+        t0 = time.perf_counter() if self.profile else 0.0
+        b, hq, d = query.shape
+        h = key.shape[1]
+        selector = self.selectors[layer_idx]
+        layout = self.layout(attention_mask, b, key.shape[2], key.device)  # 1. layout
+        self.sign(layer_idx, key, scaling, prefill)  # 2. sign
+        triton = self.attends_with_triton(query, key, value)
+        group = query.reshape(b, h, hq // h, d)
+        if triton and selector.sel.scorer == "exact" and selector.n_blocks:  # 3. score and select
+            # fused score + top-k kernel: without padding the candidates are one contiguous range of blocks
+            lo, hi = layout.candidate_range(selector.n_blocks)
+            blocks, select_impl = selector.select_range(group, lo, hi), "kernel"
+        else:
+            cand = layout.candidate_mask(n=selector.n_blocks).expand(b, h, -1)
+            blocks, select_impl = selector.select(group, cand), "torch"
+        plan = layout.gather_plan(blocks)  # 4. plan
+        t1 = _now(query.device) if self.profile else 0.0
+        if triton:  # 5. attend
+            out = self.attend_triton(query, key, value, blocks, layout, scaling)
+        else:
+            out = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+        t2 = _now(query.device) if self.profile else 0.0
+        selector.advance(1)
+        event = StepEvent(
+            layer_idx,
+            query,
+            blocks,
+            plan,
+            key.shape[2],
+            select_impl,
+            "triton" if triton else "torch",
+            (t1 - t0) if self.profile else None,
+            (t2 - t1) if self.profile else None,
+        )
+        for hook in self.hooks:
+            hook(event)
+        return out
+
+    # ------------------------------------------------------------------------------------------------ 1. layout
+    def layout(self, attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device) -> BlockLayout:
+        """The step's :class:`~kvprism.layout.BlockLayout`, built once per decode step (every layer gets the same mask
+        object). Without masked keys the layout is plain (what the Triton kernels take)."""
+        key = (None if attention_mask is None else id(attention_mask), batch, kv_len)
+        if self._layout_key != key:
+            valid = key_validity(attention_mask, batch, kv_len, device)
+            # one host sync per step (none without a mask)
+            plain = attention_mask is None or bool(valid.all())
+            self._layout = BlockLayout.uniform(batch, kv_len, self.geometry, device, None if plain else valid)
+            self._valid = valid
+            self._layout_key = key
+            self._plain = plain
+        assert self._layout is not None
+        return self._layout
+
+    # ------------------------------------------------------------------------------------------------ 2. sign
+    def sign(self, layer_idx: int, key: torch.Tensor, scaling: float, prefill: PrefillQueries | None) -> None:
+        """Fit the layer's projection on the prefill (once; or adopt the one :func:`prepare_prefill` computed) and
+        program the signatures of all complete blocks not yet programmed. Uses the current step's key validity."""
+        selector = self.selectors[layer_idx]
+        sel = selector.sel
+        valid = self._valid
+        assert valid is not None, "layout() runs before sign()"
+        bs = sel.block_size
+        length = key.shape[2]
+        nb = length // bs
+        prep, self.prepared[layer_idx] = self.prepared[layer_idx], None
+        if not selector.fitted and prep is not None:
+            n_prep = prep.valid.shape[-1] // bs  # complete blocks signed at the prefill
+            if n_prep <= nb and torch.equal(prep.valid, valid[:, : n_prep * bs]):
+                selector.adopt(
+                    prep.proj, prep.signatures, temperature=prep.temperature, probe=prep.probe, scaling=scaling
+                )
+        if not selector.fitted:
+            queries = query_pos = None
+            n_pre = length - 1  # the prefill: the cache before this decode step's own token
+            # with < 2 complete blocks fit_learned is PCA anyway; representative tokens always need the probe
+            if selector.needs_queries and (n_pre // bs >= 2 or selector.signature.needs_probe):
+                if prefill is None:
+                    raise ConfigError(
+                        f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
+                        "prefill queries: prefill through the SparseCache, or prefill the dense cache with the "
+                        "model's attention set to 'kvprism' (constructing any SparseCache does that) before "
+                        "SparseCache.from_prefilled"
+                    )
+                b, hq, n, d = prefill.queries.shape
+                h = key.shape[1]
+                queries = prefill.queries.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
+                query_pos = prefill.positions
+            # fitted on the prefill only (as prepare_prefill does)
+            selector.fit(key[:, :, :n_pre], valid[:, :n_pre], scaling=scaling, queries=queries, query_pos=query_pos)
+        done = selector.n_blocks
+        if nb > done:
+            sig = selector.block_signatures(key[:, :, done * bs : nb * bs], valid[:, done * bs : nb * bs])
+            if done == 0:
+                selector.program(sig)
+            else:
+                selector.append(sig)
+
+    # ------------------------------------------------------------------------------------------------ 5. attend
+    def attends_with_triton(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+        """Whether this layer-step attends with the Triton kernel (see ``impl``); raises where ``"triton"`` was
+        asked for and cannot run."""
+        if self.impl == "torch":
+            return False
+        why = None
+        if query.device.type != "cuda":
+            why = f"tensors on {query.device.type}, not cuda"
+        elif not _kernels.triton_available():
+            why = "the 'triton' package is not installed"
+        elif not self._plain:
+            why = "the step masks some cached keys (left padding or a sliding window)"
+        elif query.shape[-1] not in _kernels.TRITON_HEAD_DIMS or query.dtype not in _kernels.TRITON_DTYPES:
+            why = (
+                f"head dim {query.shape[-1]} / dtype {query.dtype} (needs {_kernels.TRITON_HEAD_DIMS}, fp16/bf16/fp32)"
+            )
+        elif value.shape[-1] != query.shape[-1]:
+            why = f"value head dim {value.shape[-1]} differs from the query head dim {query.shape[-1]}"
+        elif key.dtype != query.dtype or value.dtype != query.dtype:
+            why = f"cache dtypes {key.dtype}/{value.dtype} differ from the query dtype {query.dtype}"
+        if why is None:
+            return True
+        if self.impl == "triton":
+            raise KvprismError(f"impl='triton' cannot run this step: {why}")
+        return False
+
+    def attend_triton(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        blocks: torch.Tensor,
+        layout: BlockLayout,
+        scaling: float,
+    ) -> torch.Tensor:
+        """Attention of ``query [B, Hq, D]`` over ``blocks [B, H, k]`` + sink + tail with the Triton kernel of
+        :mod:`kvprism.kernels`, reading the tokens :meth:`BlockLayout.gather_plan` lists in place. Its launch
+        geometry and fp32 workspace are built once per shape and reused by every layer."""
+        from kvprism.kernels.triton_decode import decode_plan, decode_workspace, sparse_decode_attention_triton
+
+        b, hq, d = query.shape
+        h = key.shape[1]
+        shape = (b, hq, h, d, blocks.shape[-1], query.device)
+        if shape not in self._kernel_plans:
+            plan = decode_plan(b, hq, h, d, blocks.shape[-1], layout.geometry, query.device)
+            self._kernel_plans[shape] = (plan, decode_workspace(b, h, hq // h, d, plan, query.device))
+        plan, workspace = self._kernel_plans[shape]
+        return sparse_decode_attention_triton(
+            query, key, value, blocks, layout, scaling, plan=plan, workspace=workspace
+        )
+
+
+def _now(device: torch.device) -> float:
+    """Wall time after the device's queued work finished (profiling only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -1,0 +1,101 @@
+"""Executors: in-process by default with no Ray import; on a local Ray cluster (started by the test) every unit
+returns its cells exactly once, also when a worker process is killed mid-task; the design search on Ray equals the
+in-process search for a seed and a batch size."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.eval.executor import LocalExecutor, RayExecutor, make_executor, require_ray
+from tests import ray_workers
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
+    yield
+    ray.shutdown()
+
+
+def test_local_executor_needs_no_ray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # any import of ray would fail
+    got = []
+    make_executor("local").run(ray_workers.make_square_worker(), [1, 2, 3], lambda u, cells: got.append(cells))
+    assert [c[0]["value"] for c in got] == [1, 4, 9]
+    with pytest.raises(KvprismError, match=r"kvprism\[ray\]"):
+        require_ray()
+    with pytest.raises(KvprismError, match=r"kvprism\[ray\]"):
+        make_executor("ray")
+
+
+def test_executor_options_are_checked():
+    with pytest.raises(ConfigError, match="--executor"):
+        make_executor("dask")
+    with pytest.raises(ConfigError, match="--workers, --gpus-per-worker only apply to --executor ray"):
+        make_executor("local", workers=2, gpus_per_worker=1.0)
+    with pytest.raises(ConfigError, match="--workers = 0"):
+        RayExecutor(workers=0)
+    assert isinstance(make_executor("local"), LocalExecutor)
+
+
+def test_ray_runs_every_unit_once_even_when_a_worker_is_killed(ray_cluster, tmp_path):
+    marker = str(tmp_path / "victim.pid")
+    killed = []
+
+    def kill_when_ready():
+        deadline = time.time() + 120
+        while not Path(marker).exists() and time.time() < deadline:
+            time.sleep(0.05)
+        pid = int(Path(marker).read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    threading.Thread(target=kill_when_ready, daemon=True).start()
+    ex = RayExecutor(workers=2, max_restarts=2)
+    got: list[tuple[int, list[dict]]] = []
+    ex.run(functools.partial(ray_workers.make_square_worker, marker), range(6), lambda u, c: got.append((u, c)))
+    assert killed, "the test never killed a worker"
+    assert sorted(u for u, _ in got) == list(range(6))  # every unit exactly once
+    assert all(c == [{"unit": u, "value": u * u, "pid": c[0]["pid"]}] for u, c in got)
+    assert dict(got)[2][0]["pid"] != killed[0]  # unit 2 came from the restarted actor, not the killed process
+
+
+@pytest.mark.slow
+def test_design_search_on_ray_equals_the_local_search(ray_cluster):
+    from kvprism.design.objectives import ObjectiveSettings
+    from kvprism.design.search import run_search
+    from kvprism.photonics import PhotonicConfig
+    from tests.design_fixtures import tiny_reference
+    from tests.test_design_search import FEASIBLE_BASE, SMALL_SPACE
+
+    ref = tiny_reference()
+    base = PhotonicConfig.preset("ideal").replace(**FEASIBLE_BASE)
+    kw = dict(seed=3, base=base, space=SMALL_SPACE, settings=ObjectiveSettings(k=4), population_size=3, batch=2)
+    local = run_search(ref, 5, **kw)
+    remote = run_search(ref, 5, executor=RayExecutor(workers=2), **kw)
+    for a, b in zip(local.study.trials, remote.study.trials, strict=True):
+        assert (a.number, a.params, a.state, a.values) == (b.number, b.params, b.state, b.values)
+        ra, rb = (dict(t.user_attrs.get("result") or {}) for t in (a, b))
+        ra.pop("seconds", None), rb.pop("seconds", None)  # wall times differ; everything else is the same
+        assert ra == rb
+
+
+def test_cli_rejects_ray_options_without_ray_before_any_work(tmp_path, capsys):
+    from kvprism.cli import main
+
+    args = ["design", "search", "--reference", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--executor", "local", "--workers", "2"]) == 2
+    assert "--workers only apply to --executor ray" in capsys.readouterr().err
+    assert main([*args, "--executor", "spark"]) == 2
+    assert not (tmp_path / "o").exists()
