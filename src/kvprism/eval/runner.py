@@ -12,6 +12,11 @@ output directory skips exactly the cells finished under the same settings and re
 configuration already there. Killing the run at any moment loses at most the cell in flight and never computes a
 finished cell twice; :attr:`Runner.summary` tells how far it got.
 
+Each point is one *unit* of work (:class:`Unit`: the point and its missing cells), computed by a
+:class:`PointEvaluator` -- in this process, or on Ray workers that each hold their own copy of the model
+(``executor``: :mod:`kvprism.eval.executor`). Whatever computes a unit, its cells come back here and this process
+alone writes them to the store, skipping any key already stored, so no cell is lost or stored twice.
+
 This module orchestrates; the parts live beside it: :mod:`kvprism.eval.grid` (configurations, grid files),
 :mod:`kvprism.eval.decode` (prefill and the greedy loop), :mod:`kvprism.eval.metrics` (per-cell trace metrics),
 :mod:`kvprism.eval.store` (the store) and :mod:`kvprism.eval.report` (summaries and plots). Progress is reported to
@@ -23,10 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import inspect
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,7 @@ from kvprism.eval.decode import (  # re-exported: the decode path used to live h
     greedy_decode,
     prefill,
 )
+from kvprism.eval.executor import LocalExecutor
 from kvprism.eval.grid import (  # re-exported: configurations used to live here
     MODES,
     EvalConfig,
@@ -72,14 +79,18 @@ __all__ = [
     "MODES",
     "RESULTS_FILE",
     "RUN_FILE",
+    "CellSpec",
     "DecodeFn",
     "DecodeOutput",
     "EvalConfig",
+    "EvalSettings",
     "Point",
+    "PointEvaluator",
     "Progress",
     "ProgressFn",
     "RunSummary",
     "Runner",
+    "Unit",
     "append_result",
     "build_configs",
     "cell_key",
@@ -94,6 +105,7 @@ __all__ = [
     "parse_list",
     "prefill",
     "read_results",
+    "remote_evaluator",
     "repair_results",
     "trace_metrics",
     "validate_configs",
@@ -159,6 +171,178 @@ def _callable_name(fn: Any) -> str:
     return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
 
 
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of a unit: its configuration and the store key and settings hash the driver gave it."""
+
+    config: EvalConfig
+    key: str
+    settings_hash: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One prefill unit: a point (one prompt, prefilled once) and the cells of it still missing."""
+
+    point: Point
+    cells: tuple[CellSpec, ...]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What computing a unit needs besides the model and tokenizer (picklable: Ray workers receive it)."""
+
+    mode: str = "niah"
+    haystack: str | None = None
+    values: str | None = None
+    max_new_tokens: int | None = None
+    chat: bool = True
+    decode_fn: DecodeFn = default_decode
+
+
+#: events a :class:`PointEvaluator` reports while it computes: ``(kind, point, config name or None)`` with kind
+#: ``"prefill"`` or ``"decode"``
+EvalEventFn = Callable[[str, Point, "str | None"], None]
+
+
+class PointEvaluator:
+    """Computes the cells of one unit: prefill the prompt once, decode every configuration from a fork of it, and
+    build each cell's record (metrics, answer, score). Stateless between units; a callable for the executors."""
+
+    def __init__(self, model: Any, tokenizer: Any, settings: EvalSettings, on_event: EvalEventFn | None = None):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.on_event = on_event
+        self.eos_ids = eos_ids(model, tokenizer)
+
+    def task_defaults(self, task: str) -> tuple[str, str]:
+        """Effective haystack and value kind of a task (its defaults unless overridden)."""
+        from kvprism.eval.tasks import TASKS
+
+        sig = inspect.signature(TASKS[task]).parameters
+        return (self.settings.haystack or sig["haystack"].default, self.settings.values or sig["values"].default)
+
+    def prefill(self, sample: Sample) -> tuple[Any, float]:
+        """Dense prefill of all prompt tokens but the last into a fresh ``DynamicCache``; returns (cache, seconds)."""
+        ids = torch.tensor([sample.input_ids[:-1]], device=self.model.device)
+        t0 = time.perf_counter()
+        cache = prefill(self.model, ids)
+        return cache, time.perf_counter() - t0
+
+    def _event(self, kind: str, point: Point, config: str | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, point, config)
+
+    def __call__(self, unit: Unit) -> Iterator[dict[str, Any]]:
+        """The unit's cell records, one per configuration, each as soon as it is computed."""
+        point, st = unit.point, self.settings
+        hay, val = self.task_defaults(point.task)
+        sample = make_sample(
+            point.task, self.tokenizer, point.context, point.depth, point.seed, haystack=hay, values=val, chat=st.chat
+        )
+        self._event("prefill", point)
+        prefilled, prefill_s = self.prefill(sample)
+        prefill_id = f"{cell_key(point, hay, val, '', st.mode)}@{time.time_ns()}"
+        n_new = 1 if st.mode == "recall" else (st.max_new_tokens or sample.meta["max_new_tokens"])
+        last = torch.tensor([[sample.input_ids[-1]]])
+        dense_logits: torch.Tensor | None = None
+        exact_blocks: dict[int, dict[int, torch.Tensor]] = {}  # k -> layer -> first-step blocks
+        decode = st.decode_fn
+        for spec in unit.cells:
+            cfg = spec.config
+            self._event("decode", point, cfg.name)
+            out = decode(self.model, prefilled, last, cfg, n_new, self.eos_ids)
+            if cfg.method == "dense":
+                dense_logits = out.first_logits
+            elif cfg.method == "exact":
+                exact_blocks[cfg.k] = first_step_blocks(out.trace)
+            extra_s = 0.0
+            if cfg.method != "dense" and dense_logits is None:
+                # the dense cell was finished in an earlier run: one dense step gives the KL reference
+                ref = decode(self.model, prefilled, last, EvalConfig("dense", "dense"), 1, self.eos_ids)
+                dense_logits, extra_s = ref.first_logits, ref.decode_s
+            reference = None
+            if cfg.method == "photonic":
+                if cfg.k not in exact_blocks:
+                    ex = EvalConfig(f"exact-k{cfg.k}", "exact", cfg.k, None, cfg.selection)
+                    ref = decode(self.model, prefilled, last, ex, 1, self.eos_ids)
+                    exact_blocks[cfg.k] = first_step_blocks(ref.trace)
+                    extra_s += ref.decode_s
+                reference = exact_blocks[cfg.k]
+            record = self._record(point, hay, val, sample, spec, out, prefilled, dense_logits, reference)
+            record.update(prefill_s=round(prefill_s, 4), prefill_id=prefill_id, reference_s=round(extra_s, 4))
+            yield record
+
+    def _record(
+        self,
+        point: Point,
+        hay: str,
+        val: str,
+        sample: Sample,
+        spec: CellSpec,
+        out: DecodeOutput,
+        prefilled: Any,
+        dense_logits: torch.Tensor | None,
+        reference: dict[int, torch.Tensor] | None,
+    ) -> dict[str, Any]:
+        cfg, mode = spec.config, self.settings.mode
+        answer = self.tokenizer.decode(out.tokens, skip_special_tokens=True)
+        rec: dict[str, Any] = {
+            "key": spec.key,
+            "settings_hash": spec.settings_hash,
+            "mode": mode,
+            **asdict(point),
+            "haystack": hay,
+            "values": val,
+            "depth_actual": round(sample.depth, 4),
+            "needle_spans": sample.needle_spans,
+            **cfg.describe(),
+            "prefill_tokens": len(sample.input_ids) - 1,
+            "decode_s": round(out.decode_s, 4),
+            "decode_steps": len(out.tokens),
+            "expected": sample.answers,
+            "answer": answer if mode == "niah" else None,
+            "correct": sample.score(answer) if mode == "niah" else None,
+            "match_fraction": string_match_fraction(answer, sample.answers) if mode == "niah" else None,
+            "kl_first_token": None,
+            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        if cfg.method == "dense":
+            rec.update(read_fraction_mean=1.0, read_fraction_max=1.0, restricted=False, can_restrict=False)
+            return rec
+        sel = cfg.selection_config()
+        stats = dict(out.stats or {})
+        n_tok = prefilled.get_seq_length()
+        # candidates at the first decode step (prefill + the step's token), as selection sees them
+        eligible = int(BlockLayout.from_lengths(n_tok + 1, BlockGeometry.of(sel)).candidates.sum())
+        rf_mean = stats.get("read_fraction_mean")
+        rf_max = stats.get("read_fraction_max")
+        restricted = stats.get("restricted")
+        if restricted is None and rf_max is not None:
+            restricted = rf_max < 1.0
+        rec.update(
+            read_fraction_mean=rf_mean,
+            read_fraction_max=rf_max,
+            restricted=bool(restricted),
+            can_restrict=eligible > sel.k,
+            kl_first_token=float(M.kl_divergence(dense_logits, out.first_logits)) if dense_logits is not None else None,
+            block_size=sel.block_size,
+            stats={k: v for k, v in stats.items() if k != "per_layer_head"},
+            stats_per_layer_head=stats.get("per_layer_head"),
+        )
+        if out.trace:
+            rec.update(trace_metrics(out.trace, prefilled, sel, sample, reference))
+        return rec
+
+
+def remote_evaluator(model_factory: Callable[[], tuple[Any, Any]], settings: EvalSettings) -> PointEvaluator:
+    """A Ray worker's evaluator: loads its own model once (``model_factory() -> (model, tokenizer)``)."""
+    model, tokenizer = model_factory()
+    from kvprism.hf.attention import use_kvprism_attention
+
+    use_kvprism_attention(model)
+    return PointEvaluator(model, tokenizer, settings)
+
+
 class Runner:
     """The evaluation grid over tasks × contexts × depths × seeds × configurations (see module docstring).
 
@@ -172,9 +356,13 @@ class Runner:
         max_new_tokens: answer length; default: the task's suggestion (answer tokens + 8).
         chat: wrap prompts in the tokenizer's chat template.
         decode_fn: per-configuration decoder, :func:`kvprism.eval.decode.default_decode` by default.
-        on_progress: receives a :class:`Progress` event before every prefill and decode and after every stored cell.
+        on_progress: receives a :class:`Progress` event before every prefill and decode (in-process) and after
+            every stored cell.
         model_name: how the model was named (recorded in ``run.json``; the key uses the model's content hash).
         command_line: recorded in ``run.json`` (default: ``sys.argv``).
+        executor: where the units run (:mod:`kvprism.eval.executor`; default in this process).
+        model_factory: for an executor other than local: a picklable ``() -> (model, tokenizer)`` each worker calls
+            once to load its own copy of this model (e.g. ``functools.partial(kvprism.load_model, "smollm2")``).
 
     Raises:
         KvprismError: invalid mode, depth, context, duplicate axis values or a head mask whose shape does not match
@@ -201,6 +389,8 @@ class Runner:
         model_name: str = "",
         on_progress: ProgressFn | None = None,
         command_line: Sequence[str] | None = None,
+        executor: Any = None,
+        model_factory: Callable[[], tuple[Any, Any]] | None = None,
     ) -> None:
         if mode not in MODES:
             raise KvprismError(f"mode = {mode!r} is invalid; allowed: {', '.join(MODES)}")
@@ -227,7 +417,16 @@ class Runner:
         self.model_name = model_name
         self.on_progress = on_progress
         self.command_line = list(sys.argv if command_line is None else command_line)
-        self.eos_ids = eos_ids(model, tokenizer)
+        self.executor = executor if executor is not None else LocalExecutor()
+        if not isinstance(self.executor, LocalExecutor) and model_factory is None:
+            raise KvprismError(
+                f"executor {self.executor.name!r} runs units in other processes: pass model_factory, the picklable "
+                "function that loads the model there"
+            )
+        self.model_factory = model_factory
+        self.eval_settings = EvalSettings(mode, haystack, values, max_new_tokens, chat, decode_fn)
+        self.evaluator = PointEvaluator(model, tokenizer, self.eval_settings, on_event=self._on_event)
+        self.eos_ids = self.evaluator.eos_ids
         self._identity: dict[str, Any] | None = None
         self._settings: dict[str, tuple[dict[str, Any], str]] = {}
         #: progress of the current / last :meth:`run` (read it after an interrupt)
@@ -304,10 +503,7 @@ class Runner:
     # -- bookkeeping
     def task_defaults(self, task: str) -> tuple[str, str]:
         """Effective haystack and value kind of a task (its defaults unless overridden)."""
-        from kvprism.eval.tasks import TASKS
-
-        sig = inspect.signature(TASKS[task]).parameters
-        return (self.haystack or sig["haystack"].default, self.values or sig["values"].default)
+        return self.evaluator.task_defaults(task)
 
     def pending(self) -> list[tuple[Point, list[EvalConfig]]]:
         """Points with at least one configuration not yet in the store, with those configurations."""
@@ -320,13 +516,19 @@ class Runner:
                 todo.append((p, missing))
         return todo
 
+    def units(self) -> list[Unit]:
+        """The pending work as units: one per point with missing cells, keys and settings hashes filled in."""
+        out = []
+        for point, missing in self.pending():
+            hay, val = self.task_defaults(point.task)
+            specs = tuple(CellSpec(c, self.key(point, hay, val, c), self.settings_hash(c)) for c in missing)
+            out.append(Unit(point, specs))
+        return out
+
     # -- work
     def prefill(self, sample: Sample) -> tuple[Any, float]:
         """Dense prefill of all prompt tokens but the last into a fresh ``DynamicCache``; returns (cache, seconds)."""
-        ids = torch.tensor([sample.input_ids[:-1]], device=self.model.device)
-        t0 = time.perf_counter()
-        cache = prefill(self.model, ids)
-        return cache, time.perf_counter() - t0
+        return self.evaluator.prefill(sample)
 
     def run(self) -> RunSummary:
         """Run (or resume) the grid under the store's write lock; returns counts and the prefill / decode time of
@@ -347,122 +549,49 @@ class Runner:
         self.store.record_invocation(
             self.command_line, settings, model=self.model_name, model_identity=self.model_identity
         )
-        todo = self.pending()
+        units = self.units()
         n_total = len(self.points) * len(self.configs)
-        n_todo = sum(len(m) for _, m in todo)
+        n_todo = sum(len(u.cells) for u in units)
         summary = RunSummary(n_total, n_total - n_todo, 0, 0, 0.0, 0.0, self.results)
         self.summary = summary
         self._todo = n_todo
+        self._stored = self.store.done_keys()
+        self._prefills_seen: set[str] = set()
         self._report(Progress("start", 0, n_todo))
-        for point, missing in todo:
-            self._run_point(point, missing, summary)
+        if isinstance(self.executor, LocalExecutor):
+            self.executor.run(self.evaluator, units, self._store_cells)
+        else:
+            assert self.model_factory is not None
+            make_worker = functools.partial(remote_evaluator, self.model_factory, self.eval_settings)
+            self.executor.run(make_worker, units, self._store_cells)
         return summary
 
     def _report(self, event: Progress) -> None:
         if self.on_progress is not None:
             self.on_progress(event)
 
-    def _run_point(self, point: Point, missing: list[EvalConfig], summary: RunSummary) -> None:
-        hay, val = self.task_defaults(point.task)
-        sample = make_sample(
-            point.task, self.tokenizer, point.context, point.depth, point.seed, haystack=hay, values=val, chat=self.chat
-        )
-        self._report(Progress("prefill", summary.cells_run, self._todo, point))
-        prefilled, prefill_s = self.prefill(sample)
-        summary.prefills += 1
-        summary.prefill_s += prefill_s
-        prefill_id = f"{cell_key(point, hay, val, '', self.mode)}@{time.time_ns()}"
-        n_new = 1 if self.mode == "recall" else (self.max_new_tokens or sample.meta["max_new_tokens"])
-        last = torch.tensor([[sample.input_ids[-1]]])
-        dense_logits: torch.Tensor | None = None
-        exact_blocks: dict[int, dict[int, torch.Tensor]] = {}  # k -> layer -> first-step blocks
-        for cfg in missing:
-            self._report(Progress("decode", summary.cells_run, self._todo, point, cfg.name))
-            out = self.decode_fn(self.model, prefilled, last, cfg, n_new, self.eos_ids)
-            if cfg.method == "dense":
-                dense_logits = out.first_logits
-            elif cfg.method == "exact":
-                exact_blocks[cfg.k] = first_step_blocks(out.trace)
-            extra_s = 0.0
-            if cfg.method != "dense" and dense_logits is None:
-                # the dense cell was finished in an earlier run: one dense step gives the KL reference
-                ref = self.decode_fn(self.model, prefilled, last, EvalConfig("dense", "dense"), 1, self.eos_ids)
-                dense_logits, extra_s = ref.first_logits, ref.decode_s
-            reference = None
-            if cfg.method == "photonic":
-                if cfg.k not in exact_blocks:
-                    ex = EvalConfig(f"exact-k{cfg.k}", "exact", cfg.k, None, cfg.selection)
-                    ref = self.decode_fn(self.model, prefilled, last, ex, 1, self.eos_ids)
-                    exact_blocks[cfg.k] = first_step_blocks(ref.trace)
-                    extra_s += ref.decode_s
-                reference = exact_blocks[cfg.k]
-            record = self._record(point, hay, val, sample, cfg, out, prefilled, dense_logits, reference)
-            record.update(prefill_s=round(prefill_s, 4), prefill_id=prefill_id, reference_s=round(extra_s, 4))
+    def _on_event(self, kind: str, point: Point, config: str | None) -> None:
+        done = self.summary.cells_run if self.summary is not None else 0
+        self._report(Progress(kind, done, self._todo, point, config))
+
+    def _store_cells(self, unit: Unit, cells: Iterable[dict[str, Any]]) -> None:
+        """Write the cells of ``unit`` as they arrive (from this process or a worker); a key already stored (a cell
+        computed twice, e.g. by a retried unit) is not written again."""
+        summary = self.summary
+        assert summary is not None
+        for record in cells:
+            if record["key"] in self._stored:
+                continue
             with deferred_signals():  # the stored cell and the count move together (an interrupt reports it)
                 self.store.append(record)
+                self._stored.add(record["key"])
                 summary.cells_run += 1
-                summary.decode_s += out.decode_s
-            self._report(Progress("cell", summary.cells_run, self._todo, point, cfg.name, record))
-
-    def _record(
-        self,
-        point: Point,
-        hay: str,
-        val: str,
-        sample: Sample,
-        cfg: EvalConfig,
-        out: DecodeOutput,
-        prefilled: Any,
-        dense_logits: torch.Tensor | None,
-        reference: dict[int, torch.Tensor] | None,
-    ) -> dict[str, Any]:
-        answer = self.tokenizer.decode(out.tokens, skip_special_tokens=True)
-        rec: dict[str, Any] = {
-            "key": self.key(point, hay, val, cfg),
-            "settings_hash": self.settings_hash(cfg),
-            "mode": self.mode,
-            **asdict(point),
-            "haystack": hay,
-            "values": val,
-            "depth_actual": round(sample.depth, 4),
-            "needle_spans": sample.needle_spans,
-            **cfg.describe(),
-            "prefill_tokens": len(sample.input_ids) - 1,
-            "decode_s": round(out.decode_s, 4),
-            "decode_steps": len(out.tokens),
-            "expected": sample.answers,
-            "answer": answer if self.mode == "niah" else None,
-            "correct": sample.score(answer) if self.mode == "niah" else None,
-            "match_fraction": string_match_fraction(answer, sample.answers) if self.mode == "niah" else None,
-            "kl_first_token": None,
-            "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        }
-        if cfg.method == "dense":
-            rec.update(read_fraction_mean=1.0, read_fraction_max=1.0, restricted=False, can_restrict=False)
-            return rec
-        sel = cfg.selection_config()
-        stats = dict(out.stats or {})
-        n_tok = prefilled.get_seq_length()
-        # candidates at the first decode step (prefill + the step's token), as selection sees them
-        eligible = int(BlockLayout.from_lengths(n_tok + 1, BlockGeometry.of(sel)).candidates.sum())
-        rf_mean = stats.get("read_fraction_mean")
-        rf_max = stats.get("read_fraction_max")
-        restricted = stats.get("restricted")
-        if restricted is None and rf_max is not None:
-            restricted = rf_max < 1.0
-        rec.update(
-            read_fraction_mean=rf_mean,
-            read_fraction_max=rf_max,
-            restricted=bool(restricted),
-            can_restrict=eligible > sel.k,
-            kl_first_token=float(M.kl_divergence(dense_logits, out.first_logits)) if dense_logits is not None else None,
-            block_size=sel.block_size,
-            stats={k: v for k, v in stats.items() if k != "per_layer_head"},
-            stats_per_layer_head=stats.get("per_layer_head"),
-        )
-        if out.trace:
-            rec.update(trace_metrics(out.trace, prefilled, sel, sample, reference))
-        return rec
+                summary.decode_s += record["decode_s"]
+                if record["prefill_id"] not in self._prefills_seen:
+                    self._prefills_seen.add(record["prefill_id"])
+                    summary.prefills += 1
+                    summary.prefill_s += record["prefill_s"]
+            self._report(Progress("cell", summary.cells_run, self._todo, unit.point, record["config"], record))
 
 
 _PRESET_CONTENT: dict[str, dict[str, Any]] = {}
