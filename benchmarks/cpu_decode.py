@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import DynamicCache
 
-from kvprism.eval.runner import fork_dynamic_cache
+from kvprism.eval.decode import fork_dynamic_cache, greedy_decode
 from kvprism.eval.tasks import niah_single
 from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill, prepare_prefill
 from kvprism.hf.models import load_model
@@ -102,19 +102,19 @@ def main() -> None:
     )
 
     given = {"block_size": args.block_size, "k": args.k}
-    sel = SelectionConfig(backend="exact", **{n: v for n, v in given.items() if v is not None})
+    sel = SelectionConfig(scorer="exact", **{n: v for n, v in given.items() if v is not None})
     console.print(f"selection: block_size {sel.block_size}, k {sel.k}, window {sel.window}, d_sig {sel.d_sig}")
     configs: dict[str, SelectionConfig | None] = {"dense": None, "exact": sel}
     ok, why = photonic_available()
     if ok:
         from kvprism.photonics import PhotonicConfig
 
-        configs["photonic seed-nominal"] = sel.replace(backend="photonic", photonic="seed-nominal")
+        configs["photonic seed-nominal"] = sel.replace(scorer="photonic", photonic="seed-nominal")
         nominal = PhotonicConfig.preset("seed-nominal")
         m = args.drift_update_steps or nominal.drift_update_steps_within(nominal.trim_sigma_m)
         if m > 1:
             held = nominal.replace(drift_update_steps=m)
-            configs[f"photonic seed-nominal, drift every {m}"] = sel.replace(backend="photonic", photonic=held)
+            configs[f"photonic seed-nominal, drift every {m}"] = sel.replace(scorer="photonic", photonic=held)
             console.print(
                 f"drift every {m} steps: hold error {held.drift_hold_rms_m * 1e12:.2f} pm RMS (trim residual "
                 f"{nominal.trim_sigma_m * 1e12:.1f} pm, drift sigma {nominal.drift_ring_sigma_m * 1e12:.0f} pm, "
@@ -137,20 +137,9 @@ def main() -> None:
         f"projection fit + block signatures, once per prefill for all configurations: {time.perf_counter() - t0:.2f} s"
     )
     # teacher-forced tokens: the dense greedy continuation
-    tokens = [int(logits.argmax(-1))]
-    probe = fork_dynamic_cache(dense)
-    with torch.inference_mode():
-        for s in range(args.steps - 1):
-            out = model(
-                input_ids=torch.tensor([[tokens[-1]]]),
-                attention_mask=torch.ones(1, ids.shape[1] + s + 1, dtype=torch.long),
-                position_ids=torch.tensor([[ids.shape[1] + s]]),
-                **cache_kwargs(model, probe),
-                logits_to_keep=1,
-            )
-            tokens.append(int(out.logits[0, -1].argmax()))
-    del probe
-    tok_t = torch.tensor([tokens])
+    first = int(logits.argmax(-1))
+    rest, _, _ = greedy_decode(model, fork_dynamic_cache(dense), torch.tensor([[first]]), args.steps - 1)
+    tok_t = torch.tensor([[first, *rest]])
 
     step_times: dict[str, list[float]] = {name: [] for name in configs}
     first_step: dict[str, list[float]] = {name: [] for name in configs}

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # PCA projection: fitted in milliseconds on the prefill keys (the timing is about the decode step, not the fit)
     sel = SelectionConfig(
-        block_size=args.block_size, k=args.k, window=args.window, sink_blocks=1, backend="exact", projection="pca"
+        block_size=args.block_size, k=args.k, window=args.window, sink_blocks=1, scorer="exact", projection="pca"
     )
     runs: list[tuple[str, str | None]] = [("dense sdpa", None), ("sparse, torch gather", "torch")]
     if device.type == "cuda" and triton_available():

@@ -45,7 +45,7 @@ def main() -> None:
     dense = DynamicCache(config=model.config)
     with torch.inference_mode():
         model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache_kwargs(model, dense))
-    sel = SelectionConfig(k=8, block_size=64, backend="exact", projection="pca")
+    sel = SelectionConfig(k=8, block_size=64, scorer="exact", projection="pca")
     last = torch.tensor([[sample.input_ids[-1]]])
 
     def step(cache) -> float:

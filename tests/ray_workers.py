@@ -20,3 +20,38 @@ def _square(marker: str | None, unit: int) -> list[dict]:
 
 def make_square_worker(marker: str | None = None):
     return functools.partial(_square, marker)
+
+
+def tiny_llama_and_tokenizer():
+    """The tiny random Llama and tokenizer of the runner tests (what each Ray worker loads)."""
+    from tests.conftest import tiny_model, tiny_tokenizer
+
+    return tiny_model("llama"), tiny_tokenizer()
+
+
+class KillOnceDecode:
+    """The default decoder, except that the first decode of a configuration named ``victim`` writes the worker's
+    pid to ``marker`` and waits there to be killed (once: a marker that exists disarms it)."""
+
+    def __init__(self, marker: str, victim: str) -> None:
+        self.marker, self.victim = marker, victim
+
+    def __call__(self, model, cache, last, cfg, n, eos):
+        from kvprism.eval.decode import default_decode
+
+        if cfg.name == self.victim and not Path(self.marker).exists():
+            tmp = Path(self.marker + ".tmp")
+            tmp.write_text(str(os.getpid()))
+            tmp.rename(self.marker)
+            time.sleep(120)
+        return default_decode(model, cache, last, cfg, n, eos)
+
+
+class SlowDecode:
+    """The default decoder, a little slower (so a test can interrupt a grid part-way)."""
+
+    def __call__(self, model, cache, last, cfg, n, eos):
+        from kvprism.eval.decode import default_decode
+
+        time.sleep(0.5)
+        return default_decode(model, cache, last, cfg, n, eos)

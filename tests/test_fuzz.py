@@ -48,7 +48,7 @@ def _invalid_values(cls, f: dataclasses.Field) -> st.SearchStrategy:
         out = [junk, st.integers()]
         if meta["choices"] is not None:
             out.append(st.text(max_size=8).filter(lambda x: x not in meta["choices"]))
-        elif f.name == "backend":
+        elif f.name == "scorer":
             out.append(st.text(max_size=8).filter(lambda x: x not in ("exact", "photonic")))
         return st.one_of(out)
     # object-typed fields of SelectionConfig
@@ -156,7 +156,10 @@ AFFECTING = {
     "mode": st.sampled_from(["niah", "recall"]),
 }
 #: settings that must not change a key
-NEUTRAL = {"model_name": st.sampled_from(["tiny", "same weights, other name"]), "show_progress": st.booleans()}
+NEUTRAL = {
+    "model_name": st.sampled_from(["tiny", "same weights, other name"]),
+    "on_progress": st.sampled_from([None, print]),
+}
 
 
 def _key(s: dict, out_dir: str) -> str:
@@ -179,7 +182,7 @@ def _key(s: dict, out_dir: str) -> str:
         max_new_tokens=s["max_new_tokens"],
         chat=s["chat"],
         model_name=s["model_name"],
-        show_progress=s["show_progress"],
+        on_progress=s["on_progress"],
     )
     return runner.key(runner.points[0], "noise", "numbers", cfg)
 

@@ -1,4 +1,4 @@
-"""The ``photonic`` selection backend: the adapter contract (against a stand-in engine with the documented API) and,
+"""The ``photonic`` scorer: the adapter contract (against a stand-in engine with the documented API) and,
 when the photonic engine is installed, the real engine in the loop (ideal preset == exact; SmolLM2 needle)."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_adapter_contract_with_stand_in_engine(stand_in_engine):
     base = SelectionConfig(block_size=4, k=2, d_sig=6, window=2)
     exact = SparseCache(model, base, trace=True)
     decode_loop(model, ids, mask, exact, steps=6)
-    phot = SparseCache(model, base.replace(backend="photonic", photonic="seed-nominal"), trace=True)
+    phot = SparseCache(model, base.replace(scorer="photonic", photonic="seed-nominal"), trace=True)
     decode_loop(model, ids, mask, phot, steps=6)
     engines = stand_in_engine.instances
     assert len(engines) == model.config.num_hidden_layers
@@ -108,7 +108,7 @@ def test_ideal_preset_selects_like_exact():
     ids, mask = _batch(22)
     base = SelectionConfig(block_size=4, k=3, d_sig=8, window=2)
     runs = []
-    for sel in (base, base.replace(backend="photonic", photonic="ideal")):
+    for sel in (base, base.replace(scorer="photonic", photonic="ideal")):
         cache = SparseCache(model, sel, trace=True)
         decode_loop(model, ids, mask, cache, steps=6)
         runs.append(cache.trace)
@@ -124,7 +124,7 @@ def test_sparse_cache_groups_layer_engines_with_the_same_results():
     pytest.importorskip("kvprism.photonics")
     model = tiny_model("llama")
     ids, mask = _batch(23)
-    sel = SelectionConfig(block_size=4, k=2, d_sig=6, window=2, backend="photonic", photonic="seed-nominal")
+    sel = SelectionConfig(block_size=4, k=2, d_sig=6, window=2, scorer="photonic", photonic="seed-nominal")
     runs = []
     for grouped in (True, False):
         cache = SparseCache(model, sel, trace=True)
@@ -145,7 +145,7 @@ def test_sparse_cache_groups_layer_engines_with_the_same_results():
     rows = ca["engine_counters"]["row_programs"] - ca["engine_counters"]["rescale_row_programs"]  # rescales rewrite
     assert rows == ca["programming_events"] == cb["programming_events"]
     assert a.selectors[0].n_blocks > (ids.shape[1] + 1) // 4  # blocks completed after the first step: appended
-    assert SparseCache(model, sel.replace(backend="exact")).engine_group is None  # nothing to share
+    assert SparseCache(model, sel.replace(scorer="exact")).engine_group is None  # nothing to share
 
 
 @pytest.mark.slow
@@ -159,7 +159,7 @@ def test_smollm2_needle_2k_photonic_feasible_bank(smollm2):
     model, tok = smollm2
     cfg = PhotonicConfig.preset("tfln-feasible")
     assert feasibility(cfg, seed=0).feasible
-    sel = SelectionConfig(block_size=64, k=8, d_sig=cfg.n_lines, backend="photonic", photonic="tfln-feasible")
+    sel = SelectionConfig(block_size=64, k=8, d_sig=cfg.n_lines, scorer="photonic", photonic="tfln-feasible")
     sample, answer, s = needle_run_2k(model, tok, sel)
     assert s["restricted"] and s["read_fraction_max"] < 0.5
     assert s["programming_events"] > 0
@@ -178,7 +178,7 @@ def test_smollm2_seed_nominal_is_restricted_and_flagged(smollm2):
     model, tok = smollm2
     rep = feasibility(PhotonicConfig.preset("seed-nominal").replace(n_lines=5), seed=0)
     assert any("ENOB" in v for v in rep.violations), rep.violations
-    sel = SelectionConfig(block_size=64, k=4, d_sig=5, backend="photonic", photonic="seed-nominal")
+    sel = SelectionConfig(block_size=64, k=4, d_sig=5, scorer="photonic", photonic="seed-nominal")
     _, _, s = needle_run_2k(model, tok, sel)
     assert s["restricted"] and s["read_fraction_max"] < 0.5
     assert s["programming_events"] > 0 and s["selection_calls"] > 0

@@ -7,12 +7,12 @@ from kvprism.eval import report as Rep
 from kvprism.eval.runner import RESULTS_FILE, append_result
 
 
-def _cell(config, backend, k, ctx, depth, correct, prefill_id, **kw):
+def _cell(config, method, k, ctx, depth, correct, prefill_id, **kw):
     base = dict(
         key=f"{config}|{ctx}|{depth}",
         mode="niah",
         config=config,
-        backend=backend,
+        method=method,
         k=k,
         preset=kw.pop("preset", None),
         context=ctx,
@@ -24,10 +24,10 @@ def _cell(config, backend, k, ctx, depth, correct, prefill_id, **kw):
         decode_s=2.0,
         decode_steps=4,
         reference_s=0.0,
-        read_fraction_mean=1.0 if backend == "dense" else 0.25,
-        read_fraction_max=1.0 if backend == "dense" else 0.3,
-        restricted=backend != "dense",
-        can_restrict=backend != "dense",
+        read_fraction_mean=1.0 if method == "dense" else 0.25,
+        read_fraction_max=1.0 if method == "dense" else 0.3,
+        restricted=method != "dense",
+        can_restrict=method != "dense",
         needle_hit=None,
         block_recall=None,
         signature_recall=None,

@@ -25,7 +25,6 @@ def _runner(tmp_path, configs, decode_fn=R.default_decode, model=None, **kw):
         decode_fn=decode_fn,
         max_new_tokens=4,
         model_name="tiny",
-        show_progress=False,
         **args,
     )
 
@@ -57,7 +56,7 @@ class FakeSelConfig(R.EvalConfig):
 def fake_sparse_decode(model, cache, last, cfg, n, eos):
     """Dense tokens + a hand-made trace: every (layer, KV head) reads ``cfg.fake_blocks`` plus sink and window."""
     out = R.default_decode(model, cache, last, R.EvalConfig("dense", "dense"), n, eos)
-    if cfg.backend == "dense":
+    if cfg.method == "dense":
         return out
     sel = cfg.selection_config()
     n_tok = cache.get_seq_length()
@@ -99,7 +98,7 @@ def test_fork_does_not_touch_prefilled_cache():
 def test_build_configs_and_errors():
     cfgs = R.build_configs(["exact", "dense", "seed-nominal"], [4, 8])
     assert [c.name for c in cfgs] == ["dense", "exact-k4", "exact-k8", "seed-nominal-k4", "seed-nominal-k8"]
-    assert cfgs[3].backend == "photonic" and cfgs[3].preset == "seed-nominal"
+    assert cfgs[3].method == "photonic" and cfgs[3].preset == "seed-nominal"
     with pytest.raises(KvprismError, match="k = 0 is invalid"):
         R.build_configs(["exact"], [0])
     with pytest.raises(KvprismError, match="configs is empty"):
@@ -258,7 +257,7 @@ def test_tiny_grid_with_photonic_preset(tmp_path):
     r = _runner(tmp_path, configs, contexts=[400], depths=[0.5], haystack="noise")
     r.run()
     photo = R.read_results(r.results)[-1]
-    assert photo["backend"] == "photonic" and 0.0 <= photo["signature_recall"] <= 1.0
+    assert photo["method"] == "photonic" and 0.0 <= photo["signature_recall"] <= 1.0
 
 
 def test_repair_results_refuses_corrupt_middle(tmp_path):

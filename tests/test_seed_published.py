@@ -1,4 +1,4 @@
-"""seed-as-published: the seed's simplified impairment model as a scoring backend."""
+"""seed-as-published: the seed's simplified impairment model as a scorer."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_append_rescales_the_whole_bank():
     assert torch.allclose(sc.weights, (SIG + 1) / 8)
 
 
-def test_registered_backend_selects_like_exact_without_impairments():
+def test_registered_scorer_selects_like_exact_without_impairments():
     assert "seed-as-published" in BACKENDS
     quiet = SeedPublishedConfig(bits=0, weight_sigma=0.0, detector_sigma=0.0)
     gen = torch.Generator().manual_seed(0)
@@ -64,12 +64,12 @@ def test_registered_backend_selects_like_exact_without_impairments():
     cand = torch.ones(1, 2, 8, dtype=torch.bool)
     picks = {}
     for backend, photonic in (("exact", "seed-nominal"), ("seed-as-published", quiet)):
-        sel = SelectionConfig(block_size=16, k=3, d_sig=8, projection="random", backend=backend, photonic=photonic)
+        sel = SelectionConfig(block_size=16, k=3, d_sig=8, projection="random", scorer=backend, photonic=photonic)
         s = BlockSelector(sel, 0, 2, torch.ones(2, dtype=torch.bool))
         s.fit(keys, valid)
         s.program(s.block_signatures(keys, valid))
         picks[backend] = s.select(query, cand)
-    assert isinstance(s.backend, SeedPublishedScorer) and s.backend.config is quiet
+    assert isinstance(s.scorer, SeedPublishedScorer) and s.scorer.config is quiet
     assert torch.equal(picks["exact"], picks["seed-as-published"])
 
 
@@ -77,4 +77,4 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="bits"):
         SeedPublishedConfig(bits=-1)
     with pytest.raises(ConfigError, match="photonic"):
-        SelectionConfig(backend="seed-as-published", photonic=3.0)
+        SelectionConfig(scorer="seed-as-published", photonic=3.0)

@@ -1,4 +1,4 @@
-"""SelectionConfig validation, the exact backend's top-k, candidate blocks and gather plans."""
+"""SelectionConfig validation, the exact scorer's top-k, candidate blocks and gather plans."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def test_config_validation_names_field():
         SelectionConfig(block_size=0)
     with pytest.raises(ConfigError, match=r"SelectionConfig\.signature = 'avg'"):
         SelectionConfig(signature="avg")
-    with pytest.raises(ConfigError, match=r"SelectionConfig\.backend = 'magic'.*'exact'"):
-        SelectionConfig(backend="magic")
+    with pytest.raises(ConfigError, match=r"SelectionConfig\.scorer = 'magic'.*'exact'"):
+        SelectionConfig(scorer="magic")
     with pytest.raises(ConfigError, match=r"SelectionConfig\.heads"):
         SelectionConfig(heads=[[1, 0]])
     with pytest.raises(ConfigError, match=r"SelectionConfig\.photonic"):
@@ -42,7 +42,7 @@ def test_heads_from_json(tmp_path):
         resolve_heads(str(tmp_path / "nope.json"), 2, 2)
 
 
-def test_exact_backend_selects_true_topk_with_mask():
+def test_exact_scorer_selects_true_topk_with_mask():
     g = torch.Generator().manual_seed(0)
     sel = SelectionConfig(block_size=4, k=3, d_sig=6, projection="none", gqa_reduce="sum")
     s = BlockSelector(sel, 0, 2, torch.tensor([True, True]))
@@ -155,7 +155,31 @@ def test_relu_variant_programs_non_negative_rows_and_inputs():
     cache = SparseCache(model, sel, trace=True)
     decode_loop(model, ids, mask, cache, steps=2)
     for layer_idx, selector in enumerate(cache.selectors):
-        rows = selector.backend.rows
+        rows = selector.scorer.rows
         assert rows.shape[-1] == 12 and (rows >= 0).all() and (rows > 0).any()
         enc = selector.encode_query(cache.trace[-1][layer_idx]["query"].reshape(2, 2, 2, -1))
         assert (enc >= 0).all()
+
+
+def test_backend_is_the_deprecated_name_of_scorer(tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"backend=\.\.\.\) is deprecated; use scorer"):
+        sel = SelectionConfig(backend="photonic", photonic="ideal")
+    assert sel.scorer == "photonic"
+    with pytest.warns(DeprecationWarning, match="use scorer"):
+        assert sel.replace(backend="exact").scorer == "exact"
+    path = tmp_path / "sel.toml"
+    path.write_text('backend = "photonic"\nk = 3\n')
+    with pytest.warns(DeprecationWarning, match="use scorer"):
+        assert SelectionConfig.from_toml(path) == SelectionConfig(scorer="photonic", k=3)
+    with pytest.warns(DeprecationWarning, match="SelectionConfig.scorer"):
+        assert sel.backend == "photonic"
+    with pytest.raises(ConfigError, match="give 'scorer' only"):
+        SelectionConfig(backend="exact", scorer="photonic")
+
+
+def test_scorer_registry_keeps_its_old_names():
+    from kvprism import selection as S
+
+    assert S.BACKENDS is S.SCORERS and S.ExactBackend is S.ExactScorer and S.PhotonicBackend is S.PhotonicScorer
+    selector = BlockSelector(SelectionConfig(), 0, 2, torch.ones(2, dtype=torch.bool))
+    assert selector.backend is selector.scorer and isinstance(selector.scorer, S.ExactScorer)

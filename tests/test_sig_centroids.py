@@ -65,8 +65,8 @@ def test_selector_programs_rows_per_block_and_reduces_by_max():
     keys, query, probe, pos, _ = planted_cache(0, n_blocks=10)
     sel, _, _ = select_on(keys, query, probe, pos, signature="centroids", projection="none", k=2, sig_rows=3)
     assert sel.rows_per_block == 3 and sel.n_blocks == 10
-    assert sel.backend.rows.shape[-2] == 30
+    assert sel.scorer.rows.shape[-2] == 30
     s = sel.scores(query)
     assert s.shape == (1, 4, 10)
-    full = (sel.backend.rows @ sel.encode_query(query).sum(2)[..., None]).squeeze(-1)
+    full = (sel.scorer.rows @ sel.encode_query(query).sum(2)[..., None]).squeeze(-1)
     torch.testing.assert_close(s, full.reshape(1, 4, 10, 3).amax(-1))

@@ -20,7 +20,7 @@ def test_block_with_one_dominant_key_ranks_first():
 def test_bank_rows_are_twice_as_wide():
     keys, query, probe, pos, _ = planted_cache(0, n_blocks=8)
     sel, _, _ = select_on(keys, query, probe, pos, signature="minmax", projection="pca", d_sig=4, k=2)
-    assert sel.backend.rows.shape[-1] == 8  # 2 * d_sig wavelength channels per row
+    assert sel.scorer.rows.shape[-1] == 8  # 2 * d_sig wavelength channels per row
 
 
 def test_recall_on_planted_needles_above_floor():

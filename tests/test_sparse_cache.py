@@ -190,7 +190,7 @@ def test_signatures_programmed_when_blocks_complete():
     layer = cache.layers[0]
     sl = cache.selectors[0]
     assert sl.n_blocks == 5 and layer.length == 40
-    rows = sl.backend.rows  # [B, H, N, d]
+    rows = sl.scorer.rows  # [B, H, N, d]
     proj_keys = torch.matmul(layer.keys.float(), sl.proj)  # [B, H, T, d]
     expect_last = proj_keys[:, :, 32:40].mean(2)
     torch.testing.assert_close(rows[:, :, 4], expect_last, rtol=1e-5, atol=1e-6)
@@ -355,7 +355,7 @@ def test_the_prefill_fit_is_shared_by_forks_and_changes_no_result(projection, si
     lazy = SparseCache.from_prefilled(model, dense, sel, trace=True, prepare=False)
     shared = SparseCache.from_prefilled(model, dense, sel, trace=True, attention_mask=mask)
     prepared = prepare_prefill(model, dense, sel, mask)
-    assert prepare_prefill(model, dense, sel.replace(k=5, backend="photonic"), mask) is prepared  # shared
+    assert prepare_prefill(model, dense, sel.replace(k=5, scorer="photonic"), mask) is prepared  # shared
     assert prepare_prefill(model, dense, sel.replace(d_sig=4), mask) is not prepared
     assert prepare_prefill(model, dense, sel.replace(sig_rows=3), mask) is not prepared
     got_lazy, _ = decode_loop_from(model, lazy, tok, mask, positions)

@@ -17,7 +17,7 @@ from tests.test_sparse_cache import STEPS, _batch, decode_loop
 
 CUDA_TRITON = torch.cuda.is_available() and triton_available()
 # small k: the selection restricts what is read (blocks of 8, 37 + 14 tokens)
-SEL = SelectionConfig(block_size=8, k=2, d_sig=8, window=4, sink_blocks=1, backend="exact")
+SEL = SelectionConfig(block_size=8, k=2, d_sig=8, window=4, sink_blocks=1, scorer="exact")
 
 
 def test_attend_choice_is_validated():
@@ -99,7 +99,7 @@ def test_left_padding_falls_to_the_torch_path_under_auto_and_errors_under_triton
 def test_select_range_equals_select_on_the_same_candidates(reduce):
     """The fused-kernel top-k path (reference implementation on CPU) picks the blocks the torch path picks."""
     sel = SelectionConfig(
-        block_size=8, k=3, d_sig=8, window=4, sink_blocks=1, backend="exact", gqa_reduce=reduce, projection="random"
+        block_size=8, k=3, d_sig=8, window=4, sink_blocks=1, scorer="exact", gqa_reduce=reduce, projection="random"
     )
     g = torch.Generator().manual_seed(3)
     b, h, gq, d, nb = 2, 2, 3, 16, 12
@@ -121,8 +121,8 @@ def test_select_range_equals_select_on_the_same_candidates(reduce):
         selector.select_range(query, 5, 13)
 
 
-def test_select_range_needs_the_exact_backend():
-    sel = SelectionConfig(block_size=8, k=3, d_sig=8, backend="photonic", photonic="ideal")
+def test_select_range_needs_the_exact_scorer():
+    sel = SelectionConfig(block_size=8, k=3, d_sig=8, scorer="photonic", photonic="ideal")
     selector = BlockSelector(sel, 0, 2, torch.ones(2, dtype=torch.bool))
     with pytest.raises(ConfigError, match="exact"):
         selector.select_range(torch.zeros(1, 2, 2, 16), 0, 0)

@@ -49,7 +49,6 @@ def _sample_and_prefill(model, tok, tmp_path):
         depths=[0.5],
         seeds=[0],
         configs=[],
-        show_progress=False,
     )
     prefilled, _ = runner.prefill(sample)
     return sample, prefilled
@@ -92,7 +91,6 @@ def test_run_sweep_writes_table_plot_and_resumes(model_tok, tmp_path):
         ks=[2, 6],
         base={"block_size": 16, "window": 16},
         haystack="noise",
-        show_progress=False,
     )
     files = S.run_sweep(model, tok, **kw)
     recs = read_results(files["results"])

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["AddressOpt", "ExecutorOpt", "GpusPerWorkerOpt", "WorkersOpt", "executor_of"]
+__all__ = ["AddressOpt", "ExecutorOpt", "GpusPerWorkerOpt", "WorkersOpt", "executor_of", "model_factory"]
 
 ExecutorOpt = Annotated[
     str,
@@ -38,3 +38,13 @@ def executor_of(executor: str, address: str | None, workers: int | None, gpus_pe
         return make_executor(executor, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def model_factory(model: str, **load_kwargs: Any) -> Any:
+    """What a Ray worker calls to load its own copy of the model the command names (picklable): every node needs
+    the model at the same path, or the same shipped model (SmolLM2) / local cache."""
+    import functools
+
+    from kvprism.hf.models import load_model
+
+    return functools.partial(load_model, model, **load_kwargs)

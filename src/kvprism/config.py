@@ -17,6 +17,7 @@ import math
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -132,8 +133,31 @@ class ConfigBase:
         raise ConfigError(f"{cls.__name__}.{field} = {value!r} is invalid; {allowed}")
 
     # ------------------------------------------------------------------ construction helpers
+    #: Renamed fields, old name -> new name: the old name is accepted for one release with a DeprecationWarning
+    #: (by :meth:`replace`, :meth:`from_dict` / :meth:`from_toml` and constructors that call :meth:`renamed_fields`).
+    _renamed: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def renamed_fields(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` with deprecated field names replaced by their new names (one DeprecationWarning each).
+
+        Raises:
+            ConfigError: a field is given under both its old and its new name.
+        """
+        out = dict(values)
+        for old, new in cls._renamed.items():
+            if old in out:
+                if new in out:
+                    raise ConfigError(f"{cls.__name__}: give {new!r} only ({old!r} is its deprecated name)")
+                warnings.warn(
+                    f"{cls.__name__}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3
+                )
+                out[new] = out.pop(old)
+        return out
+
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied, validated again. Unknown field names are an error."""
+        changes = self.renamed_fields(changes)
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - names)
         if unknown:
@@ -188,7 +212,7 @@ class ConfigBase:
         """Build from a mapping (e.g. parsed TOML), flat or with one table per section. Unknown keys are an error
         naming the key."""
         names = {f.name for f in dataclasses.fields(cls)}
-        data = cls._flatten(data, where)
+        data = cls.renamed_fields(cls._flatten(data, where))
         unknown = sorted(set(data) - names)
         if unknown:
             at = f" in {where}" if where else ""

@@ -1,4 +1,4 @@
-"""``seed-as-published``: the PRISM seed's own simplified impairment model as a scoring backend.
+"""``seed-as-published``: the PRISM seed's own simplified impairment model as a scorer.
 
 The seed's headline hardware numbers came from this model, not from a device model (EVALUATION.md, "What the
 public repo's NIAH harness actually did"). It is kept here so that the difference between it and the physical
@@ -76,13 +76,13 @@ def seed_published_weights(signatures: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _register() -> None:
-    from kvprism.selection import register_backend
+    from kvprism.selection import register_scorer
 
-    register_backend("seed-as-published")(SeedPublishedScorer)
+    register_scorer("seed-as-published")(SeedPublishedScorer)
 
 
 class SeedPublishedScorer:
-    """Scoring backend ``seed-as-published`` (see the module docstring).
+    """Scorer ``seed-as-published`` (see the module docstring).
 
     Args:
         sel: a :class:`kvprism.selection.SelectionConfig` (or None); its ``photonic`` field may hold a

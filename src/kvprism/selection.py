@@ -1,8 +1,8 @@
 """Query-aware block selection: which cached tokens each (layer, KV head) reads at a decode step.
 
 :class:`SelectionConfig` carries every knob. One :class:`BlockSelector` per layer owns the projection, the
-signatures' scoring backend (one weight bank per (batch row, KV head)) and does GQA reduction and top-k. Backends are
-small classes in the :data:`BACKENDS` registry:
+signatures' scorer (one weight bank per (batch row, KV head)) and does GQA reduction and top-k. Scorers (what ranks
+the blocks) are small classes in the :data:`SCORERS` registry:
 
 - ``exact``: fp32 dot products of the programmed signatures with the encoded query (the ideal selector).
 - ``photonic``: the :class:`kvprism.photonics.PhotonicEngine` (a physical model of a microring weight bank) built
@@ -17,7 +17,9 @@ the ``sink_blocks`` first blocks holding real (non-padding) tokens, the top-``k`
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +35,23 @@ from kvprism.signatures import PROJECTIONS, SIGNATURES, fit_projection, project
 
 __all__ = [
     "BACKENDS",
+    "SCORERS",
     "BlockSelector",
     "ExactBackend",
+    "ExactScorer",
     "PhotonicBackend",
+    "PhotonicScorer",
     "ScoreBackend",
+    "Scorer",
     "SelectionConfig",
     "block_signatures",
     "fit_layer_projection",
     "group_backends",
+    "group_scorers",
     "layer_probe",
     "needs_queries",
     "register_backend",
+    "register_scorer",
     "resolve_heads",
     "signature_settings",
 ]
@@ -99,14 +107,14 @@ class SelectionConfig(ConfigBase):
     )
     sink_blocks: int = param(1, doc="First blocks (of real tokens) always read (attention sinks).", unit="blocks", ge=0)
     window: int = param(64, doc="Most recent tokens always read.", unit="tokens", ge=0)
-    backend: str = param(
+    scorer: str = param(
         "exact",
-        doc="Scoring backend: a name in kvprism.selection.BACKENDS ('exact', 'photonic', 'seed-as-published').",
+        doc="What ranks the blocks: a name in kvprism.selection.SCORERS ('exact', 'photonic', 'seed-as-published').",
     )
     photonic: object = param(
         "seed-nominal",
-        doc="For backend='photonic': a PhotonicConfig preset name or a PhotonicConfig instance; for "
-        "backend='seed-as-published': a kvprism.seed_published.SeedPublishedConfig (other values: its defaults).",
+        doc="For scorer='photonic': a PhotonicConfig preset name or a PhotonicConfig instance; for "
+        "scorer='seed-as-published': a kvprism.seed_published.SeedPublishedConfig (other values: its defaults).",
     )
     heads: object = param(
         "all",
@@ -115,9 +123,18 @@ class SelectionConfig(ConfigBase):
     )
     seed: int = param(0, doc="Seed of random projections and of the photonic engine's noise/fabrication draws.")
 
+    #: old field name -> new one (accepted with a DeprecationWarning by the constructor, replace and from_dict)
+    _renamed: ClassVar[dict[str, str]] = {"backend": "scorer"}
+
+    @property
+    def backend(self) -> str:
+        """Deprecated name of :attr:`scorer`."""
+        _warn_renamed("SelectionConfig.backend", "SelectionConfig.scorer")
+        return self.scorer
+
     def _check(self) -> None:
-        if self.backend not in BACKENDS:
-            self._fail("backend", self.backend, f"allowed: {', '.join(map(repr, BACKENDS))}")
+        if self.scorer not in SCORERS:
+            self._fail("scorer", self.scorer, f"allowed: {', '.join(map(repr, SCORERS))}")
         if not isinstance(self.photonic, str) and type(self.photonic).__name__ not in (
             "PhotonicConfig",
             "SeedPublishedConfig",
@@ -137,6 +154,21 @@ class SelectionConfig(ConfigBase):
             object.__setattr__(self, "heads", tuple(tuple(row) for row in h))
         else:
             self._fail("heads", h, "must be 'all', a JSON file path or a nested bool mask")
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+
+_dataclass_init = SelectionConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _selection_init(self: SelectionConfig, *args: Any, **kwargs: Any) -> None:
+    _dataclass_init(self, *args, **type(self).renamed_fields(kwargs))
+
+
+SelectionConfig.__init__ = _selection_init  # type: ignore[method-assign]
 
 
 def _photonic_presets() -> list[str]:
@@ -178,9 +210,9 @@ def derive_seed(seed: int, layer_idx: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + layer_idx * 7919 + salt * 104_729) % (2**63 - 1)
 
 
-# ------------------------------------------------------------------------------------------------------- backends
-class ScoreBackend(Protocol):
-    """What the selector needs from a scoring backend. Leading dims ``[*L]`` are independent banks."""
+# -------------------------------------------------------------------------------------------------------- scorers
+class Scorer(Protocol):
+    """What the selector needs from a scorer. Leading dims ``[*L]`` are independent banks."""
 
     counters: dict[str, int]
 
@@ -191,24 +223,24 @@ class ScoreBackend(Protocol):
     def feasibility(self) -> Any: ...
 
 
-#: backend name -> class taking ``(sel: SelectionConfig, seed: int)``
-BACKENDS: dict[str, type] = {}
+#: scorer name -> class taking ``(sel: SelectionConfig, seed: int)``
+SCORERS: dict[str, type] = {}
 
 
-def register_backend(name: str):
-    """Class decorator adding a scoring backend to :data:`BACKENDS`."""
+def register_scorer(name: str):
+    """Class decorator adding a scorer to :data:`SCORERS`."""
 
     def deco(cls: type) -> type:
-        BACKENDS[name] = cls
+        SCORERS[name] = cls
         cls.name = name
         return cls
 
     return deco
 
 
-@register_backend("exact")
+@register_scorer("exact")
 @dataclass
-class ExactBackend:
+class ExactScorer:
     """fp32 dot products of the programmed rows with the query: the ideal selector."""
 
     sel: SelectionConfig
@@ -246,8 +278,8 @@ class ExactBackend:
         return None
 
 
-@register_backend("photonic")
-class PhotonicBackend:
+@register_scorer("photonic")
+class PhotonicScorer:
     """Adapter to :class:`kvprism.photonics.PhotonicEngine`; one engine per layer, banks = ``[batch, KV heads]``."""
 
     name: ClassVar[str] = "photonic"
@@ -284,18 +316,32 @@ class PhotonicBackend:
         return self.engine.feasibility()
 
 
-def group_backends(selectors: Sequence[BlockSelector]) -> Any:
-    """Let the scoring backends of selectors that decode in lockstep (one per layer of a model) share what they can
-    do together: for ``photonic`` backends an :class:`kvprism.photonics.EngineGroup` (one batched drift sample and
+def group_scorers(selectors: Sequence[BlockSelector]) -> Any:
+    """Let the scorers of selectors that decode in lockstep (one per layer of a model) share what they can do
+    together: for ``photonic`` scorers an :class:`kvprism.photonics.EngineGroup` (one batched drift sample and
     W_eff refresh per decode step for all layers; each layer's draws, weights and counters are those it has alone).
-    Returns the group, or None where there is nothing to share (fewer than two selectors, other backends, an engine
+    Returns the group, or None where there is nothing to share (fewer than two selectors, other scorers, an engine
     implementation without groups: each layer then samples its own drift, with the same results)."""
-    backends = [s.backend for s in selectors]
-    if len(backends) < 2 or not all(isinstance(b, PhotonicBackend) for b in backends):
+    scorers = [s.scorer for s in selectors]
+    if len(scorers) < 2 or not all(isinstance(b, PhotonicScorer) for b in scorers):
         return None
     from kvprism.photonics import EngineGroup
 
-    return EngineGroup([b.engine for b in backends])
+    return EngineGroup([b.engine for b in scorers])
+
+
+# names of one release before the scorer vocabulary (same objects)
+BACKENDS = SCORERS
+ScoreBackend = Scorer
+ExactBackend = ExactScorer
+PhotonicBackend = PhotonicScorer
+group_backends = group_scorers
+
+
+def register_backend(name: str):
+    """Deprecated name of :func:`register_scorer`."""
+    _warn_renamed("kvprism.selection.register_backend", "kvprism.selection.register_scorer")
+    return register_scorer(name)
 
 
 # ------------------------------------------------------------------------------------------------------- selector
@@ -376,8 +422,9 @@ def block_signatures(
 
 
 class BlockSelector:
-    """Selection state of one layer: projection, signatures programmed into a backend (one bank per (batch row,
-    KV head)), GQA reduction and top-k.
+    """Selection state of one layer: projection, signatures programmed into a scorer (one bank per (batch row,
+    KV head)), GQA reduction and top-k. :attr:`scorer` is the scorer object (:attr:`backend` is the same object
+    under its older name).
 
     Args:
         sel: the selection config.
@@ -398,11 +445,16 @@ class BlockSelector:
         self.probe: torch.Tensor | None = None  # [B, H, P, d_sig] projected prefill queries (signature 'reps')
         self.scaling = 1.0  # the model's softmax scale (set by fit)
         self.temperature: torch.Tensor | None = None  # [B, H] fitted score temperature (projection 'learned')
-        self.backend: ScoreBackend = BACKENDS[sel.backend](sel, derive_seed(sel.seed, layer_idx, 1))
+        self.scorer: Scorer = SCORERS[sel.scorer](sel, derive_seed(sel.seed, layer_idx, 1))
         self.n_blocks = 0  # rows programmed per bank
         self.rows_programmed = 0  # rows written over all banks (initial programming + appends)
         self.selection_calls = 0
         self.fitted = False
+
+    @property
+    def backend(self) -> Scorer:
+        """The scorer object (older name of :attr:`scorer`)."""
+        return self.scorer
 
     # ---------------------------------------------------------------- projection and signatures
     @property
@@ -467,7 +519,7 @@ class BlockSelector:
 
     def program(self, signatures: torch.Tensor) -> None:
         """Program all rows ``[B, H, N*R, w]`` (end of prefill)."""
-        self.backend.program(signatures)
+        self.scorer.program(signatures)
         self.n_blocks = signatures.shape[-2] // self.rows_per_block
         self.rows_programmed += signatures[..., 0].numel()
 
@@ -478,7 +530,7 @@ class BlockSelector:
         if self.n_blocks == 0:
             self.program(signatures)
             return
-        self.backend.append(signatures)
+        self.scorer.append(signatures)
         self.n_blocks += signatures.shape[-2] // self.rows_per_block
         self.rows_programmed += signatures[..., 0].numel()
 
@@ -494,7 +546,7 @@ class BlockSelector:
         """Block scores ``[B, H, N]`` of the query group ``[B, H, G, D]`` after GQA reduction (and, for multi-row
         signatures, the max over each block's rows)."""
         enc = self.encode_query(query)
-        s = self.backend.scores(enc.sum(2)) if self.sel.gqa_reduce == "sum" else self.backend.scores(enc).amax(2)
+        s = self.scorer.scores(enc.sum(2)) if self.sel.gqa_reduce == "sum" else self.scorer.scores(enc).amax(2)
         r = self.rows_per_block
         return s if r == 1 else s.reshape(*s.shape[:-1], s.shape[-1] // r, r).amax(-1)
 
@@ -537,7 +589,7 @@ class BlockSelector:
     def select_range(self, query: torch.Tensor, lo: int, hi: int, k: int | None = None) -> torch.Tensor:
         """Top-k among the contiguous candidate blocks ``[lo, hi)`` of every bank, scored by the fused kernel of
         :func:`kvprism.kernels.score_topk` (Triton on CUDA, its torch reference elsewhere). Same contract as
-        :meth:`select` for that candidate set; ``exact`` backend only (the rows it scores are the programmed fp32
+        :meth:`select` for that candidate set; ``exact`` scorer only (the rows it scores are the programmed fp32
         signatures). Ties: the lower block id first.
 
         Args:
@@ -546,8 +598,8 @@ class BlockSelector:
         """
         from kvprism.kernels import score_topk
 
-        if self.sel.backend != "exact":
-            raise ConfigError(f"select_range scores the exact backend's rows; backend is {self.sel.backend!r}")
+        if self.sel.scorer != "exact":
+            raise ConfigError(f"select_range scores the exact scorer's rows; scorer is {self.sel.scorer!r}")
         k = self.sel.k if k is None else k
         b, h, g, _ = query.shape
         if not 0 <= lo <= hi <= self.n_blocks:
@@ -561,18 +613,18 @@ class BlockSelector:
         if k == 0 or hi == lo:
             return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)
         enc = self.encode_query(query)  # [B, H, G, w] float32
-        self.backend.counters["evaluations"] += b * h * (1 if self.sel.gqa_reduce == "sum" else g)
+        self.scorer.counters["evaluations"] += b * h * (1 if self.sel.gqa_reduce == "sum" else g)
         n_valid = torch.full((b,), hi - lo, dtype=torch.int32, device=query.device)
-        rows = self.backend.rows[:, :, lo:hi]
+        rows = self.scorer.rows[:, :, lo:hi]
         idx = score_topk(enc.reshape(b, h * g, -1), rows, n_valid, k, self.sel.gqa_reduce)
         idx = torch.where(idx >= 0, idx + lo, idx)
         return idx.masked_fill(~self.head_mask.to(idx.device)[None, :, None], -1)
 
     def advance(self, steps: int = 1) -> None:
-        self.backend.advance(steps)
+        self.scorer.advance(steps)
 
 
-# the seed's simplified impairment model (kvprism.seed_published) registers itself as backend "seed-as-published"
+# the seed's simplified impairment model (kvprism.seed_published) registers itself as scorer "seed-as-published"
 from kvprism.seed_published import _register as _register_seed_published  # noqa: E402
 
 _register_seed_published()

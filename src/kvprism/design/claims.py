@@ -119,7 +119,15 @@ def _niah_contexts(model: Any, s: ClaimsSettings, tokens_margin: int = 192) -> t
 
 
 # ------------------------------------------------------------------------------------------------------ sections
-def _section_niah(model: Any, tokenizer: Any, s: ClaimsSettings, out: Path, show_progress: bool) -> dict[str, Any]:
+def _section_niah(
+    model: Any,
+    tokenizer: Any,
+    s: ClaimsSettings,
+    out: Path,
+    on_progress: Any,
+    executor: Any = None,
+    model_factory: Any = None,
+) -> dict[str, Any]:
     from kvprism.eval.runner import EvalConfig, Runner, read_results
 
     contexts, skipped = _niah_contexts(model, s)
@@ -145,7 +153,9 @@ def _section_niah(model: Any, tokenizer: Any, s: ClaimsSettings, out: Path, show
         mode="niah",
         max_new_tokens=s.max_new_tokens,
         model_name=s.model_name,
-        show_progress=show_progress,
+        on_progress=on_progress,
+        executor=executor,
+        model_factory=model_factory,
     )
     runner.run()
     rows = read_results(out / "niah" / "results.jsonl")
@@ -590,10 +600,15 @@ def run_claims(
     *,
     reference: ReferenceSet | None = None,
     show_progress: bool = False,
+    on_progress: Any = None,
     console: Any = None,
+    executor: Any = None,
+    model_factory: Any = None,
 ) -> dict[str, Path]:
     """Measure every claim and write ``claims.md``, ``claims.json`` and the plots into ``out_dir``; returns the
-    written paths by name. ``reference`` overrides the bits section's reference set."""
+    written paths by name. ``reference`` overrides the bits section's reference set; ``on_progress`` receives the
+    NIAH grid's :class:`kvprism.eval.runner.Progress` events; ``executor`` / ``model_factory`` run that grid elsewhere
+    (see :class:`kvprism.eval.runner.Runner`)."""
     from kvprism.design.capture import reference_set
 
     s = settings or ClaimsSettings()
@@ -605,7 +620,8 @@ def run_claims(
             console.print(f"[dim]{msg}[/]")
 
     say("claim 1: NIAH in the loop (resumable) ...")
-    sections: dict[str, dict[str, Any]] = {"niah": _section_niah(model, tokenizer, s, out, show_progress)}
+    niah = _section_niah(model, tokenizer, s, out, on_progress, executor, model_factory)
+    sections: dict[str, dict[str, Any]] = {"niah": niah}
     say("claims 2–4: traffic, energy, scaling (energy model) ...")
     sections["traffic"] = _section_traffic(s, sections["niah"])
     sections["energy"] = _section_energy(s)

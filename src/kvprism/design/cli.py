@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kvprism.cli_common import AddressOpt, ExecutorOpt, GpusPerWorkerOpt, WorkersOpt, executor_of
+from kvprism.cli_common import AddressOpt, ExecutorOpt, GpusPerWorkerOpt, WorkersOpt, executor_of, model_factory
 from kvprism.errors import KvprismError
 
 design_app = typer.Typer(
@@ -216,17 +216,25 @@ def claims(
     depths: Annotated[str, typer.Option(help="NIAH depths.")] = "0.5",
     k: Annotated[int, typer.Option(help="Blocks selected (the paper: 32).", min=1)] = 32,
     seed: _SeedOpt = 0,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
 ) -> None:
     """Each quantitative claim of the PRISM abstract next to what kvprism measures: (a) the seed's own impairment
-    model (seed-as-published), (b) seed-nominal with the physical model, (c) a feasible preset where one ships."""
+    model (seed-as-published), (b) seed-nominal with the physical model, (c) a feasible preset where one ships.
+    The NIAH grid runs on Ray workers with --executor ray."""
     from kvprism.design.claims import ClaimsSettings, run_claims
     from kvprism.hf.models import load_model
 
+    ex = executor_of(executor, address, workers, gpus_per_worker)
     with console.status(f"loading {model} ..."):
         mdl, tok = load_model(model, device=device)
     ctx = _ints(contexts, "contexts") if contexts else None
     dep = tuple(float(x) for x in depths.split(",") if x.strip())
     settings = ClaimsSettings(model_name=model, contexts=ctx, depths=dep, k=k, seed=seed)
-    written = run_claims(mdl, tok, out, settings, show_progress=True, console=console)
+    factory = model_factory(model, device=device)
+    written = run_claims(mdl, tok, out, settings, show_progress=True, console=console, executor=ex,
+                         model_factory=factory)  # fmt: skip
     for name, path in written.items():
         console.print(f"{name:>10}  {path}")

@@ -333,16 +333,11 @@ def print_summary(summary: dict[str, Any], console) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- files
-def _atomic_write(path: Path, write) -> None:
-    """:func:`kvprism.io.atomic_write` (temp file beside ``path``, umask respected, rename)."""
-    from kvprism.io import atomic_write
-
-    atomic_write(path, write)
-
-
 def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write the three plots and ``energy_summary.json`` into ``out_dir`` (each file atomically); returns paths."""
     import matplotlib
+
+    from kvprism.io import atomic_write
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -356,7 +351,7 @@ def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
     def save(fig, name: str) -> None:
         p = out / name
-        _atomic_write(p, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+        atomic_write(p, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
         plt.close(fig)
         paths.append(p)
 
@@ -414,6 +409,6 @@ def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
     summary = dict(summary, plots=[p.name for p in paths])
     js = out / SUMMARY_NAME
-    _atomic_write(js, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2), encoding="utf-8"))
+    atomic_write(js, json.dumps(summary, indent=2))
     paths.append(js)
     return paths

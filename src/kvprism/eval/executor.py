@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -30,8 +30,8 @@ from kvprism.errors import ConfigError, KvprismError
 __all__ = ["EXECUTORS", "LocalExecutor", "RayExecutor", "make_executor", "require_ray"]
 
 U = TypeVar("U")
-#: a worker: one unit in, its cells out
-Worker = Callable[[Any], list[dict[str, Any]]]
+#: a worker: one unit in, its cells out (a list, or an iterator yielding each cell as soon as it is computed)
+Worker = Callable[[Any], Iterable[dict[str, Any]]]
 
 EXECUTORS = ("local", "ray")
 
@@ -48,7 +48,8 @@ def require_ray() -> Any:
 
 
 class LocalExecutor:
-    """Runs every unit in this process with ``worker`` (the model already loaded here)."""
+    """Runs every unit in this process with ``worker`` (the model already loaded here), handing each cell to
+    ``on_result`` as soon as the worker yields it (an interrupt loses at most the cell in flight)."""
 
     name = "local"
 
@@ -59,7 +60,8 @@ class LocalExecutor:
         on_result: Callable[[U, list[dict[str, Any]]], None],
     ) -> None:
         for unit in units:
-            on_result(unit, worker(unit))
+            for cell in worker(unit):
+                on_result(unit, [cell])
 
 
 class _RayWorker:
@@ -74,7 +76,7 @@ class _RayWorker:
     def run(self, unit: Any) -> tuple[list[dict[str, Any]], float]:
         """The unit's cells and the seconds this worker spent computing them."""
         t0 = time.perf_counter()
-        cells = self._worker(unit)
+        cells = list(self._worker(unit))
         return cells, time.perf_counter() - t0
 
 

@@ -96,13 +96,12 @@ def outside_mass(attn: torch.Tensor, sink_tokens: int, window_tokens: int) -> to
     return (rows * mask).sum(-1).mean(dim=(0, 2))
 
 
-def selection_sink_window() -> tuple[int, int]:
-    """(sink tokens, window tokens) that block selection always reads by default: ``SelectionConfig()``'s
-    ``sink_blocks · block_size`` and ``window``, so R_h measures exactly what a streaming head would miss; the
-    module defaults where ``kvprism.selection`` is not installed."""
+def selection_sink_window(sel: Any = None) -> tuple[int, int]:
+    """(sink tokens, window tokens) that block selection under ``sel`` (default ``SelectionConfig()``) always reads:
+    ``sink_blocks · block_size`` and ``window``, so R_h measures exactly what a streaming head would miss."""
     from kvprism.selection import SelectionConfig
 
-    sel = SelectionConfig()
+    sel = SelectionConfig() if sel is None else sel
     return sel.sink_blocks * sel.block_size, sel.window
 
 
@@ -201,15 +200,10 @@ def run_profile(
     return HeadProfile(scores, mask, sink_tokens, window_tokens, fraction, threshold, text_tokens, seed, model_name)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """:func:`kvprism.io.atomic_write` (kept for callers of the old private helper)."""
-    atomic_write(path, write)
-
-
 def save_mask(profile: HeadProfile, path: str | Path) -> Path:
     """Write the mask JSON atomically (temp file + rename)."""
     path = Path(path)
-    _atomic_write(path, lambda p: p.write_text(json.dumps(profile.to_json(), indent=1) + "\n"))
+    atomic_write(path, json.dumps(profile.to_json(), indent=1) + "\n")
     return path
 
 
@@ -250,25 +244,14 @@ def load_mask(path: str | Path) -> list[list[bool]]:
 
 def plot_heatmap(profile: HeadProfile, path: str | Path, title: str = "") -> Path:
     """Heatmap PNG of R_h (layers × KV heads); retrieval heads are marked with a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kvprism.eval.plots import heatmap
 
     scores = profile.scores.numpy()
     layers, kv_heads = scores.shape
-    fig, ax = plt.subplots(figsize=(2.0 + 0.6 * kv_heads, 1.5 + 0.22 * layers))
-    im = ax.imshow(scores, aspect="auto", cmap="viridis", origin="lower")
     ys, xs = torch.nonzero(profile.mask, as_tuple=True)
-    ax.scatter(xs.numpy(), ys.numpy(), s=10, c="white", marker="o", label="retrieval head")
-    ax.set_xlabel("KV head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(kv_heads))
-    ax.set_title(title or f"R_h (mass outside sink {profile.sink_tokens} + window {profile.window_tokens})", fontsize=9)
-    fig.colorbar(im, ax=ax, label="R_h")
-    ax.legend(loc="upper right", fontsize=7, framealpha=0.6)
-    fig.tight_layout()
-    path = Path(path)
-    _atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
-    return path
+    return heatmap(
+        scores, path, xticks=range(kv_heads), yticks=range(layers), xlabel="KV head", ylabel="layer",
+        title=title or f"R_h (mass outside sink {profile.sink_tokens} + window {profile.window_tokens})",
+        colorbar="R_h", marks=(ys.tolist(), xs.tolist()), marks_label="retrieval head",
+        figsize=(2.0 + 0.6 * kv_heads, 1.5 + 0.22 * layers), dpi=120,
+    )  # fmt: skip

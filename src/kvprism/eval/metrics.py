@@ -15,6 +15,7 @@ cell cannot restrict attention and must be reported as such, not as a perfect sc
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -165,3 +166,101 @@ def summarize(values: list[float] | torch.Tensor) -> dict[str, float | int | Non
         "n": int(finite.numel()),
         "n_nan": int(t.numel() - finite.numel()),
     }
+
+
+# ------------------------------------------------------------------------------------------------ per-cell metrics
+def finite_mean(t: torch.Tensor) -> float | None:
+    """Mean of the finite entries of ``t`` (None when there is none)."""
+    t = t.float()
+    t = t[torch.isfinite(t)]
+    return float(t.mean()) if t.numel() else None
+
+
+def table_4(t: torch.Tensor) -> list[list[float | None]]:
+    """``[L, H]`` -> nested lists with NaN as None, 4 decimals."""
+    return [[None if v != v else round(float(v), 4) for v in row] for row in t]
+
+
+def trace_metrics(
+    trace: list[dict[int, dict[str, torch.Tensor]]],
+    prefilled: Any,
+    sel: Any,
+    sample: Any,
+    reference_blocks: dict[int, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Selection metrics of one cell from its decode trace and the dense prefilled keys.
+
+    Block recall@k and attention mass captured use the dense softmax of each step's traced (post-RoPE) query over the
+    ``T`` prefilled keys (tokens generated during decode always lie in the recent window and are left out); they are
+    averaged over decode steps. Recall is taken over the step's candidate blocks (:class:`kvprism.layout.BlockLayout`)
+    with each block's mass over its tokens before the tail (:func:`kvprism.eval.metrics.selectable_block_mass`). Needle hit and signature recall are taken at the first decode step (the one that
+    produces the first answer token). Heads that select no block at all (streaming heads of a head mask) count as
+    not applicable (NaN) for the recall metrics.
+
+    Returns:
+        scalar means plus ``per_layer`` ``[L][Hkv]`` tables of the first-step values.
+    """
+    n_tok = prefilled.get_seq_length()
+    geometry = BlockGeometry.of(sel)
+    n_slots = -(-n_tok // sel.block_size)
+    # the candidate set of the first decode step (its cache holds the prefill and the step's own token)
+    eligible = BlockLayout.from_lengths(n_tok + 1, geometry).candidates[0, :n_slots]
+    spans = sample.target_spans
+    recall_steps, mass_steps = [], []
+    first: dict[str, list[torch.Tensor]] = {"block_recall": [], "mass_captured": [], "needle_hit": [], "sig": []}
+    layers = sorted(trace[0]) if trace else []
+    for step, per_layer in enumerate(trace):
+        step_recall, step_mass = [], []
+        for layer in layers:
+            rec = per_layer[layer]
+            keys = prefilled.layers[layer].keys
+            probs = attention_probs(rec["query"].float().cpu(), keys.float().cpu())
+            # the step's own layout: the candidates selection chose from, the tokens read anyway
+            layout = BlockLayout.from_lengths(rec["token_mask"].shape[-1], geometry)
+            mask = rec["token_mask"][..., :n_tok].cpu()
+            blocks = rec["blocks"].cpu()
+            mass = selectable_block_mass(group_mean(probs, keys.shape[1]), layout)
+            step_eligible = layout.candidates[0, :n_slots]
+            recall = recall_at_k(blocks, mass, sel.k, step_eligible)
+            recall = torch.where((blocks >= 0).any(-1), recall, torch.full_like(recall, float("nan")))
+            captured = mass_captured(probs, mask)
+            step_recall.append(recall[0])
+            step_mass.append(captured[0])
+            if step == 0:
+                first["block_recall"].append(recall[0])
+                first["mass_captured"].append(captured[0])
+                if spans:
+                    hits = torch.stack([needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
+                    first["needle_hit"].append(hits.mean(0))
+                if reference_blocks is not None and layer in reference_blocks:
+                    first["sig"].append(selection_recall(blocks, reference_blocks[layer], eligible)[0])
+        recall_steps.append(torch.stack(step_recall))
+        mass_steps.append(torch.stack(step_mass))
+    out: dict[str, Any] = {
+        "eligible_blocks": int(eligible.sum()),
+        "block_recall": finite_mean(torch.stack(recall_steps)) if recall_steps else None,
+        "mass_captured": finite_mean(torch.stack(mass_steps)) if mass_steps else None,
+        "block_recall_first": finite_mean(torch.stack(first["block_recall"])) if layers else None,
+        "mass_captured_first": finite_mean(torch.stack(first["mass_captured"])) if layers else None,
+        "needle_hit": finite_mean(torch.stack(first["needle_hit"])) if first["needle_hit"] else None,
+        "signature_recall": finite_mean(torch.stack(first["sig"])) if first["sig"] else None,
+        "signature_recall_layer0": finite_mean(first["sig"][0]) if first["sig"] else None,
+        "per_layer": {
+            name: table_4(torch.stack(first[key]))
+            for name, key in (
+                ("block_recall", "block_recall"),
+                ("mass_captured", "mass_captured"),
+                ("needle_hit", "needle_hit"),
+                ("signature_recall", "sig"),
+            )
+            if first[key]
+        },
+    }
+    return out
+
+
+def first_step_blocks(trace: list[dict[int, dict[str, torch.Tensor]]] | None) -> dict[int, torch.Tensor] | None:
+    """``layer -> blocks [B, Hkv, k]`` selected at the first decode step of a trace (None without a trace)."""
+    if not trace:
+        return None
+    return {layer: rec["blocks"].cpu() for layer, rec in trace[0].items()}

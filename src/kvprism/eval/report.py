@@ -8,7 +8,7 @@ written, so a failure part-way -- a full disk -- leaves the previous report file
   mean/min/max/n, NaN = not applicable skipped), the cells where selection could not restrict attention, the
   context × depth grids and the time split (prefill, counted once per prefilled prompt, vs decode);
 - ``heatmap_<mode>_<config>.png``: accuracy (``niah``) or block recall (``recall``) over context × depth;
-- ``ksweep_<mode>.png``: accuracy / block recall and read fraction against k per backend;
+- ``ksweep_<mode>.png``: accuracy / block recall and read fraction against k per method;
 - ``report.md``: the tables above plus the feasibility verdict of every photonic preset used.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
+from kvprism.eval.plots import heatmap, pyplot
 from kvprism.eval.store import REQUIRED_FIELDS, RESULTS_FILE, dedupe, read_cells
 from kvprism.io import AtomicBatch
 
@@ -133,12 +134,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for name, cells in configs.items():
             first = cells[0]
             entry: dict[str, Any] = {
-                "backend": first["backend"],
+                "method": first["method"],
                 "k": first.get("k"),
                 "preset": first.get("preset"),
                 "cells": len(cells),
-                "not_restricted": sum(1 for c in cells if c["backend"] != "dense" and not c.get("restricted")),
-                "cannot_restrict": sum(1 for c in cells if c["backend"] != "dense" and not c.get("can_restrict")),
+                "not_restricted": sum(1 for c in cells if c["method"] != "dense" and not c.get("restricted")),
+                "cannot_restrict": sum(1 for c in cells if c["method"] != "dense" and not c.get("can_restrict")),
             }
             for m in METRICS:
                 entry[m] = M.summarize(_vals(cells, m))
@@ -160,15 +161,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path, batch: AtomicBatch | None) -> None:
     def write(p: Path) -> None:
         fig.savefig(p, dpi=110, format="png")
@@ -183,42 +175,25 @@ def _save(fig: Any, path: Path, batch: AtomicBatch | None) -> None:
 def plot_heatmap(entry: dict[str, Any], title: str, path: Path, batch: AtomicBatch | None = None) -> Path:
     """Context × depth heatmap of ``entry["grid"]`` (values in [0, 1]; empty cells blank); staged in ``batch``
     when given, else written atomically at once."""
-    import numpy as np
-
-    plt = _plt()
     grid = entry["grid"]
     ctxs = sorted(grid, key=int)
     depths = sorted({d for row in grid.values() for d in row}, key=float)
-    data = np.array([[np.nan if grid[c].get(d) is None else grid[c][d] for d in depths] for c in ctxs], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(depths), 1.4 + 0.55 * len(ctxs)))
-    im = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto", origin="lower")
-    for i in range(len(ctxs)):
-        for j in range(len(depths)):
-            if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(depths)), depths)
-    ax.set_yticks(range(len(ctxs)), ctxs)
-    ax.set_xlabel("needle depth")
-    ax.set_ylabel("context (tokens)")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label=entry["grid_metric"])
-    fig.tight_layout()
-    try:
-        _save(fig, path, batch)
-    finally:
-        plt.close(fig)
-    return path
+    data = [[float("nan") if grid[c].get(d) is None else grid[c][d] for d in depths] for c in ctxs]
+    return heatmap(
+        data, path, xticks=depths, yticks=ctxs, xlabel="needle depth", ylabel="context (tokens)", title=title,
+        colorbar=entry["grid_metric"], cmap="RdYlGn", vmin=0.0, vmax=1.0, annotate=True, batch=batch,
+    )  # fmt: skip
 
 
 def plot_ksweep(mode: str, configs: dict[str, Any], path: Path, batch: AtomicBatch | None = None) -> Path | None:
-    """Accuracy (or block recall) and read fraction against k, one line per backend/preset; dense as a line."""
-    plt = _plt()
+    """Accuracy (or block recall) and read fraction against k, one line per method/preset; dense as a line."""
+    plt = pyplot()
     series: dict[str, list[tuple[int, Any, Any]]] = defaultdict(list)
     metric = "correct" if mode == "niah" else "block_recall"
     for entry in configs.values():
-        if entry["backend"] == "dense":
+        if entry["method"] == "dense":
             continue
-        label = entry["preset"] or entry["backend"]
+        label = entry["preset"] or entry["method"]
         series[label].append((entry["k"], entry[metric]["mean"], entry["read_fraction_mean"]["mean"]))
     if not series:
         return None

@@ -12,21 +12,28 @@ output directory skips exactly the cells finished under the same settings and re
 configuration already there. Killing the run at any moment loses at most the cell in flight and never computes a
 finished cell twice; :attr:`Runner.summary` tells how far it got.
 
-The per-configuration decode is a callable (:data:`DecodeFn`) so the bookkeeping can be tested with any decoder;
-:func:`default_decode` uses a forked ``DynamicCache`` for ``dense`` and ``kvprism.hf.cache.SparseCache`` otherwise.
-CPU threads: call :func:`kvprism.runtime.set_threads` (the CLI's ``--threads``) before running.
+Each point is one *unit* of work (:class:`Unit`: the point and its missing cells), computed by a
+:class:`PointEvaluator` -- in this process, or on Ray workers that each hold their own copy of the model
+(``executor``: :mod:`kvprism.eval.executor`). Whatever computes a unit, its cells come back here and this process
+alone writes them to the store, skipping any key already stored, so no cell is lost or stored twice.
+
+This module orchestrates; the parts live beside it: :mod:`kvprism.eval.grid` (configurations, grid files),
+:mod:`kvprism.eval.decode` (prefill and the greedy loop), :mod:`kvprism.eval.metrics` (per-cell trace metrics),
+:mod:`kvprism.eval.store` (the store) and :mod:`kvprism.eval.report` (summaries and plots). Progress is reported to
+an ``on_progress`` callback (:class:`Progress` events); the library draws nothing. CPU threads: call
+:func:`kvprism.runtime.set_threads` (the CLI's ``--threads``) before running.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as _dt
+import functools
 import inspect
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,25 @@ import torch
 
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
+from kvprism.eval.decode import (  # re-exported: the decode path used to live here
+    DecodeFn,
+    DecodeOutput,
+    default_decode,
+    eos_ids,
+    fork_dynamic_cache,
+    greedy_decode,
+    prefill,
+)
+from kvprism.eval.executor import LocalExecutor
+from kvprism.eval.grid import (  # re-exported: configurations used to live here
+    MODES,
+    EvalConfig,
+    Point,
+    build_configs,
+    parse_list,
+    validate_configs,
+)
+from kvprism.eval.metrics import first_step_blocks, trace_metrics  # re-exported
 from kvprism.eval.store import (  # re-exported: the store's public API used to live here
     RESULTS_FILE,
     RUN_FILE,
@@ -53,298 +79,58 @@ __all__ = [
     "MODES",
     "RESULTS_FILE",
     "RUN_FILE",
+    "CellSpec",
+    "DecodeFn",
     "DecodeOutput",
     "EvalConfig",
+    "EvalSettings",
     "Point",
+    "PointEvaluator",
+    "Progress",
+    "ProgressFn",
     "RunSummary",
     "Runner",
+    "Unit",
     "append_result",
     "build_configs",
     "cell_key",
     "check_out_dir",
     "default_decode",
+    "eos_ids",
+    "first_step_blocks",
     "fork_dynamic_cache",
     "greedy_decode",
+    "iter_cells",
     "jsonable",
     "parse_list",
+    "prefill",
     "read_results",
+    "remote_evaluator",
     "repair_results",
+    "trace_metrics",
     "validate_configs",
 ]
 
-MODES = ("niah", "recall")
 
-
-# -------------------------------------------------------------------------------------------------- configurations
 @dataclass(frozen=True)
-class EvalConfig:
-    """One decode configuration of the grid.
+class Progress:
+    """One progress event of :meth:`Runner.run`.
 
-    ``backend`` is ``dense`` (no selection), ``exact`` (block selection on exact signature scores) or ``photonic``
-    (scores from the photonic engine with hardware ``preset``). ``selection`` holds extra ``SelectionConfig`` fields
-    shared by all non-dense configurations (e.g. ``block_size``, ``heads``).
+    ``kind``: ``"start"`` (before the first cell; ``total`` known), ``"prefill"`` (a prompt is about to be
+    prefilled), ``"decode"`` (a configuration is about to decode ``point``) or ``"cell"`` (a cell was stored;
+    ``record`` is what went into ``results.jsonl``). ``done`` / ``total`` count the cells of this invocation.
     """
 
-    name: str
-    backend: str
-    k: int | None = None
-    preset: str | None = None
-    selection: dict[str, Any] = field(default_factory=dict)
-
-    def selection_config(self) -> Any:
-        """The ``kvprism.selection.SelectionConfig`` of this configuration (``None`` for dense)."""
-        if self.backend == "dense":
-            return None
-        from kvprism.selection import SelectionConfig
-
-        kw: dict[str, Any] = {"k": self.k, "backend": self.backend, **self.selection}
-        if self.backend == "photonic":
-            kw["photonic"] = self.preset
-        return SelectionConfig(**kw)
-
-    def describe(self) -> dict[str, Any]:
-        return {"config": self.name, "backend": self.backend, "k": self.k, "preset": self.preset}
+    kind: str
+    done: int
+    total: int
+    point: Point | None = None
+    config: str | None = None
+    record: dict[str, Any] | None = None
 
 
-def build_configs(names: Sequence[str], ks: Sequence[int], selection: dict[str, Any] | None = None) -> list[EvalConfig]:
-    """Expand configuration names × k: ``dense`` once; ``exact`` and every photonic preset name once per k.
-    Dense comes first (its step-0 logits are the KL reference)."""
-    if not names:
-        raise KvprismError("configs is empty; give at least one of: dense, exact, <photonic preset>")
-    for k in ks:
-        if k < 1:
-            raise KvprismError(f"k = {k} is invalid; allowed range: k >= 1")
-    selection = dict(selection or {})
-    out: list[EvalConfig] = []
-    seen: set[str] = set()
-    for name in ["dense"] * ("dense" in names) + [n for n in names if n != "dense"]:
-        if name == "dense":
-            cfgs = [EvalConfig("dense", "dense")]
-        else:
-            if not ks:
-                raise KvprismError("k is empty; give at least one k >= 1 for selection configurations")
-            backend = "exact" if name == "exact" else "photonic"
-            preset = None if backend == "exact" else name
-            sel = selection
-            if preset is not None and "d_sig" not in selection:  # one comb line per signature dimension
-                from kvprism.photonics import PhotonicConfig
-
-                if preset in PhotonicConfig.presets():
-                    sel = {**selection, "d_sig": PhotonicConfig.preset(preset).n_lines}
-            cfgs = [EvalConfig(f"{name}-k{k}", backend, k, preset, sel) for k in ks]
-        for c in cfgs:
-            if c.name not in seen:
-                seen.add(c.name)
-                out.append(c)
-    return out
-
-
-def validate_configs(configs: Sequence[EvalConfig]) -> None:
-    """Fail early, before any work: every preset must be known and every selection configuration valid.
-
-    Raises:
-        KvprismError: one line naming the configuration and what is missing or allowed.
-    """
-    needs_selection = [c for c in configs if c.backend != "dense"]
-    presets = sorted({c.preset for c in configs if c.backend == "photonic"})
-    if presets:
-        from kvprism.photonics import PhotonicConfig
-
-        known = list(PhotonicConfig.presets())
-        for p in presets:
-            if p not in known:
-                raise KvprismError(
-                    f"configuration {p!r} is neither 'dense', 'exact' nor a photonic preset; presets: {', '.join(known)}"
-                )
-    for c in needs_selection:
-        c.selection_config()  # ConfigError names the offending field
-
-
-# ------------------------------------------------------------------------------------------------------- decoding
-@dataclass
-class DecodeOutput:
-    """What one configuration's decode returns.
-
-    ``tokens``: generated ids (the first one produced by the prompt's last token); ``first_logits``: ``[V]`` logits of
-    the first answer token; ``stats``: ``SparseCache.stats.summary()`` (``None`` for dense); ``trace``: per decode step
-    ``{layer: {"query": [B, Hq, D], "blocks": Long[B, Hkv, k], "token_mask": Bool[B, Hkv, T]}}`` (``None`` for dense);
-    ``decode_s``: wall time of the decode in seconds.
-    """
-
-    tokens: list[int]
-    first_logits: torch.Tensor
-    stats: dict[str, Any] | None
-    trace: list[dict[int, dict[str, torch.Tensor]]] | None
-    decode_s: float
-
-
-#: ``(model, prefilled_cache, last_ids [1, 1], config, max_new_tokens, eos_ids) -> DecodeOutput``; must not mutate
-#: ``prefilled_cache``.
-DecodeFn = Callable[[Any, Any, torch.Tensor, EvalConfig, int, frozenset[int]], DecodeOutput]
-
-
-def fork_dynamic_cache(cache: Any) -> Any:
-    """A fork of a ``DynamicCache`` that shares the prefilled tensors without copying them. Safe because dynamic
-    layers append with ``torch.cat`` (new tensors, assigned to the fork only); the original is never written."""
-    fork = copy.copy(cache)
-    fork.layers = [copy.copy(layer) for layer in cache.layers]
-    return fork
-
-
-def greedy_decode(
-    model: Any, cache: Any, last_ids: torch.Tensor, max_new_tokens: int, eos_ids: frozenset[int]
-) -> tuple[list[int], torch.Tensor, float]:
-    """Greedy decode from ``cache`` (which holds all prompt tokens but ``last_ids``). Returns (tokens, first-step
-    logits ``[V]``, seconds)."""
-    from kvprism.hf.cache import cache_kwargs
-
-    pos = cache.get_seq_length()
-    tok = last_ids.to(model.device)
-    tokens: list[int] = []
-    first_logits = None
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for step in range(max_new_tokens):
-            position_ids = torch.tensor([[pos + step]], device=model.device)
-            out = model(input_ids=tok, position_ids=position_ids, use_cache=True, **cache_kwargs(model, cache))
-            logits = out.logits[0, -1].float()
-            if first_logits is None:
-                first_logits = logits.cpu()
-            nxt = int(logits.argmax())
-            tokens.append(nxt)
-            if nxt in eos_ids:
-                break
-            tok = torch.tensor([[nxt]], device=model.device)
-    return tokens, first_logits, time.perf_counter() - t0
-
-
-def default_decode(
-    model: Any,
-    prefilled: Any,
-    last_ids: torch.Tensor,
-    config: EvalConfig,
-    max_new_tokens: int,
-    eos_ids: frozenset[int],
-) -> DecodeOutput:
-    """Dense: greedy decode from a forked ``DynamicCache``. Selection configs: from
-    ``SparseCache.from_prefilled(model, prefilled, sel, trace=True)`` (a fork by contract)."""
-    if config.backend == "dense":
-        tokens, logits, secs = greedy_decode(model, fork_dynamic_cache(prefilled), last_ids, max_new_tokens, eos_ids)
-        return DecodeOutput(tokens, logits, None, None, secs)
-    from kvprism.hf.cache import SparseCache
-
-    cache = SparseCache.from_prefilled(model, prefilled, config.selection_config(), trace=True)
-    tokens, logits, secs = greedy_decode(model, cache, last_ids, max_new_tokens, eos_ids)
-    return DecodeOutput(tokens, logits, cache.stats.summary(), list(cache.trace), secs)
-
-
-# ----------------------------------------------------------------------------------------------------- cell metrics
-def _nan_to_none(x: float) -> float | None:
-    return None if x != x else float(x)
-
-
-def _mean(t: torch.Tensor) -> float | None:
-    t = t.float()
-    t = t[torch.isfinite(t)]
-    return float(t.mean()) if t.numel() else None
-
-
-def _table(t: torch.Tensor) -> list[list[float | None]]:
-    """``[L, H]`` -> nested lists with NaN as None, 4 decimals."""
-    return [[None if v != v else round(float(v), 4) for v in row] for row in t]
-
-
-def trace_metrics(
-    trace: list[dict[int, dict[str, torch.Tensor]]],
-    prefilled: Any,
-    sel: Any,
-    sample: Sample,
-    reference_blocks: dict[int, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Selection metrics of one cell from its decode trace and the dense prefilled keys.
-
-    Block recall@k and attention mass captured use the dense softmax of each step's traced (post-RoPE) query over the
-    ``T`` prefilled keys (tokens generated during decode always lie in the recent window and are left out); they are
-    averaged over decode steps. Recall is taken over the step's candidate blocks (:class:`kvprism.layout.BlockLayout`)
-    with each block's mass over its tokens before the tail (:func:`kvprism.eval.metrics.selectable_block_mass`). Needle hit and signature recall are taken at the first decode step (the one that
-    produces the first answer token). Heads that select no block at all (streaming heads of a head mask) count as
-    not applicable (NaN) for the recall metrics.
-
-    Returns:
-        scalar means plus ``per_layer`` ``[L][Hkv]`` tables of the first-step values.
-    """
-    n_tok = prefilled.get_seq_length()
-    geometry = BlockGeometry.of(sel)
-    n_slots = -(-n_tok // sel.block_size)
-    # the candidate set of the first decode step (its cache holds the prefill and the step's own token)
-    eligible = BlockLayout.from_lengths(n_tok + 1, geometry).candidates[0, :n_slots]
-    spans = sample.target_spans
-    recall_steps, mass_steps = [], []
-    first: dict[str, list[torch.Tensor]] = {"block_recall": [], "mass_captured": [], "needle_hit": [], "sig": []}
-    layers = sorted(trace[0]) if trace else []
-    for step, per_layer in enumerate(trace):
-        step_recall, step_mass = [], []
-        for layer in layers:
-            rec = per_layer[layer]
-            keys = prefilled.layers[layer].keys
-            probs = M.attention_probs(rec["query"].float().cpu(), keys.float().cpu())
-            # the step's own layout: the candidates selection chose from, the tokens read anyway
-            layout = BlockLayout.from_lengths(rec["token_mask"].shape[-1], geometry)
-            mask = rec["token_mask"][..., :n_tok].cpu()
-            blocks = rec["blocks"].cpu()
-            mass = M.selectable_block_mass(M.group_mean(probs, keys.shape[1]), layout)
-            step_eligible = layout.candidates[0, :n_slots]
-            recall = M.recall_at_k(blocks, mass, sel.k, step_eligible)
-            recall = torch.where((blocks >= 0).any(-1), recall, torch.full_like(recall, float("nan")))
-            captured = M.mass_captured(probs, mask)
-            step_recall.append(recall[0])
-            step_mass.append(captured[0])
-            if step == 0:
-                first["block_recall"].append(recall[0])
-                first["mass_captured"].append(captured[0])
-                if spans:
-                    hits = torch.stack([M.needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
-                    first["needle_hit"].append(hits.mean(0))
-                if reference_blocks is not None and layer in reference_blocks:
-                    first["sig"].append(M.selection_recall(blocks, reference_blocks[layer], eligible)[0])
-        recall_steps.append(torch.stack(step_recall))
-        mass_steps.append(torch.stack(step_mass))
-    out: dict[str, Any] = {
-        "eligible_blocks": int(eligible.sum()),
-        "block_recall": _mean(torch.stack(recall_steps)) if recall_steps else None,
-        "mass_captured": _mean(torch.stack(mass_steps)) if mass_steps else None,
-        "block_recall_first": _mean(torch.stack(first["block_recall"])) if layers else None,
-        "mass_captured_first": _mean(torch.stack(first["mass_captured"])) if layers else None,
-        "needle_hit": _mean(torch.stack(first["needle_hit"])) if first["needle_hit"] else None,
-        "signature_recall": _mean(torch.stack(first["sig"])) if first["sig"] else None,
-        "signature_recall_layer0": _mean(first["sig"][0]) if first["sig"] else None,
-        "per_layer": {
-            name: _table(torch.stack(first[key]))
-            for name, key in (
-                ("block_recall", "block_recall"),
-                ("mass_captured", "mass_captured"),
-                ("needle_hit", "needle_hit"),
-                ("signature_recall", "sig"),
-            )
-            if first[key]
-        },
-    }
-    return out
-
-
-def first_step_blocks(trace: list[dict[int, dict[str, torch.Tensor]]] | None) -> dict[int, torch.Tensor] | None:
-    if not trace:
-        return None
-    return {layer: rec["blocks"].cpu() for layer, rec in trace[0].items()}
-
-
-# ------------------------------------------------------------------------------------------------------------ runner
-@dataclass(frozen=True)
-class Point:
-    task: str
-    context: int
-    depth: float
-    seed: int
+#: receives every :class:`Progress` event of a run (it must not raise)
+ProgressFn = Callable[[Progress], None]
 
 
 @dataclass
@@ -373,271 +159,118 @@ def _check_unique(name: str, values: Sequence[Any]) -> None:
         seen.add(v)
 
 
+#: the name a decoder is stored under where it differs from where it lives now (it was defined in this module
+#: before the decode path moved to kvprism.eval.decode); keeps the keys of stored cells
+_STORED_DECODER_NAMES = {default_decode: "kvprism.eval.runner.default_decode"}
+
+
 def _callable_name(fn: Any) -> str:
+    if fn in _STORED_DECODER_NAMES:
+        return _STORED_DECODER_NAMES[fn]
     target = fn if hasattr(fn, "__qualname__") else type(fn)
     return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
 
 
-class Runner:
-    """The evaluation grid over tasks × contexts × depths × seeds × configurations (see module docstring).
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of a unit: its configuration and the store key and settings hash the driver gave it."""
 
-    Args:
-        model, tokenizer: a loaded causal LM and its tokenizer.
-        out_dir: results directory (``results.jsonl``, ``run.json``, ``.lock``; see :mod:`kvprism.eval.store`).
-        tasks, contexts, depths, seeds: the grid axes; every value at most once.
-        configs: from :func:`build_configs`.
-        mode: ``niah`` (greedy answer, scored) or ``recall`` (first decode step only, metrics, no answer).
-        haystack, values: task overrides (default: each task's own).
-        max_new_tokens: answer length; default: the task's suggestion (answer tokens + 8).
-        chat: wrap prompts in the tokenizer's chat template.
-        decode_fn: per-configuration decoder, :func:`default_decode` by default.
-        model_name: how the model was named (recorded in ``run.json``; the key uses the model's content hash).
-        command_line: recorded in ``run.json`` (default: ``sys.argv``).
+    config: EvalConfig
+    key: str
+    settings_hash: str
 
-    Raises:
-        KvprismError: invalid mode, depth, context, duplicate axis values or a head mask whose shape does not match
-            the model -- all before any work.
-    """
 
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        out_dir: str | Path,
-        tasks: Sequence[str],
-        contexts: Sequence[int],
-        depths: Sequence[float],
-        seeds: Sequence[int],
-        configs: Sequence[EvalConfig],
-        mode: str = "niah",
-        haystack: str | None = None,
-        values: str | None = None,
-        max_new_tokens: int | None = None,
-        chat: bool = True,
-        decode_fn: DecodeFn = default_decode,
-        model_name: str = "",
-        show_progress: bool = True,
-        command_line: Sequence[str] | None = None,
-    ) -> None:
-        if mode not in MODES:
-            raise KvprismError(f"mode = {mode!r} is invalid; allowed: {', '.join(MODES)}")
-        for d in depths:
-            if not 0.0 <= d <= 1.0:
-                raise KvprismError(f"depth = {d} is invalid; allowed range: [0, 1]")
-        window = getattr(model.config, "max_position_embeddings", None)
-        for c in contexts:
-            if window is not None and c > window:
-                raise KvprismError(f"context = {c} exceeds the model's window of {window} tokens")
-        for name, axis in (("tasks", tasks), ("contexts", contexts), ("depths", depths), ("seeds", seeds)):
-            _check_unique(name, list(axis))
-        _check_unique("configs", [c.name for c in configs])
-        self.model, self.tokenizer = model, tokenizer
-        self.configs = list(configs)
-        self._check_head_masks()
-        self.store = ResultStore(out_dir)
-        self.out = self.store.dir
-        self.results = self.store.results
-        self.points = [Point(t, c, d, s) for t in tasks for c in contexts for d in depths for s in seeds]
-        self.mode, self.haystack, self.values, self.chat = mode, haystack, values, chat
-        self.max_new_tokens = max_new_tokens
-        self.decode_fn = decode_fn
-        self.model_name = model_name
-        self.show_progress = show_progress
-        self.command_line = list(sys.argv if command_line is None else command_line)
-        eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
-        self.eos_ids = frozenset(e for e in eos if e is not None)
-        self._identity: dict[str, Any] | None = None
-        self._settings: dict[str, tuple[dict[str, Any], str]] = {}
-        #: progress of the current / last :meth:`run` (read it after an interrupt)
-        self.summary: RunSummary | None = None
+@dataclass(frozen=True)
+class Unit:
+    """One prefill unit: a point (one prompt, prefilled once) and the cells of it still missing."""
 
-    def _check_head_masks(self) -> None:
-        cfg = self.model.config
-        layers = getattr(cfg, "num_hidden_layers", None)
-        kv = getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", None)
-        if layers is None or kv is None:
-            return
-        for c in self.configs:
-            heads = c.selection.get("heads", "all")
-            if isinstance(heads, str) and heads == "all":
-                continue
-            from kvprism.selection import resolve_heads
+    point: Point
+    cells: tuple[CellSpec, ...]
 
-            try:
-                resolve_heads(heads, layers, kv)
-            except KvprismError as exc:
-                raise KvprismError(f"configuration {c.name!r}: {exc}") from None
 
-    # -- identity
-    @property
-    def model_identity(self) -> dict[str, Any]:
-        """:func:`kvprism.eval.store.model_identity` of the model (computed once)."""
-        if self._identity is None:
-            from kvprism.eval.store import model_identity
+@dataclass(frozen=True)
+class EvalSettings:
+    """What computing a unit needs besides the model and tokenizer (picklable: Ray workers receive it)."""
 
-            self._identity = model_identity(self.model)
-        return self._identity
+    mode: str = "niah"
+    haystack: str | None = None
+    values: str | None = None
+    max_new_tokens: int | None = None
+    chat: bool = True
+    decode_fn: DecodeFn = default_decode
 
-    def cell_settings(self, config: EvalConfig) -> dict[str, Any]:
-        """Everything besides the grid coordinates that can change a cell's result under ``config``:
 
-        - ``model``: content hashes of the model's config and weights;
-        - ``decode``: answer length (``"task default"`` when not given), chat template on/off, the decoder;
-        - ``selection``: the resolved ``SelectionConfig`` (``None`` for dense): the photonic preset by content
-          (for the photonic backend only), a head-mask path by its mask.
-        """
-        return self._settings_and_hash(config)[0]
+#: events a :class:`PointEvaluator` reports while it computes: ``(kind, point, config name or None)`` with kind
+#: ``"prefill"`` or ``"decode"``
+EvalEventFn = Callable[[str, Point, "str | None"], None]
 
-    def settings_hash(self, config: EvalConfig) -> str:
-        """:func:`kvprism.eval.store.settings_digest` of :meth:`cell_settings`."""
-        return self._settings_and_hash(config)[1]
 
-    def _settings_and_hash(self, config: EvalConfig) -> tuple[dict[str, Any], str]:
-        if config.name not in self._settings:
-            from kvprism.eval.store import settings_digest
+class PointEvaluator:
+    """Computes the cells of one unit: prefill the prompt once, decode every configuration from a fork of it, and
+    build each cell's record (metrics, answer, score). Stateless between units; a callable for the executors."""
 
-            ident = self.model_identity
-            n_new: Any = 1 if self.mode == "recall" else (self.max_new_tokens or "task default")
-            settings = {
-                "model": {"config_sha256": ident["config_sha256"], "weights_sha256": ident["weights_sha256"]},
-                "decode": {"max_new_tokens": n_new, "chat": self.chat, "decoder": _callable_name(self.decode_fn)},
-                "backend": config.backend,
-                "selection": _selection_settings(config),
-            }
-            self._settings[config.name] = (settings, settings_digest(settings))
-        return self._settings[config.name]
+    def __init__(self, model: Any, tokenizer: Any, settings: EvalSettings, on_event: EvalEventFn | None = None):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.on_event = on_event
+        self.eos_ids = eos_ids(model, tokenizer)
 
-    def key(self, point: Point, hay: str, val: str, config: EvalConfig) -> str:
-        """The store key of one cell (:func:`kvprism.eval.store.cell_key` with :meth:`settings_hash`)."""
-        return cell_key(point, hay, val, config.name, self.mode, self.settings_hash(config))
-
-    # -- bookkeeping
-    def _hv(self, task: str) -> tuple[str, str]:
+    def task_defaults(self, task: str) -> tuple[str, str]:
         """Effective haystack and value kind of a task (its defaults unless overridden)."""
         from kvprism.eval.tasks import TASKS
 
         sig = inspect.signature(TASKS[task]).parameters
-        return (self.haystack or sig["haystack"].default, self.values or sig["values"].default)
+        return (self.settings.haystack or sig["haystack"].default, self.settings.values or sig["values"].default)
 
-    def pending(self) -> list[tuple[Point, list[EvalConfig]]]:
-        """Points with at least one configuration not yet in the store, with those configurations."""
-        done = self.store.done_keys()
-        todo = []
-        for p in self.points:
-            hay, val = self._hv(p.task)
-            missing = [c for c in self.configs if self.key(p, hay, val, c) not in done]
-            if missing:
-                todo.append((p, missing))
-        return todo
-
-    # -- work
     def prefill(self, sample: Sample) -> tuple[Any, float]:
         """Dense prefill of all prompt tokens but the last into a fresh ``DynamicCache``; returns (cache, seconds)."""
-        from transformers import DynamicCache
-
-        from kvprism.hf.attention import use_kvprism_attention
-        from kvprism.hf.cache import cache_kwargs
-
-        use_kvprism_attention(self.model)  # dense on a DynamicCache; records the prefill queries forks need
         ids = torch.tensor([sample.input_ids[:-1]], device=self.model.device)
-        cache = DynamicCache(config=self.model.config)
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache_kwargs(self.model, cache))
+        cache = prefill(self.model, ids)
         return cache, time.perf_counter() - t0
 
-    def run(self) -> RunSummary:
-        """Run (or resume) the grid under the store's write lock; returns counts and the prefill / decode time of
-        this invocation (:attr:`summary` holds the same, also after an interrupt).
+    def _event(self, kind: str, point: Point, config: str | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, point, config)
 
-        Raises:
-            StoreLockedError: another process is writing this directory.
-            SettingsMismatchError: the directory holds cells of one of the configurations under other settings.
-            CorruptStoreError: ``results.jsonl`` has a corrupt line that is not the last one.
-        """
-        with self.store.lock():
-            return self._run_locked()
-
-    def _run_locked(self) -> RunSummary:
-        self.store.repair()
-        settings = {f"{self.mode}/{c.name}": self.cell_settings(c) for c in self.configs}
-        self.store.check_settings(settings)
-        self.store.record_invocation(
-            self.command_line, settings, model=self.model_name, model_identity=self.model_identity
-        )
-        todo = self.pending()
-        n_total = len(self.points) * len(self.configs)
-        n_todo = sum(len(m) for _, m in todo)
-        summary = RunSummary(n_total, n_total - n_todo, 0, 0, 0.0, 0.0, self.results)
-        self.summary = summary
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[cell]}"),
-        )
-        with Progress(*columns, disable=not self.show_progress, transient=False) as progress:
-            bar = progress.add_task(self.mode, total=n_todo, cell="")
-            for point, missing in todo:
-                self._run_point(point, missing, summary, progress, bar)
-        return summary
-
-    def _run_point(self, point: Point, missing: list[EvalConfig], summary: RunSummary, progress: Any, bar: Any) -> None:
-        hay, val = self._hv(point.task)
+    def __call__(self, unit: Unit) -> Iterator[dict[str, Any]]:
+        """The unit's cell records, one per configuration, each as soon as it is computed."""
+        point, st = unit.point, self.settings
+        hay, val = self.task_defaults(point.task)
         sample = make_sample(
-            point.task, self.tokenizer, point.context, point.depth, point.seed, haystack=hay, values=val, chat=self.chat
+            point.task, self.tokenizer, point.context, point.depth, point.seed, haystack=hay, values=val, chat=st.chat
         )
-        progress.update(bar, cell=f"prefill {point.task} {point.context} tok, depth {point.depth:g}")
+        self._event("prefill", point)
         prefilled, prefill_s = self.prefill(sample)
-        summary.prefills += 1
-        summary.prefill_s += prefill_s
-        prefill_id = f"{cell_key(point, hay, val, '', self.mode)}@{time.time_ns()}"
-        n_new = 1 if self.mode == "recall" else (self.max_new_tokens or sample.meta["max_new_tokens"])
+        prefill_id = f"{cell_key(point, hay, val, '', st.mode)}@{time.time_ns()}"
+        n_new = 1 if st.mode == "recall" else (st.max_new_tokens or sample.meta["max_new_tokens"])
         last = torch.tensor([[sample.input_ids[-1]]])
         dense_logits: torch.Tensor | None = None
         exact_blocks: dict[int, dict[int, torch.Tensor]] = {}  # k -> layer -> first-step blocks
-        for cfg in missing:
-            progress.update(bar, cell=f"{cfg.name} @ {point.context} tok, depth {point.depth:g}")
-            out = self.decode_fn(self.model, prefilled, last, cfg, n_new, self.eos_ids)
-            if cfg.backend == "dense":
+        decode = st.decode_fn
+        for spec in unit.cells:
+            cfg = spec.config
+            self._event("decode", point, cfg.name)
+            out = decode(self.model, prefilled, last, cfg, n_new, self.eos_ids)
+            if cfg.method == "dense":
                 dense_logits = out.first_logits
-            elif cfg.backend == "exact":
+            elif cfg.method == "exact":
                 exact_blocks[cfg.k] = first_step_blocks(out.trace)
             extra_s = 0.0
-            if cfg.backend != "dense" and dense_logits is None:
+            if cfg.method != "dense" and dense_logits is None:
                 # the dense cell was finished in an earlier run: one dense step gives the KL reference
-                ref = self.decode_fn(self.model, prefilled, last, EvalConfig("dense", "dense"), 1, self.eos_ids)
+                ref = decode(self.model, prefilled, last, EvalConfig("dense", "dense"), 1, self.eos_ids)
                 dense_logits, extra_s = ref.first_logits, ref.decode_s
             reference = None
-            if cfg.backend == "photonic":
+            if cfg.method == "photonic":
                 if cfg.k not in exact_blocks:
                     ex = EvalConfig(f"exact-k{cfg.k}", "exact", cfg.k, None, cfg.selection)
-                    ref = self.decode_fn(self.model, prefilled, last, ex, 1, self.eos_ids)
+                    ref = decode(self.model, prefilled, last, ex, 1, self.eos_ids)
                     exact_blocks[cfg.k] = first_step_blocks(ref.trace)
                     extra_s += ref.decode_s
                 reference = exact_blocks[cfg.k]
-            record = self._record(point, hay, val, sample, cfg, out, prefilled, dense_logits, reference)
+            record = self._record(point, hay, val, sample, spec, out, prefilled, dense_logits, reference)
             record.update(prefill_s=round(prefill_s, 4), prefill_id=prefill_id, reference_s=round(extra_s, 4))
-            with deferred_signals():  # the stored cell and the count move together (an interrupt reports it)
-                self.store.append(record)
-                summary.cells_run += 1
-                summary.decode_s += out.decode_s
-            progress.advance(bar)
+            yield record
 
     def _record(
         self,
@@ -645,17 +278,18 @@ class Runner:
         hay: str,
         val: str,
         sample: Sample,
-        cfg: EvalConfig,
+        spec: CellSpec,
         out: DecodeOutput,
         prefilled: Any,
         dense_logits: torch.Tensor | None,
         reference: dict[int, torch.Tensor] | None,
     ) -> dict[str, Any]:
+        cfg, mode = spec.config, self.settings.mode
         answer = self.tokenizer.decode(out.tokens, skip_special_tokens=True)
         rec: dict[str, Any] = {
-            "key": self.key(point, hay, val, cfg),
-            "settings_hash": self.settings_hash(cfg),
-            "mode": self.mode,
+            "key": spec.key,
+            "settings_hash": spec.settings_hash,
+            "mode": mode,
             **asdict(point),
             "haystack": hay,
             "values": val,
@@ -666,13 +300,13 @@ class Runner:
             "decode_s": round(out.decode_s, 4),
             "decode_steps": len(out.tokens),
             "expected": sample.answers,
-            "answer": answer if self.mode == "niah" else None,
-            "correct": sample.score(answer) if self.mode == "niah" else None,
-            "match_fraction": string_match_fraction(answer, sample.answers) if self.mode == "niah" else None,
+            "answer": answer if mode == "niah" else None,
+            "correct": sample.score(answer) if mode == "niah" else None,
+            "match_fraction": string_match_fraction(answer, sample.answers) if mode == "niah" else None,
             "kl_first_token": None,
             "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
-        if cfg.backend == "dense":
+        if cfg.method == "dense":
             rec.update(read_fraction_mean=1.0, read_fraction_max=1.0, restricted=False, can_restrict=False)
             return rec
         sel = cfg.selection_config()
@@ -700,6 +334,266 @@ class Runner:
         return rec
 
 
+def remote_evaluator(model_factory: Callable[[], tuple[Any, Any]], settings: EvalSettings) -> PointEvaluator:
+    """A Ray worker's evaluator: loads its own model once (``model_factory() -> (model, tokenizer)``)."""
+    model, tokenizer = model_factory()
+    from kvprism.hf.attention import use_kvprism_attention
+
+    use_kvprism_attention(model)
+    return PointEvaluator(model, tokenizer, settings)
+
+
+class Runner:
+    """The evaluation grid over tasks × contexts × depths × seeds × configurations (see module docstring).
+
+    Args:
+        model, tokenizer: a loaded causal LM and its tokenizer.
+        out_dir: results directory (``results.jsonl``, ``run.json``, ``.lock``; see :mod:`kvprism.eval.store`).
+        tasks, contexts, depths, seeds: the grid axes; every value at most once.
+        configs: from :func:`build_configs`.
+        mode: ``niah`` (greedy answer, scored) or ``recall`` (first decode step only, metrics, no answer).
+        haystack, values: task overrides (default: each task's own).
+        max_new_tokens: answer length; default: the task's suggestion (answer tokens + 8).
+        chat: wrap prompts in the tokenizer's chat template.
+        decode_fn: per-configuration decoder, :func:`kvprism.eval.decode.default_decode` by default.
+        on_progress: receives a :class:`Progress` event before every prefill and decode (in-process) and after
+            every stored cell.
+        model_name: how the model was named (recorded in ``run.json``; the key uses the model's content hash).
+        command_line: recorded in ``run.json`` (default: ``sys.argv``).
+        executor: where the units run (:mod:`kvprism.eval.executor`; default in this process).
+        model_factory: for an executor other than local: a picklable ``() -> (model, tokenizer)`` each worker calls
+            once to load its own copy of this model (e.g. ``functools.partial(kvprism.load_model, "smollm2")``).
+
+    Raises:
+        KvprismError: invalid mode, depth, context, duplicate axis values or a head mask whose shape does not match
+            the model -- all before any work.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        out_dir: str | Path,
+        tasks: Sequence[str],
+        contexts: Sequence[int],
+        depths: Sequence[float],
+        seeds: Sequence[int],
+        configs: Sequence[EvalConfig],
+        mode: str = "niah",
+        haystack: str | None = None,
+        values: str | None = None,
+        max_new_tokens: int | None = None,
+        chat: bool = True,
+        decode_fn: DecodeFn = default_decode,
+        model_name: str = "",
+        on_progress: ProgressFn | None = None,
+        command_line: Sequence[str] | None = None,
+        executor: Any = None,
+        model_factory: Callable[[], tuple[Any, Any]] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise KvprismError(f"mode = {mode!r} is invalid; allowed: {', '.join(MODES)}")
+        for d in depths:
+            if not 0.0 <= d <= 1.0:
+                raise KvprismError(f"depth = {d} is invalid; allowed range: [0, 1]")
+        window = getattr(model.config, "max_position_embeddings", None)
+        for c in contexts:
+            if window is not None and c > window:
+                raise KvprismError(f"context = {c} exceeds the model's window of {window} tokens")
+        for name, axis in (("tasks", tasks), ("contexts", contexts), ("depths", depths), ("seeds", seeds)):
+            _check_unique(name, list(axis))
+        _check_unique("configs", [c.name for c in configs])
+        self.model, self.tokenizer = model, tokenizer
+        self.configs = list(configs)
+        self._check_head_masks()
+        self.store = ResultStore(out_dir)
+        self.out = self.store.dir
+        self.results = self.store.results
+        self.points = [Point(t, c, d, s) for t in tasks for c in contexts for d in depths for s in seeds]
+        self.mode, self.haystack, self.values, self.chat = mode, haystack, values, chat
+        self.max_new_tokens = max_new_tokens
+        self.decode_fn = decode_fn
+        self.model_name = model_name
+        self.on_progress = on_progress
+        self.command_line = list(sys.argv if command_line is None else command_line)
+        self.executor = executor if executor is not None else LocalExecutor()
+        if not isinstance(self.executor, LocalExecutor) and model_factory is None:
+            raise KvprismError(
+                f"executor {self.executor.name!r} runs units in other processes: pass model_factory, the picklable "
+                "function that loads the model there"
+            )
+        self.model_factory = model_factory
+        self.eval_settings = EvalSettings(mode, haystack, values, max_new_tokens, chat, decode_fn)
+        self.evaluator = PointEvaluator(model, tokenizer, self.eval_settings, on_event=self._on_event)
+        self.eos_ids = self.evaluator.eos_ids
+        self._identity: dict[str, Any] | None = None
+        self._settings: dict[str, tuple[dict[str, Any], str]] = {}
+        #: progress of the current / last :meth:`run` (read it after an interrupt)
+        self.summary: RunSummary | None = None
+        self._todo = 0  # cells to run in the current run
+
+    def _check_head_masks(self) -> None:
+        cfg = self.model.config
+        layers = getattr(cfg, "num_hidden_layers", None)
+        kv = getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", None)
+        if layers is None or kv is None:
+            return
+        for c in self.configs:
+            if c.selection is None:
+                continue
+            heads = c.selection.heads
+            if isinstance(heads, str) and heads == "all":
+                continue
+            from kvprism.selection import resolve_heads
+
+            try:
+                resolve_heads(heads, layers, kv)
+            except KvprismError as exc:
+                raise KvprismError(f"configuration {c.name!r}: {exc}") from None
+
+    # -- identity
+    @property
+    def model_identity(self) -> dict[str, Any]:
+        """:func:`kvprism.eval.store.model_identity` of the model (computed once)."""
+        if self._identity is None:
+            from kvprism.eval.store import model_identity
+
+            self._identity = model_identity(self.model)
+        return self._identity
+
+    def cell_settings(self, config: EvalConfig) -> dict[str, Any]:
+        """Everything besides the grid coordinates that can change a cell's result under ``config``:
+
+        - ``model``: content hashes of the model's config and weights, and the weights' dtype unless float32;
+        - ``decode``: answer length (``"task default"`` when not given), chat template on/off, the decoder;
+        - ``backend`` (the stored name of the method, kept so that stored keys stay valid): the method;
+        - ``selection``: the resolved ``SelectionConfig`` (``None`` for dense): the photonic preset by content
+          (for the photonic method only), a head-mask path by its mask.
+        """
+        return self._settings_and_hash(config)[0]
+
+    def settings_hash(self, config: EvalConfig) -> str:
+        """:func:`kvprism.eval.store.settings_digest` of :meth:`cell_settings`."""
+        return self._settings_and_hash(config)[1]
+
+    def _settings_and_hash(self, config: EvalConfig) -> tuple[dict[str, Any], str]:
+        if config.name not in self._settings:
+            from kvprism.eval.store import settings_digest
+
+            ident = self.model_identity
+            n_new: Any = 1 if self.mode == "recall" else (self.max_new_tokens or "task default")
+            model_settings = {"config_sha256": ident["config_sha256"], "weights_sha256": ident["weights_sha256"]}
+            dtype = getattr(self.model, "dtype", torch.float32)
+            if dtype != torch.float32:  # float32 is left out: cells stored before dtypes were recorded keep their keys
+                model_settings["dtype"] = str(dtype).removeprefix("torch.")
+            settings = {
+                "model": model_settings,
+                "decode": {"max_new_tokens": n_new, "chat": self.chat, "decoder": _callable_name(self.decode_fn)},
+                "backend": config.method,
+                "selection": _selection_settings(config),
+            }
+            self._settings[config.name] = (settings, settings_digest(settings))
+        return self._settings[config.name]
+
+    def key(self, point: Point, hay: str, val: str, config: EvalConfig) -> str:
+        """The store key of one cell (:func:`kvprism.eval.store.cell_key` with :meth:`settings_hash`)."""
+        return cell_key(point, hay, val, config.name, self.mode, self.settings_hash(config))
+
+    # -- bookkeeping
+    def task_defaults(self, task: str) -> tuple[str, str]:
+        """Effective haystack and value kind of a task (its defaults unless overridden)."""
+        return self.evaluator.task_defaults(task)
+
+    def pending(self) -> list[tuple[Point, list[EvalConfig]]]:
+        """Points with at least one configuration not yet in the store, with those configurations."""
+        done = self.store.done_keys()
+        todo = []
+        for p in self.points:
+            hay, val = self.task_defaults(p.task)
+            missing = [c for c in self.configs if self.key(p, hay, val, c) not in done]
+            if missing:
+                todo.append((p, missing))
+        return todo
+
+    def units(self) -> list[Unit]:
+        """The pending work as units: one per point with missing cells, keys and settings hashes filled in."""
+        out = []
+        for point, missing in self.pending():
+            hay, val = self.task_defaults(point.task)
+            specs = tuple(CellSpec(c, self.key(point, hay, val, c), self.settings_hash(c)) for c in missing)
+            out.append(Unit(point, specs))
+        return out
+
+    # -- work
+    def prefill(self, sample: Sample) -> tuple[Any, float]:
+        """Dense prefill of all prompt tokens but the last into a fresh ``DynamicCache``; returns (cache, seconds)."""
+        return self.evaluator.prefill(sample)
+
+    def run(self) -> RunSummary:
+        """Run (or resume) the grid under the store's write lock; returns counts and the prefill / decode time of
+        this invocation (:attr:`summary` holds the same, also after an interrupt).
+
+        Raises:
+            StoreLockedError: another process is writing this directory.
+            SettingsMismatchError: the directory holds cells of one of the configurations under other settings.
+            CorruptStoreError: ``results.jsonl`` has a corrupt line that is not the last one.
+        """
+        with self.store.lock():
+            return self._run_locked()
+
+    def _run_locked(self) -> RunSummary:
+        self.store.repair()
+        settings = {f"{self.mode}/{c.name}": self.cell_settings(c) for c in self.configs}
+        self.store.check_settings(settings)
+        self.store.record_invocation(
+            self.command_line, settings, model=self.model_name, model_identity=self.model_identity
+        )
+        units = self.units()
+        n_total = len(self.points) * len(self.configs)
+        n_todo = sum(len(u.cells) for u in units)
+        summary = RunSummary(n_total, n_total - n_todo, 0, 0, 0.0, 0.0, self.results)
+        self.summary = summary
+        self._todo = n_todo
+        self._stored = self.store.done_keys()
+        self._prefills_seen: set[str] = set()
+        self._report(Progress("start", 0, n_todo))
+        if isinstance(self.executor, LocalExecutor):
+            self.executor.run(self.evaluator, units, self._store_cells)
+        else:
+            assert self.model_factory is not None
+            make_worker = functools.partial(remote_evaluator, self.model_factory, self.eval_settings)
+            self.executor.run(make_worker, units, self._store_cells)
+        return summary
+
+    def _report(self, event: Progress) -> None:
+        if self.on_progress is not None:
+            self.on_progress(event)
+
+    def _on_event(self, kind: str, point: Point, config: str | None) -> None:
+        done = self.summary.cells_run if self.summary is not None else 0
+        self._report(Progress(kind, done, self._todo, point, config))
+
+    def _store_cells(self, unit: Unit, cells: Iterable[dict[str, Any]]) -> None:
+        """Write the cells of ``unit`` as they arrive (from this process or a worker); a key already stored (a cell
+        computed twice, e.g. by a retried unit) is not written again."""
+        summary = self.summary
+        assert summary is not None
+        for record in cells:
+            if record["key"] in self._stored:
+                continue
+            with deferred_signals():  # the stored cell and the count move together (an interrupt reports it)
+                self.store.append(record)
+                self._stored.add(record["key"])
+                summary.cells_run += 1
+                summary.decode_s += record["decode_s"]
+                if record["prefill_id"] not in self._prefills_seen:
+                    self._prefills_seen.add(record["prefill_id"])
+                    summary.prefills += 1
+                    summary.prefill_s += record["prefill_s"]
+            self._report(Progress("cell", summary.cells_run, self._todo, unit.point, record["config"], record))
+
+
 _PRESET_CONTENT: dict[str, dict[str, Any]] = {}
 
 
@@ -712,8 +606,10 @@ def _selection_settings(config: EvalConfig) -> dict[str, Any] | None:
         d = {f.name: getattr(sel, f.name) for f in dataclasses.fields(sel)}
     else:  # duck-typed configurations (tests)
         d = dict(vars(sel))
+    if "scorer" in d:
+        d["backend"] = d.pop("scorer")  # the field's stored name: cells stored before the rename keep their keys
     photonic = d.pop("photonic", None)
-    if config.backend == "photonic":
+    if config.method == "photonic":
         if isinstance(photonic, str):
             if photonic not in _PRESET_CONTENT:
                 from kvprism.photonics.config import PhotonicConfig
@@ -728,15 +624,6 @@ def _selection_settings(config: EvalConfig) -> dict[str, Any] | None:
 
         d["heads"] = load_mask(heads)
     return jsonable(d)
-
-
-def parse_list(text: str, kind: Callable[[str], Any], name: str) -> list[Any]:
-    """``"1,2,3"`` -> ``[kind("1"), ...]`` with a one-line error naming the option."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        return [kind(t) for t in items]
-    except ValueError as exc:
-        raise KvprismError(f"--{name} = {text!r} is invalid ({exc})") from exc
 
 
 def iter_cells(results: Iterable[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:

@@ -77,11 +77,13 @@ LOCK_FILE = ".lock"
 RESULT_VERSION = 2
 
 #: Fields every stored cell has, with their JSON types (checked by :func:`read_cells` with ``required=...``).
+#: Cells written before the evaluation vocabulary settled carry the method as ``backend``; :func:`read_cells` reads
+#: it as ``method``.
 REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "key": (str,),
     "mode": (str,),
     "config": (str,),
-    "backend": (str,),
+    "method": (str,),
     "context": (int,),
     "depth": (int, float),
     "prefill_id": (str,),
@@ -349,6 +351,8 @@ def read_cells(
         if is_tail:  # complete JSON but no newline yet: treat as in flight
             out.torn_tail = True
             break
+        if isinstance(row, dict) and "method" not in row and "backend" in row:
+            row["method"] = row.pop("backend")  # a cell stored under the older field name
         problem = _shape_error(row, required or {})
         if problem is not None:
             if skip_corrupt:

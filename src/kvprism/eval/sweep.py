@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch
 
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
-from kvprism.eval.runner import append_result, check_out_dir, read_results, repair_results
+from kvprism.eval.store import append_result, check_out_dir, read_results, repair_results
 from kvprism.io import atomic_write
 
 __all__ = [
@@ -93,6 +92,10 @@ def parse_methods(text: str) -> list[Method]:
     return out
 
 
+#: SelectionConfig fields ``--select`` cannot set: the configurations (``--configs``, ``--k``) and ``--heads`` do
+_NOT_SELECTABLE = ("k", "scorer", "photonic", "heads")
+
+
 def parse_overrides(text: str | None) -> dict[str, Any]:
     """``"d_sig=8,signature=minmax,top_p=0.95"`` -> SelectionConfig overrides (ints / floats parsed; validated by
     SelectionConfig itself). Empty or None -> ``{}``."""
@@ -107,10 +110,10 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
             continue
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or key not in fields or key in ("k", "backend", "photonic", "heads"):
+        if not sep or key not in fields or key in _NOT_SELECTABLE:
             raise KvprismError(
                 f"--select: {item!r} is invalid; write field=value with a SelectionConfig field other than "
-                f"k/backend/photonic/heads ({', '.join(sorted(fields - {'k', 'backend', 'photonic', 'heads'}))})"
+                f"{'/'.join(_NOT_SELECTABLE)} ({', '.join(sorted(fields - set(_NOT_SELECTABLE)))})"
             )
         value = value.strip()
         for kind in (int, float):
@@ -134,7 +137,7 @@ def expand_selection_sets(
     first set."""
     from dataclasses import replace
 
-    from kvprism.eval.runner import build_configs
+    from kvprism.eval.grid import build_configs
 
     sets = [parse_overrides(t) for t in (select or "").split(";")] or [{}]
     first = sets[0]
@@ -145,7 +148,7 @@ def expand_selection_sets(
         diff.update({k: "default" for k in first if k not in extra})
         tag = ",".join(f"{k}={v}" for k, v in sorted(diff.items())) or "same"
         for c in build_configs(names, ks, {**selection, **extra}):
-            if c.backend == "dense":
+            if c.method == "dense":
                 continue
             c = replace(c, name=f"{c.name}@{tag}")
             if c.name not in seen:
@@ -171,7 +174,7 @@ class StepCapture:
 def capture_step(model: Any, prefilled: Any, last_ids: torch.Tensor) -> StepCapture:
     """Run the first decode step reading every token (a SparseCache with ``k`` = all blocks) and keep what the
     methods need. Raises ``KvprismError`` if that step did not read every cached token."""
-    from kvprism.eval.runner import greedy_decode
+    from kvprism.eval.decode import greedy_decode
     from kvprism.hf import attention as A
     from kvprism.hf.cache import SparseCache
     from kvprism.selection import SelectionConfig
@@ -377,7 +380,6 @@ def run_sweep(
         mode="recall",
         haystack=haystack,
         values=values,
-        show_progress=False,
     )
     cols = (
         TextColumn("[bold]sweep"),
@@ -389,7 +391,7 @@ def run_sweep(
     with Progress(*cols, disable=not show_progress) as progress:
         bar = progress.add_task("sweep", total=len(prompts), cell="")
         for task, ctx, depth, seed in prompts:
-            hay, val = runner._hv(task)
+            hay, val = runner.task_defaults(task)
             key = f"{task}|{hay}|{val}|{ctx}|{depth:.4f}|{seed}"
             if key in done:
                 progress.advance(bar)
@@ -477,22 +479,16 @@ def write_outputs(records: Sequence[dict[str, Any]], out_dir: str | Path) -> dic
     png = _plot(rows, out / "sweep.png")
     if png is not None:
         files["plot"] = png
-    (out / ".sweep-summary.json.tmp").write_text(json.dumps(rows, indent=1))
-    os.replace(out / ".sweep-summary.json.tmp", out / "sweep-summary.json")
-    files["summary"] = out / "sweep-summary.json"
+    files["summary"] = atomic_write(out / "sweep-summary.json", json.dumps(rows, indent=1))
     return files
 
 
 def _plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Mass captured vs read fraction: one panel per d_sig, one curve per method (points over k), with the
     Pareto frontier of each method (no other point of the method reads less and captures more)."""
-    try:
-        import matplotlib
+    from kvprism.eval.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    plt = pyplot()
     dims = sorted({r["d_sig"] for r in rows if r["d_sig"] is not None}) or [None]
     fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.8), squeeze=False, sharey=True)
     methods = sorted({r["method"] for r in rows})
@@ -520,10 +516,10 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     axes[0][0].set_ylabel("attention mass captured")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -545,9 +541,12 @@ def run_cli(
     d_sigs: str,
     console: Any,
     threads: int | None = None,
+    dtype: str = "float32",
+    base: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """``kvprism recall --sweep``: validate every option before loading the model, run, print the table."""
-    from kvprism.eval.runner import parse_list
+    """``kvprism recall --sweep``: validate every option before loading the model, run, print the table.
+    ``base``: SelectionConfig fields shared by every cell (``--select`` and ``--block-size`` override them)."""
+    from kvprism.eval.grid import parse_list
     from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS, make_sample
     from kvprism.hf.models import load_model
 
@@ -565,7 +564,7 @@ def run_cli(
     ks = parse_list(k, int, "k")
     dims = parse_list(d_sigs, int, "d-sigs")
     meths = parse_methods(methods)
-    base = parse_overrides(select)
+    base = {**(base or {}), **parse_overrides(select)}
     if block_size is not None:
         base["block_size"] = block_size
     if not (ctx and dep and sds and ks and dims):
@@ -579,7 +578,7 @@ def run_cli(
 
     set_threads(threads)
     with console.status(f"loading {model} ..."):
-        mdl, tok = load_model(model, device=device)
+        mdl, tok = load_model(model, dtype=dtype, device=device)
     for t in tasks:
         for c in (min(ctx), max(ctx)):
             make_sample(t, tok, c, dep[0], sds[0], haystack=haystack, values=values)

@@ -192,7 +192,7 @@ class SparseStats:
         cac = cac.double()[..., None].expand_as(att)
         counters: dict[str, float] = {}
         for s in self.selectors:
-            for name, val in s.backend.counters.items():
+            for name, val in s.scorer.counters.items():
                 if isinstance(val, (int, float)) and not isinstance(val, bool):  # numeric counters add over layers
                     counters[name] = counters.get(name, 0) + val
         out: dict[str, Any] = {

@@ -34,7 +34,7 @@ from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.attention import PrefillQueries, key_validity, sparse_attend
 from kvprism.layout import BlockGeometry, BlockLayout, GatherPlan
-from kvprism.selection import BlockSelector, SelectionConfig, group_backends
+from kvprism.selection import BlockSelector, SelectionConfig, group_scorers
 
 __all__ = ["IMPLS", "DecodePipeline", "PreparedLayer", "StepEvent", "resolve_impl"]
 
@@ -119,7 +119,7 @@ class DecodePipeline:
         self.geometry = BlockGeometry.of(sel)
         self.selectors = [BlockSelector(sel, i, num_kv_heads, head_mask[i]) for i in range(num_layers)]
         # photonic layers: one drift sample and W_eff refresh per decode step for all layers (same physics and draws)
-        self.engine_group = group_backends(self.selectors)
+        self.engine_group = group_scorers(self.selectors)
         self.prepared: list[PreparedLayer | None] = [None] * num_layers
         self.hooks: list[Callable[[StepEvent], Any]] = []
         self._layout_key: tuple | None = None
@@ -152,7 +152,7 @@ class DecodePipeline:
         self.sign(layer_idx, key, scaling, prefill)  # 2. sign
         triton = self.attends_with_triton(query, key, value)
         group = query.reshape(b, h, hq // h, d)
-        if triton and selector.sel.backend == "exact" and selector.n_blocks:  # 3. score and select
+        if triton and selector.sel.scorer == "exact" and selector.n_blocks:  # 3. score and select
             # fused score + top-k kernel: without padding the candidates are one contiguous range of blocks
             lo, hi = layout.candidate_range(selector.n_blocks)
             blocks, select_impl = selector.select_range(group, lo, hi), "kernel"
