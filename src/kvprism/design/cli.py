@@ -211,6 +211,9 @@ def claims(
     ctx = _ints(contexts, "contexts") if contexts else None
     dep = tuple(float(x) for x in depths.split(",") if x.strip())
     settings = ClaimsSettings(model_name=model, contexts=ctx, depths=dep, k=k, seed=seed)
-    written = run_claims(mdl, tok, out, settings, show_progress=True, console=console)
+    from kvprism.cli import grid_progress
+
+    with grid_progress("claims: niah") as on_progress:
+        written = run_claims(mdl, tok, out, settings, show_progress=True, on_progress=on_progress, console=console)
     for name, path in written.items():
         console.print(f"{name:>10}  {path}")
