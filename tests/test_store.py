@@ -190,3 +190,15 @@ def test_threads(monkeypatch):
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_cells_stored_with_the_older_method_field_still_load(tmp_path):
+    from kvprism.eval.store import REQUIRED_FIELDS, read_cells
+
+    path = tmp_path / "results.jsonl"
+    old = dict(key="a", mode="niah", config="exact-k4", backend="exact", context=100, depth=0.5, prefill_id="p")
+    old.update(prefill_s=1.0, decode_s=1.0, decode_steps=2)
+    new = {**{k: v for k, v in old.items() if k != "backend"}, "key": "b", "method": "photonic"}
+    path.write_text(json.dumps(old) + "\n" + json.dumps(new) + "\n")
+    rows = read_cells(path, required=REQUIRED_FIELDS).rows
+    assert [r["method"] for r in rows] == ["exact", "photonic"] and all("backend" not in r for r in rows)

@@ -9,9 +9,13 @@ stays fast.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,9 +38,191 @@ _ThreadsOpt = Annotated[
     int | None,
     typer.Option("--threads", help="CPU threads for torch [default: $OMP_NUM_THREADS, else physical cores].", min=1),
 ]
+_DTYPES = ("float32", "bfloat16", "float16")
+_DtypeOpt = Annotated[str, typer.Option(help=f"Model weights dtype: {', '.join(_DTYPES)}.")]
+_SelectionFileOpt = Annotated[
+    str | None,
+    typer.Option("--selection", help="SelectionConfig TOML file; options given explicitly override its fields."),
+]
+_PhotonicFileOpt = Annotated[
+    str | None, typer.Option("--photonic", help="Photonic preset file (PhotonicConfig TOML), run as a configuration.")
+]
 console = Console()
 err_console = Console(stderr=True)
 _state: dict[str, Any] = {"debug": False, "argv": []}
+
+#: SelectionConfig fields given as options: field -> (option type, help). Ranges and choices are checked by
+#: SelectionConfig itself (kvprism.selection), which the CLI imports only when a command runs (``--help`` stays fast).
+_SELECTION_OPTIONS: dict[str, tuple[type, str]] = {
+    "block_size": (int, "Tokens per block."),
+    "k": (int, "Blocks selected per (layer, KV head) and decode step."),
+    "d_sig": (int, "Signature dimension (wavelength channels per bank row) [default: a preset's comb lines]."),
+    "signature": (str, "Block signature: mean, minmax, centroids, reps."),
+    "sig_rows": (int, "Bank rows per block of the multi-row signatures (centroids, reps)."),
+    "budget": (str, "Blocks read out of the k best: topk (all k) or top_p (adaptive, k is the cap)."),
+    "top_p": (float, "For --budget top_p: estimated attention mass to cover, in (0, 1]."),
+    "projection": (str, "Projection of keys and query to d_sig dimensions: learned, pca, random, none."),
+    "sign": (str, "signed (balanced photodetection) or relu (non-negative weights and inputs)."),
+    "gqa_reduce": (str, "Combine the query heads of a KV head: sum (one evaluation) or max (one per query head)."),
+    "sink_blocks": (int, "First blocks always read (attention sinks)."),
+    "window": (int, "Most recent tokens always read."),
+    "seed": (int, "Seed of random projections and of the photonic engine's noise and fabrication draws."),
+}
+#: option names that differ from the field name
+_SELECTION_OPTION_NAMES = {"seed": "--selection-seed"}
+#: fields of the evaluation commands (their own --k lists and --block-size; scorer / photonic: --configs; heads: --heads)
+_EVAL_FIELDS = tuple(n for n in _SELECTION_OPTIONS if n not in ("k", "block_size"))
+
+
+def _usage(option: str, message: str) -> typer.BadParameter:
+    """A usage error (exit code 2) naming ``option``."""
+    return typer.BadParameter(message, param_hint=f"'{option}'")
+
+
+def selection_option(name: str) -> str:
+    """The command-line option of SelectionConfig field ``name`` (e.g. ``--d-sig``)."""
+    return _SELECTION_OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _param_name(field: str) -> str:
+    return selection_option(field).removeprefix("--").replace("-", "_")
+
+
+def with_selection_options(*fields: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator of a command: adds one option per SelectionConfig field in ``fields`` (default None = not given)
+    and passes the given ones, each checked by ``SelectionConfig`` (usage error naming the option and the allowed
+    range), as ``selection_fields: dict`` to the command."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn, eval_str=True)
+        extra = [
+            inspect.Parameter(
+                _param_name(f),
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    _SELECTION_OPTIONS[f][0] | None,
+                    typer.Option(selection_option(f), help=f"{_SELECTION_OPTIONS[f][1]} [default: SelectionConfig's]"),
+                ],
+            )
+            for f in fields
+        ]
+        params = [p for p in sig.parameters.values() if p.name != "selection_fields"]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {f: kwargs.pop(_param_name(f)) for f in fields}
+            kwargs["selection_fields"] = check_selection_fields({f: v for f, v in given.items() if v is not None})
+            return fn(**kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params + extra)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params + extra}
+        return wrapper
+
+    return deco
+
+
+def check_selection_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Check each given SelectionConfig field on its own (its type, range or choices); returns ``fields``.
+
+    Raises:
+        typer.BadParameter: one line naming the option and what is allowed.
+    """
+    if not fields:
+        return fields
+    from kvprism.errors import ConfigError
+    from kvprism.selection import SelectionConfig
+
+    for name, value in fields.items():
+        try:
+            SelectionConfig(**{name: value})
+        except ConfigError as exc:
+            raise _usage(selection_option(name), str(exc)) from None
+    return fields
+
+
+def _selection_file(path: str | None) -> dict[str, Any]:
+    """The SelectionConfig fields a ``--selection`` TOML file sets (checked by SelectionConfig)."""
+    if path is None:
+        return {}
+    import tomllib
+
+    from kvprism.errors import ConfigError
+    from kvprism.selection import SelectionConfig
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _usage("--selection", f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise _usage("--selection", f"{path} is not a readable TOML file ({exc})") from None
+    data.pop("meta", None)
+    try:
+        SelectionConfig.from_dict(data, where=path)
+    except ConfigError as exc:
+        raise _usage("--selection", str(exc)) from None
+    return SelectionConfig.renamed_fields(data)
+
+
+def _photonic_file(path: str | None) -> str | None:
+    """Check a ``--photonic`` preset file (a PhotonicConfig TOML); returns its path."""
+    if path is None:
+        return None
+    from kvprism.errors import ConfigError
+    from kvprism.photonics.config import PhotonicConfig
+
+    if not path.endswith(".toml"):
+        raise _usage("--photonic", f"{path} must be a PhotonicConfig TOML file (*.toml)")
+    try:
+        PhotonicConfig.from_toml(path)
+    except ConfigError as exc:
+        raise _usage("--photonic", str(exc)) from None
+    return path
+
+
+def _check_dtype(dtype: str) -> str:
+    if dtype not in _DTYPES:
+        raise _usage("--dtype", f"{dtype!r} is invalid; allowed: {', '.join(_DTYPES)}")
+    return dtype
+
+
+@contextlib.contextmanager
+def grid_progress(label: str) -> Iterator[Callable[[Any], None]]:
+    """A rich progress bar on the console, driven by the :class:`kvprism.eval.runner.Progress` events of a run."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[cell]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(label, total=None, cell="")
+
+        def on_progress(event: Any) -> None:
+            p = event.point
+            where = f"{p.context} tok, depth {p.depth:g}" if p is not None else ""
+            if event.kind == "start":
+                progress.update(bar, total=event.total, completed=0)
+            elif event.kind == "prefill":
+                progress.update(bar, cell=f"prefill {p.task} {where}")
+            elif event.kind == "decode":
+                progress.update(bar, cell=f"{event.config} @ {where}")
+            else:
+                progress.update(bar, completed=event.done)
+
+        yield on_progress
 
 
 def _set_threads(threads: int | None) -> None:
@@ -90,44 +276,58 @@ def version() -> None:
 
 
 @app.command()
+@with_selection_options(*(n for n in _SELECTION_OPTIONS if n not in ("block_size", "k")))
 def demo(
     model: _ModelOpt = "smollm2",
     context: Annotated[int, typer.Option(help="Prompt length in tokens.", min=64)] = 4096,
     depth: Annotated[float, typer.Option(help="Needle depth as a fraction of the haystack, in [0, 1].")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Seed of the needle key/value and haystack offset.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the needle key/value and haystack offset (and of selection, by default).")
+    ] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.", min=1)] = 24,
     k: Annotated[int, typer.Option(help="Blocks selected per (layer, KV head) and decode step.", min=0)] = 16,
     block_size: Annotated[int, typer.Option(help="Tokens per block.", min=1)] = 64,
     preset: Annotated[
         str, typer.Option(help="Photonic hardware preset(s), comma-separated (d_sig = each preset's comb lines).")
     ] = "seed-nominal,tfln-feasible",
+    photonic: _PhotonicFileOpt = None,
+    selection: _SelectionFileOpt = None,
+    heads: Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")] = None,
+    dtype: _DtypeOpt = "float32",
     device: _DeviceOpt = "cpu",
     threads: _ThreadsOpt = None,
+    selection_fields: dict[str, Any] | None = None,
 ) -> None:
     """PRISM demonstration: one needle in a natural-text haystack, answered with dense attention and with
     photonic block selection (the photonic engine picks the blocks each decode step reads)."""
     import torch
-    from transformers import DynamicCache
 
-    from kvprism.eval.runner import fork_dynamic_cache
+    from kvprism.eval.decode import eos_ids, fork_dynamic_cache, greedy_decode, prefill
+    from kvprism.eval.grid import load_preset
     from kvprism.eval.tasks import niah_single
-    from kvprism.hf.attention import use_kvprism_attention
-    from kvprism.hf.cache import SparseCache, chunked_prefill
+    from kvprism.hf.cache import SparseCache
     from kvprism.hf.models import load_model
     from kvprism.selection import SelectionConfig
 
     if not 0.0 <= depth <= 1.0:
         raise kvprism.KvprismError(f"--depth = {depth} is invalid; allowed range: [0, 1]")
-    sel = SelectionConfig(block_size=block_size, k=k, backend="exact", seed=seed)
+    _check_dtype(dtype)
+    fields = {"seed": seed, **_selection_file(selection), "block_size": block_size, "k": k, **(selection_fields or {})}
+    if heads is not None:
+        fields["heads"] = heads
+    fields.pop("photonic", None)  # the presets below set it
+    sel = SelectionConfig(**{**fields, "scorer": "exact"})
     presets = [p.strip() for p in preset.split(",") if p.strip()]
     for p in presets:
         _check_preset(p)
+    if _photonic_file(photonic) is not None:
+        presets.append(photonic)
     peek = _peek_model_config(model)
     _check_window(peek, context + max_new_tokens, "--context + --max-new-tokens")
     _set_threads(threads)
     t0 = time.perf_counter()
     with console.status(f"loading {model} ..."):
-        mdl, tok = load_model(model, device=device)
+        mdl, tok = load_model(model, dtype=dtype, device=device)
     t_load = time.perf_counter() - t0
     _check_window(mdl.config, context + max_new_tokens, "--context + --max-new-tokens")
     sample = niah_single(tok, context, depth, seed)
@@ -137,26 +337,27 @@ def demo(
     console.print(f"[bold]question[/]       {sample.question}")
     console.print(f"[bold]expected[/]       {', '.join(sample.answers)}")
 
-    use_kvprism_attention(mdl)  # dense sdpa on the DynamicCache prefill below; records the queries forks need
-    ids = torch.tensor([sample.input_ids], device=device)
-    dense_cache = DynamicCache()
+    ids = torch.tensor([sample.input_ids[:-1]], device=device)
+    last = torch.tensor([[sample.input_ids[-1]]])
     t0 = time.perf_counter()
     with console.status(f"prefill of {ids.shape[1]} tokens (dense, once) ..."):
-        logits = chunked_prefill(mdl, ids, dense_cache, chunk_tokens=2048)
+        dense_cache = prefill(mdl, ids, chunk_tokens=2048)
     console.print(f"[bold]prefill[/]        {time.perf_counter() - t0:.1f} s (dense, shared by every run below)")
 
+    stop = eos_ids(mdl, tok)
     runs: list[tuple[str, SelectionConfig | None]] = [("dense", None)]
-    from kvprism.photonics import PhotonicConfig
-
     for p in presets:
-        lines = PhotonicConfig.preset(p).n_lines  # one comb line per signature dimension
-        runs.append((f"photonic {p}", sel.replace(backend="photonic", photonic=p, d_sig=lines)))
+        cfg = load_preset(p)
+        # one comb line per signature dimension unless d_sig was given
+        d_sig = fields.get("d_sig", cfg.n_lines)
+        runs.append(
+            (f"photonic {p}", sel.replace(scorer="photonic", photonic=cfg if p == photonic else p, d_sig=d_sig))
+        )
     for label, cfg in runs:
         cache = fork_dynamic_cache(dense_cache) if cfg is None else SparseCache.from_prefilled(mdl, dense_cache, cfg)
-        t0 = time.perf_counter()
         with console.status(f"decoding: {label} ..."):
-            answer = _decode_greedy(mdl, tok, cache, logits, ids.shape[1], max_new_tokens, device)
-        elapsed = time.perf_counter() - t0
+            tokens, _, elapsed = greedy_decode(mdl, cache, last, max_new_tokens, stop)
+        answer = tok.decode(tokens, skip_special_tokens=True)
         mark = "[green]correct[/]" if sample.score(answer) else "[red]wrong[/]"
         console.print(f"[bold]{label} answer[/]  {answer.strip()!r}  {mark}  ({elapsed:.1f} s)")
         if cfg is None:
@@ -181,45 +382,16 @@ def demo(
                     f"  ADC            {clip:.1%} of {int(conv)} conversions clipped (full scale fixed at programming "
                     "from the target weights; noise or drift beyond it clips)"
                 )
-        feas = cache.selectors[0].backend.feasibility()
+        feas = cache.selectors[0].scorer.feasibility()
         if feas is not None:
-            name = cfg.photonic if isinstance(cfg.photonic, str) else "custom"
+            name = cfg.photonic if isinstance(cfg.photonic, str) else (photonic or "custom")
             if not feas.violations:
                 verdict = "[green]feasible[/]: no constraint violated"
             else:
-                more = (
-                    f" (+{len(feas.violations) - 1} more: kvprism hw --preset {name})"
-                    if len(feas.violations) > 1
-                    else ""
-                )
+                hint = f"--config {name}" if name.endswith(".toml") else f"--preset {name}"
+                more = f" (+{len(feas.violations) - 1} more: kvprism hw {hint})" if len(feas.violations) > 1 else ""
                 verdict = f"[red]infeasible[/]: {feas.violations[0]}{more}"
             console.print(f"  feasibility    {verdict}", highlight=False)
-
-
-def _decode_greedy(model, tokenizer, cache, logits, start: int, max_new_tokens: int, device: str) -> str:
-    """Greedy decoding from prefill ``logits [1, V]`` with ``cache`` holding ``start`` tokens."""
-    import torch
-
-    from kvprism.hf.cache import cache_kwargs
-
-    eos = tokenizer.eos_token_id
-    out: list[int] = []
-    nxt = int(logits[0].argmax())
-    with torch.inference_mode():
-        for step in range(max_new_tokens):
-            out.append(nxt)
-            if nxt == eos or step == max_new_tokens - 1:
-                break
-            res = model(
-                input_ids=torch.tensor([[nxt]], device=device),
-                attention_mask=torch.ones(1, start + step + 1, dtype=torch.long, device=device),
-                position_ids=torch.tensor([[start + step]], device=device),
-                use_cache=True,
-                logits_to_keep=1,
-                **cache_kwargs(model, cache),
-            )
-            nxt = int(res.logits[0, -1].argmax())
-    return tokenizer.decode(out, skip_special_tokens=True)
 
 
 @app.command()
@@ -431,6 +603,16 @@ _SelectOpt = Annotated[
 ]
 
 
+#: options that a grid file (--grid) gives instead
+_GRID_GIVES = ("task", "contexts", "depths", "seeds", "configs", "k", "select", "haystack", "values", "max_new_tokens")
+
+
+def _given_on_command_line(name: str) -> bool:
+    """Whether option ``--<name>`` was written on this invocation's command line."""
+    opt = "--" + name.replace("_", "-")
+    return any(a == opt or a.startswith(opt + "=") for a in _state["argv"])
+
+
 def _eval_grid(
     *,
     mode: str,
@@ -450,11 +632,16 @@ def _eval_grid(
     max_new_tokens: int | None,
     threads: int | None,
     select: str | None = None,
+    selection: str | None = None,
+    photonic: str | None = None,
+    dtype: str = "float32",
+    grid: str | None = None,
+    selection_fields: dict[str, Any] | None = None,
 ) -> None:
     """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
-    from kvprism.eval import runner as R
+    from kvprism.eval import grid as G
+    from kvprism.eval.runner import check_out_dir
     from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS, expand_tasks
-    from kvprism.runtime import Interrupted
 
     def unique(values: list[Any], option: str) -> list[Any]:
         out_values: list[Any] = []
@@ -465,72 +652,128 @@ def _eval_grid(
                 out_values.append(v)
         return out_values
 
-    tasks = unique(expand_tasks(R.parse_list(task, str, "task")), "--task")
-    for t in tasks:
-        if t not in TASKS:
-            raise kvprism.KvprismError(f"--task = {t!r} is unknown; allowed: {', '.join(TASKS)}")
-    if haystack is not None and haystack not in HAYSTACKS:
-        raise kvprism.KvprismError(f"--haystack = {haystack!r} is invalid; allowed: {', '.join(HAYSTACKS)}")
-    if values is not None and values not in VALUE_KINDS:
-        raise kvprism.KvprismError(f"--values = {values!r} is invalid; allowed: {', '.join(VALUE_KINDS)}")
-    ctx_list = unique(R.parse_list(contexts, int, "contexts"), "--contexts")
-    depth_list = unique(R.parse_list(depths, float, "depths"), "--depths")
-    seed_list = unique(R.parse_list(seeds, int, "seeds"), "--seeds")
-    k_list = unique(R.parse_list(k, int, "k"), "--k")
-    for c in ctx_list:
-        if c < 1:
-            raise kvprism.KvprismError(f"--contexts: {c} is invalid; allowed range: >= 1 token")
-    for d in depth_list:
-        if not 0.0 <= d <= 1.0:
-            raise kvprism.KvprismError(f"--depths: {d} is invalid; allowed range: [0, 1]")
-    for kk in k_list:
-        if kk < 1:
-            raise kvprism.KvprismError(f"--k: {kk} is invalid; allowed range: k >= 1")
-    if not (ctx_list and depth_list and seed_list):
-        raise kvprism.KvprismError("--contexts, --depths and --seeds each need at least one value")
-    from kvprism.eval.sweep import expand_selection_sets
-
-    selection: dict = {}
+    _check_dtype(dtype)
+    shared: dict[str, Any] = _selection_file(selection)
     if block_size is not None:
-        selection["block_size"] = block_size
+        shared["block_size"] = check_selection_fields({"block_size": block_size})["block_size"]
+    shared.update(selection_fields or {})
+    for name in ("k", "scorer", "photonic"):  # the configurations set these
+        if name in shared:
+            _note(f"--selection {selection}: {name} is set by --configs / --k; the file's {name} is not used")
+            del shared[name]
     if heads is not None:
         from kvprism.eval.heads import load_mask
 
-        selection["heads"] = load_mask(heads)
-    cfgs = expand_selection_sets(unique(R.parse_list(configs, str, "configs"), "--configs"), k_list, selection, select)
-    R.validate_configs(cfgs)
+        shared["heads"] = load_mask(heads)
+    preset_file = _photonic_file(photonic)
+    if grid is not None:
+        given = [f"--{n.replace('_', '-')}" for n in _GRID_GIVES if _given_on_command_line(n)]
+        if given:
+            raise _usage("--grid", f"the grid file gives the grid; remove {', '.join(given)}")
+        g = G.Grid.from_toml(grid, selection=shared)
+        if g.mode is not None and g.mode != mode:
+            raise _usage("--grid", f"{grid} is a {g.mode} grid; run it with `kvprism {g.mode} --grid {grid}`")
+        tasks, ctx_list, depth_list, seed_list = list(g.tasks), list(g.contexts), list(g.depths), list(g.seeds)
+        haystack, values = g.haystack, g.values
+        if mode == "niah":
+            max_new_tokens = g.max_new_tokens
+        cfgs = list(g.configs)
+        if preset_file is not None:
+            ks = sorted({c.k for c in cfgs if c.k is not None}) or [8]
+            cfgs += [c for c in G.build_configs([preset_file], ks, shared) if c.name not in {x.name for x in cfgs}]
+        if g.heads is not None:
+            shared["heads"] = g.heads
+    else:
+        tasks = unique(expand_tasks(G.parse_list(task, str, "task")), "--task")
+        for t in tasks:
+            if t not in TASKS:
+                raise kvprism.KvprismError(f"--task = {t!r} is unknown; allowed: {', '.join(TASKS)}")
+        if haystack is not None and haystack not in HAYSTACKS:
+            raise kvprism.KvprismError(f"--haystack = {haystack!r} is invalid; allowed: {', '.join(HAYSTACKS)}")
+        if values is not None and values not in VALUE_KINDS:
+            raise kvprism.KvprismError(f"--values = {values!r} is invalid; allowed: {', '.join(VALUE_KINDS)}")
+        ctx_list = unique(G.parse_list(contexts, int, "contexts"), "--contexts")
+        depth_list = unique(G.parse_list(depths, float, "depths"), "--depths")
+        seed_list = unique(G.parse_list(seeds, int, "seeds"), "--seeds")
+        k_list = unique(G.parse_list(k, int, "k"), "--k")
+        for c in ctx_list:
+            if c < 1:
+                raise kvprism.KvprismError(f"--contexts: {c} is invalid; allowed range: >= 1 token")
+        for d in depth_list:
+            if not 0.0 <= d <= 1.0:
+                raise kvprism.KvprismError(f"--depths: {d} is invalid; allowed range: [0, 1]")
+        for kk in k_list:
+            if kk < 1:
+                raise kvprism.KvprismError(f"--k: {kk} is invalid; allowed range: k >= 1")
+        if not (ctx_list and depth_list and seed_list):
+            raise kvprism.KvprismError("--contexts, --depths and --seeds each need at least one value")
+        from kvprism.eval.sweep import expand_selection_sets
+
+        names = unique(G.parse_list(configs, str, "configs"), "--configs")
+        if preset_file is not None and preset_file not in names:
+            names.append(preset_file)
+        cfgs = expand_selection_sets(names, k_list, shared, select)
+    G.validate_configs(cfgs)
     peek = _peek_model_config(model)
     if peek is not None:
         _check_window(peek, max(ctx_list), "--contexts")
-        if heads is not None:
+        mask = shared.get("heads")
+        if mask is not None:
             layers = peek.num_hidden_layers
             kv = getattr(peek, "num_key_value_heads", None) or peek.num_attention_heads
-            mask = selection["heads"]
             if (len(mask), len(mask[0])) != (layers, kv):
                 raise kvprism.KvprismError(
-                    f"--heads {heads}: the mask is {len(mask)} layers x {len(mask[0])} KV heads; model {model} has "
-                    f"{layers} x {kv}"
+                    f"--heads {heads or grid}: the mask is {len(mask)} layers x {len(mask[0])} KV heads; model {model} "
+                    f"has {layers} x {kv}"
                 )
-    R.check_out_dir(out)
+    check_out_dir(out)
+    run_grid(
+        mode=mode, model=model, device=device, dtype=dtype, threads=threads, out=out, tasks=tasks, contexts=ctx_list,
+        depths=depth_list, seeds=seed_list, configs=cfgs, haystack=haystack, values=values,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+
+
+def run_grid(
+    *,
+    mode: str,
+    model: str,
+    device: str,
+    dtype: str,
+    threads: int | None,
+    out: str,
+    tasks: list[str],
+    contexts: list[int],
+    depths: list[float],
+    seeds: list[int],
+    configs: list[Any],
+    haystack: str | None,
+    values: str | None,
+    max_new_tokens: int | None,
+) -> None:
+    """Load the model, run (or resume) the checked grid with a progress bar, write the report."""
+    from kvprism.eval.report import write_report
+    from kvprism.eval.runner import Runner
     from kvprism.eval.tasks import make_sample
     from kvprism.hf.models import load_model
+    from kvprism.runtime import Interrupted
 
     _set_threads(threads)
     with console.status(f"loading {model} ..."):
-        mdl, tok = load_model(model, device=device)
-    _check_window(mdl.config, max(ctx_list), "--contexts")
+        mdl, tok = load_model(model, dtype=dtype, device=device)
+    _check_window(mdl.config, max(contexts), "--contexts")
     for t in tasks:  # too-short / too-long contexts fail here, before any prefill
-        for c in (min(ctx_list), max(ctx_list)):
-            make_sample(t, tok, c, depth_list[0], seed_list[0], haystack=haystack, values=values)
-    runner = R.Runner(
+        for c in (min(contexts), max(contexts)):
+            make_sample(t, tok, c, depths[0], seeds[0], haystack=haystack, values=values)
+    runner = Runner(
         mdl,
         tok,
         out_dir=out,
         tasks=tasks,
-        contexts=ctx_list,
-        depths=depth_list,
-        seeds=seed_list,
-        configs=cfgs,
+        contexts=contexts,
+        depths=depths,
+        seeds=seeds,
+        configs=configs,
         mode=mode,
         haystack=haystack,
         values=values,
@@ -538,12 +781,14 @@ def _eval_grid(
         model_name=model,
         command_line=_state["argv"],
     )
-    n_cells = len(runner.points) * len(cfgs)
+    n_cells = len(runner.points) * len(configs)
     console.print(
-        f"[bold]{mode}[/]: {len(runner.points)} prompts × {len(cfgs)} configurations = {n_cells} cells -> {out}"
+        f"[bold]{mode}[/]: {len(runner.points)} prompts × {len(configs)} configurations = {n_cells} cells -> {out}"
     )
     try:
-        summary = runner.run()
+        with grid_progress(mode) as on_progress:
+            runner.on_progress = on_progress
+            summary = runner.run()
     except (Interrupted, KeyboardInterrupt) as exc:
         done = runner.summary.cells_done if runner.summary else 0
         err_console.print(f"aborted after {done} of {n_cells} cells; rerun the same command to resume", highlight=False)
@@ -553,13 +798,22 @@ def _eval_grid(
         f"ran {summary.cells_run} cells ({summary.cells_done_before} already done); "
         f"prefill {summary.prefill_s:.1f} s over {summary.prefills} prompts, decode {summary.decode_s:.1f} s"
     )
-    from kvprism.eval.report import write_report
-
     written = write_report(out, on_note=_note)
     console.print(f"report: {written['report']}  summary: {written['summary']}")
 
 
+_GridOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--grid",
+        help="Grid TOML file: tasks × contexts × depths × seeds × configurations in one file (see kvprism.eval.grid); "
+        "replaces --task, --contexts, --depths, --seeds, --configs, --k and --select.",
+    ),
+]
+
+
 @app.command()
+@with_selection_options(*_EVAL_FIELDS)
 def niah(
     task: _TaskOpt = "niah_single",
     contexts: _ContextsOpt = _DEFAULT_CONTEXTS,
@@ -573,16 +827,22 @@ def niah(
     values: _ValuesOpt = None,
     model: _ModelOpt = "smollm2",
     device: _DeviceOpt = "cpu",
+    dtype: _DtypeOpt = "float32",
     out: _OutOpt = "runs/niah",
     max_new_tokens: Annotated[int | None, typer.Option(help="Answer tokens (default: task's).", min=1)] = None,
     select: _SelectOpt = None,
+    selection: _SelectionFileOpt = None,
+    photonic: _PhotonicFileOpt = None,
+    grid: _GridOpt = None,
     threads: _ThreadsOpt = None,
+    selection_fields: dict[str, Any] | None = None,
 ) -> None:
     """Needle-in-a-haystack grid: prefill once per prompt, decode every configuration, score answers (resumable)."""
     _eval_grid(**locals(), mode="niah")
 
 
 @app.command()
+@with_selection_options(*_EVAL_FIELDS)
 def recall(
     task: _TaskOpt = "niah_single",
     contexts: _ContextsOpt = _DEFAULT_CONTEXTS,
@@ -596,8 +856,12 @@ def recall(
     values: _ValuesOpt = None,
     model: _ModelOpt = "smollm2",
     device: _DeviceOpt = "cpu",
+    dtype: _DtypeOpt = "float32",
     out: _OutOpt = "runs/recall",
     select: _SelectOpt = None,
+    selection: _SelectionFileOpt = None,
+    photonic: _PhotonicFileOpt = None,
+    grid: _GridOpt = None,
     threads: _ThreadsOpt = None,
     sweep: Annotated[
         bool, typer.Option("--sweep", help="Sweep methods × --d-sigs × --k instead of --configs (one prefill/prompt).")
@@ -606,20 +870,32 @@ def recall(
         str, typer.Option(help="--sweep: signature/projection or signature/projection/budget, comma-separated.")
     ] = ("mean/learned,minmax/learned,centroids/learned,reps/learned,mean/pca,mean/learned/top_p"),
     d_sigs: Annotated[str, typer.Option(help="--sweep: signature dimensions, comma-separated.")] = "4,8,16,32",
+    selection_fields: dict[str, Any] | None = None,
 ) -> None:
     """Selection metrics only (block/signature recall@k, mass captured, needle hit, KL, read fraction): one decode
     step per configuration, no answer generation. With --sweep: every method × d_sig × k (kvprism.eval.sweep)."""
     if sweep:
-        opts = {n: v for n, v in locals().items() if n not in ("sweep", "configs", "heads")}
+        for name in ("heads", "photonic", "grid"):
+            if locals()[name] is not None:
+                raise _usage(f"--{name}", "does not apply to --sweep")
+        _check_dtype(dtype)
+        base = {**_selection_file(selection), **(selection_fields or {})}
+        opts = {
+            n: v
+            for n, v in locals().items()
+            if n
+            not in ("sweep", "configs", "heads", "photonic", "grid", "selection", "selection_fields", "name", "base")
+        }
         from kvprism.eval.sweep import run_cli
 
-        run_cli(**opts, console=console)
+        run_cli(**opts, base=base, console=console)
         return
     del sweep, methods, d_sigs
     _eval_grid(**locals(), mode="recall", max_new_tokens=1)
 
 
 @app.command()
+@with_selection_options("block_size", "sink_blocks")
 def heads(
     model: _ModelOpt = "smollm2",
     device: _DeviceOpt = "cpu",
@@ -638,15 +914,28 @@ def heads(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the text offset.")] = 0,
     out: Annotated[str, typer.Option(help="Mask JSON path (the heatmap PNG goes beside it).")] = "runs/heads.json",
+    selection: Annotated[
+        str | None,
+        typer.Option(
+            "--selection",
+            help="SelectionConfig TOML whose sink (sink_blocks · block_size) and window are the defaults of --sink "
+            "and --window.",
+        ),
+    ] = None,
+    dtype: _DtypeOpt = "float32",
     threads: _ThreadsOpt = None,
+    selection_fields: dict[str, Any] | None = None,
 ) -> None:
     """Retrieval-head profiling: R_h per (layer, KV head) on natural text, heatmap PNG and a SelectionConfig mask."""
     from kvprism.eval import heads as H
-    from kvprism.eval.runner import check_out_dir
+    from kvprism.eval.store import check_out_dir
     from kvprism.hf.models import load_model
+    from kvprism.selection import SelectionConfig
 
+    _check_dtype(dtype)
     text_tokens = H.DEFAULT_TEXT_TOKENS if text_tokens is None else text_tokens
-    d_sink, d_window = H.selection_sink_window()
+    sel = SelectionConfig(**{**_selection_file(selection), **(selection_fields or {})})
+    d_sink, d_window = H.selection_sink_window(sel)
     sink = d_sink if sink is None else sink
     window = d_window if window is None else window
     fraction = H.DEFAULT_FRACTION if fraction is None else fraction
@@ -664,7 +953,7 @@ def heads(
     _check_window(_peek_model_config(model), text_tokens, "--text-tokens")
     _set_threads(threads)
     with console.status(f"loading {model} ..."):
-        mdl, tok = load_model(model, device=device)
+        mdl, tok = load_model(model, dtype=dtype, device=device)
     _check_window(mdl.config, text_tokens, "--text-tokens")
     t0 = time.perf_counter()
     with console.status(f"profiling {text_tokens} tokens ..."):

@@ -234,7 +234,10 @@ def claims(
     dep = tuple(float(x) for x in depths.split(",") if x.strip())
     settings = ClaimsSettings(model_name=model, contexts=ctx, depths=dep, k=k, seed=seed)
     factory = model_factory(model, device=device)
-    written = run_claims(mdl, tok, out, settings, show_progress=True, console=console, executor=ex,
-                         model_factory=factory)  # fmt: skip
+    from kvprism.cli import grid_progress
+
+    with grid_progress("claims: niah") as on_progress:
+        written = run_claims(mdl, tok, out, settings, show_progress=True, on_progress=on_progress, console=console,
+                             executor=ex, model_factory=factory)  # fmt: skip
     for name, path in written.items():
         console.print(f"{name:>10}  {path}")

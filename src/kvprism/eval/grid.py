@@ -339,8 +339,8 @@ class Grid:
 def _check_selection_keys(fields: Mapping[str, Any], where: str) -> None:
     from kvprism.selection import SelectionConfig
 
-    names = set(SelectionConfig.__dataclass_fields__) | set(SelectionConfig._renamed)
-    unknown = sorted(set(fields) - names)
+    names = set(SelectionConfig.__dataclass_fields__)
+    unknown = sorted(set(SelectionConfig.renamed_fields(fields)) - names)
     if unknown:
         raise KvprismError(
             f"{where}: SelectionConfig has no field {', '.join(unknown)}; fields: {', '.join(sorted(names))}"
