@@ -187,7 +187,7 @@ def run_config(model, path: str, batch: int, context: int, args, device, dtype) 
             k=args.k,
             window=args.window,
             sink_blocks=1,
-            backend="exact",
+            scorer="exact",
             projection="none",
             signature="mean",
         )

@@ -111,7 +111,7 @@ def test_plain_tokens_read_counts_the_plan(length):
 # ------------------------------------------------------------------------------------------------ configuration
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("backend", "photonic"), ("projection", "learned"), ("signature", "centroids"), ("budget", "top_p")],
+    [("scorer", "photonic"), ("projection", "learned"), ("signature", "centroids"), ("budget", "top_p")],
 )
 def test_unsupported_config_names_the_field(field, value):
     sel = SEL.replace(**{field: value})

@@ -1,6 +1,6 @@
 """``StaticSparseCache``: block-sparse decode with fixed shapes, for ``torch.compile`` and CUDA graphs.
 
-    sel = SelectionConfig(block_size=128, k=32, window=256, projection="none", backend="exact")
+    sel = SelectionConfig(block_size=128, k=32, window=256, projection="none", scorer="exact")
     cache = StaticSparseCache(model, sel, max_cache_len=32768 + 256)   # switches the model to "kvprism" attention
     logits = chunked_prefill(model, prompt_ids, cache)                  # dense prefill through the cache
     cache.prepare()                                                     # fit the projection, sign the prefill blocks
@@ -86,9 +86,9 @@ def check_static_config(sel: SelectionConfig) -> None:
     """Raise :class:`ConfigError` for a selection the static path does not implement (see the module docstring)."""
     if not isinstance(sel, SelectionConfig):
         raise ConfigError(f"StaticSparseCache needs a SelectionConfig, got {type(sel).__name__}")
-    if sel.backend != "exact":
+    if sel.scorer != "exact":
         raise ConfigError(
-            f"SelectionConfig.backend = {sel.backend!r} is not supported by StaticSparseCache; allowed: 'exact' "
+            f"SelectionConfig.scorer = {sel.scorer!r} is not supported by StaticSparseCache; allowed: 'exact' "
             "(the photonic scorer runs on the dynamic kvprism.SparseCache)"
         )
     if sel.projection not in STATIC_PROJECTIONS:
