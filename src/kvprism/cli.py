@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 import kvprism
+from kvprism.cli_common import AddressOpt, ExecutorOpt, GpusPerWorkerOpt, WorkersOpt, executor_of, model_factory
 
 app = typer.Typer(
     name="kvprism",
@@ -637,6 +638,10 @@ def _eval_grid(
     dtype: str = "float32",
     grid: str | None = None,
     selection_fields: dict[str, Any] | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
 ) -> None:
     """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
     from kvprism.eval import grid as G
@@ -653,6 +658,7 @@ def _eval_grid(
         return out_values
 
     _check_dtype(dtype)
+    ex = executor_of(executor, address, workers, gpus_per_worker)
     shared: dict[str, Any] = _selection_file(selection)
     if block_size is not None:
         shared["block_size"] = check_selection_fields({"block_size": block_size})["block_size"]
@@ -730,7 +736,7 @@ def _eval_grid(
     run_grid(
         mode=mode, model=model, device=device, dtype=dtype, threads=threads, out=out, tasks=tasks, contexts=ctx_list,
         depths=depth_list, seeds=seed_list, configs=cfgs, haystack=haystack, values=values,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens, executor=ex,
     )  # fmt: skip
 
 
@@ -750,8 +756,10 @@ def run_grid(
     haystack: str | None,
     values: str | None,
     max_new_tokens: int | None,
+    executor: Any = None,
 ) -> None:
-    """Load the model, run (or resume) the checked grid with a progress bar, write the report."""
+    """Load the model, run (or resume) the checked grid with a progress bar, write the report. ``executor``: where
+    the prompts run (:mod:`kvprism.eval.executor`; default in this process); remote workers load the same model."""
     from kvprism.eval.report import write_report
     from kvprism.eval.runner import Runner
     from kvprism.eval.tasks import make_sample
@@ -780,6 +788,8 @@ def run_grid(
         max_new_tokens=max_new_tokens,
         model_name=model,
         command_line=_state["argv"],
+        executor=executor,
+        model_factory=model_factory(model, dtype=dtype, device=device),
     )
     n_cells = len(runner.points) * len(configs)
     console.print(
@@ -835,9 +845,14 @@ def niah(
     photonic: _PhotonicFileOpt = None,
     grid: _GridOpt = None,
     threads: _ThreadsOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
     selection_fields: dict[str, Any] | None = None,
 ) -> None:
-    """Needle-in-a-haystack grid: prefill once per prompt, decode every configuration, score answers (resumable)."""
+    """Needle-in-a-haystack grid: prefill once per prompt, decode every configuration, score answers (resumable;
+    on Ray workers with --executor ray)."""
     _eval_grid(**locals(), mode="niah")
 
 
@@ -863,6 +878,10 @@ def recall(
     photonic: _PhotonicFileOpt = None,
     grid: _GridOpt = None,
     threads: _ThreadsOpt = None,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
     sweep: Annotated[
         bool, typer.Option("--sweep", help="Sweep methods × --d-sigs × --k instead of --configs (one prefill/prompt).")
     ] = False,
@@ -875,16 +894,32 @@ def recall(
     """Selection metrics only (block/signature recall@k, mass captured, needle hit, KL, read fraction): one decode
     step per configuration, no answer generation. With --sweep: every method × d_sig × k (kvprism.eval.sweep)."""
     if sweep:
-        for name in ("heads", "photonic", "grid"):
+        for name in ("heads", "photonic", "grid", "address", "workers"):
             if locals()[name] is not None:
-                raise _usage(f"--{name}", "does not apply to --sweep")
+                raise _usage(f"--{name.replace('_', '-')}", "does not apply to --sweep")
+        if executor != "local" or gpus_per_worker:
+            raise _usage("--executor", "--sweep runs in this process")
         _check_dtype(dtype)
         base = {**_selection_file(selection), **(selection_fields or {})}
         opts = {
             n: v
             for n, v in locals().items()
             if n
-            not in ("sweep", "configs", "heads", "photonic", "grid", "selection", "selection_fields", "name", "base")
+            not in (
+                "sweep",
+                "configs",
+                "heads",
+                "photonic",
+                "grid",
+                "selection",
+                "selection_fields",
+                "name",
+                "base",
+                "executor",
+                "address",
+                "workers",
+                "gpus_per_worker",
+            )
         }
         from kvprism.eval.sweep import run_cli
 
