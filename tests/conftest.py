@@ -76,3 +76,17 @@ if not torch.cuda.is_available():
     import os
 
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance of 2 CPUs for one test module; the process's signal handlers are restored after it."""
+    import signal
+
+    ray = pytest.importorskip("ray")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
+    yield ray
+    ray.shutdown()
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)

@@ -21,13 +21,6 @@ from tests import ray_workers
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
-    yield
-    ray.shutdown()
-
-
 def test_local_executor_needs_no_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # any import of ray would fail
     got = []

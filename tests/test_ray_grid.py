@@ -45,13 +45,6 @@ def _comparable(rows):
     return {r["key"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
-    yield
-    ray.shutdown()
-
-
 def test_ray_grid_equals_the_in_process_grid_cell_by_cell(ray_cluster, tmp_path):
     local = _runner(tmp_path / "local").run()
     ex = RayExecutor(workers=2)
@@ -115,3 +108,19 @@ def test_a_driver_killed_with_sigkill_mid_grid_resumes_without_duplicates(tmp_pa
     rows = _cells(out)
     assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
     assert summary.cells_run == 8 - len(before)
+
+
+def test_cli_niah_on_ray_equals_the_in_process_command(tmp_path):
+    """`kvprism niah --executor ray` with a model directory every worker loads itself: the same cells."""
+    from kvprism.cli import main
+
+    model_dir = tmp_path / "tiny-model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    args = ["niah", "--model", str(model_dir), "--configs", "dense,exact", "--k", "2", "--block-size", "8",
+            "--window", "16", "--d-sig", "8", "--contexts", "120,160", "--depths", "0", "--haystack", "noise",
+            "--max-new-tokens", "3", "--threads", "1"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--executor", "ray", "--workers", "2"]) == 0
+    a, b = _comparable(_cells(tmp_path / "local")), _comparable(_cells(tmp_path / "ray"))
+    assert len(a) == 4 and a == b

@@ -167,12 +167,13 @@ def test_deferred_signals_deliver_after_the_block():
 
 
 def test_interrupts_as_exceptions_maps_sigterm():
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted) as info, interrupts_as_exceptions():
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(1000):  # the handler runs at the next bytecode boundary
             pass
     assert info.value.exit_code == 143
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
 
 
 def test_threads(monkeypatch):

@@ -120,3 +120,25 @@ def test_cli_sweep_bad_method_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "projection 'learnt' is invalid" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_summarize_cells_means_per_method_d_sig_and_k_skipping_missing_values():
+    recs = [
+        dict(method="mean/learned", d_sig=4, k=2, row_width=4, bank_rows_per_block=1, read_fraction_max=0.5,
+             block_recall=0.2, mass_captured=None, needle_hit=1.0),
+        dict(method="mean/learned", d_sig=4, k=2, row_width=4, bank_rows_per_block=1, read_fraction_max=0.7,
+             block_recall=0.4, mass_captured=0.9, needle_hit=0.0),
+        dict(method="minmax/none", d_sig=None, k=2, row_width=16, bank_rows_per_block=1, read_fraction_max=0.3,
+             block_recall=None, mass_captured=None, needle_hit=None),
+    ]  # fmt: skip
+    rows = S.summarize_cells(recs)
+    assert [(r["method"], r["d_sig"], r["k"], r["prompts"]) for r in rows] == [
+        ("mean/learned", 4, 2, 2),
+        ("minmax/none", None, 2, 1),
+    ]
+    a, b = rows
+    assert type(a["d_sig"]) is int and a["channels"] == 4 and b["channels"] == 16
+    assert a["block_recall"] == pytest.approx(0.3) and a["mass_captured"] == pytest.approx(0.9)
+    assert a["read_fraction_max"] == 0.7 and a["needle_hit"] == 0.5 and a["signature_s"] is None
+    assert b["block_recall"] is None and b["read_fraction_max"] == 0.3
+    assert S.summarize_cells([]) == []

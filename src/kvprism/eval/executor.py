@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -136,6 +137,7 @@ class RayExecutor(Generic[U]):
         started = False
         t_start = time.perf_counter()
         self.unit_times = []
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": False, **(self.init_kwargs or {})}
             ray.init(address=self.address, **kwargs)
@@ -175,6 +177,8 @@ class RayExecutor(Generic[U]):
                 ray.kill(actor)
             if started:
                 ray.shutdown()
+                for sig, handler in handlers.items():  # ray.init installs its own; the caller's come back
+                    signal.signal(sig, handler)
 
 
 def make_executor(

@@ -98,24 +98,31 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by_mode: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         by_mode[r["mode"]][r["config"]].append(r)
-    prefills: dict[str, float] = {}
-    for r in rows:
-        prefills.setdefault(r["prefill_id"], float(r["prefill_s"]))
-    decode_by_config: dict[str, float] = defaultdict(float)
-    tokens_by_config: dict[str, int] = defaultdict(int)
-    reference_s = 0.0
-    for r in rows:
-        decode_by_config[r["config"]] += float(r["decode_s"])
-        tokens_by_config[r["config"]] += int(r["decode_steps"])
-        reference_s += float(r.get("reference_s") or 0.0)
-    prefill_s = sum(prefills.values())
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "prefill_id": [r["prefill_id"] for r in rows],
+            "prefill_s": [float(r["prefill_s"]) for r in rows],
+            "config": [r["config"] for r in rows],
+            "decode_s": [float(r["decode_s"]) for r in rows],
+            "decode_steps": [int(r["decode_steps"]) for r in rows],
+            "reference_s": [float(r.get("reference_s") or 0.0) for r in rows],
+        }
+    )
+    prefill_per_prompt = df.drop_duplicates("prefill_id")["prefill_s"]  # each prompt is prefilled once
+    per_config = df.groupby("config", sort=False)[["decode_s", "decode_steps"]].sum()
+    decode_by_config = {str(c): float(v) for c, v in per_config["decode_s"].items()}
+    tokens_by_config = {str(c): int(v) for c, v in per_config["decode_steps"].items()}
+    reference_s = float(df["reference_s"].sum())
+    prefill_s = float(prefill_per_prompt.sum())
     decode_s = sum(decode_by_config.values()) + reference_s
     total = prefill_s + decode_s
     summary: dict[str, Any] = {
         "cells": len(rows),
         "time": {
             "prefill_s": round(prefill_s, 3),
-            "prefills": len(prefills),
+            "prefills": len(prefill_per_prompt),
             "decode_s": round(decode_s, 3),
             "decode_reference_steps_s": round(reference_s, 3),
             "prefill_share": round(prefill_s / total, 4) if total else None,

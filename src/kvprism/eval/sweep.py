@@ -413,36 +413,45 @@ def run_sweep(
 
 def summarize_cells(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Means over prompts per (method, d_sig, k); ``read_fraction_max`` is the max over prompts, layers, heads."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["method"], r["d_sig"], r["k"]), []).append(r)
-    rows = []
-    for (method, d, k), rs in groups.items():
+    import pandas as pd
 
-        def mean(name: str, rs: list[dict[str, Any]] = rs) -> float | None:
-            v = [r[name] for r in rs if r.get(name) is not None]
-            return sum(v) / len(v) if v else None
-
-        rows.append(
-            {
-                "method": method,
-                "d_sig": d,
-                "k": k,
-                "channels": rs[0]["row_width"],
-                "rows_per_block": rs[0]["bank_rows_per_block"],
-                "prompts": len(rs),
-                "block_recall": mean("block_recall"),
-                "mass_captured": mean("mass_captured"),
-                "read_fraction_mean": mean("read_fraction_mean"),
-                "read_fraction_max": max(r["read_fraction_max"] for r in rs),
-                "blocks_read_mean": mean("blocks_read_mean"),
-                "needle_hit": mean("needle_hit"),
-                "projection_fit_s": mean("projection_fit_s"),
-                "signature_s": mean("signature_s"),
-            }
-        )
+    if not records:
+        return []
+    means = ("block_recall", "mass_captured", "read_fraction_mean", "blocks_read_mean", "needle_hit",
+             "projection_fit_s", "signature_s")  # fmt: skip
+    df = pd.DataFrame(list(records), dtype=object)  # keys and counts keep their types (None stays None)
+    for name in means:  # a metric no record carries is a column of missing values
+        if name not in df:
+            df[name] = None
+    df[list(means)] = df[list(means)].astype("float64")  # None -> NaN, skipped by the means
+    # group ids, then the keys as given from each group's first record (a grouped key column with None in it would
+    # turn its ints into floats)
+    df["group"] = df.groupby(["method", "d_sig", "k"], dropna=False, sort=False).ngroup()
+    first = df.groupby("group").head(1).set_index("group")
+    agg = df.groupby("group").agg(
+        prompts=("method", "size"),
+        read_fraction_max=("read_fraction_max", "max"),
+        **{name: (name, "mean") for name in means},
+    )
+    agg = agg.join(first[["method", "d_sig", "k", "row_width", "bank_rows_per_block"]])
+    agg = agg.rename(columns={"row_width": "channels", "bank_rows_per_block": "rows_per_block"})
+    order = ["method", "d_sig", "k", "channels", "rows_per_block", "prompts", "block_recall", "mass_captured",
+             "read_fraction_mean", "read_fraction_max", "blocks_read_mean", "needle_hit", "projection_fit_s",
+             "signature_s"]  # fmt: skip
+    rows = [{c: _plain(r[c]) for c in order} for r in agg.astype(object).to_dict("records")]
     rows.sort(key=lambda r: (r["method"], r["d_sig"] or 0, r["k"]))
     return rows
+
+
+def _plain(v: Any) -> Any:
+    """A pandas / numpy scalar as the plain Python value (NaN -> None)."""
+    if v is None:
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
 
 
 def _fmt(v: Any) -> str:
