@@ -92,7 +92,9 @@ def test_run_sweep_writes_table_plot_and_resumes(model_tok, tmp_path):
         base={"block_size": 16, "window": 16},
         haystack="noise",
     )
-    files = S.run_sweep(model, tok, **kw)
+    events = []
+    files = S.run_sweep(model, tok, **kw, on_progress=events.append)
+    assert [(e.kind, e.done, e.total) for e in events] == [("start", 0, 1), ("prefill", 0, 1), ("cell", 1, 1)]
     recs = read_results(files["results"])
     # 1 prompt × 3 methods (the unprojected one once) × 2 k
     assert len(recs) == 3 * 2
@@ -110,7 +112,9 @@ def test_run_sweep_writes_table_plot_and_resumes(model_tok, tmp_path):
     assert files["plot"].stat().st_size > 1000
     rows = json.loads(files["summary"].read_text())
     assert {r["method"] for r in rows} == {"mean/learned", "minmax/none", "reps/pca/top_p"}
-    S.run_sweep(model, tok, **kw)  # resume: nothing new
+    events.clear()
+    S.run_sweep(model, tok, **kw, on_progress=events.append)  # resume: nothing new
+    assert [e.kind for e in events] == ["start", "cell"]
     assert len(read_results(files["results"])) == len(recs)
 
 

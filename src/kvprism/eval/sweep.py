@@ -348,13 +348,17 @@ def run_sweep(
     base: dict[str, Any] | None = None,
     haystack: str | None = None,
     values: str | None = None,
-    show_progress: bool = True,
+    on_progress: Any = None,
 ) -> dict[str, Path]:
-    """Run (or resume) the sweep into ``out_dir``; returns the written files (see module docstring)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from kvprism.eval.runner import Runner
+    """Run (or resume) the sweep into ``out_dir``; returns the written files (see module docstring).
+    ``on_progress`` receives :class:`kvprism.eval.runner.Progress` events counted in prompts: ``"start"``, then per
+    prompt ``"prefill"`` (unless stored) and ``"cell"`` once its cells are stored."""
+    from kvprism.eval.runner import Point, Progress, Runner
     from kvprism.eval.tasks import make_sample
+
+    def report(kind: str, done: int, point: Point | None = None) -> None:
+        if on_progress is not None:
+            on_progress(Progress(kind, done, len(prompts), point))
 
     _check_axes(d_sigs, ks)
     out = check_out_dir(out_dir)
@@ -381,32 +385,25 @@ def run_sweep(
         haystack=haystack,
         values=values,
     )
-    cols = (
-        TextColumn("[bold]sweep"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[cell]}"),
-    )
-    with Progress(*cols, disable=not show_progress) as progress:
-        bar = progress.add_task("sweep", total=len(prompts), cell="")
-        for task, ctx, depth, seed in prompts:
-            hay, val = runner.task_defaults(task)
-            key = f"{task}|{hay}|{val}|{ctx}|{depth:.4f}|{seed}"
-            if key in done:
-                progress.advance(bar)
-                continue
-            progress.update(bar, cell=f"{task} {ctx} tok depth {depth:g}")
-            sample = make_sample(task, tokenizer, ctx, depth, seed, haystack=hay, values=val)
-            prefilled, prefill_s = runner.prefill(sample)
-            cap = capture_step(model, prefilled, torch.tensor([[sample.input_ids[-1]]]))
-            del prefilled
-            cells = evaluate_step(cap, methods, d_sigs, ks, sample.target_spans, base)
-            for c in cells:
-                rec = {"prompt": key, "task": task, "context": ctx, "depth": depth, "seed": seed, "grid": grid, **c}
-                rec["prefill_s"] = round(prefill_s, 3)
-                append_result(path, rec)
-            progress.advance(bar)
+    report("start", 0)
+    for i, (task, ctx, depth, seed) in enumerate(prompts):
+        hay, val = runner.task_defaults(task)
+        key = f"{task}|{hay}|{val}|{ctx}|{depth:.4f}|{seed}"
+        point = Point(task, ctx, depth, seed)
+        if key in done:
+            report("cell", i + 1, point)
+            continue
+        report("prefill", i, point)
+        sample = make_sample(task, tokenizer, ctx, depth, seed, haystack=hay, values=val)
+        prefilled, prefill_s = runner.prefill(sample)
+        cap = capture_step(model, prefilled, torch.tensor([[sample.input_ids[-1]]]))
+        del prefilled
+        cells = evaluate_step(cap, methods, d_sigs, ks, sample.target_spans, base)
+        for c in cells:
+            rec = {"prompt": key, "task": task, "context": ctx, "depth": depth, "seed": seed, "grid": grid, **c}
+            rec["prefill_s"] = round(prefill_s, 3)
+            append_result(path, rec)
+        report("cell", i + 1, point)
     records = [r for r in read_results(path) if r.get("grid") == grid]
     return write_outputs(records, out)
 
@@ -593,21 +590,25 @@ def run_cli(
             make_sample(t, tok, c, dep[0], sds[0], haystack=haystack, values=values)
     n = len(tasks) * len(ctx) * len(dep) * len(sds)
     console.print(f"[bold]sweep[/]: {n} prompts × {len(meths)} methods × {len(dims)} d_sig × {len(ks)} k -> {out}")
-    files = run_sweep(
-        mdl,
-        tok,
-        out_dir=out,
-        tasks=tasks,
-        contexts=ctx,
-        depths=dep,
-        seeds=sds,
-        methods=meths,
-        d_sigs=dims,
-        ks=ks,
-        base=base,
-        haystack=haystack,
-        values=values,
-    )
+    from kvprism.cli import grid_progress
+
+    with grid_progress("sweep (prompts)") as on_progress:
+        files = run_sweep(
+            mdl,
+            tok,
+            out_dir=out,
+            tasks=tasks,
+            contexts=ctx,
+            depths=dep,
+            seeds=sds,
+            methods=meths,
+            d_sigs=dims,
+            ks=ks,
+            base=base,
+            haystack=haystack,
+            values=values,
+            on_progress=on_progress,
+        )
     console.print(files["table"].read_text())
     console.print(f"table: {files['table']}  plot: {files.get('plot', '(matplotlib not installed)')}")
     return files
