@@ -29,7 +29,7 @@ import torch
 from kvprism.config import ConfigBase, param
 from kvprism.errors import KvprismError
 
-__all__ = ["SeedPublishedConfig", "SeedPublishedScorer", "seed_published_weights"]
+__all__ = ["SeedPublishedConfig", "SeedPublishedScorer", "register", "seed_published_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,8 @@ def seed_published_weights(signatures: torch.Tensor, bits: int) -> torch.Tensor:
     return u
 
 
-def _register() -> None:
+def register() -> None:
+    """Register :class:`SeedPublishedScorer` as the scorer ``"seed-as-published"`` (kvprism.selection does it)."""
     from kvprism.selection import register_scorer
 
     register_scorer("seed-as-published")(SeedPublishedScorer)

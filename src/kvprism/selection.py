@@ -625,6 +625,6 @@ class BlockSelector:
 
 
 # the seed's simplified impairment model (kvprism.seed_published) registers itself as scorer "seed-as-published"
-from kvprism.seed_published import _register as _register_seed_published  # noqa: E402
+from kvprism.seed_published import register as _register_seed_published  # noqa: E402
 
 _register_seed_published()

@@ -171,9 +171,9 @@ def retrieval_mask(scores: torch.Tensor, fraction: float) -> tuple[torch.Tensor,
 
 def natural_text_ids(tokenizer: Any, n_tokens: int, seed: int) -> torch.Tensor:
     """``Long[1, n_tokens]``: a seeded window of the natural-English haystack (BOS first when the tokenizer has one)."""
-    from kvprism.eval.tasks import _haystack_ids
+    from kvprism.eval.tasks import haystack_ids
 
-    hay, _ = _haystack_ids(tokenizer)
+    hay, _ = haystack_ids(tokenizer)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     n = n_tokens - len(bos)
     if n < 1 or n > len(hay):

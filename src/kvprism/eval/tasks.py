@@ -226,7 +226,7 @@ def _line_ends(tokenizer: Any, ids: list[int]) -> tuple[bool, ...]:
 
 
 @functools.lru_cache(maxsize=4)
-def _haystack_ids(tokenizer: Any) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+def haystack_ids(tokenizer: Any) -> tuple[tuple[int, ...], tuple[bool, ...]]:
     """Token ids of the ``text`` haystack and, per token, whether a line ends in it (splice points for needles)."""
     ids = tokenizer(haystack_text(), add_special_tokens=False)["input_ids"]
     return tuple(ids), _line_ends(tokenizer, ids)
@@ -312,7 +312,7 @@ def _haystack_chunk(
 ) -> tuple[list[int], tuple[bool, ...]]:
     """``n_tokens`` haystack token ids and their line-end flags."""
     if haystack == "text":
-        hay, ends_line = _haystack_ids(tokenizer)
+        hay, ends_line = haystack_ids(tokenizer)
         if n_tokens > len(hay):
             raise KvprismError(
                 f"context_tokens = {context_tokens} exceeds the haystack ({len(hay)} tokens) of this tokenizer"

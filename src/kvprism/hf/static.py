@@ -506,14 +506,14 @@ class StaticSparseCache(Cache):
 
     def _build_triton_state(self, layer: StaticSparseLayer) -> None:
         """Launch geometry, workspaces and length buffers of the Triton kernels, shared by the layers."""
-        from kvprism.kernels.triton_decode import _score_plan, decode_plan, decode_workspace
+        from kvprism.kernels.triton_decode import decode_plan, decode_workspace, score_plan
 
         sel = self.sel
         b, h, d = layer.batch_size, layer.num_heads, layer.k_head_dim
         hq = self._num_query_heads()
         n_rows = layer.signatures.shape[2] - sel.sink_blocks
         dev = layer.device
-        splan = _score_plan(max(n_rows, 1), layer.signatures.shape[3], hq // h, max(sel.k, 1), None)
+        splan = score_plan(max(n_rows, 1), layer.signatures.shape[3], hq // h, max(sel.k, 1), None)
         plan = decode_plan(b, hq, h, d, sel.k, self.geometry, dev)
         self._triton_state = {
             "plan": plan,

@@ -172,7 +172,7 @@ def _topk_merge_kernel(
 
 
 @dataclass(frozen=True)
-class _ScorePlan:
+class ScorePlan:
     tile: int
     n_tiles: int
     k_pow2: int
@@ -181,13 +181,15 @@ class _ScorePlan:
     c_pad: int
 
 
-def _score_plan(n: int, d: int, g: int, k: int, tile: int | None) -> _ScorePlan:
+def score_plan(n: int, d: int, g: int, k: int, tile: int | None) -> ScorePlan:
+    """Launch geometry of the fused score + top-k kernel for ``n`` rows of width ``d``, GQA group ``g``, top ``k``
+    (``tile``: rows per program; None = the measured default)."""
     k_pow2 = _next_pow2(k)
     if tile is None:
         tile = 128  # H200 sweep at 128K: 128 within noise of the best at batch 1 and 8 (256: +2.5 / +1.7 us)
     tile = max(_next_pow2(tile), k_pow2, 16)
     n_tiles = max(1, -(-n // tile))
-    return _ScorePlan(
+    return ScorePlan(
         tile=tile,
         n_tiles=n_tiles,
         k_pow2=k_pow2,
@@ -236,7 +238,7 @@ def score_topk_triton(
     _, hkv, n, _ = signatures.shape
     if q.stride(-1) != 1 or signatures.stride(-1) != 1:
         raise KvprismError("q and signatures must be contiguous in their last dimension")
-    plan = _score_plan(n, d, hq // hkv, k, tile)
+    plan = score_plan(n, d, hq // hkv, k, tile)
     if plan.c_pad > 1 << 14:
         raise KvprismError(f"too many top-k candidates ({plan.n_tiles} tiles x {plan.k_pow2}); raise tile or lower N")
     if out is None:
@@ -715,7 +717,7 @@ class SparseDecodeStep:
         self.block_idx = torch.full((b, hkv, k), -1, dtype=torch.int64, device=dev)
         self.out = torch.zeros(b, q_heads, d, dtype=k_cache.dtype, device=dev)
         self.score_tile, self.num_warps, self.num_stages = score_tile, num_warps, num_stages
-        splan = _score_plan(signatures.shape[2], signatures.shape[3], q_heads // hkv, k, score_tile)
+        splan = score_plan(signatures.shape[2], signatures.shape[3], q_heads // hkv, k, score_tile)
         self._cand = torch.empty(b * hkv * splan.n_tiles * splan.k_pow2, dtype=torch.int64, device=dev)
         self.plan = decode_plan(b, q_heads, hkv, d, k, geometry, dev, num_splits=num_splits, block_n=block_n)
         self._workspace = decode_workspace(b, hkv, q_heads // hkv, d, self.plan, dev)
