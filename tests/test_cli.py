@@ -45,3 +45,23 @@ def test_demo_finds_needle(capsys, smollm2_dir):
     out = capsys.readouterr().out
     assert "correct" in out and "1024 tokens" in out
     assert "conversions clipped" in out  # the photonic run reports its ADC clipping
+
+
+def test_demo_prints_the_energy_model_step_of_each_photonic_run(capsys, tmp_path):
+    """Each photonic run ends with the energy model's decode step of the loaded model at the prompt's context,
+    against the GPU baselines, with numbers that add up."""
+    import re
+
+    from tests.conftest import tiny_model, tiny_tokenizer
+
+    tiny_model("llama").save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    args = ["demo", "--model", str(tmp_path), "--context", "700", "--max-new-tokens", "2", "--preset",
+            "tfln-feasible", "--block-size", "16", "--k", "4", "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    m = re.search(r"energy/step photonic ([\d.e+-]+) µJ \(chip ([\d.e+-]+) \+ static ([\d.e+-]+) µJ, rest KV fetch\) vs "
+                  r"GPU dense ([\d.e+-]+) µJ, GPU sparse ([\d.e+-]+) µJ", out)  # fmt: skip
+    assert m, out
+    total, chip, static, dense, sparse = map(float, m.groups())
+    assert total >= chip + static - 0.01 * total and dense > sparse > 0

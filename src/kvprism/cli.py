@@ -393,6 +393,31 @@ def demo(
                 more = f" (+{len(feas.violations) - 1} more: kvprism hw {hint})" if len(feas.violations) > 1 else ""
                 verdict = f"[red]infeasible[/]: {feas.violations[0]}{more}"
             console.print(f"  feasibility    {verdict}", highlight=False)
+            _print_step_energy(cache.selectors[0].scorer.engine.config, cfg, mdl, sample.context_tokens)
+
+
+def _print_step_energy(pcfg: Any, sel: Any, model: Any, context: int) -> None:
+    """One line: the energy model's decode step of this model at this context -- photonic selection + fetching the
+    selected blocks vs the GPU reading the whole cache (dense) or scanning signatures and fetching (GPU sparse)."""
+    from kvprism.energy import EnergyConfig, decode_step
+    from kvprism.energy.config import ModelShape
+
+    ecfg = EnergyConfig(block_size=sel.block_size, k=max(sel.k, 1), d_sig=pcfg.n_lines, sink_blocks=sel.sink_blocks,
+                        window=sel.window, gqa_reduce=sel.gqa_reduce)  # fmt: skip
+    try:
+        step = decode_step(pcfg, ecfg, ModelShape.of_model(model), context)
+    except kvprism.KvprismError as exc:
+        console.print(f"  energy/step    not modelled: {exc}", highlight=False)
+        return
+    r = step.row()
+    console.print(
+        f"  energy/step    photonic {r['photonic_energy_j'] * 1e6:.3g} µJ (chip {r['chip_dynamic_energy_j'] * 1e6:.3g}"
+        f" + static {r['chip_static_energy_j'] * 1e6:.3g} µJ, rest KV fetch) vs GPU dense {r['dense_energy_j'] * 1e6:.3g}"
+        f" µJ, GPU sparse {r['gpu_sparse_energy_j'] * 1e6:.3g} µJ; latency {r['photonic_latency_s'] * 1e6:.3g} vs "
+        f"{r['dense_latency_s'] * 1e6:.3g} / {r['gpu_sparse_latency_s'] * 1e6:.3g} µs (energy model, this model's shape, "
+        f"{context} tokens; kvprism energy)",
+        highlight=False,
+    )
 
 
 @app.command()

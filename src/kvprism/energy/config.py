@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from kvprism.config import ConfigBase, param
 from kvprism.errors import KvprismError
@@ -92,6 +93,17 @@ class ModelShape:
     def kv_bytes_per_token(self) -> int:
         """K and V elements per token over all layers (multiply by bytes per element)."""
         return 2 * self.n_layers * self.kv_heads * self.head_dim
+
+    @classmethod
+    def of_model(cls, model: Any, name: str = "") -> ModelShape:
+        """The shape of a loaded Hugging Face causal LM: its config's layers and heads, its parameter count."""
+        cfg = model.config.get_text_config(decoder=True)
+        hq = cfg.num_attention_heads
+        hkv = getattr(cfg, "num_key_value_heads", None) or hq
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
+        n_params = float(sum(p.numel() for p in model.parameters()))
+        return cls(name or getattr(cfg, "model_type", "model"), cfg.num_hidden_layers, hq, hkv, head_dim, n_params,
+                   "the loaded model's config and parameters")  # fmt: skip
 
 
 MODEL_SHAPES: dict[str, ModelShape] = {
