@@ -60,7 +60,7 @@ def test_demo_prints_the_energy_model_step_of_each_photonic_run(capsys, tmp_path
             "tfln-feasible", "--block-size", "16", "--k", "4", "--threads", "1"]  # fmt: skip
     assert main(args) == 0
     out = " ".join(capsys.readouterr().out.split())
-    m = re.search(r"energy/step photonic ([\d.e+-]+) µJ \(chip ([\d.e+-]+) \+ static ([\d.e+-]+) µJ, rest KV fetch\) vs "
+    m = re.search(r"energy/token photonic ([\d.e+-]+) µJ \(chip ([\d.e+-]+) \+ static ([\d.e+-]+) µJ, rest KV fetch\) vs "
                   r"GPU dense ([\d.e+-]+) µJ, GPU sparse ([\d.e+-]+) µJ", out)  # fmt: skip
     assert m, out
     total, chip, static, dense, sparse = map(float, m.groups())

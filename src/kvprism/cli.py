@@ -407,15 +407,15 @@ def _print_step_energy(pcfg: Any, sel: Any, model: Any, context: int) -> None:
     try:
         step = decode_step(pcfg, ecfg, ModelShape.of_model(model), context)
     except kvprism.KvprismError as exc:
-        console.print(f"  energy/step    not modelled: {exc}", highlight=False)
+        console.print(f"  energy/token   not modelled: {exc}", highlight=False)
         return
     r = step.row()
     console.print(
-        f"  energy/step    photonic {r['photonic_energy_j'] * 1e6:.3g} µJ (chip {r['chip_dynamic_energy_j'] * 1e6:.3g}"
+        f"  energy/token   photonic {r['photonic_energy_j'] * 1e6:.3g} µJ (chip {r['chip_dynamic_energy_j'] * 1e6:.3g}"
         f" + static {r['chip_static_energy_j'] * 1e6:.3g} µJ, rest KV fetch) vs GPU dense {r['dense_energy_j'] * 1e6:.3g}"
         f" µJ, GPU sparse {r['gpu_sparse_energy_j'] * 1e6:.3g} µJ; latency {r['photonic_latency_s'] * 1e6:.3g} vs "
-        f"{r['dense_latency_s'] * 1e6:.3g} / {r['gpu_sparse_latency_s'] * 1e6:.3g} µs (energy model, this model's shape, "
-        f"{context} tokens; kvprism energy)",
+        f"{r['dense_latency_s'] * 1e6:.3g} / {r['gpu_sparse_latency_s'] * 1e6:.3g} µs (energy model: one decode step = one "
+        f"token at batch 1, this model's shape, {context} tokens; kvprism energy)",
         highlight=False,
     )
 
