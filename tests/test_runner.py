@@ -260,6 +260,22 @@ def test_tiny_grid_with_photonic_preset(tmp_path):
     assert photo["method"] == "photonic" and 0.0 <= photo["signature_recall"] <= 1.0
 
 
+def test_signature_recall_is_against_exact_at_the_same_selection_settings(tmp_path):
+    """A photonic configuration's reference is the exact scorer under its own SelectionConfig, not another exact
+    configuration of the grid that shares only k: the ideal chip (an exact scorer in hardware) at d_sig 4 recalls
+    exact@d_sig 4 fully, next to an exact configuration at d_sig 8 with the same k."""
+    pytest.importorskip("kvprism.photonics")
+    exact8 = R.EvalConfig("exact-d8-k2", "exact", 2, None, {"block_size": 8, "d_sig": 8})
+    ideal4 = R.EvalConfig("ideal-d4-k2", "photonic", 2, "ideal", {"block_size": 8, "d_sig": 4})
+    r = _runner(tmp_path, [exact8, ideal4], contexts=[400], depths=[0.5], haystack="noise")
+    r.run()
+    _, photo = R.read_results(r.results)
+    assert photo["config"] == "ideal-d4-k2" and photo["signature_recall"] == 1.0
+    assert photo["reference_s"] > 0  # its own reference decode (exact at d_sig 4) ran
+    assert r.cell_settings(ideal4)["reference"] == "exact scorer, same SelectionConfig"
+    assert "reference" not in r.cell_settings(exact8)  # exact and dense keys are unchanged
+
+
 def test_repair_results_refuses_corrupt_middle(tmp_path):
     p = tmp_path / "results.jsonl"
     p.write_text('{"a": 1}\nnot json\n{"b": 2}\n')

@@ -105,6 +105,7 @@ __all__ = [
     "parse_list",
     "prefill",
     "read_results",
+    "exact_reference",
     "remote_evaluator",
     "repair_results",
     "trace_metrics",
@@ -245,7 +246,9 @@ class PointEvaluator:
         n_new = 1 if st.mode == "recall" else (st.max_new_tokens or sample.meta["max_new_tokens"])
         last = torch.tensor([[sample.input_ids[-1]]])
         dense_logits: torch.Tensor | None = None
-        exact_blocks: dict[int, dict[int, torch.Tensor]] = {}  # k -> layer -> first-step blocks
+        # exact selection's first-step blocks (layer -> blocks), per exact SelectionConfig: the reference of a
+        # photonic configuration is the exact scorer under that configuration's own selection settings
+        exact_blocks: dict[Any, dict[int, torch.Tensor]] = {}
         decode = st.decode_fn
         for spec in unit.cells:
             cfg = spec.config
@@ -254,7 +257,7 @@ class PointEvaluator:
             if cfg.method == "dense":
                 dense_logits = out.first_logits
             elif cfg.method == "exact":
-                exact_blocks[cfg.k] = first_step_blocks(out.trace)
+                exact_blocks[exact_reference(cfg.selection)] = first_step_blocks(out.trace)
             extra_s = 0.0
             if cfg.method != "dense" and dense_logits is None:
                 # the dense cell was finished in an earlier run: one dense step gives the KL reference
@@ -262,12 +265,13 @@ class PointEvaluator:
                 dense_logits, extra_s = ref.first_logits, ref.decode_s
             reference = None
             if cfg.method == "photonic":
-                if cfg.k not in exact_blocks:
-                    ex = EvalConfig(f"exact-k{cfg.k}", "exact", cfg.k, None, cfg.selection)
+                ref_sel = exact_reference(cfg.selection)
+                if ref_sel not in exact_blocks:
+                    ex = EvalConfig(f"exact-k{cfg.k}", "exact", cfg.k, None, ref_sel)
                     ref = decode(self.model, prefilled, last, ex, 1, self.eos_ids)
-                    exact_blocks[cfg.k] = first_step_blocks(ref.trace)
+                    exact_blocks[ref_sel] = first_step_blocks(ref.trace)
                     extra_s += ref.decode_s
-                reference = exact_blocks[cfg.k]
+                reference = exact_blocks[ref_sel]
             record = self._record(point, hay, val, sample, spec, out, prefilled, dense_logits, reference)
             record.update(prefill_s=round(prefill_s, 4), prefill_id=prefill_id, reference_s=round(extra_s, 4))
             yield record
@@ -332,6 +336,15 @@ class PointEvaluator:
         if out.trace:
             rec.update(trace_metrics(out.trace, prefilled, sel, sample, reference))
         return rec
+
+
+def exact_reference(sel: Any) -> Any:
+    """The exact-scorer twin of a selection config: the same settings (block size, k, d_sig, projection, signature,
+    sink, window, heads, seed, ...) scored exactly -- what a photonic configuration's signature recall is measured
+    against. Hashable (a frozen SelectionConfig), so one reference decode serves every configuration sharing it."""
+    from kvprism.selection import SelectionConfig
+
+    return sel.replace(scorer="exact", photonic=SelectionConfig().photonic)
 
 
 def remote_evaluator(model_factory: Callable[[], tuple[Any, Any]], settings: EvalSettings) -> PointEvaluator:
@@ -493,6 +506,10 @@ class Runner:
                 "backend": config.method,
                 "selection": _selection_settings(config),
             }
+            if config.method == "photonic":
+                # signature recall is against the exact scorer at the configuration's own selection settings (cells
+                # stored before this was recorded compared with exact at the default d_sig: they get new keys)
+                settings["reference"] = "exact scorer, same SelectionConfig"
             self._settings[config.name] = (settings, settings_digest(settings))
         return self._settings[config.name]
 
