@@ -58,3 +58,13 @@ def test_claims_cli_on_a_tiny_model_dir(tmp_path, monkeypatch, capsys):
     assert data["sections"]["bits"]["measured"]["reference"]["context"] == 1024  # the tiny model's window
     assert list((tmp_path / "cache" / "design").glob("ref-*.safetensors"))
     assert "claims.md" in capsys.readouterr().out
+
+
+def test_each_chip_of_the_niah_claim_runs_at_its_own_width():
+    from kvprism.design.claims import ClaimsSettings, niah_configs
+    from kvprism.photonics import PhotonicConfig
+
+    chips = [c for c in niah_configs(ClaimsSettings()) if c.method == "photonic"]
+    assert chips, "no shipped chip in the NIAH claim"
+    for c in chips:
+        assert c.selection.d_sig == PhotonicConfig.preset(c.preset).n_lines

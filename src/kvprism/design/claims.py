@@ -106,6 +106,27 @@ def _presets() -> list[str]:
     return [p for p in (NOMINAL, FEASIBLE) if p in have]
 
 
+def niah_configs(s: ClaimsSettings) -> list[Any]:
+    """The configurations of the NIAH claim: dense, exact, the seed as published and each shipped chip, every
+    chip at its own width (one signature dimension per comb line, as ``build_configs`` and the demo do)."""
+    from kvprism.eval.runner import EvalConfig
+
+    sel = {"block_size": s.block_size, "seed": s.seed}
+    configs = [
+        EvalConfig("dense", "dense"),
+        EvalConfig(f"exact-k{s.k}", "exact", s.k, None, sel),
+        EvalConfig(f"{SEED}-k{s.k}", SEED, s.k, None, sel),
+    ]
+    configs += [EvalConfig(f"{p}-k{s.k}", "photonic", s.k, p, {**sel, "d_sig": _lines(p)}) for p in _presets()]
+    return configs
+
+
+def _lines(preset: str) -> int:
+    from kvprism.photonics import PhotonicConfig
+
+    return PhotonicConfig.preset(preset).n_lines
+
+
 def _niah_contexts(model: Any, s: ClaimsSettings, tokens_margin: int = 192) -> tuple[list[int], list[int]]:
     """(contexts to run, contexts of the claim skipped: beyond the model's window)."""
     window = getattr(model.config, "max_position_embeddings", None) or 1 << 30
@@ -128,19 +149,13 @@ def _section_niah(
     executor: Any = None,
     model_factory: Any = None,
 ) -> dict[str, Any]:
-    from kvprism.eval.runner import EvalConfig, Runner, read_results
+    from kvprism.eval.runner import Runner, read_results
 
     contexts, skipped = _niah_contexts(model, s)
     if not contexts:
         window = getattr(model.config, "max_position_embeddings", None)
         raise KvprismError(f"the model's window ({window} tokens) holds none of the NIAH contexts {s.contexts}")
-    sel = {"block_size": s.block_size, "seed": s.seed}
-    configs = [
-        EvalConfig("dense", "dense"),
-        EvalConfig(f"exact-k{s.k}", "exact", s.k, None, sel),
-        EvalConfig(f"{SEED}-k{s.k}", SEED, s.k, None, sel),
-    ]
-    configs += [EvalConfig(f"{p}-k{s.k}", "photonic", s.k, p, sel) for p in _presets()]
+    configs = niah_configs(s)
     runner = Runner(
         model,
         tokenizer,
