@@ -34,6 +34,7 @@ __all__ = [
     "ATTN_NAME",
     "PREFILL_QUERY_SAMPLES",
     "PrefillQueries",
+    "attend_gathered",
     "attention_modules",
     "copy_prefill_queries",
     "keep_prefill_queries",
@@ -105,17 +106,22 @@ def sparse_attend(
     Returns:
         ``[B, Hq, Dv]`` attention output in the query dtype.
     """
+    return attend_gathered(query, _gather_rows(key, token_idx), _gather_rows(value, token_idx), token_ok, scaling)
+
+
+def attend_gathered(
+    query: torch.Tensor, kg: torch.Tensor, vg: torch.Tensor, token_ok: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Softmax attention of ``query [B, Hq, D]`` over already gathered keys / values ``[B, H, M, D]`` (GQA: query
+    head ``h·G + g`` reads KV head ``h``), False slots of ``token_ok [B, H, M]`` masked; fp32 scores and softmax.
+    Returns ``[B, Hq, Dv]`` in the query dtype."""
     b, hq, d = query.shape
-    h = key.shape[1]
-    g = hq // h
-    kg = _gather_rows(key, token_idx)  # [B, H, M, D]
-    vg = _gather_rows(value, token_idx)
-    q = query.reshape(b, h, g, d)
+    h = kg.shape[1]
+    q = query.reshape(b, h, hq // h, d)
     s = torch.matmul(q, kg.transpose(-1, -2)).float() * scaling  # [B, H, G, M]
     s = s.masked_fill(~token_ok[:, :, None, :], -math.inf)
     p = torch.softmax(s, dim=-1).to(vg.dtype)
-    out = torch.matmul(p, vg)  # [B, H, G, Dv]
-    return out.reshape(b, hq, -1).to(query.dtype)
+    return torch.matmul(p, vg).reshape(b, hq, -1).to(query.dtype)  # [B, Hq, Dv]
 
 
 def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,6 @@ nothing, so a graph replayed by other means is not checked).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -200,15 +199,9 @@ def static_attend(
 ) -> torch.Tensor:
     """Exact attention of ``query [B, Hq, D]`` over the listed tokens only (fixed-size gather + masked softmax;
     the arithmetic of :func:`kvprism.hf.attention.sparse_attend`): ``[B, Hq, Dv]`` in the query dtype."""
-    b, hq, d = query.shape
-    h = key.shape[1]
     kg = torch.gather(key, 2, token_idx[..., None].expand(-1, -1, -1, key.shape[-1]))  # [B, H, M, D]
     vg = torch.gather(value, 2, token_idx[..., None].expand(-1, -1, -1, value.shape[-1]))
-    q = query.reshape(b, h, hq // h, d)
-    s = torch.matmul(q, kg.transpose(-1, -2)).float() * scaling  # [B, H, G, M]
-    s = s.masked_fill(~token_ok[:, :, None, :], -math.inf)
-    p = torch.softmax(s, dim=-1).to(vg.dtype)
-    return torch.matmul(p, vg).reshape(b, hq, -1).to(query.dtype)
+    return _attn.attend_gathered(query, kg, vg, token_ok, scaling)
 
 
 def plain_tokens_read(blocks: torch.Tensor, length: torch.Tensor, geometry: BlockGeometry) -> torch.Tensor:
