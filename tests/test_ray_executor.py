@@ -17,6 +17,7 @@ import pytest
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.eval.executor import LocalExecutor, RayExecutor, make_executor, require_ray
 from tests import ray_workers
+from tests.design_fixtures import one_thread
 
 ray = pytest.importorskip("ray")
 
@@ -65,6 +66,7 @@ def test_ray_runs_every_unit_once_even_when_a_worker_is_killed(ray_cluster, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures(one_thread.__name__)
 def test_design_search_on_ray_equals_the_local_search(ray_cluster):
     from kvprism.design.objectives import ObjectiveSettings
     from kvprism.design.search import run_search

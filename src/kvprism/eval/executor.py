@@ -66,9 +66,12 @@ class LocalExecutor:
 
 
 class _RayWorker:
-    """The Ray actor: builds its worker once, then computes units."""
+    """The Ray actor: sets its torch threads, builds its worker once, then computes units."""
 
-    def __init__(self, make_worker: Callable[[], Worker]) -> None:
+    def __init__(self, make_worker: Callable[[], Worker], threads: int) -> None:
+        from kvprism.runtime import set_threads
+
+        set_threads(threads)  # not whatever $OMP_NUM_THREADS the node happens to have
         self._worker = make_worker()
 
     def pid(self) -> int:
@@ -90,7 +93,9 @@ class RayExecutor(Generic[U]):
             this node belongs to (``ray start --head`` / ``ray start --address``); ``"HOST:PORT"`` joins that one.
         workers: actors (each holds one loaded model). Default: the cluster's CPUs divided by ``cpus_per_worker``,
             at most the number of units.
-        cpus_per_worker, gpus_per_worker: resources each actor reserves (``gpus_per_worker`` may be fractional).
+        cpus_per_worker, gpus_per_worker: resources each actor reserves (``gpus_per_worker`` may be fractional);
+            each actor computes on ``max(1, int(cpus_per_worker))`` torch threads, so a unit's floats do not depend
+            on the node it ran on.
         max_restarts: restarts of a dead actor (``-1``: unlimited); its unit in flight is retried on the restarted
             actor.
         init_kwargs: extra ``ray.init`` arguments when this executor starts Ray (e.g. ``num_cpus`` in tests).
@@ -152,7 +157,8 @@ class RayExecutor(Generic[U]):
             )(_RayWorker)
             n = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_worker))
             n = min(n, len(units))
-            actors = [cls.remote(make_worker) for _ in range(n)]
+            threads = max(1, int(self.cpus_per_worker))
+            actors = [cls.remote(make_worker, threads) for _ in range(n)]
             self.worker_pids = ray.get([a.pid.remote() for a in actors])
             self.startup_s = time.perf_counter() - t_start
             queue = collections.deque(units)
