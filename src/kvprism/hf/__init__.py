@@ -1,1 +1,3 @@
-"""Hugging Face integration: model loading, sparse KV cache, the ``"kvprism"`` attention function."""
+"""Hugging Face integration: model loading (:mod:`~kvprism.hf.models`), the ``"kvprism"`` attention function
+(:mod:`~kvprism.hf.attention`), the sparse KV cache (:mod:`~kvprism.hf.cache`) and its decode step
+(:mod:`~kvprism.hf.pipeline`), and the fixed-shape cache for CUDA graphs (:mod:`~kvprism.hf.static`)."""
