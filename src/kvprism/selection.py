@@ -46,6 +46,7 @@ __all__ = [
     "SelectionConfig",
     "block_signatures",
     "fit_layer_projection",
+    "fit_uses_queries",
     "group_backends",
     "group_scorers",
     "layer_probe",
@@ -354,6 +355,12 @@ def signature_settings(sel: SelectionConfig) -> tuple:
 def needs_queries(sel: SelectionConfig) -> bool:
     """Whether fitting a layer needs the prefill queries (learned projection, representative-token signatures)."""
     return sel.projection == "learned" or SIGNATURES[sel.signature].needs_probe
+
+
+def fit_uses_queries(sel: SelectionConfig, n_blocks: int) -> bool:
+    """Whether fitting a layer on a prefill of ``n_blocks`` complete blocks reads the prefill queries: with fewer than
+    two blocks the learned projection is PCA anyway; representative-token signatures always need their probe."""
+    return needs_queries(sel) and (n_blocks >= 2 or SIGNATURES[sel.signature].needs_probe)
 
 
 def fit_layer_projection(

@@ -189,11 +189,8 @@ def capture_step(model: Any, prefilled: Any, last_ids: torch.Tensor) -> StepCapt
             queries.append(None)
             qpos.append(None)
             continue
-        q, pos = found.queries, found.positions
-        b, hq, n, d = q.shape
-        h = layer.keys.shape[1]
-        queries.append(q.reshape(b, h, hq // h, n, d).transpose(2, 3).float().cpu())
-        qpos.append(pos.cpu())
+        queries.append(found.grouped(layer.keys.shape[1]).float().cpu())
+        qpos.append(found.positions.cpu())
     cache = SparseCache.from_prefilled(model, prefilled, sel, trace=True, impl="torch")
     greedy_decode(model, cache, last_ids, 1, frozenset())
     summary = cache.stats.summary()

@@ -149,6 +149,11 @@ class PrefillQueries:
     positions: torch.Tensor
     length: int
 
+    def grouped(self, num_kv_heads: int) -> torch.Tensor:
+        """The queries per KV head and GQA group, ``[B, H, n, G, D]`` (what the projection fit takes)."""
+        b, hq, n, d = self.queries.shape
+        return self.queries.reshape(b, num_kv_heads, hq // num_kv_heads, n, d).transpose(2, 3)
+
 
 #: cache -> {layer_idx: PrefillQueries}; the one record of prefill queries, for any cache type
 _PREFILL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

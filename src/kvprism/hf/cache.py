@@ -37,12 +37,12 @@ from kvprism.selection import (
     SelectionConfig,
     block_signatures,
     fit_layer_projection,
+    fit_uses_queries,
     layer_probe,
     needs_queries,
     resolve_heads,
     signature_settings,
 )
-from kvprism.signatures import SIGNATURES
 
 __all__ = [
     "ATTEND_KERNELS",
@@ -126,8 +126,7 @@ def prepare_prefill(
         for i, layer in enumerate(dense_cache.layers):
             keys = layer.keys
             queries = query_pos = None
-            # with < 2 complete blocks fit_learned is PCA anyway; representative tokens always need the probe
-            if needs_queries(sel) and (nb >= 2 or SIGNATURES[sel.signature].needs_probe):
+            if fit_uses_queries(sel, nb):
                 found = _attn.prefill_queries(dense_cache, i)
                 if found is None:
                     raise ConfigError(
@@ -135,10 +134,7 @@ def prepare_prefill(
                         "prefill queries: prefill the dense cache with the model's attention set to 'kvprism' "
                         "(constructing any SparseCache does that)"
                     )
-                b, hq, n, d = found.queries.shape
-                h = keys.shape[1]
-                queries = found.queries.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
-                query_pos = found.positions
+                queries, query_pos = found.grouped(keys.shape[1]), found.positions
             scaling = _layer_scaling(model, i, keys.shape[-1])
             proj, temperature = fit_layer_projection(
                 sel, i, keys, valid, scaling=scaling, queries=queries, query_pos=query_pos
@@ -457,7 +453,7 @@ class SparseCache(Cache):
         :func:`prepare_prefill`, computed once per prefill and signature settings and shared by every fork, so the
         first decode step only programs them; ``attention_mask`` is the prefill's ``[B, T]`` mask (default: no
         padding; a first decode step whose key validity differs fits afresh, as without ``prepare``)."""
-        cache = cls(model, sel, trace=trace, profile=profile, impl=resolve_impl(impl, attend))
+        cache = cls(model, sel, trace=trace, profile=profile, impl=impl, attend=attend)
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
                 f"the prefilled cache has {len(dense_cache.layers)} layers; the model has {len(cache.layers)}"

@@ -34,7 +34,7 @@ from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.attention import PrefillQueries, key_validity, sparse_attend
 from kvprism.layout import BlockGeometry, BlockLayout, GatherPlan
-from kvprism.selection import BlockSelector, SelectionConfig, group_scorers
+from kvprism.selection import BlockSelector, SelectionConfig, fit_uses_queries, group_scorers
 
 __all__ = ["IMPLS", "DecodePipeline", "PreparedLayer", "StepEvent", "resolve_impl"]
 
@@ -219,8 +219,7 @@ class DecodePipeline:
         if not selector.fitted:
             queries = query_pos = None
             n_pre = length - 1  # the prefill: the cache before this decode step's own token
-            # with < 2 complete blocks fit_learned is PCA anyway; representative tokens always need the probe
-            if selector.needs_queries and (n_pre // bs >= 2 or selector.signature.needs_probe):
+            if fit_uses_queries(sel, n_pre // bs):
                 if prefill is None:
                     raise ConfigError(
                         f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
@@ -228,10 +227,7 @@ class DecodePipeline:
                         "model's attention set to 'kvprism' (constructing any SparseCache does that) before "
                         "SparseCache.from_prefilled"
                     )
-                b, hq, n, d = prefill.queries.shape
-                h = key.shape[1]
-                queries = prefill.queries.reshape(b, h, hq // h, n, d).transpose(2, 3)  # [B, H, n, G, D]
-                query_pos = prefill.positions
+                queries, query_pos = prefill.grouped(key.shape[1]), prefill.positions
             # fitted on the prefill only (as prepare_prefill does)
             selector.fit(key[:, :, :n_pre], valid[:, :n_pre], scaling=scaling, queries=queries, query_pos=query_pos)
         done = selector.n_blocks
