@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 def test_local_executor_needs_no_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # any import of ray would fail
     got = []
-    make_executor("local").run(ray_workers.make_square_worker(), [1, 2, 3], lambda u, cells: got.append(cells))
+    make_executor("local").run(ray_workers.make_square_worker, [1, 2, 3], lambda u, cells: got.append(cells))
     assert [c[0]["value"] for c in got] == [1, 4, 9]
     with pytest.raises(KvprismError, match=r"kvprism\[ray\]"):
         require_ray()

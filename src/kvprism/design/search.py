@@ -134,7 +134,7 @@ def evaluate_trial(ref: ReferenceSet, settings: ObjectiveSettings, unit: tuple[i
 
 
 def _trial_worker(ref: ReferenceSet, settings: ObjectiveSettings) -> Any:
-    """A Ray worker's evaluator (built once per worker; see :class:`kvprism.eval.executor.RayExecutor`)."""
+    """A worker's trial evaluator (built once per worker by the executor; picklable for Ray)."""
     return functools.partial(evaluate_trial, ref, settings)
 
 
@@ -232,7 +232,6 @@ def run_search(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         ex = executor if executor is not None else LocalExecutor()
-        local_worker = functools.partial(evaluate_trial, ref, s)
         batch_size = batch if batch is not None else (1 if isinstance(ex, LocalExecutor) else (ex.workers or 2))
         if batch_size < 1:
             raise KvprismError(f"batch = {batch_size} is invalid; allowed range: [1, inf)")
@@ -246,21 +245,19 @@ def run_search(
                 asked, units = [], []
                 for _ in range(min(batch_size, remaining)):
                     trial = study.ask()
+                    asked.append(trial)
                     params = {d.name: d.suggest(trial, ref.d_sigs if d.name == D_SIG else None) for d in dims}
                     fields = _fields(dims, params, ref)
                     trial.set_user_attr("fields", fields)
                     try:
                         cfg = base_cfg.replace(**fields)
-                    except ConfigError as exc:
+                    except ConfigError as exc:  # no unit: told pruned below, the reason in 'invalid'
                         trial.set_user_attr("invalid", str(exc))
-                        asked.append((trial, None))
                         continue
-                    asked.append((trial, len(units)))
                     units.append((trial.number, cfg, params.get(D_SIG)))
                 results: dict[int, dict[str, Any]] = {}
-                worker = local_worker if isinstance(ex, LocalExecutor) else functools.partial(_trial_worker, ref, s)
-                ex.run(worker, units, functools.partial(_collect, results))
-                for trial, _ in asked:
+                ex.run(functools.partial(_trial_worker, ref, s), units, functools.partial(_collect, results))
+                for trial in asked:
                     _tell(study, trial, results.get(trial.number), optuna)
                     remaining -= 1
                     feas = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

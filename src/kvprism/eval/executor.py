@@ -12,8 +12,9 @@ them through the one resumable store (:mod:`kvprism.eval.store`), so the executo
   returns its cells exactly once to the driver; a unit whose cells were already stored is skipped by the driver's
   store key, so even a retry after a driver restart cannot duplicate a cell.
 
-Cells are identical to the in-process run: a unit's result depends only on the unit (its seeds are part of it),
-not on the worker that computed it.
+Both take ``make_worker`` and call it once per worker. Cells are identical to the in-process run at the same torch
+thread count: a unit's result depends only on the unit (its seeds are part of it), not on the worker that computed
+it.
 """
 
 from __future__ import annotations
@@ -49,17 +50,18 @@ def require_ray() -> Any:
 
 
 class LocalExecutor:
-    """Runs every unit in this process with ``worker`` (the model already loaded here), handing each cell to
+    """Runs every unit in this process with one worker (``make_worker()``, called once), handing each cell to
     ``on_result`` as soon as the worker yields it (an interrupt loses at most the cell in flight)."""
 
     name = "local"
 
     def run(
         self,
-        worker: Worker,
+        make_worker: Callable[[], Worker],
         units: Sequence[U],
         on_result: Callable[[U, list[dict[str, Any]]], None],
     ) -> None:
+        worker = make_worker()
         for unit in units:
             for cell in worker(unit):
                 on_result(unit, [cell])

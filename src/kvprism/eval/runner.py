@@ -347,6 +347,10 @@ def exact_reference(sel: Any) -> Any:
     return sel.replace(scorer="exact", photonic=SelectionConfig().photonic)
 
 
+def _same(x: Any) -> Any:
+    return x
+
+
 def remote_evaluator(model_factory: Callable[[], tuple[Any, Any]], settings: EvalSettings) -> PointEvaluator:
     """A Ray worker's evaluator: loads its own model once (``model_factory() -> (model, tokenizer)``)."""
     model, tokenizer = model_factory()
@@ -575,12 +579,12 @@ class Runner:
         self._stored = self.store.done_keys()
         self._prefills_seen: set[str] = set()
         self._report(Progress("start", 0, n_todo))
-        if isinstance(self.executor, LocalExecutor):
-            self.executor.run(self.evaluator, units, self._store_cells)
-        else:
+        if isinstance(self.executor, LocalExecutor):  # this process's model, already loaded
+            make_worker: Callable[[], PointEvaluator] = functools.partial(_same, self.evaluator)
+        else:  # each worker loads its own
             assert self.model_factory is not None
             make_worker = functools.partial(remote_evaluator, self.model_factory, self.eval_settings)
-            self.executor.run(make_worker, units, self._store_cells)
+        self.executor.run(make_worker, units, self._store_cells)
         return summary
 
     def _report(self, event: Progress) -> None:
