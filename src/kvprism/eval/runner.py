@@ -347,10 +347,6 @@ def exact_reference(sel: Any) -> Any:
     return sel.replace(scorer="exact", photonic=SelectionConfig().photonic)
 
 
-def _same(x: Any) -> Any:
-    return x
-
-
 def remote_evaluator(model_factory: Callable[[], tuple[Any, Any]], settings: EvalSettings) -> PointEvaluator:
     """A Ray worker's evaluator: loads its own model once (``model_factory() -> (model, tokenizer)``)."""
     model, tokenizer = model_factory()
@@ -428,9 +424,6 @@ class Runner:
         self.out = self.store.dir
         self.results = self.store.results
         self.points = [Point(t, c, d, s) for t in tasks for c in contexts for d in depths for s in seeds]
-        self.mode, self.haystack, self.values, self.chat = mode, haystack, values, chat
-        self.max_new_tokens = max_new_tokens
-        self.decode_fn = decode_fn
         self.model_name = model_name
         self.on_progress = on_progress
         self.command_line = list(sys.argv if command_line is None else command_line)
@@ -443,12 +436,16 @@ class Runner:
         self.model_factory = model_factory
         self.eval_settings = EvalSettings(mode, haystack, values, max_new_tokens, chat, decode_fn)
         self.evaluator = PointEvaluator(model, tokenizer, self.eval_settings, on_event=self._on_event)
-        self.eos_ids = self.evaluator.eos_ids
         self._identity: dict[str, Any] | None = None
         self._settings: dict[str, tuple[dict[str, Any], str]] = {}
         #: progress of the current / last :meth:`run` (read it after an interrupt)
         self.summary: RunSummary | None = None
         self._todo = 0  # cells to run in the current run
+
+    @property
+    def mode(self) -> str:
+        """``niah`` or ``recall`` (:attr:`eval_settings` holds it with the other decode settings)."""
+        return self.eval_settings.mode
 
     def _check_head_masks(self) -> None:
         cfg = self.model.config
@@ -499,14 +496,15 @@ class Runner:
             from kvprism.eval.store import settings_digest
 
             ident = self.model_identity
-            n_new: Any = 1 if self.mode == "recall" else (self.max_new_tokens or "task default")
+            st = self.eval_settings
+            n_new: Any = 1 if st.mode == "recall" else (st.max_new_tokens or "task default")
             model_settings = {"config_sha256": ident["config_sha256"], "weights_sha256": ident["weights_sha256"]}
             dtype = getattr(self.model, "dtype", torch.float32)
             if dtype != torch.float32:  # float32 is left out: cells stored before dtypes were recorded keep their keys
                 model_settings["dtype"] = str(dtype).removeprefix("torch.")
             settings = {
                 "model": model_settings,
-                "decode": {"max_new_tokens": n_new, "chat": self.chat, "decoder": _callable_name(self.decode_fn)},
+                "decode": {"max_new_tokens": n_new, "chat": st.chat, "decoder": _callable_name(st.decode_fn)},
                 "backend": config.method,
                 "selection": _selection_settings(config),
             }
@@ -580,11 +578,11 @@ class Runner:
         self._prefills_seen: set[str] = set()
         self._report(Progress("start", 0, n_todo))
         if isinstance(self.executor, LocalExecutor):  # this process's model, already loaded
-            make_worker: Callable[[], PointEvaluator] = functools.partial(_same, self.evaluator)
+            self.executor.run(lambda: self.evaluator, units, self._store_cells)
         else:  # each worker loads its own
             assert self.model_factory is not None
             make_worker = functools.partial(remote_evaluator, self.model_factory, self.eval_settings)
-        self.executor.run(make_worker, units, self._store_cells)
+            self.executor.run(make_worker, units, self._store_cells)
         return summary
 
     def _report(self, event: Progress) -> None:
