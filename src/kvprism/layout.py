@@ -43,6 +43,8 @@ __all__ = [
     "BlockGeometry",
     "BlockLayout",
     "GatherPlan",
+    "candidate_blocks",
+    "row_bounds",
     "topk_blocks",
     "topk_mask",
 ]
@@ -132,6 +134,40 @@ class BlockGeometry:
     def masked(self, valid: torch.Tensor) -> BlockLayout:
         """The layout of a cache whose rows all hold ``T = valid.shape[1]`` positions, ``valid [B, T]``."""
         return BlockLayout.from_valid(valid, self)
+
+
+def row_bounds(lens: torch.Tensor, geometry: BlockGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(n_blocks, tail_start, candidate_end)`` of rows holding ``lens`` positions (tensors shaped like ``lens``):
+    complete blocks ``L // B``, the first tail position ``max(0, min(n_blocks*B, L - W))`` and one past the last
+    candidate block id, ``ceil(tail_start / B)`` (blocks that start before the tail; never above ``n_blocks``).
+    Plain tensor arithmetic on the device: :class:`BlockLayout` and the fixed-shape step of :mod:`kvprism.hf.static`
+    (traced whole by ``torch.compile``) share it."""
+    bs = geometry.block_size
+    lens = lens.long()
+    n_blocks = torch.div(lens, bs, rounding_mode="floor")
+    tail_start = torch.minimum(n_blocks * bs, lens - geometry.window).clamp_min(0)
+    return n_blocks, tail_start, torch.div(tail_start + bs - 1, bs, rounding_mode="floor")
+
+
+def candidate_blocks(
+    first_block: torch.Tensor,
+    candidate_end: torch.Tensor,
+    tail_start: torch.Tensor,
+    valid: torch.Tensor | None,
+    n_slots: int,
+    geometry: BlockGeometry,
+) -> torch.Tensor:
+    """``[B, n_slots]`` bool: the candidate blocks (complete, not sink, holding a real token before the tail) of rows
+    with the given ``first_block``, ``candidate_end`` and ``tail_start`` (``[B]``, or ``[1]`` shared by the rows) and
+    key validity ``valid [B, T]`` (None: every position before the tail is real)."""
+    j = torch.arange(n_slots, device=candidate_end.device)[None]
+    cand = (j >= (first_block + geometry.sink_blocks)[:, None]) & (j < candidate_end[:, None])
+    if valid is None:  # every position before the tail is real: each such block holds one
+        return cand
+    b, t = valid.shape
+    real = valid & (torch.arange(t, device=valid.device)[None] < tail_start[:, None])
+    real = torch.nn.functional.pad(real, (0, n_slots * geometry.block_size - t))
+    return cand & real.reshape(b, n_slots, geometry.block_size).any(-1)
 
 
 class BlockLayout:
@@ -239,14 +275,18 @@ class BlockLayout:
         return self.seq_lens.to(torch.long)
 
     @functools.cached_property
+    def _bounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return row_bounds(self._lens, self.geometry)
+
+    @property
     def n_blocks(self) -> torch.Tensor:
         """``[B]`` complete blocks per row (``L // B``)."""
-        return torch.div(self._lens, self.block_size, rounding_mode="floor")
+        return self._bounds[0]
 
-    @functools.cached_property
+    @property
     def tail_start(self) -> torch.Tensor:
         """``[B]`` first tail position: ``max(0, min(n_blocks*B, L - W))``."""
-        return torch.minimum(self.n_blocks * self.block_size, self._lens - self.window).clamp_min(0)
+        return self._bounds[1]
 
     @property
     def tail_start_int(self) -> int | None:
@@ -264,11 +304,11 @@ class BlockLayout:
         first = self.valid.int().argmax(-1).to(torch.long)
         return torch.div(first, self.block_size, rounding_mode="floor")
 
-    @functools.cached_property
+    @property
     def candidate_end(self) -> torch.Tensor:
         """``[B]`` one past the last candidate block id: blocks that start before the tail, ``ceil(tail_start / B)``
         (which never exceeds ``n_blocks``)."""
-        return torch.div(self.tail_start + self.block_size - 1, self.block_size, rounding_mode="floor")
+        return self._bounds[2]
 
     # ------------------------------------------------------------------ per-block masks [B, n_slots]
     @functools.cached_property
@@ -284,15 +324,9 @@ class BlockLayout:
     @functools.cached_property
     def candidates(self) -> torch.Tensor:
         """``[B, n_slots]`` bool: candidate blocks (complete, not sink, holding a real token before the tail)."""
-        j = self._blk[None]
-        cand = (j >= (self.first_block + self.sink_blocks)[:, None]) & (j < self.candidate_end[:, None])
-        if self.valid is None:  # every position before the tail is real: each such block holds one
-            return cand
-        t = torch.arange(self.capacity, device=self.device)[None]
-        real = self.valid & (t < self.tail_start[:, None])
-        pad = self.n_slots * self.block_size - self.capacity
-        real = torch.nn.functional.pad(real, (0, pad)).reshape(self.batch, self.n_slots, self.block_size)
-        return cand & real.any(-1)
+        return candidate_blocks(
+            self.first_block, self.candidate_end, self.tail_start, self.valid, self.n_slots, self.geometry
+        )
 
     def candidate_mask(self, heads: torch.Tensor | None = None, n: int | None = None) -> torch.Tensor:
         """``[B, H, n]`` candidates per (batch row, KV head): a streaming head (``heads[h]`` False) has none.

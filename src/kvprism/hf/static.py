@@ -51,7 +51,7 @@ from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
 from kvprism.hf.pipeline import resolve_impl
-from kvprism.layout import BlockGeometry, BlockLayout, topk_blocks
+from kvprism.layout import BlockGeometry, BlockLayout, candidate_blocks, row_bounds, topk_blocks
 from kvprism.selection import (
     SelectionConfig,
     block_signatures,
@@ -110,13 +110,8 @@ def check_static_config(sel: SelectionConfig) -> None:
 def static_geometry(length: torch.Tensor, geometry: BlockGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(n_full, tail_start, candidate_end)`` of a cache holding ``length`` tokens (tensors shaped like ``length``):
     complete blocks ``L // B``, first tail position ``max(0, min(n_full*B, L - W))`` and one past the last block that
-    starts before the tail, ``ceil(tail_start / B)`` (the rules of :mod:`kvprism.layout`)."""
-    bs = geometry.block_size
-    lens = length.long()
-    n_full = torch.div(lens, bs, rounding_mode="floor")
-    tail_start = torch.minimum(n_full * bs, lens - geometry.window).clamp_min(0)
-    cand_end = torch.div(tail_start + bs - 1, bs, rounding_mode="floor")
-    return n_full, tail_start, cand_end
+    starts before the tail, ``ceil(tail_start / B)`` (:func:`kvprism.layout.row_bounds`)."""
+    return row_bounds(length, geometry)
 
 
 def step_validity(attention_mask: torch.Tensor | None, length: torch.Tensor, batch: int, capacity: int) -> torch.Tensor:
@@ -135,15 +130,10 @@ def static_candidates(
     """``(candidates [B, N], first_block [B])`` for ``valid [B, T]`` (``T = N * block_size``): complete blocks from
     ``first_block + sink_blocks`` on that start before the tail and hold a real token before it; ``first_block`` is
     the block of each row's first real token. Same set as :attr:`kvprism.layout.BlockLayout.candidates`."""
-    b, t = valid.shape
-    bs = geometry.block_size
-    n = t // bs
-    _, tail_start, cand_end = static_geometry(length, geometry)
-    first_block = torch.div(valid.int().argmax(-1), bs, rounding_mode="floor")  # [B]
-    j = torch.arange(n, device=valid.device)[None]
-    cand = (j >= (first_block + geometry.sink_blocks)[:, None]) & (j < cand_end)
-    before_tail = valid & (torch.arange(t, device=valid.device)[None] < tail_start)
-    return cand & before_tail.reshape(b, n, bs).any(-1), first_block
+    _, tail_start, cand_end = static_geometry(length.reshape(1), geometry)
+    first_block = torch.div(valid.int().argmax(-1), geometry.block_size, rounding_mode="floor")  # [B]
+    n = valid.shape[1] // geometry.block_size
+    return candidate_blocks(first_block, cand_end, tail_start, valid, n, geometry), first_block
 
 
 def static_gather_plan(
