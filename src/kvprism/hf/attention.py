@@ -161,6 +161,15 @@ _PREFILL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SAMPLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _records(cache: Any, create: bool = False) -> dict[int, PrefillQueries] | None:
+    """``cache``'s record (created when asked), or None: none yet, or a cache that refuses weak references (such a
+    cache keeps no record)."""
+    try:
+        return _PREFILL.setdefault(cache, {}) if create else _PREFILL.get(cache)
+    except TypeError:
+        return None
+
+
 def keep_prefill_queries(cache: Any, samples: int) -> None:
     """Record the last ``samples`` prefill queries per layer for ``cache`` (default :data:`PREFILL_QUERY_SAMPLES`);
     call it before the prefill."""
@@ -176,11 +185,10 @@ def record_prefill_queries(cache: Any, layer_idx: int, query: torch.Tensor, kv_l
     n = query.shape[2]
     pos = torch.arange(kv_len - n, kv_len, device=query.device)
     q = query.detach()
-    try:
-        per_layer = _PREFILL.setdefault(cache, {})
-        samples = _SAMPLES.get(cache, PREFILL_QUERY_SAMPLES)
-    except TypeError:  # a cache that refuses weak references keeps no record
+    per_layer = _records(cache, create=True)
+    if per_layer is None:
         return
+    samples = _SAMPLES.get(cache, PREFILL_QUERY_SAMPLES)
     prev = per_layer.get(layer_idx)
     if prev is not None and kv_len > n and prev.length == kv_len - n:
         q = torch.cat([prev.queries, q], dim=2)
@@ -190,20 +198,15 @@ def record_prefill_queries(cache: Any, layer_idx: int, query: torch.Tensor, kv_l
 
 def prefill_queries(cache: Any, layer_idx: int) -> PrefillQueries | None:
     """The prefill queries recorded for ``cache``'s layer ``layer_idx``, else None."""
-    try:
-        return _PREFILL.get(cache, {}).get(layer_idx)
-    except TypeError:
-        return None
+    return (_records(cache) or {}).get(layer_idx)
 
 
 def copy_prefill_queries(src: Any, dst: Any) -> None:
     """Give ``dst`` (a fork of the prefilled cache ``src``) the prefill queries recorded for ``src``."""
-    try:
-        rec = _PREFILL.get(src)
-    except TypeError:
-        return
-    if rec:
-        _PREFILL[dst] = dict(rec)
+    rec = _records(src)
+    into = _records(dst, create=True) if rec else None
+    if into is not None:
+        into.update(rec)
 
 
 def kvprism_attention(
