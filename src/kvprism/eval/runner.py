@@ -524,25 +524,22 @@ class Runner:
         """Effective haystack and value kind of a task (its defaults unless overridden)."""
         return self.evaluator.task_defaults(task)
 
+    def units(self, done: set[str] | None = None) -> list[Unit]:
+        """The pending work: one unit per point with cells not yet in the store (``done``: the stored keys, read
+        from the store when not given), with their keys and settings hashes filled in."""
+        done = self.store.done_keys() if done is None else done
+        out = []
+        for point in self.points:
+            hay, val = self.task_defaults(point.task)
+            specs = [CellSpec(c, self.key(point, hay, val, c), self.settings_hash(c)) for c in self.configs]
+            missing = tuple(spec for spec in specs if spec.key not in done)
+            if missing:
+                out.append(Unit(point, missing))
+        return out
+
     def pending(self) -> list[tuple[Point, list[EvalConfig]]]:
         """Points with at least one configuration not yet in the store, with those configurations."""
-        done = self.store.done_keys()
-        todo = []
-        for p in self.points:
-            hay, val = self.task_defaults(p.task)
-            missing = [c for c in self.configs if self.key(p, hay, val, c) not in done]
-            if missing:
-                todo.append((p, missing))
-        return todo
-
-    def units(self) -> list[Unit]:
-        """The pending work as units: one per point with missing cells, keys and settings hashes filled in."""
-        out = []
-        for point, missing in self.pending():
-            hay, val = self.task_defaults(point.task)
-            specs = tuple(CellSpec(c, self.key(point, hay, val, c), self.settings_hash(c)) for c in missing)
-            out.append(Unit(point, specs))
-        return out
+        return [(u.point, [spec.config for spec in u.cells]) for u in self.units()]
 
     # -- work
     def prefill(self, sample: Sample) -> tuple[Any, float]:
@@ -568,13 +565,13 @@ class Runner:
         self.store.record_invocation(
             self.command_line, settings, model=self.model_name, model_identity=self.model_identity
         )
-        units = self.units()
+        self._stored = self.store.done_keys()
+        units = self.units(self._stored)
         n_total = len(self.points) * len(self.configs)
         n_todo = sum(len(u.cells) for u in units)
         summary = RunSummary(n_total, n_total - n_todo, 0, 0, 0.0, 0.0, self.results)
         self.summary = summary
         self._todo = n_todo
-        self._stored = self.store.done_keys()
         self._prefills_seen: set[str] = set()
         self._report(Progress("start", 0, n_todo))
         if isinstance(self.executor, LocalExecutor):  # this process's model, already loaded
