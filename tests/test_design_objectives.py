@@ -86,3 +86,28 @@ def test_bad_input():
         evaluate(PhotonicConfig.preset("ideal"), ref, None, SETTINGS)
     with pytest.raises(KvprismError, match="latency_budget_s"):
         ObjectiveSettings(latency_budget_s=0.0)
+
+
+def test_a_timed_search_point_is_judged_by_the_decode_timing():
+    """With ``tokens_per_s`` the point is timed as ``kvprism hw --model-shape`` times it: the detection bandwidth
+    and code age come from the timing, and its constraints (here: recalibrating every rewrite of 4 time-shared
+    banks) are constraints of the search."""
+    from kvprism.photonics.design import decode_timing, timed_by_decode
+
+    ref = tiny_reference()
+    cfg = PhotonicConfig.preset("tfln-feasible").replace(n_lines=16)
+    timed = ObjectiveSettings(k=4, contexts=(32768,), tokens_per_s=20.0)
+    a = evaluate(cfg, ref, 16, timed, with_energy=False)
+    timing = decode_timing(cfg, n_layers=28, kv_heads=4, tokens_per_s=20.0, d=16)
+    assert a.timed_fields == {"detection_bandwidth_hz": pytest.approx(timing.noise_bandwidth_hz)}
+    assert any("in-situ calibration of every rewrite" in v for v in a.violations) and not a.feasible
+    replay = cfg.replace(rewrite_calibration="replay")
+    b = evaluate(replay, ref, 16, timed, with_energy=False)
+    age = timed_by_decode(replay, decode_timing(replay, n_layers=28, kv_heads=4, tokens_per_s=20.0, d=16))
+    assert age.calibration_age_s > 0
+    assert b.timed_fields["calibration_age_s"] == pytest.approx(age.calibration_age_s)
+    assert not any("in-situ calibration of every rewrite" in v for v in b.violations)
+    untimed = evaluate(cfg, ref, 16, ObjectiveSettings(k=4, contexts=(32768,)), with_energy=False)
+    assert untimed.timed_fields == {} and not any("rewrite" in v for v in untimed.violations)
+    with pytest.raises(KvprismError, match="tokens_per_s"):
+        ObjectiveSettings(tokens_per_s=0.0)

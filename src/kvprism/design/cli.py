@@ -148,6 +148,15 @@ def search(
     max_banks: Annotated[
         int, typer.Option(help="Evaluate only the first this many (layer, KV head) banks (0 = all).", min=0)
     ] = 0,
+    tokens_per_s: Annotated[
+        float,
+        typer.Option(
+            "--tokens-per-s",
+            help="Decode rate of --shape that times every point (detection bandwidth, rewrite calibration, code "
+            "age), as kvprism hw --model-shape does; 0 = untimed (the searched detection bandwidth).",
+            min=0.0,
+        ),
+    ] = 20.0,
     population: Annotated[int, typer.Option(help="NSGA-II population size.", min=2)] = 24,
     presets: Annotated[int, typer.Option(help="TOML presets written (Pareto points, best recall first).", min=0)] = 3,
     fix: Annotated[str, typer.Option(help="Search parameters kept at the base value (comma-separated).")] = "",
@@ -182,7 +191,7 @@ def search(
             ref = reference_set(CaptureParams(model=model, context=context))
     settings = ObjectiveSettings(
         k=k, shape=shape, contexts=_ints(contexts, "contexts"), latency_budget_s=latency_budget_s, engine_seed=seed,
-        max_banks=max_banks,
+        max_banks=max_banks, tokens_per_s=tokens_per_s or None,
     )  # fmt: skip
     fixed = [f.strip() for f in fix.split(",") if f.strip()]
     t0 = time.perf_counter()

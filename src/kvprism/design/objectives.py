@@ -60,7 +60,9 @@ class ObjectiveSettings:
     :data:`kvprism.energy.MODEL_SHAPES`; ``contexts``: tokens per sequence for the energy model (the first is the
     objective); ``latency_budget_s``: added latency allowed per decode step (None: :func:`default_latency_budget_s`);
     ``engine_seed``: seed of the engine's draws (common to all trials: common random numbers); ``max_banks``: use only
-    the first this many (layer, KV head) banks of the reference set (0 = all; for quick searches)."""
+    the first this many (layer, KV head) banks of the reference set (0 = all; for quick searches);
+    ``tokens_per_s``: the decode rate of ``shape`` that times the chip (:func:`kvprism.photonics.design.decode_timing`:
+    detection bandwidth, rewrite calibration, code age; None: untimed, the configured detection bandwidth)."""
 
     k: int = 16
     shape: str = "qwen2.5-7b"
@@ -68,6 +70,7 @@ class ObjectiveSettings:
     latency_budget_s: float | None = None
     engine_seed: int = 0
     max_banks: int = 0
+    tokens_per_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "contexts", tuple(int(c) for c in self.contexts))
@@ -79,6 +82,8 @@ class ObjectiveSettings:
             raise KvprismError(f"latency_budget_s = {self.latency_budget_s} is invalid; allowed range: (0, inf)")
         if self.max_banks < 0:
             raise KvprismError(f"max_banks = {self.max_banks} is invalid; allowed range: [0, inf)")
+        if self.tokens_per_s is not None and not (self.tokens_per_s > 0 and math.isfinite(self.tokens_per_s)):
+            raise KvprismError(f"tokens_per_s = {self.tokens_per_s} is invalid; allowed range: (0, inf) or None")
 
 
 @dataclasses.dataclass
@@ -99,6 +104,8 @@ class TrialResult:
     k: int
     seconds: dict[str, float]
     counters: dict[str, Any]
+    #: config fields the decode timing set for this point (detection bandwidth, code age); empty when untimed
+    timed_fields: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def chip_feasible(self) -> bool:
@@ -278,6 +285,17 @@ def evaluate(
     w = ref.width(d_sig)
     if leaf(cfg, "n_lines") != w:
         cfg = cfg.replace(n_lines=w)
+    shape = model_shape(s.shape)
+    timing, timed = None, {}
+    if s.tokens_per_s is not None:
+        from kvprism.photonics.design import decode_timing, timed_by_decode
+
+        timing = decode_timing(cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=s.tokens_per_s,
+                               d=w)  # fmt: skip
+        timed_cfg = timed_by_decode(cfg, timing)
+        timed = {f: leaf(timed_cfg, f) for f in ("detection_bandwidth_hz", "calibration_age_s")
+                 if leaf(timed_cfg, f) != leaf(cfg, f)}  # fmt: skip
+        cfg = timed_cfg
     t0 = time.perf_counter()
     sig, qry, top, att = _bank_data(ref, d_sig, s.max_banks)
     lo, hi = ref.candidate_range
@@ -290,9 +308,13 @@ def evaluate(
     recall = recall_at_k(chosen, top[..., : s.k])
     block_recall = recall_at_k(chosen, att[..., : s.k])
     t2 = time.perf_counter()
-    rep = eng.feasibility()
+    if timing is None:
+        rep = eng.feasibility()
+    else:
+        from kvprism.photonics.feasibility import feasibility
+
+        rep = feasibility(cfg, d=w, seed=s.engine_seed, timing=timing)
     t3 = time.perf_counter()
-    shape = model_shape(s.shape)
     base = ecfg or EnergyConfig()
     ecfg = base.replace(block_size=ref.params.block_size, k=s.k, d_sig=w)
     budget = s.latency_budget_s or default_latency_budget_s(shape, s.contexts[0], ecfg)
@@ -316,7 +338,7 @@ def evaluate(
         added_latency_s=added, latency_budget_s=budget, violations=list(rep.violations),
         constraints=constraint_values(rep, cfg, added if with_energy else 0.0, budget), d_sig=d_sig, k=s.k,
         seconds={"program": t1 - t0, "select": t2 - t1, "feasibility": t3 - t2, "energy": t4 - t3},
-        counters=dict(eng.counters),
+        counters=dict(eng.counters), timed_fields=timed,
     )  # fmt: skip
 
 

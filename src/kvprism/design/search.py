@@ -192,6 +192,9 @@ def run_search(
         raise KvprismError(f"population_size = {population_size} is invalid; allowed range: [2, inf)")
     s = settings or ObjectiveSettings()
     base_cfg, base_name = _base_config(base)
+    if s.tokens_per_s is not None and any(d.name == "detection_bandwidth_hz" for d in space):
+        # the decode timing sets the detection bandwidth of every point: nothing to search
+        fixed = (*fixed, "detection_bandwidth_hz")
     dims, left_out = active_space(space, type(base_cfg), fixed)
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
     store = optuna.storages.RDBStorage(storage) if storage else optuna.storages.InMemoryStorage()
@@ -404,7 +407,9 @@ def write_outputs(result: SearchResult, out_dir: str | Path, n_presets: int = 3)
             "reference_context": int(result.reference["context"]),
             "reference_key": result.reference["key"],
         }
-        path = write_preset(config_of(t, result.base_config), out / f"preset-{i + 1}-trial{t.number}.toml", meta)
+        # the point as evaluated: with a decode timing, the detection bandwidth and code age it set
+        cfg = config_of(t, result.base_config).replace(**res.get("timed_fields", {}))
+        path = write_preset(cfg, out / f"preset-{i + 1}-trial{t.number}.toml", meta)
         presets.append(str(path))
         written[f"preset {i + 1}"] = path
     summary = {

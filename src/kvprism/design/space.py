@@ -103,6 +103,9 @@ SPACE: tuple[Dim, ...] = (
         source="assumption: CMOS-compatible drive up to the ±10 V of tfln-literature (PHYSICS §8: 10 V)"),
     Dim("feedback_calibration", "feedback_calibration", "categorical", choices=(False, True),
         source="open loop (seed) or closed loop (Zhang et al., Optica 9, 579, 2022)"),
+    Dim("rewrite_calibration", "rewrite_calibration", "categorical", choices=("recalibrate", "replay"),
+        source="PHYSICS §11: time-shared banks are rewritten every round; in-situ recalibration of each rewrite, "
+        "or replay of stored codes recalibrated round-robin in idle time (needs feedback_calibration)"),
     Dim("calibration_probe_averages", "calibration_probe_averages", "int", low=1, high=1024, log=True,
         source="assumption: averaging of in-situ probe readings (dithering-style closed loop, Optica 9, 579)"),
     Dim("fab_sigma_nm", "fab_sigma_m", "float", low=0.5, high=2.0, unit="nm", to_si=1e-9,

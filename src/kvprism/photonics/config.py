@@ -56,7 +56,16 @@ _SECTIONS: dict[str, str] = {
         ],
         "modulator",
     ),
-    **dict.fromkeys(["calibration_iters", "feedback_calibration", "calibration_probe_averages"], "calibration"),
+    **dict.fromkeys(
+        [
+            "calibration_iters",
+            "feedback_calibration",
+            "calibration_probe_averages",
+            "rewrite_calibration",
+            "calibration_age_s",
+        ],
+        "calibration",
+    ),
     **dict.fromkeys(
         [
             "laser_line_dbm",
@@ -269,6 +278,27 @@ class PhotonicConfig(ConfigBase):
         le=1_000_000,
         source="assumption: dithering-style averaging as in closed-loop MRR weight control (Zhang et al., Optica 9, "
         "579 (2022))",
+    )
+    rewrite_calibration: str = param(
+        "recalibrate",
+        doc="how a rewrite of a time-shared bank gets its drive codes (feedback_calibration): 'recalibrate' = in-situ "
+        "calibration of every rewrite (probes at every round); 'replay' = the codes the last in-situ calibration found "
+        "for that content on that physical slot are stored and replayed, and every content is recalibrated round-robin "
+        "in the chip's idle time, so the codes age (calibration_age_s, set from the decode timing)",
+        choices=("recalibrate", "replay"),
+        source="PHYSICS §11 (time-shared banks must be rewritten every round); replay = a stored drive-code table, "
+        "assumption",
+    )
+    calibration_age_s: float = param(
+        0.0,
+        doc="age of the drive codes at use: time since the in-situ calibration that found them, during which the "
+        "thermal drift moved on (feedback_calibration; the calibration saw the drift of that time, drawn backwards "
+        "from the drift now along its AR(1) process). design.timed_by_decode sets it from the decode timing; "
+        "0 = calibrated just before use",
+        unit="s",
+        ge=0.0,
+        le=1e6,
+        source="derived: design.decode_timing (half the round-robin recalibration period)",
     )
     ring_capacitance_f: float = param(
         20e-15,
@@ -859,6 +889,14 @@ class PhotonicConfig(ConfigBase):
 
     def _check(self) -> None:
         from kvprism.photonics import ring
+
+        if self.rewrite_calibration == "replay" and not self.feedback_calibration:
+            self._fail(
+                "rewrite_calibration",
+                self.rewrite_calibration,
+                "replayed codes come from in-situ calibration; set feedback_calibration = true (open-loop rewrites "
+                "need no codes: use 'recalibrate')",
+            )
 
         try:
             ring.design_couplings(

@@ -37,6 +37,7 @@ __all__ = [
     "ChipDesign",
     "DecodeTiming",
     "PowerLimit",
+    "calibration_probes",
     "decode_timing",
     "expected_abs_max",
     "leakage_limit_db",
@@ -373,6 +374,21 @@ class DecodeTiming:
     integration_time_s: float
     noise_bandwidth_hz: float
     adc_rate_hz: float
+    # in-situ calibration (feedback_calibration; 0 without): probe time per decode step spent recalibrating the
+    # rewrites (rewrite_calibration "recalibrate" with time-shared banks), the wall time of one round-robin
+    # recalibration of every content in the chip's idle share of the steps, and the mean age of the codes at use
+    rewrite_calibration_s: float = 0.0
+    recalibration_period_s: float = 0.0
+    calibration_age_s: float = 0.0
+
+
+def calibration_probes(cfg: PhotonicConfig, d: int) -> int:
+    """Probe readings of one in-situ calibration of a bank (all its rows in parallel): every line lit for
+    2·iters + 1 readings (the side-of-resonance dither doubles the corrections), each averaged
+    ``calibration_probe_averages`` times; 0 for model-based programming."""
+    if not cfg.feedback_calibration:
+        return 0
+    return (2 * cfg.calibration_iters + 1) * d * cfg.calibration_probe_averages
 
 
 def decode_timing(
@@ -415,17 +431,37 @@ def decode_timing(
             f"(program_rate_rings_per_s = {cfg.program_rate_rings_per_s:g}): no time is left to detect"
         )
     t_int = cfg.integration_fraction * t_sel / des.passes
+    # in-situ calibration, each probe integrating for T_int: recalibrated rewrites take their probes inside the
+    # step (every round of every layer); otherwise (resident banks, or replayed codes) each physical bank
+    # recalibrates its contents round-robin in the (1 − selection_time_fraction) of every step the chip is idle,
+    # so a code is on average half that period old when it is used
+    cal_probe_s = calibration_probes(cfg, des.d) * t_int
+    rewrite_cal = recal_period = age = 0.0
+    if shared and cfg.rewrite_calibration == "recalibrate":
+        rewrite_cal = cal_probe_s * rounds * n_layers
+    elif cal_probe_s > 0:
+        contents_per_bank = math.ceil(total / cfg.n_banks)
+        recal_period = contents_per_bank * cal_probe_s / (1.0 - cfg.selection_time_fraction) if (
+            cfg.selection_time_fraction < 1.0) else math.inf  # fmt: skip
+        age = 0.5 * recal_period
     return DecodeTiming(
         tokens_per_s=tokens_per_s, step_s=step, n_layers=n_layers, banks_per_layer=per_layer,
         total_logical_banks=total, physical_banks=cfg.n_banks, queries_per_head=queries_per_head,
         passes=des.passes, shared=shared, rounds_per_layer=rounds, reprogram_s=reprogram,
         time_per_selection_s=t_sel, integration_time_s=t_int, noise_bandwidth_hz=1.0 / (2.0 * t_int),
-        adc_rate_hz=1.0 / t_int,
+        adc_rate_hz=1.0 / t_int, rewrite_calibration_s=rewrite_cal, recalibration_period_s=recal_period,
+        calibration_age_s=age,
     )  # fmt: skip
 
 
 def timed_by_decode(cfg: PhotonicConfig, timing: DecodeTiming) -> PhotonicConfig:
     """``cfg`` with its detection timed by ``timing``: ``detection_bandwidth_hz`` (the noise bandwidth the engine and
     the energy model use) set to 1/(2·T_int). This is the precedence rule: a decode timing, when given, replaces the
-    configured bandwidth; otherwise ``detection_bandwidth_hz`` is the design choice and T_int = 1/(2·Δf)."""
-    return cfg.replace(detection_bandwidth_hz=min(timing.noise_bandwidth_hz, 1e12))
+    configured bandwidth; otherwise ``detection_bandwidth_hz`` is the design choice and T_int = 1/(2·Δf). With
+    in-situ calibration the codes' age (``calibration_age_s``) is the timing's too: 0 for recalibrated rewrites,
+    half the round-robin recalibration period otherwise."""
+    out = cfg.replace(detection_bandwidth_hz=min(timing.noise_bandwidth_hz, 1e12))
+    if cfg.feedback_calibration:
+        age = timing.calibration_age_s
+        out = out.replace(calibration_age_s=min(age, 1e6) if math.isfinite(age) else 1e6)
+    return out

@@ -166,8 +166,9 @@ class PhotonicEngine:
     def weights_as_programmed(self) -> torch.Tensor:
         """W_eff [*L, N, d] as programmed: the chip's weights at the applied drive with the trim residual and every
         static fabrication effect (bus phases, coupling spread); with in-situ calibration (``feedback_calibration``,
-        which measured and compensated it) also the drift present at programming time; drift and DC relaxation
-        after programming are excluded. Equal to the signatures for the ideal preset."""
+        which measured and compensated it) also the drift present at programming time — for codes calibrated
+        ``calibration_age_s`` earlier, the drift then is what was compensated, so the drift since then shows here as
+        programming error; drift and DC relaxation after programming are excluded. Equal to the signatures for the ideal preset."""
         if self._sig is None:
             raise KvprismError("the engine has no programmed rows; call program(signatures) first")
         if self.config.is_ideal:
@@ -459,8 +460,9 @@ class PhotonicEngine:
         flat = target.reshape(-1, d)
         if "age" in self._bufs:  # rows start their DC relaxation now
             self._age[banks, r0:r1] = 0.0
-        # what the rings add to the drive while being programmed: trim residual and the drift present now
-        offset = (self._trim[banks, r0:r1] + self._drift_now(banks, r0, r1)).reshape(-1, d)
+        # what the rings add to the drive while being calibrated: trim residual and the drift of that time (now, or
+        # calibration_age_s ago for replayed codes)
+        offset = (self._trim[banks, r0:r1] + self._drift_at_calibration(banks, r0, r1)).reshape(-1, d)
         extras = self._extras(banks, r0, r1)
         det = torch.empty_like(flat)
         step = self._chunk_rows(d)
@@ -564,6 +566,31 @@ class PhotonicEngine:
             out += f.unsqueeze(-1)
         if self._global_drift != 0.0:
             out += self._global_drift
+        return out
+
+    def _drift_at_calibration(self, banks: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+        """Drift detuning [nb, nr, d] (m) of rows [r0, r1) of ``banks`` when the in-situ calibration whose codes are
+        applied now measured them: the drift now, or with ``calibration_age_s`` > 0 the state of each drift process
+        that long before now. A stationary AR(1) process is time-reversible, so the past state given the present is
+        ρ^k·x_now + σ√(1 − ρ^{2k})·ε (k = age in decode steps), drawn per ring, per row of the field and once for
+        the global drift. No draw when the age is 0 (in-situ calibration just before use)."""
+        c = self.config
+        now = self._drift_now(banks, r0, r1)
+        if not (c.feedback_calibration and c.calibration_age_s > 0.0):
+            return now
+        steps = c.calibration_age_s / c.decode_step_time_s
+        sl = slice(r0, r1)
+        out = drift_mod.ar1_advance(self._ring_drift[banks, sl], steps, c.drift_corr_steps, c.drift_ring_sigma_m,
+                                    self._gen)  # fmt: skip
+        if "field_drift" in self._bufs:
+            f = self._field_drift[banks, sl]
+            rho_k, noise_m = drift_mod.ar1_coefficients(steps, c.drift_corr_steps, 1.0)
+            innov = drift_mod.spatial_field(tuple(f.shape), c.drift_field_sigma_m, self._field_rho, self._gen,
+                                            self._dtype)  # fmt: skip
+            out = out + (f * rho_k + innov * noise_m).unsqueeze(-1)
+        if c.drift_global_sigma_m != 0.0:
+            g = torch.tensor([self._global_drift], dtype=torch.float64)
+            out = out + float(drift_mod.ar1_advance(g, steps, c.drift_corr_steps, c.drift_global_sigma_m, self._gen)[0])
         return out
 
     def _kappa_sq(self, extras: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -31,6 +31,7 @@ from kvprism.photonics.design import (
     ChipDesign,
     DecodeTiming,
     PowerLimit,
+    calibration_probes,
     leakage_limit_db,
     mid_bias_pd_power_w,
     score_snr_db,
@@ -175,6 +176,22 @@ class FeasibilityReport:
                     + (f"reprogram {t.reprogram_s * 1e6:.3g} µs" if t.shared else "banks resident"),
                 )
             )
+            if t.rewrite_calibration_s > 0:
+                out.append(
+                    (
+                        "in-situ calibration of the rewrites, per step",
+                        f"{t.rewrite_calibration_s * 1e3:.3g} ms",
+                        f"≤ step {t.step_s * 1e3:.3g} ms",
+                    )
+                )
+            elif t.recalibration_period_s > 0:
+                out.append(
+                    (
+                        "round-robin recalibration period / code age at use",
+                        f"{t.recalibration_period_s:.3g} s / {t.calibration_age_s:.3g} s",
+                        "in the chip's idle share of each step",
+                    )
+                )
         out += [
             (
                 "noise bandwidth / integration time (symbol)",
@@ -359,18 +376,24 @@ def feasibility(
         violations.append(
             f"weight precision after calibration is {weight_bits:.2f} bit, below the required "
             f"{cfg.required_weight_bits:g} bit"
+            + (
+                f" (codes {cfg.calibration_age_s:.3g} s old at use: the drift moved on since they were calibrated)"
+                if cfg.feedback_calibration and cfg.calibration_age_s > 0
+                else ""
+            )
         )
-    if timing is not None and timing.shared and cfg.feedback_calibration:
+    if timing is not None and timing.shared and cfg.feedback_calibration and cfg.rewrite_calibration == "recalibrate":
         # time-shared banks are rewritten every round; in-situ calibration of a rewrite probes every line
         # (2·iters + 1 readings with the side-of-resonance dither, each averaged) for one integration time each
-        probes = (2 * cfg.calibration_iters + 1) * d * cfg.calibration_probe_averages
+        probes = calibration_probes(cfg, d)
         cal_s = probes * ds.integration_time_s * timing.rounds_per_layer * timing.n_layers
         if cal_s > timing.step_s:
             violations.append(
                 f"in-situ calibration of every rewrite of the {timing.physical_banks} time-shared banks takes "
                 f"{cal_s * 1e3:.3g} ms per decode step ({probes:,} probes × {ds.integration_time_s * 1e6:.3g} µs × "
                 f"{timing.rounds_per_layer * timing.n_layers} rounds), above the {timing.step_s * 1e3:.3g} ms step: "
-                "time-shared banks need rewrites without recalibration, or resident banks"
+                "time-shared banks need rewrites without recalibration (rewrite_calibration = 'replay'), or "
+                "resident banks"
             )
     plan = eng.cascade_plan
     if ds.photonic_area_m2 > cfg.max_chip_area_m2:
