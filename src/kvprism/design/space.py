@@ -106,6 +106,8 @@ SPACE: tuple[Dim, ...] = (
     Dim("rewrite_calibration", "rewrite_calibration", "categorical", choices=("recalibrate", "replay"),
         source="PHYSICS §11: time-shared banks are rewritten every round; in-situ recalibration of each rewrite, "
         "or replay of stored codes recalibrated round-robin in idle time (needs feedback_calibration)"),
+    Dim("calibration_iters", "calibration_iters", "int", low=0, high=8,
+        source="assumption: crosstalk-aware corrections of the closed loop (each costs 2·d probe readings)"),
     Dim("calibration_probe_averages", "calibration_probe_averages", "int", low=1, high=1024, log=True,
         source="assumption: averaging of in-situ probe readings (dithering-style closed loop, Optica 9, 579)"),
     Dim("fab_sigma_nm", "fab_sigma_m", "float", low=0.5, high=2.0, unit="nm", to_si=1e-9,
