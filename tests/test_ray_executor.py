@@ -65,6 +65,38 @@ def test_ray_runs_every_unit_once_even_when_a_worker_is_killed(ray_cluster, tmp_
     assert dict(got)[2][0]["pid"] != killed[0]  # unit 2 came from the restarted actor, not the killed process
 
 
+def test_a_session_keeps_the_workers_across_runs(ray_cluster):
+    """Inside ``session()`` the runs that pass the same ``make_worker`` object reuse its actors (and a local
+    executor its worker); another ``make_worker`` gets new ones; leaving the session kills them."""
+    make = ray_workers.make_square_worker
+    ex = RayExecutor(workers=2)
+    pids: list[set[int]] = []
+    with ex.session():
+        for units in ([1, 2], [3, 4], [5, 6, 7]):
+            got: list[dict] = []
+            ex.run(make, units, lambda u, c, got=got: got.extend(c))
+            assert sorted(c["value"] for c in got) == [u * u for u in units]
+            pids.append({c["pid"] for c in got})
+        first = list(ex.worker_pids)
+        assert pids[0] | pids[1] | pids[2] <= set(first) and len(first) == 2
+        other = functools.partial(ray_workers.make_square_worker, None)
+        ex.run(other, [8], lambda u, c: None)
+        assert set(ex.worker_pids).isdisjoint(first)
+    assert ex._actors == [] and ray.is_initialized()  # the test's cluster stays up: this executor did not start it
+    builds = []
+
+    def counting():
+        builds.append(1)
+        return make()
+
+    local = LocalExecutor()
+    with local.session():
+        for units in ([1], [2, 3]):
+            local.run(counting, units, lambda u, c: None)
+    local.run(counting, [4], lambda u, c: None)
+    assert len(builds) == 2  # once in the session, once outside it
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures(one_thread.__name__)
 def test_design_search_on_ray_equals_the_local_search(ray_cluster):

@@ -240,7 +240,8 @@ def run_search(
             raise KvprismError(f"batch = {batch_size} is invalid; allowed range: [1, inf)")
         cols = (TextColumn("[bold]design search"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                 TextColumn("{task.fields[best]}"))  # fmt: skip
-        with Progress(*cols, disable=not show_progress) as progress:
+        make_worker = functools.partial(_trial_worker, ref, s)  # one object: the session keeps its workers
+        with Progress(*cols, disable=not show_progress) as progress, ex.session():
             bar = progress.add_task("search", total=n_trials, completed=done, best="")
             while remaining:
                 # ask a batch in trial order, evaluate it anywhere, tell it in trial order: the sampler's state only
@@ -259,7 +260,7 @@ def run_search(
                         continue
                     units.append((trial.number, cfg, params.get(D_SIG)))
                 results: dict[int, dict[str, Any]] = {}
-                ex.run(functools.partial(_trial_worker, ref, s), units, functools.partial(_collect, results))
+                ex.run(make_worker, units, functools.partial(_collect, results))
                 for trial in asked:
                     _tell(study, trial, results.get(trial.number), optuna)
                     remaining -= 1

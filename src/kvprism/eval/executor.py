@@ -12,7 +12,9 @@ them through the one resumable store (:mod:`kvprism.eval.store`), so the executo
   returns its cells exactly once to the driver; a unit whose cells were already stored is skipped by the driver's
   store key, so even a retry after a driver restart cannot duplicate a cell.
 
-Both take ``make_worker`` and call it once per worker. Cells are identical to the in-process run at the same torch
+Both take ``make_worker`` and call it once per worker and :meth:`run` call; inside ``with executor.session():`` the
+workers (and Ray) stay up across the calls that pass the same ``make_worker`` object, as the ask/tell batches of a
+design search do. Cells are identical to the in-process run at the same torch
 thread count: a unit's result depends only on the unit (its seeds are part of it), not on the worker that computed
 it.
 """
@@ -20,10 +22,11 @@ it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -55,13 +58,30 @@ class LocalExecutor:
 
     name = "local"
 
+    def __init__(self) -> None:
+        self._session: list[Any] | None = None  # [make_worker, worker] kept inside session()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[LocalExecutor]:
+        """Build the worker once for every :meth:`run` call that passes the same ``make_worker`` object."""
+        self._session = [None, None]
+        try:
+            yield self
+        finally:
+            self._session = None
+
     def run(
         self,
         make_worker: Callable[[], Worker],
         units: Sequence[U],
         on_result: Callable[[U, list[dict[str, Any]]], None],
     ) -> None:
-        worker = make_worker()
+        if self._session is None:
+            worker = make_worker()
+        else:
+            if self._session[0] is not make_worker:
+                self._session[:] = [make_worker, make_worker()]
+            worker = self._session[1]
         for unit in units:
             for cell in worker(unit):
                 on_result(unit, [cell])
@@ -122,11 +142,71 @@ class RayExecutor(Generic[U]):
             raise ConfigError(f"max_restarts = {self.max_restarts} is invalid; allowed: -1 (unlimited) or >= 0")
         #: pids of the actors of the current run (for diagnostics and tests)
         self.worker_pids: list[int] = []
+        self._actors: list[Any] = []
+        self._made: Callable[[], Worker] | None = None  # the make_worker the actors were built with
+        self._started = False  # this executor called ray.init
+        self._handlers: dict[int, Any] = {}
+        self._in_session = False
         #: seconds from ``ray.init`` (or the first actor's creation) until every actor built its worker
         self.startup_s = 0.0
         #: per unit of the last run, in completion order: (seconds from submission to its cells arriving here,
         #: seconds the worker computed); their difference is what Ray adds per unit
         self.unit_times: list[tuple[float, float]] = []
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[RayExecutor[U]]:
+        """Keep Ray and the actors up across :meth:`run` calls that pass the same ``make_worker`` object (the
+        ask/tell batches of a design search): each actor builds its worker once for the session, not once per call.
+        Everything is torn down on exit (or when a call fails)."""
+        self._in_session = True
+        try:
+            yield self
+        finally:
+            self._in_session = False
+            self._close()
+
+    def _close(self) -> None:
+        """Kill the actors; shut Ray down if this executor started it (the caller's signal handlers come back)."""
+        if self._actors or self._started:
+            ray = require_ray()
+            for actor in self._actors:
+                ray.kill(actor)
+            self._actors, self._made = [], None
+            if self._started:
+                ray.shutdown()
+                self._started = False
+                for sig, handler in self._handlers.items():  # ray.init installs its own
+                    signal.signal(sig, handler)
+
+    def _start(self, make_worker: Callable[[], Worker], n_units: int) -> None:
+        """Start Ray if needed and the actors for ``make_worker`` (replacing actors built for another one)."""
+        ray = require_ray()
+        if self._actors and self._made is make_worker:
+            return
+        if self._actors:
+            for actor in self._actors:
+                ray.kill(actor)
+            self._actors, self._made = [], None
+        t_start = time.perf_counter()
+        if not ray.is_initialized():
+            self._handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+            kwargs = {"include_dashboard": False, "log_to_driver": False, **(self.init_kwargs or {})}
+            ray.init(address=self.address, **kwargs)
+            self._started = True
+        cls = ray.remote(
+            num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker,
+            max_restarts=self.max_restarts,
+            max_task_retries=self.max_restarts,
+        )(_RayWorker)
+        n = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_worker))
+        if not self._in_session:  # a session's later calls may bring more units
+            n = min(n, n_units)
+        threads = max(1, int(self.cpus_per_worker))
+        self._actors = [cls.remote(make_worker, threads) for _ in range(n)]
+        self._made = make_worker
+        self.worker_pids = ray.get([a.pid.remote() for a in self._actors])
+        self.startup_s = time.perf_counter() - t_start
 
     def run(
         self,
@@ -136,33 +216,15 @@ class RayExecutor(Generic[U]):
     ) -> None:
         """Compute every unit on the actors; ``on_result(unit, cells)`` runs in this process as each unit finishes
         (in completion order). ``make_worker`` must be picklable (a module-level function or a
-        ``functools.partial`` of one): every actor calls it once."""
+        ``functools.partial`` of one): every actor calls it once (once per session inside :meth:`session`)."""
         ray = require_ray()
         units = list(units)
         if not units:
             return
-        started = False
-        t_start = time.perf_counter()
         self.unit_times = []
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        if not ray.is_initialized():
-            kwargs = {"include_dashboard": False, "log_to_driver": False, **(self.init_kwargs or {})}
-            ray.init(address=self.address, **kwargs)
-            started = True
-        actors: list[Any] = []
+        ok = False
         try:
-            cls = ray.remote(
-                num_cpus=self.cpus_per_worker,
-                num_gpus=self.gpus_per_worker,
-                max_restarts=self.max_restarts,
-                max_task_retries=self.max_restarts,
-            )(_RayWorker)
-            n = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_worker))
-            n = min(n, len(units))
-            threads = max(1, int(self.cpus_per_worker))
-            actors = [cls.remote(make_worker, threads) for _ in range(n)]
-            self.worker_pids = ray.get([a.pid.remote() for a in actors])
-            self.startup_s = time.perf_counter() - t_start
+            self._start(make_worker, len(units))
             queue = collections.deque(units)
             in_flight: dict[Any, tuple[Any, U, float]] = {}
 
@@ -171,7 +233,7 @@ class RayExecutor(Generic[U]):
                     unit = queue.popleft()
                     in_flight[actor.run.remote(unit)] = (actor, unit, time.perf_counter())
 
-            for actor in actors:
+            for actor in self._actors:
                 submit(actor)
             while in_flight:
                 done, _ = ray.wait(list(in_flight), num_returns=1)
@@ -180,13 +242,10 @@ class RayExecutor(Generic[U]):
                 self.unit_times.append((time.perf_counter() - t_sub, compute_s))
                 on_result(unit, cells)
                 submit(actor)
+            ok = True
         finally:
-            for actor in actors:
-                ray.kill(actor)
-            if started:
-                ray.shutdown()
-                for sig, handler in handlers.items():  # ray.init installs its own; the caller's come back
-                    signal.signal(sig, handler)
+            if not (ok and self._in_session):
+                self._close()
 
 
 def make_executor(
