@@ -8,12 +8,25 @@ import time
 from pathlib import Path
 
 
+def _claim(marker: str) -> bool:
+    """Write this process's pid to ``marker`` unless it exists: atomic (a hard link of a per-process file fails when
+    the marker is there), so of two workers arriving together exactly one becomes the victim."""
+    if Path(marker).exists():
+        return False
+    tmp = Path(f"{marker}.{os.getpid()}.tmp")
+    tmp.write_text(str(os.getpid()))
+    try:
+        os.link(tmp, marker)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
+
+
 def _square(marker: str | None, unit: int) -> list[dict]:
     """One cell per unit; with ``marker``, the unit 2 task writes its pid there and then waits to be killed (once)."""
-    if marker is not None and unit == 2 and not Path(marker).exists():
-        tmp = Path(marker + ".tmp")
-        tmp.write_text(str(os.getpid()))
-        tmp.rename(marker)
+    if marker is not None and unit == 2 and _claim(marker):
         time.sleep(60)
     return [{"unit": unit, "value": unit * unit, "pid": os.getpid()}]
 
@@ -39,10 +52,7 @@ class KillOnceDecode:
     def __call__(self, model, cache, last, cfg, n, eos):
         from kvprism.eval.decode import default_decode
 
-        if cfg.name == self.victim and not Path(self.marker).exists():
-            tmp = Path(self.marker + ".tmp")
-            tmp.write_text(str(os.getpid()))
-            tmp.rename(self.marker)
+        if cfg.name == self.victim and _claim(self.marker):
             time.sleep(120)
         return default_decode(model, cache, last, cfg, n, eos)
 
