@@ -53,7 +53,8 @@ def require_ray() -> Any:
 
 
 class LocalExecutor:
-    """Runs every unit in this process with one worker (``make_worker()``, called once), handing each cell to
+    """Runs every unit in this process with one worker (``make_worker()``, called once per run, or once per
+    :meth:`session` for the same ``make_worker``), handing each cell to
     ``on_result`` as soon as the worker yields it (an interrupt loses at most the cell in flight)."""
 
     name = "local"
@@ -165,13 +166,16 @@ class RayExecutor(Generic[U]):
             self._in_session = False
             self._close()
 
+    def _kill_actors(self, ray: Any) -> None:
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors, self._made = [], None
+
     def _close(self) -> None:
         """Kill the actors; shut Ray down if this executor started it (the caller's signal handlers come back)."""
         if self._actors or self._started:
             ray = require_ray()
-            for actor in self._actors:
-                ray.kill(actor)
-            self._actors, self._made = [], None
+            self._kill_actors(ray)
             if self._started:
                 ray.shutdown()
                 self._started = False
@@ -183,10 +187,7 @@ class RayExecutor(Generic[U]):
         ray = require_ray()
         if self._actors and self._made is make_worker:
             return
-        if self._actors:
-            for actor in self._actors:
-                ray.kill(actor)
-            self._actors, self._made = [], None
+        self._kill_actors(ray)
         t_start = time.perf_counter()
         if not ray.is_initialized():
             self._handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

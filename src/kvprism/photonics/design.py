@@ -462,6 +462,5 @@ def timed_by_decode(cfg: PhotonicConfig, timing: DecodeTiming) -> PhotonicConfig
     half the round-robin recalibration period otherwise."""
     out = cfg.replace(detection_bandwidth_hz=min(timing.noise_bandwidth_hz, 1e12))
     if cfg.feedback_calibration:
-        age = timing.calibration_age_s
-        out = out.replace(calibration_age_s=min(age, 1e6) if math.isfinite(age) else 1e6)
+        out = out.replace(calibration_age_s=min(timing.calibration_age_s, 1e6))  # the field's bound (inf: never)
     return out

@@ -168,7 +168,8 @@ class PhotonicEngine:
         static fabrication effect (bus phases, coupling spread); with in-situ calibration (``feedback_calibration``,
         which measured and compensated it) also the drift present at programming time — for codes calibrated
         ``calibration_age_s`` earlier, the drift then is what was compensated, so the drift since then shows here as
-        programming error; drift and DC relaxation after programming are excluded. Equal to the signatures for the ideal preset."""
+        programming error; drift and DC relaxation after programming are excluded. Equal to the signatures for the
+        ideal preset."""
         if self._sig is None:
             raise KvprismError("the engine has no programmed rows; call program(signatures) first")
         if self.config.is_ideal:
@@ -575,9 +576,8 @@ class PhotonicEngine:
         ρ^k·x_now + σ√(1 − ρ^{2k})·ε (k = age in decode steps), drawn per ring, per row of the field and once for
         the global drift. No draw when the age is 0 (in-situ calibration just before use)."""
         c = self.config
-        now = self._drift_now(banks, r0, r1)
         if not (c.feedback_calibration and c.calibration_age_s > 0.0):
-            return now
+            return self._drift_now(banks, r0, r1)
         steps = c.calibration_age_s / c.decode_step_time_s
         sl = slice(r0, r1)
         out = drift_mod.ar1_advance(self._ring_drift[banks, sl], steps, c.drift_corr_steps, c.drift_ring_sigma_m,

@@ -382,11 +382,12 @@ def feasibility(
                 else ""
             )
         )
-    if timing is not None and timing.shared and cfg.feedback_calibration and cfg.rewrite_calibration == "recalibrate":
+    if timing is not None and cfg.feedback_calibration and cfg.rewrite_calibration == "recalibrate":
         # time-shared banks are rewritten every round; in-situ calibration of a rewrite probes every line
         # (2·iters + 1 readings with the side-of-resonance dither, each averaged) for one integration time each
+        # (design.decode_timing); the guard keeps a timing made for another calibration mode from judging this one
         probes = calibration_probes(cfg, d)
-        cal_s = probes * ds.integration_time_s * timing.rounds_per_layer * timing.n_layers
+        cal_s = timing.rewrite_calibration_s
         if cal_s > timing.step_s:
             violations.append(
                 f"in-situ calibration of every rewrite of the {timing.physical_banks} time-shared banks takes "
