@@ -252,7 +252,8 @@ def fit_pca(keys: torch.Tensor, valid: torch.Tensor, d_sig: int) -> torch.Tensor
         d_sig: output dimension; if ``d_sig > D`` the extra columns are zero.
 
     Returns:
-        ``[B, H, D, d_sig]`` float32 with orthonormal columns (zero columns beyond the rank).
+        ``[B, H, D, d_sig]`` float32 with orthonormal columns (zero columns beyond the rank), each column signed so
+        that its largest-magnitude entry is positive.
     """
     b, h, _, d = keys.shape
     x = keys.float() * valid[:, None, :, None].float()
@@ -260,6 +261,10 @@ def fit_pca(keys: torch.Tensor, valid: torch.Tensor, d_sig: int) -> torch.Tensor
     gram = torch.matmul(x.transpose(-1, -2), x)  # [B, H, D, D]
     _, evecs = torch.linalg.eigh(gram)  # ascending eigenvalues
     top = evecs.flip(-1)[..., : min(d_sig, d)]
+    # eigenvectors are defined up to sign, and rounding (chunked vs one-shot prefill, another CPU) can flip one:
+    # make each column's largest-magnitude entry positive so the basis is reproducible
+    pivot = top.gather(-2, top.abs().argmax(-2, keepdim=True))
+    top = top * torch.where(pivot < 0, -1.0, 1.0)
     if d_sig > d:
         top = torch.cat([top, top.new_zeros(b, h, d, d_sig - d)], dim=-1)
     return top.contiguous()
