@@ -15,6 +15,8 @@ from kvprism.errors import ConfigError, KvprismError
 from kvprism.photonics import PhotonicConfig
 
 QWEN = model_shape("qwen2.5-7b")
+# The geometry the hand counts below are written for (k 8, sink 1, window 64, B 64), independent of the defaults.
+B64 = EnergyConfig(block_size=64, k=8, window=64)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def test_bytes_scale_with_context_and_dims():
     assert b.fetch_bytes == a.fetch_bytes  # k blocks + sink + window: independent of the context
     # dense: context × 2 (K, V) × layers × KV heads × d_head × 2 bytes
     assert gpu_step(QWEN, 4096, e).dense_bytes == 4096 * 2 * 28 * 4 * 128 * 2
-    assert gpu_step(QWEN, 4096, e).scan_bytes == 28 * 4 * 64 * 32 * 2
+    assert gpu_step(QWEN, 4096, e).scan_bytes == 28 * 4 * (4096 // e.block_size) * 32 * 2
     wide = gpu_step(QWEN, 1 << 15, e.replace(scan_dims="d_head"))
     assert wide.scan_bytes == 4 * a.scan_bytes  # 128 vs 32 dimensions
     assert gpu_step(QWEN, 1 << 15, e.replace(batch=3)).scan_bytes == 3 * a.scan_bytes
@@ -46,10 +48,10 @@ def test_energy_and_time_units():
 
 
 def test_selected_tokens():
-    e = EnergyConfig()  # k 8, sink 1, window 64, B 64
+    e = B64
     # the incomplete last block (32 tokens) lies inside the 64-token window: the tail is 64 tokens, counted once
     assert selected_tokens(100_000, e) == 9 * 64 + 64
-    assert selected_tokens(100_000 - 32 + 100, EnergyConfig(window=16)) == 9 * 64 + 100 % 64  # tail = incomplete
+    assert selected_tokens(100_000 - 32 + 100, B64.replace(window=16)) == 9 * 64 + 100 % 64  # tail = incomplete
     assert selected_tokens(300, e) == 300  # fewer blocks than k + sink: everything is read
 
 
@@ -77,7 +79,7 @@ def test_decode_step_terms_and_static_accounting(seed):
 
 
 def test_paging_when_rows_exceed_chip(seed):
-    e = EnergyConfig()
+    e = B64
     fits = decode_step(seed, e, QWEN, 1 << 19)  # 112 banks × 8192 rows = the whole chip
     over = decode_step(seed, e, QWEN, (1 << 19) + 64)
     assert fits.pages == 1 and over.pages == 2
@@ -88,7 +90,7 @@ def test_paging_when_rows_exceed_chip(seed):
 
 
 def test_min_context_and_rings(seed):
-    e = EnergyConfig()
+    e = B64
     with pytest.raises(KvprismError, match="context"):
         decode_step(seed, e, QWEN, min_context(e) - 1)
     inv = ring_inventory(seed, e, QWEN, 1 << 17)
@@ -161,7 +163,9 @@ def test_cli_energy_writes_plots_and_summary(tmp_path, capsys):
 def test_cli_energy_bad_input(capsys):
     assert main(["energy", "--contexts", "4k,lots"]) == 1
     assert "--contexts" in capsys.readouterr().err
-    assert main(["energy", "--contexts", "256"]) == 1
+    too_short = min_context(EnergyConfig()) - 1  # selection needs (k + sink + 1) complete blocks
+    assert main(["energy", "--contexts", str(too_short)]) == 1
+    assert "context" in capsys.readouterr().err
     assert main(["energy", "--model-shape", "nope"]) == 1
 
 

@@ -710,7 +710,7 @@ def _eval_grid(
             max_new_tokens = g.max_new_tokens
         cfgs = list(g.configs)
         if preset_file is not None:
-            ks = sorted({c.k for c in cfgs if c.k is not None}) or [8]
+            ks = sorted({c.k for c in cfgs if c.k is not None}) or [6]  # SelectionConfig.k
             cfgs += [c for c in G.build_configs([preset_file], ks, shared) if c.name not in {x.name for x in cfgs}]
         if g.heads is not None:
             shared["heads"] = g.heads
@@ -855,7 +855,7 @@ def niah(
     depths: _DepthsOpt = _DEFAULT_DEPTHS,
     seeds: _SeedsOpt = "0",
     configs: _ConfigsOpt = _DEFAULT_CONFIGS,
-    k: _KOpt = "8",
+    k: _KOpt = "6",  # SelectionConfig.k (kept literal: importing kvprism.selection here would load torch)
     block_size: _BlockSizeOpt = None,
     heads: _HeadsOpt = None,
     haystack: _HaystackOpt = None,

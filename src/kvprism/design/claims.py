@@ -90,6 +90,7 @@ class ClaimsSettings:
     k: int = 32
     seed: int = 0
     block_size: int = 64
+    window: int = 64  # recent tokens always read; pinned (not SelectionConfig's) so the claims keep their settings
     task: str = "niah_single"
     shape: str = "qwen2.5-7b"
     energy_contexts: tuple[int, ...] = (4096, 8192, 16384, 32768, 65536, 131072)
@@ -111,7 +112,7 @@ def niah_configs(s: ClaimsSettings) -> list[Any]:
     chip at its own width (one signature dimension per comb line, as ``build_configs`` and the demo do)."""
     from kvprism.eval.runner import EvalConfig
 
-    sel = {"block_size": s.block_size, "seed": s.seed}
+    sel = {"block_size": s.block_size, "window": s.window, "seed": s.seed}
     configs = [
         EvalConfig("dense", "dense"),
         EvalConfig(f"exact-k{s.k}", "exact", s.k, None, sel),
@@ -246,7 +247,7 @@ def _section_traffic(s: ClaimsSettings, niah: dict[str, Any]) -> dict[str, Any]:
     from kvprism.photonics import PhotonicConfig
 
     shape = model_shape(s.shape)
-    ecfg = EnergyConfig(block_size=s.block_size, k=s.k)
+    ecfg = EnergyConfig(block_size=s.block_size, k=s.k, window=s.window)
     ctx = 65536
     g = gpu_step(shape, ctx, ecfg)
     modelled = {
@@ -305,7 +306,7 @@ def _section_energy(s: ClaimsSettings) -> dict[str, Any]:
     from kvprism.photonics import PhotonicConfig
 
     shape = model_shape(s.shape)
-    ecfg = EnergyConfig(block_size=s.block_size, k=s.k)
+    ecfg = EnergyConfig(block_size=s.block_size, k=s.k, window=s.window)
     rows: list[dict[str, Any]] = []
     for c in s.energy_contexts:
         g = gpu_step(shape, c, ecfg)
@@ -370,7 +371,7 @@ def _section_scaling(s: ClaimsSettings) -> dict[str, Any]:
     from kvprism.photonics import PhotonicConfig
 
     shape = model_shape(s.shape)
-    ecfg = EnergyConfig(block_size=s.block_size, k=s.k)
+    ecfg = EnergyConfig(block_size=s.block_size, k=s.k, window=s.window)
     ns = [c // s.block_size for c in s.energy_contexts]
     gpu = [gpu_step(shape, c, ecfg) for c in s.energy_contexts]
     out: dict[str, Any] = {
@@ -576,7 +577,7 @@ def _markdown(sections: dict[str, dict[str, Any]], plots: dict[str, Path], s: Cl
         "# PRISM's claims, reproduced with kvprism",
         "",
         f"Model in the loop: `{s.model_name}`; energy/traffic model shape: `{s.shape}`; k = {s.k}, block size "
-        f"{s.block_size}. Systems: (a) `{SEED}` (the seed's own impairment model), (b) `{NOMINAL}` (physical model), "
+        f"{s.block_size}, window {s.window}. Systems: (a) `{SEED}` (the seed's own impairment model), (b) `{NOMINAL}` (physical model), "
         f"(c) `{FEASIBLE}`: " + ("shipped" if FEASIBLE in have else "**not shipped yet** (no feasible preset exists)"),
         "",
     ]
