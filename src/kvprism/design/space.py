@@ -71,7 +71,7 @@ class Dim:
         return f"[{self.low:g}, {self.high:g}] {self.unit} ({scale})".replace("  ", " ")
 
 
-#: The search space (issue: ring radius → FSR, Q_loaded, comb spacing, d_sig, rows per bank, banks, detection
+#: The search space (ring radius → FSR, Q_loaded, comb spacing, d_sig, rows per bank, banks, detection
 #: bandwidth, laser power per line, ADC/DAC bits, encoding, EO tuning, V_max, calibration mode).
 SPACE: tuple[Dim, ...] = (
     Dim("ring_radius_um", "ring_radius_m", "float", low=10.0, high=80.0, log=True, unit="µm", to_si=1e-6,

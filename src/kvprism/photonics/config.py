@@ -193,7 +193,7 @@ class PhotonicConfig(ConfigBase):
         doc="where the trim puts each ring at 0 V: 'centred' in the detuning interval the weights ±weight_range_target "
         "need (smallest drive swing), or 'eo-centre' at tuning·V_max (the earlier model)",
         choices=("centred", "eo-centre"),
-        source="issue review: a centred rest point needs 6.34 V instead of 7.76 V for seed-nominal",
+        source="design review (kvprism hw): a centred rest point needs 6.34 V instead of 7.76 V for seed-nominal",
     )
     # ---------------------------------------------------------------- comb
     n_lines: int = param(
