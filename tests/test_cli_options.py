@@ -1,6 +1,8 @@
 """Every SelectionConfig option of niah / recall / demo / heads reaches the SelectionConfig; bad values are one-line
 usage errors (exit code 2) naming the option, before any model loads."""
 
+import inspect
+
 import pytest
 
 import kvprism.cli as cli
@@ -43,6 +45,11 @@ def captured_grid(monkeypatch):
 
     monkeypatch.setattr(cli, "run_grid", fake_run_grid)
     return seen
+
+
+def test_niah_k_default_is_the_selection_default():
+    assert SelectionConfig().k == cli._DEFAULT_K
+    assert inspect.signature(cli.niah).parameters["k"].default == str(SelectionConfig().k)
 
 
 def test_defaults_differ_from_the_tested_values():

@@ -604,6 +604,7 @@ def energy(
 _DEFAULT_CONTEXTS = "2048,4096"
 _DEFAULT_DEPTHS = "0,0.5,1"
 _DEFAULT_CONFIGS = "dense,exact,seed-nominal"
+_DEFAULT_K = 6  # SelectionConfig.k, kept literal (importing kvprism.selection here would load torch); a test pins it
 _TASK_HELP = (
     "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe, RULER's "
     "names (niah_single_1 ... niah_multikey_3), or 'ruler' for every offline RULER task."
@@ -710,7 +711,7 @@ def _eval_grid(
             max_new_tokens = g.max_new_tokens
         cfgs = list(g.configs)
         if preset_file is not None:
-            ks = sorted({c.k for c in cfgs if c.k is not None}) or [6]  # SelectionConfig.k
+            ks = sorted({c.k for c in cfgs if c.k is not None}) or [_DEFAULT_K]
             cfgs += [c for c in G.build_configs([preset_file], ks, shared) if c.name not in {x.name for x in cfgs}]
         if g.heads is not None:
             shared["heads"] = g.heads
@@ -855,7 +856,7 @@ def niah(
     depths: _DepthsOpt = _DEFAULT_DEPTHS,
     seeds: _SeedsOpt = "0",
     configs: _ConfigsOpt = _DEFAULT_CONFIGS,
-    k: _KOpt = "6",  # SelectionConfig.k (kept literal: importing kvprism.selection here would load torch)
+    k: _KOpt = str(_DEFAULT_K),
     block_size: _BlockSizeOpt = None,
     heads: _HeadsOpt = None,
     haystack: _HaystackOpt = None,

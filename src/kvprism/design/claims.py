@@ -107,6 +107,13 @@ def _presets() -> list[str]:
     return [p for p in (NOMINAL, FEASIBLE) if p in have]
 
 
+def _energy_config(s: ClaimsSettings) -> Any:
+    """The EnergyConfig of the claims' workload: their block size, k and window (not SelectionConfig's defaults)."""
+    from kvprism.energy import EnergyConfig
+
+    return EnergyConfig(block_size=s.block_size, k=s.k, window=s.window)
+
+
 def niah_configs(s: ClaimsSettings) -> list[Any]:
     """The configurations of the NIAH claim: dense, exact, the seed as published and each shipped chip, every
     chip at its own width (one signature dimension per comb line, as ``build_configs`` and the demo do)."""
@@ -243,11 +250,11 @@ def _bank_mode(cfg: Any, shape: Any, ecfg: Any, context: int) -> str:
 
 
 def _section_traffic(s: ClaimsSettings, niah: dict[str, Any]) -> dict[str, Any]:
-    from kvprism.energy import EnergyConfig, gpu_step, model_shape
+    from kvprism.energy import gpu_step, model_shape
     from kvprism.photonics import PhotonicConfig
 
     shape = model_shape(s.shape)
-    ecfg = EnergyConfig(block_size=s.block_size, k=s.k, window=s.window)
+    ecfg = _energy_config(s)
     ctx = 65536
     g = gpu_step(shape, ctx, ecfg)
     modelled = {
@@ -302,11 +309,11 @@ def _section_traffic(s: ClaimsSettings, niah: dict[str, Any]) -> dict[str, Any]:
 
 
 def _section_energy(s: ClaimsSettings) -> dict[str, Any]:
-    from kvprism.energy import EnergyConfig, gpu_step, model_shape
+    from kvprism.energy import gpu_step, model_shape
     from kvprism.photonics import PhotonicConfig
 
     shape = model_shape(s.shape)
-    ecfg = EnergyConfig(block_size=s.block_size, k=s.k, window=s.window)
+    ecfg = _energy_config(s)
     rows: list[dict[str, Any]] = []
     for c in s.energy_contexts:
         g = gpu_step(shape, c, ecfg)
@@ -367,11 +374,11 @@ def _slope(xs: list[float], ys: list[float]) -> float:
 
 
 def _section_scaling(s: ClaimsSettings) -> dict[str, Any]:
-    from kvprism.energy import EnergyConfig, chip_query, gpu_step, model_shape, required_laser
+    from kvprism.energy import chip_query, gpu_step, model_shape, required_laser
     from kvprism.photonics import PhotonicConfig
 
     shape = model_shape(s.shape)
-    ecfg = EnergyConfig(block_size=s.block_size, k=s.k, window=s.window)
+    ecfg = _energy_config(s)
     ns = [c // s.block_size for c in s.energy_contexts]
     gpu = [gpu_step(shape, c, ecfg) for c in s.energy_contexts]
     out: dict[str, Any] = {
@@ -577,7 +584,8 @@ def _markdown(sections: dict[str, dict[str, Any]], plots: dict[str, Path], s: Cl
         "# PRISM's claims, reproduced with kvprism",
         "",
         f"Model in the loop: `{s.model_name}`; energy/traffic model shape: `{s.shape}`; k = {s.k}, block size "
-        f"{s.block_size}, window {s.window}. Systems: (a) `{SEED}` (the seed's own impairment model), (b) `{NOMINAL}` (physical model), "
+        f"{s.block_size}, window {s.window}. Systems: (a) `{SEED}` (the seed's own impairment model), "
+        f"(b) `{NOMINAL}` (physical model), "
         f"(c) `{FEASIBLE}`: " + ("shipped" if FEASIBLE in have else "**not shipped yet** (no feasible preset exists)"),
         "",
     ]

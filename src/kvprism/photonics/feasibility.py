@@ -386,9 +386,9 @@ def feasibility(
         # time-shared banks are rewritten every round; in-situ calibration of a rewrite probes every line
         # (2·iters + 1 readings with the side-of-resonance dither, each averaged) for one integration time each
         # (design.decode_timing); the guard keeps a timing made for another calibration mode from judging this one
-        probes = calibration_probes(cfg, d)
         cal_s = timing.rewrite_calibration_s
         if cal_s > timing.step_s:
+            probes = calibration_probes(cfg, d)
             violations.append(
                 f"in-situ calibration of every rewrite of the {timing.physical_banks} time-shared banks takes "
                 f"{cal_s * 1e3:.3g} ms per decode step ({probes:,} probes × {ds.integration_time_s * 1e6:.3g} µs × "
