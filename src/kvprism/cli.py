@@ -65,6 +65,10 @@ _SELECTION_OPTIONS: dict[str, tuple[type, str]] = {
     "projection": (str, "Projection of keys and query to d_sig dimensions: learned, pca, random, none."),
     "sign": (str, "signed (balanced photodetection) or relu (non-negative weights and inputs)."),
     "gqa_reduce": (str, "Combine the query heads of a KV head: sum (one evaluation) or max (one per query head)."),
+    "rerank": (
+        int,
+        "Two-stage selection: the scorer proposes rerank×k blocks, exact rescoring keeps k (1 = one stage).",
+    ),
     "sink_blocks": (int, "First blocks always read (attention sinks)."),
     "window": (int, "Most recent tokens always read."),
     "seed": (int, "Seed of random projections and of the photonic engine's noise and fabrication draws."),
@@ -544,6 +548,10 @@ def energy(
     gqa_reduce: Annotated[
         str | None, typer.Option(help="'sum' (one chip query per KV head) or 'max' (per q head).")
     ] = None,
+    rerank: Annotated[
+        int | None,
+        typer.Option(help="Two-stage selection: chip proposes rerank×k blocks, the GPU rescores them (1 = one stage)."),
+    ] = None,
     scan_dims: Annotated[str | None, typer.Option(help="GPU scan over 'd_sig' or 'd_head' dimensions.")] = None,
     hbm_pj_per_bit: Annotated[float | None, typer.Option(help="HBM energy [pJ/bit].")] = None,
     hbm_tb_per_s: Annotated[float | None, typer.Option(help="HBM bandwidth [TB/s].")] = None,
@@ -570,7 +578,7 @@ def energy(
     else:
         cfg, label = PhotonicConfig.preset(preset), preset
     given = {
-        "batch": batch, "block_size": block_size, "k": k, "d_sig": d_sig, "gqa_reduce": gqa_reduce,
+        "batch": batch, "block_size": block_size, "k": k, "d_sig": d_sig, "gqa_reduce": gqa_reduce, "rerank": rerank,
         "scan_dims": scan_dims, "target_enob": target_enob, "static_accounting": static_accounting,
         "laser_mode": laser_mode,
         "hbm_energy_per_bit_j": None if hbm_pj_per_bit is None else hbm_pj_per_bit * 1e-12,

@@ -123,6 +123,14 @@ class SelectionConfig(ConfigBase):
         "query) or 'max' (one evaluation per query head).",
         choices=("sum", "max"),
     )
+    rerank: int = param(
+        1,
+        doc="Two-stage selection: the scorer proposes the rerank*k best blocks, the electronics rescores those "
+        "candidates exactly from the fp32 signatures it keeps in memory (rerank*k*w elements read per bank and "
+        "step) and keeps the k best. 1 = one stage (the scorer's top-k is the selection). Needs budget='topk'.",
+        unit="x k",
+        ge=1,
+    )
     sink_blocks: int = param(1, doc="First blocks (of real tokens) always read (attention sinks).", unit="blocks", ge=0)
     window: int = param(32, doc="Most recent tokens always read.", unit="tokens", ge=0, source=_SWEEP_SOURCE)
     scorer: str = param(
@@ -162,6 +170,8 @@ class SelectionConfig(ConfigBase):
             known = _photonic_presets()
             if self.photonic not in known:
                 self._fail("photonic", self.photonic, f"allowed presets: {', '.join(known)}")
+        if self.rerank > 1 and self.budget != "topk":
+            self._fail("rerank", self.rerank, f"rerank > 1 needs budget='topk' (budget is {self.budget!r})")
         h = self.heads
         if isinstance(h, str):
             if h != "all" and not h.endswith(".json"):
@@ -470,6 +480,9 @@ class BlockSelector:
         self.scaling = 1.0  # the model's softmax scale (set by fit)
         self.temperature: torch.Tensor | None = None  # [B, H] fitted score temperature (projection 'learned')
         self.scorer: Scorer = SCORERS[sel.scorer](sel, derive_seed(sel.seed, layer_idx, 1))
+        # rerank > 1: the fp32 signatures the electronics keeps in memory to rescore the scorer's candidates
+        self.memory: ExactScorer | None = ExactScorer(sel) if sel.rerank > 1 else None
+        self.rows_rescored = 0  # signature rows read from memory by the rescoring stage (all banks, all steps)
         self.n_blocks = 0  # rows programmed per bank
         self.rows_programmed = 0  # rows written over all banks (initial programming + appends)
         self.selection_calls = 0
@@ -544,6 +557,8 @@ class BlockSelector:
     def program(self, signatures: torch.Tensor) -> None:
         """Program all rows ``[B, H, N*R, w]`` (end of prefill)."""
         self.scorer.program(signatures)
+        if self.memory is not None:
+            self.memory.program(signatures)
         self.n_blocks = signatures.shape[-2] // self.rows_per_block
         self.rows_programmed += signatures[..., 0].numel()
 
@@ -555,6 +570,8 @@ class BlockSelector:
             self.program(signatures)
             return
         self.scorer.append(signatures)
+        if self.memory is not None:
+            self.memory.append(signatures)
         self.n_blocks += signatures.shape[-2] // self.rows_per_block
         self.rows_programmed += signatures[..., 0].numel()
 
@@ -569,10 +586,33 @@ class BlockSelector:
     def scores(self, query: torch.Tensor) -> torch.Tensor:
         """Block scores ``[B, H, N]`` of the query group ``[B, H, G, D]`` after GQA reduction (and, for multi-row
         signatures, the max over each block's rows)."""
-        enc = self.encode_query(query)
-        s = self.scorer.scores(enc.sum(2)) if self.sel.gqa_reduce == "sum" else self.scorer.scores(enc).amax(2)
+        return self._block_scores(self.scorer.scores, self.encode_query(query))
+
+    def _block_scores(self, score: Any, enc: torch.Tensor) -> torch.Tensor:
+        """``score`` (rows ``[B, H, M*R]`` of an encoded query ``[B, H, w]`` or ``[B, H, G, w]``) reduced over the
+        query group and over each block's ``R`` rows -> ``[B, H, M]``."""
+        s = score(enc.sum(2)) if self.sel.gqa_reduce == "sum" else score(enc).amax(2)
         r = self.rows_per_block
         return s if r == 1 else s.reshape(*s.shape[:-1], s.shape[-1] // r, r).amax(-1)
+
+    def rescore(self, query: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """Exact scores ``[B, H, M]`` of the candidate ``blocks [B, H, M]`` (``-1`` = none: ``-inf``) from the fp32
+        signatures in memory (``rerank > 1`` only), reduced as :meth:`scores`; counts the rows read."""
+        if self.memory is None or self.memory.rows is None:
+            raise KvprismError("rescore needs SelectionConfig.rerank > 1 and programmed signatures")
+        r = self.rows_per_block
+        ok = blocks >= 0
+        rows_idx = (blocks.clamp_min(0)[..., None] * r + torch.arange(r, device=blocks.device)).flatten(-2)
+        mem = self.memory.rows
+        rows = torch.gather(mem, -2, rows_idx[..., None].expand(*rows_idx.shape, mem.shape[-1]).to(mem.device))
+
+        def score(q: torch.Tensor) -> torch.Tensor:
+            if q.dim() == rows.dim() - 1:  # [B, H, w]
+                return torch.matmul(rows, q.unsqueeze(-1)).squeeze(-1)
+            return torch.matmul(q, rows.transpose(-1, -2))  # [B, H, G, M*R]
+
+        self.rows_rescored += int(ok.sum()) * r
+        return self._block_scores(score, self.encode_query(query)).masked_fill(~ok, -torch.inf)
 
     def logit_scale(self, group: int) -> float | torch.Tensor:
         """Factor turning a block score into a block-mass logit, for the adaptive budget: with the learned
@@ -602,6 +642,11 @@ class BlockSelector:
             return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)
         cand = candidates & self.head_mask.to(candidates.device)[None, :, None]
         s = self.scores(query)
+        if self.memory is not None:  # two stages: the scorer's rerank*k best, rescored exactly, keep k
+            short = topk_blocks(s, cand, min(self.sel.rerank * k, self.n_blocks))
+            exact = self.rescore(query, short)
+            s = torch.full_like(s, -torch.inf).scatter_reduce(-1, short.clamp_min(0), exact, reduce="amax")
+            cand = cand & torch.isfinite(s)
         idx = topk_blocks(s, cand, k)
         if self.sel.budget == "topk":
             return idx
@@ -628,8 +673,9 @@ class BlockSelector:
         b, h, g, _ = query.shape
         if not 0 <= lo <= hi <= self.n_blocks:
             raise KvprismError(f"select_range: need 0 <= lo <= hi <= {self.n_blocks}, got lo={lo}, hi={hi}")
-        if self.rows_per_block > 1 or self.sel.budget != "topk":
-            # multi-row signatures and adaptive budgets are not in the fused kernel: the same selection via select
+        if self.rows_per_block > 1 or self.sel.budget != "topk" or self.memory is not None:
+            # multi-row signatures, adaptive budgets and rescoring are not in the fused kernel: the same selection
+            # via select
             blk = torch.arange(self.n_blocks, device=query.device)
             cand = ((blk >= lo) & (blk < hi)).expand(b, h, -1)
             return self.select(query, cand, k)

@@ -157,6 +157,14 @@ def search(
             min=0.0,
         ),
     ] = 20.0,
+    rerank: Annotated[
+        int,
+        typer.Option(
+            help="Two-stage selection: the chip proposes rerank×k candidates, exact rescoring of their signatures "
+            "(read from HBM, charged) keeps k; 1 = the chip's top-k.",
+            min=1,
+        ),
+    ] = 1,
     population: Annotated[int, typer.Option(help="NSGA-II population size.", min=2)] = 24,
     presets: Annotated[int, typer.Option(help="TOML presets written (Pareto points, best recall first).", min=0)] = 3,
     fix: Annotated[str, typer.Option(help="Search parameters kept at the base value (comma-separated).")] = "",
@@ -191,7 +199,7 @@ def search(
             ref = reference_set(CaptureParams(model=model, context=context))
     settings = ObjectiveSettings(
         k=k, shape=shape, contexts=_ints(contexts, "contexts"), latency_budget_s=latency_budget_s, engine_seed=seed,
-        max_banks=max_banks, tokens_per_s=tokens_per_s or None,
+        max_banks=max_banks, tokens_per_s=tokens_per_s or None, rerank=rerank,
     )  # fmt: skip
     fixed = [f.strip() for f in fix.split(",") if f.strip()]
     t0 = time.perf_counter()

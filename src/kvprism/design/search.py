@@ -402,6 +402,7 @@ def write_outputs(result: SearchResult, out_dir: str | Path, n_presets: int = 3)
             "recall": float(t.values[0]),
             "d_sig": int(res["d_sig"]),
             "k": int(res["k"]),
+            "rerank": int(result.settings.rerank),
             "engine_seed": int(result.settings.engine_seed),
             "max_banks": int(result.settings.max_banks),
             "reference_model": result.reference["model"],

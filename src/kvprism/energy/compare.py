@@ -4,13 +4,14 @@ thermo-optic heater reference.
 The photonic system replaces the signature scan: each decode step, every (sequence, layer, KV head) bank is queried
 on the chip (``gqa_reduce='max'``: once per query head), the GPU then fetches the selected tokens. Its energy is the
 chip's dynamic energy over all banks + the chip's static power over the whole step + the HBM fetch + (when the rows
-exceed the chip) the HBM read of the ring drive codes that are reloaded every step. Static power is charged over the
+exceed the chip) the HBM read of the ring drive codes that are reloaded every step + (two-stage selection,
+``rerank > 1``) the HBM read of the ``rerank·k`` candidate signatures per bank the GPU rescores. Static power is charged over the
 photonic attention step, plus — ``static_accounting='full-step'``, the default — the read of the model weights that
 every decode step also does (the chip stays powered meanwhile; GPU power is the same in every system and cancels).
 Laser: ``laser_mode='gated'`` (default, best case) charges one ADC period per pass and bank as in the per-query model;
 ``'cw'`` keeps the lasers of every physical bank in use on for the whole powered time. Its latency: per layer (layers
 are sequential in decode; the banks of one layer run in parallel) the chip latency plus the fetch time, plus the
-reload time when paging.
+reload time when paging and the candidate read when rescoring.
 """
 
 from __future__ import annotations
@@ -31,11 +32,20 @@ __all__ = [
     "crossover",
     "decode_step",
     "min_context",
+    "rerank_read_bytes",
     "ring_inventory",
     "thermo_optic_reference",
 ]
 
 CHIP_TERMS = ("laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming", "paging_programming")
+
+
+def rerank_read_bytes(ecfg: EnergyConfig, banks: int, n_blocks: int) -> float:
+    """HBM bytes the rescoring stage of two-stage selection reads per decode step: ``rerank·k`` candidate signatures
+    (``d_sig`` elements each) per bank and chip query (0 with ``rerank = 1``)."""
+    if ecfg.rerank <= 1:
+        return 0.0
+    return float(banks * min(ecfg.rerank * ecfg.k, n_blocks) * ecfg.d_sig * ecfg.kv_bytes_per_element)
 
 
 def min_context(ecfg: EnergyConfig) -> int:
@@ -52,8 +62,8 @@ class StepComparison:
     banks: int
     pages: int
     gpu: GpuStep
-    photonic_energy_j: dict[str, float]  # CHIP_TERMS (all banks) + static + kv_fetch + paging_reads
-    photonic_latency_s: dict[str, float]  # chip (all layers), kv_fetch, paging
+    photonic_energy_j: dict[str, float]  # CHIP_TERMS (all banks) + static + kv_fetch + paging_reads + rerank_reads
+    photonic_latency_s: dict[str, float]  # chip (all layers), kv_fetch, paging, rerank
     chip_per_bank_energy_j: float  # dynamic, one bank, one step
     chip_layer_latency_s: float
 
@@ -120,6 +130,9 @@ def decode_step(
     latency["paging"] += gpu.time_s(paging_bytes)
     energy["kv_fetch"] = gpu.energy_j(gpu.fetch_bytes)
     energy["paging_reads"] = gpu.energy_j(paging_bytes)
+    rerank_bytes = rerank_read_bytes(ecfg, banks, n)
+    energy["rerank_reads"] = gpu.energy_j(rerank_bytes)
+    latency["rerank"] = gpu.time_s(rerank_bytes)
     powered_s = sum(latency.values())
     if ecfg.static_accounting == "full-step":
         powered_s += gpu.time_s(gpu.weight_bytes)

@@ -35,6 +35,13 @@ class EnergyConfig(ConfigBase):
     d_sig: int = param(_SEL["d_sig"], doc="signature dimension = comb lines used", ge=1)
     sink_blocks: int = param(_SEL["sink_blocks"], doc="first blocks always read", unit="blocks", ge=0)
     window: int = param(_SEL["window"], doc="most recent tokens always read", unit="tokens", ge=0)
+    rerank: int = param(
+        _SEL["rerank"],
+        doc="two-stage selection: the chip proposes rerank*k blocks per bank, the GPU reads their d_sig-wide "
+        "signatures from HBM and rescores them exactly (1 = the chip's top-k is the selection, nothing read)",
+        unit="x k",
+        ge=1,
+    )
     gqa_reduce: str = param(
         _SEL["gqa_reduce"],
         doc="'sum': one chip query per KV head (summed query); 'max': one per query head",

@@ -168,7 +168,7 @@ def _measured(path, shape, ecfg, steps, methods: dict[str, str]) -> list[dict[st
         attend = times.get((*key, m_attend))
         # photonic system with the measured GPU attention on the selected tokens instead of the modelled fetch
         rec["photonic_s"] = (
-            None if attend is None else attend + s.photonic_latency_s["chip"] + s.photonic_latency_s["paging"]
+            None if attend is None else attend + sum(v for t, v in s.photonic_latency_s.items() if t != "kv_fetch")
         )
         out.append(rec)
     return out
@@ -252,7 +252,7 @@ def print_summary(summary: dict[str, Any], console) -> None:
     e = summary["energy_config"]
     console.print(
         f"[bold]decode step[/], {shape['name']} ({shape['n_layers']} layers × {shape['kv_heads']} KV heads × d_head "
-        f"{shape['head_dim']}), batch {e['batch']}, B = {e['block_size']}, k = {e['k']}, d_sig = {e['d_sig']}, "
+        f"{shape['head_dim']}), batch {e['batch']}, B = {e['block_size']}, k = {e['k']}, d_sig = {e['d_sig']}, rerank ×{e.get('rerank', 1)}, "
         f"gqa_reduce {e['gqa_reduce']}, GPU scan over {e['scan_dims']}; HBM {e['hbm_energy_per_bit_j'] * 1e12:g} "
         f"pJ/bit, {e['hbm_bandwidth_bytes_per_s'] / 1e12:g} TB/s; chip static power charged over: "
         f"{e['static_accounting']}, laser {e['laser_mode']}",
@@ -391,7 +391,7 @@ def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
     a1.set_xlabel("pJ per query")
     a1.set_title(f"one query: N = {pq['n_rows']:,}, d = {pq['d']} (total {pq['total_energy_j'] * 1e9:.3g} nJ)",
                  fontsize=9)  # fmt: skip
-    terms = [*CHIP_TERMS, "static", "kv_fetch", "paging_reads"]
+    terms = [*CHIP_TERMS, "static", "kv_fetch", "paging_reads", "rerank_reads"]
     steps = summary["steps"]
     bottom = [0.0] * len(steps)
     labels = [_ctx(s["context"]) for s in steps]

@@ -181,8 +181,9 @@ class SparseStats:
 
     def summary(self) -> dict[str, Any]:
         """Read fraction (mean and max over decode steps, layers, KV heads and batch rows), totals, engine
-        programming events (signature rows written), selection calls, and ``restricted``: whether any bank at any
-        step read fewer tokens than it had cached (False means selection could not restrict anything)."""
+        programming events (signature rows written), selection calls, signature rows read by the rescoring stage
+        (``rerank > 1``), and ``restricted``: whether any bank at any step read fewer tokens than it had cached
+        (False means selection could not restrict anything)."""
         att, cac = self.tensors()
         att = att.double()
         cac = cac.double()[..., None].expand_as(att)
@@ -195,6 +196,7 @@ class SparseStats:
             "decode_steps": int(att.shape[0]),
             "programming_events": sum(s.rows_programmed for s in self.selectors),
             "selection_calls": sum(s.selection_calls for s in self.selectors),
+            "rows_rescored": sum(s.rows_rescored for s in self.selectors),
             "attend_calls": dict(self.attend_calls),
             "select_calls": dict(self.select_calls),
             "engine_counters": counters,

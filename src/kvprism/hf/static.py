@@ -31,8 +31,9 @@ Read counters are accumulated on the device and read on demand (:meth:`StaticSpa
 Scope. The static path uses the ``exact`` scorer only: the photonic scorer (noise, drift, programming events) runs
 on the dynamic :class:`kvprism.hf.cache.SparseCache`. Projections ``none``, ``random`` and ``pca`` (fitted once on
 the prefill by :meth:`StaticSparseCache.prepare`, outside any graph); signatures ``mean`` and ``minmax``; budget
-``topk``. Anything else is a :class:`~kvprism.errors.ConfigError` naming the field. With these settings a decode
-step selects and reads the same tokens as :class:`~kvprism.hf.cache.SparseCache` (``impl="torch"``).
+``topk``; one-stage selection (``rerank = 1``). Anything else is a :class:`~kvprism.errors.ConfigError` naming the
+field. With these settings a decode step selects and reads the same tokens as
+:class:`~kvprism.hf.cache.SparseCache` (``impl="torch"``).
 
 Overflow. The keys/values hold at most :attr:`StaticSparseCache.max_cache_len` tokens; an update beyond that raises
 a :class:`~kvprism.errors.KvprismError` before anything is written. The check is on the host: eager ``update`` makes
@@ -103,6 +104,11 @@ def check_static_config(sel: SelectionConfig) -> None:
     if sel.budget != "topk":
         raise ConfigError(
             f"SelectionConfig.budget = {sel.budget!r} is not supported by StaticSparseCache; allowed: 'topk'"
+        )
+    if sel.rerank != 1:
+        raise ConfigError(
+            f"SelectionConfig.rerank = {sel.rerank} is not supported by StaticSparseCache; allowed: 1 (two-stage "
+            "selection rescores a photonic scorer's candidates: use the dynamic kvprism.SparseCache)"
         )
 
 
