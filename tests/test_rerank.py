@@ -192,3 +192,30 @@ def test_design_objective_with_rerank():
     full = evaluate(cfg, ref, d, ObjectiveSettings(k=k, contexts=(4096,), rerank=hi - lo), with_energy=False)
     assert r2.recall >= r1.recall and r1.recall < 1.0
     assert full.recall == pytest.approx(1.0)
+
+
+def test_cli_design_evaluate_on_a_reference_file(tmp_path, capsys):
+    """`kvprism design evaluate` scores presets on a reference file per k and rerank factor; its JSON rows agree
+    with evaluate() and a rerank covering every candidate recalls everything."""
+    import json
+
+    from kvprism.cli import main
+    from kvprism.design.objectives import ObjectiveSettings, evaluate
+    from kvprism.photonics import PhotonicConfig
+    from tests.design_fixtures import tiny_reference
+
+    ref = tiny_reference()
+    path = ref.save(tmp_path / "ref.safetensors")
+    lo, hi = ref.candidate_range
+    out = tmp_path / "rows.json"
+    args = ["design", "evaluate", "--reference", str(path), "--configs", "seed-nominal", "--k", "2",
+            "--rerank", f"1,{hi - lo}", "--energy-context", "4096", "--d-sig", "8", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "design points on the reference set" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["k"], r["rerank"]) for r in rows] == [(2, 1), (2, hi - lo)]
+    want = evaluate(PhotonicConfig.preset("seed-nominal"), ref, 8, ObjectiveSettings(k=2, contexts=(4096,)))
+    assert rows[0]["recall"] == want.recall and rows[0]["rescored_fraction"] == 0.0
+    assert rows[1]["recall"] == pytest.approx(1.0) and rows[1]["rescored_fraction"] == 1.0
+    assert rows[1]["energy_j"] > rows[0]["energy_j"]  # the candidate signature reads are charged
+    assert main([*args[:4], "--configs", "no-such-preset"]) != 0

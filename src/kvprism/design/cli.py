@@ -1,4 +1,4 @@
-"""``kvprism design`` (capture, space, search) and ``kvprism claims`` command lines (typer sub-apps).
+"""``kvprism design`` (capture, space, evaluate, search) and ``kvprism claims`` command lines (typer sub-apps).
 
 Heavy imports happen inside the commands. Errors caused by input raise :class:`kvprism.KvprismError` (one line,
 printed by :func:`kvprism.cli.main`).
@@ -47,12 +47,12 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def _capture_params(model: str, context: int, d_sig: str, block_size: int, projection: str, queries: int,
-                    k_max: int, seed: int):  # fmt: skip
+                    k_max: int, seed: int, window: int):  # fmt: skip
     from kvprism.design.capture import CaptureParams
 
     return CaptureParams(
         model=model, context=context, block_size=block_size, d_sigs=_ints(d_sig, "d-sig"), projection=projection,
-        n_queries=queries, k_max=k_max, seed=seed,
+        n_queries=queries, k_max=k_max, seed=seed, window=window,
     )  # fmt: skip
 
 
@@ -86,6 +86,7 @@ def capture(
     queries: _QueriesOpt = 32,
     k_max: _KMaxOpt = 32,
     seed: _SeedOpt = 0,
+    window: Annotated[int, typer.Option(help="Most recent tokens always read (not candidates).", min=0)] = 64,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Capture a reference set from one real prefill on natural text: per (layer, KV head) block signatures,
@@ -93,7 +94,7 @@ def capture(
     from kvprism.design.capture import describe, reference_set
     from kvprism.hf.models import load_model
 
-    params = _capture_params(model, context, d_sig, block_size, projection, queries, k_max, seed)
+    params = _capture_params(model, context, d_sig, block_size, projection, queries, k_max, seed, window)
     t0 = time.perf_counter()
     with console.status(f"loading {model} ..."):
         mdl, tok = load_model(model, device=device)
@@ -119,6 +120,103 @@ def space() -> None:
         mark = "" if d in keep else " [dim](not in this chip model)[/]"
         t.add_row(d.name + mark, d.field, d.range_text(), d.source)
     console.print(t)
+
+
+@design_app.command()
+def evaluate(
+    configs: Annotated[
+        str, typer.Option(help="Photonic presets and/or preset TOML files, comma-separated.")
+    ] = "tfln-feasible",
+    k: Annotated[str, typer.Option(help="Blocks selected (recall@k), comma-separated.")] = "8,16",
+    rerank: Annotated[
+        str,
+        typer.Option(
+            help="Two-stage selection factors, comma-separated: the chip proposes rerank×k candidates, exact "
+            "rescoring of their signatures keeps k (1 = the chip's top-k)."
+        ),
+    ] = "1,2,4",
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Reference set file (default: the cached one of --model/--context, built on first use)."),
+    ] = None,
+    model: _ModelOpt = "smollm2",
+    context: _ContextOpt = 8192,
+    shape: Annotated[str, typer.Option(help="Model shape of the energy/latency columns.")] = "qwen2.5-7b",
+    energy_context: Annotated[int, typer.Option(help="Context of the energy/latency columns.", min=1)] = 32768,
+    tokens_per_s: Annotated[
+        float,
+        typer.Option(
+            "--tokens-per-s",
+            help="Decode rate of --shape that times each chip (as design search); 0 = untimed (as configured).",
+            min=0.0,
+        ),
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the engine's draws (the same for every row).")] = 0,
+    d_sig: Annotated[
+        int | None,
+        typer.Option("--d-sig", help="Reference signatures to use [default: the width of each chip's comb lines]."),
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Write the rows as JSON to this file.")] = None,
+) -> None:
+    """Score design points on the reference set as a search trial does (signature and block recall@k with every
+    impairment on, energy and added latency per decode step, violated constraints), for each k and rerank factor."""
+    from kvprism.design.capture import CaptureParams, ReferenceSet, reference_set
+    from kvprism.design.objectives import ObjectiveSettings
+    from kvprism.design.objectives import evaluate as evaluate_point
+    from kvprism.eval.grid import load_preset
+    from kvprism.io import atomic_write
+
+    names = [c.strip() for c in configs.split(",") if c.strip()]
+    if not names:
+        raise KvprismError("--configs is empty; give photonic preset names or preset files")
+    cfgs = {n: load_preset(n) for n in names}
+    ks, reranks = _ints(k, "k"), _ints(rerank, "rerank")
+    if reference:
+        ref = ReferenceSet.load(reference)
+    else:
+        with console.status(f"reference set of {model} at {context} tokens (captured on first use) ..."):
+            ref = reference_set(CaptureParams(model=model, context=context))
+    lo, hi = ref.candidate_range
+    t = Table(title=f"design points on the reference set ({ref.params.model}, {ref.params.context} tokens, blocks "
+                    f"of {ref.params.block_size}, {hi - lo} candidate blocks per bank)")  # fmt: skip
+    for col in ("config", "k", "rerank", "rescored", "signature recall", "block recall", "exact's", "energy / step",
+                "selection", "added latency", "violated"):  # fmt: skip
+        t.add_column(col, justify="left" if col == "config" else "right")
+    rows = []
+    for name, cfg in cfgs.items():
+        for kk in ks:
+            for r in reranks:
+                st = ObjectiveSettings(k=kk, shape=shape, contexts=(energy_context,), engine_seed=seed,
+                                       tokens_per_s=tokens_per_s or None, rerank=r)  # fmt: skip
+                with console.status(f"{name}, k {kk}, rerank {r} ..."):
+                    res = evaluate_point(cfg, ref, d_sig, settings=st)
+                frac = min(r * kk, hi - lo) / (hi - lo) if r > 1 else 0.0
+                exact_blk = _exact_block_recall(ref, res.d_sig, kk)
+                rows.append({"config": name, "k": kk, "rerank": r, "rescored_fraction": frac,
+                             "exact_block_recall": exact_blk, **res.to_json()})  # fmt: skip
+                t.add_row(
+                    name, str(kk), str(r), f"{frac:.3f}", f"{res.recall:.3f}", f"{res.block_recall:.3f}",
+                    f"{exact_blk:.3f}",
+                    f"{res.energy_j * 1e3:.4g} mJ", f"{res.selection_energy_j * 1e3:.4g} mJ",
+                    f"{res.added_latency_s * 1e6:.4g} µs", str(len(res.violations)),
+                )  # fmt: skip
+    console.print(t)
+    console.print(f"[dim]rescored: candidates rescored per bank as a share of the {hi - lo} candidate blocks; exact's: "
+                  f"block recall of exact selection; energy and latency for {shape} at {energy_context} tokens "
+                  "(candidate signature reads charged)[/]")  # fmt: skip
+    if out:
+        import json
+
+        atomic_write(Path(out), json.dumps({"reference": ref.params.to_json(), "rows": rows}, indent=2,
+                                           default=float))  # fmt: skip
+        console.print(f"wrote {out}")
+
+
+def _exact_block_recall(ref, d_sig: int, k: int) -> float:
+    """Block recall@k (against the true attention top-k) of exact selection at ``d_sig`` on the reference set."""
+    from kvprism.design.objectives import recall_at_k
+
+    return recall_at_k(ref.topk[d_sig].flatten(0, 1)[..., :k], ref.attn_topk.flatten(0, 1)[..., :k])
 
 
 @design_app.command()
