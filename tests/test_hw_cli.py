@@ -41,3 +41,20 @@ def test_hw_timing_errors(capsys):
     assert "--model-shape" in capsys.readouterr().err
     assert main(["hw", "--model-shape", "nope"]) == 1
     assert "unknown model shape" in capsys.readouterr().err
+
+
+def test_hw_write_timed_writes_the_config_the_decode_times(tmp_path, capsys):
+    """--write-timed: the preset as timed by --model-shape / --tokens-per-s, loadable, with the timed fields."""
+    from kvprism.photonics import PhotonicConfig
+    from kvprism.photonics.design import decode_timing, timed_by_decode
+
+    path = tmp_path / "timed.toml"
+    args = ["hw", "--preset", "tfln-feasible", "--model-shape", "smollm2-135m", "--tokens-per-s", "200"]
+    assert main([*args, "--write-timed", str(path)]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out.replace("\n", "")
+    cfg = PhotonicConfig.preset("tfln-feasible")
+    want = timed_by_decode(cfg, decode_timing(cfg, n_layers=30, kv_heads=3, tokens_per_s=200.0))
+    got = PhotonicConfig.from_toml(path)
+    assert got == want and got.detection_bandwidth_hz != cfg.detection_bandwidth_hz
+    assert main(["hw", "--preset", "tfln-feasible", "--write-timed", str(path)]) == 1  # needs --model-shape
+    assert "--write-timed needs --model-shape" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def _programming_error(cfg: PhotonicConfig, sig: torch.Tensor) -> float:
 
 def test_replay_needs_in_situ_calibration():
     with pytest.raises(ConfigError, match="rewrite_calibration"):
-        FEAS.replace(feedback_calibration=False, rewrite_calibration="replay")
+        FEAS.replace(feedback_calibration=False, code_refresh="hold", rewrite_calibration="replay")
 
 
 def test_fresh_codes_program_exactly_as_a_recalibrated_rewrite():

@@ -448,6 +448,14 @@ def hw(
     batch: Annotated[int, typer.Option(help="Sequences decoded together (one logical bank each).", min=1)] = 1,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 if a constraint is violated.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON instead of a table.")] = False,
+    write_timed: Annotated[
+        str | None,
+        typer.Option(
+            "--write-timed",
+            help="With --model-shape: write the config as timed by that decode (detection bandwidth, code age, code "
+            "refresh) to this preset TOML, to run it in the loop (kvprism niah --configs FILE).",
+        ),
+    ] = None,
 ) -> None:
     """Feasibility verdict of a photonic weight-bank configuration (default: the seed-nominal preset)."""
     from rich.table import Table
@@ -476,6 +484,8 @@ def hw(
         label = preset or "seed-nominal"
         cfg = PhotonicConfig.preset(label)
     timing = None
+    if write_timed is not None and model_shape is None:
+        raise kvprism.KvprismError("--write-timed needs --model-shape (the decode that times the config)")
     if model_shape is None and tokens_per_s is not None:
         raise kvprism.KvprismError("--tokens-per-s needs --model-shape (the model whose decode times the detection)")
     if model_shape is not None:
@@ -495,6 +505,17 @@ def hw(
             f"{timing.noise_bandwidth_hz:.3g} (configured {cfg.detection_bandwidth_hz:.3g})",
             highlight=False,
         )
+        if write_timed is not None:
+            from kvprism.design.search import write_preset
+            from kvprism.photonics.design import timed_by_decode
+
+            meta = {
+                "description": f"{label} timed by decode for {shape.name} ({shape.n_layers} layers x "
+                f"{shape.kv_heads} KV heads, batch {batch}) at {rate:g} tokens/s",
+                "source": "kvprism hw --write-timed (kvprism.photonics.design.timed_by_decode)",
+            }
+            path = write_preset(timed_by_decode(cfg, timing), write_timed, meta)
+            (err_console if as_json else console).print(f"wrote {path}", highlight=False)
     with console.status("evaluating feasibility ..."):
         rep = feasibility(cfg, seed=seed, timing=timing)
     if as_json:

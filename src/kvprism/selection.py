@@ -595,6 +595,21 @@ class BlockSelector:
         r = self.rows_per_block
         return s if r == 1 else s.reshape(*s.shape[:-1], s.shape[-1] // r, r).amax(-1)
 
+    def exact_scores(self, query: torch.Tensor) -> torch.Tensor | None:
+        """Block scores ``[B, H, N]`` of the query group ``[B, H, G, D]`` computed exactly (fp32) from the programmed
+        signatures, whatever the scorer (the reference a noisy scorer's selection is measured against at every
+        step); None when the scorer keeps no signatures to score (a scorer of a plugin)."""
+        if self.memory is not None and self.memory.rows is not None:
+            rows = self.memory.rows
+        elif getattr(self.scorer, "rows", None) is not None:
+            rows = self.scorer.rows
+        elif getattr(getattr(self.scorer, "engine", None), "signatures", None) is not None:
+            rows = self.scorer.engine.signatures.float()
+        else:
+            return None
+        twin = ExactScorer(self.sel, rows=rows.to(query.device))
+        return self._block_scores(twin.scores, self.encode_query(query))
+
     def rescore(self, query: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """Exact scores ``[B, H, M]`` of the candidate ``blocks [B, H, M]`` (``-1`` = none: ``-inf``) from the fp32
         signatures in memory (``rerank > 1`` only), reduced as :meth:`scores`; counts the rows read."""

@@ -111,8 +111,9 @@ class TrialResult:
     k: int
     seconds: dict[str, float]
     counters: dict[str, Any]
-    #: config fields the decode timing set for this point (detection bandwidth, code age); empty when untimed
-    timed_fields: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: config fields the decode timing set for this point (detection bandwidth, code age, code refresh); empty when
+    #: untimed
+    timed_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def chip_feasible(self) -> bool:
@@ -300,7 +301,7 @@ def evaluate(
         timing = decode_timing(cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=s.tokens_per_s,
                                d=w)  # fmt: skip
         timed_cfg = timed_by_decode(cfg, timing)
-        timed = {f: leaf(timed_cfg, f) for f in ("detection_bandwidth_hz", "calibration_age_s")
+        timed = {f: leaf(timed_cfg, f) for f in ("detection_bandwidth_hz", "calibration_age_s", "code_refresh")
                  if leaf(timed_cfg, f) != leaf(cfg, f)}  # fmt: skip
         cfg = timed_cfg
     t0 = time.perf_counter()

@@ -371,7 +371,7 @@ def _toml_lines(tree: dict[str, Any], prefix: str = "") -> list[str]:
 
 def preset_toml(cfg: Any, meta: dict[str, Any]) -> str:
     """TOML text of every field of ``cfg`` (sections as tables, see :func:`_config_tree`) and a ``[meta]`` table."""
-    parts = ["# written by kvprism design search", *_toml_lines(_config_tree(cfg))]
+    parts = ["# written by kvprism (design search or hw --write-timed)", *_toml_lines(_config_tree(cfg))]
     parts += ["", "[meta]", *(f"{k} = {_toml_value(v)}" for k, v in meta.items())]
     return "\n".join(parts) + "\n"
 

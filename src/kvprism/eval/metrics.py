@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from kvprism.layout import CANDIDATE, BlockGeometry, BlockLayout, ids_to_mask, topk_mask
+from kvprism.layout import CANDIDATE, BlockGeometry, BlockLayout, ids_to_mask, topk_blocks, topk_mask
 
 
 def attention_probs(query: torch.Tensor, keys: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -193,9 +193,11 @@ def trace_metrics(
     Block recall@k and attention mass captured use the dense softmax of each step's traced (post-RoPE) query over the
     ``T`` prefilled keys (tokens generated during decode always lie in the recent window and are left out); they are
     averaged over decode steps. Recall is taken over the step's candidate blocks (:class:`kvprism.layout.BlockLayout`)
-    with each block's mass over its tokens before the tail (:func:`kvprism.eval.metrics.selectable_block_mass`). Needle hit and signature recall are taken at the first decode step (the one that
-    produces the first answer token). Heads that select no block at all (streaming heads of a head mask) count as
-    not applicable (NaN) for the recall metrics.
+    with each block's mass over its tokens before the tail (:func:`kvprism.eval.metrics.selectable_block_mass`).
+    Needle hit and signature recall are taken at the first decode step (the one that produces the first answer
+    token); ``signature_recall_steps`` averages, over every decode step, a noisy scorer's recall of the exact
+    selection of that step's own query (from the trace's ``exact_scores``). Heads that select no block at all
+    (streaming heads of a head mask) count as not applicable (NaN) for the recall metrics.
 
     Returns:
         scalar means plus ``per_layer`` ``[L][Hkv]`` tables of the first-step values.
@@ -206,7 +208,7 @@ def trace_metrics(
     # the candidate set of the first decode step (its cache holds the prefill and the step's own token)
     eligible = BlockLayout.from_lengths(n_tok + 1, geometry).candidates[0, :n_slots]
     spans = sample.target_spans
-    recall_steps, mass_steps = [], []
+    recall_steps, mass_steps, sig_steps = [], [], []
     first: dict[str, list[torch.Tensor]] = {"block_recall": [], "mass_captured": [], "needle_hit": [], "sig": []}
     layers = sorted(trace[0]) if trace else []
     for step, per_layer in enumerate(trace):
@@ -226,6 +228,12 @@ def trace_metrics(
             captured = mass_captured(probs, mask)
             step_recall.append(recall[0])
             step_mass.append(captured[0])
+            if "exact_scores" in rec:  # the exact selection of this step's own query (noisy scorers)
+                n_sig = rec["exact_scores"].shape[-1]
+                cand = layout.candidate_mask(n=n_sig).expand_as(rec["exact_scores"]).cpu()
+                ref = topk_blocks(rec["exact_scores"].float().cpu(), cand, sel.k)
+                sr = selection_recall(blocks, ref, layout.candidates[0, :n_sig].cpu())[0]
+                sig_steps.append(torch.where((blocks[0] >= 0).any(-1), sr, torch.full_like(sr, float("nan"))))
             if step == 0:
                 first["block_recall"].append(recall[0])
                 first["mass_captured"].append(captured[0])
@@ -245,6 +253,7 @@ def trace_metrics(
         "needle_hit": finite_mean(torch.stack(first["needle_hit"])) if first["needle_hit"] else None,
         "signature_recall": finite_mean(torch.stack(first["sig"])) if first["sig"] else None,
         "signature_recall_layer0": finite_mean(first["sig"][0]) if first["sig"] else None,
+        "signature_recall_steps": finite_mean(torch.stack(sig_steps)) if sig_steps else None,
         "per_layer": {
             name: table_4(torch.stack(first[key]))
             for name, key in (

@@ -35,6 +35,7 @@ METRICS = (
     "needle_hit",
     "block_recall",
     "signature_recall",
+    "signature_recall_steps",
     "mass_captured",
     "kl_first_token",
 )

@@ -321,7 +321,8 @@ class SparseCache(Cache):
         model: a Llama / Qwen2 / Mistral-family causal LM; its attention implementation is switched to ``"kvprism"``
             (which behaves like ``sdpa`` for any other cache, so dense baselines keep working on the same model).
         sel: the selection config.
-        trace: keep, per decode step and layer, the query, the selected blocks and the token mask read.
+        trace: keep, per decode step and layer, the query, the selected blocks and the token mask read (and, for a
+            scorer other than ``exact``, the exact block scores of the same query, ``exact_scores [B, H, N]``).
         profile: accumulate wall time of the selection machinery (signatures, scoring, top-k, gather plan) and of
             the sparse attention in ``cache.timings`` (seconds, summed over layers and steps; synchronises the GPU).
         impl: how a decode step attends to the selected tokens (:data:`ATTEND_KERNELS`). ``"triton"``: the
@@ -422,11 +423,20 @@ class SparseCache(Cache):
         assert self.trace is not None
         if event.layer_idx == 0 or not self.trace:
             self.trace.append({})
-        self.trace[-1][event.layer_idx] = {
+        rec = {
             "query": event.query.detach().clone(),
             "blocks": event.blocks.detach().clone(),
             "token_mask": event.plan.token_mask(event.kv_len),
         }
+        selector = self.selectors[event.layer_idx]
+        if selector.sel.scorer != "exact" and selector.n_blocks:
+            # a noisy scorer: the exact block scores of the same query, to measure its selection at every step
+            b, _, d = event.query.shape
+            with torch.no_grad():
+                exact = selector.exact_scores(event.query.reshape(b, selector.num_kv_heads, -1, d))
+            if exact is not None:
+                rec["exact_scores"] = exact
+        self.trace[-1][event.layer_idx] = rec
 
     def _time_step(self, event: StepEvent) -> None:
         assert self.timings is not None

@@ -63,6 +63,7 @@ _SECTIONS: dict[str, str] = {
             "calibration_probe_averages",
             "rewrite_calibration",
             "calibration_age_s",
+            "code_refresh",
         ],
         "calibration",
     ),
@@ -299,6 +300,18 @@ class PhotonicConfig(ConfigBase):
         ge=0.0,
         le=1e6,
         source="derived: design.decode_timing (half the round-robin recalibration period)",
+    )
+    code_refresh: str = param(
+        "hold",
+        doc="when the rows get drive codes during decode: 'hold' = the codes written at programming stay applied "
+        "and the drift since their calibration grows step by step (resident banks); 'every-step' = every decode step "
+        "rewrites the rows (time-shared banks rewrite each physical bank every round) with codes calibrated "
+        "calibration_age_s before use, so the drift since calibration is stationary (none at age 0). Needs "
+        "feedback_calibration; the rows keep the residual (trim, quantisation, probe noise) of their first "
+        "calibration, and a held voltage is never older than one step (no DC relaxation)",
+        choices=("hold", "every-step"),
+        source="PHYSICS §11 (time-shared banks are rewritten every round); the feasibility report's weight precision "
+        "assumes the same steady state (codes calibration_age_s old at use)",
     )
     ring_capacitance_f: float = param(
         20e-15,
@@ -890,6 +903,13 @@ class PhotonicConfig(ConfigBase):
     def _check(self) -> None:
         from kvprism.photonics import ring
 
+        if self.code_refresh == "every-step" and not self.feedback_calibration:
+            self._fail(
+                "code_refresh",
+                self.code_refresh,
+                "codes refreshed every step compensate the drift they measured; set feedback_calibration = true "
+                "(model-based calibration does not see the drift: use 'hold')",
+            )
         if self.rewrite_calibration == "replay" and not self.feedback_calibration:
             self._fail(
                 "rewrite_calibration",

@@ -459,8 +459,11 @@ def timed_by_decode(cfg: PhotonicConfig, timing: DecodeTiming) -> PhotonicConfig
     the energy model use) set to 1/(2·T_int). This is the precedence rule: a decode timing, when given, replaces the
     configured bandwidth; otherwise ``detection_bandwidth_hz`` is the design choice and T_int = 1/(2·Δf). With
     in-situ calibration the codes' age (``calibration_age_s``) is the timing's too: 0 for recalibrated rewrites,
-    half the round-robin recalibration period otherwise."""
+    half the round-robin recalibration period otherwise; and time-shared rows, rewritten every round, refresh their
+    codes every decode step (``code_refresh = 'every-step'``)."""
     out = cfg.replace(detection_bandwidth_hz=min(timing.noise_bandwidth_hz, 1e12))
     if cfg.feedback_calibration:
         out = out.replace(calibration_age_s=min(timing.calibration_age_s, 1e6))  # the field's bound (inf: never)
+        if timing.shared:
+            out = out.replace(code_refresh="every-step")
     return out

@@ -100,6 +100,7 @@ class PhotonicEngine:
     _field_drift = _row_state("field_drift")  # [B, N] m: spatially correlated drift along the bank's rows
     _eo = _row_state("eo")  # [B, N, d] m: programmed Pockels shift (held; relaxes with DC drift)
     _age = _row_state("age")  # [B, N] decode steps since each row was programmed
+    _cal_drift = _row_state("cal_drift")  # [B, N, d] m: drift the rows' codes compensate (code_refresh 'every-step')
 
     def __init__(self, config: PhotonicConfig, seed: int = 0) -> None:
         if not isinstance(config, PhotonicConfig):
@@ -145,6 +146,13 @@ class PhotonicEngine:
     @property
     def n_dims(self) -> int | None:
         return None if self._sig is None else int(self._sig.shape[2])
+
+    @property
+    def signatures(self) -> torch.Tensor | None:
+        """The programmed signatures as given, ``[*L, N, d]`` (None before :meth:`program`)."""
+        if self._sig is None:
+            return None
+        return self._sig.reshape(*self._lead, *self._sig.shape[1:])
 
     @property
     def bank_shape(self) -> tuple[int, ...] | None:
@@ -252,6 +260,8 @@ class PhotonicEngine:
         self._abs_sum = torch.zeros((b, n), dtype=self._dtype)
         for name, value in self._fabricate((b, n, d)).items():
             setattr(self, name, value)
+        if self._refreshes_codes:
+            self._cal_drift = torch.zeros(shape, dtype=self._dtype)
         self._program_rows(torch.arange(b), 0, n)
 
     def _fabricate(self, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
@@ -463,7 +473,10 @@ class PhotonicEngine:
             self._age[banks, r0:r1] = 0.0
         # what the rings add to the drive while being calibrated: trim residual and the drift of that time (now, or
         # calibration_age_s ago for replayed codes)
-        offset = (self._trim[banks, r0:r1] + self._drift_at_calibration(banks, r0, r1)).reshape(-1, d)
+        cal_drift = self._drift_at_calibration(banks, r0, r1)
+        if self._refreshes_codes:
+            self._cal_drift[banks, r0:r1] = cal_drift
+        offset = (self._trim[banks, r0:r1] + cal_drift).reshape(-1, d)
         extras = self._extras(banks, r0, r1)
         det = torch.empty_like(flat)
         step = self._chunk_rows(d)
@@ -631,12 +644,21 @@ class PhotonicEngine:
             thru, drop = cascade(det, opt, self.config.crosstalk, self.cascade_plan)
         return thru - drop
 
-    def _update_weights(self, banks: torch.Tensor | None, r0: int, r1: int | None) -> None:
+    def _update_weights(self, banks: torch.Tensor | None, r0: int, r1: int | None, *, rewritten: bool = False) -> None:
         """Recompute W_eff and the mean ring transmission for the given rows at the current drift (``banks`` None:
-        all banks, written in place)."""
+        all banks, written in place). ``rewritten`` (code_refresh 'every-step', a later decode step): the rows hold
+        codes calibrated ``calibration_age_s`` before now, so they see the drift since then (drawn backwards from the
+        drift now) instead of the drift since their first programming."""
         sl = slice(r0, r1)
         static = self._static[:, sl] if banks is None else self._static[banks, sl]
-        det = self._drift_now(banks, r0, r1, static)
+        if rewritten and self._refreshes_codes:
+            idx = torch.arange(self._static.shape[0]) if banks is None else banks
+            cal = self._cal_drift[:, sl] if banks is None else self._cal_drift[banks, sl]
+            now = self._drift_now(banks, r0, r1)
+            # the codes' compensation moves from the first calibration's drift to that of the rewrite's calibration
+            det = static + cal + (now - self._drift_at_calibration(idx, r0, r1 if r1 is not None else self._n))
+        else:
+            det = self._drift_now(banks, r0, r1, static)
         nb, nr, d = det.shape
         flat = det.view(-1, d)
         # all banks: write straight into the state buffers where their rows are contiguous (one bank, or no spare
@@ -674,9 +696,19 @@ class PhotonicEngine:
             self._det["var_transmit"] = self._var_transmit(self._det["g2"])
 
     @property
+    def _refreshes_codes(self) -> bool:
+        """Rows rewritten every decode step with freshly calibrated codes (``code_refresh = 'every-step'``)."""
+        return self.config.code_refresh == "every-step" and self.config.feedback_calibration
+
+    @property
     def _time_varying(self) -> bool:
-        """True when the rings move between decode steps (drift or DC relaxation)."""
+        """True when the rings move between decode steps relative to their codes (drift or DC relaxation); codes
+        refreshed every step with no age compensate the drift at every step (nothing moves)."""
         c = self.config
+        if self._refreshes_codes:
+            return c.calibration_age_s > 0.0 and (
+                c.drift_ring_sigma_m != 0.0 or c.drift_global_sigma_m != 0.0 or c.drift_field_sigma_m != 0.0
+            )
         return (
             c.drift_ring_sigma_m != 0.0
             or c.drift_global_sigma_m != 0.0
@@ -727,7 +759,7 @@ class PhotonicEngine:
     def _relax(self, k: int) -> None:
         """Age the rows by ``k`` decode steps and let their held Pockels shifts relax (TFLN DC drift), in place."""
         c = self.config
-        if c.dc_relax_fraction != 0.0:
+        if c.dc_relax_fraction != 0.0 and not self._refreshes_codes:  # refreshed voltages are at most a step old
             self._age.add_(k)
             factor = drift_mod.dc_relaxation(self._age * c.decode_step_time_s, c.dc_relax_fraction, c.dc_relax_time_s)
             torch.addcmul(self._trim, self._eo, factor.unsqueeze(-1), out=self._static).add_(c.rest_detuning_m)
@@ -735,7 +767,7 @@ class PhotonicEngine:
     def _refresh(self) -> None:
         self._apply_pending_drift()
         if self._stale:
-            self._update_weights(None, 0, None)
+            self._update_weights(None, 0, None, rewritten=True)
             self.counters["weight_refreshes"] += 1
             self._stale = False
 
@@ -945,6 +977,8 @@ class EngineGroup:
         """Sample the drift of ``caller`` and of every member at the same point and refresh their W_eff; False (and
         nothing done) when no other member is at the caller's point (the caller then samples alone)."""
         k, n, shape = caller._pending_steps, caller._n, caller._sig.shape
+        if caller._refreshes_codes:  # each member draws the age of its rewritten codes alone (_update_weights)
+            return False
         members = [
             e for e in self.engines
             if e._sig is not None and e._pending_steps == k and e._n == n and e._sig.shape == shape

@@ -109,6 +109,7 @@ class FeasibilityReport:
     timing: DecodeTiming | None = None
     drift_update_steps: int = 1  # simulation: decode steps between drift samples (PhotonicConfig.drift_update_steps)
     drift_hold_rms_m: float = 0.0  # simulation: RMS detuning error of holding the drift between samples
+    code_refresh: str = "hold"  # simulation: drive codes in a decode loop (PhotonicConfig.code_refresh)
 
     @property
     def feasible(self) -> bool:
@@ -213,6 +214,13 @@ class FeasibilityReport:
                 "drift sampled every / hold error (RMS)",
                 f"{self.drift_update_steps} decode steps / {self.drift_hold_rms_m * pm:.2f} pm",
                 "",
+            ),
+            (
+                "drive codes during decode (simulation)",
+                "rewritten every step" if self.code_refresh == "every-step" else "held since programming",
+                "time-shared rows are rewritten every round"
+                if self.timing is not None and self.timing.shared and self.code_refresh == "hold"
+                else "",
             ),
             ("MRR count", f"{self.mrr_count:,}", ""),
             (
@@ -419,4 +427,5 @@ def feasibility(
         cascade_near_rings=plan.k if plan is not None else (d if cfg.crosstalk else 1),
         cascade_fit_error=plan.max_fit_error if plan is not None else 0.0, violations=violations, timing=timing,
         drift_update_steps=cfg.drift_update_steps, drift_hold_rms_m=cfg.drift_hold_rms_m,
+        code_refresh=cfg.code_refresh,
     )  # fmt: skip
