@@ -71,6 +71,20 @@ _ProjOpt = Annotated[str, typer.Option(help="Projection: none, random, pca, lear
 _QueriesOpt = Annotated[int, typer.Option(help="Reference queries (the last prompt positions).", min=1)]
 _KMaxOpt = Annotated[int, typer.Option(help="Exact top-k stored per query (k of the search <= this).", min=1)]
 _SeedOpt = Annotated[int, typer.Option(help="Seed (text window, random projections; search sampler).")]
+_ReferenceOpt = Annotated[
+    str | None,
+    typer.Option(help="Reference set file (default: the cached one of --model/--context, built on first use)."),
+]
+
+
+def _load_reference(reference: str | None, model: str, context: int):
+    """The reference set of ``--reference`` or, by default, the cached one of ``--model`` / ``--context``."""
+    from kvprism.design.capture import CaptureParams, ReferenceSet, reference_set
+
+    if reference:
+        return ReferenceSet.load(reference)
+    with console.status(f"reference set of {model} at {context} tokens (captured on first use) ..."):
+        return reference_set(CaptureParams(model=model, context=context))
 
 
 @design_app.command()
@@ -135,10 +149,7 @@ def evaluate(
             "rescoring of their signatures keeps k (1 = the chip's top-k)."
         ),
     ] = "1,2,4",
-    reference: Annotated[
-        str | None,
-        typer.Option(help="Reference set file (default: the cached one of --model/--context, built on first use)."),
-    ] = None,
+    reference: _ReferenceOpt = None,
     model: _ModelOpt = "smollm2",
     context: _ContextOpt = 8192,
     shape: Annotated[str, typer.Option(help="Model shape of the energy/latency columns.")] = "qwen2.5-7b",
@@ -160,7 +171,6 @@ def evaluate(
 ) -> None:
     """Score design points on the reference set as a search trial does (signature and block recall@k with every
     impairment on, energy and added latency per decode step, violated constraints), for each k and rerank factor."""
-    from kvprism.design.capture import CaptureParams, ReferenceSet, reference_set
     from kvprism.design.objectives import ObjectiveSettings
     from kvprism.design.objectives import evaluate as evaluate_point
     from kvprism.eval.grid import load_preset
@@ -171,11 +181,7 @@ def evaluate(
         raise KvprismError("--configs is empty; give photonic preset names or preset files")
     cfgs = {n: load_preset(n) for n in names}
     ks, reranks = _ints(k, "k"), _ints(rerank, "rerank")
-    if reference:
-        ref = ReferenceSet.load(reference)
-    else:
-        with console.status(f"reference set of {model} at {context} tokens (captured on first use) ..."):
-            ref = reference_set(CaptureParams(model=model, context=context))
+    ref = _load_reference(reference, model, context)
     lo, hi = ref.candidate_range
     t = Table(title=f"design points on the reference set ({ref.params.model}, {ref.params.context} tokens, blocks "
                     f"of {ref.params.block_size}, {hi - lo} candidate blocks per bank)")  # fmt: skip
@@ -228,10 +234,7 @@ def search(
     storage: Annotated[str | None, typer.Option(help="optuna storage URL [default: sqlite:///<out>/study.db].")] = None,
     study: Annotated[str, typer.Option(help="Study name inside the storage.")] = "kvprism-design",
     out: Annotated[str, typer.Option(help="Output directory (pareto.json, pareto.png, presets).")] = "runs/design",
-    reference: Annotated[
-        str | None,
-        typer.Option(help="Reference set file (default: the cached one of --model/--context, built on first use)."),
-    ] = None,
+    reference: _ReferenceOpt = None,
     model: _ModelOpt = "smollm2",
     context: _ContextOpt = 8192,
     base: Annotated[
@@ -282,7 +285,6 @@ def search(
     """Multi-objective design search (optuna NSGA-II): recall@k ↑, energy per decode step ↓, chip area ↓, added
     latency ↓, every feasibility constraint a constraint. Resumable (SQLite); trials in parallel with
     --executor ray."""
-    from kvprism.design.capture import CaptureParams, ReferenceSet, reference_set
     from kvprism.design.objectives import ObjectiveSettings
     from kvprism.design.search import pareto_table, run_search, write_outputs
 
@@ -290,11 +292,7 @@ def search(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    if reference:
-        ref = ReferenceSet.load(reference)
-    else:
-        with console.status(f"reference set of {model} at {context} tokens (captured on first use) ..."):
-            ref = reference_set(CaptureParams(model=model, context=context))
+    ref = _load_reference(reference, model, context)
     settings = ObjectiveSettings(
         k=k, shape=shape, contexts=_ints(contexts, "contexts"), latency_budget_s=latency_budget_s, engine_seed=seed,
         max_banks=max_banks, tokens_per_s=tokens_per_s or None, rerank=rerank,
