@@ -64,6 +64,17 @@ def test_tfln_feasible_passes_every_check_and_says_why_the_others_fail():
     assert any("leakage" in v for v in lit.violations) and any("chip limit" in v for v in lit.violations)
 
 
+def test_the_32_line_bank_passes_every_check_at_the_default_signature_width():
+    """tfln-feasible-32: 32 lines at 0.4 nm on 12 µm rings (FSR 14.35 nm > the 12.8 nm span), leakage below the
+    limit, every other check as tfln-feasible; with 16 lines on its 20 µm rings the span would alias."""
+    cfg = PhotonicConfig.preset("tfln-feasible-32")
+    rep = feasibility(cfg, mc_rows=128, mc_queries=32)
+    assert cfg.n_lines == 32 and rep.feasible, rep.violations
+    assert rep.comb_span_m < rep.fsr_m and rep.worst_leakage_db < rep.leakage_limit_db
+    wide = feasibility(PhotonicConfig.preset("tfln-feasible").replace(n_lines=32), mc_rows=64, mc_queries=8)
+    assert any("FSR" in v for v in wide.violations)
+
+
 def test_in_situ_calibration_of_time_shared_rewrites_must_fit_the_decode_step():
     """tfln-feasible time-shares 4 banks: timed by a 7B model at 20 tokens/s every round rewrites them, and
     recalibrating each rewrite in situ (2·iters + 1 probe readings per line, averaged) takes seconds per step."""

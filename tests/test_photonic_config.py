@@ -6,7 +6,10 @@ import kvprism
 from kvprism import PhotonicConfig
 from kvprism.errors import ConfigError
 
-PRESETS = ["ideal", "seed-nominal", "seed-optimistic", "seed-pessimistic", "tfln-feasible", "tfln-literature"]
+PRESETS = [
+    "ideal", "seed-nominal", "seed-optimistic", "seed-pessimistic", "tfln-feasible", "tfln-feasible-32",
+    "tfln-literature",
+]  # fmt: skip
 
 
 def test_presets_ship_and_load():
