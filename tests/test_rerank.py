@@ -173,6 +173,7 @@ def test_energy_charges_the_candidate_signature_read():
     )
     assert b.photonic_total_energy_j > a.photonic_total_energy_j
     assert b.photonic_latency_s["rerank"] > 0.0
+    assert b.added_latency_s == pytest.approx(a.added_latency_s + b.photonic_latency_s["rerank"])
 
 
 def test_design_objective_with_rerank():

@@ -611,8 +611,13 @@ class BlockSelector:
         return self._block_scores(twin.scores, self.encode_query(query))
 
     def rescore(self, query: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-        """Exact scores ``[B, H, M]`` of the candidate ``blocks [B, H, M]`` (``-1`` = none: ``-inf``) from the fp32
-        signatures in memory (``rerank > 1`` only), reduced as :meth:`scores`; counts the rows read."""
+        """Exact scores ``[B, H, M]`` of the candidate ``blocks [B, H, M]`` (``-1`` = none: ``-inf``) of the query
+        group ``[B, H, G, D]`` from the fp32 signatures in memory (``rerank > 1`` only), reduced as :meth:`scores`;
+        counts the rows read."""
+        return self._rescore(self.encode_query(query), blocks)
+
+    def _rescore(self, enc: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """:meth:`rescore` of an encoded query ``enc [B, H, G, w]``."""
         if self.memory is None or self.memory.rows is None:
             raise KvprismError("rescore needs SelectionConfig.rerank > 1 and programmed signatures")
         r = self.rows_per_block
@@ -620,14 +625,9 @@ class BlockSelector:
         rows_idx = (blocks.clamp_min(0)[..., None] * r + torch.arange(r, device=blocks.device)).flatten(-2)
         mem = self.memory.rows
         rows = torch.gather(mem, -2, rows_idx[..., None].expand(*rows_idx.shape, mem.shape[-1]).to(mem.device))
-
-        def score(q: torch.Tensor) -> torch.Tensor:
-            if q.dim() == rows.dim() - 1:  # [B, H, w]
-                return torch.matmul(rows, q.unsqueeze(-1)).squeeze(-1)
-            return torch.matmul(q, rows.transpose(-1, -2))  # [B, H, G, M*R]
-
         self.rows_rescored += int(ok.sum()) * r
-        return self._block_scores(score, self.encode_query(query)).masked_fill(~ok, -torch.inf)
+        candidates = ExactScorer(self.sel, rows=rows)  # the gathered rows [B, H, M*R, w], scored as the exact scorer
+        return self._block_scores(candidates.scores, enc).masked_fill(~ok, -torch.inf)
 
     def logit_scale(self, group: int) -> float | torch.Tensor:
         """Factor turning a block score into a block-mass logit, for the adaptive budget: with the learned
@@ -656,10 +656,11 @@ class BlockSelector:
         if k == 0 or self.n_blocks == 0:
             return torch.full((b, h, k), -1, dtype=torch.long, device=query.device)
         cand = candidates & self.head_mask.to(candidates.device)[None, :, None]
-        s = self.scores(query)
+        enc = self.encode_query(query)
+        s = self._block_scores(self.scorer.scores, enc)
         if self.memory is not None:  # two stages: the scorer's rerank*k best, rescored exactly, keep k
             short = topk_blocks(s, cand, min(self.sel.rerank * k, self.n_blocks))
-            exact = self.rescore(query, short)
+            exact = self._rescore(enc, short)
             s = torch.full_like(s, -torch.inf).scatter_reduce(-1, short.clamp_min(0), exact, reduce="amax")
             cand = cand & torch.isfinite(s)
         idx = topk_blocks(s, cand, k)

@@ -9,8 +9,8 @@
   on (noise, crosstalk, quantisation, drift at the programming time); the selection among the candidate rows
   ``[lo, hi)`` is the engine's own ``select`` of ``k + m`` rows (``m`` = rows outside the candidates) with the
   non-candidates dropped — the exact top-k among candidates, as the loop's masked top-k (``rerank > 1``: the top
-  ``rerank·k``, rescored exactly from the fp32 signatures, the best k kept, as the loop's two-stage selection). Recall = |selected ∩ exact
-  top-k of the signatures| / k, averaged over banks and queries. *Block recall* (against the true attention mass)
+  ``rerank·k``, rescored exactly from the fp32 signatures, the best k kept, as the loop's two-stage selection).
+  Recall = |selected ∩ exact top-k of the signatures| / k, averaged over banks and queries. *Block recall* (against the true attention mass)
   is reported beside it.
 - **energy per decode step** (minimise) for a model shape at ``contexts[0]`` (default Qwen2.5-7B at 32K), from
   :func:`kvprism.energy.decode_step` with the laser the config *uses* (``laser_line_dbm``: the power whose noise the
@@ -340,7 +340,7 @@ def evaluate(
             energy[c] = step.photonic_total_energy_j
             if c == s.contexts[0]:
                 sel_energy = step.photonic_total_energy_j - step.photonic_energy_j["kv_fetch"]
-                added = sum(v for t, v in step.photonic_latency_s.items() if t != "kv_fetch")
+                added = step.added_latency_s
     t4 = time.perf_counter()
     area = _get(rep, "area_m2")
     if area is not None:  # the whole chip: photonic die + its electronics

@@ -5,8 +5,8 @@ The photonic system replaces the signature scan: each decode step, every (sequen
 on the chip (``gqa_reduce='max'``: once per query head), the GPU then fetches the selected tokens. Its energy is the
 chip's dynamic energy over all banks + the chip's static power over the whole step + the HBM fetch + (when the rows
 exceed the chip) the HBM read of the ring drive codes that are reloaded every step + (two-stage selection,
-``rerank > 1``) the HBM read of the ``rerank·k`` candidate signatures per bank the GPU rescores. Static power is charged over the
-photonic attention step, plus — ``static_accounting='full-step'``, the default — the read of the model weights that
+``rerank > 1``) the HBM read of the ``rerank·k`` candidate signatures per bank the GPU rescores. Static power is
+charged over the photonic attention step, plus — ``static_accounting='full-step'``, the default — the read of the model weights that
 every decode step also does (the chip stays powered meanwhile; GPU power is the same in every system and cancels).
 Laser: ``laser_mode='gated'`` (default, best case) charges one ADC period per pass and bank as in the per-query model;
 ``'cw'`` keeps the lasers of every physical bank in use on for the whole powered time. Its latency: per layer (layers
@@ -42,7 +42,7 @@ CHIP_TERMS = ("laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming
 
 def rerank_read_bytes(ecfg: EnergyConfig, banks: int, n_blocks: int) -> float:
     """HBM bytes the rescoring stage of two-stage selection reads per decode step: ``rerank·k`` candidate signatures
-    (``d_sig`` elements each) per bank and chip query (0 with ``rerank = 1``)."""
+    (``d_sig`` elements each) per bank, read once for all of the bank's queries (0 with ``rerank = 1``)."""
     if ecfg.rerank <= 1:
         return 0.0
     return float(banks * min(ecfg.rerank * ecfg.k, n_blocks) * ecfg.d_sig * ecfg.kv_bytes_per_element)
@@ -74,6 +74,12 @@ class StepComparison:
     @property
     def photonic_total_latency_s(self) -> float:
         return sum(self.photonic_latency_s.values())
+
+    @property
+    def added_latency_s(self) -> float:
+        """What selection adds to the step: every latency term but the fetch of the selected blocks (which every
+        block-sparse method pays)."""
+        return sum(v for t, v in self.photonic_latency_s.items() if t != "kv_fetch")
 
     def row(self) -> dict[str, float | int]:
         """Flat record for tables and JSON."""

@@ -167,9 +167,7 @@ def _measured(path, shape, ecfg, steps, methods: dict[str, str]) -> list[dict[st
         rec["gpu_sparse_s"] = times.get((*key, m_sparse))
         attend = times.get((*key, m_attend))
         # photonic system with the measured GPU attention on the selected tokens instead of the modelled fetch
-        rec["photonic_s"] = (
-            None if attend is None else attend + sum(v for t, v in s.photonic_latency_s.items() if t != "kv_fetch")
-        )
+        rec["photonic_s"] = None if attend is None else attend + s.added_latency_s
         out.append(rec)
     return out
 
@@ -252,8 +250,8 @@ def print_summary(summary: dict[str, Any], console) -> None:
     e = summary["energy_config"]
     console.print(
         f"[bold]decode step[/], {shape['name']} ({shape['n_layers']} layers × {shape['kv_heads']} KV heads × d_head "
-        f"{shape['head_dim']}), batch {e['batch']}, B = {e['block_size']}, k = {e['k']}, d_sig = {e['d_sig']}, rerank ×{e.get('rerank', 1)}, "
-        f"gqa_reduce {e['gqa_reduce']}, GPU scan over {e['scan_dims']}; HBM {e['hbm_energy_per_bit_j'] * 1e12:g} "
+        f"{shape['head_dim']}), batch {e['batch']}, B = {e['block_size']}, k = {e['k']}, d_sig = {e['d_sig']}, "
+        f"rerank ×{e['rerank']}, gqa_reduce {e['gqa_reduce']}, GPU scan over {e['scan_dims']}; HBM {e['hbm_energy_per_bit_j'] * 1e12:g} "
         f"pJ/bit, {e['hbm_bandwidth_bytes_per_s'] / 1e12:g} TB/s; chip static power charged over: "
         f"{e['static_accounting']}, laser {e['laser_mode']}",
         highlight=False,

@@ -705,16 +705,10 @@ class PhotonicEngine:
         """True when the rings move between decode steps relative to their codes (drift or DC relaxation); codes
         refreshed every step with no age compensate the drift at every step (nothing moves)."""
         c = self.config
+        drifts = c.drift_ring_sigma_m != 0.0 or c.drift_global_sigma_m != 0.0 or c.drift_field_sigma_m != 0.0
         if self._refreshes_codes:
-            return c.calibration_age_s > 0.0 and (
-                c.drift_ring_sigma_m != 0.0 or c.drift_global_sigma_m != 0.0 or c.drift_field_sigma_m != 0.0
-            )
-        return (
-            c.drift_ring_sigma_m != 0.0
-            or c.drift_global_sigma_m != 0.0
-            or c.drift_field_sigma_m != 0.0
-            or c.dc_relax_fraction != 0.0
-        )
+            return drifts and c.calibration_age_s > 0.0
+        return drifts or c.dc_relax_fraction != 0.0
 
     def _apply_pending_drift(self) -> None:
         """Sample the drift processes (and age the held EO shifts) if ``drift_update_steps`` or more steps are
