@@ -118,6 +118,15 @@ MODEL_SHAPES: dict[str, ModelShape] = {
     for s in (
         ModelShape("qwen2.5-7b", 28, 28, 4, 128, 7.61e9, "Qwen/Qwen2.5-7B config.json, model card (7.61 B)"),
         ModelShape("smollm2-135m", 30, 9, 3, 64, 1.35e8, "HuggingFaceTB/SmolLM2-135M config.json, model card"),
+        ModelShape(
+            "qwen2.5-coder-0.5b",
+            24,
+            14,
+            2,
+            64,
+            4.94e8,
+            "Qwen/Qwen2.5-Coder-0.5B-Instruct config.json, model card (0.49 B)",
+        ),
         ModelShape("llama-3.1-8b", 32, 32, 8, 128, 8.03e9, "meta-llama/Llama-3.1-8B config.json, model card (8.03 B)"),
     )
 }
