@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kvprism.photonics import PhotonicConfig, PhotonicEngine, ring
-from kvprism.photonics.wdm import RowOptics, calibrate, cascade, cascade_coherent
+from kvprism.photonics.program import calibrate
+from kvprism.photonics.wdm import RowOptics, cascade, cascade_coherent
 
 WL, NG, NEFF, R = 1.55e-6, 2.22, 1.8, 20e-6
 

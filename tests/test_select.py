@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvprism.photonics.select import topk_codes, topk_lowest_index
+from kvprism.photonics.topk import topk_codes, topk_lowest_index
 
 
 @settings(max_examples=80, deadline=None)

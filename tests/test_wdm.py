@@ -5,7 +5,8 @@ import math
 import torch
 
 from kvprism.photonics import ring
-from kvprism.photonics.wdm import CascadePlan, RowOptics, calibrate, cascade, comb_grid_m
+from kvprism.photonics.program import calibrate
+from kvprism.photonics.wdm import CascadePlan, RowOptics, cascade, comb_grid_m
 
 WL, NG, NEFF, R = 1.55e-6, 2.30, 2.138, 20e-6
 

@@ -28,7 +28,7 @@ from kvprism.photonics import drift as drift_mod
 from kvprism.photonics import encoding, link, noise, program, ring
 from kvprism.photonics.config import PhotonicConfig
 from kvprism.photonics.design import ChipDesign
-from kvprism.photonics.select import topk_codes, topk_lowest_index
+from kvprism.photonics.topk import topk_codes, topk_lowest_index
 from kvprism.photonics.wdm import CascadePlan, RowOptics, cascade, cascade_coherent
 
 __all__ = ["EngineGroup", "PhotonicEngine"]

@@ -22,9 +22,17 @@ from dataclasses import dataclass
 
 import torch
 
-from kvprism.photonics.wdm import CalibrationResult, RowOptics
+from kvprism.photonics.wdm import CascadePlan, RowOptics, cascade
 
-__all__ = ["InSituResult", "ProbeNoise", "calibrate_in_situ", "calibrate_model", "model_mismatch_rms"]
+__all__ = [
+    "CalibrationResult",
+    "InSituResult",
+    "ProbeNoise",
+    "calibrate",
+    "calibrate_in_situ",
+    "calibrate_model",
+    "model_mismatch_rms",
+]
 
 Model = Callable[[torch.Tensor], torch.Tensor]  # detunings [R, d] (m) -> weights W_eff [R, d]
 
@@ -49,6 +57,20 @@ class _Best:
         self.history.append(float(self.err.mean().sqrt()) if err.numel() else 0.0)
 
 
+@dataclass
+class CalibrationResult:
+    """Detunings [..., d] (m) found by :func:`calibrate`, the weights they realise in the model [..., d] and the RMS
+    residual ``|W_eff − target|`` after the single-ring inverse (entry 0) and after each correction (entries 1..)."""
+
+    detuning_m: torch.Tensor
+    weights: torch.Tensor
+    residual_rms: list[float]
+
+    @property
+    def residual(self) -> float:
+        return self.residual_rms[-1]
+
+
 def calibrate_model(
     target: torch.Tensor, optics: RowOptics, det_min_m: float, det_max_m: float, iters: int, model: Model
 ) -> CalibrationResult:
@@ -66,6 +88,29 @@ def calibrate_model(
         aim = aim + err
         det = optics.single_ring_inverse(aim, det_min_m, det_max_m)
     return CalibrationResult(best.det, best.w, best.history)
+
+
+def calibrate(
+    target: torch.Tensor,
+    optics: RowOptics,
+    det_min_m: float,
+    det_max_m: float,
+    iters: int = 4,
+    crosstalk: bool = True,
+    plan: CascadePlan | None = None,
+) -> CalibrationResult:
+    """Ring detunings [..., d] that make the cascade weights match ``target`` [..., d], vectorised over rows.
+
+    Step 0 is the single-ring inverse; each of ``iters`` corrections moves the per-ring aim by the residual
+    (aim ← aim + target − W_eff(detuning), detuning ← single-ring inverse(aim)), a fixed-point iteration that converges
+    while crosstalk is a perturbation of each ring's own response. Detunings stay in [det_min_m, det_max_m]. Each
+    row keeps its best iterate. ``plan``: optional :class:`CascadePlan` for the cascade evaluations."""
+
+    def model(det: torch.Tensor) -> torch.Tensor:
+        thru, drop = cascade(det, optics, crosstalk, plan)
+        return thru - drop
+
+    return calibrate_model(target, optics, det_min_m, det_max_m, iters, model)
 
 
 def model_mismatch_rms(det: torch.Tensor, model: Model, chip: Model) -> float:

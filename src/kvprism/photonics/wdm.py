@@ -15,10 +15,8 @@ import torch
 from kvprism.photonics import ring
 
 __all__ = [
-    "CalibrationResult",
     "CascadePlan",
     "RowOptics",
-    "calibrate",
     "cascade",
     "cascade_coherent",
     "comb_grid_m",
@@ -340,41 +338,3 @@ class CascadePlan:
         out += x @ self.coef[1]
         out += (x * x) @ self.coef[2]
         return out
-
-
-@dataclass
-class CalibrationResult:
-    """Detunings [..., d] (m) found by :func:`calibrate`, the weights they realise in the model [..., d] and the RMS
-    residual ``|W_eff − target|`` after the single-ring inverse (entry 0) and after each correction (entries 1..)."""
-
-    detuning_m: torch.Tensor
-    weights: torch.Tensor
-    residual_rms: list[float]
-
-    @property
-    def residual(self) -> float:
-        return self.residual_rms[-1]
-
-
-def calibrate(
-    target: torch.Tensor,
-    optics: RowOptics,
-    det_min_m: float,
-    det_max_m: float,
-    iters: int = 4,
-    crosstalk: bool = True,
-    plan: CascadePlan | None = None,
-) -> CalibrationResult:
-    """Ring detunings [..., d] that make the cascade weights match ``target`` [..., d], vectorised over rows.
-
-    Step 0 is the single-ring inverse; each of ``iters`` corrections moves the per-ring aim by the residual
-    (aim ← aim + target − W_eff(detuning), detuning ← single-ring inverse(aim)), a fixed-point iteration that converges
-    while crosstalk is a perturbation of each ring's own response. Detunings stay in [det_min_m, det_max_m]. Each
-    row keeps its best iterate. ``plan``: optional :class:`CascadePlan` for the cascade evaluations."""
-    from kvprism.photonics.program import calibrate_model  # the one fixed-point iteration (program imports wdm)
-
-    def model(det: torch.Tensor) -> torch.Tensor:
-        thru, drop = cascade(det, optics, crosstalk, plan)
-        return thru - drop
-
-    return calibrate_model(target, optics, det_min_m, det_max_m, iters, model)
