@@ -117,3 +117,64 @@ def test_summarize_skips_nan():
     s = M.summarize([0.5, float("nan"), 1.0])
     assert s == {"mean": 0.75, "min": 0.5, "max": 1.0, "n": 2, "n_nan": 1}
     assert M.summarize([float("nan")])["mean"] is None
+
+
+# ------------------------------------------------------------------------------------------ Wilson score intervals
+def _wilson_by_roots(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson interval as the two roots p of (k/n - p)^2 = z^2 p (1 - p) / n (the score test's acceptance
+    bounds), solved with the quadratic formula -- independent of the closed form in kvprism."""
+    ph = k / n
+    a = 1 + z * z / n
+    b = -(2 * ph + z * z / n)
+    c = ph * ph
+    disc = math.sqrt(max(b * b - 4 * a * c, 0.0))
+    return (-b - disc) / (2 * a), (-b + disc) / (2 * a)
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "expected"),
+    [
+        # 40-digit decimal evaluations of the closed form with z = 1.959963984540054
+        (0, 10, (0.0, 0.2775327998628892)),
+        (5, 10, (0.236593090512564, 0.763406909487436)),
+        (10, 10, (0.7224672001371107, 1.0)),
+        (1, 3, (0.06149194472039624, 0.7923403991979523)),
+        (6, 10, (0.3126737697336583, 0.8318196702937639)),
+    ],
+)
+def test_wilson_interval_known_values(k, n, expected):
+    lo, hi = M.wilson_interval(k, n)
+    assert lo == pytest.approx(expected[0], abs=1e-12) and hi == pytest.approx(expected[1], abs=1e-12)
+    ref = _wilson_by_roots(k, n)
+    assert lo == pytest.approx(max(ref[0], 0.0), abs=1e-12) and hi == pytest.approx(min(ref[1], 1.0), abs=1e-12)
+
+
+def test_wilson_interval_edges_and_errors():
+    assert M.wilson_interval(0, 0) == (0.0, 1.0)  # nothing scored: no information
+    assert M.wilson_interval(0, 5)[0] == 0.0 and M.wilson_interval(5, 5)[1] == 1.0
+    lo, hi = M.wilson_interval(50, 100)
+    assert lo < 0.5 < hi and hi - lo < M.wilson_interval(5, 10)[1] - M.wilson_interval(5, 10)[0]  # narrows with n
+    for k, n in ((-1, 3), (4, 3), (0, -1)):
+        with pytest.raises(ValueError, match="0 <= k <= n"):
+            M.wilson_interval(k, n)
+
+
+def test_proportion_and_its_format():
+    p = M.count_true([True, False, None, True, True, False, True, False, True, False, True])
+    assert (p["k"], p["n"], p["rate"]) == (6, 10, 0.6)
+    assert M.format_proportion(p) == "0.60 (6/10, 95 % CI 0.31–0.83)"
+    assert M.format_proportion(M.count_true([None, None])) == "–"
+
+
+def test_paired_counts_and_mcnemar():
+    a = [True, True, True, False, False, True]
+    b = [True, False, False, False, True, True]
+    c = M.paired_counts(a, b)
+    assert (c["n"], c["both"], c["only_a"], c["only_b"], c["neither"]) == (6, 2, 2, 1, 1)
+    assert c["mcnemar_p"] == pytest.approx(1.0)  # 2 vs 1 discordant: 2 * P[X <= 1], X ~ Bin(3, 1/2) = 2 * 4/8
+    assert M.mcnemar_exact(0, 0) == 1.0
+    assert M.mcnemar_exact(8, 0) == pytest.approx(2 / 2**8)
+    assert M.mcnemar_exact(0, 10) == pytest.approx(2 / 2**10)
+    assert "only chip 2, only exact 1, neither 1" in M.format_paired(c, "chip", "exact")
+    with pytest.raises(ValueError, match="outcomes"):
+        M.paired_counts([True], [True, False])

@@ -168,6 +168,92 @@ def summarize(values: list[float] | torch.Tensor) -> dict[str, float | int | Non
     }
 
 
+# ------------------------------------------------------------------------------------------------ counts of answers
+#: two-sided 95 % standard normal quantile (Φ⁻¹(0.975))
+Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``k / n`` (default: 95 %).
+
+    ``(p̂ + z²/2n ∓ z·sqrt(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n)``: unlike the normal ("Wald") interval it stays in
+    [0, 1] and is not empty at 0/n or n/n (0/10 -> [0, 0.278]). ``n = 0`` carries no information: ``(0, 1)``.
+
+    Raises:
+        ValueError: ``n < 0`` or ``k`` outside ``[0, n]``.
+    """
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: need 0 <= k <= n, got k = {k}, n = {n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denom
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    # exact at the edges (rounding would otherwise leave 1e-17 instead of 0 / 1)
+    return (0.0 if k == 0 else lo), (1.0 if k == n else hi)
+
+
+def proportion(k: int, n: int) -> dict[str, Any]:
+    """``{"k", "n", "rate", "ci95": [lo, hi]}`` of ``k`` successes out of ``n`` (rate None for ``n = 0``)."""
+    lo, hi = wilson_interval(k, n)
+    return {"k": int(k), "n": int(n), "rate": (k / n) if n else None, "ci95": [lo, hi]}
+
+
+def count_true(values: list[Any]) -> dict[str, Any]:
+    """:func:`proportion` of the truthy entries among the non-None ones (None = not scored)."""
+    scored = [bool(v) for v in values if v is not None]
+    return proportion(sum(scored), len(scored))
+
+
+def format_proportion(p: dict[str, Any] | None, digits: int = 2) -> str:
+    """``0.60 (6/10, 95 % CI 0.31–0.83)``; ``–`` for nothing scored."""
+    if not p or not p.get("n"):
+        return "–"
+    lo, hi = p["ci95"]
+    return f"{p['rate']:.{digits}f} ({p['k']}/{p['n']}, 95 % CI {lo:.{digits}f}–{hi:.{digits}f})"
+
+
+def paired_counts(a: list[bool], b: list[bool]) -> dict[str, Any]:
+    """Paired outcomes of two methods on the same prompts: ``both`` right, ``only_a``, ``only_b``, ``neither``, ``n``
+    and the exact two-sided McNemar p-value (binomial test of ``only_a`` vs ``only_b``; 1.0 when they never
+    disagree)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_counts: {len(a)} outcomes of A but {len(b)} of B")
+    both = sum(1 for x, y in zip(a, b, strict=True) if x and y)
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    return {
+        "n": len(a),
+        "both": both,
+        "only_a": only_a,
+        "only_b": only_b,
+        "neither": len(a) - both - only_a - only_b,
+        "mcnemar_p": mcnemar_exact(only_a, only_b),
+    }
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: ``min(1, 2·P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)``."""
+    m = only_a + only_b
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2.0**m
+    return min(1.0, 2.0 * tail)
+
+
+def format_paired(c: dict[str, Any] | None, a: str = "A", b: str = "B") -> str:
+    """``20 paired: both 15, only A 1, only dense 3, neither 1 (McNemar p = 0.62)``."""
+    if not c or not c.get("n"):
+        return "–"
+    return (
+        f"{c['n']} paired: both {c['both']}, only {a} {c['only_a']}, only {b} {c['only_b']}, neither {c['neither']} "
+        f"(McNemar p = {c['mcnemar_p']:.2g})"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ per-cell metrics
 def finite_mean(t: torch.Tensor) -> float | None:
     """Mean of the finite entries of ``t`` (None when there is none)."""
