@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvprism.layout import BlockGeometry, BlockLayout
-from kvprism.selection import BlockSelector, SelectionConfig
+from kvprism.selection import BlockSelector, SelectionConfig, block_signatures
 
 
 def planted_cache(
@@ -47,7 +47,11 @@ def select_on(keys, query, probe, probe_pos, **sel_kw):
     selector = BlockSelector(sel, 0, h, torch.ones(h, dtype=torch.bool))
     selector.fit(keys, valid, scaling=keys.shape[-1] ** -0.5, queries=probe, query_pos=probe_pos)
     nb = t // bs
-    selector.program(selector.block_signatures(keys[:, :, : nb * bs], valid[:, : nb * bs]))
+    selector.program(
+        block_signatures(
+            sel, selector.proj, keys[:, :, : nb * bs], valid[:, : nb * bs], layer_idx=0, probe=selector.probe
+        )
+    )
     layout = BlockLayout.from_valid(valid, BlockGeometry.of(sel))
     cand = layout.candidate_mask(torch.ones(h, dtype=torch.bool), selector.n_blocks)
     return selector, selector.select(query, cand), layout

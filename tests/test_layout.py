@@ -16,7 +16,7 @@ from kvprism.eval import metrics as M
 from kvprism.kernels import candidate_blocks, score_topk_ref, sparse_decode_attention_ref
 from kvprism.kernels.reference import attended_mask
 from kvprism.layout import CANDIDATE, PAD, SINK, TAIL, BlockGeometry, BlockLayout, topk_blocks
-from kvprism.selection import BlockSelector, SelectionConfig
+from kvprism.selection import BlockSelector, SelectionConfig, block_signatures
 
 # (context, block, sink, window, padding): cache positions, block size, sink blocks, window tokens, left-padding tokens
 CASES = [
@@ -124,7 +124,7 @@ def test_selector_chooses_among_the_candidates_only(case):
     valid = layout.valid if layout.valid is not None else torch.ones(2, context, dtype=torch.bool)
     selector.fit(keys, valid[:, : n_blocks * bs])
     if n_blocks:
-        selector.program(selector.block_signatures(keys, valid[:, : n_blocks * bs]))
+        selector.program(block_signatures(sel, selector.proj, keys, valid[:, : n_blocks * bs], layer_idx=0))
     query = torch.randn(2, 2, 3, 8, generator=g)
     got = selector.select(query, layout.candidate_mask(n=n_blocks).expand(2, 2, -1), k=len(bf["candidates"]) + 2)
     assert set(got[0, 0].tolist()) - {-1} == bf["candidates"]  # k >= #candidates: all of them, nothing else
@@ -250,7 +250,7 @@ def test_topk_blocks_every_user_agrees_on_ties():
     keys = torch.ones(1, 1, n * 4, 4)
     valid = torch.ones(1, n * 4, dtype=torch.bool)
     selector.fit(keys, valid)
-    selector.program(selector.block_signatures(keys, valid))
+    selector.program(block_signatures(sel, selector.proj, keys, valid, layer_idx=0))
     assert selector.select(torch.ones(1, 1, 2, 4), cand)[0, 0].tolist() == want
 
 

@@ -11,7 +11,7 @@ import torch
 from kvprism.errors import ConfigError
 from kvprism.hf.cache import SparseCache, cache_kwargs
 from kvprism.layout import BlockGeometry, BlockLayout
-from kvprism.selection import BACKENDS, BlockSelector, SelectionConfig, resolve_heads
+from kvprism.selection import BlockSelector, SelectionConfig, resolve_heads
 from tests.conftest import tiny_model
 from tests.test_sparse_cache import _batch, decode_loop
 
@@ -27,7 +27,6 @@ def test_config_validation_names_field():
         SelectionConfig(heads=[[1, 0]])
     with pytest.raises(ConfigError, match=r"SelectionConfig\.photonic"):
         SelectionConfig(photonic=3)
-    assert set(BACKENDS) >= {"exact", "photonic"}
     assert SelectionConfig(heads=[[True, False]]).heads == ((True, False),)
 
 
@@ -161,25 +160,19 @@ def test_relu_variant_programs_non_negative_rows_and_inputs():
         assert (enc >= 0).all()
 
 
-def test_backend_is_the_deprecated_name_of_scorer(tmp_path):
-    with pytest.warns(DeprecationWarning, match=r"backend=\.\.\.\) is deprecated; use scorer"):
-        sel = SelectionConfig(backend="photonic", photonic="ideal")
-    assert sel.scorer == "photonic"
-    with pytest.warns(DeprecationWarning, match="use scorer"):
-        assert sel.replace(backend="exact").scorer == "exact"
+def test_a_stored_backend_key_loads_as_scorer(tmp_path):
+    """Selection files written before the scorer vocabulary name the scorer ``backend``: they still load (through
+    kvprism.migrate.migrate_backend); nothing else accepts the old name."""
     path = tmp_path / "sel.toml"
     path.write_text('backend = "photonic"\nk = 3\n')
-    with pytest.warns(DeprecationWarning, match="use scorer"):
-        assert SelectionConfig.from_toml(path) == SelectionConfig(scorer="photonic", k=3)
-    with pytest.warns(DeprecationWarning, match="SelectionConfig.scorer"):
-        assert sel.backend == "photonic"
-    with pytest.raises(ConfigError, match="give 'scorer' only"):
-        SelectionConfig(backend="exact", scorer="photonic")
-
-
-def test_scorer_registry_keeps_its_old_names():
-    from kvprism import selection as S
-
-    assert S.BACKENDS is S.SCORERS and S.ExactBackend is S.ExactScorer and S.PhotonicBackend is S.PhotonicScorer
+    assert SelectionConfig.from_toml(path) == SelectionConfig(scorer="photonic", k=3)
+    assert SelectionConfig.from_dict({"backend": "exact"}).scorer == "exact"
+    with pytest.raises(ConfigError, match="no field backend"):
+        SelectionConfig.from_dict({"backend": "exact", "scorer": "photonic"})
+    with pytest.raises(TypeError, match="backend"):
+        SelectionConfig(backend="photonic")
+    with pytest.raises(ConfigError, match="no field backend"):
+        SelectionConfig().replace(backend="exact")
+    assert not hasattr(SelectionConfig(), "backend")
     selector = BlockSelector(SelectionConfig(), 0, 2, torch.ones(2, dtype=torch.bool))
-    assert selector.backend is selector.scorer and isinstance(selector.scorer, S.ExactScorer)
+    assert not hasattr(selector, "backend") and not hasattr(selector, "needs_queries")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kvprism.errors import ConfigError
-from kvprism.selection import BlockSelector, SelectionConfig
+from kvprism.selection import BlockSelector, SelectionConfig, needs_queries
 from kvprism.signatures import SIGNATURES
 from tests.sig_helpers import needle_recall, planted_cache, select_on
 
@@ -48,7 +48,7 @@ def test_deterministic():
 
 def test_needs_the_probe():
     sel = BlockSelector(SelectionConfig(signature="reps", projection="none", block_size=16), 0, 2, torch.ones(2).bool())
-    assert sel.needs_queries
+    assert needs_queries(sel.sel)
     with pytest.raises(ConfigError, match="signature = 'reps' needs the prefill queries"):
         sel.fit(torch.randn(1, 2, 64, 8), torch.ones(1, 64, dtype=torch.bool))
 

@@ -11,7 +11,7 @@ import torch
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.cache import SparseCache
 from kvprism.kernels import sparse_decode_attention, triton_available
-from kvprism.selection import BlockSelector, SelectionConfig
+from kvprism.selection import BlockSelector, SelectionConfig, block_signatures
 from tests.conftest import tiny_model
 from tests.test_sparse_cache import STEPS, _batch, decode_loop
 
@@ -108,7 +108,7 @@ def test_select_range_equals_select_on_the_same_candidates(reduce):
     keys = torch.randn(b, h, nb * 8, d, generator=g)
     valid = torch.ones(b, nb * 8, dtype=torch.bool)
     selector.fit(keys, valid)
-    selector.program(selector.block_signatures(keys, valid))
+    selector.program(block_signatures(sel, selector.proj, keys, valid, layer_idx=0))
     query = torch.randn(b, h, gq, d, generator=g)
     for lo, hi in [(1, 10), (0, 12), (4, 6), (3, 3)]:
         cand = torch.zeros(b, h, nb, dtype=torch.bool)

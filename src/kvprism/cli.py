@@ -153,6 +153,7 @@ def _selection_file(path: str | None) -> dict[str, Any]:
     import tomllib
 
     from kvprism.errors import ConfigError
+    from kvprism.migrate import migrate_backend
     from kvprism.selection import SelectionConfig
 
     try:
@@ -166,7 +167,7 @@ def _selection_file(path: str | None) -> dict[str, Any]:
         SelectionConfig.from_dict(data, where=path)
     except ConfigError as exc:
         raise _usage("--selection", str(exc)) from None
-    return SelectionConfig.renamed_fields(data)
+    return migrate_backend(data, "scorer")
 
 
 def _photonic_file(path: str | None) -> str | None:

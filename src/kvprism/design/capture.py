@@ -233,7 +233,7 @@ def capture(
     from kvprism.eval.heads import natural_text_ids
     from kvprism.hf.attention import ATTN_NAME, keep_prefill_queries, prefill_queries, use_kvprism_attention
     from kvprism.hf.cache import chunked_prefill
-    from kvprism.selection import BlockSelector, SelectionConfig
+    from kvprism.selection import BlockSelector, SelectionConfig, block_signatures
 
     p = params or CaptureParams()
     n_layers, hq, hkv, head_dim = _decoder_dims(model)
@@ -282,7 +282,9 @@ def capture(
                 selector.fit(
                     keys, valid, scaling=scaling, queries=fit_q, query_pos=fit_pos if fit_q is not None else None
                 )
-                sig = selector.block_signatures(keys[:, :, : nb * bs], valid[:, : nb * bs])[0]  # [H, N, w]
+                sig = block_signatures(
+                    sel, selector.proj, keys[:, :, : nb * bs], valid[:, : nb * bs], layer_idx=layer, probe=selector.probe
+                )[0]  # [H, N, w]
                 enc = selector.encode_query(q_ref).sum(3)[0]  # [H, n, w] (GQA sum)
                 sig_out[d].append(sig)
                 qry_out[d].append(enc)

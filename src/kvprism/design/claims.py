@@ -10,7 +10,7 @@ One section per claim (EVALUATION.md, "The paper's claims"):
 5. ``bits`` — ranking needs only 4–6 bits.
 
 Each is measured for the systems that exist: (a) ``seed-as-published`` — the seed's own simplified impairment model
-(:mod:`kvprism.seed_published`), (b) ``seed-nominal`` with the physical chip model, (c) the feasible preset
+(:mod:`kvprism.scorers.seed_published`), (b) ``seed-nominal`` with the physical chip model, (c) the feasible preset
 (``tfln-feasible``) once one ships — until then its columns say so. NIAH and read fractions come from the evaluation
 runner on the given model (contexts beyond its window are skipped and the section says which ran); traffic, energy
 and scaling from :mod:`kvprism.energy` for the paper's model shape (Qwen2.5-7B), whole decode step (selected-block
@@ -428,7 +428,7 @@ def _section_scaling(s: ClaimsSettings) -> dict[str, Any]:
 
 def _seed_recall(ref: ReferenceSet, d: int, k: int, bits: int, seed: int) -> float:
     from kvprism.design.objectives import recall_at_k
-    from kvprism.seed_published import SeedPublishedConfig, SeedPublishedScorer
+    from kvprism.scorers.seed_published import SeedPublishedConfig, SeedPublishedScorer
 
     sc = SeedPublishedScorer(config=SeedPublishedConfig(bits=bits), seed=seed)
     sc.program(ref.signatures[d].flatten(0, 1))

@@ -104,7 +104,9 @@ class EvalConfig:
     selection: Any = None
 
     def __post_init__(self) -> None:
-        from kvprism.selection import SCORERS, SelectionConfig
+        from kvprism.migrate import migrate_backend
+        from kvprism.scorers import SCORERS
+        from kvprism.selection import SelectionConfig
 
         if self.method == "dense":
             object.__setattr__(self, "selection", None)
@@ -127,7 +129,7 @@ class EvalConfig:
         if isinstance(sel, SelectionConfig):
             sel = sel.replace(**fields)
         else:
-            sel = SelectionConfig(**{**SelectionConfig.renamed_fields(dict(sel or {})), **fields})
+            sel = SelectionConfig(**{**migrate_backend(sel or {}, "scorer"), **fields})
         object.__setattr__(self, "selection", sel)
         object.__setattr__(self, "k", sel.k)
 
@@ -337,10 +339,11 @@ class Grid:
 
 
 def _check_selection_keys(fields: Mapping[str, Any], where: str) -> None:
+    from kvprism.migrate import migrate_backend
     from kvprism.selection import SelectionConfig
 
     names = set(SelectionConfig.__dataclass_fields__)
-    unknown = sorted(set(SelectionConfig.renamed_fields(fields)) - names)
+    unknown = sorted(set(migrate_backend(fields, "scorer")) - names)
     if unknown:
         raise KvprismError(
             f"{where}: SelectionConfig has no field {', '.join(unknown)}; fields: {', '.join(sorted(names))}"

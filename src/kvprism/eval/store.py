@@ -40,6 +40,7 @@ from typing import Any
 
 from kvprism.errors import KvprismError
 from kvprism.io import atomic_write
+from kvprism.migrate import migrate_backend
 from kvprism.runtime import deferred_signals
 
 __all__ = [
@@ -78,7 +79,7 @@ RESULT_VERSION = 2
 
 #: Fields every stored cell has, with their JSON types (checked by :func:`read_cells` with ``required=...``).
 #: Cells written before the evaluation vocabulary settled carry the method as ``backend``; :func:`read_cells` reads
-#: it as ``method``.
+#: it as ``method`` (:func:`kvprism.migrate.migrate_backend`).
 REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "key": (str,),
     "mode": (str,),
@@ -351,8 +352,8 @@ def read_cells(
         if is_tail:  # complete JSON but no newline yet: treat as in flight
             out.torn_tail = True
             break
-        if isinstance(row, dict) and "method" not in row and "backend" in row:
-            row["method"] = row.pop("backend")  # a cell stored under the older field name
+        if isinstance(row, dict):
+            row = migrate_backend(row, "method")  # a cell stored under the older field name
         problem = _shape_error(row, required or {})
         if problem is not None:
             if skip_corrupt:

@@ -223,7 +223,7 @@ def evaluate_step(
         ``bank_rows_per_block``, ``row_width``.
     """
     from kvprism.layout import BlockGeometry, BlockLayout
-    from kvprism.selection import BlockSelector, SelectionConfig
+    from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, needs_queries
 
     base = dict(base or {})
     n_layers = len(cap.keys)
@@ -256,15 +256,22 @@ def evaluate_step(
                     keys,
                     valid,
                     scaling=cap.scaling,
-                    queries=cap.queries[layer] if selector.needs_queries else None,
-                    query_pos=cap.query_pos[layer] if selector.needs_queries else None,
+                    queries=cap.queries[layer] if needs_queries(sel) else None,
+                    query_pos=cap.query_pos[layer] if needs_queries(sel) else None,
                     fitted=fitted.get(pkey),
                 )
                 t1 = time.perf_counter()
                 if pkey not in fitted:
                     fitted[pkey] = selector.fit_result
                     fit_cost[(sel.projection, d)] = fit_cost.get((sel.projection, d), 0.0) + t1 - t0
-                rows_sig = selector.block_signatures(keys[:, :, : nb * sel.block_size], valid[:, : nb * sel.block_size])
+                rows_sig = block_signatures(
+                    sel,
+                    selector.proj,
+                    keys[:, :, : nb * sel.block_size],
+                    valid[:, : nb * sel.block_size],
+                    layer_idx=layer,
+                    probe=selector.probe,
+                )
                 fit_s += time.perf_counter() - t1
                 selector.program(rows_sig)
                 width, rows = rows_sig.shape[-1], selector.rows_per_block

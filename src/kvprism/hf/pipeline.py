@@ -34,7 +34,8 @@ from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.attention import PrefillQueries, key_validity, sparse_attend
 from kvprism.layout import BlockGeometry, BlockLayout, GatherPlan
-from kvprism.selection import BlockSelector, SelectionConfig, fit_uses_queries, group_scorers
+from kvprism.scorers import group_scorers
+from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, fit_uses_queries
 
 __all__ = ["IMPLS", "DecodePipeline", "PreparedLayer", "StepEvent", "resolve_impl"]
 
@@ -232,7 +233,14 @@ class DecodePipeline:
             selector.fit(key[:, :, :n_pre], valid[:, :n_pre], scaling=scaling, queries=queries, query_pos=query_pos)
         done = selector.n_blocks
         if nb > done:
-            sig = selector.block_signatures(key[:, :, done * bs : nb * bs], valid[:, done * bs : nb * bs])
+            sig = block_signatures(
+                sel,
+                selector.proj,
+                key[:, :, done * bs : nb * bs],
+                valid[:, done * bs : nb * bs],
+                layer_idx=layer_idx,
+                probe=selector.probe,
+            )
             if done == 0:
                 selector.program(sig)
             else:

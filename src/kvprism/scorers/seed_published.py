@@ -28,8 +28,9 @@ import torch
 
 from kvprism.config import ConfigBase, param
 from kvprism.errors import KvprismError
+from kvprism.scorers.base import register_scorer
 
-__all__ = ["SeedPublishedConfig", "SeedPublishedScorer", "register", "seed_published_weights"]
+__all__ = ["SeedPublishedConfig", "SeedPublishedScorer", "seed_published_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +76,7 @@ def seed_published_weights(signatures: torch.Tensor, bits: int) -> torch.Tensor:
     return u
 
 
-def register() -> None:
-    """Register :class:`SeedPublishedScorer` as the scorer ``"seed-as-published"`` (kvprism.selection does it)."""
-    from kvprism.selection import register_scorer
-
-    register_scorer("seed-as-published")(SeedPublishedScorer)
-
-
+@register_scorer("seed-as-published")
 class SeedPublishedScorer:
     """Scorer ``seed-as-published`` (see the module docstring).
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kvprism.errors import ConfigError
-from kvprism.seed_published import SeedPublishedConfig, SeedPublishedScorer, seed_published_weights
-from kvprism.selection import BACKENDS, BlockSelector, SelectionConfig
+from kvprism.scorers import SCORERS
+from kvprism.scorers.seed_published import SeedPublishedConfig, SeedPublishedScorer, seed_published_weights
+from kvprism.selection import BlockSelector, SelectionConfig, block_signatures
 
 # one bank, N = 3 rows, w = 2: min -1, max 7 -> U = [[1/8, 2/8], [3/8, 5/8], [0, 1]]; 2 bits (3 steps):
 # 3U = [[.375, .75], [1.125, 1.875], [0, 3]] -> rounded [[0, 1], [1, 2], [0, 3]] / 3
@@ -55,7 +56,7 @@ def test_append_rescales_the_whole_bank():
 
 
 def test_registered_scorer_selects_like_exact_without_impairments():
-    assert "seed-as-published" in BACKENDS
+    assert SCORERS["seed-as-published"] is SeedPublishedScorer
     quiet = SeedPublishedConfig(bits=0, weight_sigma=0.0, detector_sigma=0.0)
     gen = torch.Generator().manual_seed(0)
     keys = torch.randn(1, 2, 8 * 16, 32, generator=gen)
@@ -63,12 +64,12 @@ def test_registered_scorer_selects_like_exact_without_impairments():
     query = torch.randn(1, 2, 2, 32, generator=gen)
     cand = torch.ones(1, 2, 8, dtype=torch.bool)
     picks = {}
-    for backend, photonic in (("exact", "seed-nominal"), ("seed-as-published", quiet)):
-        sel = SelectionConfig(block_size=16, k=3, d_sig=8, projection="random", scorer=backend, photonic=photonic)
+    for scorer, photonic in (("exact", "seed-nominal"), ("seed-as-published", quiet)):
+        sel = SelectionConfig(block_size=16, k=3, d_sig=8, projection="random", scorer=scorer, photonic=photonic)
         s = BlockSelector(sel, 0, 2, torch.ones(2, dtype=torch.bool))
         s.fit(keys, valid)
-        s.program(s.block_signatures(keys, valid))
-        picks[backend] = s.select(query, cand)
+        s.program(block_signatures(sel, s.proj, keys, valid, layer_idx=0))
+        picks[scorer] = s.select(query, cand)
     assert isinstance(s.scorer, SeedPublishedScorer) and s.scorer.config is quiet
     assert torch.equal(picks["exact"], picks["seed-as-published"])
 
