@@ -156,7 +156,7 @@ class SparseStats:
         self.steps: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []  # step -> layer -> ([B,H], [B])
         self.selectors: list[BlockSelector] = list(selectors or [])
         self.attend_calls: dict[str, int] = {"torch": 0, "triton": 0}  # layer-steps per attention kernel
-        self.select_calls: dict[str, int] = {"torch": 0, "kernel": 0}  # layer-steps per top-k path
+        self.select_calls: dict[str, int] = {"torch": 0, "kernel": 0, "oracle": 0}  # layer-steps per top-k path
         self.cached_tokens = lambda: 0  # tokens the owning cache holds (set by SparseCache)
 
     def on_step(self, event: StepEvent) -> None:
@@ -336,6 +336,9 @@ class SparseCache(Cache):
             sums the GQA group's query sketches before the dot product, so exact near-ties may resolve differently
             from the torch path.
         attend: former name of ``impl`` (deprecated).
+        oracle: select, at every step, layer and KV head, the ``sel.k`` candidate blocks with the most dense
+            attention mass of the step's own query (:mod:`kvprism.oracle`): a reference that reads every key to
+            decide, so it separates a signature's misses from the budget's; never a method.
     """
 
     def __init__(
@@ -347,6 +350,7 @@ class SparseCache(Cache):
         impl: str | None = None,
         *,
         attend: str | None = None,
+        oracle: bool = False,
     ) -> None:
         if not isinstance(sel, SelectionConfig):
             raise ConfigError(f"SparseCache needs a SelectionConfig, got {type(sel).__name__}")
@@ -359,7 +363,7 @@ class SparseCache(Cache):
         self.model_config = model.config
         self.sel = sel
         self.head_mask = heads
-        self.pipeline = DecodePipeline(sel, n_layers, n_kv, heads, impl=impl, profile=profile)
+        self.pipeline = DecodePipeline(sel, n_layers, n_kv, heads, impl=impl, profile=profile, oracle=oracle)
         self.stats = SparseStats(n_layers, n_kv, self.pipeline.selectors)
         self.pipeline.hooks.append(self.stats.on_step)
         self.trace: list[dict[int, dict[str, torch.Tensor]]] | None = None
@@ -456,6 +460,7 @@ class SparseCache(Cache):
         attend: str | None = None,
         attention_mask: torch.Tensor | None = None,
         prepare: bool = True,
+        oracle: bool = False,
     ) -> SparseCache:
         """A SparseCache holding copies of the keys/values of an already prefilled cache (e.g. a ``DynamicCache``),
         which is left untouched: prefill once, decode many configurations. ``projection="learned"`` also needs the
@@ -465,7 +470,7 @@ class SparseCache(Cache):
         :func:`prepare_prefill`, computed once per prefill and signature settings and shared by every fork, so the
         first decode step only programs them; ``attention_mask`` is the prefill's ``[B, T]`` mask (default: no
         padding; a first decode step whose key validity differs fits afresh, as without ``prepare``)."""
-        cache = cls(model, sel, trace=trace, profile=profile, impl=impl, attend=attend)
+        cache = cls(model, sel, trace=trace, profile=profile, impl=impl, attend=attend, oracle=oracle)
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
                 f"the prefilled cache has {len(dense_cache.layers)} layers; the model has {len(cache.layers)}"

@@ -34,6 +34,7 @@ from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.attention import PrefillQueries, key_validity, sparse_attend
 from kvprism.layout import BlockGeometry, BlockLayout, GatherPlan
+from kvprism.oracle import oracle_blocks
 from kvprism.scorers import group_scorers
 from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, fit_uses_queries
 
@@ -103,6 +104,8 @@ class DecodePipeline:
         impl: attention kernel (:data:`IMPLS`).
         profile: time selection and attention per layer-step (synchronises the GPU) into :attr:`StepEvent.select_s`
             / ``attend_s``.
+        oracle: select by the dense attention mass of each step's query instead of the scorer
+            (:func:`kvprism.oracle.oracle_blocks`): the reference row of an evaluation, never a method.
     """
 
     def __init__(
@@ -113,8 +116,10 @@ class DecodePipeline:
         head_mask: torch.Tensor,
         impl: str = "auto",
         profile: bool = False,
+        oracle: bool = False,
     ) -> None:
         self.sel = sel
+        self.oracle = oracle
         self.impl = resolve_impl(impl, owner="DecodePipeline")
         self.profile = profile
         self.geometry = BlockGeometry.of(sel)
@@ -153,7 +158,11 @@ class DecodePipeline:
         self.sign(layer_idx, key, scaling, prefill)  # 2. sign
         triton = self.attends_with_triton(query, key, value)
         group = query.reshape(b, h, hq // h, d)
-        if triton and selector.sel.scorer == "exact" and selector.n_blocks:  # 3. score and select
+        if self.oracle:  # 3. the reference: top-k by the dense attention mass of this query (reads every key)
+            k = selector.sel.k
+            blocks = oracle_blocks(group, key, layout, scaling, k, selector.n_blocks, selector.head_mask)
+            select_impl = "oracle"
+        elif triton and selector.sel.scorer == "exact" and selector.n_blocks:  # 3. score and select
             # fused score + top-k kernel: without padding the candidates are one contiguous range of blocks
             lo, hi = layout.candidate_range(selector.n_blocks)
             blocks, select_impl = selector.select_range(group, lo, hi), "kernel"
