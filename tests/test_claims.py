@@ -68,3 +68,33 @@ def test_each_chip_of_the_niah_claim_runs_at_its_own_width():
     assert chips, "no shipped chip in the NIAH claim"
     for c in chips:
         assert c.selection.d_sig == PhotonicConfig.preset(c.preset).n_lines
+
+
+def test_claims_on_a_tiny_qwen2_carry_n_and_wilson_intervals(tmp_path):
+    from kvprism.eval import metrics as M
+    from kvprism.eval.grid import sample_seeds
+
+    s = ClaimsSettings(model_name="tiny-qwen2", contexts=(256,), depths=(0.5,), k=2, block_size=16, samples=3,
+                       energy_contexts=(4096, 16384), bits=(3, 5), bits_d_sig=8, max_new_tokens=2)  # fmt: skip
+    written = run_claims(tiny_model("qwen2"), text_tokenizer(), tmp_path, s, reference=tiny_reference())
+    data = json.loads(written["json"].read_text())
+    assert list(data["sections"]) == list(CLAIMS)
+    niah = data["sections"]["niah"]["measured"]
+    assert niah["seeds"] == sample_seeds([0], 3) and niah["samples"] == 3
+    for name, per_ctx in niah["by_config"].items():
+        v = per_ctx["256"]
+        assert v["n"] == 3 and 0 <= v["correct"] <= 3
+        assert v["ci95"] == pytest.approx(list(M.wilson_interval(v["correct"], 3)))
+        overall = niah["overall"][name]
+        assert overall["accuracy"]["n"] == 3
+        refs = set(overall["paired"])
+        assert refs == (set() if name == "dense" else {"dense"} if name.startswith("exact") else {"dense", "exact-k2"})
+        for counts in overall["paired"].values():
+            assert counts["n"] == 3 and counts["both"] + counts["only_a"] + counts["only_b"] + counts["neither"] == 3
+    md = written["markdown"].read_text()
+    verdicts = data["sections"]["niah"]["verdict"]
+    assert all("/3, 95 % CI " in v for v in verdicts.values())
+    assert "vs exact-k2: 3 paired: both " in verdicts[f"{SEED}-k2"]
+    assert md.count("/3, 95 % CI ") >= len(verdicts) and "Wilson" in md
+    rows = [json.loads(line) for line in (tmp_path / "niah" / "results.jsonl").read_text().splitlines()]
+    assert len({r["seed"] for r in rows}) == 3 and len({tuple(r["expected"]) for r in rows}) == 3  # 3 needles

@@ -104,3 +104,46 @@ def test_smollm2_niah_smoke(tmp_path, smollm2_dir):
     for r in rows:
         if r["config"] != "dense":
             assert r["read_fraction_mean"] < 1.0 and r["restricted"] and r["block_recall"] is not None
+
+
+def test_sample_seeds_are_distinct_reproducible_and_draw_distinct_needles():
+    from kvprism.eval.grid import sample_seeds
+    from kvprism.eval.tasks import make_sample
+
+    seeds = sample_seeds([0, 1], 6)
+    assert seeds == sample_seeds([0, 1], 6)  # the same on every run
+    assert len(set(seeds)) == 12 and seeds[0] == 0 and seeds[6] == 1  # each given seed first, then derived ones
+    assert sample_seeds([0], 1) == [0] and sample_seeds([0], 3) == seeds[:3]  # more samples only extend the list
+    assert all(0 <= s < 2**31 for s in seeds)
+    tok = tiny_tokenizer()
+    answers = [tuple(make_sample("niah_single", tok, 200, 0.5, s, haystack="noise").answers) for s in seeds[:6]]
+    assert len(set(answers)) == 6  # every sample hides its own needle value
+    with pytest.raises(Exception, match="samples = 0 is invalid"):
+        sample_seeds([0], 0)
+
+
+def test_niah_samples_and_the_accuracy_summary(tmp_path, capsys, tiny_dir):
+    from kvprism.eval.grid import Grid, sample_seeds
+
+    out = tmp_path / "run"
+    args = ["niah", "--model", str(tiny_dir), "--configs", "dense,exact", "--k", "2", "--block-size", "16"]
+    args += ["--contexts", "200", "--depths", "0.5", "--samples", "3", "--haystack", "noise", "--max-new-tokens", "2"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = read_results(out / "results.jsonl")
+    assert sorted({r["seed"] for r in rows}) == sorted(sample_seeds([0], 3)) and len(rows) == 6
+    assert "niah dense: " in printed and "/3, 95 % CI " in printed and "vs dense: 3 paired: both " in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["modes"]["niah"]["dense"]["accuracy"]["n"] == 3
+    assert "95 % CI" in (out / "report.md").read_text()
+    # a grid file sets samples too; --samples then belongs to the file
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'tasks = "niah_single"\ncontexts = [200]\ndepths = [0.5]\nseeds = [0]\nsamples = 3\nconfigs = ["dense"]\n'
+    )
+    assert Grid.from_toml(grid).seeds == tuple(sample_seeds([0], 3))
+    assert main(["niah", "--grid", str(grid), "--samples", "2", "--out", str(tmp_path / "g")]) == 2
+    assert "remove --samples" in capsys.readouterr().err
+    grid.write_text(grid.read_text().replace("samples = 3", "samples = 0"))
+    with pytest.raises(Exception, match="samples = 0 is invalid"):
+        Grid.from_toml(grid)

@@ -118,3 +118,38 @@ def test_empty_dir_is_clear_error(tmp_path):
     (tmp_path / RESULTS_FILE).write_text("")
     with pytest.raises(KvprismError, match="holds no finished cell"):
         Rep.write_report(tmp_path)
+
+
+def test_accuracy_carries_n_and_a_wilson_interval_and_comparisons_are_paired(tmp_path):
+    from kvprism.eval import metrics as M
+
+    rows = _rows()
+    # a chip at k 4, paired with exact-k4 and dense on the same four prompts
+    for i, (ctx, depth) in enumerate([(1024, 0.0), (1024, 1.0), (2048, 0.0), (2048, 1.0)]):
+        rows.append(_cell("chip-k4", "photonic", 4, ctx, depth, i in (1, 2), f"p{i}", preset="chip"))
+    s = Rep.summarize(rows)
+    cfgs = s["modes"]["niah"]
+    acc = cfgs["exact-k4"]["accuracy"]
+    assert (acc["k"], acc["n"], acc["rate"]) == (2, 4, 0.5)
+    assert acc["ci95"] == pytest.approx(list(M.wilson_interval(2, 4)))
+    assert cfgs["dense"]["paired"] == {}
+    assert list(cfgs["exact-k4"]["paired"]) == ["dense"]  # exact is compared with dense only
+    assert list(cfgs["chip-k4"]["paired"]) == ["dense", "exact-k4"]  # a chip also with exact at its k
+    vs_exact = cfgs["chip-k4"]["paired"]["exact-k4"]
+    # exact-k4 right at depth 0 (prompts 0, 2); the chip at prompts 1, 2
+    assert (vs_exact["both"], vs_exact["only_a"], vs_exact["only_b"], vs_exact["neither"]) == (1, 1, 1, 1)
+    vs_dense = cfgs["chip-k4"]["paired"]["dense"]
+    assert (vs_dense["n"], vs_dense["both"], vs_dense["only_a"], vs_dense["only_b"]) == (4, 2, 0, 2)
+    lines = Rep.accuracy_lines(s)
+    assert "niah exact-k4: 0.50 (2/4, 95 % CI 0.15–0.85); vs dense: 4 paired: both 2" in lines[1]
+    for r in rows:
+        append_result(tmp_path / RESULTS_FILE, r)
+    md = Rep.write_report(tmp_path)["report"].read_text()
+    assert "| exact-k4 | 4 | 0.50 (2/4, 95 % CI 0.15–0.85) |" in md
+    assert "| chip-k4 | exact-k4 | 4 | 1 | 1 | 1 | 1 |" in md
+
+
+def test_recall_cells_have_no_accuracy():
+    rows = [_cell("exact-k4", "exact", 4, 1024, 0.0, None, "p0", mode="recall")]
+    e = Rep.summarize(rows)["modes"]["recall"]["exact-k4"]
+    assert e["accuracy"]["n"] == 0 and Rep.accuracy_lines(Rep.summarize(rows)) == []

@@ -644,6 +644,14 @@ _TaskOpt = Annotated[str, typer.Option(help=_TASK_HELP)]
 _ContextsOpt = Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")]
 _DepthsOpt = Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")]
 _SeedsOpt = Annotated[str, typer.Option(help="Sample seeds, comma-separated.")]
+_SamplesOpt = Annotated[
+    int,
+    typer.Option(
+        help="Prompts per (task, context, depth, seed): distinct, deterministic seeds derived from each --seeds value "
+        "(kvprism.eval.grid.sample_seeds); accuracies are reported with n and a 95 % Wilson interval.",
+        min=1,
+    ),
+]
 _ConfigsOpt = Annotated[str, typer.Option(help=_CONFIG_HELP)]
 _KOpt = Annotated[str, typer.Option("--k", help="Selected blocks per step (k >= 1), comma-separated.")]
 _BlockSizeOpt = Annotated[int | None, typer.Option(help="Block size in tokens (default: SelectionConfig's).", min=1)]
@@ -662,6 +670,7 @@ _SelectOpt = Annotated[
 
 #: options that a grid file (--grid) gives instead
 _GRID_GIVES = ("task", "contexts", "depths", "seeds", "configs", "k", "select", "haystack", "values", "max_new_tokens")
+_GRID_GIVES += ("samples",)
 
 
 def _given_on_command_line(name: str) -> bool:
@@ -698,6 +707,7 @@ def _eval_grid(
     address: str | None = None,
     workers: int | None = None,
     gpus_per_worker: float = 0.0,
+    samples: int = 1,
 ) -> None:
     """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
     from kvprism.eval import grid as G
@@ -756,7 +766,7 @@ def _eval_grid(
             raise kvprism.KvprismError(f"--values = {values!r} is invalid; allowed: {', '.join(VALUE_KINDS)}")
         ctx_list = unique(G.parse_list(contexts, int, "contexts"), "--contexts")
         depth_list = unique(G.parse_list(depths, float, "depths"), "--depths")
-        seed_list = unique(G.parse_list(seeds, int, "seeds"), "--seeds")
+        seed_list = G.sample_seeds(unique(G.parse_list(seeds, int, "seeds"), "--seeds"), samples)
         k_list = unique(G.parse_list(k, int, "k"), "--k")
         for c in ctx_list:
             if c < 1:
@@ -865,6 +875,10 @@ def run_grid(
         f"prefill {summary.prefill_s:.1f} s over {summary.prefills} prompts, decode {summary.decode_s:.1f} s"
     )
     written = write_report(out, on_note=_note)
+    from kvprism.eval.report import accuracy_lines
+
+    for line in accuracy_lines(json.loads(Path(written["summary"]).read_text())):
+        console.print(line, highlight=False)
     console.print(f"report: {written['report']}  summary: {written['summary']}")
 
 
@@ -885,6 +899,7 @@ def niah(
     contexts: _ContextsOpt = _DEFAULT_CONTEXTS,
     depths: _DepthsOpt = _DEFAULT_DEPTHS,
     seeds: _SeedsOpt = "0",
+    samples: _SamplesOpt = 1,
     configs: _ConfigsOpt = _DEFAULT_CONFIGS,
     k: _KOpt = str(_DEFAULT_K),
     block_size: _BlockSizeOpt = None,

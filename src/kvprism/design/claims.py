@@ -81,8 +81,9 @@ SEED_REPO_BITS = {4: 0.84, 5: 0.93, 6: 0.96, 8: 0.99}
 @dataclasses.dataclass(frozen=True)
 class ClaimsSettings:
     """What ``kvprism claims`` runs. ``contexts``: NIAH contexts (None: 4K, 8K, … 64K within the model's window,
-    plus the largest context the window allows when some do not fit); ``reference``: capture parameters of the bits section (None: the default set of ``model_name`` at the
-    largest NIAH context, 8K for SmolLM2)."""
+    plus the largest context the window allows when some do not fit); ``samples``: NIAH prompts per (context, depth),
+    each with its own needle (accuracies carry n and a 95 % Wilson interval); ``reference``: capture parameters of the
+    bits section (None: the default set of ``model_name`` at the largest NIAH context, 8K for SmolLM2)."""
 
     model_name: str = "smollm2"
     contexts: tuple[int, ...] | None = None
@@ -98,6 +99,7 @@ class ClaimsSettings:
     bits_d_sig: int = 32
     reference: CaptureParams | None = None
     max_new_tokens: int | None = None
+    samples: int = 1  # prompts per (context, depth): distinct seeds derived from ``seed`` (eval.grid.sample_seeds)
 
 
 def _presets() -> list[str]:
@@ -157,6 +159,9 @@ def _section_niah(
     executor: Any = None,
     model_factory: Any = None,
 ) -> dict[str, Any]:
+    from kvprism.eval import metrics as M
+    from kvprism.eval.grid import sample_seeds
+    from kvprism.eval.report import comparison_references, paired_outcomes
     from kvprism.eval.runner import Runner, read_results
 
     contexts, skipped = _niah_contexts(model, s)
@@ -164,6 +169,7 @@ def _section_niah(
         window = getattr(model.config, "max_position_embeddings", None)
         raise KvprismError(f"the model's window ({window} tokens) holds none of the NIAH contexts {s.contexts}")
     configs = niah_configs(s)
+    seeds = sample_seeds([s.seed], s.samples)
     runner = Runner(
         model,
         tokenizer,
@@ -171,7 +177,7 @@ def _section_niah(
         tasks=[s.task],
         contexts=contexts,
         depths=list(s.depths),
-        seeds=[s.seed],
+        seeds=seeds,
         configs=configs,
         mode="niah",
         max_new_tokens=s.max_new_tokens,
@@ -181,22 +187,45 @@ def _section_niah(
         model_factory=model_factory,
     )
     runner.run()
-    rows = read_results(out / "niah" / "results.jsonl")
+    wanted = {(c, float(d), sd) for c in contexts for d in s.depths for sd in seeds}
+    rows = [
+        r
+        for r in read_results(out / "niah" / "results.jsonl")
+        if (r["context"], float(r["depth"]), r.get("seed")) in wanted
+    ]
+    by_name = {cfg.name: [r for r in rows if r["config"] == cfg.name] for cfg in configs}
+    methods = {cfg.name: {"method": cfg.method, "k": cfg.k} for cfg in configs}
     table: dict[str, dict[str, Any]] = {}
+    overall: dict[str, dict[str, Any]] = {}
     for cfg in configs:
         per_ctx = {}
         for c in contexts:
-            cells = [r for r in rows if r["config"] == cfg.name and r["context"] == c]
+            cells = [r for r in by_name[cfg.name] if r["context"] == c]
             if not cells:
                 continue
             rf = [r["read_fraction_mean"] for r in cells if r.get("read_fraction_mean") is not None]
+            acc = M.count_true([r.get("correct") for r in cells])
             per_ctx[str(c)] = {
-                "accuracy": sum(bool(r["correct"]) for r in cells) / len(cells),
+                "accuracy": acc["rate"],
+                "correct": acc["k"],
+                "n": acc["n"],
+                "ci95": acc["ci95"],
                 "read_fraction": sum(rf) / len(rf) if rf else None,
                 "restricted": all(r.get("restricted", False) for r in cells),
                 "cells": len(cells),
+                "paired": {
+                    ref: paired_outcomes(cells, [r for r in by_name[ref] if r["context"] == c])
+                    for ref in comparison_references(cfg.name, methods)
+                },
             }
         table[cfg.name] = per_ctx
+        overall[cfg.name] = {
+            "accuracy": M.count_true([r.get("correct") for r in by_name[cfg.name]]),
+            "paired": {
+                ref: paired_outcomes(by_name[cfg.name], by_name[ref])
+                for ref in comparison_references(cfg.name, methods)
+            },
+        }
     verdicts = {}
     dense = table.get("dense", {})
     for name, per_ctx in table.items():
@@ -204,9 +233,9 @@ def _section_niah(
             v["dense_correct"] = dense.get(c, {}).get("accuracy")
         full = all(v["accuracy"] == 1.0 for v in per_ctx.values())
         restricted = all(v["restricted"] for v in per_ctx.values())
-        cells = ", ".join(
-            f"{v['accuracy']:.0%} at {c}"
-            + ("" if v["read_fraction"] is None else f" (read {v['read_fraction']:.2f})")
+        cells = "; ".join(
+            f"{c}: {M.format_proportion({'rate': v['accuracy'], 'k': v['correct'], 'n': v['n'], 'ci95': v['ci95']})}"
+            + ("" if v["read_fraction"] is None else f", read {v['read_fraction']:.2f}")
             + (" [dense also below 100 %]" if name != "dense" and (v["dense_correct"] or 0.0) < 1.0 else "")
             for c, v in per_ctx.items()
         )
@@ -216,7 +245,11 @@ def _section_niah(
             head = "100 % at every context run, with restricted reads"
         else:
             head = "100 % but selection did not restrict reads" if full else "below 100 %"
-        verdicts[name] = f"{head}: {cells}"
+        total = M.format_proportion(overall[name]["accuracy"])
+        pairs = "".join(
+            f"; vs {ref}: {M.format_paired(p, 'this', ref)}" for ref, p in overall[name]["paired"].items() if p
+        )
+        verdicts[name] = f"{head}: all contexts {total}{pairs}; per context (tokens) {cells}"
     return {
         "measured": {
             "model": s.model_name,
@@ -224,12 +257,18 @@ def _section_niah(
             "contexts": contexts,
             "contexts_skipped": skipped,
             "depths": list(s.depths),
+            "seeds": seeds,
+            "samples": s.samples,
             "task": s.task,
             "by_config": table,
+            "overall": overall,
         },
         "verdict": verdicts,
         "notes": [
             f"model {s.model_name!r}, not Qwen2.5-7B; contexts beyond its window skipped: {skipped or 'none'}",
+            f"{len(seeds)} prompt(s) per (context, depth), each with its own needle (seeds {seeds}); accuracies "
+            "as rate (right/n, 95 % Wilson score interval); comparisons pair the answers to the same prompts "
+            "(both right, only this configuration, only the reference, neither; McNemar's exact p)",
             "read fraction = tokens attended / tokens cached, averaged over decode steps, layers and KV heads",
         ],
     }
@@ -498,10 +537,16 @@ def _plots(sections: dict[str, dict[str, Any]], out: Path) -> dict[str, Path]:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, per_ctx in m["by_config"].items():
         xs = sorted(int(c) for c in per_ctx)
-        ax.plot(xs, [per_ctx[str(c)]["accuracy"] for c in xs], marker="o", label=name)
+        ys = [per_ctx[str(c)]["accuracy"] for c in xs]
+        ci = [per_ctx[str(c)].get("ci95") or [y, y] for c, y in zip(xs, ys, strict=True)]
+        yerr = [
+            [y - lo for y, (lo, _) in zip(ys, ci, strict=True)],
+            [hi - y for y, (_, hi) in zip(ys, ci, strict=True)],
+        ]
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context [tokens]")
-    ax.set_ylabel("NIAH accuracy")
+    ax.set_ylabel("NIAH accuracy (95 % Wilson CI)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"claim: 100 % NIAH at k = {m['k']} ({m['model']})", fontsize=9)
     ax.legend(fontsize=7)

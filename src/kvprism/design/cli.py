@@ -329,6 +329,14 @@ def claims(
     depths: Annotated[str, typer.Option(help="NIAH depths.")] = "0.5",
     k: Annotated[int, typer.Option(help="Blocks selected (the paper: 32).", min=1)] = 32,
     seed: _SeedOpt = 0,
+    samples: Annotated[
+        int,
+        typer.Option(
+            help="NIAH prompts per (context, depth), each with its own needle (distinct seeds derived from --seed); "
+            "accuracies carry n and a 95 % Wilson interval.",
+            min=1,
+        ),
+    ] = 1,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     workers: WorkersOpt = None,
@@ -345,7 +353,7 @@ def claims(
         mdl, tok = load_model(model, device=device)
     ctx = _ints(contexts, "contexts") if contexts else None
     dep = tuple(float(x) for x in depths.split(",") if x.strip())
-    settings = ClaimsSettings(model_name=model, contexts=ctx, depths=dep, k=k, seed=seed)
+    settings = ClaimsSettings(model_name=model, contexts=ctx, depths=dep, k=k, seed=seed, samples=samples)
     factory = model_factory(model, device=device)
     from kvprism.cli import grid_progress
 

@@ -10,6 +10,7 @@ A configuration is an :class:`EvalConfig`: a name, a *method* (``dense``: no sel
     contexts = [2048, 4096]
     depths = [0.0, 0.5, 1.0]
     seeds = [0]
+    # samples = 4                     # prompts per (task, context, depth, seed): distinct seeds, see sample_seeds
     configs = ["dense", "exact", "seed-nominal"]   # names as --configs: dense, exact, photonic presets, preset files
     k = [8]
     # haystack = "text", values = "numbers", max_new_tokens = 16, heads = "runs/heads.json"   (optional)
@@ -43,6 +44,7 @@ __all__ = [
     "is_preset_file",
     "load_preset",
     "parse_list",
+    "sample_seeds",
     "validate_configs",
 ]
 
@@ -209,9 +211,37 @@ def parse_list(text: str, kind: Callable[[str], Any], name: str) -> list[Any]:
         raise KvprismError(f"--{name} = {text!r} is invalid ({exc})") from exc
 
 
+def sample_seeds(seeds: Sequence[int], samples: int) -> list[int]:
+    """``samples`` prompt seeds per given seed, all distinct and the same on every run: the seed itself first (so a
+    grid of one sample is unchanged), then seeds derived from it by SHA-256 (``seed, i``), skipping any already in
+    the list. Each seed draws its own needle key, value and haystack offset (the task generators are seeded).
+
+    Raises:
+        KvprismError: ``samples < 1``.
+    """
+    import hashlib
+
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise KvprismError(f"samples = {samples!r} is invalid; allowed range: >= 1 prompt per grid cell")
+    out: list[int] = []
+    taken = set(seeds)
+    for s in seeds:
+        mine = [s]
+        i = 0
+        while len(mine) < samples:
+            i += 1
+            digest = hashlib.sha256(f"kvprism-sample|{s}|{i}".encode()).digest()
+            derived = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+            if derived not in taken:
+                taken.add(derived)
+                mine.append(derived)
+        out += mine
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- grid files
 _GRID_KEYS = ("tasks", "contexts", "depths", "seeds", "configs", "k", "selection", "config", "haystack", "values")
-_GRID_KEYS += ("max_new_tokens", "heads", "mode")
+_GRID_KEYS += ("max_new_tokens", "heads", "mode", "samples")
 
 
 def _as_list(value: Any, kind: type, where: str) -> list[Any]:
@@ -279,6 +309,10 @@ class Grid:
                 raise KvprismError(f"{where}: {name} is empty; give at least one value")
             if len(set(axis)) != len(axis):
                 raise KvprismError(f"{where}: {name} holds a value twice; give every value once")
+        samples = data.get("samples", 1)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise KvprismError(f"{where}: samples = {samples!r} is invalid; allowed range: >= 1 prompt per cell")
+        seeds = sample_seeds(seeds, samples)
         haystack, values = data.get("haystack"), data.get("values")
         if haystack is not None and haystack not in HAYSTACKS:
             raise KvprismError(f"{where}: haystack = {haystack!r} is invalid; allowed: {', '.join(HAYSTACKS)}")

@@ -3,10 +3,12 @@
 ``write_report(dir)`` writes, atomically and together (every file is staged first and renamed only once all were
 written, so a failure part-way -- a full disk -- leaves the previous report files as they were):
 
-- ``summary.json``: per mode and configuration the cell count, accuracy, read fraction (mean / max), needle hit,
-  block recall@k, signature recall@k, attention mass captured and KL at the first answer token (each as
-  mean/min/max/n, NaN = not applicable skipped), the cells where selection could not restrict attention, the
-  context × depth grids and the time split (prefill, counted once per prefilled prompt, vs decode);
+- ``summary.json``: per mode and configuration the cell count, accuracy (``accuracy``: right / scored cells with
+  the 95 % Wilson score interval; ``paired``: answers paired by prompt with dense and, for chips and the seed's
+  scorer, with exact selection at the same k -- both right / only one right / neither, McNemar's exact p), read
+  fraction (mean / max), needle hit, block recall@k, signature recall@k, attention mass captured and KL at the first
+  answer token (each as mean/min/max/n, NaN = not applicable skipped), the cells where selection could not restrict
+  attention, the context × depth grids and the time split (prefill, counted once per prefilled prompt, vs decode);
 - ``heatmap_<mode>_<config>.png``: accuracy (``niah``) or block recall (``recall``) over context × depth;
 - ``ksweep_<mode>.png``: accuracy / block recall and read fraction against k per method;
 - ``report.md``: the tables above plus the feasibility verdict of every photonic preset used.
@@ -151,6 +153,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             }
             for m in METRICS:
                 entry[m] = M.summarize(_vals(cells, m))
+            entry["accuracy"] = M.count_true([c.get("correct") for c in cells])
             entry["per_layer_head"] = _per_layer_means(cells)
             grid: dict[str, dict[str, Any]] = defaultdict(dict)
             metric = "correct" if mode == "niah" else "block_recall"
@@ -161,8 +164,72 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             entry["grid_metric"] = metric
             entry["grid"] = dict(grid)
             mode_out[name] = entry
+        for name, entry in mode_out.items():
+            entry["paired"] = _paired(name, configs, mode_out)
         summary["modes"][mode] = mode_out
     return summary
+
+
+def point_key(row: dict[str, Any]) -> tuple:
+    """The prompt a cell answered: (task, haystack, values, context, depth, seed)."""
+    return (
+        row.get("task"),
+        row.get("haystack"),
+        row.get("values"),
+        row["context"],
+        float(row["depth"]),
+        row.get("seed"),
+    )
+
+
+def paired_outcomes(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """:func:`kvprism.eval.metrics.paired_counts` of two configurations' scored cells on the prompts both answered
+    (None when they share none)."""
+    right_b = {point_key(r): bool(r["correct"]) for r in b if r.get("correct") is not None}
+    pairs = [
+        (bool(r["correct"]), right_b[point_key(r)])
+        for r in a
+        if r.get("correct") is not None and point_key(r) in right_b
+    ]
+    if not pairs:
+        return None
+    return M.paired_counts([x for x, _ in pairs], [y for _, y in pairs])
+
+
+def comparison_references(name: str, entries: dict[str, dict[str, Any]]) -> list[str]:
+    """The configurations a configuration is compared with: dense (for every selection), and the first exact
+    configuration of the same k (for photonic and seed-as-published selection)."""
+    e = entries[name]
+    if e["method"] == "dense":
+        return []
+    refs = [n for n, x in entries.items() if x["method"] == "dense"][:1]
+    if e["method"] != "exact":
+        refs += [n for n, x in entries.items() if x["method"] == "exact" and x.get("k") == e.get("k")][:1]
+    return refs
+
+
+def _paired(name: str, cells: dict[str, list[dict[str, Any]]], entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for ref in comparison_references(name, entries):
+        counts = paired_outcomes(cells[name], cells[ref])
+        if counts is not None:
+            out[ref] = counts
+    return out
+
+
+def accuracy_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per answered configuration: accuracy with n and the 95 % interval, then its paired comparisons."""
+    lines = []
+    for mode, configs in summary["modes"].items():
+        for name, e in configs.items():
+            acc = e.get("accuracy")
+            if not acc or not acc["n"]:
+                continue
+            pairs = "; ".join(
+                f"vs {ref}: " + M.format_paired(c, name, ref) for ref, c in (e.get("paired") or {}).items()
+            )
+            lines.append(f"{mode} {name}: {M.format_proportion(acc)}" + (f"; {pairs}" if pairs else ""))
+    return lines
 
 
 def _safe(name: str) -> str:
@@ -239,6 +306,26 @@ def _fmt(s: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}f}"
 
 
+def _paired_markdown(configs: dict[str, Any]) -> list[str]:
+    rows = [
+        f"| {name} | {ref} | {c['n']} | {c['both']} | {c['only_a']} | {c['only_b']} | {c['neither']} | "
+        f"{c['mcnemar_p']:.2g} |"
+        for name, e in configs.items()
+        for ref, c in (e.get("paired") or {}).items()
+    ]
+    if not rows:
+        return []
+    return [
+        "Paired answers (same prompts): how often a configuration and its reference were right together or alone; "
+        "McNemar's exact test on the discordant pairs (a small p: the difference is unlikely to be chance).",
+        "",
+        "| config | vs | n | both right | only config | only reference | neither | McNemar p |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def render_markdown(summary: dict[str, Any], images: list[str]) -> str:
     t = summary["time"]
     lines = ["# kvprism evaluation report", ""]
@@ -253,19 +340,21 @@ def render_markdown(summary: dict[str, Any], images: list[str]) -> str:
     for mode, configs in summary["modes"].items():
         lines += [f"## {mode}", ""]
         lines += [
-            "| config | cells | accuracy | read frac (mean / max) | needle hit | block recall@k | signature recall@k "
+            "| config | cells | accuracy (n, 95 % CI) | read frac (mean / max) | needle hit | block recall@k | signature recall@k "
             "| mass captured | KL first token | not restricted | cannot restrict | decode s/token |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, e in configs.items():
             lines.append(
-                f"| {name} | {e['cells']} | {_fmt(e['correct'], 2)} | {_fmt(e['read_fraction_mean'])} / "
+                f"| {name} | {e['cells']} | {M.format_proportion(e.get('accuracy'))} | "
+                f"{_fmt(e['read_fraction_mean'])} / "
                 f"{_fmt({'mean': e['read_fraction_max']['max']})} | {_fmt(e['needle_hit'], 2)} | "
                 f"{_fmt(e['block_recall'])} | {_fmt(e['signature_recall'])} | {_fmt(e['mass_captured'])} | "
                 f"{_fmt(e['kl_first_token'], 4)} | {e['not_restricted']} | {e['cannot_restrict']} | "
                 f"{t['decode_s_per_token'].get(name) or '–'} |"
             )
         lines.append("")
+        lines += _paired_markdown(configs)
         flagged = [n for n, e in configs.items() if e["not_restricted"] or e["cannot_restrict"]]
         if flagged:
             lines += [
