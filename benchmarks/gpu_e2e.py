@@ -214,7 +214,7 @@ def old_dense_probe(model, args, device) -> dict[str, Any]:
     """The recipe of gpu_model_decode.py's dense row (4 layers, batch 1, chunked prefill of ``--old-context``
     tokens into a DynamicCache through the "kvprism" attention, eager steps, device synchronised per step), timed
     and profiled. Uses the first 4 layers of the model (``config.num_hidden_layers`` is lowered meanwhile)."""
-    from kvprism.eval.runner import fork_dynamic_cache
+    from kvprism.eval.decode import fork_dynamic_cache
 
     n_layers = model.config.num_hidden_layers
     used = min(4, n_layers)

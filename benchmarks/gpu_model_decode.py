@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import DynamicCache, Qwen2Config
 
-from kvprism.eval.runner import fork_dynamic_cache
+from kvprism.eval.decode import fork_dynamic_cache
 from kvprism.hf.attention import use_kvprism_attention
 from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
 from kvprism.kernels import triton_available

@@ -23,6 +23,8 @@ from rich.table import Table
 
 from kvprism.eval import runner as R
 from kvprism.eval.executor import RayExecutor
+from kvprism.eval.grid import build_configs
+from kvprism.eval.store import RESULTS_FILE
 from kvprism.hf.models import load_model
 from kvprism.runtime import set_threads
 
@@ -53,7 +55,7 @@ def main() -> None:
         contexts=[int(c) for c in args.contexts.split(",")],
         depths=[float(d) for d in args.depths.split(",")],
         seeds=[int(s) for s in args.seeds.split(",")],
-        configs=R.build_configs(["dense", "exact"], [8]),
+        configs=build_configs(["dense", "exact"], [8]),
         max_new_tokens=8,
         model_name="smollm2",
     )
@@ -98,7 +100,7 @@ def _same_cells(a: Path, b: Path) -> bool:
 
     def rows(p: Path) -> dict:
         out = {}
-        for line in (p / R.RESULTS_FILE).read_text().splitlines():
+        for line in (p / RESULTS_FILE).read_text().splitlines():
             r = json.loads(line)
             out[r["key"]] = {k: v for k, v in r.items() if k not in skip}
         return out

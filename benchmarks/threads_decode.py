@@ -29,7 +29,7 @@ def main() -> None:
 
     from transformers import DynamicCache
 
-    from kvprism.eval.runner import fork_dynamic_cache
+    from kvprism.eval.decode import fork_dynamic_cache
     from kvprism.eval.tasks import niah_single
     from kvprism.hf.attention import use_kvprism_attention
     from kvprism.hf.cache import SparseCache, cache_kwargs

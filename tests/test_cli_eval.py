@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kvprism.cli import main
-from kvprism.eval.runner import read_results
+from kvprism.eval.store import read_results
 from tests.conftest import tiny_model, tiny_tokenizer
 
 

@@ -164,10 +164,11 @@ NEUTRAL = {
 
 def _key(s: dict, out_dir: str) -> str:
     from kvprism.eval import runner as R
+    from kvprism.eval.grid import EvalConfig
 
     backend, _, preset = s["backend"].partition(":")
     selection = {n: s[n] for n in ("block_size", "d_sig", "projection", "window", "heads")}
-    cfg = R.EvalConfig("cfg", backend, s["k"], preset or None, selection)
+    cfg = EvalConfig("cfg", backend, s["k"], preset or None, selection)
     runner = R.Runner(
         _model(s["model_seed"]),
         _tokenizer(),

@@ -17,6 +17,8 @@ import pytest
 
 from kvprism.eval import runner as R
 from kvprism.eval.executor import RayExecutor
+from kvprism.eval.grid import build_configs
+from kvprism.eval.store import RESULTS_FILE
 from tests import ray_workers
 from tests.conftest import tiny_model, tiny_tokenizer
 from tests.design_fixtures import one_thread
@@ -32,7 +34,7 @@ TIMING = {"decode_s", "prefill_s", "reference_s", "time", "prefill_id"}
 
 
 def _configs():
-    return R.build_configs(["dense", "exact"], [2], {"block_size": 8, "window": 16, "d_sig": 8})
+    return build_configs(["dense", "exact"], [2], {"block_size": 8, "window": 16, "d_sig": 8})
 
 
 def _runner(out, **kw):
@@ -41,7 +43,7 @@ def _runner(out, **kw):
 
 
 def _cells(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / R.RESULTS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
 
 
 def _comparable(rows):
@@ -96,7 +98,7 @@ def test_a_driver_killed_with_sigkill_mid_grid_resumes_without_duplicates(tmp_pa
     root = str(Path(__file__).resolve().parents[1])
     proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(root=root, out=str(out))], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    results = out / R.RESULTS_FILE
+    results = out / RESULTS_FILE
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if results.exists() and results.read_text().count("\n") >= 2:

@@ -14,6 +14,7 @@ import pytest
 
 import kvprism.eval.runner as R
 from kvprism.cli import main
+from kvprism.eval.grid import build_configs
 from kvprism.eval.store import RESULTS_FILE, ResultStore, append_result, read_results
 from tests.conftest import tiny_model, tiny_tokenizer
 
@@ -257,7 +258,7 @@ def test_runner_rejects_duplicate_axis_values(tmp_path):
             contexts=[120, 120],
             depths=[0.5],
             seeds=[0],
-            configs=R.build_configs(["dense"], []),
+            configs=build_configs(["dense"], []),
         )
 
 

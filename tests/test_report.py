@@ -4,7 +4,7 @@ import pytest
 
 from kvprism.errors import KvprismError
 from kvprism.eval import report as Rep
-from kvprism.eval.runner import RESULTS_FILE, append_result
+from kvprism.eval.store import RESULTS_FILE, append_result
 
 
 def _cell(config, method, k, ctx, depth, correct, prefill_id, **kw):

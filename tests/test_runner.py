@@ -9,13 +9,16 @@ import torch
 
 from kvprism.errors import KvprismError
 from kvprism.eval import runner as R
+from kvprism.eval.decode import DecodeOutput, default_decode, fork_dynamic_cache, greedy_decode
+from kvprism.eval.grid import EvalConfig, build_configs, validate_configs
+from kvprism.eval.store import RESULTS_FILE, jsonable, read_results, repair_results
 from kvprism.hf.cache import cache_kwargs
 from tests.conftest import tiny_model, tiny_tokenizer
 
 GRID = dict(tasks=["niah_single"], contexts=[120, 160], depths=[0.0, 0.5, 1.0], seeds=[0], haystack="noise")
 
 
-def _runner(tmp_path, configs, decode_fn=R.default_decode, model=None, **kw):
+def _runner(tmp_path, configs, decode_fn=default_decode, model=None, **kw):
     args = {**GRID, **kw}
     return R.Runner(
         model or tiny_model("llama"),
@@ -32,7 +35,7 @@ def _runner(tmp_path, configs, decode_fn=R.default_decode, model=None, **kw):
 class Counting:
     """Wraps a decode function, counts calls per config and can crash after ``crash_after`` calls."""
 
-    def __init__(self, inner=R.default_decode, crash_after=None):
+    def __init__(self, inner=default_decode, crash_after=None):
         self.inner, self.crash_after, self.calls = inner, crash_after, []
 
     def __call__(self, model, cache, last, cfg, n, eos):
@@ -43,7 +46,7 @@ class Counting:
 
 
 @dataclass(frozen=True)
-class FakeSelConfig(R.EvalConfig):
+class FakeSelConfig(EvalConfig):
     """A selection configuration that needs no kvprism.selection (for plumbing tests); the fake decoder selects
     ``fake_blocks`` in every (layer, KV head)."""
 
@@ -55,7 +58,7 @@ class FakeSelConfig(R.EvalConfig):
 
 def fake_sparse_decode(model, cache, last, cfg, n, eos):
     """Dense tokens + a hand-made trace: every (layer, KV head) reads ``cfg.fake_blocks`` plus sink and window."""
-    out = R.default_decode(model, cache, last, R.EvalConfig("dense", "dense"), n, eos)
+    out = default_decode(model, cache, last, EvalConfig("dense", "dense"), n, eos)
     if cfg.method == "dense":
         return out
     sel = cfg.selection_config()
@@ -76,9 +79,7 @@ def fake_sparse_decode(model, cache, last, cfg, n, eos):
         trace.append(per_layer)
     rf = float(trace[0][0]["token_mask"].float().mean())
     stats = {"read_fraction_mean": rf, "read_fraction_max": rf, "restricted": rf < 1.0, "selection_calls": 2}
-    return R.DecodeOutput(
-        out.tokens, out.first_logits + 0.1 * torch.arange(out.first_logits.numel()), stats, trace, 0.0
-    )
+    return DecodeOutput(out.tokens, out.first_logits + 0.1 * torch.arange(out.first_logits.numel()), stats, trace, 0.0)
 
 
 def test_fork_does_not_touch_prefilled_cache():
@@ -89,27 +90,27 @@ def test_fork_does_not_touch_prefilled_cache():
     with torch.inference_mode():
         model(input_ids=torch.arange(3, 30).unsqueeze(0), **cache_kwargs(model, cache), use_cache=True)
     keys0 = [layer.keys.clone() for layer in cache.layers]
-    fork = R.fork_dynamic_cache(cache)
-    R.greedy_decode(model, fork, torch.tensor([[5]]), 3, frozenset())
+    fork = fork_dynamic_cache(cache)
+    greedy_decode(model, fork, torch.tensor([[5]]), 3, frozenset())
     assert fork.get_seq_length() == 30 and cache.get_seq_length() == 27
     assert all(torch.equal(a, layer.keys) for a, layer in zip(keys0, cache.layers, strict=True))
 
 
 def test_build_configs_and_errors():
-    cfgs = R.build_configs(["exact", "dense", "seed-nominal"], [4, 8])
+    cfgs = build_configs(["exact", "dense", "seed-nominal"], [4, 8])
     assert [c.name for c in cfgs] == ["dense", "exact-k4", "exact-k8", "seed-nominal-k4", "seed-nominal-k8"]
     assert cfgs[3].method == "photonic" and cfgs[3].preset == "seed-nominal"
     with pytest.raises(KvprismError, match="k = 0 is invalid"):
-        R.build_configs(["exact"], [0])
+        build_configs(["exact"], [0])
     with pytest.raises(KvprismError, match="configs is empty"):
-        R.build_configs([], [8])
+        build_configs([], [8])
 
 
 def test_tiny_grid_end_to_end_dense(tmp_path):
     dec = Counting()
-    r = _runner(tmp_path, R.build_configs(["dense"], []), dec)
+    r = _runner(tmp_path, build_configs(["dense"], []), dec)
     summary = r.run()
-    rows = R.read_results(r.results)
+    rows = read_results(r.results)
     assert summary.cells_run == len(rows) == 6 and summary.prefills == 6
     assert summary.prefill_s > 0 and summary.decode_s > 0
     for row in rows:
@@ -118,24 +119,24 @@ def test_tiny_grid_end_to_end_dense(tmp_path):
         assert isinstance(row["correct"], bool) and row["prefill_s"] > 0
     assert {(row["context"], row["depth"]) for row in rows} == {(c, d) for c in (120, 160) for d in (0.0, 0.5, 1.0)}
     # a rerun does nothing
-    again = _runner(tmp_path, R.build_configs(["dense"], []), dec).run()
+    again = _runner(tmp_path, build_configs(["dense"], []), dec).run()
     assert again.cells_run == 0 and again.prefills == 0 and len(dec.calls) == 6
 
 
 def test_resume_after_crash_no_duplicates(tmp_path):
-    configs = [R.EvalConfig("dense", "dense"), FakeSelConfig("fake-k2", "exact", 2)]
+    configs = [EvalConfig("dense", "dense"), FakeSelConfig("fake-k2", "exact", 2)]
     crashing = Counting(fake_sparse_decode, crash_after=7)
     with pytest.raises(KeyboardInterrupt):
         _runner(tmp_path, configs, crashing).run()
-    path = tmp_path / "out" / R.RESULTS_FILE
-    first = R.read_results(path)
+    path = tmp_path / "out" / RESULTS_FILE
+    first = read_results(path)
     assert len(first) == 7  # every finished cell was on disk when the kill came
     # simulate a kill in the middle of a write as well: a partial last line
     with open(path, "a") as fh:
         fh.write('{"key": "niah_single|noise|numbers|160|0.5')
     resumed = Counting(fake_sparse_decode)
     summary = _runner(tmp_path, configs, resumed).run()
-    rows = R.read_results(path)
+    rows = read_results(path)
     keys = [row["key"] for row in rows]
     assert len(rows) == 12 and len(set(keys)) == 12  # complete, no duplicates
     assert summary.cells_done_before == 7 and summary.cells_run == 5
@@ -164,13 +165,13 @@ def test_selection_metrics_plumbing(tmp_path):
     other = tuple(b for b in range(1, 17) if b not in needle_blocks)[: len(needle_blocks)]
     k = len(needle_blocks)
     configs = [
-        R.EvalConfig("dense", "dense"),
+        EvalConfig("dense", "dense"),
         FakeSelConfig("hit", "exact", k, fake_blocks=needle_blocks),
         FakeSelConfig("miss", "exact", k, fake_blocks=other),
     ]
     r = _runner(tmp_path, configs, fake_sparse_decode, contexts=[160], depths=[0.5])
     r.run()
-    dense, hit, miss = R.read_results(r.results)
+    dense, hit, miss = read_results(r.results)
     assert dense["config"] == "dense" and dense["kl_first_token"] is None and dense["needle_spans"][0] == [start, end]
     # first decode step: 159 prefilled tokens + the step's own = 160, B = 8: 20 complete blocks; sink 1 block; window
     # 16 tokens -> the tail starts at 144 -> candidate blocks 1..17 (the layout selection chose from)
@@ -185,19 +186,19 @@ def test_selection_metrics_plumbing(tmp_path):
 
 
 def test_recall_mode_decodes_one_step(tmp_path):
-    configs = [R.EvalConfig("dense", "dense"), FakeSelConfig("fake-k2", "exact", 2)]
+    configs = [EvalConfig("dense", "dense"), FakeSelConfig("fake-k2", "exact", 2)]
     r = _runner(tmp_path, configs, fake_sparse_decode, contexts=[160], depths=[0.5], mode="recall")
     r.run()
-    rows = R.read_results(r.results)
+    rows = read_results(r.results)
     assert all(row["decode_steps"] == 1 and row["correct"] is None and row["answer"] is None for row in rows)
 
 
 def test_bad_inputs_fail_before_work(tmp_path):
     dec = Counting()
     with pytest.raises(KvprismError, match=r"depth = 1.5 is invalid"):
-        _runner(tmp_path, R.build_configs(["dense"], []), dec, depths=[1.5])
+        _runner(tmp_path, build_configs(["dense"], []), dec, depths=[1.5])
     with pytest.raises(KvprismError, match="exceeds the model's window of 1024"):
-        _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[2048])
+        _runner(tmp_path, build_configs(["dense"], []), dec, contexts=[2048])
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(KvprismError, match="not a writable directory"):
@@ -205,17 +206,17 @@ def test_bad_inputs_fail_before_work(tmp_path):
             tiny_model(),
             tiny_tokenizer(),
             out_dir=blocker / "sub",
-            configs=R.build_configs(["dense"], []),
+            configs=build_configs(["dense"], []),
             **{k: v for k, v in GRID.items() if k != "haystack"},
         )
     assert dec.calls == []
     # another model (other weights) into the same directory is refused, naming the differing field; the same
     # weights under another name are the same cells
-    _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0]).run()
-    r = _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0])
+    _runner(tmp_path, build_configs(["dense"], []), dec, contexts=[120], depths=[0.0]).run()
+    r = _runner(tmp_path, build_configs(["dense"], []), dec, contexts=[120], depths=[0.0])
     r.model_name = "other"
     assert r.run().cells_run == 0
-    r = _runner(tmp_path, R.build_configs(["dense"], []), dec, contexts=[120], depths=[0.0], model=tiny_model(seed=1))
+    r = _runner(tmp_path, build_configs(["dense"], []), dec, contexts=[120], depths=[0.0], model=tiny_model(seed=1))
     with pytest.raises(KvprismError, match=r"computed under other settings \(model.weights_sha256"):
         r.run()
 
@@ -225,24 +226,24 @@ def test_validate_configs_without_sparse_modules():
         import kvprism.hf.cache  # noqa: F401
     except ImportError:
         with pytest.raises(KvprismError, match="needs sparse decode"):
-            R.validate_configs(R.build_configs(["exact"], [8]))
-    R.validate_configs(R.build_configs(["dense"], []))  # always fine
+            validate_configs(build_configs(["exact"], [8]))
+    validate_configs(build_configs(["dense"], []))  # always fine
 
 
 def test_unknown_preset_is_one_clear_error():
     pytest.importorskip("kvprism.hf.cache")
     pytest.importorskip("kvprism.photonics")
     with pytest.raises(KvprismError, match="'no-such-preset' is neither"):
-        R.validate_configs(R.build_configs(["no-such-preset"], [8]))
+        validate_configs(build_configs(["no-such-preset"], [8]))
 
 
 def test_tiny_grid_with_sparse_cache(tmp_path):
     pytest.importorskip("kvprism.hf.cache")
-    configs = R.build_configs(["dense", "exact"], [2], {"block_size": 16})
-    R.validate_configs(configs)
+    configs = build_configs(["dense", "exact"], [2], {"block_size": 16})
+    validate_configs(configs)
     r = _runner(tmp_path, configs, contexts=[400], depths=[0.5], haystack="noise")
     r.run()
-    dense, exact = R.read_results(r.results)
+    dense, exact = read_results(r.results)
     assert exact["can_restrict"] and exact["restricted"] and exact["read_fraction_mean"] < 1.0
     assert 0.0 <= exact["block_recall"] <= 1.0 and 0.0 < exact["mass_captured"] <= 1.0
     assert exact["kl_first_token"] >= 0.0 and dense["read_fraction_mean"] == 1.0
@@ -252,11 +253,11 @@ def test_tiny_grid_with_photonic_preset(tmp_path):
     pytest.importorskip("kvprism.hf.cache")
     photonics = pytest.importorskip("kvprism.photonics")
     preset = next(iter(photonics.PhotonicConfig.presets()))
-    configs = R.build_configs(["dense", "exact", preset], [2], {"block_size": 16})
-    R.validate_configs(configs)
+    configs = build_configs(["dense", "exact", preset], [2], {"block_size": 16})
+    validate_configs(configs)
     r = _runner(tmp_path, configs, contexts=[400], depths=[0.5], haystack="noise")
     r.run()
-    photo = R.read_results(r.results)[-1]
+    photo = read_results(r.results)[-1]
     assert photo["method"] == "photonic" and 0.0 <= photo["signature_recall"] <= 1.0
 
 
@@ -265,11 +266,11 @@ def test_signature_recall_is_against_exact_at_the_same_selection_settings(tmp_pa
     configuration of the grid that shares only k: the ideal chip (an exact scorer in hardware) at d_sig 4 recalls
     exact@d_sig 4 fully, next to an exact configuration at d_sig 8 with the same k."""
     pytest.importorskip("kvprism.photonics")
-    exact8 = R.EvalConfig("exact-d8-k2", "exact", 2, None, {"block_size": 8, "d_sig": 8})
-    ideal4 = R.EvalConfig("ideal-d4-k2", "photonic", 2, "ideal", {"block_size": 8, "d_sig": 4})
+    exact8 = EvalConfig("exact-d8-k2", "exact", 2, None, {"block_size": 8, "d_sig": 8})
+    ideal4 = EvalConfig("ideal-d4-k2", "photonic", 2, "ideal", {"block_size": 8, "d_sig": 4})
     r = _runner(tmp_path, [exact8, ideal4], contexts=[400], depths=[0.5], haystack="noise")
     r.run()
-    _, photo = R.read_results(r.results)
+    _, photo = read_results(r.results)
     assert photo["config"] == "ideal-d4-k2" and photo["signature_recall"] == 1.0
     assert photo["reference_s"] > 0  # its own reference decode (exact at d_sig 4) ran
     assert r.cell_settings(ideal4)["reference"] == "exact scorer, same SelectionConfig"
@@ -280,14 +281,14 @@ def test_repair_results_refuses_corrupt_middle(tmp_path):
     p = tmp_path / "results.jsonl"
     p.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
     with pytest.raises(KvprismError, match="line 2 is corrupt"):
-        R.repair_results(p)
+        repair_results(p)
     p.write_text('{"a": 1}\n{"b": ')
-    R.repair_results(p)
+    repair_results(p)
     assert p.read_text() == '{"a": 1}\n'
 
 
 def test_jsonable():
-    assert R.jsonable({"x": torch.tensor([1.0, float("nan")]), 2: (1, float("inf"))}) == {
+    assert jsonable({"x": torch.tensor([1.0, float("nan")]), 2: (1, float("inf"))}) == {
         "x": [1.0, None],
         "2": [1, None],
     }

@@ -10,7 +10,8 @@ import torch
 from kvprism.cli import main
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.eval import sweep as S
-from kvprism.eval.runner import Runner, read_results
+from kvprism.eval.runner import Runner
+from kvprism.eval.store import read_results
 from tests.conftest import tiny_model, tiny_tokenizer
 
 
@@ -57,7 +58,7 @@ def _sample_and_prefill(model, tok, tmp_path):
 def test_sweep_step_matches_the_decode_path(model_tok, tmp_path):
     """Layer 0 sees the same query on the dense and the sparse path, so the blocks the sweep selects there and
     the read fraction it counts are exactly those of a SparseCache decode step with the same config."""
-    from kvprism.eval.runner import greedy_decode
+    from kvprism.eval.decode import greedy_decode
     from kvprism.hf.cache import SparseCache
     from kvprism.selection import SelectionConfig
 

@@ -711,7 +711,7 @@ def _eval_grid(
 ) -> None:
     """Shared body of ``niah`` and ``recall``: validate everything, then load the model and run the grid."""
     from kvprism.eval import grid as G
-    from kvprism.eval.runner import check_out_dir
+    from kvprism.eval.store import check_out_dir
     from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS, expand_tasks
 
     def unique(values: list[Any], option: str) -> list[Any]:

@@ -119,7 +119,7 @@ def _energy_config(s: ClaimsSettings) -> Any:
 def niah_configs(s: ClaimsSettings) -> list[Any]:
     """The configurations of the NIAH claim: dense, exact, the seed as published and each shipped chip, every
     chip at its own width (one signature dimension per comb line, as ``build_configs`` and the demo do)."""
-    from kvprism.eval.runner import EvalConfig
+    from kvprism.eval.grid import EvalConfig
 
     sel = {"block_size": s.block_size, "window": s.window, "seed": s.seed}
     configs = [
@@ -162,7 +162,8 @@ def _section_niah(
     from kvprism.eval import metrics as M
     from kvprism.eval.grid import sample_seeds
     from kvprism.eval.report import comparison_references, paired_outcomes
-    from kvprism.eval.runner import Runner, read_results
+    from kvprism.eval.runner import Runner
+    from kvprism.eval.store import read_results
 
     contexts, skipped = _niah_contexts(model, s)
     if not contexts:

@@ -41,75 +41,27 @@ import torch
 
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
-from kvprism.eval.decode import (  # re-exported: the decode path used to live here
-    DecodeFn,
-    DecodeOutput,
-    default_decode,
-    eos_ids,
-    fork_dynamic_cache,
-    greedy_decode,
-    prefill,
-)
+from kvprism.eval.decode import DecodeFn, DecodeOutput, default_decode, eos_ids, prefill
 from kvprism.eval.executor import LocalExecutor
-from kvprism.eval.grid import (  # re-exported: configurations used to live here
-    MODES,
-    EvalConfig,
-    Point,
-    build_configs,
-    parse_list,
-    validate_configs,
-)
-from kvprism.eval.metrics import first_step_blocks, trace_metrics  # re-exported
-from kvprism.eval.store import (  # re-exported: the store's public API used to live here
-    RESULTS_FILE,
-    RUN_FILE,
-    ResultStore,
-    append_result,
-    cell_key,
-    check_out_dir,
-    jsonable,
-    read_results,
-    repair_results,
-)
+from kvprism.eval.grid import MODES, EvalConfig, Point
+from kvprism.eval.metrics import first_step_blocks, trace_metrics
+from kvprism.eval.store import ResultStore, cell_key, jsonable
 from kvprism.eval.tasks import Sample, make_sample, string_match_fraction
 from kvprism.layout import BlockGeometry, BlockLayout
 from kvprism.runtime import deferred_signals
 
 __all__ = [
-    "MODES",
-    "RESULTS_FILE",
-    "RUN_FILE",
     "CellSpec",
-    "DecodeFn",
-    "DecodeOutput",
-    "EvalConfig",
     "EvalSettings",
-    "Point",
     "PointEvaluator",
     "Progress",
     "ProgressFn",
     "RunSummary",
     "Runner",
     "Unit",
-    "append_result",
-    "build_configs",
-    "cell_key",
-    "check_out_dir",
-    "default_decode",
-    "eos_ids",
     "exact_reference",
-    "first_step_blocks",
-    "fork_dynamic_cache",
-    "greedy_decode",
     "iter_cells",
-    "jsonable",
-    "parse_list",
-    "prefill",
-    "read_results",
     "remote_evaluator",
-    "repair_results",
-    "trace_metrics",
-    "validate_configs",
 ]
 
 
@@ -363,7 +315,7 @@ class Runner:
         model, tokenizer: a loaded causal LM and its tokenizer.
         out_dir: results directory (``results.jsonl``, ``run.json``, ``.lock``; see :mod:`kvprism.eval.store`).
         tasks, contexts, depths, seeds: the grid axes; every value at most once.
-        configs: from :func:`build_configs`.
+        configs: from :func:`kvprism.eval.grid.build_configs`.
         mode: ``niah`` (greedy answer, scored) or ``recall`` (first decode step only, metrics, no answer).
         haystack, values: task overrides (default: each task's own).
         max_new_tokens: answer length; default: the task's suggestion (answer tokens + 8).

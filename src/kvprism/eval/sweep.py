@@ -357,7 +357,8 @@ def run_sweep(
     """Run (or resume) the sweep into ``out_dir``; returns the written files (see module docstring).
     ``on_progress`` receives :class:`kvprism.eval.runner.Progress` events counted in prompts: ``"start"``, then per
     prompt ``"prefill"`` (unless stored) and ``"cell"`` once its cells are stored."""
-    from kvprism.eval.runner import Point, Progress, Runner
+    from kvprism.eval.grid import Point
+    from kvprism.eval.runner import Progress, Runner
     from kvprism.eval.tasks import make_sample
 
     def report(kind: str, done: int, point: Point | None = None) -> None:
