@@ -27,8 +27,9 @@ def test_attend_choice_is_validated():
     if not triton_available():
         with pytest.raises(ConfigError, match="triton"):
             SparseCache(model, SEL, impl="triton")
-    with pytest.warns(DeprecationWarning, match="impl"):
-        assert SparseCache(model, SEL, attend="torch").impl == "torch"
+    assert SparseCache(model, SEL, impl="torch").impl == "torch"
+    with pytest.raises(TypeError, match="attend"):  # the former name of impl is gone
+        SparseCache(model, SEL, attend="torch")
 
 
 def test_cpu_decode_uses_the_torch_path_and_counts_it():

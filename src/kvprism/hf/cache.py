@@ -335,7 +335,6 @@ class SparseCache(Cache):
             in the fused score + top-k kernel (``BlockSelector.select_range``; counted in ``"select_calls"``), which
             sums the GQA group's query sketches before the dot product, so exact near-ties may resolve differently
             from the torch path.
-        attend: former name of ``impl`` (deprecated).
         oracle: select, at every step, layer and KV head, the ``sel.k`` candidate blocks with the most dense
             attention mass of the step's own query (:mod:`kvprism.oracle`): a reference that reads every key to
             decide, so it separates a signature's misses from the budget's; never a method.
@@ -349,12 +348,11 @@ class SparseCache(Cache):
         profile: bool = False,
         impl: str | None = None,
         *,
-        attend: str | None = None,
         oracle: bool = False,
     ) -> None:
         if not isinstance(sel, SelectionConfig):
             raise ConfigError(f"SparseCache needs a SelectionConfig, got {type(sel).__name__}")
-        impl = resolve_impl(impl, attend)
+        impl = resolve_impl(impl)
         cfg = model.config.get_text_config(decoder=True)
         n_layers = cfg.num_hidden_layers
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -380,12 +378,6 @@ class SparseCache(Cache):
 
     @property
     def impl(self) -> str:
-        return self.pipeline.impl
-
-    @property
-    def attend(self) -> str:
-        """Former name of :attr:`impl` (deprecated)."""
-        warnings.warn("SparseCache.attend is deprecated; use SparseCache.impl", DeprecationWarning, stacklevel=2)
         return self.pipeline.impl
 
     @property
@@ -457,7 +449,6 @@ class SparseCache(Cache):
         profile: bool = False,
         impl: str | None = None,
         *,
-        attend: str | None = None,
         attention_mask: torch.Tensor | None = None,
         prepare: bool = True,
         oracle: bool = False,
@@ -470,7 +461,7 @@ class SparseCache(Cache):
         :func:`prepare_prefill`, computed once per prefill and signature settings and shared by every fork, so the
         first decode step only programs them; ``attention_mask`` is the prefill's ``[B, T]`` mask (default: no
         padding; a first decode step whose key validity differs fits afresh, as without ``prepare``)."""
-        cache = cls(model, sel, trace=trace, profile=profile, impl=impl, attend=attend, oracle=oracle)
+        cache = cls(model, sel, trace=trace, profile=profile, impl=impl, oracle=oracle)
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
                 f"the prefilled cache has {len(dense_cache.layers)} layers; the model has {len(cache.layers)}"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -46,13 +45,8 @@ __all__ = ["IMPLS", "DecodePipeline", "PreparedLayer", "StepEvent", "resolve_imp
 IMPLS = ("auto", "torch", "triton")
 
 
-def resolve_impl(impl: str | None, attend: str | None = None, *, owner: str = "SparseCache") -> str:
-    """Validate the kernel implementation ``impl`` (:data:`IMPLS`); ``attend`` is its former name (deprecated)."""
-    if attend is not None:
-        warnings.warn(f"{owner}(attend=...) is deprecated; use impl=...", DeprecationWarning, stacklevel=3)
-        if impl not in (None, attend):
-            raise ConfigError(f"{owner}: impl = {impl!r} and attend = {attend!r} disagree; pass impl only")
-        impl = attend
+def resolve_impl(impl: str | None, *, owner: str = "SparseCache") -> str:
+    """Validate the kernel implementation ``impl`` (:data:`IMPLS`)."""
     impl = "auto" if impl is None else impl
     if impl not in IMPLS:
         raise ConfigError(f"{owner}.impl = {impl!r} is invalid; allowed: {', '.join(IMPLS)}")
