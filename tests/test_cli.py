@@ -41,10 +41,10 @@ def test_model_error_is_one_line_and_debug_shows_traceback():
 
 @pytest.mark.slow
 def test_demo_finds_needle(capsys, smollm2_dir):
-    assert main(["demo", "--context", "1024", "--max-new-tokens", "16"]) == 0
+    assert main(["demo", "--context", "1024", "--max-new-tokens", "16", "--verbose"]) == 0
     out = capsys.readouterr().out
     assert "correct" in out and "1024 tokens" in out
-    assert "conversions clipped" in out  # the photonic run reports its ADC clipping
+    assert "conversions clipped" in out  # the photonic run reports its ADC clipping (--verbose)
 
 
 def test_demo_prints_the_energy_model_step_of_each_photonic_run(capsys, tmp_path):
@@ -57,11 +57,18 @@ def test_demo_prints_the_energy_model_step_of_each_photonic_run(capsys, tmp_path
     tiny_model("llama").save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     args = ["demo", "--model", str(tmp_path), "--context", "700", "--max-new-tokens", "2", "--preset",
-            "tfln-feasible", "--block-size", "16", "--k", "4", "--threads", "1"]  # fmt: skip
+            "tfln-feasible", "--block-size", "16", "--k", "4", "--threads", "1", "--verbose"]  # fmt: skip
     assert main(args) == 0
     out = " ".join(capsys.readouterr().out.split())
-    m = re.search(r"energy/token photonic ([\d.e+-]+) µJ \(chip ([\d.e+-]+) \+ static ([\d.e+-]+) µJ, rest KV fetch\) vs "
-                  r"GPU dense ([\d.e+-]+) µJ, GPU sparse ([\d.e+-]+) µJ", out)  # fmt: skip
+    q = r"([\d.]+ [pnµm]?J)"
+    m = re.search(rf"energy per token: photonic {q} \(chip {q} \+ static {q}, rest KV fetch\) vs "
+                  rf"GPU dense {q}, GPU sparse {q}", out)  # fmt: skip
     assert m, out
-    total, chip, static, dense, sparse = map(float, m.groups())
+    scale = {"p": 1e-12, "n": 1e-9, "µ": 1e-6, "m": 1e-3, "": 1.0}
+    total, chip, static, dense, sparse = (float(v.split()[0]) * scale[v.split()[1][:-1]] for v in m.groups())
     assert total >= chip + static - 0.01 * total and dense > sparse > 0
+    # the verdict line: energy per token against GPU sparse, with units and 3 significant figures
+    assert re.search(
+        r"photonic tfln-feasible .* · [\d.]+ [pnµm]?J/token vs GPU sparse [\d.]+ [pnµm]?J \([\d.]+× (less|more)\)", out
+    )
+    assert "e-0" not in out and "{" not in out  # no raw floats, no dict dump

@@ -147,3 +147,21 @@ def test_niah_samples_and_the_accuracy_summary(tmp_path, capsys, tiny_dir):
     grid.write_text(grid.read_text().replace("samples = 3", "samples = 0"))
     with pytest.raises(Exception, match="samples = 0 is invalid"):
         Grid.from_toml(grid)
+
+
+def test_demo_numbers_have_units_and_significant_figures():
+    from kvprism import cli
+
+    assert cli._si(1.3728786701081282e-08, "J") == "13.7 nJ"
+    assert cli._si(5.1744682711620955e-08, "J") == "51.7 nJ"
+    assert cli._si(999.96e-6, "s") == "1 ms" and cli._si(2.5, "J") == "2.5 J" and cli._si(0.0, "J") == "0 J"
+    assert cli._counter("program_energy_j", 3.1879642691724455e-09) == "program energy 3.19 nJ"
+    assert cli._counter("calibration_time_s", 10.367999999999997) == "calibration time 10.4 s"
+    assert cli._counter("adc_conversions", 28800) == "adc conversions 28,800"
+    assert cli._pct(0.0937) == "9.4 %" and cli._pct(1.0) == "100 %"
+    assert cli._ratio(440e-6, 522e-6) == "1.2× more" and cli._ratio(3e-6, 0.5e-6) == "6× less"
+    assert cli._ratio(1.07e-6, 127e-6) == "119× more" and cli._ratio(2e-2, 1e-6) == "20,000× less"
+    verdict = cli._rates_verdict([(1.0, []), (10.0, []), (100.0, ["ADC too slow: 3 GS/s needed", "x"])], "p", False)
+    assert "feasible[/] up to 10 tokens/s, not at 100: ADC too slow (+1 more; kvprism hw --preset p)" in verdict
+    assert "infeasible[/] even at 1 token/s" in cli._rates_verdict([(1.0, ["drive: 7 V"])], "p", False)
+    assert "up to 100 tokens/s" in cli._rates_verdict([(r, []) for r in cli.DEMO_RATES], "p", False)

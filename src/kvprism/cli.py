@@ -302,10 +302,15 @@ def demo(
     dtype: _DtypeOpt = "float32",
     device: _DeviceOpt = "cpu",
     threads: _ThreadsOpt = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print each run's chip counters, energy ledger and violations.")
+    ] = False,
     selection_fields: dict[str, Any] | None = None,
 ) -> None:
     """PRISM demonstration: one needle in a natural-text haystack, answered with dense attention and with
-    photonic block selection (the photonic engine picks the blocks each decode step reads)."""
+    photonic block selection (the photonic engine picks the blocks each decode step reads). One verdict line per
+    configuration: answer, share of the cache read, energy per token against a GPU doing sparse attention, and the
+    decode rates at which the chip meets its constraints."""
     import torch
 
     from kvprism.eval.decode import eos_ids, fork_dynamic_cache, greedy_decode, prefill
@@ -359,69 +364,188 @@ def demo(
         runs.append(
             (f"photonic {p}", sel.replace(scorer="photonic", photonic=cfg if p == photonic else p, d_sig=d_sig))
         )
+    width = max(len(label) for label, _ in runs)
+    console.print("[bold]verdicts[/]       (energy model: one decode step = one token at batch 1; --verbose: details)")
     for label, cfg in runs:
         cache = fork_dynamic_cache(dense_cache) if cfg is None else SparseCache.from_prefilled(mdl, dense_cache, cfg)
         with console.status(f"decoding: {label} ..."):
             tokens, _, elapsed = greedy_decode(mdl, cache, last, max_new_tokens, stop)
         answer = tok.decode(tokens, skip_special_tokens=True)
         mark = "[green]correct[/]" if sample.score(answer) else "[red]wrong[/]"
-        console.print(f"[bold]{label} answer[/]  {answer.strip()!r}  {mark}  ({elapsed:.1f} s)")
+        head = f"  {label:<{width}}  {_clip(answer.strip(), 32)!r} {mark} ({elapsed:.1f} s)"
         if cfg is None:
+            console.print(f"{head} · reads every cached token (the reference)", highlight=False)
             continue
         s = cache.stats.summary()
-        restricted = "yes" if s["restricted"] else "[red]NO: k·B + sink + window covers the whole context[/]"
-        console.print(
-            f"  read fraction  mean {s['read_fraction_mean']:.3f}, max {s['read_fraction_max']:.3f} of the cached "
-            f"tokens (restricted: {restricted})"
+        scorer = cache.selectors[0].scorer
+        pcfg = scorer.engine.config
+        name = cfg.photonic if isinstance(cfg.photonic, str) else (photonic or "custom")
+        read = (
+            f"reads {_pct(s['read_fraction_mean'])} of the cache (max {_pct(s['read_fraction_max'])})"
+            if s["restricted"]
+            else "[red]reads everything[/]: k·B + sink + window cover the whole context"
         )
-        console.print(
-            f"  programming    {s['programming_events']} signature rows written "
-            f"({s['decode_steps']} decode steps, {s['selection_calls']} selection calls)"
+        step, energy_note = _step_energy(pcfg, cfg, mdl, sample.context_tokens)
+        energy = (
+            f"{_si(step['photonic_energy_j'], 'J')}/token vs GPU sparse {_si(step['gpu_sparse_energy_j'], 'J')} "
+            f"({_ratio(step['gpu_sparse_energy_j'], step['photonic_energy_j'])})"
+            if step is not None
+            else f"energy not modelled ({_clip(energy_note or '', 60)})"
         )
-        if s["engine_counters"]:
-            counters = ", ".join(f"{name} {val}" for name, val in sorted(s["engine_counters"].items()))
-            console.print(f"  engine         {counters}")
-            conv = s["engine_counters"].get("adc_conversions", 0)
-            if conv:
-                clip = s["engine_counters"].get("adc_clips", 0) / conv
-                console.print(
-                    f"  ADC            {clip:.1%} of {int(conv)} conversions clipped (full scale fixed at programming "
-                    "from the target weights; noise or drift beyond it clips)"
-                )
-        feas = cache.selectors[0].scorer.feasibility()
-        if feas is not None:
-            name = cfg.photonic if isinstance(cfg.photonic, str) else (photonic or "custom")
-            if not feas.violations:
-                verdict = "[green]feasible[/]: no constraint violated"
-            else:
-                hint = f"--config {name}" if name.endswith(".toml") else f"--preset {name}"
-                more = f" (+{len(feas.violations) - 1} more: kvprism hw {hint})" if len(feas.violations) > 1 else ""
-                verdict = f"[red]infeasible[/]: {feas.violations[0]}{more}"
-            console.print(f"  feasibility    {verdict}", highlight=False)
-            _print_step_energy(cache.selectors[0].scorer.engine.config, cfg, mdl, sample.context_tokens)
+        with console.status(f"feasibility of {name} at decode rates ..."):
+            rates = _feasible_rates(pcfg, cfg, mdl)
+        console.print(f"{head} · {read} · {energy} · {_rates_verdict(rates, name, verbose)}", highlight=False)
+        if verbose:
+            _print_demo_details(s, scorer, step, energy_note, rates, sample.context_tokens)
 
 
-def _print_step_energy(pcfg: Any, sel: Any, model: Any, context: int) -> None:
-    """One line: the energy model's decode step of this model at this context -- photonic selection + fetching the
-    selected blocks vs the GPU reading the whole cache (dense) or scanning signatures and fetching (GPU sparse)."""
+def _clip(text: str, n: int) -> str:
+    """``text`` cut to ``n`` characters (``…`` marks the cut)."""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _pct(x: float | None) -> str:
+    """A fraction as a percentage with 2 significant figures (``0.0937 -> 9.4 %``)."""
+    if x is None:
+        return "–"
+    return f"{x * 100:.2g} %" if x < 0.995 else "100 %"
+
+
+def _ratio(reference: float, value: float) -> str:
+    """``5.9× less`` / ``1.3× more`` of ``value`` against ``reference``."""
+    if value <= 0 or reference <= 0:
+        return "–"
+    r = reference / value
+    x = r if r >= 1 else 1 / r
+    return (f"{x:,.0f}" if x >= 10 else f"{x:.2g}") + ("× less" if r >= 1 else "× more")
+
+
+_SI_PREFIXES = {12: "T", 9: "G", 6: "M", 3: "k", 0: "", -3: "m", -6: "µ", -9: "n", -12: "p", -15: "f"}
+
+
+def _si(value: float, unit: str, digits: int = 3) -> str:
+    """``value`` with an SI prefix and ``digits`` significant figures: ``1.3728e-08, "J" -> "13.7 nJ"``."""
+    import math
+
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g} {unit}"
+    exp = max(-15, min(12, 3 * math.floor(math.log10(abs(value)) / 3)))
+    scaled = float(f"{value / 10**exp:.{digits}g}")
+    if abs(scaled) >= 1000 and exp < 12:  # 999.96 rounds up to the next prefix
+        exp += 3
+        scaled = float(f"{value / 10**exp:.{digits}g}")
+    return f"{scaled:.{digits}g} {_SI_PREFIXES[exp]}{unit}"
+
+
+def _counter(name: str, value: float) -> str:
+    """One engine counter with its unit: ``program_energy_j`` in J, ``*_s`` in s, counts with thousands separators."""
+    if name.endswith("_j"):
+        return f"{name[:-2].replace('_', ' ')} {_si(float(value), 'J')}"
+    if name.endswith("_s"):
+        return f"{name[:-2].replace('_', ' ')} {_si(float(value), 's')}"
+    return f"{name.replace('_', ' ')} {int(value):,}"
+
+
+#: decode rates (tokens/s) at which the demo times each chip's feasibility, slowest first
+DEMO_RATES = (1.0, 10.0, 100.0)
+
+
+def _feasible_rates(pcfg: Any, sel: Any, model: Any) -> list[tuple[float, list[str]]]:
+    """``[(tokens/s, violations)]`` of the chip timed by this model's decode at :data:`DEMO_RATES`, slowest first,
+    stopping at the first rate it fails (faster decode leaves less time per selection)."""
+    from kvprism.energy.config import ModelShape
+    from kvprism.photonics.design import decode_timing
+    from kvprism.photonics.feasibility import feasibility
+
+    shape = ModelShape.of_model(model)
+    qph = 1 if sel.gqa_reduce == "sum" else shape.q_heads // shape.kv_heads
+    out: list[tuple[float, list[str]]] = []
+    for rate in DEMO_RATES:
+        try:
+            timing = decode_timing(
+                pcfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate, queries_per_head=qph
+            )
+            violations = [str(v) for v in feasibility(pcfg, timing=timing).violations]
+        except kvprism.KvprismError as exc:
+            violations = [str(exc).splitlines()[0]]
+        out.append((rate, violations))
+        if violations:
+            break
+    return out
+
+
+def _rates_verdict(rates: list[tuple[float, list[str]]], name: str, verbose: bool) -> str:
+    """``feasible at 1–10 tokens/s, not at 100: <why>`` (the reason clipped unless ``verbose``)."""
+    ok = [r for r, v in rates if not v]
+    fail = next(((r, v) for r, v in rates if v), None)
+    hint = f"kvprism hw --{'config' if name.endswith('.toml') else 'preset'} {name}"
+    if fail is None:
+        return f"[green]feasible[/] up to {ok[-1]:g} tokens/s (the fastest rate tried)"
+    rate, violations = fail
+    why = violations[0] if verbose else _clip(violations[0].split(": ")[0], 90)
+    more = f" (+{len(violations) - 1} more; {hint})" if len(violations) > 1 else f" ({hint})"
+    if not ok:
+        return f"[red]infeasible[/] even at {rate:g} token/s: {why}{more}"
+    return f"[yellow]feasible[/] up to {ok[-1]:g} tokens/s, not at {rate:g}: {why}{more}"
+
+
+def _step_energy(pcfg: Any, sel: Any, model: Any, context: int) -> tuple[dict[str, float] | None, str | None]:
+    """The energy model's decode step of this model at this context (photonic selection + fetching the selected
+    blocks vs the GPU reading the whole cache or scanning signatures and fetching): ``(row, None)``, or ``(None,
+    why not)`` when the energy model does not apply."""
     from kvprism.energy import EnergyConfig, decode_step
     from kvprism.energy.config import ModelShape
 
     ecfg = EnergyConfig(block_size=sel.block_size, k=max(sel.k, 1), d_sig=pcfg.n_lines, sink_blocks=sel.sink_blocks,
                         window=sel.window, gqa_reduce=sel.gqa_reduce)  # fmt: skip
     try:
-        step = decode_step(pcfg, ecfg, ModelShape.of_model(model), context)
+        return decode_step(pcfg, ecfg, ModelShape.of_model(model), context).row(), None
     except kvprism.KvprismError as exc:
-        console.print(f"  energy/token   not modelled: {exc}", highlight=False)
+        return None, str(exc).splitlines()[0]
+
+
+def _print_demo_details(
+    s: dict[str, Any],
+    scorer: Any,
+    step: dict[str, float] | None,
+    energy_note: str | None,
+    rates: list[tuple[float, list[str]]],
+    context: int,
+) -> None:
+    """``kvprism demo --verbose``: the counters, the energy ledger and every violated constraint of one run."""
+    say = functools.partial(console.print, highlight=False)
+    say(
+        f"      selection  {s['decode_steps']} decode steps, {s['selection_calls']:,} selection calls, "
+        f"{s['programming_events']:,} signature rows written"
+    )
+    counters = s.get("engine_counters") or {}
+    if counters:
+        say("      chip       " + ", ".join(_counter(n, v) for n, v in sorted(counters.items())))
+        conv = counters.get("adc_conversions", 0)
+        if conv:
+            say(
+                f"      ADC        {_pct(counters.get('adc_clips', 0) / conv)} of {int(conv):,} conversions clipped "
+                "(full scale fixed at programming from the target weights; noise or drift beyond it clips)"
+            )
+    feas = scorer.feasibility()
+    if feas is not None:
+        untimed = "no constraint violated" if not feas.violations else "; ".join(map(str, feas.violations))
+        say(f"      untimed    feasibility without decode timing: {untimed}")
+    for rate, violations in rates:
+        say(
+            f"      timed      at {rate:g} tokens/s: "
+            + ("no constraint violated" if not violations else "; ".join(violations))
+        )
+    if step is None:
+        say(f"      energy     not modelled: {energy_note}")
         return
-    r = step.row()
-    console.print(
-        f"  energy/token   photonic {r['photonic_energy_j'] * 1e6:.3g} µJ (chip {r['chip_dynamic_energy_j'] * 1e6:.3g}"
-        f" + static {r['chip_static_energy_j'] * 1e6:.3g} µJ, rest KV fetch) vs GPU dense {r['dense_energy_j'] * 1e6:.3g}"
-        f" µJ, GPU sparse {r['gpu_sparse_energy_j'] * 1e6:.3g} µJ; latency {r['photonic_latency_s'] * 1e6:.3g} vs "
-        f"{r['dense_latency_s'] * 1e6:.3g} / {r['gpu_sparse_latency_s'] * 1e6:.3g} µs (energy model: one decode step = one "
-        f"token at batch 1, this model's shape, {context} tokens; kvprism energy)",
-        highlight=False,
+    r = step
+    say(
+        f"      energy     per token: photonic {_si(r['photonic_energy_j'], 'J')} (chip "
+        f"{_si(r['chip_dynamic_energy_j'], 'J')} + static {_si(r['chip_static_energy_j'], 'J')}, rest KV fetch) vs "
+        f"GPU dense {_si(r['dense_energy_j'], 'J')}, GPU sparse {_si(r['gpu_sparse_energy_j'], 'J')}; latency "
+        f"{_si(r['photonic_latency_s'], 's')} vs {_si(r['dense_latency_s'], 's')} / "
+        f"{_si(r['gpu_sparse_latency_s'], 's')} (this model's shape, {context:,} tokens; kvprism energy)"
     )
 
 
