@@ -81,7 +81,7 @@ def main() -> None:
 
     new_row = torch.randn(args.banks, 1, args.d, generator=gen) * 0.5  # fits the bank scale: no rescale
     t_append = _time(lambda: eng.append(new_row), 5)
-    t_step = _time(lambda: (eng.advance(1), eng._refresh()), 1)
+    t_step = _time(lambda: (eng.advance(1), eng.refresh()), 1)
     print(f"programming, full cache : {t_program:8.2f} s  ({args.banks * args.n:,} rows, once at prefill)")
     print(f"programming per block   : {t_append * 1e3:8.2f} ms  (append 1 row in each of {args.banks} banks)")
     print(f"drift step + W refresh  : {t_step * 1e3:8.2f} ms  (advance(1) + cascade recompute of all rows)")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from kvprism.photonics import EngineGroup, PhotonicConfig, PhotonicEngine
+from kvprism.photonics.feasibility import report
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "pipeline.pt"
 PRESETS = (
@@ -95,7 +96,7 @@ def group_scenario() -> list[torch.Tensor]:
 
 
 def feasibility_scenario(name: str) -> dict:
-    rep = PhotonicEngine(PhotonicConfig.preset(name), seed=0).feasibility(mc_rows=64, mc_queries=16)
+    rep = report(PhotonicEngine(PhotonicConfig.preset(name), seed=0), mc_rows=64, mc_queries=16)
     return _plain(rep)
 
 

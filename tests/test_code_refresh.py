@@ -9,6 +9,7 @@ import torch
 
 from kvprism import PhotonicConfig, PhotonicEngine
 from kvprism.config import ConfigError
+from kvprism.photonics import drift
 
 # strong, fast drift so that holding the codes over a few hundred steps matters: σ 4 pm per ring, 2 pm global,
 # correlation time 10 steps
@@ -37,7 +38,7 @@ def _weight_error_by_step(cfg: PhotonicConfig, steps: tuple[int, ...], seed: int
         eng.advance(s - done)
         done = s
         eng.scores(q)  # an evaluation samples the pending drift and refreshes W_eff
-        out.append(float((eng._w - target).pow(2).mean().sqrt()))
+        out.append(float((eng.state.w - target).pow(2).mean().sqrt()))
     return out
 
 
@@ -74,15 +75,15 @@ def test_refreshed_codes_keep_their_first_residual_and_draw_only_their_age():
                          calibration_age_s=age_steps * DRIFTY.decode_step_time_s)  # fmt: skip
     eng = PhotonicEngine(cfg, seed=0)
     eng.program(torch.randn(1, 512, 16, generator=torch.Generator().manual_seed(0)))
-    static, cal = eng._static.clone(), eng._cal_drift.clone()
+    static, cal = eng.state.static.clone(), eng.state.cal_drift.clone()
     eng.advance(200)
     eng.scores(torch.randn(1, 16, generator=torch.Generator().manual_seed(1)))
-    assert torch.equal(eng._static, static) and torch.equal(eng._cal_drift, cal)
-    now = eng._drift_now(None, 0, None)
+    assert torch.equal(eng.state.static, static) and torch.equal(eng.state.cal_drift, cal)
+    now = drift.now(eng.state, None, 0, None)
     held = now - cal
     assert float(held.std()) == pytest.approx(cfg.drift_ring_sigma_m * math.sqrt(2.0), rel=0.05)
-    fresh = now - eng._drift_at_calibration(torch.arange(1), 0, 512)
-    rho_k = math.exp(-age_steps / cfg.drift_corr_steps)
+    fresh = now - drift.at_calibration(eng.design(), eng.state, torch.arange(1), 0, 512, eng.generator)
+    rho_k = math.exp(-age_steps / eng.design().drift_corr_steps)
     assert float(fresh.std()) == pytest.approx(cfg.drift_ring_sigma_m * math.sqrt(2.0 * (1.0 - rho_k)), rel=0.05)
 
 

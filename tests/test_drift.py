@@ -3,7 +3,8 @@ import math
 import torch
 
 from kvprism import PhotonicConfig, PhotonicEngine
-from kvprism.photonics import drift
+from kvprism.photonics import drift, weights
+from kvprism.photonics.design import ChipDesign
 
 
 def test_ar1_is_stationary_and_correlated():
@@ -62,7 +63,7 @@ def test_global_drift_is_shared_by_all_rings():
     eng.program(torch.randn(2, 30, 8))
     eng.advance(50)
     eng.scores(torch.randn(2, 8))
-    assert eng._ring_drift.abs().max() == 0 and eng._global_drift != 0.0
+    assert eng.state.ring_drift.abs().max() == 0 and eng.state.global_drift_m != 0.0
 
 
 def test_no_drift_means_advance_changes_nothing():
@@ -96,13 +97,13 @@ def test_drift_update_steps_holds_then_samples_the_same_process():
     held, every = PhotonicEngine(cfg, seed=0), PhotonicEngine(cfg.replace(drift_update_steps=1), seed=0)
     held.program(sig)
     every.program(sig)
-    s0, w0 = held.scores(q), held._w.clone()
+    s0, w0 = held.scores(q), held.state.w.clone()
     for _ in range(3):
         held.advance(1)
         assert torch.equal(held.scores(q), s0)
     assert held.counters["weight_refreshes"] == 0 and held.counters["drift_steps"] == 3
-    held._update_weights(None, 0, None)  # recompute from the held drift state: identical weights
-    assert torch.equal(held._w, w0)
+    held.state = weights.refresh(held.design(), held.state, None, 0, None, held.generator)
+    assert torch.equal(held.state.w, w0)  # recomputed from the held drift state: identical weights
     held.advance(1)
     s4 = held.scores(q)
     assert held.counters["weight_refreshes"] == 1 and not torch.equal(s4, s0)
@@ -118,7 +119,7 @@ def test_drift_update_steps_holds_then_samples_the_same_process():
 def test_drift_hold_rms_matches_simulated_process():
     """``drift_hold_rms_m``: RMS of x_{t+m} − x_t over m = 0…M−1 of the AR(1) drift (Monte Carlo, 2 %); 0 for M = 1."""
     cfg = _cfg(drift_ring_sigma_m=20e-12, drift_global_sigma_m=10e-12, drift_corr_time_s=2.0)
-    assert cfg.drift_hold_rms_m == 0.0
+    assert ChipDesign.from_config(cfg).drift_hold_rms_m == 0.0
     m = 10
     gen = torch.Generator().manual_seed(6)
     sigma = math.hypot(20e-12, 10e-12)  # ring and global drift add in the detuning
@@ -128,19 +129,20 @@ def test_drift_hold_rms_matches_simulated_process():
         x = drift.ar1_advance(x, 1, 100.0, sigma, gen)
         sq += (x - x0) ** 2
     mc = math.sqrt(float(sq.mean()) / m)
-    expected = cfg.replace(drift_update_steps=m).drift_hold_rms_m
+    expected = ChipDesign.from_config(cfg.replace(drift_update_steps=m)).drift_hold_rms_m
     assert abs(mc / expected - 1) < 0.02
     assert 0.28 * sigma < expected < 0.31 * sigma  # ≈ σ √((M − 1)/τ) = 0.3 σ for M ≪ τ
 
 
 def test_drift_update_steps_within_a_hold_error():
     cfg = PhotonicConfig.preset("seed-nominal")
-    m = cfg.drift_update_steps_within(cfg.trim_sigma_m)
+    m = ChipDesign.from_config(cfg).drift_update_steps_within(cfg.trim_sigma_m)
     assert m > 1
-    assert cfg.replace(drift_update_steps=m).drift_hold_rms_m <= cfg.trim_sigma_m
-    assert cfg.replace(drift_update_steps=m + 1).drift_hold_rms_m > cfg.trim_sigma_m
-    assert cfg.drift_update_steps_within(0.0) == 1
-    assert _cfg(drift_ring_sigma_m=0.0).drift_update_steps_within(0.0, max_steps=50) == 50  # no drift: no hold error
+    assert ChipDesign.from_config(cfg.replace(drift_update_steps=m)).drift_hold_rms_m <= cfg.trim_sigma_m
+    assert ChipDesign.from_config(cfg.replace(drift_update_steps=m + 1)).drift_hold_rms_m > cfg.trim_sigma_m
+    assert ChipDesign.from_config(cfg).drift_update_steps_within(0.0) == 1
+    still = ChipDesign.from_config(_cfg(drift_ring_sigma_m=0.0))
+    assert still.drift_update_steps_within(0.0, max_steps=50) == 50  # no drift: no hold error
 
 
 def test_refresh_after_append_equals_cascade_of_current_detunings():
@@ -150,11 +152,12 @@ def test_refresh_after_append_equals_cascade_of_current_detunings():
     eng = PhotonicEngine(_cfg(crosstalk=True), seed=0)
     eng.program(torch.randn(3, 40, 16, generator=gen))
     eng.append(torch.randn(3, 5, 16, generator=gen) * 0.1)
-    assert eng._bufs["w"].shape[1] > eng.n_rows  # spare capacity
+    assert eng.state.buffers["w"].shape[1] > eng.n_rows  # spare capacity
     eng.advance(3)
     eng.scores(torch.randn(3, 16, generator=gen))
     assert eng.counters["weight_refreshes"] == 1
-    det = (eng._static + eng._ring_drift + eng._global_drift).reshape(-1, 16)
-    thru, drop = (x.view(eng._w.shape) for x in eng._chip_fields(det, eng._extras(None, 0, None)))
-    torch.testing.assert_close(eng._w, thru - drop, rtol=0, atol=1e-6)
-    assert torch.allclose(eng._transmit, (thru + drop).mean(-1))
+    s = eng.state
+    det = (s.static + s.ring_drift + s.global_drift_m).reshape(-1, 16)
+    thru, drop = (x.view(s.w.shape) for x in weights.chip_fields(eng.design(), det, weights.extras(s, None, 0, None)))
+    torch.testing.assert_close(s.w, thru - drop, rtol=0, atol=1e-6)
+    assert torch.allclose(s.transmit, (thru + drop).mean(-1))

@@ -181,8 +181,8 @@ def test_calibration_reaches_targets_within_programming_quantisation():
     eng = PhotonicEngine(cfg)
     sig = torch.randn(1, 200, 8, generator=torch.Generator().manual_seed(6))
     eng.program(sig)
-    target = sig[0] * eng._scale[0]
-    err = (eng._w[0] - target).abs()
+    target = sig[0] * eng.state.scale[0]
+    err = (eng.state.w[0] - target).abs()
     # one voltage step moves a ring's weight by at most max|dw/dV|·ΔV; rounding costs at most half of that
     step_v = 2 * cfg.v_max_v / (2**bits - 1)
     opt = eng.optics(8)
@@ -194,7 +194,7 @@ def test_calibration_reaches_targets_within_programming_quantisation():
     assert float(err.max()) > 0.1 * bound  # quantisation is really applied
     fine = PhotonicEngine(clean(program_bits=0))
     fine.program(sig)
-    assert float((fine._w[0] - target).abs().max()) < 5e-4  # float32 simulation floor (~13 bit)
+    assert float((fine.state.w[0] - target).abs().max()) < 5e-4  # float32 simulation floor (~13 bit)
 
 
 def test_offset_subtraction_uses_believed_weights():
@@ -220,7 +220,7 @@ def test_ideal_ignores_drift_and_noise_counters():
     eng.program(torch.randn(4, 8))
     eng.advance(5)
     assert eng.counters["drift_steps"] == 5
-    assert math.isclose(float(eng.scores(torch.ones(8))[0]), float(eng._sig[0, 0].sum()), rel_tol=1e-6)
+    assert math.isclose(float(eng.scores(torch.ones(8))[0]), float(eng.state.sig[0, 0].sum()), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("encoding", ["offset", "dual-rail"])
@@ -258,14 +258,14 @@ def test_adc_clips_are_counted():
 @pytest.mark.parametrize("encoding", ["offset", "dual-rail"])
 def test_detection_in_bank_chunks_equals_one_pass(monkeypatch, encoding):
     """Detection runs over chunks of banks; without noise the chunking must not change scores, selection or clips."""
-    import kvprism.photonics.engine as engine_mod
+    import kvprism.photonics.detect as detect_mod
 
     gen = torch.Generator().manual_seed(10)
     sig, q = torch.randn(5, 40, 8, generator=gen), torch.randn(5, 2, 8, generator=gen)
     cfg = clean(adc_bits=6, adc_headroom=0.1, encoding=encoding)  # low full scale: some samples clip
     runs = []
     for chunk in (1 << 30, 2 * 40 * 2):  # all banks at once; two banks per chunk (last chunk partial)
-        monkeypatch.setattr(engine_mod, "_CHUNK_DETECT", chunk)
+        monkeypatch.setattr(detect_mod, "_CHUNK_DETECT", chunk)
         eng = PhotonicEngine(cfg, seed=0)
         eng.program(sig)
         runs.append((eng.scores(q), eng.select(q, 7), eng.counters["adc_clips"]))

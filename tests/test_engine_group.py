@@ -11,7 +11,9 @@ import torch
 
 from kvprism import PhotonicConfig, PhotonicEngine
 from kvprism.errors import KvprismError
-from kvprism.photonics import EngineGroup
+from kvprism.photonics import EngineGroup, weights
+from kvprism.photonics.design import ChipDesign
+from kvprism.photonics.state import transmit_variance
 
 L, B, N, D = 4, 2, 12, 16
 
@@ -59,8 +61,8 @@ def test_group_equals_independent_engines(kw):
         assert torch.equal(a, b)
     for a, b in zip(alone, grouped, strict=True):
         assert a.counters == b.counters
-        assert torch.equal(a._w, b._w) and torch.equal(a._ring_drift, b._ring_drift)
-        assert a._global_drift == b._global_drift
+        assert torch.equal(a.state.w, b.state.w) and torch.equal(a.state.ring_drift, b.state.ring_drift)
+        assert a.state.global_drift_m == b.state.global_drift_m
     assert sum(e.counters["bank_rescales"] for e in grouped) > 0  # the rescale path ran
     assert (grouped[0].counters["page_row_programs"] > 0) == (cfg.physical_rows < B * N)
     samples = 0 if cfg.drift_ring_sigma_m == 0 and cfg.drift_global_sigma_m == 0 else 8 // cfg.drift_update_steps
@@ -75,13 +77,15 @@ def test_group_refresh_is_the_cascade_of_each_members_detunings():
         e.advance(2)
     engines[0].scores(torch.randn(B, D))  # the first evaluation samples every member
     for e in engines:
-        assert e._pending_steps == 0 and not e._stale
-        thru, drop = e._chip_fields((e._static + e._ring_drift + e._global_drift).view(-1, D), e._extras(None, 0, None))
-        thru, drop = thru.view(e._w.shape), drop.view(e._w.shape)
-        torch.testing.assert_close(e._w, thru - drop, rtol=0, atol=1e-6)
-        assert torch.allclose(e._transmit, (thru + drop).mean(-1))
-        assert torch.equal(e._det["var_transmit"], e._var_transmit(e._det["g2"]))
-    assert len({float(e._global_drift) for e in engines}) == L  # each member its own global drift
+        s = e.state
+        assert s.pending_steps == 0 and not s.stale
+        det = (s.static + s.ring_drift + s.global_drift_m).view(-1, D)
+        thru, drop = weights.chip_fields(e.design(), det, weights.extras(s, None, 0, None))
+        thru, drop = thru.view(s.w.shape), drop.view(s.w.shape)
+        torch.testing.assert_close(s.w, thru - drop, rtol=0, atol=1e-6)
+        assert torch.allclose(s.transmit, (thru + drop).mean(-1))
+        assert torch.equal(s.detection.var_transmit, transmit_variance(s.detection.g2, s.transmit))
+    assert len({e.state.global_drift_m for e in engines}) == L  # each member its own global drift
 
 
 def test_group_keeps_members_drift_independent_and_stationary():
@@ -99,14 +103,14 @@ def test_group_keeps_members_drift_independent_and_stationary():
         for e in engines:
             e.advance(1)
         engines[0].scores(q)
-        history.append(torch.stack([e._ring_drift.flatten().clone() for e in engines]))
+        history.append(torch.stack([e.state.ring_drift.flatten().clone() for e in engines]))
     assert group.batched_samples == 60
     sigma = cfg.drift_ring_sigma_m
     last, lagged = history[-1], history[-21]
     for m in range(4):
         assert abs(float(last[m].std()) / sigma - 1) < 0.03
         r = float(torch.corrcoef(torch.stack([last[m], lagged[m]]))[0, 1])
-        assert abs(r - math.exp(-20 / cfg.drift_corr_steps)) < 0.04
+        assert abs(r - math.exp(-20 / ChipDesign.from_config(cfg).drift_corr_steps)) < 0.04
     cross = torch.corrcoef(last)
     assert float((cross - torch.eye(4)).abs().max()) < 0.04
 
@@ -143,7 +147,7 @@ def test_members_out_of_step_sample_alone_with_the_same_results():
     for a, b in zip(s_alone, s_grouped, strict=True):
         assert torch.equal(a, b)
     for a, b in zip(alone, grouped, strict=True):
-        assert a.counters == b.counters and torch.equal(a._w, b._w)
+        assert a.counters == b.counters and torch.equal(a.state.w, b.state.w)
         assert a.counters["weight_refreshes"] == 3
 
 
@@ -160,5 +164,5 @@ def test_group_bad_inputs_and_release():
     with pytest.raises(KvprismError, match="already belongs"):
         EngineGroup([b])
     group.release()
-    assert a._group is None and b._group is None
+    assert a.group is None and b.group is None
     EngineGroup([a, b])  # free again

@@ -2,10 +2,12 @@ import math
 
 from kvprism import PhotonicConfig, PhotonicEngine
 from kvprism.photonics import feasibility
+from kvprism.photonics.design import ChipDesign
+from kvprism.photonics.feasibility import report
 
 
 def test_seed_nominal_flags_comb_span_vs_fsr():
-    rep = PhotonicEngine(PhotonicConfig.preset("seed-nominal")).feasibility(mc_rows=64, mc_queries=16)
+    rep = report(PhotonicEngine(PhotonicConfig.preset("seed-nominal")), mc_rows=64, mc_queries=16)
     assert rep.d == 32 and abs(rep.comb_span_m - 51.2e-9) < 1e-15
     assert 8.2e-9 < rep.fsr_m < 8.4e-9
     span = [v for v in rep.violations if "comb span" in v]
@@ -51,7 +53,7 @@ def test_report_states_the_drift_sampling():
     every = feasibility(base, mc_rows=32, mc_queries=8)
     held = feasibility(base.replace(drift_update_steps=7), mc_rows=32, mc_queries=8)
     assert every.drift_update_steps == 1 and every.drift_hold_rms_m == 0.0
-    assert held.drift_hold_rms_m == base.replace(drift_update_steps=7).drift_hold_rms_m > 1e-12
+    assert held.drift_hold_rms_m == ChipDesign.from_config(base.replace(drift_update_steps=7)).drift_hold_rms_m > 1e-12
     row = next(v for q, v, _ in held.rows() if q.startswith("drift sampled"))
     assert row.startswith("7 decode steps") and f"{held.drift_hold_rms_m * 1e12:.2f} pm" in row
 

@@ -62,7 +62,7 @@ def test_row_noise_variance_matches_formula(kw):
                             predistort=True) * p_row  # fmt: skip
     from kvprism.photonics.wdm import cascade
 
-    thru, drop = cascade(eng._static[0].double(), eng.optics(d), crosstalk=False)
+    thru, drop = cascade(eng.state.static[0].double(), eng.optics(d), crosstalk=False)
     r = cfg.pd_responsivity_a_per_w
     i_tot = r * (thru + drop) @ power.double()
     var_a = noise.detector_variance_a2(
@@ -70,7 +70,7 @@ def test_row_noise_variance_matches_formula(kw):
         nep_w_per_rthz=cfg.nep_w_per_rthz, responsivity_a_per_w=r, bandwidth_hz=cfg.detection_bandwidth_hz,
     )  # fmt: skip
     lin = 0.5 * (1 - encoding.t_min(cfg.mzm_extinction_db)) * p_row * r  # A per unit Σ w u (offset encoding)
-    to_score = (qmax / (lin * float(eng._scale[0]))) ** 2
+    to_score = (qmax / (lin * float(eng.state.scale[0]))) ** 2
     predicted = var_a * to_score
     assert torch.allclose(var_scores, predicted, rtol=0.10)
 

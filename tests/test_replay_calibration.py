@@ -9,7 +9,7 @@ import torch
 
 from kvprism import PhotonicConfig, PhotonicEngine
 from kvprism.config import ConfigError
-from kvprism.photonics import feasibility
+from kvprism.photonics import drift, feasibility
 from kvprism.photonics.design import calibration_probes, decode_timing, timed_by_decode
 
 FEAS = PhotonicConfig.preset("tfln-feasible")
@@ -50,7 +50,9 @@ def test_old_codes_carry_the_drift_since_their_calibration():
     eng = PhotonicEngine(cfg.replace(calibration_age_s=cfg.drift_corr_time_s), seed=0)
     eng.program(torch.randn(1, 512, 16, generator=torch.Generator().manual_seed(0)))
     banks = torch.arange(1)
-    diff = eng._drift_at_calibration(banks, 0, 512) - eng._drift_now(banks, 0, 512)
+    diff = drift.at_calibration(eng.design(), eng.state, banks, 0, 512, eng.generator) - drift.now(
+        eng.state, banks, 0, 512
+    )
     expect = cfg.drift_ring_sigma_m * math.sqrt(2.0 * (1.0 - math.exp(-1.0)))
     assert float(diff.std()) == pytest.approx(expect, rel=0.05)
 

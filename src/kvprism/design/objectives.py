@@ -321,12 +321,9 @@ def evaluate(
     recall = recall_at_k(chosen, top[..., : s.k])
     block_recall = recall_at_k(chosen, att[..., : s.k])
     t2 = time.perf_counter()
-    if timing is None:
-        rep = eng.feasibility()
-    else:
-        from kvprism.photonics.feasibility import feasibility
+    from kvprism.photonics.feasibility import feasibility, report
 
-        rep = feasibility(cfg, d=w, seed=s.engine_seed, timing=timing)
+    rep = report(eng) if timing is None else feasibility(cfg, d=w, seed=s.engine_seed, timing=timing)
     t3 = time.perf_counter()
     base = ecfg or EnergyConfig()
     ecfg = base.replace(block_size=ref.params.block_size, k=s.k, d_sig=w, rerank=s.rerank)

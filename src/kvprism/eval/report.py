@@ -64,16 +64,16 @@ def _per_layer_means(cells: list[dict[str, Any]]) -> dict[str, list[list[float |
 
 
 def feasibility_verdicts(presets: list[str]) -> dict[str, dict[str, Any]]:
-    """``preset -> {"feasible": bool | None, "violations": [str]}`` from ``PhotonicEngine(...).feasibility()``
+    """``preset -> {"feasible": bool | None, "violations": [str]}`` from ``kvprism.photonics.feasibility(cfg)``
     (``feasible`` is None with a ``note`` when ``kvprism.photonics`` is unavailable)."""
     out: dict[str, dict[str, Any]] = {}
     if not presets:
         return out
-    from kvprism.photonics import PhotonicConfig, PhotonicEngine
+    from kvprism.photonics import PhotonicConfig, feasibility
 
     for p in presets:
         try:
-            rep = PhotonicEngine(PhotonicConfig.preset(p), seed=0).feasibility()
+            rep = feasibility(PhotonicConfig.preset(p), seed=0)
             violations = [str(v) for v in getattr(rep, "violations", [])]
             out[p] = {"feasible": not violations, "violations": violations}
         except Exception as exc:  # a broken preset must not hide the rest of the report

@@ -5,7 +5,8 @@ eng = PhotonicEngine(PhotonicConfig.preset("seed-nominal"), seed=0)
 """
 
 from kvprism.photonics.config import PhotonicConfig
-from kvprism.photonics.engine import EngineGroup, PhotonicEngine
+from kvprism.photonics.engine import PhotonicEngine
 from kvprism.photonics.feasibility import FeasibilityReport, feasibility
+from kvprism.photonics.group import EngineGroup
 
 __all__ = ["EngineGroup", "FeasibilityReport", "PhotonicConfig", "PhotonicEngine", "feasibility"]

@@ -8,8 +8,6 @@ Sources are the rows of PHYSICS.md §10 unless stated; "assumption" marks a valu
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -930,7 +928,7 @@ class PhotonicConfig(ConfigBase):
         except ValueError as exc:
             self._fail("q_loaded", self.q_loaded, str(exc))
 
-    # ---------------------------------------------------------------- derived
+    # ------------------------------------------------- predicates on the values (every derived number: ChipDesign)
     @property
     def is_ideal(self) -> bool:
         """True when every impairment is off: the chip then computes an exact dot product."""
@@ -949,121 +947,6 @@ class PhotonicConfig(ConfigBase):
         )
 
     @property
-    def drift_corr_steps(self) -> float:
-        """Correlation time of the drift in decode steps: drift_corr_time_s / decode_step_time_s."""
-        return self.drift_corr_time_s / self.decode_step_time_s
-
-    @property
-    def drift_hold_rms_m(self) -> float:
-        """RMS detuning error [m] of the zero-order hold of ``drift_update_steps`` = M, averaged over the M steps of
-        a hold: the AR(1) state x moves by x_{t+m} − x_t with variance 2σ²(1 − ρ^m), ρ = exp(−1/τ), so the mean over
-        m = 0…M−1 is 2σ²(1 − (1 − ρ^M) / (M(1 − ρ))) with σ² the sum of the per-ring and global drift variances
-        (≈ σ √((M − 1)/τ) for M ≪ τ; 0 for M = 1)."""
-        return self._drift_hold_rms_m(self.drift_update_steps)
-
-    def _drift_hold_rms_m(self, m: int) -> float:
-        var = self.drift_ring_sigma_m**2 + self.drift_global_sigma_m**2 + self.drift_field_sigma_m**2
-        if m == 1 or var == 0.0:
-            return 0.0
-        rho = math.exp(-1.0 / self.drift_corr_steps)
-        return math.sqrt(max(0.0, 2.0 * var * (1.0 - (1.0 - rho**m) / (m * (1.0 - rho)))))
-
-    def drift_update_steps_within(self, hold_rms_m: float, max_steps: int = 100_000) -> int:
-        """The largest ``drift_update_steps`` (≤ ``max_steps``) whose hold error :attr:`drift_hold_rms_m` is at most
-        ``hold_rms_m`` [m]; e.g. ``trim_sigma_m`` keeps the added error at the size of the static trim residual."""
-        if self.drift_ring_sigma_m == 0.0 and self.drift_global_sigma_m == 0.0 and self.drift_field_sigma_m == 0.0:
-            return max_steps
-        m = 1
-        while m < max_steps and self._drift_hold_rms_m(m + 1) <= hold_rms_m:
-            m += 1
-        return m
-
-    @property
-    def couplings(self) -> tuple[float, float]:
-        """(r1, r2) of every ring from ``q_loaded`` and ``coupling_regime``."""
-        from kvprism.photonics import ring
-
-        return ring.design_couplings(
-            self.q_loaded,
-            self.wavelength_center_m,
-            self.n_g,
-            self.ring_radius_m,
-            self.loss_db_per_m,
-            self.coupling_regime,
-        )
-
-    @property
     def physical_rows(self) -> int:
+        """Rows of the chip: rows_per_bank × n_banks (the same count as ``ChipDesign.rows``)."""
         return self.rows_per_bank * self.n_banks
-
-    @property
-    def compensation_margin_m(self) -> float:
-        """Swing [m] kept free at both ends of the EO range for the closed loop to compensate trim residual and drift
-        at programming time: 3σ of their sum (0 for open-loop programming), at most 0.45·tuning·V_max."""
-        if not self.feedback_calibration:
-            return 0.0
-        sigma = math.sqrt(
-            self.trim_sigma_m**2
-            + self.drift_ring_sigma_m**2
-            + self.drift_global_sigma_m**2
-            + self.drift_field_sigma_m**2
-        )
-        return min(3.0 * sigma, 0.45 * self.tuning_m_per_v * self.v_max_v)
-
-    @functools.cached_property
-    def rest_detuning_m(self) -> float:
-        """Rest (0 V) detuning [m] of every ring from its line, set by the trim. ``rest_point = "centred"``: the middle
-        of the detunings at which one ring on its own line has the weights ∓weight_range_target (clamped to what
-        the ring reaches), so the drive swing is half that interval; ``"eo-centre"``: tuning·V_max − margin (the
-        calibration then aims inside [0, 2·tuning·V_max − 2·margin])."""
-        reach = self.tuning_m_per_v * self.v_max_v - self.compensation_margin_m
-        if self.rest_point == "eo-centre":
-            return reach
-        lo, hi = self.weight_detuning_interval_m(self.weight_range_target)
-        if hi - lo <= 2.0 * reach:
-            return 0.5 * (lo + hi)
-        # the drive cannot span the wanted interval: centre it where the reachable weights are symmetric,
-        # w(rest − reach) = −w(rest + reach) (w increases with the detuning; bisection)
-        from kvprism.photonics import ring
-
-        r1, r2 = self.couplings
-        a = float(ring.round_trip_amplitude(self.loss_db_per_m, self.ring_radius_m))
-        per_m = self._own_phase_per_m
-
-        def excess(rest: float) -> float:
-            w_hi = ring.single_ring_weight(min(rest + reach, math.pi / per_m) * per_m, r1, r2, a)
-            w_lo = ring.single_ring_weight(max(rest - reach, 0.0) * per_m, r1, r2, a)
-            return w_hi + w_lo
-
-        a_m, b_m = lo, hi
-        for _ in range(60):
-            mid = 0.5 * (a_m + b_m)
-            a_m, b_m = (mid, b_m) if excess(mid) < 0.0 else (a_m, mid)
-        return 0.5 * (a_m + b_m)
-
-    @property
-    def _own_phase_per_m(self) -> float:
-        """Round-trip phase per metre of resonance shift at the centre line, 2π n_g L / λ0² [rad/m]."""
-        return 2.0 * math.pi * self.n_g * 2.0 * math.pi * self.ring_radius_m / self.wavelength_center_m**2
-
-    def weight_detuning_interval_m(self, w: float) -> tuple[float, float]:
-        """Detunings [m] at which one ring (design couplings) on the centre line has the weights −w and +w, each
-        clamped to the ring's reach (on resonance / half an FSR away)."""
-        from kvprism.photonics import ring
-
-        r1, r2 = self.couplings
-        a = float(ring.round_trip_amplitude(self.loss_db_per_m, self.ring_radius_m))
-        per_m = self._own_phase_per_m
-        out = []
-        for x in (-w, w):
-            s2 = min(1.0, max(0.0, ring.single_ring_weight_inverse_sin2(x, r1, r2, a)))
-            out.append(2.0 * math.asin(math.sqrt(s2)) / per_m)
-        return out[0], out[1]
-
-    @property
-    def comb_span_m(self) -> float:
-        return self.n_lines * self.channel_spacing_m
-
-    @property
-    def fsr_m(self) -> float:
-        return self.wavelength_center_m**2 / (self.n_g * 2.0 * math.pi * self.ring_radius_m)

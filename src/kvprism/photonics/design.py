@@ -4,9 +4,11 @@ Pure: ``ChipDesign.from_config(cfg, d)`` draws nothing and builds no engine; the
 (:mod:`kvprism.photonics.feasibility`) and the energy model (:mod:`kvprism.energy.chip`) read their numbers from it.
 SI units; equations and sources in PHYSICS.md (§1 ring, §2 weight range, §6 link, §7 noise, §11 time, power, area).
 
-* couplers r1, r2, a; FSR, FWHM, finesse, Q_loaded, Q_intrinsic; photon lifetime τ = Q λ / (2π c); circulating-power
+* couplers r1, r2 (from ``q_loaded``), a; FSR, FWHM, finesse, Q_loaded, Q_intrinsic; photon lifetime τ = Q λ / (2π c); circulating-power
   build-up on resonance (1 − r1²)/(1 − r1 r2 a)² ≈ finesse/π;
-* the drive's detuning range, the realisable single-ring weight range and the symmetric range w_r used for a bank;
+* the rest (0 V) detuning set by the trim, the closed loop's compensation margin, and the drive's detuning range, the realisable single-ring weight range and the symmetric range w_r used for a bank;
+* the drift's correlation time in decode steps, its zero-order-hold error and the spatial field's neighbour
+  correlation;
 * the worst neighbour leakage (drop power of a ring onto another line over the drive range, all FSR orders);
 * the bank geometry (height = rows_per_bank × ring_pitch, width = d × ring_pitch) → routing length → link budget
   (coupler, demux, MZM, mux, 1×N splitter, routing, crossings, ring insertion, PD coupling);
@@ -17,12 +19,16 @@ SI units; equations and sources in PHYSICS.md (§1 ring, §2 weight range, §6 l
   largest laser power per line each allows;
 * areas: rings, each row's balanced photodiode pair, the query MZMs (photonic die); each row's TIA and ADC
   (electronic die);
+* the query encoding's MZM floor t_min and DAC level table, the RIN σ at the detection bandwidth;
+* the row optics (:class:`~kvprism.photonics.wdm.RowOptics`, float32, with its near/far :class:`CascadePlan`) the
+  chip model evaluates;
 * the score-referred SNR of the detection noise on a reference score distribution (:func:`score_snr_db`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from statistics import NormalDist
 
@@ -31,6 +37,7 @@ import torch
 from kvprism.errors import KvprismError
 from kvprism.photonics import encoding, link, noise, ring
 from kvprism.photonics.config import PhotonicConfig
+from kvprism.photonics.wdm import CascadePlan, RowOptics
 
 __all__ = [
     "SPEED_OF_LIGHT_M_PER_S",
@@ -38,13 +45,17 @@ __all__ = [
     "DecodeTiming",
     "PowerLimit",
     "calibration_probes",
+    "compensation_margin_m",
     "decode_timing",
     "expected_abs_max",
     "leakage_limit_db",
     "mid_bias_pd_power_w",
+    "rest_detuning_m",
     "rin_ceiling_db",
     "score_snr_db",
     "timed_by_decode",
+    "weight_detuning_interval_m",
+    "zero_order_hold_rms_m",
 ]
 
 #: Speed of light in vacuum [m/s] (SI exact value).
@@ -92,6 +103,7 @@ class ChipDesign:
     """Design quantities of one configuration for ``d`` comb lines (see the module docstring). Build with
     :meth:`from_config`; every field is a plain number (SI units) or a :class:`~kvprism.photonics.link.LinkBudget`."""
 
+    config: dataclasses.InitVar[PhotonicConfig]  # the values every number is derived from (kept as .config)
     d: int
     r1: float
     r2: float
@@ -140,7 +152,9 @@ class ChipDesign:
         d = cfg.n_lines if d is None else d
         if not isinstance(d, int) or isinstance(d, bool) or d < 1:
             raise KvprismError(f"d = {d!r} is invalid; allowed range: [1, inf) comb lines")
-        r1, r2 = cfg.couplings
+        r1, r2 = ring.design_couplings(
+            cfg.q_loaded, cfg.wavelength_center_m, cfg.n_g, cfg.ring_radius_m, cfg.loss_db_per_m, cfg.coupling_regime
+        )
         a = float(ring.round_trip_amplitude(cfg.loss_db_per_m, cfg.ring_radius_m))
         lam, n_g, rad = cfg.wavelength_center_m, cfg.n_g, cfg.ring_radius_m
         fsr = float(ring.fsr_m(lam, n_g, rad))
@@ -149,9 +163,11 @@ class ChipDesign:
         p = r1 * r2 * a
         buildup = (1.0 - r1 * r1) / (1.0 - p) ** 2
         # detuning range: the drive's reach around the rest point, less the closed loop's compensation margin
-        reach = cfg.tuning_m_per_v * cfg.v_max_v - cfg.compensation_margin_m
-        lo_m = max(0.0, cfg.rest_detuning_m - reach)
-        hi_m = cfg.rest_detuning_m + reach
+        margin = compensation_margin_m(cfg)
+        rest = rest_detuning_m(cfg, r1, r2, a, margin)
+        reach = cfg.tuning_m_per_v * cfg.v_max_v - margin
+        lo_m = max(0.0, rest - reach)
+        hi_m = rest + reach
         lines = cfg.wavelength_center_m + (torch.arange(d, dtype=torch.float64) - (d - 1) / 2.0) * cfg.channel_spacing_m
         per_m = 2.0 * math.pi * n_g * ring.ring_length_m(rad) / lines**2  # [d] rad per metre of shift at each line
         w_lo = float(ring.single_ring_weight(lo_m * per_m, r1, r2, a).max())
@@ -174,7 +190,7 @@ class ChipDesign:
         rows = cfg.rows_per_bank * cfg.n_banks
         mrr = rows * d
         return cls(
-            d=d, r1=r1, r2=r2, a=a, fsr_m=fsr, fwhm_m=fwhm, finesse=float(ring.finesse(r1, r2, a)), q_loaded=q_l,
+            config=cfg, d=d, r1=r1, r2=r2, a=a, fsr_m=fsr, fwhm_m=fwhm, finesse=float(ring.finesse(r1, r2, a)), q_loaded=q_l,
             q_intrinsic=float(ring.q_intrinsic(lam, n_g, cfg.loss_db_per_m)),
             photon_lifetime_s=q_l * lam / (2.0 * math.pi * SPEED_OF_LIGHT_M_PER_S), buildup=buildup,
             comb_span_m=d * cfg.channel_spacing_m, eo_range_m=2.0 * cfg.tuning_m_per_v * cfg.v_max_v,
@@ -191,6 +207,73 @@ class ChipDesign:
             adc_area_m2=rows * cfg.adc_area_m2,
             power_limits=_power_limits(cfg, d, budget, buildup),
         )  # fmt: skip
+
+    def __post_init__(self, config: PhotonicConfig) -> None:
+        object.__setattr__(self, "config", config)
+
+    # ------------------------------------------------------------------ derived numbers of the config alone
+    # (not fields: the dataclass fields are the recorded design table; these are computed once, on first use)
+    @functools.cached_property
+    def compensation_margin_m(self) -> float:
+        """Swing [m] kept at both ends of the EO range for the closed loop (0 open loop): :func:`compensation_margin_m`."""
+        return compensation_margin_m(self.config)
+
+    @functools.cached_property
+    def rest_detuning_m(self) -> float:
+        """0 V detuning [m] of every ring from its line, set by the trim: :func:`rest_detuning_m`."""
+        return rest_detuning_m(self.config, self.r1, self.r2, self.a, self.compensation_margin_m)
+
+    @property
+    def drift_corr_steps(self) -> float:
+        """Correlation time of the drift in decode steps: drift_corr_time_s / decode_step_time_s."""
+        return self.config.drift_corr_time_s / self.config.decode_step_time_s
+
+    @property
+    def drift_var_m2(self) -> float:
+        """Variance [m²] of the total drift (per ring + global + spatial field, independent)."""
+        c = self.config
+        return c.drift_ring_sigma_m**2 + c.drift_global_sigma_m**2 + c.drift_field_sigma_m**2
+
+    @property
+    def drift_hold_rms_m(self) -> float:
+        """RMS detuning error [m] of the zero-order hold of ``drift_update_steps``: :func:`zero_order_hold_rms_m`."""
+        return zero_order_hold_rms_m(self.drift_var_m2, self.drift_corr_steps, self.config.drift_update_steps)
+
+    @property
+    def field_rho(self) -> float:
+        """Correlation of the spatial drift field between neighbouring rows: exp(−ring pitch / correlation length)."""
+        return math.exp(-self.config.ring_pitch_m / self.config.drift_corr_length_m)
+
+    @property
+    def coherent(self) -> bool:
+        """The drop bus sums fields (crosstalk on and ``drop_bus = "coherent"``)."""
+        return self.config.crosstalk and self.config.drop_bus == "coherent"
+
+    @property
+    def refreshes_codes(self) -> bool:
+        """Rows are rewritten every decode step with fresh in-situ codes (``code_refresh = "every-step"``)."""
+        return self.config.code_refresh == "every-step" and self.config.feedback_calibration
+
+    @property
+    def time_varying(self) -> bool:
+        """The rings move between decode steps relative to their codes (drift or DC relaxation); codes refreshed
+        every step with no age compensate the drift at every step (nothing moves)."""
+        c = self.config
+        drifts = c.drift_ring_sigma_m != 0.0 or c.drift_global_sigma_m != 0.0 or c.drift_field_sigma_m != 0.0
+        if self.refreshes_codes:
+            return drifts and c.calibration_age_s > 0.0
+        return drifts or c.dc_relax_fraction != 0.0
+
+    @property
+    def mzm_t_min(self) -> float:
+        """MZM transmission floor from its extinction ratio."""
+        return encoding.t_min(self.config.mzm_extinction_db)
+
+    @functools.cached_property
+    def rin_sigma(self) -> float:
+        """Relative σ of each comb line's power at the detection bandwidth (0 without noise)."""
+        c = self.config
+        return noise.rin_sigma(c.rin_db_per_hz, c.detection_bandwidth_hz) if c.noise else 0.0
 
     # ------------------------------------------------------------------ derived
     @property
@@ -235,11 +318,121 @@ class ChipDesign:
         """Laser power per line at the chip input [W] that delivers ``row_line_w`` at a row."""
         return row_line_w * 10.0 ** (self.link.total_loss_db / 10.0)
 
+    def drift_update_steps_within(self, hold_rms_m: float, max_steps: int = 100_000) -> int:
+        """The largest ``drift_update_steps`` (≤ ``max_steps``) whose hold error (:func:`zero_order_hold_rms_m`) is at
+        most ``hold_rms_m`` [m]; e.g. ``trim_sigma_m`` keeps the added error at the size of the static trim residual."""
+        c = self.config
+        if c.drift_ring_sigma_m == 0.0 and c.drift_global_sigma_m == 0.0 and c.drift_field_sigma_m == 0.0:
+            return max_steps
+        var = self.drift_var_m2
+        m = 1
+        while m < max_steps and zero_order_hold_rms_m(var, self.drift_corr_steps, m + 1) <= hold_rms_m:
+            m += 1
+        return m
+
+    # ------------------------------------------------------------------ the chip model's optics
+    @functools.cached_property
+    def optics(self) -> RowOptics:
+        """The row optics [d lines] the chip model evaluates (float32; design couplings)."""
+        c = self.config
+        return RowOptics.build(
+            self.d, c.channel_spacing_m, c.wavelength_center_m, c.ring_radius_m, c.n_eff, c.n_g,
+            self.r1, self.r2, self.a, c.bus_order, torch.float32, c.ring_pitch_m,
+        )  # fmt: skip
+
+    @functools.cached_property
+    def cascade_plan(self) -> CascadePlan | None:
+        """The near/far cascade approximation of :attr:`optics` (None: closed form for every ring), over every
+        detuning the rings can physically take: the drive range around the rest point ± 6σ of trim residual and
+        drift."""
+        c = self.config
+        if not (c.crosstalk and c.cascade_near_fwhm > 0 and not self.coherent):
+            return None
+        sigma = math.sqrt(
+            c.trim_sigma_m**2 + c.drift_ring_sigma_m**2 + c.drift_global_sigma_m**2 + c.drift_field_sigma_m**2
+        )
+        reach = c.tuning_m_per_v * c.v_max_v + 6.0 * sigma
+        lo, hi = self.rest_detuning_m - reach, self.rest_detuning_m + reach
+        return CascadePlan.build(self.optics, lo, hi, c.cascade_near_fwhm)
+
+    @functools.cached_property
+    def mzm_levels(self) -> torch.Tensor | None:
+        """MZM transmission of each query DAC level [2^query_bits] (None without a query DAC)."""
+        c = self.config
+        if not c.query_bits:
+            return None
+        return encoding.level_transmission(
+            v_pi_v=c.mzm_v_pi_v, extinction_db=c.mzm_extinction_db, dac_bits=c.query_bits
+        )
+
+
+def zero_order_hold_rms_m(drift_var_m2: float, corr_steps: float, m: int) -> float:
+    """RMS detuning error [m] of a zero-order hold of the drift for ``m`` decode steps, averaged over the m steps of a
+    hold: the AR(1) state x moves by x_{t+k} − x_t with variance 2σ²(1 − ρ^k), ρ = exp(−1/τ), so the mean over
+    k = 0…m−1 is 2σ²(1 − (1 − ρ^m) / (m(1 − ρ))), σ² = ``drift_var_m2`` (the sum of the per-ring, global and field
+    drift variances), τ = ``corr_steps`` (≈ σ √((m − 1)/τ) for m ≪ τ; 0 for m = 1)."""
+    if m == 1 or drift_var_m2 == 0.0:
+        return 0.0
+    rho = math.exp(-1.0 / corr_steps)
+    return math.sqrt(max(0.0, 2.0 * drift_var_m2 * (1.0 - (1.0 - rho**m) / (m * (1.0 - rho)))))
+
+
+def compensation_margin_m(cfg: PhotonicConfig) -> float:
+    """Swing [m] kept free at both ends of the EO range for the closed loop to compensate trim residual and drift
+    at programming time: 3σ of their sum (0 for open-loop programming), at most 0.45·tuning·V_max."""
+    if not cfg.feedback_calibration:
+        return 0.0
+    sigma = math.sqrt(
+        cfg.trim_sigma_m**2 + cfg.drift_ring_sigma_m**2 + cfg.drift_global_sigma_m**2 + cfg.drift_field_sigma_m**2
+    )
+    return min(3.0 * sigma, 0.45 * cfg.tuning_m_per_v * cfg.v_max_v)
+
+
+def _own_phase_per_m(cfg: PhotonicConfig) -> float:
+    """Round-trip phase per metre of resonance shift at the centre line, 2π n_g L / λ0² [rad/m]."""
+    return 2.0 * math.pi * cfg.n_g * 2.0 * math.pi * cfg.ring_radius_m / cfg.wavelength_center_m**2
+
+
+def weight_detuning_interval_m(cfg: PhotonicConfig, r1: float, r2: float, a: float, w: float) -> tuple[float, float]:
+    """Detunings [m] at which one ring (couplings r1, r2, amplitude a) on the centre line has the weights −w and +w,
+    each clamped to the ring's reach (on resonance / half an FSR away)."""
+    per_m = _own_phase_per_m(cfg)
+    out = []
+    for x in (-w, w):
+        s2 = min(1.0, max(0.0, ring.single_ring_weight_inverse_sin2(x, r1, r2, a)))
+        out.append(2.0 * math.asin(math.sqrt(s2)) / per_m)
+    return out[0], out[1]
+
+
+def rest_detuning_m(cfg: PhotonicConfig, r1: float, r2: float, a: float, margin_m: float) -> float:
+    """Rest (0 V) detuning [m] of every ring from its line, set by the trim. ``rest_point = "centred"``: the middle
+    of the detunings at which one ring on its own line has the weights ∓weight_range_target (clamped to what
+    the ring reaches), so the drive swing is half that interval; ``"eo-centre"``: tuning·V_max − margin (the
+    calibration then aims inside [0, 2·tuning·V_max − 2·margin])."""
+    reach = cfg.tuning_m_per_v * cfg.v_max_v - margin_m
+    if cfg.rest_point == "eo-centre":
+        return reach
+    lo, hi = weight_detuning_interval_m(cfg, r1, r2, a, cfg.weight_range_target)
+    if hi - lo <= 2.0 * reach:
+        return 0.5 * (lo + hi)
+    # the drive cannot span the wanted interval: centre it where the reachable weights are symmetric,
+    # w(rest − reach) = −w(rest + reach) (w increases with the detuning; bisection)
+    per_m = _own_phase_per_m(cfg)
+
+    def excess(rest: float) -> float:
+        w_hi = ring.single_ring_weight(min(rest + reach, math.pi / per_m) * per_m, r1, r2, a)
+        w_lo = ring.single_ring_weight(max(rest - reach, 0.0) * per_m, r1, r2, a)
+        return w_hi + w_lo
+
+    a_m, b_m = lo, hi
+    for _ in range(60):
+        mid = 0.5 * (a_m + b_m)
+        a_m, b_m = (mid, b_m) if excess(mid) < 0.0 else (a_m, mid)
+    return 0.5 * (a_m + b_m)
+
 
 def _worst_leakage_db(cfg: PhotonicConfig, d: int, r1: float, r2: float, a: float, lo_m: float, hi_m: float) -> float:
     """Largest drop power of any ring onto any other line over the ring's detuning range, all FSR orders [dB]."""
-    from kvprism.photonics.wdm import RowOptics
-
     if d < 2:
         return -math.inf
     opt = RowOptics.build(d, cfg.channel_spacing_m, cfg.wavelength_center_m, cfg.ring_radius_m, cfg.n_eff, cfg.n_g,
@@ -291,7 +484,7 @@ def _score_terms(cfg: PhotonicConfig, design: ChipDesign, row_line_w: float, ban
     """(signal variance, detector-noise variance, RIN variance) [A²] of the score photocurrent of one row on the
     reference score distribution (see :func:`score_snr_db`)."""
     d = design.d
-    tmin = encoding.t_min(cfg.mzm_extinction_db)
+    tmin = design.mzm_t_min
     resp = cfg.pd_responsivity_a_per_w
     m_w = expected_abs_max(cfg.rows_per_bank * d)  # bank maximum → w_r
     m_q = expected_abs_max(d)  # query maximum → 1

@@ -39,7 +39,7 @@ from kvprism.photonics.design import (
 )
 from kvprism.photonics.engine import PhotonicEngine
 
-__all__ = ["FeasibilityReport", "TrimCheck", "feasibility", "mid_bias_pd_power_w", "trim_check"]
+__all__ = ["FeasibilityReport", "TrimCheck", "feasibility", "mid_bias_pd_power_w", "report", "trim_check"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +234,16 @@ class FeasibilityReport:
         return out
 
 
+def report(source: PhotonicConfig | PhotonicEngine, *, mc_rows: int = 256, mc_queries: int = 64) -> FeasibilityReport:
+    """:func:`feasibility` of an engine (its config at its programmed width, else ``n_lines``, with its seed) or of
+    a config (``n_lines``, seed 0)."""
+    if isinstance(source, PhotonicEngine):
+        cfg, d, seed = source.config, source.n_dims, source.seed
+    else:
+        cfg, d, seed = source, None, 0
+    return feasibility(cfg, d=d, seed=seed, mc_rows=mc_rows, mc_queries=mc_queries)
+
+
 def _snr_to_enob(snr_db: float) -> float:
     return (snr_db - 1.76) / 6.02
 
@@ -274,7 +284,7 @@ def feasibility(
     det_needed = torch.arccos(c.clamp(-1.0, 1.0)) / per_m
     reserve = 3.0 * cfg.trim_sigma_m
     lo_need, hi_need = float(det_needed[0]) - reserve, float(det_needed[1]) + reserve
-    swing = max(abs(lo_need - cfg.rest_detuning_m), abs(hi_need - cfg.rest_detuning_m)) / cfg.tuning_m_per_v
+    swing = max(abs(lo_need - ds.rest_detuning_m), abs(hi_need - ds.rest_detuning_m)) / cfg.tuning_m_per_v
     if swing > cfg.v_max_v:
         violations.append(
             f"weights ±{w_req:.3g} (+3σ trim) need a drive of ±{swing:.2f} V but V_max is {cfg.v_max_v:g} V: "
@@ -426,6 +436,6 @@ def feasibility(
         mrr_count=ds.mrr_count, area_m2=ds.photonic_area_m2, electronic_area_m2=ds.electronic_area_m2, trim=trim,
         cascade_near_rings=plan.k if plan is not None else (d if cfg.crosstalk else 1),
         cascade_fit_error=plan.max_fit_error if plan is not None else 0.0, violations=violations, timing=timing,
-        drift_update_steps=cfg.drift_update_steps, drift_hold_rms_m=cfg.drift_hold_rms_m,
+        drift_update_steps=cfg.drift_update_steps, drift_hold_rms_m=ds.drift_hold_rms_m,
         code_refresh=cfg.code_refresh,
     )  # fmt: skip

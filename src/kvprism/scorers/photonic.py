@@ -57,7 +57,9 @@ class PhotonicScorer:
         self.engine.advance(steps)
 
     def feasibility(self) -> Any:
-        return self.engine.feasibility()
+        from kvprism.photonics.feasibility import report
+
+        return report(self.engine)
 
 
 def group_scorers(selectors: Sequence[BlockSelector]) -> Any:
