@@ -156,13 +156,13 @@ class SparseStats:
         self.steps: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []  # step -> layer -> ([B,H], [B])
         self.selectors: list[BlockSelector] = list(selectors or [])
         self.attend_calls: dict[str, int] = {"torch": 0, "triton": 0}  # layer-steps per attention kernel
-        self.select_calls: dict[str, int] = {"torch": 0, "kernel": 0, "oracle": 0}  # layer-steps per top-k path
+        self.select_calls: dict[str, int] = {"torch": 0, "kernel": 0}  # layer-steps per top-k path (+ "oracle")
         self.cached_tokens = lambda: 0  # tokens the owning cache holds (set by SparseCache)
 
     def on_step(self, event: StepEvent) -> None:
         """Pipeline hook: count one layer-step."""
         self.attend_calls[event.attend_impl] += 1
-        self.select_calls[event.select_impl] += 1
+        self.select_calls[event.select_impl] = self.select_calls.get(event.select_impl, 0) + 1
         self.record(event.layer_idx, event.plan.n_attended, event.plan.n_cached, new_step=event.layer_idx == 0)
 
     def record(self, layer_idx: int, n_attended: torch.Tensor, n_cached: torch.Tensor, new_step: bool) -> None:
