@@ -105,7 +105,7 @@ CLI_CASES = {
     "--task": (_JUNK, "--task"),
     "--haystack": (_JUNK, "--haystack"),
     "--values": (_JUNK, "--values"),
-    "--configs": (_JUNK, "is neither 'dense', 'exact' nor a photonic preset"),
+    "--configs": (_JUNK, "is neither 'dense', 'oracle', 'exact' nor a photonic preset"),
 }
 
 

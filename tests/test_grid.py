@@ -42,8 +42,8 @@ def test_eval_config_holds_a_typed_selection_config():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("x", "magic", 4), "method = 'magic' is invalid; allowed: dense, exact, photonic"),
-        (("x", "photonic", 4, "no-such"), "'no-such' is neither 'dense', 'exact' nor a photonic preset"),
+        (("x", "magic", 4), "method = 'magic' is invalid; allowed: dense, oracle, exact, photonic"),
+        (("x", "photonic", 4, "no-such"), "'no-such' is neither 'dense', 'oracle', 'exact' nor a photonic preset"),
         (("x", "exact", 4, None, {"window": -1}), r"SelectionConfig.window = -1 is invalid; allowed range: \[0, inf\)"),
     ],
 )

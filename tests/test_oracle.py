@@ -88,3 +88,59 @@ def test_padding_keys_get_no_weight_and_streaming_heads_select_nothing():
     assert bool((idx[:, 1] == -1).all())
     cand = layout.candidate_mask(n=t // 8)
     assert torch.equal(idx[:, 0], topk_blocks(mass[:, 0], cand[:, 0], 2))
+
+
+def test_oracle_is_a_reference_row_of_the_grid_with_per_step_diagnosis(tmp_path):
+    from kvprism.eval import runner as R
+    from kvprism.eval.grid import EvalConfig, build_configs
+    from kvprism.eval.report import summarize, write_report
+    from kvprism.eval.store import read_results
+    from tests.conftest import tiny_tokenizer
+
+    configs = build_configs(["dense", "oracle", "exact"], [2], {"block_size": 16})
+    assert [(c.name, c.method) for c in configs] == [("dense", "dense"), ("oracle-k2", "oracle"), ("exact-k2", "exact")]
+    assert configs[1].selection.k == 2 and configs[1].selection.scorer == "exact"
+    assert EvalConfig("o", "oracle", 3).selection.k == 3
+    r = R.Runner(
+        tiny_model("llama", seed=7),
+        tiny_tokenizer(),
+        out_dir=tmp_path / "out",
+        configs=configs,
+        tasks=["niah_single", "niah_multikey_2"],
+        contexts=[400],
+        depths=[0.5],
+        seeds=[0],
+        haystack="noise",
+        max_new_tokens=4,
+        model_name="tiny",
+    )
+    r.run()
+    rows = read_results(r.results)
+    oracle = [x for x in rows if x["method"] == "oracle"]
+    assert len(oracle) == 2
+    for x in oracle:
+        assert x["restricted"] and x["read_fraction_mean"] < 1.0
+        assert x["block_recall"] == 1.0  # the oracle ranks by the metric's own reference
+        assert x["stats"]["select_calls"]["oracle"] > 0
+        steps = x["steps"]
+        # one entry per decode step; step i produces answer token i (the prefill stops before the prompt's last
+        # token, which the first decode step feeds)
+        assert len(steps["needle_hit"]) == len(steps["mass_captured"]) == len(x["answer_ids"])
+        assert all(v is None or 0.0 <= v <= 1.0 for v in steps["needle_hit"] + steps["mass_captured"])
+    s = summarize(rows)["modes"]["niah"]
+    assert set(s["exact-k2"]["paired"]) == {"dense", "oracle-k2"}  # exact is compared with the oracle at its k
+    assert set(s["oracle-k2"]["paired"]) == {"dense"}
+    assert set(s["exact-k2"]["by_task"]) == {"niah_multikey_2 @ 400", "niah_single @ 400"}
+    assert s["exact-k2"]["by_task"]["niah_single @ 400"]["n"] == 1
+    assert s["dense"]["drift"] is None and s["exact-k2"]["drift"]["oracle"] == "oracle-k2"
+    report = write_report(r.results.parent)["report"].read_text()
+    assert "Accuracy per task and context" in report and "| oracle-k2 |" in report
+
+
+def test_first_answer_divergence():
+    from kvprism.eval.metrics import first_answer_divergence
+
+    assert first_answer_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_answer_divergence([1, 5, 3], [1, 2, 3]) == 1
+    assert first_answer_divergence([1, 2], [1, 2, 3]) == 2
+    assert first_answer_divergence(None, [1]) is None

@@ -763,7 +763,10 @@ _TASK_HELP = (
     "Task(s), comma-separated: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, cwe, fwe, RULER's "
     "names (niah_single_1 ... niah_multikey_3), or 'ruler' for every offline RULER task."
 )
-_CONFIG_HELP = "Configurations, comma-separated: dense, exact, and/or photonic preset names (each × every --k)."
+_CONFIG_HELP = (
+    "Configurations, comma-separated: dense, exact, photonic preset names or preset files (each × every --k), and oracle "
+    "(a reference: the top-k blocks by the dense attention mass of each query; reads everything to decide)."
+)
 _TaskOpt = Annotated[str, typer.Option(help=_TASK_HELP)]
 _ContextsOpt = Annotated[str, typer.Option(help="Context lengths in tokens, comma-separated.")]
 _DepthsOpt = Annotated[str, typer.Option(help="Needle depths in [0, 1], comma-separated.")]

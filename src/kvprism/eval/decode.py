@@ -134,13 +134,14 @@ def default_decode(
     max_new_tokens: int,
     eos_ids: frozenset[int],
 ) -> DecodeOutput:
-    """Dense: greedy decode from a forked ``DynamicCache``. Selection configs: from
+    """Dense: greedy decode from a forked ``DynamicCache``. Selection configs (and the oracle, ``oracle=True``): from
     ``SparseCache.from_prefilled(model, prefilled, sel, trace=True)`` (a fork by contract)."""
     if config.method == "dense":
         tokens, logits, secs = greedy_decode(model, fork_dynamic_cache(prefilled), last_ids, max_new_tokens, eos_ids)
         return DecodeOutput(tokens, logits, None, None, secs)
     from kvprism.hf.cache import SparseCache
 
-    cache = SparseCache.from_prefilled(model, prefilled, config.selection_config(), trace=True)
+    oracle = config.method == "oracle"
+    cache = SparseCache.from_prefilled(model, prefilled, config.selection_config(), trace=True, oracle=oracle)
     tokens, logits, secs = greedy_decode(model, cache, last_ids, max_new_tokens, eos_ids)
     return DecodeOutput(tokens, logits, cache.stats.summary(), list(cache.trace), secs)

@@ -1,9 +1,10 @@
 """The evaluation grid: what a run covers (tasks × contexts × depths × seeds × configurations) and how each
 configuration decodes.
 
-A configuration is an :class:`EvalConfig`: a name, a *method* (``dense``: no selection; otherwise the scorer of its
+A configuration is an :class:`EvalConfig`: a name, a *method* (``dense``: no selection; ``oracle``: the reference
+that selects the top-k blocks by the dense attention mass of each step's query; otherwise the scorer of its
 :class:`kvprism.selection.SelectionConfig`: ``exact``, ``photonic``, ``seed-as-published``) and the typed
-``SelectionConfig`` it runs (None for dense). :func:`build_configs` expands configuration names × k the way
+``SelectionConfig`` it runs (None for dense; for the oracle, the budget: k, block size, sink and window). :func:`build_configs` expands configuration names × k the way
 ``--configs`` / ``--k`` do; :class:`Grid` holds a whole grid and loads it from a TOML file (``kvprism niah --grid``)::
 
     tasks = ["niah_single"]          # or "ruler"
@@ -11,7 +12,7 @@ A configuration is an :class:`EvalConfig`: a name, a *method* (``dense``: no sel
     depths = [0.0, 0.5, 1.0]
     seeds = [0]
     # samples = 4                     # prompts per (task, context, depth, seed): distinct seeds, see sample_seeds
-    configs = ["dense", "exact", "seed-nominal"]   # names as --configs: dense, exact, photonic presets, preset files
+    configs = ["dense", "exact", "seed-nominal"]   # as --configs: dense, oracle, exact, photonic presets, preset files
     k = [8]
     # haystack = "text", values = "numbers", max_new_tokens = 16, heads = "runs/heads.json"   (optional)
 
@@ -19,7 +20,7 @@ A configuration is an :class:`EvalConfig`: a name, a *method* (``dense``: no sel
     block_size = 64
 
     [[config]]                        # further configurations, one table each
-    method = "exact"                  # exact | photonic | seed-as-published
+    method = "exact"                  # oracle | exact | photonic | seed-as-published
     k = [4, 16]                       # one configuration per k
     d_sig = 16                        # any SelectionConfig field; overrides [selection]
     name = "exact-d16"                # optional; default <method or preset>-k<k>, with -k<k> appended per k
@@ -37,6 +38,7 @@ from kvprism.errors import KvprismError
 
 __all__ = [
     "MODES",
+    "REFERENCE_METHODS",
     "EvalConfig",
     "Grid",
     "Point",
@@ -61,6 +63,11 @@ class Point:
     seed: int
 
 
+#: evaluation methods that are references, not selection methods: ``oracle`` picks the top-k blocks by the dense
+#: attention mass of each step's query (:mod:`kvprism.oracle`); it reads every key to decide, so it saves no traffic
+REFERENCE_METHODS = ("oracle",)
+
+
 def is_preset_file(name: str) -> bool:
     """Whether a configuration / preset name is a ``PhotonicConfig`` TOML file rather than a shipped preset name."""
     return name.endswith(".toml")
@@ -79,7 +86,7 @@ def load_preset(name: str) -> Any:
     known = PhotonicConfig.presets()
     if name not in known:
         raise KvprismError(
-            f"configuration {name!r} is neither 'dense', 'exact' nor a photonic preset; presets: {', '.join(known)} "
+            f"configuration {name!r} is neither 'dense', 'oracle', 'exact' nor a photonic preset; presets: {', '.join(known)} "
             "(or a preset file *.toml)"
         )
     return PhotonicConfig.preset(name)
@@ -114,12 +121,15 @@ class EvalConfig:
             object.__setattr__(self, "selection", None)
             object.__setattr__(self, "k", None)
             return
-        if self.method not in SCORERS:
+        if self.method not in SCORERS and self.method not in REFERENCE_METHODS:
             raise KvprismError(
-                f"configuration {self.name!r}: method = {self.method!r} is invalid; allowed: dense, {', '.join(SCORERS)}"
+                f"configuration {self.name!r}: method = {self.method!r} is invalid; allowed: dense, oracle, "
+                f"{', '.join(SCORERS)}"
             )
         sel = self.selection
-        fields: dict[str, Any] = {"scorer": self.method}
+        # the oracle selects by dense attention mass; its SelectionConfig carries the budget (k, blocks, sink,
+        # window) and is scored exactly only for the trace's bookkeeping
+        fields: dict[str, Any] = {"scorer": "exact" if self.method == "oracle" else self.method}
         if self.k is not None:
             fields["k"] = self.k
         if self.method == "photonic":
@@ -163,7 +173,7 @@ def build_configs(
     shared by every selection configuration; a photonic configuration without ``d_sig`` there gets one signature
     dimension per comb line of its preset."""
     if not names:
-        raise KvprismError("configs is empty; give at least one of: dense, exact, <photonic preset>")
+        raise KvprismError("configs is empty; give at least one of: dense, oracle, exact, <photonic preset>")
     for k in ks:
         if k < 1:
             raise KvprismError(f"k = {k} is invalid; allowed range: k >= 1")
@@ -176,8 +186,8 @@ def build_configs(
         else:
             if not ks:
                 raise KvprismError("k is empty; give at least one k >= 1 for selection configurations")
-            method = "exact" if name == "exact" else "photonic"
-            preset = None if method == "exact" else name
+            method = name if name in ("exact", "oracle") else "photonic"
+            preset = name if method == "photonic" else None
             sel = selection
             if preset is not None and "d_sig" not in selection:  # one comb line per signature dimension
                 sel = {**selection, "d_sig": _preset_lines(preset)}
@@ -391,7 +401,7 @@ def _config_tables(
     t = dict(table)
     method = t.pop("method", None)
     if not isinstance(method, str):
-        raise KvprismError(f"{where}: method is missing; give dense, exact, photonic or seed-as-published")
+        raise KvprismError(f"{where}: method is missing; give dense, oracle, exact, photonic or seed-as-published")
     name = t.pop("name", None)
     preset = t.pop("preset", None)
     k_given = t.pop("k", None)

@@ -286,7 +286,9 @@ def trace_metrics(
     (streaming heads of a head mask) count as not applicable (NaN) for the recall metrics.
 
     Returns:
-        scalar means plus ``per_layer`` ``[L][Hkv]`` tables of the first-step values.
+        scalar means, ``steps``: per decode step (one per answer token) the needle hit (fraction of layers × KV
+        heads × target needles whose every token was read at that step), block recall and mass captured, and
+        ``per_layer`` ``[L][Hkv]`` tables of the first-step values.
     """
     n_tok = prefilled.get_seq_length()
     geometry = BlockGeometry.of(sel)
@@ -297,8 +299,9 @@ def trace_metrics(
     recall_steps, mass_steps, sig_steps = [], [], []
     first: dict[str, list[torch.Tensor]] = {"block_recall": [], "mass_captured": [], "needle_hit": [], "sig": []}
     layers = sorted(trace[0]) if trace else []
+    hit_steps: list[float | None] = []
     for step, per_layer in enumerate(trace):
-        step_recall, step_mass = [], []
+        step_recall, step_mass, step_hits = [], [], []
         for layer in layers:
             rec = per_layer[layer]
             keys = prefilled.layers[layer].keys
@@ -314,6 +317,8 @@ def trace_metrics(
             captured = mass_captured(probs, mask)
             step_recall.append(recall[0])
             step_mass.append(captured[0])
+            if spans:
+                step_hits.append(torch.stack([needle_hit(mask, s)[0] for s in spans]).float())  # [n_spans, Hkv]
             if "exact_scores" in rec:  # the exact selection of this step's own query (noisy scorers)
                 n_sig = rec["exact_scores"].shape[-1]
                 cand = layout.candidate_mask(n=n_sig).expand_as(rec["exact_scores"]).cpu()
@@ -324,12 +329,12 @@ def trace_metrics(
                 first["block_recall"].append(recall[0])
                 first["mass_captured"].append(captured[0])
                 if spans:
-                    hits = torch.stack([needle_hit(mask, s)[0] for s in spans]).float()  # [n_spans, Hkv]
-                    first["needle_hit"].append(hits.mean(0))
+                    first["needle_hit"].append(step_hits[-1].mean(0))
                 if reference_blocks is not None and layer in reference_blocks:
                     first["sig"].append(selection_recall(blocks, reference_blocks[layer], eligible)[0])
         recall_steps.append(torch.stack(step_recall))
         mass_steps.append(torch.stack(step_mass))
+        hit_steps.append(finite_mean(torch.stack(step_hits)) if step_hits else None)
     out: dict[str, Any] = {
         "eligible_blocks": int(eligible.sum()),
         "block_recall": finite_mean(torch.stack(recall_steps)) if recall_steps else None,
@@ -340,6 +345,12 @@ def trace_metrics(
         "signature_recall": finite_mean(torch.stack(first["sig"])) if first["sig"] else None,
         "signature_recall_layer0": finite_mean(first["sig"][0]) if first["sig"] else None,
         "signature_recall_steps": finite_mean(torch.stack(sig_steps)) if sig_steps else None,
+        # per decode step (answer token): the diagnosis of where an answer drifts
+        "steps": {
+            "needle_hit": [None if v is None else round(v, 4) for v in hit_steps],
+            "block_recall": [_round4(finite_mean(t)) for t in recall_steps],
+            "mass_captured": [_round4(finite_mean(t)) for t in mass_steps],
+        },
         "per_layer": {
             name: table_4(torch.stack(first[key]))
             for name, key in (
@@ -352,6 +363,21 @@ def trace_metrics(
         },
     }
     return out
+
+
+def _round4(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def first_answer_divergence(tokens: list[int] | None, reference: list[int] | None) -> int | None:
+    """Index of the first answer token where ``tokens`` leave ``reference`` (dense's answer): ``None`` when either is
+    missing or they agree over the shorter length and have the same length; ``min(len)`` when one stops early."""
+    if tokens is None or reference is None:
+        return None
+    for i, (a, b) in enumerate(zip(tokens, reference, strict=False)):
+        if a != b:
+            return i
+    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
 
 
 def first_step_blocks(trace: list[dict[int, dict[str, torch.Tensor]]] | None) -> dict[int, torch.Tensor] | None:

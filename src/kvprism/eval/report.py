@@ -94,6 +94,14 @@ def _config_labels(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str | Non
     return out
 
 
+def _by_task(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Accuracy with n and the 95 % interval per ``"<task> @ <context>"``."""
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for c in sorted(cells, key=lambda c: (str(c.get("task")), c["context"])):
+        groups[f"{c.get('task')} @ {c['context']}"].append(c.get("correct"))
+    return {key: M.count_true(vals) for key, vals in groups.items()}
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The ``summary.json`` content of a list of cells (see module docstring)."""
     labels = _config_labels(rows)
@@ -154,6 +162,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for m in METRICS:
                 entry[m] = M.summarize(_vals(cells, m))
             entry["accuracy"] = M.count_true([c.get("correct") for c in cells])
+            entry["by_task"] = _by_task(cells)
             entry["per_layer_head"] = _per_layer_means(cells)
             grid: dict[str, dict[str, Any]] = defaultdict(dict)
             metric = "correct" if mode == "niah" else "block_recall"
@@ -166,6 +175,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             mode_out[name] = entry
         for name, entry in mode_out.items():
             entry["paired"] = _paired(name, configs, mode_out)
+            entry["drift"] = answer_drift(name, configs, mode_out)
         summary["modes"][mode] = mode_out
     return summary
 
@@ -203,9 +213,49 @@ def comparison_references(name: str, entries: dict[str, dict[str, Any]]) -> list
     if e["method"] == "dense":
         return []
     refs = [n for n, x in entries.items() if x["method"] == "dense"][:1]
-    if e["method"] != "exact":
+    if e["method"] not in ("exact", "oracle"):
         refs += [n for n, x in entries.items() if x["method"] == "exact" and x.get("k") == e.get("k")][:1]
+    if e["method"] == "exact":  # does the budget hold where the signature does not?
+        refs += [n for n, x in entries.items() if x["method"] == "oracle" and x.get("k") == e.get("k")][:1]
     return refs
+
+
+def answer_drift(
+    name: str, cells: dict[str, list[dict[str, Any]]], entries: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Where a configuration's answers leave dense's, over the prompts where dense answered right and it did not:
+    the answer token where the two first differ, the needle hit and mass captured at that decode step, and whether
+    the oracle at the same k answered those prompts right (the budget holds: the signature is at fault) or not.
+    None for dense, or without a dense configuration with answer ids."""
+    e = entries[name]
+    dense = [n for n, x in entries.items() if x["method"] == "dense"][:1]
+    if e["method"] == "dense" or not dense:
+        return None
+    ref = {point_key(r): r for r in cells[dense[0]] if r.get("answer_ids") is not None}
+    oracle = [n for n, x in entries.items() if x["method"] == "oracle" and x.get("k") == e.get("k")][:1]
+    oracle_right = {point_key(r): bool(r["correct"]) for r in cells[oracle[0]]} if oracle else {}
+    lost = [r for r in cells[name] if point_key(r) in ref and ref[point_key(r)].get("correct") and not r.get("correct")]
+    at, hits, masses, oracle_holds = [], [], [], []
+    for r in lost:
+        i = M.first_answer_divergence(r.get("answer_ids"), ref[point_key(r)]["answer_ids"])
+        if i is None:
+            continue
+        at.append(i)
+        steps = r.get("steps") or {}
+        for key, out in (("needle_hit", hits), ("mass_captured", masses)):
+            vals = steps.get(key) or []
+            if i < len(vals) and vals[i] is not None:
+                out.append(vals[i])
+        if point_key(r) in oracle_right:
+            oracle_holds.append(oracle_right[point_key(r)])
+    return {
+        "lost": len(lost),
+        "diverge_at": M.summarize(at),
+        "needle_hit_at_divergence": M.summarize(hits),
+        "mass_captured_at_divergence": M.summarize(masses),
+        "oracle": oracle[0] if oracle else None,
+        "oracle_right_where_lost": M.count_true(oracle_holds) if oracle else None,
+    }
 
 
 def _paired(name: str, cells: dict[str, list[dict[str, Any]]], entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -326,6 +376,52 @@ def _paired_markdown(configs: dict[str, Any]) -> list[str]:
     ]
 
 
+def _task_markdown(configs: dict[str, Any]) -> list[str]:
+    """Accuracy per task and context (rows) and configuration (columns), each with n and the 95 % interval."""
+    keys = list(dict.fromkeys(k for e in configs.values() for k in (e.get("by_task") or {})))
+    if len(keys) < 2 or all(not (e.get("by_task") or {}).get(k, {}).get("n") for e in configs.values() for k in keys):
+        return []
+    names = list(configs)
+    return [
+        "Accuracy per task and context (n, 95 % Wilson interval):",
+        "",
+        "| task @ context | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        *(
+            f"| {k} | " + " | ".join(M.format_proportion(configs[n].get("by_task", {}).get(k)) for n in names) + " |"
+            for k in keys
+        ),
+        "",
+    ]
+
+
+def _drift_markdown(configs: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, e in configs.items():
+        d = e.get("drift")
+        if not d or not d["lost"]:
+            continue
+        oracle = "–" if d["oracle"] is None else f"{M.format_proportion(d['oracle_right_where_lost'])} ({d['oracle']})"
+        rows.append(
+            f"| {name} | {d['lost']} | {_fmt(d['diverge_at'], 1)} ({_fmt({'mean': d['diverge_at']['min']}, 0)}–"
+            f"{_fmt({'mean': d['diverge_at']['max']}, 0)}) | {_fmt(d['needle_hit_at_divergence'], 2)} | "
+            f"{_fmt(d['mass_captured_at_divergence'])} | {oracle} |"
+        )
+    if not rows:
+        return []
+    return [
+        "Where answers leave dense's (prompts dense answered right and the configuration did not): the answer token "
+        "where the two first differ (mean, range), the needle hit and attention mass captured at that step, and the "
+        "oracle at the same k on those prompts (right: the budget suffices, the signature missed; wrong: the budget "
+        "itself is short).",
+        "",
+        "| config | lost | first differing token | needle hit there | mass captured there | oracle right |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def render_markdown(summary: dict[str, Any], images: list[str]) -> str:
     t = summary["time"]
     lines = ["# kvprism evaluation report", ""]
@@ -355,6 +451,8 @@ def render_markdown(summary: dict[str, Any], images: list[str]) -> str:
             )
         lines.append("")
         lines += _paired_markdown(configs)
+        lines += _task_markdown(configs)
+        lines += _drift_markdown(configs)
         flagged = [n for n, e in configs.items() if e["not_restricted"] or e["cannot_restrict"]]
         if flagged:
             lines += [

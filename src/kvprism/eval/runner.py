@@ -257,6 +257,7 @@ class PointEvaluator:
             "decode_steps": len(out.tokens),
             "expected": sample.answers,
             "answer": answer if mode == "niah" else None,
+            "answer_ids": [int(t) for t in out.tokens] if mode == "niah" else None,
             "correct": sample.score(answer) if mode == "niah" else None,
             "match_fraction": string_match_fraction(answer, sample.answers) if mode == "niah" else None,
             "kl_first_token": None,
