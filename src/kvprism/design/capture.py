@@ -283,7 +283,12 @@ def capture(
                     keys, valid, scaling=scaling, queries=fit_q, query_pos=fit_pos if fit_q is not None else None
                 )
                 sig = block_signatures(
-                    sel, selector.proj, keys[:, :, : nb * bs], valid[:, : nb * bs], layer_idx=layer, probe=selector.probe
+                    sel,
+                    selector.proj,
+                    keys[:, :, : nb * bs],
+                    valid[:, : nb * bs],
+                    layer_idx=layer,
+                    probe=selector.probe,
                 )[0]  # [H, N, w]
                 enc = selector.encode_query(q_ref).sum(3)[0]  # [H, n, w] (GQA sum)
                 sig_out[d].append(sig)
