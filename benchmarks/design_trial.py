@@ -1,6 +1,6 @@
 """Cost of one design-search trial vs one exact scan + top-k over the same reference set (goal: ≤ 20×).
 
-A trial (:func:`kvprism.design.objectives.evaluate`) programs one engine with every (layer, KV head) bank of the
+A trial (:func:`kvprism.search.objectives.evaluate`) programs one engine with every (layer, KV head) bank of the
 reference set, selects top-k for every reference query with all impairments on, runs the feasibility verdict and the
 energy model. The baseline scores the same queries against the same signatures exactly (fp32) and takes the same
 candidate top-k. Both are timed alternately in one run (medians); the ratio and the trial's breakdown are printed.
@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from kvprism.design.capture import CaptureParams, reference_set
-from kvprism.design.objectives import ObjectiveSettings, evaluate
 from kvprism.photonics import PhotonicConfig
+from kvprism.search.capture import CaptureParams, reference_set
+from kvprism.search.objectives import ObjectiveSettings, evaluate
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def text_tokenizer():
 
 
 def capture_params(**overrides):
-    from kvprism.design.capture import CaptureParams
+    from kvprism.search.capture import CaptureParams
 
     return CaptureParams(**{**TINY_CAPTURE, **overrides})
 
@@ -42,7 +42,7 @@ def capture_params(**overrides):
 @functools.lru_cache(maxsize=4)
 def tiny_reference(seed: int = 0):
     """The tiny reference set (captured once per process and seed; do not modify it)."""
-    from kvprism.design.capture import capture
+    from kvprism.search.capture import capture
 
     return capture(tiny_model(), text_tokenizer(), capture_params(seed=seed))
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kvprism.design.claims import CLAIMS, SEED, ClaimsSettings, run_claims
+from kvprism.search.claims import CLAIMS, SEED, ClaimsSettings, run_claims
 from tests.conftest import tiny_model
 from tests.design_fixtures import one_thread, text_tokenizer, tiny_reference
 
@@ -61,8 +61,8 @@ def test_claims_cli_on_a_tiny_model_dir(tmp_path, monkeypatch, capsys):
 
 
 def test_each_chip_of_the_niah_claim_runs_at_its_own_width():
-    from kvprism.design.claims import ClaimsSettings, niah_configs
     from kvprism.photonics import PhotonicConfig
+    from kvprism.search.claims import ClaimsSettings, niah_configs
 
     chips = [c for c in niah_configs(ClaimsSettings()) if c.method == "photonic"]
     assert chips, "no shipped chip in the NIAH claim"

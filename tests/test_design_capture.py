@@ -1,12 +1,12 @@
-"""kvprism.design.capture: the reference set of the design search."""
+"""kvprism.search.capture: the reference set of the design search."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kvprism.design import capture as cap
 from kvprism.errors import KvprismError
+from kvprism.search import capture as cap
 from tests.conftest import tiny_model
 from tests.design_fixtures import capture_params, one_thread, text_tokenizer, tiny_reference
 

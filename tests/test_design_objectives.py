@@ -1,4 +1,4 @@
-"""kvprism.design.objectives: one design point judged on the reference set."""
+"""kvprism.search.objectives: one design point judged on the reference set."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kvprism.design.objectives import (
+from kvprism.errors import KvprismError
+from kvprism.photonics import PhotonicConfig
+from kvprism.search.objectives import (
     ObjectiveSettings,
     constraint_values,
     evaluate,
@@ -16,8 +18,6 @@ from kvprism.design.objectives import (
     recall_at_k,
     select_candidates,
 )
-from kvprism.errors import KvprismError
-from kvprism.photonics import PhotonicConfig
 from tests.design_fixtures import one_thread, tiny_reference
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)

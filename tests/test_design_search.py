@@ -1,4 +1,4 @@
-"""kvprism.design.search: optuna NSGA-II over the space table, constraints, resume, Pareto outputs, presets."""
+"""kvprism.search.search: optuna NSGA-II over the space table, constraints, resume, Pareto outputs, presets."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState  # noqa: E402
 
 from kvprism.cli import main  # noqa: E402
-from kvprism.design.objectives import ObjectiveSettings, evaluate  # noqa: E402
-from kvprism.design.search import (  # noqa: E402
+from kvprism.errors import KvprismError  # noqa: E402
+from kvprism.photonics import PhotonicConfig, feasibility  # noqa: E402
+from kvprism.search.objectives import ObjectiveSettings, evaluate  # noqa: E402
+from kvprism.search.search import (  # noqa: E402
     config_of,
     pareto_trials,
     run_search,
     trial_feasible,
     write_outputs,
 )
-from kvprism.design.space import SPACE, Dim, active_space  # noqa: E402
-from kvprism.errors import KvprismError  # noqa: E402
-from kvprism.photonics import PhotonicConfig, feasibility  # noqa: E402
+from kvprism.search.space import SPACE, Dim, active_space  # noqa: E402
 from tests.design_fixtures import one_thread, tiny_reference  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -150,7 +150,7 @@ def test_preset_toml_writes_sections_as_tables_and_roundtrips():
     import tomllib
 
     from kvprism.config import ConfigBase, param
-    from kvprism.design.search import preset_toml
+    from kvprism.search.search import preset_toml
 
     @dataclasses.dataclass(frozen=True)
     class Sectioned(ConfigBase):

@@ -100,9 +100,9 @@ def test_a_session_keeps_the_workers_across_runs(ray_cluster):
 @pytest.mark.slow
 @pytest.mark.usefixtures(one_thread.__name__)
 def test_design_search_on_ray_equals_the_local_search(ray_cluster):
-    from kvprism.design.objectives import ObjectiveSettings
-    from kvprism.design.search import run_search
     from kvprism.photonics import PhotonicConfig
+    from kvprism.search.objectives import ObjectiveSettings
+    from kvprism.search.search import run_search
     from tests.design_fixtures import tiny_reference
     from tests.test_design_search import FEASIBLE_BASE, SMALL_SPACE
 

@@ -211,14 +211,14 @@ def test_report_on_a_missing_directory(tmp_path, capsys):
 
 def test_disk_full_mid_report_keeps_previous_report_files(tmp_path, tiny_dir, monkeypatch):
     """Fault injection: an OSError (disk full) while writing the report leaves every previous report file intact."""
-    import kvprism.io as io_mod
+    import kvprism.atomic as atomic_mod
 
     out = _store_with_cells(tmp_path, tiny_dir, n_depths=2)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert {"summary.json", "report.md", "heatmap_niah_dense.png"} <= set(before)
     append_result(out / RESULTS_FILE, {**read_results(out / RESULTS_FILE)[0], "key": "another", "context": 999})
     before[RESULTS_FILE] = (out / RESULTS_FILE).read_bytes()
-    real_stage, staged = io_mod._stage, []
+    real_stage, staged = atomic_mod._stage, []
 
     def stage_then_fail(path, content):
         staged.append(path.name)
@@ -226,7 +226,7 @@ def test_disk_full_mid_report_keeps_previous_report_files(tmp_path, tiny_dir, mo
             raise OSError(28, "No space left on device")
         return real_stage(path, content)
 
-    monkeypatch.setattr(io_mod, "_stage", stage_then_fail)
+    monkeypatch.setattr(atomic_mod, "_stage", stage_then_fail)
     assert main(["report", str(out)]) == 1
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # same files, same bytes, no temporary files left

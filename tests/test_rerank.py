@@ -179,8 +179,8 @@ def test_energy_charges_the_candidate_signature_read():
 def test_design_objective_with_rerank():
     """On a reference set, rerank 2 keeps the recall at least that of one stage for the same chip and draws, and
     rerank covering every candidate gives recall 1 (the exact top-k)."""
-    from kvprism.design.objectives import ObjectiveSettings, evaluate
     from kvprism.photonics import PhotonicConfig
+    from kvprism.search.objectives import ObjectiveSettings, evaluate
     from tests.design_fixtures import tiny_reference
 
     ref = tiny_reference()
@@ -201,8 +201,8 @@ def test_cli_design_evaluate_on_a_reference_file(tmp_path, capsys):
     import json
 
     from kvprism.cli import main
-    from kvprism.design.objectives import ObjectiveSettings, evaluate
     from kvprism.photonics import PhotonicConfig
+    from kvprism.search.objectives import ObjectiveSettings, evaluate
     from tests.design_fixtures import tiny_reference
 
     ref = tiny_reference()

@@ -1,4 +1,4 @@
-"""The result store (kvprism.eval.store), atomic writes (kvprism.io) and signal handling (kvprism.runtime)."""
+"""The result store (kvprism.eval.store), atomic writes (kvprism.atomic) and signal handling (kvprism.runtime)."""
 
 import errno
 import json
@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
+from kvprism.atomic import AtomicBatch, atomic_write
 from kvprism.errors import KvprismError
 from kvprism.eval import store as S
-from kvprism.io import AtomicBatch, atomic_write
 from kvprism.runtime import Interrupted, deferred_signals, interrupts_as_exceptions, physical_cores, set_threads
 
 

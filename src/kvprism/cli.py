@@ -631,8 +631,8 @@ def hw(
             highlight=False,
         )
         if write_timed is not None:
-            from kvprism.design.search import write_preset
             from kvprism.photonics.design import timed_by_decode
+            from kvprism.search.search import write_preset
 
             meta = {
                 "description": f"{label} timed by decode for {shape.name} ({shape.n_layers} layers x "
@@ -1235,7 +1235,7 @@ def _usage_line(exc: Any) -> str | None:
     return f"error: {exc.format_message()}{hint}"
 
 
-from kvprism.design.cli import claims_app, design_app  # noqa: E402  (light: typer + rich only)
+from kvprism.search.cli import claims_app, design_app  # noqa: E402  (light: typer + rich only)
 
 app.add_typer(design_app, name="design")
 app.add_typer(claims_app, name="claims")

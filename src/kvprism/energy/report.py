@@ -335,7 +335,7 @@ def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write the three plots and ``energy_summary.json`` into ``out_dir`` (each file atomically); returns paths."""
     import matplotlib
 
-    from kvprism.io import atomic_write
+    from kvprism.atomic import atomic_write
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

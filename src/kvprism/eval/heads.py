@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from kvprism.atomic import atomic_write
 from kvprism.errors import KvprismError
-from kvprism.io import atomic_write
 
 #: Profiling defaults: tokens of natural text, sink tokens and recent-window tokens excluded from R_h, and the
 #: fraction of heads marked as retrieval heads.

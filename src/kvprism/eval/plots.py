@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvprism.io import AtomicBatch, atomic_write
+from kvprism.atomic import AtomicBatch, atomic_write
 
 __all__ = ["heatmap", "pyplot"]
 
@@ -48,7 +48,7 @@ def heatmap(
         annotate: print each finite value (2 decimals) in its cell.
         marks: ``(rows, cols)`` of cells marked with a white dot, labelled ``marks_label`` in a legend.
         figsize: default grows with the grid.
-        batch: stage the file in this :class:`kvprism.io.AtomicBatch`; else it is written atomically at once.
+        batch: stage the file in this :class:`kvprism.atomic.AtomicBatch`; else it is written atomically at once.
     """
     import numpy as np
 

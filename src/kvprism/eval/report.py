@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kvprism.atomic import AtomicBatch
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
 from kvprism.eval.plots import heatmap, pyplot
 from kvprism.eval.store import REQUIRED_FIELDS, RESULTS_FILE, dedupe, read_cells
-from kvprism.io import AtomicBatch
 
 METRICS = (
     "correct",

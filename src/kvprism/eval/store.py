@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvprism.atomic import atomic_write
 from kvprism.errors import KvprismError
-from kvprism.io import atomic_write
 from kvprism.migrate import migrate_backend
 from kvprism.runtime import deferred_signals
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
+from kvprism.atomic import atomic_write
 from kvprism.errors import KvprismError
 from kvprism.eval import metrics as M
 from kvprism.eval.store import append_result, check_out_dir, read_results, repair_results
-from kvprism.io import atomic_write
 
 __all__ = [
     "DEFAULT_METHODS",

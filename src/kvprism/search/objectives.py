@@ -1,7 +1,7 @@
 """Objectives of one design point: how well the chip selects on the reference set and what it costs.
 
 :func:`evaluate` takes a :class:`~kvprism.photonics.PhotonicConfig` and a reference set
-(:mod:`kvprism.design.capture`) and returns a :class:`TrialResult`:
+(:mod:`kvprism.search.capture`) and returns a :class:`TrialResult`:
 
 - **signature recall@k** (maximise): one :class:`~kvprism.photonics.PhotonicEngine` holds every (layer, KV head) of
   the reference set as an independent weight bank (``program`` of ``[L·H, N, w]``: all ``N`` complete blocks, sink
@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from kvprism.design.capture import ReferenceSet
-from kvprism.design.space import leaf
 from kvprism.errors import KvprismError
+from kvprism.search.capture import ReferenceSet
+from kvprism.search.space import leaf
 
 __all__ = [
     "CONSTRAINTS",
@@ -355,7 +355,7 @@ def evaluate(
 def exact_recall(ref: ReferenceSet, d_sig: int, k: int, max_banks: int = 0) -> float:
     """Recall@k of exact fp32 scoring through the same candidate selection (1.0 unless exact scores tie across
     the k-th place): the check that the reference and the selection agree."""
-    from kvprism.design.capture import exact_topk
+    from kvprism.search.capture import exact_topk
 
     sig, qry, top, _ = _bank_data(ref, d_sig, max_banks)
     lo, hi = ref.candidate_range

@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
+from kvprism.atomic import atomic_write
 from kvprism.errors import KvprismError
-from kvprism.io import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",

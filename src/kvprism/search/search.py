@@ -1,5 +1,5 @@
 """Multi-objective design search with optuna: NSGA-II (seeded), SQLite storage (an interrupted search resumes),
-the space of :mod:`kvprism.design.space`, the objectives and constraints of :mod:`kvprism.design.objectives`.
+the space of :mod:`kvprism.search.space`, the objectives and constraints of :mod:`kvprism.search.objectives`.
 
 Each trial draws the searched parameters, sets them on a base preset (default ``tfln-literature``: every value not
 searched keeps its sourced value), evaluates the point on the reference set and records four objectives — signature
@@ -28,12 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kvprism.design.capture import ReferenceSet
-from kvprism.design.objectives import DIRECTIONS, OBJECTIVE_NAMES, ObjectiveSettings, evaluate
-from kvprism.design.space import D_SIG, SPACE, Dim, active_space, space_table
+from kvprism.atomic import atomic_write
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.eval.executor import LocalExecutor
-from kvprism.io import atomic_write
+from kvprism.search.capture import ReferenceSet
+from kvprism.search.objectives import DIRECTIONS, OBJECTIVE_NAMES, ObjectiveSettings, evaluate
+from kvprism.search.space import D_SIG, SPACE, Dim, active_space, space_table
 
 __all__ = [
     "SearchResult",

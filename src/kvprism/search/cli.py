@@ -48,7 +48,7 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 def _capture_params(model: str, context: int, d_sig: str, block_size: int, projection: str, queries: int,
                     k_max: int, seed: int, window: int):  # fmt: skip
-    from kvprism.design.capture import CaptureParams
+    from kvprism.search.capture import CaptureParams
 
     return CaptureParams(
         model=model, context=context, block_size=block_size, d_sigs=_ints(d_sig, "d-sig"), projection=projection,
@@ -79,7 +79,7 @@ _ReferenceOpt = Annotated[
 
 def _load_reference(reference: str | None, model: str, context: int):
     """The reference set of ``--reference`` or, by default, the cached one of ``--model`` / ``--context``."""
-    from kvprism.design.capture import CaptureParams, ReferenceSet, reference_set
+    from kvprism.search.capture import CaptureParams, ReferenceSet, reference_set
 
     if reference:
         return ReferenceSet.load(reference)
@@ -105,14 +105,14 @@ def capture(
 ) -> None:
     """Capture a reference set from one real prefill on natural text: per (layer, KV head) block signatures,
     decode-time queries and their exact top-k."""
-    from kvprism.design.capture import describe, reference_set
     from kvprism.hf.models import load_model
+    from kvprism.search.capture import describe, reference_set
 
     params = _capture_params(model, context, d_sig, block_size, projection, queries, k_max, seed, window)
     t0 = time.perf_counter()
     with console.status(f"loading {model} ..."):
         mdl, tok = load_model(model, device=device)
-    from kvprism.design.capture import default_path
+    from kvprism.search.capture import default_path
 
     path = Path(out) if out else default_path(params)
     ref = reference_set(params, model=mdl, tokenizer=tok, path=path, rebuild=True, show_progress=True)
@@ -124,7 +124,7 @@ def capture(
 def space() -> None:
     """Print the search space: parameter, config field, range, source (rows whose field the chip model lacks are
     marked)."""
-    from kvprism.design.space import SPACE, active_space
+    from kvprism.search.space import SPACE, active_space
 
     keep, _ = active_space(SPACE)
     t = Table(title="design search space")
@@ -171,10 +171,10 @@ def evaluate(
 ) -> None:
     """Score design points on the reference set as a search trial does (signature and block recall@k with every
     impairment on, energy and added latency per decode step, violated constraints), for each k and rerank factor."""
-    from kvprism.design.objectives import ObjectiveSettings
-    from kvprism.design.objectives import evaluate as evaluate_point
+    from kvprism.atomic import atomic_write
     from kvprism.eval.grid import load_preset
-    from kvprism.io import atomic_write
+    from kvprism.search.objectives import ObjectiveSettings
+    from kvprism.search.objectives import evaluate as evaluate_point
 
     names = [c.strip() for c in configs.split(",") if c.strip()]
     if not names:
@@ -220,7 +220,7 @@ def evaluate(
 
 def _exact_block_recall(ref, d_sig: int, k: int) -> float:
     """Block recall@k (against the true attention top-k) of exact selection at ``d_sig`` on the reference set."""
-    from kvprism.design.objectives import recall_at_k
+    from kvprism.search.objectives import recall_at_k
 
     return recall_at_k(ref.topk[d_sig].flatten(0, 1)[..., :k], ref.attn_topk.flatten(0, 1)[..., :k])
 
@@ -285,8 +285,8 @@ def search(
     """Multi-objective design search (optuna NSGA-II): recall@k ↑, energy per decode step ↓, chip area ↓, added
     latency ↓, every feasibility constraint a constraint. Resumable (SQLite); trials in parallel with
     --executor ray."""
-    from kvprism.design.objectives import ObjectiveSettings
-    from kvprism.design.search import pareto_table, run_search, write_outputs
+    from kvprism.search.objectives import ObjectiveSettings
+    from kvprism.search.search import pareto_table, run_search, write_outputs
 
     ex = executor_of(executor, address, workers, gpus_per_worker)
     out_dir = Path(out)
@@ -345,8 +345,8 @@ def claims(
     """Each quantitative claim of the PRISM abstract next to what kvprism measures: (a) the seed's own impairment
     model (seed-as-published), (b) seed-nominal with the physical model, (c) a feasible preset where one ships.
     The NIAH grid runs on Ray workers with --executor ray."""
-    from kvprism.design.claims import ClaimsSettings, run_claims
     from kvprism.hf.models import load_model
+    from kvprism.search.claims import ClaimsSettings, run_claims
 
     ex = executor_of(executor, address, workers, gpus_per_worker)
     with console.status(f"loading {model} ..."):

@@ -16,7 +16,7 @@ runner on the given model (contexts beyond its window are skipped and the sectio
 and scaling from :mod:`kvprism.energy` for the paper's model shape (Qwen2.5-7B), whole decode step (selected-block
 fetch included) and selection alone side by side, with resident signatures (one bank per (layer, KV head)) or
 time-shared banks (which re-read signatures from memory every step) stated per preset; bits from the reference set
-of :mod:`kvprism.design.capture` (signature recall@k through each scorer).
+of :mod:`kvprism.search.capture` (signature recall@k through each scorer).
 
 Outputs: ``claims.md``, ``claims.json``, one PNG per section, and the runner's ``niah/results.jsonl`` (resumable).
 """
@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from kvprism.design.capture import CaptureParams, ReferenceSet, exact_topk
+from kvprism.atomic import atomic_write
 from kvprism.errors import KvprismError
-from kvprism.io import atomic_write
+from kvprism.search.capture import CaptureParams, ReferenceSet, exact_topk
 
 __all__ = ["CLAIMS", "ClaimsSettings", "run_claims"]
 
@@ -467,8 +467,8 @@ def _section_scaling(s: ClaimsSettings) -> dict[str, Any]:
 
 
 def _seed_recall(ref: ReferenceSet, d: int, k: int, bits: int, seed: int) -> float:
-    from kvprism.design.objectives import recall_at_k
     from kvprism.scorers.seed_published import SeedPublishedConfig, SeedPublishedScorer
+    from kvprism.search.objectives import recall_at_k
 
     sc = SeedPublishedScorer(config=SeedPublishedConfig(bits=bits), seed=seed)
     sc.program(ref.signatures[d].flatten(0, 1))
@@ -478,8 +478,8 @@ def _seed_recall(ref: ReferenceSet, d: int, k: int, bits: int, seed: int) -> flo
 
 
 def _section_bits(ref: ReferenceSet, s: ClaimsSettings) -> dict[str, Any]:
-    from kvprism.design.objectives import ObjectiveSettings, evaluate
     from kvprism.photonics import PhotonicConfig
+    from kvprism.search.objectives import ObjectiveSettings, evaluate
 
     d = s.bits_d_sig if s.bits_d_sig in ref.d_sigs else ref.d_sigs[-1]
     k = min(s.k, ref.params.k_max)
@@ -679,7 +679,7 @@ def run_claims(
     written paths by name. ``reference`` overrides the bits section's reference set; ``on_progress`` receives the
     NIAH grid's :class:`kvprism.eval.runner.Progress` events; ``executor`` / ``model_factory`` run that grid elsewhere
     (see :class:`kvprism.eval.runner.Runner`)."""
-    from kvprism.design.capture import reference_set
+    from kvprism.search.capture import reference_set
 
     s = settings or ClaimsSettings()
     out = Path(out_dir)

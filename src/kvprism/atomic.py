@@ -1,4 +1,4 @@
-"""Crash-safe file output: every file kvprism writes appears complete or not at all.
+"""Crash-safe file output (kvprism.atomic): every file kvprism writes appears complete or not at all.
 
 :func:`atomic_write` writes into a temporary file beside the target (created with mode ``0o666`` so the process
 umask applies exactly as for a plain ``open``; an existing target's permission bits are kept), fsyncs it and renames
