@@ -122,3 +122,33 @@ def test_fsr_periodicity():
     t, d = ring.add_drop(own + 0.3, opt.r1, opt.r2, opt.a)
     t2, d2 = ring.add_drop(own + 0.3 + 2 * math.pi, opt.r1, opt.r2, opt.a)
     torch.testing.assert_close(t, t2) and torch.testing.assert_close(d, d2)
+
+
+def test_drop_field_half_phase_at_fixed_bus_phases_against_a_solve_from_the_ring_phases():
+    """Ring/line pairs more than half an FSR apart: the drop field carries e^{iφ/2}, so the round-trip phase of ring j
+    at line i must not be reduced modulo 2π before it is halved. Phases here come straight from
+    ``ring.round_trip_phase`` (the rings share one resonance order: φ_ij = φ(λ_i) − φ(λ_j) + shift, unreduced), the
+    bus phases are FIXED (designed path only, and a fixed per-ring pattern), and every field is solved directly."""
+    d, spacing, radius = 16, 0.4e-9, 20e-6  # 6.4 nm comb span in an 8.3 nm FSR: pairs ≥ 11 lines apart are > FSR/2
+    r1, r2 = ring.design_couplings(1e5, WL, NG, radius, 20.0)
+    a = ring.round_trip_amplitude(20.0, radius)
+    opt = RowOptics.build(d, spacing, WL, radius, NEFF, NG, r1, r2, a, dtype=torch.float64, ring_spacing_m=50e-6)
+    lines = WL + (torch.arange(d, dtype=torch.float64) - (d - 1) / 2.0) * spacing
+    phi_line = ring.round_trip_phase(lines, radius, NEFF, NG, WL)  # [d] absolute phase of the nominal ring
+    fsr = float(ring.fsr_m(WL, NG, radius))
+    far = ((lines[:, None] - lines[None, :]).abs() > fsr / 2).sum().item()
+    assert far >= 20  # the configuration exercises the pairs a 2π reduction got wrong
+    fwhm = float(ring.fwhm_m(WL, NG, radius, r1, r2, a))
+    gen = torch.Generator().manual_seed(7)
+    det = (torch.rand(2, d, generator=gen, dtype=torch.float64) - 0.5) * 6 * fwhm
+    fixed = torch.stack([torch.zeros(d, dtype=torch.float64), torch.linspace(0.0, 5.0, d, dtype=torch.float64)])
+    beta = 2 * math.pi * ring.n_eff_at(lines, NEFF, NG, WL) / lines
+    thru, drop = cascade_coherent(det, opt, bus_phase_rad=fixed)
+    for r in range(2):
+        for i in range(d):
+            shift = 2 * math.pi * NG * ring.ring_length_m(radius) * det[r] / lines[i] ** 2
+            phi = phi_line[i] - phi_line + shift  # [j], continuous in i: no reduction at all
+            path = 2 * beta[i] * torch.arange(d, dtype=torch.float64) * 50e-6 + fixed[r]
+            psi = torch.cat([path[:1], path[1:] - path[:-1]])
+            t_ref, d_ref = solve_row(phi, psi, r1, r2, a)
+            assert abs(float(thru[r, i]) - t_ref) <= 1e-9 and abs(float(drop[r, i]) - d_ref) <= 1e-9, (r, i)

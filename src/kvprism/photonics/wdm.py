@@ -35,9 +35,10 @@ class RowOptics:
     """Derived optics of one weight-bank row (shared by all rows of all banks).
 
     ``phase0[i, j]`` [rad]: round-trip phase of ring j at line i when ring j sits exactly on line j (its design
-    resonance); ``phase_per_m[i]`` [rad/m]: 2π n_g L / λ_i², the phase added per metre of resonance shift at line i.
-    ``r1``, ``r2``, ``a``: couplings and single-pass amplitude (dimensionless). ``order``: ring index at each bus
-    position, first ring first (``None`` = ascending)."""
+    resonance), relative to the rings' common resonance order and reduced modulo 4π to [−2π, 2π) (the drop field's
+    half phase e^{iφ/2} is 4π-periodic); ``phase_per_m[i]`` [rad/m]: 2π n_g L / λ_i², the phase added per metre of
+    resonance shift at line i. ``r1``, ``r2``, ``a``: couplings and single-pass amplitude (dimensionless).
+    ``order``: ring index at each bus position, first ring first (``None`` = ascending)."""
 
     lines_m: torch.Tensor
     phase0: torch.Tensor
@@ -70,9 +71,13 @@ class RowOptics:
         the light goes to the ring on the input bus and back on the counter-propagating drop bus)."""
         lines = comb_grid_m(n_lines, spacing_m, center_m, torch.float64)
         phi = ring.round_trip_phase(lines, radius_m, n_eff, n_g, center_m)
-        # reduced to [−π, π) in float64 before any cast: the ring transfer is 2π-periodic, and a float32 phase of
-        # hundreds of rad would carry an error of ~1e-5 rad (a sizeable fraction of a linewidth at Q ≥ 1e5)
-        phase0 = torch.remainder(phi[:, None] - phi[None, :] + math.pi, 2.0 * math.pi) - math.pi
+        # reduced in float64 before any cast (a float32 phase of hundreds of rad would carry an error of ~1e-5 rad, a
+        # sizeable fraction of a linewidth at Q ≥ 1e5) — modulo 4π, to [−2π, 2π): the powers are 2π-periodic, but
+        # the drop field carries e^{iφ/2} (ring.ring_fields), which a 2π reduction flips for ring/line pairs more
+        # than half an FSR apart. Rings of one row share their resonance order, so the continuous difference
+        # φ_i − φ_j is the phase (it already lies in (−2π, 2π) when the comb fits one FSR); a 4π reduction leaves
+        # e^{iφ/2} unchanged when it aliases
+        phase0 = torch.remainder(phi[:, None] - phi[None, :] + 2.0 * math.pi, 4.0 * math.pi) - 2.0 * math.pi
         per_m = 2.0 * math.pi * n_g * ring.ring_length_m(radius_m) / lines**2
         perm = None if order == "ascending" else torch.arange(n_lines - 1, -1, -1)
         if order not in ("ascending", "descending"):
