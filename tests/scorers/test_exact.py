@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kvprism.errors import KvprismError
 from kvprism.scorers import ExactScorer
 from kvprism.selection import SelectionConfig
 
@@ -39,8 +40,11 @@ def test_append_extends_every_bank_and_program_copies():
     assert torch.equal(sc.rows, rows) and sc.feasibility() is None
 
 
-def test_scores_before_program_fail():
+def test_scores_and_append_before_program_are_kvprism_errors():
+    """Finding (issue 30, 1): scores before program was an ``AssertionError`` (gone under ``python -O``)."""
     sc = ExactScorer(SelectionConfig())
     assert sc.n_rows == 0
-    with pytest.raises(AssertionError, match="before program"):
+    with pytest.raises(KvprismError, match="scores before program: no programmed rows"):
         sc.scores(torch.zeros(1, 4))
+    with pytest.raises(KvprismError, match="append before program"):
+        sc.append(torch.zeros(1, 2, 4))

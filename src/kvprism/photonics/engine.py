@@ -31,6 +31,7 @@ from kvprism.photonics.design import ChipDesign
 from kvprism.photonics.state import BankState
 from kvprism.photonics.topk import topk_lowest_index
 from kvprism.photonics.wdm import CascadePlan, RowOptics
+from kvprism.scorers.check import check_query, check_rows
 
 __all__ = ["PhotonicEngine"]
 
@@ -167,13 +168,8 @@ class PhotonicEngine:
         if self.state is None:
             self.program(signatures)
             return
-        sig = self._check_sig(signatures, "signatures")
+        sig = self._check_sig(signatures, "signatures", "append")
         s = self.state
-        if tuple(sig.shape[:-2]) != s.lead or sig.shape[-1] != s.dims:
-            raise KvprismError(
-                f"append: signatures have shape {list(sig.shape)}; expected [{', '.join(map(str, s.lead))}, m, "
-                f"{s.dims}] to match the programmed banks"
-            )
         m = sig.shape[-2]
         if m == 0:
             return
@@ -235,7 +231,7 @@ class PhotonicEngine:
             raise KvprismError(f"select: k = {k} is invalid; allowed range: [1, {self.n_rows}] (programmed rows)")
         if self.state is None or self.config.is_ideal:
             return topk_lowest_index(self.scores(query), k).to(query.device)
-        q, squeeze = self._check_query(query)
+        q, squeeze = self._check_query(query, "select")
         s = self.state
         g = q.shape[1]
         detect.count_evaluations(self.design(), self.counters, s.banks, g, s.rows)
@@ -269,30 +265,16 @@ class PhotonicEngine:
             raise KvprismError("the engine has no programmed rows; call program(signatures) first")
         return self.state
 
-    def _check_sig(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise KvprismError(f"{name} must be a float tensor [*L, N, d]")
-        if x.dim() < 2 or x.shape[-1] == 0:
-            raise KvprismError(f"{name} has shape {list(x.shape)}; expected [*L, N, d] with d ≥ 1")
-        if x.shape[-2] == 0 and self.state is None:
-            raise KvprismError(f"{name} has shape {list(x.shape)}: N = 0 rows; a bank needs at least one row")
-        if any(s == 0 for s in x.shape[:-2]):
-            raise KvprismError(f"{name} has shape {list(x.shape)}: an empty bank dimension")
-        if not bool(torch.isfinite(x).all()):
-            raise KvprismError(f"{name} contains NaN or inf")
+    def _check_sig(self, x: torch.Tensor, name: str, where: str = "program") -> torch.Tensor:
+        """The shared boundary check of rows (:func:`kvprism.scorers.check.check_rows`); returns them on the CPU."""
+        s = self.state if where == "append" else None
+        check_rows(x, where=where, name=name, lead=None if s is None else s.lead, width=None if s is None else s.dims)
         return x.detach().cpu()
 
-    def _check_query(self, query: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        s = self._programmed()
-        if not isinstance(query, torch.Tensor) or not query.is_floating_point():
-            raise KvprismError("query must be a float tensor [*L, d] or [*L, G, d]")
-        lead, d = s.lead, s.dims
-        q = query.detach().cpu()
-        if not bool(torch.isfinite(q).all()):
-            raise KvprismError("query contains NaN or inf")
-        if tuple(q.shape) == (*lead, d):
-            return q.reshape(-1, 1, d), True
-        if q.dim() == len(lead) + 2 and tuple(q.shape[: len(lead)]) == lead and q.shape[-1] == d:
-            return q.reshape(-1, q.shape[-2], d), False
-        want = ", ".join(map(str, lead))
-        raise KvprismError(f"query has shape {list(q.shape)}; expected [{want}, {d}] or [{want}, G, {d}]")
+    def _check_query(self, query: torch.Tensor, where: str = "scores") -> tuple[torch.Tensor, bool]:
+        """The shared boundary check of a query (:func:`kvprism.scorers.check.check_query`) -> ``([B, G, d] on the
+        CPU, whether the query was [*L, d])``."""
+        s = self.state
+        q = query.detach().cpu() if isinstance(query, torch.Tensor) else query
+        squeeze = check_query(q, lead=None if s is None else s.lead, width=None if s is None else s.dims, where=where)
+        return q.reshape(-1, 1 if squeeze else q.shape[-2], s.dims), squeeze

@@ -43,14 +43,15 @@ class PhotonicScorer:
     def n_rows(self) -> int:
         return int(self.engine.n_rows)
 
+    # the engine checks its inputs (kvprism.scorers.check); non-float tensors reach it unconverted to be refused
     def program(self, signatures: torch.Tensor) -> None:
-        self.engine.program(signatures.float())
+        self.engine.program(_float32(signatures))
 
     def append(self, signatures: torch.Tensor) -> None:
-        self.engine.append(signatures.float())
+        self.engine.append(_float32(signatures))
 
     def scores(self, query: torch.Tensor) -> torch.Tensor:
-        out = self.engine.scores(query.float())
+        out = self.engine.scores(_float32(query))
         return torch.as_tensor(out, dtype=torch.float32, device=query.device)
 
     def advance(self, steps: int = 1) -> None:
@@ -60,6 +61,10 @@ class PhotonicScorer:
         from kvprism.photonics.feasibility import report
 
         return report(self.engine)
+
+
+def _float32(x: Any) -> Any:
+    return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
 def group_scorers(selectors: Sequence[BlockSelector]) -> Any:

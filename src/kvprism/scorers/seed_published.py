@@ -29,6 +29,7 @@ import torch
 from kvprism.config import ConfigBase, param
 from kvprism.errors import KvprismError
 from kvprism.scorers.base import register_scorer
+from kvprism.scorers.check import check_query, check_rows
 
 __all__ = ["SeedPublishedConfig", "SeedPublishedScorer", "seed_published_weights"]
 
@@ -109,6 +110,7 @@ class SeedPublishedScorer:
 
     def program(self, signatures: torch.Tensor) -> None:
         """Program every bank: ``signatures [*L, N, w]``."""
+        check_rows(signatures, where="program")
         self.signatures = signatures.float().clone()
         self.weights = seed_published_weights(self.signatures, self.config.bits)
         self.counters["row_programs"] += signatures[..., 0].numel()
@@ -117,27 +119,22 @@ class SeedPublishedScorer:
         """Add ``m`` rows ``[*L, m, w]``; the bank's min-max scale is recomputed over all rows (as the seed scaled the
         whole signature matrix)."""
         if self.signatures is None:
-            raise KvprismError("append before program")
+            raise KvprismError("append before program: no programmed rows; call program(signatures) first")
+        check_rows(signatures, where="append", lead=self.signatures.shape[:-2], width=self.signatures.shape[-1])
         self.signatures = torch.cat([self.signatures, signatures.float()], dim=-2)
         self.weights = seed_published_weights(self.signatures, self.config.bits)
         self.counters["row_programs"] += signatures[..., 0].numel()
 
     def scores(self, query: torch.Tensor) -> torch.Tensor:
         """``query [*L, w]`` or ``[*L, G, w]`` -> noisy scores ``[*L, N]`` or ``[*L, G, N]`` (steps 3–5)."""
-        if self.weights is None:
-            raise KvprismError("scores before program")
-        c = self.config
         w = self.weights
+        single = check_query(query, lead=None if w is None else w.shape[:-2], width=None if w is None else w.shape[-1])
+        c = self.config
         if c.weight_sigma > 0:
             w = w + c.weight_sigma * torch.randn(w.shape, generator=self._gen)
         q = query.float().cpu()
-        lead = w.dim() - 2
         self.counters["evaluations"] += q[..., 0].numel()
-        s = (
-            torch.matmul(w, q.unsqueeze(-1)).squeeze(-1)
-            if q.dim() == lead + 1
-            else torch.matmul(q, w.transpose(-1, -2))
-        )
+        s = torch.matmul(w, q.unsqueeze(-1)).squeeze(-1) if single else torch.matmul(q, w.transpose(-1, -2))
         if c.detector_sigma > 0:
             full = s.abs().amax(dim=-1, keepdim=True)
             s = s + c.detector_sigma * full * torch.randn(s.shape, generator=self._gen)
