@@ -24,7 +24,7 @@ def test_usage_error_exit_code(capsys):
 
 
 def test_error_is_one_line(capsys):
-    assert main(["demo", "--depth", "1.5"]) == 1
+    assert main(["demo", "--depth", "1.5"]) == 2  # a bad value: exit 2 (README, exit codes)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --depth = 1.5 is invalid; allowed range: [0, 1]")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -33,7 +33,7 @@ def test_error_is_one_line(capsys):
 def test_model_error_is_one_line_and_debug_shows_traceback():
     cmd = [sys.executable, "-m", "kvprism.cli", "demo", "--model", "./no/such/dir"]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 1
+    assert res.returncode == 2  # a bad --model value (README, exit codes)
     assert len(res.stderr.strip().splitlines()) == 1 and "does not exist" in res.stderr
     res = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True)
     assert res.returncode != 0 and "Traceback" in res.stderr

@@ -22,7 +22,7 @@ def tiny_dir(tmp_path_factory):
     [
         (["niah", "--depths", "0,1.5"], "--depths: 1.5 is invalid; allowed range: [0, 1]"),
         (["niah", "--k", "4,0"], "--k: 0 is invalid; allowed range: k >= 1"),
-        (["niah", "--task", "nope"], "--task = 'nope' is unknown"),
+        (["niah", "--task", "nope"], "--task: 'nope' is unknown"),
         (["recall", "--contexts", "2k"], "--contexts = '2k' is invalid"),
         (["niah", "--haystack", "sand"], "--haystack = 'sand' is invalid"),
         (["heads", "--fraction", "1.5"], "--fraction = 1.5 is invalid"),
@@ -30,7 +30,7 @@ def tiny_dir(tmp_path_factory):
 )
 def test_bad_input_one_line_error_before_work(tmp_path, capsys, args, message):
     out = tmp_path / "run"
-    assert main([*args, "--out", str(out)] if args[0] != "heads" else args) == 1
+    assert main([*args, "--out", str(out)] if args[0] != "heads" else args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
@@ -40,13 +40,13 @@ def test_unwritable_out_dir(tmp_path, capsys, tiny_dir):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     args = ["niah", "--model", str(tiny_dir), "--configs", "dense", "--contexts", "150"]
-    assert main([*args, "--out", str(blocker / "sub")]) == 1
+    assert main([*args, "--out", str(blocker / "sub")]) == 2
     assert "is not a writable directory" in capsys.readouterr().err
 
 
 def test_context_beyond_model_window(tmp_path, capsys, tiny_dir):
     args = ["niah", "--model", str(tiny_dir), "--configs", "dense", "--contexts", "4096", "--out", str(tmp_path)]
-    assert main(args) == 1
+    assert main(args) == 2
     assert "exceeds the model's window of 1024 tokens" in capsys.readouterr().err
     assert read_results(tmp_path / "results.jsonl") == []
 
@@ -54,7 +54,7 @@ def test_context_beyond_model_window(tmp_path, capsys, tiny_dir):
 def test_unknown_preset(tmp_path, capsys):
     pytest.importorskip("kvprism.hf.cache")
     pytest.importorskip("kvprism.photonics")
-    assert main(["niah", "--configs", "dense,no-such-preset", "--out", str(tmp_path)]) == 1
+    assert main(["niah", "--configs", "dense,no-such-preset", "--out", str(tmp_path)]) == 2
     assert "'no-such-preset' is neither" in capsys.readouterr().err
 
 
@@ -150,7 +150,7 @@ def test_niah_samples_and_the_accuracy_summary(tmp_path, capsys, tiny_dir):
 
 
 def test_demo_numbers_have_units_and_significant_figures():
-    from kvprism import cli
+    from kvprism.cli import demo as cli
 
     assert cli._si(1.3728786701081282e-08, "J") == "13.7 nJ"
     assert cli._si(5.1744682711620955e-08, "J") == "51.7 nJ"

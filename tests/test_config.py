@@ -48,7 +48,7 @@ def test_invalid_values_name_the_field(changes, pattern):
 
 
 def test_replace_unknown_field():
-    with pytest.raises(ConfigError, match="has no field blocksize"):
+    with pytest.raises(ConfigError, match="has no field 'blocksize'"):
         Demo().replace(blocksize=3)
 
 
@@ -63,7 +63,7 @@ def test_from_toml(tmp_path):
 def test_from_toml_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("block_sise = 32\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"no field block_sise in .*bad\.toml"):
+    with pytest.raises(ConfigError, match=r"no field 'block_sise' in .*bad\.toml"):
         Demo.from_toml(bad)
     bad.write_text("block_size = 99999\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"block_size = 99999"):

@@ -27,7 +27,7 @@ def test_wrong_table_and_duplicates_are_named(tmp_path):
         PhotonicConfig.from_dict({"comb": {"q_loaded": 1e5}})
     with pytest.raises(ConfigError, match="q_loaded is given twice"):
         PhotonicConfig.from_dict({"q_loaded": 1e5, "ring": {"q_loaded": 2e5}})
-    with pytest.raises(ConfigError, match="no field nope"):
+    with pytest.raises(ConfigError, match="no field 'nope'"):
         PhotonicConfig.from_dict({"ring": {"nope": 1}})
 
 

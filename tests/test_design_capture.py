@@ -110,5 +110,5 @@ def test_cli_capture_writes_the_file(tmp_path, capsys):
     ref = cap.ReferenceSet.load(out)
     assert ref.d_sigs == (8,) and ref.shape == (2, 2, 32, 8) and ref.params.model == str(model_dir)
     assert "written" in capsys.readouterr().out
-    assert main([*args[:-2], "--k-max", "64"]) == 1  # too few candidate blocks: one-line error
+    assert main([*args[:-2], "--k-max", "64"]) == 2  # too few candidate blocks: a bad value, one line
     assert "k_max = 64 needs at least as many" in capsys.readouterr().err

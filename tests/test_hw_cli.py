@@ -23,10 +23,10 @@ def test_hw_config_file(tmp_path, capsys):
 
 
 def test_hw_errors_are_one_line(capsys):
-    assert main(["hw", "--preset", "nope"]) == 1
+    assert main(["hw", "--preset", "nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown PhotonicConfig preset 'nope'") and len(err.splitlines()) == 1
-    assert main(["hw", "--preset", "ideal", "--config", "x.toml"]) == 1
+    assert err.startswith("error: --preset = 'nope' is unknown") and len(err.splitlines()) == 1
+    assert main(["hw", "--preset", "ideal", "--config", "x.toml"]) == 2
 
 
 def test_hw_timed_by_decode(capsys):
@@ -37,9 +37,9 @@ def test_hw_timed_by_decode(capsys):
 
 
 def test_hw_timing_errors(capsys):
-    assert main(["hw", "--tokens-per-s", "20"]) == 1
+    assert main(["hw", "--tokens-per-s", "20"]) == 2
     assert "--model-shape" in capsys.readouterr().err
-    assert main(["hw", "--model-shape", "nope"]) == 1
+    assert main(["hw", "--model-shape", "nope"]) == 2
     assert "unknown model shape" in capsys.readouterr().err
 
 
@@ -56,5 +56,5 @@ def test_hw_write_timed_writes_the_config_the_decode_times(tmp_path, capsys):
     want = timed_by_decode(cfg, decode_timing(cfg, n_layers=30, kv_heads=3, tokens_per_s=200.0))
     got = PhotonicConfig.from_toml(path)
     assert got == want and got.detection_bandwidth_hz != cfg.detection_bandwidth_hz
-    assert main(["hw", "--preset", "tfln-feasible", "--write-timed", str(path)]) == 1  # needs --model-shape
+    assert main(["hw", "--preset", "tfln-feasible", "--write-timed", str(path)]) == 2  # needs --model-shape
     assert "--write-timed needs --model-shape" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from kvprism import kernels
 from kvprism.errors import KvprismError
 from kvprism.kernels import score_topk, sparse_decode_attention, triton_available
 from kvprism.kernels.reference import attended_mask, score_topk_ref, sparse_decode_attention_ref
@@ -278,9 +279,14 @@ def test_geometry_rejects_bad_values():
         BlockGeometry(16, -1, 0)
 
 
-def test_former_backend_keyword_still_works_with_a_deprecation_warning():
+def test_impl_is_the_one_tuple_and_the_former_names_are_gone():
+    from kvprism.hf import pipeline
+
     q, k, v, idx, seq_lens = random_case(10)
     layout = lay(16, 1, 4, seq_lens, k.shape[2])
-    with pytest.warns(DeprecationWarning, match="impl"):
-        old = sparse_decode_attention(q, k, v, idx, layout, backend="reference")
-    assert torch.equal(old, sparse_decode_attention(q, k, v, idx, layout, impl="reference"))
+    assert kernels.IMPLS == ("auto", "torch", "triton") and pipeline.IMPLS is kernels.IMPLS
+    assert not hasattr(kernels, "BACKENDS")
+    with pytest.raises(TypeError):
+        sparse_decode_attention(q, k, v, idx, layout, backend="torch")
+    with pytest.raises(KvprismError, match="impl = 'reference' is invalid"):
+        sparse_decode_attention(q, k, v, idx, layout, impl="reference")

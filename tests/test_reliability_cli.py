@@ -205,7 +205,7 @@ def test_report_names_line_and_field_of_a_misshapen_row(tmp_path, capsys, tiny_d
 
 
 def test_report_on_a_missing_directory(tmp_path, capsys):
-    assert main(["report", str(tmp_path / "nope")]) == 1
+    assert main(["report", str(tmp_path / "nope")]) == 2
     assert f"results directory {tmp_path / 'nope'} does not exist" in _one_line(capsys.readouterr().err)
 
 
@@ -281,7 +281,7 @@ def test_wrong_shape_mask_fails_before_the_model_loads(tmp_path, capsys, tiny_di
     mask.write_text(json.dumps([[True, False]] * 3))
     _no_model_load(monkeypatch)
     out = tmp_path / "run"
-    assert main(_grid(tiny_dir, out, "--configs", "exact", "--k", "2", "--heads", str(mask))) == 1
+    assert main(_grid(tiny_dir, out, "--configs", "exact", "--k", "2", "--heads", str(mask))) == 2
     err = _one_line(capsys.readouterr().err)
     assert "the mask is 3 layers x 2 KV heads" in err and "has 2 x 2" in err
 
@@ -310,7 +310,7 @@ def test_options_checked_before_the_model_loads(tmp_path, capsys, tiny_dir, monk
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args[0] != "energy":
         args += ["--model", str(tiny_dir)]
-    assert main(args) == 1
+    assert main(args) == 2
     assert message.replace("{tmp}", str(tmp_path)) in _one_line(capsys.readouterr().err)
 
 

@@ -121,7 +121,7 @@ def test_run_sweep_writes_table_plot_and_resumes(model_tok, tmp_path):
 
 def test_cli_sweep_bad_method_is_one_line_error(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["recall", "--sweep", "--methods", "mean/learnt", "--out", str(out)]) == 1
+    assert main(["recall", "--sweep", "--methods", "mean/learnt", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "projection 'learnt' is invalid" in err and len(err.splitlines()) == 1
     assert not out.exists()

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["AtomicBatch", "atomic_write", "fsync_dir"]
+__all__ = ["AtomicBatch", "atomic_write", "fsync_dir", "remove_leftovers"]
 
 #: what :func:`atomic_write` accepts as content: text, bytes, or a function writing the file at the path it is given
 Content = str | bytes | Callable[[Path], object]
@@ -39,11 +39,52 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_leftovers(directory: str | Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<pid>.<hex>.tmp``) that a writer killed mid-write left in
+    ``directory``: those whose pid no longer runs (a live writer's files are kept). Runs before every write into a
+    directory; returns what it removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for tmp in Path(directory).glob(".*.tmp"):
+            parts = tmp.name.rsplit(".", 3)  # [".<name>", "<pid>", "<hex>", "tmp"]
+            if len(parts) != 4 or not parts[1].isdigit() or int(parts[1]) == os.getpid() or _alive(int(parts[1])):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path`` when the failing call named no file (``os.write``, ``os.fsync``)."""
+    if exc.filename is None:
+        exc.filename = str(path)
+    return exc
+
+
 def _stage(path: Path, content: Content) -> Path:
     """Write ``content`` into a new temporary file beside ``path`` (fsynced); returns the temporary path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _named(exc, path.parent) from None
+    remove_leftovers(path.parent)
     tmp = _temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open(path, "w")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open(path, "w")
+    except OSError as exc:
+        exc.filename = str(path)  # the target, not the temporary name
+        raise
     try:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(fd, stat.S_IMODE(os.stat(path).st_mode))  # keep an existing file's permissions
@@ -60,11 +101,13 @@ def _stage(path: Path, content: Content) -> Path:
         if fd < 0:
             fd = os.open(tmp, os.O_RDONLY)
         os.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         if fd >= 0:
             os.close(fd)
             fd = -1
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            _named(exc, path)
         raise
     finally:
         if fd >= 0:

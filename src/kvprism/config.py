@@ -17,7 +17,6 @@ import math
 import tomllib
 import types
 import typing
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -133,37 +132,36 @@ class ConfigBase:
         raise ConfigError(f"{cls.__name__}.{field} = {value!r} is invalid; {allowed}")
 
     # ------------------------------------------------------------------ construction helpers
-    #: Renamed fields, old name -> new name: the old name is accepted for one release with a DeprecationWarning
-    #: (by :meth:`replace`, :meth:`from_dict` / :meth:`from_toml` and constructors that call :meth:`renamed_fields`).
-    _renamed: ClassVar[Mapping[str, str]] = {}
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # an unknown keyword is a ConfigError naming the closest field, not the TypeError of the generated __init__
+        cls._check_names(kwargs)
+        return super().__new__(cls)
 
     @classmethod
-    def renamed_fields(cls, values: Mapping[str, Any]) -> dict[str, Any]:
-        """``values`` with deprecated field names replaced by their new names (one DeprecationWarning each).
+    def field_names(cls) -> list[str]:
+        """The public field names (what a TOML file, ``replace`` or a keyword may set), in declaration order."""
+        return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
 
-        Raises:
-            ConfigError: a field is given under both its old and its new name.
-        """
-        out = dict(values)
-        for old, new in cls._renamed.items():
-            if old in out:
-                if new in out:
-                    raise ConfigError(f"{cls.__name__}: give {new!r} only ({old!r} is its deprecated name)")
-                warnings.warn(
-                    f"{cls.__name__}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3
-                )
-                out[new] = out.pop(old)
-        return out
+    @classmethod
+    def _check_names(cls, given: Mapping[str, Any], where: str = "") -> None:
+        """Raise :class:`ConfigError` for a name in ``given`` that is no field: it names the field, the closest valid
+        name (difflib) and the valid names."""
+        import difflib
+
+        names = cls.field_names()
+        unknown = sorted(set(given) - set(names))
+        if not unknown:
+            return
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        at = f" in {where}" if where else ""
+        raise ConfigError(
+            f"{cls.__name__} has no field {', '.join(map(repr, unknown))}{at}{hint}; fields: {', '.join(sorted(names))}"
+        )
 
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied, validated again. Unknown field names are an error."""
-        changes = self.renamed_fields(changes)
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ConfigError(
-                f"{type(self).__name__} has no field {', '.join(unknown)}; fields: {', '.join(sorted(names))}"
-            )
+        self._check_names(changes)
         return dataclasses.replace(self, **changes)
 
     #: Section (TOML table) of fields declared without ``section=``; subclasses may fill it.
@@ -211,14 +209,8 @@ class ConfigBase:
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> Self:
         """Build from a mapping (e.g. parsed TOML), flat or with one table per section. Unknown keys are an error
         naming the key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        data = cls.renamed_fields(cls._flatten(data, where))
-        unknown = sorted(set(data) - names)
-        if unknown:
-            at = f" in {where}" if where else ""
-            raise ConfigError(
-                f"{cls.__name__} has no field {', '.join(unknown)}{at}; fields: {', '.join(sorted(names))}"
-            )
+        data = cls._flatten(data, where)
+        cls._check_names(data, where)
         return cls(**dict(data))
 
     @classmethod
@@ -249,8 +241,15 @@ class ConfigBase:
         names = cls.presets()
         if name not in names:
             raise ConfigError(f"unknown {cls.__name__} preset {name!r}; available: {', '.join(names) or 'none'}")
-        assert cls._preset_dir is not None
-        return cls.from_toml(cls._preset_dir / f"{name}.toml")
+        return cls.from_toml(cls._preset_dir / f"{name}.toml")  # type: ignore[operator]  (presets() found it)
+
+    @classmethod
+    def preset_meta(cls, name: str) -> dict[str, Any]:
+        """The free-text ``[meta]`` table of a shipped preset (``description``, ``source``; empty if none)."""
+        cls.preset(name)  # the error naming the presets
+        with (cls._preset_dir / f"{name}.toml").open("rb") as fh:  # type: ignore[operator]
+            meta = tomllib.load(fh).get("meta", {})
+        return dict(meta) if isinstance(meta, Mapping) else {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

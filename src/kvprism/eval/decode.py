@@ -26,6 +26,7 @@ __all__ = [
     "default_decode",
     "eos_ids",
     "fork_dynamic_cache",
+    "fresh_cache",
     "greedy_decode",
     "prefill",
 ]
@@ -126,6 +127,17 @@ class DecodeOutput:
 DecodeFn = Callable[[Any, Any, torch.Tensor, "EvalConfig", int, frozenset[int]], DecodeOutput]
 
 
+def fresh_cache(model: Any, prefilled: Any, selection: Any | None, *, trace: bool = False, oracle: bool = False) -> Any:
+    """The cache one configuration decodes from, built from ``prefilled`` without changing it: a fork of the
+    ``DynamicCache`` for dense (``selection`` None), else ``SparseCache.from_prefilled(model, prefilled, selection)``
+    (``oracle``: the attention-mass reference selects)."""
+    if selection is None:
+        return fork_dynamic_cache(prefilled)
+    from kvprism.hf.cache import SparseCache
+
+    return SparseCache.from_prefilled(model, prefilled, selection, trace=trace, oracle=oracle)
+
+
 def default_decode(
     model: Any,
     prefilled: Any,
@@ -137,11 +149,11 @@ def default_decode(
     """Dense: greedy decode from a forked ``DynamicCache``. Selection configs (and the oracle, ``oracle=True``): from
     ``SparseCache.from_prefilled(model, prefilled, sel, trace=True)`` (a fork by contract)."""
     if config.method == "dense":
-        tokens, logits, secs = greedy_decode(model, fork_dynamic_cache(prefilled), last_ids, max_new_tokens, eos_ids)
+        tokens, logits, secs = greedy_decode(
+            model, fresh_cache(model, prefilled, None), last_ids, max_new_tokens, eos_ids
+        )
         return DecodeOutput(tokens, logits, None, None, secs)
-    from kvprism.hf.cache import SparseCache
-
-    oracle = config.method == "oracle"
-    cache = SparseCache.from_prefilled(model, prefilled, config.selection_config(), trace=True, oracle=oracle)
+    sel = config.selection_config()
+    cache = fresh_cache(model, prefilled, sel, trace=True, oracle=config.method == "oracle")
     tokens, logits, secs = greedy_decode(model, cache, last_ids, max_new_tokens, eos_ids)
     return DecodeOutput(tokens, logits, cache.stats.summary(), list(cache.trace), secs)

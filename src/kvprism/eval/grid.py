@@ -43,6 +43,7 @@ __all__ = [
     "Grid",
     "Point",
     "build_configs",
+    "check_axes",
     "is_preset_file",
     "load_preset",
     "parse_list",
@@ -249,6 +250,57 @@ def sample_seeds(seeds: Sequence[int], samples: int) -> list[int]:
     return out
 
 
+def check_axes(
+    tasks: Sequence[str],
+    contexts: Sequence[int],
+    depths: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    samples: Any = 1,
+    haystack: str | None = None,
+    values: str | None = None,
+    max_new_tokens: Any = None,
+    name: Callable[[str], str] = lambda key: key,
+) -> tuple[list[str], list[int], list[float], list[int]]:
+    """The prompt axes of a grid, checked the one way a grid file and the command line share: tasks known (``ruler``
+    expanded), contexts >= 1, depths in [0, 1], every axis non-empty and without repeats, ``samples`` >= 1, the task
+    overrides known. ``name(key)`` is how an error names the key (``<file>: depths``, ``--depths``).
+
+    Returns:
+        ``(tasks, contexts, depths, seeds)``; ``seeds`` holds ``samples`` prompt seeds per given seed.
+
+    Raises:
+        KvprismError: one line naming the key and what is allowed.
+    """
+    from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS, expand_tasks
+
+    tasks = expand_tasks(list(tasks))
+    for t in tasks:
+        if t not in TASKS:
+            raise KvprismError(f"{name('tasks')}: {t!r} is unknown; allowed: {', '.join(TASKS)}")
+    for c in contexts:
+        if c < 1:
+            raise KvprismError(f"{name('contexts')}: {c} is invalid; allowed range: >= 1 token")
+    for d in depths:
+        if not 0.0 <= d <= 1.0:
+            raise KvprismError(f"{name('depths')}: {d} is invalid; allowed range: [0, 1]")
+    for key, axis in (("tasks", tasks), ("contexts", contexts), ("depths", depths), ("seeds", seeds)):
+        if not axis:
+            raise KvprismError(f"{name(key)} is empty; give at least one value")
+        if len(set(axis)) != len(axis):
+            raise KvprismError(f"{name(key)} holds a value twice; give every value once")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise KvprismError(f"{name('samples')} = {samples!r} is invalid; allowed range: >= 1 prompt per cell")
+    if haystack is not None and haystack not in HAYSTACKS:
+        raise KvprismError(f"{name('haystack')} = {haystack!r} is invalid; allowed: {', '.join(HAYSTACKS)}")
+    if values is not None and values not in VALUE_KINDS:
+        raise KvprismError(f"{name('values')} = {values!r} is invalid; allowed: {', '.join(VALUE_KINDS)}")
+    n = max_new_tokens
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise KvprismError(f"{name('max_new_tokens')} = {n!r} is invalid; allowed range: >= 1")
+    return list(tasks), list(contexts), list(depths), sample_seeds(list(seeds), samples)
+
+
 # ---------------------------------------------------------------------------------------------------- grid files
 _GRID_KEYS = ("tasks", "contexts", "depths", "seeds", "configs", "k", "selection", "config", "haystack", "values")
 _GRID_KEYS += ("max_new_tokens", "heads", "mode", "samples")
@@ -293,7 +345,6 @@ class Grid:
         Raises:
             KvprismError: one line naming the key (``<file>: contexts``) and what is allowed.
         """
-        from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS, expand_tasks
 
         unknown = sorted(set(data) - set(_GRID_KEYS))
         if unknown:
@@ -301,36 +352,18 @@ class Grid:
         for key in ("tasks", "contexts", "depths", "seeds"):
             if key not in data:
                 raise KvprismError(f"{where}: {key} is missing")
-        tasks = expand_tasks(_as_list(data["tasks"], str, f"{where}: tasks"))
-        for t in tasks:
-            if t not in TASKS:
-                raise KvprismError(f"{where}: tasks: {t!r} is unknown; allowed: {', '.join(TASKS)}")
-        contexts = _as_list(data["contexts"], int, f"{where}: contexts")
-        for c in contexts:
-            if c < 1:
-                raise KvprismError(f"{where}: contexts: {c} is invalid; allowed range: >= 1 token")
-        depths = _as_list(data["depths"], float, f"{where}: depths")
-        for d in depths:
-            if not 0.0 <= d <= 1.0:
-                raise KvprismError(f"{where}: depths: {d} is invalid; allowed range: [0, 1]")
-        seeds = _as_list(data["seeds"], int, f"{where}: seeds")
-        for name, axis in (("tasks", tasks), ("contexts", contexts), ("depths", depths), ("seeds", seeds)):
-            if not axis:
-                raise KvprismError(f"{where}: {name} is empty; give at least one value")
-            if len(set(axis)) != len(axis):
-                raise KvprismError(f"{where}: {name} holds a value twice; give every value once")
-        samples = data.get("samples", 1)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise KvprismError(f"{where}: samples = {samples!r} is invalid; allowed range: >= 1 prompt per cell")
-        seeds = sample_seeds(seeds, samples)
-        haystack, values = data.get("haystack"), data.get("values")
-        if haystack is not None and haystack not in HAYSTACKS:
-            raise KvprismError(f"{where}: haystack = {haystack!r} is invalid; allowed: {', '.join(HAYSTACKS)}")
-        if values is not None and values not in VALUE_KINDS:
-            raise KvprismError(f"{where}: values = {values!r} is invalid; allowed: {', '.join(VALUE_KINDS)}")
-        n_new = data.get("max_new_tokens")
-        if n_new is not None and (isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1):
-            raise KvprismError(f"{where}: max_new_tokens = {n_new!r} is invalid; allowed range: >= 1")
+        tasks, contexts, depths, seeds = check_axes(
+            _as_list(data["tasks"], str, f"{where}: tasks"),
+            _as_list(data["contexts"], int, f"{where}: contexts"),
+            _as_list(data["depths"], float, f"{where}: depths"),
+            _as_list(data["seeds"], int, f"{where}: seeds"),
+            samples=data.get("samples", 1),
+            haystack=data.get("haystack"),
+            values=data.get("values"),
+            max_new_tokens=data.get("max_new_tokens"),
+            name=lambda key: f"{where}: {key}",
+        )
+        haystack, values, n_new = data.get("haystack"), data.get("values"), data.get("max_new_tokens")
         mode = data.get("mode")
         if mode is not None and mode not in MODES:
             raise KvprismError(f"{where}: mode = {mode!r} is invalid; allowed: {', '.join(MODES)}")
@@ -386,7 +419,7 @@ def _check_selection_keys(fields: Mapping[str, Any], where: str) -> None:
     from kvprism.migrate import migrate_backend
     from kvprism.selection import SelectionConfig
 
-    names = set(SelectionConfig.__dataclass_fields__)
+    names = set(SelectionConfig.field_names())
     unknown = sorted(set(migrate_backend(fields, "scorer")) - names)
     if unknown:
         raise KvprismError(

@@ -44,6 +44,7 @@ from kvprism.migrate import migrate_backend
 from kvprism.runtime import deferred_signals
 
 __all__ = [
+    "CORRUPT_SUFFIX",
     "LOCK_FILE",
     "REQUIRED_FIELDS",
     "RESULTS_FILE",
@@ -57,6 +58,7 @@ __all__ = [
     "append_result",
     "cell_key",
     "check_out_dir",
+    "check_store",
     "dedupe",
     "diff_settings",
     "jsonable",
@@ -64,6 +66,7 @@ __all__ = [
     "read_cells",
     "read_results",
     "repair_results",
+    "repair_store",
     "settings_digest",
     "stable_hash",
     "versions",
@@ -346,8 +349,8 @@ def read_cells(
                 out.skipped.append((lineno, f"not valid JSON ({exc})"))
                 continue
             raise CorruptStoreError(
-                f"{path} line {lineno} is corrupt (not valid JSON: {exc}); fix or delete that line, "
-                "or pass --skip-corrupt to skip it"
+                f"{path} line {lineno} is corrupt (not valid JSON: {exc}); fix or delete that line, run "
+                f"`kvprism store repair {path.parent}` or pass --skip-corrupt"
             ) from None
         if is_tail:  # complete JSON but no newline yet: treat as in flight
             out.torn_tail = True
@@ -360,7 +363,8 @@ def read_cells(
                 out.skipped.append((lineno, problem))
                 continue
             raise CorruptStoreError(
-                f"{path} line {lineno}: {problem}; fix or delete that line, or pass --skip-corrupt to skip it"
+                f"{path} line {lineno}: {problem}; fix or delete that line, run `kvprism store repair {path.parent}` "
+                "or pass --skip-corrupt"
             )
         out.rows.append(row)
         out.lines.append(lineno)
@@ -414,7 +418,10 @@ def repair_results(path: str | Path) -> bool:
             complete = False
         if not complete:
             if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1 :]):
-                raise CorruptStoreError(f"{path} line {i + 1} is corrupt (not the last line); fix or remove the file")
+                raise CorruptStoreError(
+                    f"{path} line {i + 1} is corrupt (not the last line); run `kvprism store repair {path.parent}` "
+                    "(moves bad lines to a side file) or pass --skip-corrupt"
+                )
             break
         good.append(line)
     fixed = b"".join(line + b"\n" for line in good)
@@ -424,20 +431,65 @@ def repair_results(path: str | Path) -> bool:
     return True
 
 
+#: where :func:`repair_store` moves the lines it takes out of ``results.jsonl`` (appended, never overwritten)
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def repair_store(out_dir: str | Path) -> list[tuple[int, str]]:
+    """Move every corrupt or misshapen line of ``<out_dir>/results.jsonl`` (not valid JSON, a required field missing
+    or of the wrong type, :data:`REQUIRED_FIELDS`) to ``results.jsonl.corrupt`` and keep the rest; a torn last line
+    is cut. Both files are written atomically; run it with no writer on the store.
+
+    Returns:
+        ``(line, reason)`` of each line moved.
+    """
+    path = Path(out_dir) / RESULTS_FILE
+    read = read_cells(path, skip_corrupt=True, required=REQUIRED_FIELDS)
+    if not read.skipped and not read.torn_tail:
+        return []
+    raw = path.read_bytes().split(b"\n")
+    keep = set(read.lines)
+    bad = {line for line, _ in read.skipped}
+    side = path.with_name(path.name + CORRUPT_SUFFIX)
+    if bad:
+        old = side.read_bytes() if side.exists() else b""
+        atomic_write(side, old + b"".join(raw[n - 1] + b"\n" for n in sorted(bad)))
+    atomic_write(path, b"".join(raw[n - 1] + b"\n" for n in sorted(keep)))
+    return read.skipped
+
+
+def check_store(out_dir: str | Path, *, skip_corrupt: bool = False) -> list[tuple[int, str]]:
+    """Before a run resumes ``out_dir``: every stored line must read with the fields a report needs
+    (:class:`CorruptStoreError` naming file, line and field, and the way on), or, with ``skip_corrupt``, the bad
+    lines are moved aside (:func:`repair_store`; returns them)."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.exists():
+        return []
+    if skip_corrupt:
+        return repair_store(out_dir)
+    read_cells(path, required=REQUIRED_FIELDS)
+    return []
+
+
 def append_result(path: str | Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line and make it durable (flush + fsync) before returning; SIGINT / SIGTERM arriving during
     the write are delivered after it, so an interrupt never leaves half a line."""
     line = json.dumps(jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
     data = line.encode("utf-8")
     with deferred_signals():
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.filename is None:  # os.write / os.fsync name no file: say which one
+                exc.filename = str(path)
+            raise
 
 
 def check_out_dir(out_dir: str | Path, option: str = "--out") -> Path:

@@ -104,7 +104,7 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not text:
         return out
-    fields = {f for f in SelectionConfig.__dataclass_fields__}
+    fields = set(SelectionConfig.field_names())
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
@@ -532,88 +532,3 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     finally:
         plt.close(fig)
     return path
-
-
-def run_cli(
-    *,
-    task: str,
-    contexts: str,
-    depths: str,
-    seeds: str,
-    k: str,
-    block_size: int | None,
-    haystack: str | None,
-    values: str | None,
-    model: str,
-    device: str,
-    out: str,
-    select: str | None,
-    methods: str,
-    d_sigs: str,
-    console: Any,
-    threads: int | None = None,
-    dtype: str = "float32",
-    base: dict[str, Any] | None = None,
-) -> dict[str, Path]:
-    """``kvprism recall --sweep``: validate every option before loading the model, run, print the table.
-    ``base``: SelectionConfig fields shared by every cell (``--select`` and ``--block-size`` override them)."""
-    from kvprism.eval.grid import parse_list
-    from kvprism.eval.tasks import HAYSTACKS, TASKS, VALUE_KINDS, make_sample
-    from kvprism.hf.models import load_model
-
-    tasks = parse_list(task, str, "task")
-    for t in tasks:
-        if t not in TASKS:
-            raise KvprismError(f"--task = {t!r} is unknown; allowed: {', '.join(TASKS)}")
-    if haystack is not None and haystack not in HAYSTACKS:
-        raise KvprismError(f"--haystack = {haystack!r} is invalid; allowed: {', '.join(HAYSTACKS)}")
-    if values is not None and values not in VALUE_KINDS:
-        raise KvprismError(f"--values = {values!r} is invalid; allowed: {', '.join(VALUE_KINDS)}")
-    ctx = parse_list(contexts, int, "contexts")
-    dep = parse_list(depths, float, "depths")
-    sds = parse_list(seeds, int, "seeds")
-    ks = parse_list(k, int, "k")
-    dims = parse_list(d_sigs, int, "d-sigs")
-    meths = parse_methods(methods)
-    base = {**(base or {}), **parse_overrides(select)}
-    if block_size is not None:
-        base["block_size"] = block_size
-    if not (ctx and dep and sds and ks and dims):
-        raise KvprismError("--contexts, --depths, --seeds, --k and --d-sigs each need at least one value")
-    for d in dep:
-        if not 0.0 <= d <= 1.0:
-            raise KvprismError(f"--depths: {d} is invalid; allowed range: [0, 1]")
-    _check_axes(dims, ks)
-    check_out_dir(out)
-    from kvprism.runtime import set_threads
-
-    set_threads(threads)
-    with console.status(f"loading {model} ..."):
-        mdl, tok = load_model(model, dtype=dtype, device=device)
-    for t in tasks:
-        for c in (min(ctx), max(ctx)):
-            make_sample(t, tok, c, dep[0], sds[0], haystack=haystack, values=values)
-    n = len(tasks) * len(ctx) * len(dep) * len(sds)
-    console.print(f"[bold]sweep[/]: {n} prompts × {len(meths)} methods × {len(dims)} d_sig × {len(ks)} k -> {out}")
-    from kvprism.cli import grid_progress
-
-    with grid_progress("sweep (prompts)") as on_progress:
-        files = run_sweep(
-            mdl,
-            tok,
-            out_dir=out,
-            tasks=tasks,
-            contexts=ctx,
-            depths=dep,
-            seeds=sds,
-            methods=meths,
-            d_sigs=dims,
-            ks=ks,
-            base=base,
-            haystack=haystack,
-            values=values,
-            on_progress=on_progress,
-        )
-    console.print(files["table"].read_text())
-    console.print(f"table: {files['table']}  plot: {files.get('plot', '(matplotlib not installed)')}")
-    return files

@@ -32,28 +32,13 @@ import torch
 from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.attention import PrefillQueries, key_validity, sparse_attend
+from kvprism.kernels import IMPLS, resolve_impl
 from kvprism.layout import BlockGeometry, BlockLayout, GatherPlan
 from kvprism.oracle import oracle_blocks
 from kvprism.scorers import group_scorers
 from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, fit_uses_queries
 
 __all__ = ["IMPLS", "DecodePipeline", "PreparedLayer", "StepEvent", "resolve_impl"]
-
-#: how decode attends to the selected tokens: ``"torch"`` (index gather + matmul/softmax, any device), ``"triton"``
-#: (the split-K sparse-attention kernel of :mod:`kvprism.kernels` reading the selected blocks in place; CUDA only)
-#: or ``"auto"`` (Triton where it can run, else torch)
-IMPLS = ("auto", "torch", "triton")
-
-
-def resolve_impl(impl: str | None, *, owner: str = "SparseCache") -> str:
-    """Validate the kernel implementation ``impl`` (:data:`IMPLS`)."""
-    impl = "auto" if impl is None else impl
-    if impl not in IMPLS:
-        raise ConfigError(f"{owner}.impl = {impl!r} is invalid; allowed: {', '.join(IMPLS)}")
-    if impl == "triton" and not _kernels.triton_available():
-        raise ConfigError(f"{owner}.impl = 'triton' needs the 'triton' package (pip install 'kvprism[gpu]')")
-    return impl
-
 
 @dataclasses.dataclass(frozen=True)
 class PreparedLayer:

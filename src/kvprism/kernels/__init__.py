@@ -7,8 +7,9 @@ Stable entry points (the sparse attention path calls these):
 * :func:`score_topk` — top-k blocks per (batch, KV head) by signature score.
 * ``SparseDecodeStep`` (Triton only) — score -> select -> attend with static buffers, capturable in a CUDA graph.
 
-``impl="auto"`` picks the Triton kernels for CUDA tensors when ``triton`` imports, else the reference. Both are
-sparse: neither falls back to dense attention.
+``impl`` (:data:`IMPLS`, the one tuple of kernel implementations): ``"auto"`` picks the Triton kernels for CUDA
+tensors when ``triton`` imports, else ``"torch"`` (the pure-torch references of :mod:`kvprism.kernels.reference`).
+Both are sparse: neither falls back to dense attention.
 """
 
 from __future__ import annotations
@@ -16,31 +17,29 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import warnings
 from typing import Any
 
 import torch
 
-from kvprism.errors import KvprismError
+from kvprism.errors import ConfigError, KvprismError
 from kvprism.kernels.reference import candidate_blocks, score_topk_ref, sparse_decode_attention_ref
 from kvprism.layout import BlockLayout
 
-#: kernel implementations: ``"auto"`` (Triton for CUDA tensors when it imports, else the reference), ``"triton"``,
-#: ``"reference"`` (pure torch, any device)
-IMPLS = ("auto", "triton", "reference")
-#: former name of :data:`IMPLS` (deprecated)
-BACKENDS = IMPLS
+#: the attention / scoring implementations (``impl``), the one tuple of the package: ``"auto"`` (Triton where it can
+#: run, else torch), ``"torch"`` (index gather + matmul/softmax, the references; any device) or ``"triton"`` (the
+#: split-K sparse kernels reading the selected blocks in place; CUDA only)
+IMPLS = ("auto", "torch", "triton")
 #: head dims and input dtypes the Triton decode kernel takes (the reference takes any)
 TRITON_HEAD_DIMS = (16, 32, 64, 128, 256)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 __all__ = [
-    "BACKENDS",
     "IMPLS",
     "TRITON_DTYPES",
     "TRITON_HEAD_DIMS",
     "SparseDecodeStep",
     "candidate_blocks",
+    "resolve_impl",
     "score_topk",
     "score_topk_ref",
     "sparse_decode_attention",
@@ -58,16 +57,24 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _resolve(impl: str, backend: str | None, device: torch.device) -> str:
-    if backend is not None:
-        warnings.warn("kvprism.kernels: backend= is deprecated; use impl=", DeprecationWarning, stacklevel=3)
-        impl = backend
+def resolve_impl(impl: str | None, *, owner: str = "kvprism.kernels") -> str:
+    """Validate the implementation ``impl`` (:data:`IMPLS`; None = ``"auto"``); returns it (still ``"auto"``).
+
+    Raises:
+        ConfigError: not in :data:`IMPLS`, or ``"triton"`` without the package (naming ``owner``).
+    """
+    impl = "auto" if impl is None else impl
     if impl not in IMPLS:
-        raise KvprismError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "reference"
+        raise ConfigError(f"{owner}.impl = {impl!r} is invalid; allowed: {', '.join(IMPLS)}")
     if impl == "triton" and not triton_available():
-        raise KvprismError("impl='triton' needs the 'triton' package (pip install 'kvprism[gpu]')")
+        raise ConfigError(f"{owner}.impl = 'triton' needs the 'triton' package (pip install 'kvprism[gpu]')")
+    return impl
+
+
+def _resolve(impl: str, device: torch.device) -> str:
+    impl = resolve_impl(impl)
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
     return impl
 
 
@@ -80,7 +87,6 @@ def sparse_decode_attention(
     scale: float | None = None,
     *,
     impl: str = "auto",
-    backend: str | None = None,
 ) -> torch.Tensor:
     """Block-sparse decode attention ``[B, Hq, D]``.
 
@@ -90,10 +96,9 @@ def sparse_decode_attention(
         layout: the step's :class:`~kvprism.layout.BlockLayout` (block size, sink blocks, window, ``seq_lens [B]``
             in ``[1, T]``); the Triton kernel needs a plain one (no masked key).
         scale: softmax scale (default ``1/sqrt(D)``).
-        impl: ``"auto"`` (Triton on CUDA when available, else reference), ``"triton"`` or ``"reference"``
-            (:data:`IMPLS`); ``backend`` is its former name (deprecated).
+        impl: ``"auto"`` (Triton on CUDA when available, else torch), ``"torch"`` or ``"triton"`` (:data:`IMPLS`).
     """
-    which = _resolve(impl, backend, q.device)
+    which = _resolve(impl, q.device)
     if which == "triton":
         from kvprism.kernels.triton_decode import sparse_decode_attention_triton
 
@@ -109,16 +114,15 @@ def score_topk(
     gqa_reduce: str = "sum",
     *,
     impl: str = "auto",
-    backend: str | None = None,
 ) -> torch.Tensor:
     """Top-k block indices ``[B, Hkv, k]`` (int64, best first, ties to the lower index, ``-1`` padding).
 
     Args:
         q: ``[B, Hq, d]`` query sketches; signatures: ``[B, Hkv, N, d]``; n_valid: ``[B]`` or None.
         k: blocks per (batch, KV head); gqa_reduce: ``"sum"`` or ``"max"`` over a GQA group.
-        impl, backend: as in :func:`sparse_decode_attention`.
+        impl: as in :func:`sparse_decode_attention`.
     """
-    which = _resolve(impl, backend, q.device)
+    which = _resolve(impl, q.device)
     if which == "triton":
         from kvprism.kernels.triton_decode import score_topk_triton
 

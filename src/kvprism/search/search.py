@@ -37,6 +37,7 @@ from kvprism.search.space import D_SIG, SPACE, Dim, active_space, space_table
 
 __all__ = [
     "SearchResult",
+    "base_config",
     "config_of",
     "pareto_table",
     "pareto_trials",
@@ -75,7 +76,8 @@ class SearchResult:
         return pareto_trials(self.study)
 
 
-def _base_config(base: Any) -> tuple[Any, str]:
+def base_config(base: Any) -> tuple[Any, str]:
+    """``(PhotonicConfig, label)`` of ``--base``: a config, a preset TOML file or a shipped preset name."""
     from kvprism.photonics import PhotonicConfig
 
     if isinstance(base, PhotonicConfig):
@@ -88,7 +90,7 @@ def _base_config(base: Any) -> tuple[Any, str]:
 def config_of(trial: Any, base: Any) -> Any:
     """The :class:`PhotonicConfig` of a finished trial: the base (a config, preset name or TOML file) with the
     trial's field values."""
-    cfg, _ = _base_config(base)
+    cfg, _ = base_config(base)
     return cfg.replace(**trial.user_attrs["fields"])
 
 
@@ -191,7 +193,7 @@ def run_search(
     if population_size < 2:
         raise KvprismError(f"population_size = {population_size} is invalid; allowed range: [2, inf)")
     s = settings or ObjectiveSettings()
-    base_cfg, base_name = _base_config(base)
+    base_cfg, base_name = base_config(base)
     if s.tokens_per_s is not None and any(d.name == "detection_bandwidth_hz" for d in space):
         # the decode timing sets the detection bandwidth of every point: nothing to search
         fixed = (*fixed, "detection_bandwidth_hz")

@@ -40,9 +40,10 @@ class SelectionConfig(ConfigBase):
     )
     k: int = param(
         6,
-        doc="Complete blocks selected per (layer, KV head) at each decode step.",
+        doc="Complete blocks selected per (layer, KV head) at each decode step (>= 1, as on the command line; a head "
+        "that reads only its sink and window is a streaming head: see ``heads``).",
         unit="blocks",
-        ge=0,
+        ge=1,
         source=_SWEEP_SOURCE,
     )
     d_sig: int = param(

@@ -1,7 +1,8 @@
-"""``kvprism design`` (capture, space, evaluate, search) and ``kvprism claims`` command lines (typer sub-apps).
+"""``kvprism design`` (capture, space, evaluate, search: the design-space search of :mod:`kvprism.search`) and
+``kvprism claims`` (typer sub-apps).
 
-Heavy imports happen inside the commands. Errors caused by input raise :class:`kvprism.KvprismError` (one line,
-printed by :func:`kvprism.cli.main`).
+Heavy imports happen inside the commands; every option is checked (:mod:`kvprism.cli.checks`) before a model loads
+or a reference set is captured.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kvprism.cli_common import AddressOpt, ExecutorOpt, GpusPerWorkerOpt, WorkersOpt, executor_of, model_factory
-from kvprism.errors import KvprismError
+from kvprism.cli import checks
+from kvprism.cli.common import (
+    AddressOpt,
+    ExecutorOpt,
+    GpusPerWorkerOpt,
+    WorkersOpt,
+    executor_of,
+    grid_progress,
+    model_factory,
+)
 
 design_app = typer.Typer(
     name="design",
@@ -37,19 +46,16 @@ _ContextOpt = Annotated[int, typer.Option(help="Prefill length of the reference 
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise KvprismError(f"--{name} = {text!r} is invalid; give comma-separated integers") from None
-    if not vals:
-        raise KvprismError(f"--{name} is empty")
-    return vals
+    return tuple(checks.listed(text, int, f"--{name}"))
 
 
 def _capture_params(model: str, context: int, d_sig: str, block_size: int, projection: str, queries: int,
                     k_max: int, seed: int, window: int):  # fmt: skip
     from kvprism.search.capture import CaptureParams
+    from kvprism.signatures import PROJECTIONS
 
+    if projection not in PROJECTIONS:
+        raise checks.BadOption(f"--projection = {projection!r} is invalid; allowed: {', '.join(PROJECTIONS)}")
     return CaptureParams(
         model=model, context=context, block_size=block_size, d_sigs=_ints(d_sig, "d-sig"), projection=projection,
         n_queries=queries, k_max=k_max, seed=seed, window=window,
@@ -75,6 +81,14 @@ _ReferenceOpt = Annotated[
     str | None,
     typer.Option(help="Reference set file (default: the cached one of --model/--context, built on first use)."),
 ]
+
+
+def _reference_source(reference: str | None, model: str) -> None:
+    """``--reference`` must be an existing file; without it ``--model`` is captured (checked here, before)."""
+    if reference:
+        checks.input_file(reference, "--reference", what="reference set file (.safetensors)")
+    else:
+        checks.model(model)
 
 
 def _load_reference(reference: str | None, model: str, context: int):
@@ -106,15 +120,17 @@ def capture(
     """Capture a reference set from one real prefill on natural text: per (layer, KV head) block signatures,
     decode-time queries and their exact top-k."""
     from kvprism.hf.models import load_model
-    from kvprism.search.capture import describe, reference_set
+    from kvprism.search.capture import default_path, describe, reference_set
 
-    params = _capture_params(model, context, d_sig, block_size, projection, queries, k_max, seed, window)
+    with checks.checking():
+        checks.model(model)
+        checks.device(device)
+        params = _capture_params(model, context, d_sig, block_size, projection, queries, k_max, seed, window)
+        path = Path(out) if out else default_path(params)
+        checks.out_file(str(path), "--out")
     t0 = time.perf_counter()
     with console.status(f"loading {model} ..."):
         mdl, tok = load_model(model, device=device)
-    from kvprism.search.capture import default_path
-
-    path = Path(out) if out else default_path(params)
     ref = reference_set(params, model=mdl, tokenizer=tok, path=path, rebuild=True, show_progress=True)
     console.print(_rows_table("reference set", describe(ref)))
     console.print(f"written {path} in {time.perf_counter() - t0:.1f} s")
@@ -140,7 +156,7 @@ def space() -> None:
 def evaluate(
     configs: Annotated[
         str, typer.Option(help="Photonic presets and/or preset TOML files, comma-separated.")
-    ] = "tfln-feasible",
+    ] = "tfln-timeshared",
     k: Annotated[str, typer.Option(help="Blocks selected (recall@k), comma-separated.")] = "8,16",
     rerank: Annotated[
         str,
@@ -172,15 +188,23 @@ def evaluate(
     """Score design points on the reference set as a search trial does (signature and block recall@k with every
     impairment on, energy and added latency per decode step, violated constraints), for each k and rerank factor."""
     from kvprism.atomic import atomic_write
+    from kvprism.energy.config import model_shape
     from kvprism.eval.grid import load_preset
     from kvprism.search.objectives import ObjectiveSettings
     from kvprism.search.objectives import evaluate as evaluate_point
 
-    names = [c.strip() for c in configs.split(",") if c.strip()]
-    if not names:
-        raise KvprismError("--configs is empty; give photonic preset names or preset files")
-    cfgs = {n: load_preset(n) for n in names}
-    ks, reranks = _ints(k, "k"), _ints(rerank, "rerank")
+    with checks.checking():
+        names = checks.listed(configs, str, "--configs")
+        cfgs = {n: load_preset(n) for n in names}
+        ks, reranks = _ints(k, "k"), _ints(rerank, "rerank")
+        for kk in ks:
+            for r in reranks:
+                ObjectiveSettings(k=kk, shape=shape, contexts=(energy_context,), tokens_per_s=tokens_per_s or None,
+                                  rerank=r)  # fmt: skip
+        model_shape(shape)
+        if out:
+            checks.out_file(out, "--out", suffix=".json")
+        _reference_source(reference, model)
     ref = _load_reference(reference, model, context)
     lo, hi = ref.candidate_range
     t = Table(title=f"design points on the reference set ({ref.params.model}, {ref.params.context} tokens, blocks "
@@ -285,19 +309,28 @@ def search(
     """Multi-objective design search (optuna NSGA-II): recall@k ↑, energy per decode step ↓, chip area ↓, added
     latency ↓, every feasibility constraint a constraint. Resumable (SQLite); trials in parallel with
     --executor ray."""
+    from kvprism.energy.config import model_shape
     from kvprism.search.objectives import ObjectiveSettings
-    from kvprism.search.search import pareto_table, run_search, write_outputs
+    from kvprism.search.search import base_config, pareto_table, run_search, write_outputs
+    from kvprism.search.space import SPACE
 
-    ex = executor_of(executor, address, workers, gpus_per_worker)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with checks.checking():
+        ex = executor_of(executor, address, workers, gpus_per_worker)
+        settings = ObjectiveSettings(
+            k=k, shape=shape, contexts=_ints(contexts, "contexts"), latency_budget_s=latency_budget_s,
+            engine_seed=seed, max_banks=max_banks, tokens_per_s=tokens_per_s or None, rerank=rerank,
+        )  # fmt: skip
+        model_shape(shape)
+        if base.endswith(".toml"):
+            checks.input_file(base, "--base", suffix=".toml", what="PhotonicConfig TOML file")
+        else:
+            checks.preset(base, "--base")
+        base_config(base)
+        fixed = checks.fix_names(fix, [d.name for d in SPACE])
+        out_dir = checks.out_dir(out)
+        _reference_source(reference, model)
     url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     ref = _load_reference(reference, model, context)
-    settings = ObjectiveSettings(
-        k=k, shape=shape, contexts=_ints(contexts, "contexts"), latency_budget_s=latency_budget_s, engine_seed=seed,
-        max_banks=max_banks, tokens_per_s=tokens_per_s or None, rerank=rerank,
-    )  # fmt: skip
-    fixed = [f.strip() for f in fix.split(",") if f.strip()]
     t0 = time.perf_counter()
     res = run_search(ref, trials, seed=seed, storage=url, study_name=study, base=base, settings=settings,
                      fixed=fixed, population_size=population, show_progress=True, executor=ex,
@@ -348,14 +381,20 @@ def claims(
     from kvprism.hf.models import load_model
     from kvprism.search.claims import ClaimsSettings, run_claims
 
-    ex = executor_of(executor, address, workers, gpus_per_worker)
+    with checks.checking():
+        ex = executor_of(executor, address, workers, gpus_per_worker)
+        checks.model(model)
+        checks.device(device)
+        ctx = _ints(contexts, "contexts") if contexts is not None else None
+        dep = tuple(checks.listed(depths, float, "--depths"))
+        for d in dep:
+            if not 0.0 <= d <= 1.0:
+                raise checks.BadOption(f"--depths: {d} is invalid; allowed range: [0, 1]")
+        settings = ClaimsSettings(model_name=model, contexts=ctx, depths=dep, k=k, seed=seed, samples=samples)
+        checks.out_dir(out)
     with console.status(f"loading {model} ..."):
         mdl, tok = load_model(model, device=device)
-    ctx = _ints(contexts, "contexts") if contexts else None
-    dep = tuple(float(x) for x in depths.split(",") if x.strip())
-    settings = ClaimsSettings(model_name=model, contexts=ctx, depths=dep, k=k, seed=seed, samples=samples)
     factory = model_factory(model, device=device)
-    from kvprism.cli import grid_progress
 
     with grid_progress("claims: niah") as on_progress:
         written = run_claims(mdl, tok, out, settings, show_progress=True, on_progress=on_progress, console=console,

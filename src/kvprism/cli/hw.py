@@ -1,0 +1,137 @@
+"""``kvprism hw``: the feasibility verdict of a photonic configuration, untimed or timed by a model's decode."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from kvprism.cli import checks
+from kvprism.cli.common import console, err_console, print_json
+
+__all__ = ["hw"]
+
+
+def hw(
+    preset: Annotated[str | None, typer.Option(help="Photonic preset name (see --list).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Photonic config TOML file.")] = None,
+    list_presets: Annotated[bool, typer.Option("--list", help="List the shipped presets and exit.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the feasibility Monte Carlo.")] = 0,
+    model_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--model-shape",
+            help="Time the detection by decode for this model (e.g. qwen2.5-7b, smollm2-135m, llama-3.1-8b): the "
+            "integration time follows from the time per selection and replaces detection_bandwidth_hz.",
+        ),
+    ] = None,
+    tokens_per_s: Annotated[
+        float | None,
+        typer.Option("--tokens-per-s", help="Target decode rate for --model-shape (default 20 tokens/s).", min=0.0),
+    ] = None,
+    queries_per_head: Annotated[
+        int, typer.Option(help="Chip queries per (layer, KV head) and decode step (1: GQA sum).", min=1)
+    ] = 1,
+    batch: Annotated[int, typer.Option(help="Sequences decoded together (one logical bank each).", min=1)] = 1,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 if a constraint is violated.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON instead of a table.")] = False,
+    write_timed: Annotated[
+        str | None,
+        typer.Option(
+            "--write-timed",
+            help="With --model-shape: write the config as timed by that decode (detection bandwidth, code age, code "
+            "refresh) to this preset TOML, to run it in the loop (kvprism niah --configs FILE).",
+        ),
+    ] = None,
+) -> None:
+    """Feasibility verdict of a photonic weight-bank configuration (default: the seed-nominal preset)."""
+    from kvprism.photonics.config import PhotonicConfig
+    from kvprism.photonics.design import decode_timing
+    from kvprism.photonics.feasibility import feasibility
+    from rich.table import Table
+
+    with checks.checking():
+        if list_presets:
+            checks.not_with(
+                {"--preset": preset is not None, "--config": config is not None, "--model-shape": model_shape is not None,
+                 "--tokens-per-s": tokens_per_s is not None, "--write-timed": write_timed is not None,
+                 "--strict": strict, "--json": as_json},
+                "--list", "it lists the shipped presets and exits",
+            )  # fmt: skip
+        if preset is not None and config is not None:
+            raise checks.BadOption("give either --preset or --config, not both")
+        if write_timed is not None and model_shape is None:
+            raise checks.BadOption("--write-timed needs --model-shape (the decode that times the config)")
+        if model_shape is None and tokens_per_s is not None:
+            raise checks.BadOption("--tokens-per-s needs --model-shape (the model whose decode times the detection)")
+        if model_shape is None and (queries_per_head != 1 or batch != 1):
+            raise checks.BadOption("--queries-per-head and --batch need --model-shape (they time the detection)")
+        if tokens_per_s is not None and not tokens_per_s > 0:
+            raise checks.BadOption(f"--tokens-per-s = {tokens_per_s:g} is invalid; allowed range: (0, inf)")
+        if config is not None:
+            checks.input_file(config, "--config", suffix=".toml", what="PhotonicConfig TOML file")
+            cfg, label = PhotonicConfig.from_toml(config), config
+        elif not list_presets:
+            label = checks.preset(preset or "seed-nominal")
+            cfg = PhotonicConfig.preset(label)
+        if write_timed is not None:
+            checks.out_file(write_timed, "--write-timed", suffix=".toml")
+        shape = None
+        if model_shape is not None:
+            from kvprism.energy.config import model_shape as get_shape
+
+            shape = get_shape(model_shape)
+    if list_presets:
+        table = Table(title="photonic presets")
+        for col in ("name", "description", "source"):
+            table.add_column(col, overflow="fold")
+        for name in PhotonicConfig.presets():
+            meta = PhotonicConfig.preset_meta(name)
+            table.add_row(name, meta.get("description", ""), meta.get("source", ""))
+        console.print(table)
+        return
+    timing = None
+    if shape is not None:
+        rate = 20.0 if tokens_per_s is None else tokens_per_s
+        timing = decode_timing(
+            cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate,
+            queries_per_head=queries_per_head, batch=batch,
+        )  # fmt: skip
+        (err_console if as_json else console).print(
+            f"detection timed by decode: {shape.name} ({shape.n_layers} layers × {shape.kv_heads} KV heads, batch "
+            f"{batch}, {queries_per_head} quer{'y' if queries_per_head == 1 else 'ies'} per head) at {rate:g} tokens/s, "
+            f"{cfg.selection_time_fraction:g} of the step for selection: {timing.time_per_selection_s * 1e6:.3g} µs "
+            f"per selection, T_int {timing.integration_time_s * 1e6:.3g} µs → detection_bandwidth_hz "
+            f"{timing.noise_bandwidth_hz:.3g} (configured {cfg.detection_bandwidth_hz:.3g})",
+            highlight=False,
+        )
+        if write_timed is not None:
+            from kvprism.photonics.design import timed_by_decode
+            from kvprism.search.search import write_preset
+
+            meta = {
+                "description": f"{label} timed by decode for {shape.name} ({shape.n_layers} layers x "
+                f"{shape.kv_heads} KV heads, batch {batch}) at {rate:g} tokens/s",
+                "source": "kvprism hw --write-timed (kvprism.photonics.design.timed_by_decode)",
+            }
+            path = write_preset(timed_by_decode(cfg, timing), write_timed, meta)
+            (err_console if as_json else console).print(f"wrote {path}", highlight=False)
+    with console.status("evaluating feasibility ..."):
+        rep = feasibility(cfg, seed=seed, timing=timing)
+    if as_json:
+        print_json({"config": label, "feasible": not rep.violations, "violations": rep.violations, "report": rep})
+        raise typer.Exit(1 if strict and rep.violations else 0)
+    table = Table(title=f"feasibility: {label}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("constraint")
+    for name, value, limit in rep.rows():
+        table.add_row(name, value, limit)
+    console.print(table)
+    if rep.violations:
+        console.print(f"[bold red]{len(rep.violations)} violated constraint(s):[/]")
+        for v in rep.violations:
+            console.print(f"  [red]✗[/] {v}", highlight=False)
+    else:
+        console.print("[bold green]feasible: no constraint violated[/]")
+    if strict and rep.violations:
+        raise typer.Exit(1)
