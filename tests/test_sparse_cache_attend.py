@@ -142,11 +142,11 @@ def test_candidate_range_is_the_candidate_mask_without_padding(sink_blocks, wind
 
 
 @pytest.mark.parametrize(
-    "backend",
+    "impl",
     ["torch", pytest.param("triton", marks=pytest.mark.skipif(not triton_available(), reason="needs triton"))],
 )
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_kernel_attention_arguments_read_the_gathered_tokens(family, backend):
+def test_kernel_attention_arguments_read_the_gathered_tokens(family, impl):
     """The arguments the CUDA path hands to the kernels (run through the torch reference, or the Triton kernel under
     Triton's interpreter on CPU) give what the gather path computes for the same selected blocks."""
     model = tiny_model(family)
@@ -164,7 +164,7 @@ def test_kernel_attention_arguments_read_the_gathered_tokens(family, backend):
     plan = layout.gather_plan(blocks)
     scaling = query.shape[-1] ** -0.5
     want = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
-    if backend == "reference":
+    if impl == "torch":
         got = sparse_decode_attention(query, key, value, blocks, layout, scaling, impl="torch")
     else:  # Triton: interpreter on CPU
         got = cache.pipeline.attend_triton(query, key, value, blocks, layout, scaling)

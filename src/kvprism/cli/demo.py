@@ -12,6 +12,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+
 from kvprism.cli import checks
 from kvprism.cli.common import (
     SELECTION_OPTIONS,
@@ -60,6 +61,7 @@ def demo(
     configuration: answer, share of the cache read, energy per token against a GPU doing sparse attention, and the
     decode rates at which the chip meets its constraints."""
     import torch
+
     from kvprism.eval.decode import eos_ids, fresh_cache, greedy_decode, prefill
     from kvprism.eval.grid import load_preset
     from kvprism.eval.tasks import niah_single

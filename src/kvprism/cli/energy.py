@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from kvprism.cli import checks
 from kvprism.cli.common import console, err_console, given_on_command_line, print_json
 

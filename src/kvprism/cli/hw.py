@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from kvprism.cli import checks
 from kvprism.cli.common import console, err_console, print_json
 
@@ -44,10 +45,11 @@ def hw(
     ] = None,
 ) -> None:
     """Feasibility verdict of a photonic weight-bank configuration (default: the seed-nominal preset)."""
+    from rich.table import Table
+
     from kvprism.photonics.config import PhotonicConfig
     from kvprism.photonics.design import decode_timing
     from kvprism.photonics.feasibility import feasibility
-    from rich.table import Table
 
     with checks.checking():
         if list_presets:

@@ -40,6 +40,7 @@ from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, 
 
 __all__ = ["IMPLS", "DecodePipeline", "PreparedLayer", "StepEvent", "resolve_impl"]
 
+
 @dataclasses.dataclass(frozen=True)
 class PreparedLayer:
     """What one layer of a prefill needs before its first sparse decode step, computed once per prefill and
