@@ -137,10 +137,8 @@ def with_selection_options(*fields: str) -> Callable[[Callable[..., Any]], Calla
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
-            from kvprism.cli.checks import selection_fields
-
             given = {f: kwargs.pop(_param_name(f)) for f in fields}
-            kwargs["selection_fields"] = selection_fields({f: v for f, v in given.items() if v is not None})
+            kwargs["selection_fields"] = {f: v for f, v in given.items() if v is not None}
             return fn(**kwargs)
 
         wrapper.__signature__ = sig.replace(parameters=params + extra)  # type: ignore[attr-defined]
