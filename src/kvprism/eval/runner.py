@@ -458,6 +458,8 @@ class Runner:
             settings = {
                 "model": model_settings,
                 "decode": {"max_new_tokens": n_new, "chat": st.chat, "decoder": _callable_name(st.decode_fn)},
+                # the evaluation method under its stored name "backend": this dict is hashed into every cell key, so
+                # renaming the key would give every stored cell a new key (and recompute it); it stays as it is
                 "backend": config.method,
                 "selection": _selection_settings(config),
             }
