@@ -257,3 +257,54 @@ def test_topk_blocks_every_user_agrees_on_ties():
 def test_topk_blocks_nan_and_inf_candidates_rank_last_but_are_chosen():
     s = torch.tensor([float("nan"), 1.0, -float("inf"), 2.0])
     assert topk_blocks(s, torch.tensor([True, True, True, False]), 4).tolist() == [1, 0, 2, -1]
+
+
+# --------------------------------------------------------------------------------------------- the fixed-shape layout
+def fixed_layout(context: int, bs: int, sink: int, window: int, padding: int, capacity: int) -> BlockLayout:
+    """The static cache's view of the same cache: ``capacity`` positions, the length on the device, no padding mask
+    when there is no padding."""
+    t = torch.arange(capacity)[None].expand(2, -1)
+    valid = (t >= padding) & (t < context) if padding else None
+    lens = torch.tensor(context).reshape(1).expand(2)
+    return BlockLayout.fixed(BlockGeometry(bs, sink, window), lens, capacity, valid)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_fixed_layout_reads_what_the_brute_force_reads(case):
+    context, bs, sink, _window, _padding = case
+    bf = brute_force(*case)
+    capacity = -(-(context + 2 * bs) // bs) * bs  # unused capacity after the length
+    layout = fixed_layout(*case, capacity=capacity)
+    assert layout.token_roles[0].tolist() == bf["roles"] + [PAD] * (capacity - context)
+    assert as_set(layout.candidates[0]) == bf["candidates"]
+    chosen = set(sorted(bf["candidates"])[::2])
+    blocks = torch.tensor([[*sorted(chosen), -1]] * 2)[:, None]
+    plan = layout.gather_plan(blocks)
+    # the fixed size depends on the geometry and the capacity only
+    assert plan.token_idx.shape[-1] == sink * bs + layout.tail_bound + blocks.shape[-1] * bs
+    assert as_set(plan.token_mask(capacity)[0, 0]) == read_set(bf, chosen, bs)
+    assert int(plan.n_attended[0, 0]) == len(read_set(bf, chosen, bs))
+    assert int(plan.n_cached[0]) == len(bf["real"])
+    assert torch.equal(layout.tokens_read(blocks), plan.n_attended)
+
+
+def test_fixed_layout_traces_whole_without_host_syncs():
+    """The static decode step builds its layout inside one compiled graph: no graph break, no recompilation when the
+    device-side length changes."""
+    geometry = BlockGeometry(8, 1, 5)
+
+    def plan(length: torch.Tensor, valid: torch.Tensor, blocks: torch.Tensor):
+        layout = BlockLayout.fixed(geometry, length.reshape(1).expand(2), 64, valid)
+        p = layout.gather_plan(blocks)
+        return layout.candidates, p.token_idx, p.token_ok, p.n_attended, p.n_cached
+
+    compiled = torch.compile(plan, fullgraph=True, backend="eager")
+    valid = torch.arange(64)[None].expand(2, -1) >= torch.tensor([[0], [11]])
+    blocks = torch.tensor([[[2, 4], [3, -1]], [[5, 2], [-1, -1]]])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for n in (20, 31, 40):
+            length = torch.tensor(n)
+            want = plan(length, valid & (torch.arange(64) < n), blocks)
+            got = compiled(length, valid & (torch.arange(64) < n), blocks)
+            for a, b in zip(got, want, strict=True):
+                assert torch.equal(a, b)

@@ -75,11 +75,11 @@ def test_rerank_covering_every_candidate_is_exact_selection():
 
 
 def test_rerank_improves_a_feasible_chip_toward_exact():
-    """tfln-feasible on Gaussian signatures: one stage misses some of the exact top-k, rerank 2 recovers more of
+    """tfln-timeshared on Gaussian signatures: one stage misses some of the exact top-k, rerank 2 recovers more of
     them (same seed, same draws)."""
     pytest.importorskip("kvprism.photonics")
     k, n = 8, 128
-    base = SelectionConfig(k=k, d_sig=16, projection="none", scorer="photonic", photonic="tfln-feasible")
+    base = SelectionConfig(k=k, d_sig=16, projection="none", scorer="photonic", photonic="tfln-timeshared")
     g = torch.Generator().manual_seed(1)
     sig = torch.randn(1, 8, n, 16, generator=g)
     query = torch.randn(1, 8, 1, 16, generator=g)
@@ -124,12 +124,12 @@ def test_rerank_config_errors_name_the_field():
         SelectionConfig(rerank=2, budget="top_p")
 
 
-def test_static_cache_refuses_rerank():
+def test_static_cache_takes_rerank_with_the_exact_scorer():
     from kvprism.hf.static import check_static_config
 
-    check_static_config(SelectionConfig(projection="pca"))
-    with pytest.raises(ConfigError, match="rerank"):
-        check_static_config(SelectionConfig(projection="pca", rerank=2))
+    check_static_config(SelectionConfig(rerank=2))  # the static cache rescores from its own signature rows
+    with pytest.raises(ConfigError, match="scorer"):
+        check_static_config(SelectionConfig(rerank=2, scorer="photonic"))
 
 
 def test_sparse_cache_counts_the_rescored_rows():
@@ -158,7 +158,7 @@ def test_energy_charges_the_candidate_signature_read():
     from kvprism.energy.compare import rerank_read_bytes
     from kvprism.photonics import PhotonicConfig
 
-    cfg = PhotonicConfig.preset("tfln-feasible")
+    cfg = PhotonicConfig.preset("tfln-timeshared")
     shape = model_shape("qwen2.5-7b")
     one = EnergyConfig(k=8, d_sig=16)
     two = one.replace(rerank=4)

@@ -14,15 +14,7 @@ from transformers import DynamicCache
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf.attention import use_kvprism_attention
 from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
-from kvprism.hf.static import (
-    StaticDecodeStep,
-    StaticSparseCache,
-    check_static_config,
-    plain_tokens_read,
-    static_candidates,
-    static_gather_plan,
-)
-from kvprism.layout import BlockGeometry, BlockLayout
+from kvprism.hf.static import StaticDecodeStep, StaticSparseCache, check_static_config
 from kvprism.selection import SelectionConfig
 
 from .conftest import tiny_model
@@ -65,67 +57,136 @@ def _greedy(model, cache, logits, start, steps, step=None, mask=None):
     return torch.cat(out, 1)
 
 
-# ------------------------------------------------------------------------------------------------ step parts
-def _random_valid(b: int, t: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    pad = torch.randint(0, t // 3, (b,), generator=g)
-    return torch.arange(t)[None] >= pad[:, None]
-
-
-@pytest.mark.parametrize("geometry", [BlockGeometry(8, 1, 8), BlockGeometry(8, 0, 0), BlockGeometry(4, 2, 13)])
-@pytest.mark.parametrize("length", [1, 7, 8, 29, 64])
-def test_candidates_and_plan_match_layout(geometry, length):
-    t = 64
-    valid = _random_valid(3, t, seed=length) & (torch.arange(t)[None] < length)
-    valid[:, length - 1] = True  # the newest token is real
-    lay = BlockLayout(geometry, torch.full((3,), length, dtype=torch.int32), t, valid)
-    cand, first = static_candidates(valid, torch.tensor(length), geometry)
-    assert torch.equal(cand, lay.candidates)
-    assert torch.equal(first, lay.first_block)
-    # every candidate selected once (or -1), per head: the plan reads exactly the layout's read mask
-    g = torch.Generator().manual_seed(length)
-    scores = torch.rand(3, 2, t // geometry.block_size, generator=g)
-    from kvprism.layout import topk_blocks
-
-    blocks = topk_blocks(scores, cand[:, None], 3)
-    idx, ok = static_gather_plan(blocks, valid, torch.tensor(length), first, geometry)
-    read = torch.zeros(3, 2, t, dtype=torch.int64).scatter_add_(-1, idx, ok.long())
-    assert read.max() <= 1, "a token listed twice"
-    assert torch.equal(read.bool(), lay.read_mask(blocks))
-
-
-@pytest.mark.parametrize("length", [1, 9, 40, 64])
-def test_plain_tokens_read_counts_the_plan(length):
-    geometry = BlockGeometry(8, 1, 12)
-    t = 64
-    valid = torch.arange(t)[None].expand(2, t) < length
-    cand, first = static_candidates(valid, torch.tensor(length), geometry)
-    scores = torch.rand(2, 3, t // 8, generator=torch.Generator().manual_seed(1))
-    from kvprism.layout import topk_blocks
-
-    blocks = topk_blocks(scores, cand[:, None], 2)
-    _, ok = static_gather_plan(blocks, valid, torch.tensor(length), first, geometry)
-    assert torch.equal(plain_tokens_read(blocks, torch.tensor(length), geometry), ok.sum(-1))
-
-
 # ------------------------------------------------------------------------------------------------ configuration
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [("scorer", "photonic"), ("projection", "learned"), ("signature", "centroids"), ("budget", "top_p")],
-)
-def test_unsupported_config_names_the_field(field, value):
-    sel = SEL.replace(**{field: value})
-    with pytest.raises(ConfigError, match=f"SelectionConfig.{field} = {value!r}.*allowed"):
+@pytest.mark.parametrize("scorer", ["photonic", "seed-as-published"])
+def test_a_simulated_scorer_is_refused_with_one_line(scorer):
+    sel = SEL.replace(scorer=scorer)
+    with pytest.raises(ConfigError, match=f"SelectionConfig.scorer = {scorer!r} is not supported") as err:
         check_static_config(sel)
+    assert "\n" not in str(err.value)
     model = tiny_model("llama")
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConfigError, match="scorer"):
         StaticSparseCache(model, sel, max_cache_len=64)
+
+
+def test_every_exact_setting_is_accepted():
+    for sel in SETTINGS.values():
+        check_static_config(sel)
+    check_static_config(SelectionConfig())
 
 
 def test_sliding_window_model_is_refused():
     model = tiny_model("qwen2", use_sliding_window=True, sliding_window=16, max_window_layers=0)
     with pytest.raises(ConfigError, match="full-attention layers only"):
         StaticSparseCache(model, SEL, max_cache_len=64)
+
+
+# ------------------------------------------------------------------------------------------------ every setting
+def _decode_both(family: str, sel: SelectionConfig, steps: int = 18, n: int = 70, pad: int = 13):
+    """Batch 2, the second row left-padded by ``pad`` tokens: prefill through a dynamic SparseCache (traced) and
+    through a StaticSparseCache (which prepares itself at its first decode step), then decode greedily from each,
+    step by step. Returns per step the dynamic and the static selections of every layer, and both caches."""
+    model = tiny_model(family)
+    use_kvprism_attention(model)
+    ids = torch.randint(3, 128, (2, n), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, n, dtype=torch.long)
+    mask[1, :pad] = 0
+    dyn = SparseCache(model, sel, trace=True, impl="torch")
+    st = StaticSparseCache(model, sel, max_cache_len=n + steps, impl="torch")
+    logits = {c: chunked_prefill(model, ids, c, attention_mask=mask) for c in (dyn, st)}
+    pos = mask.sum(-1, keepdim=True).long()
+    toks = {c: [logits[c].argmax(-1, keepdim=True)] for c in (dyn, st)}
+    sel_dyn, sel_st = [], []
+    with torch.inference_mode():
+        for s in range(steps):
+            m = torch.cat([mask, torch.ones(2, s + 1, dtype=mask.dtype)], dim=1)
+            for c in (dyn, st):
+                out = model(
+                    input_ids=toks[c][-1],
+                    position_ids=pos + s,
+                    attention_mask=m,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **cache_kwargs(model, c),
+                )
+                toks[c].append(out.logits[:, -1].argmax(-1, keepdim=True))
+            sel_dyn.append([dyn.trace[-1][i]["blocks"] for i in range(len(st.layers))])
+            sel_st.append([layer.selected.clone() for layer in st.layers])
+    return torch.cat(toks[dyn], 1), torch.cat(toks[st], 1), sel_dyn, sel_st, dyn, st
+
+
+SETTINGS = {
+    "learned": SelectionConfig(block_size=8, k=2, window=8, d_sig=8),
+    "learned-top_p": SelectionConfig(block_size=8, k=4, window=8, d_sig=8, budget="top_p", top_p=0.3),
+    "pca-relu": SelectionConfig(block_size=8, k=2, window=8, projection="pca", d_sig=6, sign="relu"),
+    "none-minmax": SelectionConfig(block_size=8, k=3, window=5, sink_blocks=0, projection="none", signature="minmax"),
+    "random-max": SelectionConfig(block_size=4, k=2, window=4, projection="random", d_sig=4, gqa_reduce="max"),
+    "centroids": SelectionConfig(block_size=8, k=2, window=8, d_sig=8, signature="centroids", sig_rows=2),
+    "reps": SelectionConfig(block_size=8, k=2, window=8, d_sig=8, signature="reps", sig_rows=3),
+    "pca-top_p": SelectionConfig(block_size=8, k=4, window=8, projection="pca", d_sig=8, budget="top_p", top_p=0.5),
+    "rerank": SelectionConfig(block_size=8, k=2, window=8, d_sig=8, rerank=3),
+    "heads": SelectionConfig(block_size=8, k=2, window=8, d_sig=8, heads=[[True, False], [False, True]]),
+}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_every_setting_selects_and_reads_as_the_dynamic_cache(family, name):
+    want, got, sel_dyn, sel_st, dyn, st = _decode_both(family, SETTINGS[name])
+    for step, (a, b) in enumerate(zip(sel_dyn, sel_st, strict=True)):
+        for layer, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert torch.equal(x, y), f"step {step} layer {layer}: dynamic {x.tolist()} static {y.tolist()}"
+    assert torch.equal(got, want)
+    ref, summ = dyn.stats.summary(), st.stats_summary()
+    assert summ["decode_steps"] == ref["decode_steps"] == len(sel_dyn)
+    assert summ["tokens_attended"] == ref["tokens_attended"]
+    assert summ["tokens_cached"] == ref["tokens_cached"]
+    assert summ["read_fraction_mean"] == pytest.approx(ref["read_fraction_mean"], rel=1e-12)
+    assert summ["read_fraction_max"] == pytest.approx(ref["read_fraction_max"], rel=1e-12)
+    assert summ["read_fraction_mean"] < 0.9  # the selection restricted the reads
+    assert any((x >= 0).any() for step in sel_st for x in step)  # and chose blocks
+
+
+def test_top_p_budget_keeps_a_prefix_of_the_top_k():
+    """The adaptive budget reads fewer blocks than the cap at some step, and always a best-first prefix."""
+    *_, sel_st, _, _ = _decode_both("llama", SETTINGS["learned-top_p"], steps=10)
+    kept = torch.stack([x for step in sel_st for x in step]) >= 0  # [steps*L, B, H, k]
+    assert torch.equal(kept, kept.cummin(-1).values)  # -1 only after the kept prefix
+    assert bool((~kept[..., 1:]).any())
+
+
+# ------------------------------------------------------------------------------------------------ generate()
+def test_generate_with_the_default_selection_gives_the_dynamic_tokens():
+    model = tiny_model("llama")
+    ids = torch.randint(3, 128, (2, 400), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :21] = 0
+    sel = SelectionConfig()
+    kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False)
+    dyn = SparseCache(model, sel, impl="torch")
+    want = model.generate(ids, **kw, **cache_kwargs(model, dyn))
+    st = StaticSparseCache(model, sel, max_cache_len=ids.shape[1] + 12)
+    got = model.generate(ids, **kw, **cache_kwargs(model, st))
+    assert st.prepared
+    assert torch.equal(got, want)
+    summ = st.stats_summary()
+    assert summ["decode_steps"] == 11  # the first new token comes from the prefill
+    assert summ["read_fraction_mean"] == pytest.approx(dyn.stats.summary()["read_fraction_mean"], rel=1e-12)
+    assert summ["read_fraction_mean"] < 0.9
+
+
+def test_generate_reads_everything_and_decodes_as_dense_when_k_covers_every_block():
+    model = tiny_model("qwen2")
+    ids = torch.randint(3, 128, (2, 60), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    kw = dict(attention_mask=mask, max_new_tokens=16, do_sample=False)
+    model.set_attn_implementation("sdpa")
+    want = model.generate(ids, **kw)
+    st = StaticSparseCache(model, SelectionConfig(block_size=8, k=16, window=4, d_sig=8), max_cache_len=80)
+    got = model.generate(ids, **kw, **cache_kwargs(model, st))
+    assert torch.equal(got, want)
+    assert st.stats_summary()["read_fraction_mean"] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ whole model
@@ -136,6 +197,7 @@ def test_sliding_window_model_is_refused():
         ("qwen2", SelectionConfig(block_size=8, k=3, window=5, sink_blocks=0, projection="none", signature="minmax")),
         ("llama", SelectionConfig(block_size=4, k=2, window=4, projection="random", d_sig=4, gqa_reduce="max")),
         ("qwen2", SelectionConfig(block_size=8, k=2, window=8, projection="pca", d_sig=6, sign="relu")),
+        ("qwen2", SelectionConfig(block_size=8, k=2, window=8, d_sig=8)),  # learned: the prefill's queries copied
     ],
 )
 def test_same_tokens_and_reads_as_dynamic_sparse_cache(family, sel):
@@ -178,14 +240,31 @@ def test_prefill_through_the_static_cache_decodes_like_from_prefilled():
     assert torch.equal(_greedy(model, st, lg, ids.shape[1], 12), want)
 
 
-@pytest.mark.parametrize(("family", "backend"), [("llama", "eager"), ("qwen2", "eager"), ("llama", "aot_eager")])
-def test_fullgraph_compiled_step_same_tokens_without_recompiling(family, backend):
+#: every fixed-shape form at once: learned projection and its temperature, multi-row signatures, the adaptive
+#: budget, two-stage selection
+SEL_LEARNED = SelectionConfig(
+    block_size=8, k=3, window=8, d_sig=8, signature="centroids", sig_rows=2, budget="top_p", top_p=0.7
+)
+SEL_REPS = SelectionConfig(block_size=8, k=2, window=8, d_sig=8, signature="reps", sig_rows=2, rerank=2)
+
+
+@pytest.mark.parametrize(
+    ("family", "backend", "sel"),
+    [
+        ("llama", "eager", SEL),
+        ("qwen2", "eager", SEL),
+        ("llama", "aot_eager", SEL),
+        ("qwen2", "eager", SEL_LEARNED),
+        ("llama", "eager", SEL_REPS),
+    ],
+)
+def test_fullgraph_compiled_step_same_tokens_without_recompiling(family, backend, sel):
     model, ids, dense, logits = _prefill(family)
     n = ids.shape[1]
-    eager = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=n + 24, impl="torch")
+    eager = StaticSparseCache.from_prefilled(model, dense, sel, max_cache_len=n + 24, impl="torch")
     want = _greedy(model, eager, logits, n, 20, step=StaticDecodeStep(model, eager))
     torch._dynamo.reset()
-    st = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=n + 24, impl="torch")
+    st = StaticSparseCache.from_prefilled(model, dense, sel, max_cache_len=n + 24, impl="torch")
     step = StaticDecodeStep(model, st).compile(backend=backend)
     # 20 steps cross two block boundaries (block_size 8): candidates and tail change on the device only
     with torch._dynamo.config.patch(error_on_recompile=True):
@@ -223,9 +302,12 @@ class _HostSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_decode_step_has_no_host_sync():
+@pytest.mark.parametrize(
+    "sel", [SEL, SEL_LEARNED, SEL_REPS, SETTINGS["learned"], SETTINGS["heads"]], ids=lambda s: s.signature
+)
+def test_decode_step_has_no_host_sync(sel):
     model, ids, dense, logits = _prefill("llama")
-    st = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=ids.shape[1] + 4, impl="torch")
+    st = StaticSparseCache.from_prefilled(model, dense, sel, max_cache_len=ids.shape[1] + 4, impl="torch")
     step = StaticDecodeStep(model, st)
     tok = logits.argmax(-1, keepdim=True)
     with torch.inference_mode(), _HostSyncs() as mode:
@@ -258,14 +340,18 @@ def test_overflow_is_an_error_not_a_wrap():
         chunked_prefill(model, ids, small)
 
 
-def test_decode_before_prepare_is_an_error():
-    model, ids, _, _ = _prefill("llama", n=20)
+def test_an_eager_decode_step_prepares_the_cache_a_compiled_step_needs_prepare():
+    model, ids, dense, logits = _prefill("llama", n=20)
+    want = StaticSparseCache.from_prefilled(model, dense, SEL, max_cache_len=40, impl="torch")
     st = StaticSparseCache(model, SEL, max_cache_len=40, impl="torch")
     chunked_prefill(model, ids, st)
     with pytest.raises(KvprismError, match="prepare"):
         StaticDecodeStep(model, st)
-    with pytest.raises(KvprismError, match="prepare"), torch.inference_mode():
-        model(input_ids=ids[:, :1], position_ids=torch.full((2, 1), 20), use_cache=True, **cache_kwargs(model, st))
+    assert not st.prepared
+    assert torch.equal(_greedy(model, st, logits, 20, 6), _greedy(model, want, logits, 20, 6))
+    assert st.prepared
+    for a, b in zip(st.layers, want.layers, strict=True):
+        assert torch.equal(a.signatures, b.signatures)
 
 
 def test_triton_impl_without_cuda_is_refused_at_prepare():

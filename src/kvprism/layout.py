@@ -23,11 +23,16 @@ attention mass of its tokens before the tail (what selecting it adds).
 
 Ties of top-k (:func:`topk_blocks`, used everywhere a top-k over blocks is taken): best score first; equal scores
 resolve to the lower block id; NaN scores rank last among candidates; non-candidates are never returned (``-1``).
+
+**Two constructions, one definition.** A dynamic cache's step knows its length on the host (:meth:`BlockLayout.uniform`,
+:meth:`BlockLayout.from_lengths`): the gather plan lists exactly the tail it has. A static cache
+(:mod:`kvprism.hf.static`) keeps its length on the device: :meth:`BlockLayout.fixed` builds the same roles with no host
+synchronisation and fixed shapes (the gather plan's tail part padded to its bound ``max(W, B - 1)``), so a whole decode
+step traces with ``torch.compile(fullgraph=True)`` and replays from a CUDA graph. Both read the same tokens.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +56,26 @@ __all__ = [
 
 #: token roles of :meth:`BlockLayout.token_roles`
 PAD, SINK, CANDIDATE, TAIL = 0, 1, 2, 3
+
+
+class _memo:
+    """A property computed on first use and kept in the instance (as ``functools.cached_property``, without its
+    lock, which ``torch.compile`` cannot trace on Python 3.11)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = self.fn(obj)
+        obj.__dict__[self.name] = value  # a non-data descriptor: the instance's value wins from now on
+        return value
 
 
 def topk_blocks(scores: torch.Tensor, candidates: torch.Tensor | None, k: int) -> torch.Tensor:
@@ -140,8 +165,7 @@ def row_bounds(lens: torch.Tensor, geometry: BlockGeometry) -> tuple[torch.Tenso
     """``(n_blocks, tail_start, candidate_end)`` of rows holding ``lens`` positions (tensors shaped like ``lens``):
     complete blocks ``L // B``, the first tail position ``max(0, min(n_blocks*B, L - W))`` and one past the last
     candidate block id, ``ceil(tail_start / B)`` (blocks that start before the tail; never above ``n_blocks``).
-    Plain tensor arithmetic on the device: :class:`BlockLayout` and the fixed-shape step of :mod:`kvprism.hf.static`
-    (traced whole by ``torch.compile``) share it."""
+    Plain tensor arithmetic on the device (no host synchronisation)."""
     bs = geometry.block_size
     lens = lens.long()
     n_blocks = torch.div(lens, bs, rounding_mode="floor")
@@ -185,6 +209,8 @@ class BlockLayout:
         valid: ``[B, T]`` bool or None (None: every position below ``seq_lens`` is real).
         uniform_len: the common row length when all rows are known to have one (python int, no device sync), else
             None.
+        fixed_shape: every shape derives from the geometry, the batch and the capacity only, never from the lengths
+            (:meth:`fixed`); nothing reads a length on the host.
     """
 
     def __init__(
@@ -194,6 +220,7 @@ class BlockLayout:
         capacity: int,
         valid: torch.Tensor | None = None,
         uniform_len: int | None = None,
+        fixed_shape: bool = False,
     ) -> None:
         if seq_lens.dim() != 1:
             raise KvprismError(f"seq_lens must be [B], got shape {tuple(seq_lens.shape)}")
@@ -203,7 +230,8 @@ class BlockLayout:
         self.seq_lens = seq_lens
         self.capacity = int(capacity)
         self.valid = valid
-        self.uniform_len = uniform_len
+        self.uniform_len = None if fixed_shape else uniform_len
+        self.fixed_shape = fixed_shape
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -224,6 +252,16 @@ class BlockLayout:
         """Rows of ``T = valid.shape[1]`` positions; ``valid [B, T]`` bool (False = padding / masked key)."""
         b, t = valid.shape
         return cls.uniform(b, t, geometry, valid.device, valid.bool())
+
+    @classmethod
+    def fixed(
+        cls, geometry: BlockGeometry, seq_lens: torch.Tensor, capacity: int, valid: torch.Tensor | None = None
+    ) -> BlockLayout:
+        """The fixed-shape layout of a static cache: ``seq_lens [B]`` stay on the device (its length counter), the
+        cache has ``capacity`` positions and ``valid [B, capacity]`` (or None: every position below ``seq_lens`` is
+        real). Same roles as the other constructions; no host synchronisation, no shape that depends on a length
+        (the gather plan's tail part has :attr:`tail_bound` slots), so ``torch.compile(fullgraph=True)`` traces it."""
+        return cls(geometry, seq_lens, capacity, valid, fixed_shape=True)
 
     @classmethod
     def uniform(
@@ -265,16 +303,22 @@ class BlockLayout:
         return self.valid is None
 
     @property
+    def tail_bound(self) -> int:
+        """The most tail positions a row can hold: ``min(max(W, B - 1, 1), T)`` (the window, or the incomplete last
+        block when that is longer); the tail part of a fixed-shape gather plan has this many slots."""
+        return min(max(self.window, self.block_size - 1, 1), self.capacity)
+
+    @property
     def n_slots(self) -> int:
         """Block ids ``0 .. n_slots - 1`` cover the capacity: ``ceil(T / B)`` (the last may be incomplete)."""
         return -(-self.capacity // self.block_size)
 
     # ------------------------------------------------------------------ per-row scalars (tensors [B])
-    @functools.cached_property
+    @_memo
     def _lens(self) -> torch.Tensor:
         return self.seq_lens.to(torch.long)
 
-    @functools.cached_property
+    @_memo
     def _bounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return row_bounds(self._lens, self.geometry)
 
@@ -296,7 +340,7 @@ class BlockLayout:
         n = self.uniform_len
         return max(0, min((n // self.block_size) * self.block_size, n - self.window))
 
-    @functools.cached_property
+    @_memo
     def first_block(self) -> torch.Tensor:
         """``[B]`` block of each row's first real token (0 without a validity mask)."""
         if self.valid is None:
@@ -311,17 +355,17 @@ class BlockLayout:
         return self._bounds[2]
 
     # ------------------------------------------------------------------ per-block masks [B, n_slots]
-    @functools.cached_property
+    @_memo
     def _blk(self) -> torch.Tensor:
         return torch.arange(self.n_slots, device=self.device)
 
-    @functools.cached_property
+    @_memo
     def sink(self) -> torch.Tensor:
         """``[B, n_slots]`` bool: sink blocks holding at least one token before the tail."""
         j, first = self._blk[None], self.first_block[:, None]
         return (j >= first) & (j < first + self.sink_blocks) & (j * self.block_size < self.tail_start[:, None])
 
-    @functools.cached_property
+    @_memo
     def candidates(self) -> torch.Tensor:
         """``[B, n_slots]`` bool: candidate blocks (complete, not sink, holding a real token before the tail)."""
         return candidate_blocks(
@@ -353,7 +397,7 @@ class BlockLayout:
         return lo, max(lo, min(-(-ts // self.block_size), n))
 
     # ------------------------------------------------------------------ per-token views [B, T]
-    @functools.cached_property
+    @_memo
     def token_roles(self) -> torch.Tensor:
         """``[B, T]`` int8 role of every position: :data:`PAD`, :data:`SINK`, :data:`CANDIDATE` (a token of a
         candidate block, before the tail) or :data:`TAIL`."""
@@ -392,10 +436,11 @@ class BlockLayout:
         return fixed + torch.minimum(cand_tokens, k_eff * self.block_size)
 
     # ------------------------------------------------------------------ gather plan
-    @functools.cached_property
-    def _fixed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(idx, ok) [B, Mf]``: the sink blocks' token positions, then the tail's (padded to the longest tail);
-        the part of every gather plan that does not depend on the selection (built once per layout)."""
+    @_memo
+    def _always(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx, ok) [B, Mf]``: the sink blocks' token positions, then the tail's (padded to the longest tail, or
+        to :attr:`tail_bound` in a fixed-shape layout); the part of every gather plan that does not depend on the
+        selection (built once per layout)."""
         bs = self.block_size
         dev = self.device
         roles = self.token_roles
@@ -406,7 +451,12 @@ class BlockLayout:
         pos_s = torch.where(inside, pos_s, torch.zeros_like(pos_s))
         ok_s = inside & torch.gather(is_sink, 1, pos_s) if pos_s.numel() else pos_s.bool()
         n_tail = self._lens - self.tail_start
-        m_tail = self.capacity - self.tail_start_int if self.tail_start_int is not None else int(n_tail.max())
+        if self.fixed_shape:
+            m_tail = self.tail_bound
+        elif self.tail_start_int is not None:
+            m_tail = self.capacity - self.tail_start_int
+        else:
+            m_tail = int(n_tail.max())
         off = torch.arange(max(m_tail, 0), device=dev)
         pos_t = self.tail_start[:, None] + off[None]
         ok_t = off[None] < n_tail[:, None]
@@ -415,10 +465,24 @@ class BlockLayout:
         idx = torch.cat([torch.where(ok_s, pos_s, torch.zeros_like(pos_s)), pos_t], dim=-1)
         return idx, torch.cat([ok_s, ok_t], dim=-1)
 
-    @functools.cached_property
+    @_memo
     def n_cached(self) -> torch.Tensor:
         """``[B]`` real (non-padding) tokens."""
+        if self.valid is None:  # every position below the length is real
+            return self._lens.clamp_max(self.capacity)
         return self.token_roles.ne(PAD).sum(-1)
+
+    def tokens_read(self, blocks: torch.Tensor) -> torch.Tensor:
+        """``[B, H]`` tokens a step reads for ``blocks [B, H, k]`` (distinct candidate ids, ``-1`` unused): the
+        ``n_attended`` of :meth:`gather_plan`, counted without building the plan where the layout is plain (sink
+        tokens before the tail, the tail, each selected block's tokens before the tail)."""
+        if self.valid is not None:
+            return self.gather_plan(blocks).n_attended
+        bs = self.block_size
+        ts = self.tail_start[:, None]
+        fixed = torch.minimum(ts, torch.full_like(ts, self.geometry.sink_tokens)) + (self._lens[:, None] - ts)
+        per_block = (ts[..., None] - blocks.long() * bs).clamp(0, bs)
+        return fixed + torch.where(blocks >= 0, per_block, torch.zeros_like(per_block)).sum(-1)
 
     def gather_plan(self, blocks: torch.Tensor) -> GatherPlan:
         """Token positions one layer reads for ``blocks [B, H, k]`` (selected candidate ids, -1 = none), as a
@@ -428,7 +492,7 @@ class BlockLayout:
         bs = self.block_size
         dev = blocks.device
         roles = self.token_roles
-        fixed_idx, fixed_ok = self._fixed
+        fixed_idx, fixed_ok = self._always
         # selected blocks
         pos = (blocks[..., None].long() * bs + torch.arange(bs, device=dev)).reshape(b, h, k * bs)
         ok = (pos >= 0) & (pos < self.capacity)

@@ -105,6 +105,26 @@ class MinMaxSignature:
         return torch.cat([q.clamp_min(0), q.clamp_max(0)], dim=-1)
 
 
+#: (block size, seed, device) -> the k-means initialisation order of :class:`CentroidSignature`
+_INIT_RANKS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+@torch.compiler.assume_constant_result
+def _init_rank(block_size: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``[block_size]`` int64 rank of every position in one seeded permutation, on ``device``: drawn on the CPU once
+    per (block size, seed, device) and kept, so a decode step that signs a block reads no generator (a constant for
+    ``torch.compile``; no host-to-device copy inside a CUDA graph capture after the first call)."""
+    key = (block_size, seed, str(device))
+    rank = _INIT_RANKS.get(key)
+    if rank is None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        perm = torch.randperm(block_size, generator=gen)
+        rank = torch.empty_like(perm)
+        rank[perm] = torch.arange(block_size)
+        rank = _INIT_RANKS[key] = rank.to(device)
+    return rank
+
+
 def _gather_tokens(keys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``keys [M, B, d]``, ``idx [M, R]`` token ids -> ``[M, R, d]``."""
     return torch.gather(keys, 1, idx.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
@@ -137,11 +157,8 @@ class CentroidSignature:
         *lead, bs, d = keys.shape
         x = keys.reshape(-1, bs, d).float()
         v = valid.reshape(-1, bs)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        perm = torch.randperm(bs, generator=gen).to(keys.device)
         # rank of every position in the permutation; invalid tokens go last
-        rank = torch.empty_like(perm)
-        rank[perm] = torch.arange(bs, device=keys.device)
+        rank = _init_rank(bs, seed, keys.device)
         prio = torch.where(v, rank[None], rank[None] + bs)
         first = prio.argsort(-1)[:, : min(rows, bs)]
         if rows > bs:
@@ -151,7 +168,8 @@ class CentroidSignature:
         x2 = (x * x).sum(-1, keepdim=True)
         for _ in range(self.iters):
             d2 = x2 - 2 * torch.matmul(x, cent.transpose(-1, -2)) + (cent * cent).sum(-1)[:, None, :]  # [M, B, R]
-            onehot = torch.nn.functional.one_hot(d2.argmin(-1), rows).to(x.dtype) * w[..., None]
+            # one-hot of the nearest centroid (a comparison: F.one_hot reads its input's range on the host)
+            onehot = (d2.argmin(-1)[..., None] == torch.arange(rows, device=x.device)).to(x.dtype) * w[..., None]
             cnt = onehot.sum(1)  # [M, R]
             new = torch.matmul(onehot.transpose(-1, -2), x) / cnt.clamp_min(1.0)[..., None]
             cent = torch.where(cnt[..., None] > 0, new, cent)

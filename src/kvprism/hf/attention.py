@@ -229,7 +229,10 @@ def kvprism_attention(
         out = decode(module.layer_idx, query[:, :, 0], key, value, attention_mask, scaling)  # [B, Hq, D]
         return out.unsqueeze(1), None
     if query.shape[2] > 1 and kvprism_cache is not None:
-        record_prefill_queries(kvprism_cache, module.layer_idx, query, key.shape[2])
+        # a static cache hands over its whole buffer: it says how many tokens it holds
+        held = getattr(kvprism_cache, "held_tokens", None)
+        kv_len = key.shape[2] if held is None else held(module.layer_idx)
+        record_prefill_queries(kvprism_cache, module.layer_idx, query, kv_len)
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 

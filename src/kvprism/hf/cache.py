@@ -81,10 +81,15 @@ def _cache_arg_name(model_cls: type) -> str:
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _layer_scaling(model: torch.nn.Module, layer_idx: int, head_dim: int) -> float:
+def _layer_scaling(model: torch.nn.Module, layer_idx: int, head_dim: int | None = None) -> float:
+    """The softmax scale of layer ``layer_idx``'s attention: its module's ``scaling``, else ``head_dim ** -0.5``
+    (``head_dim`` default: the model config's)."""
     for mod in _attn.attention_modules(model):
         if mod.layer_idx == layer_idx and hasattr(mod, "scaling"):
             return float(mod.scaling)
+    if head_dim is None:
+        cfg = model.config.get_text_config(decoder=True)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return head_dim**-0.5
 
 

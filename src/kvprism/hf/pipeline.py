@@ -38,7 +38,66 @@ from kvprism.oracle import oracle_blocks
 from kvprism.scorers import group_scorers
 from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, fit_uses_queries
 
-__all__ = ["IMPLS", "DecodePipeline", "PreparedLayer", "StepEvent", "resolve_impl"]
+__all__ = [
+    "IMPLS",
+    "DecodePipeline",
+    "PreparedLayer",
+    "StepEvent",
+    "fit_on_prefill",
+    "resolve_impl",
+    "triton_blocker",
+]
+
+
+def triton_blocker(
+    device: torch.device,
+    head_dim: int,
+    value_dim: int,
+    dtype: torch.dtype,
+    cache_dtypes: tuple[torch.dtype, ...],
+    plain: bool,
+) -> str | None:
+    """Why the Triton attention kernel cannot run a step with these tensors (None: it can): CUDA tensors, the
+    ``triton`` package, no masked cached key (``plain``), a supported head dim and dtype, equal key / value head dims
+    and cache dtypes equal to the query's. The dynamic and the static caches decide with it."""
+    if device.type != "cuda":
+        return f"tensors on {device.type}, not cuda"
+    if not _kernels.triton_available():
+        return "the 'triton' package is not installed"
+    if not plain:
+        return "the step masks some cached keys (left padding or a sliding window)"
+    if head_dim not in _kernels.TRITON_HEAD_DIMS or dtype not in _kernels.TRITON_DTYPES:
+        return f"head dim {head_dim} / dtype {dtype} (needs {_kernels.TRITON_HEAD_DIMS}, fp16/bf16/fp32)"
+    if value_dim != head_dim:
+        return f"value head dim {value_dim} differs from the query head dim {head_dim}"
+    if any(d != dtype for d in cache_dtypes):
+        return f"cache dtypes {'/'.join(map(str, cache_dtypes))} differ from the query dtype {dtype}"
+    return None
+
+
+def fit_on_prefill(
+    selector: BlockSelector,
+    keys: torch.Tensor,
+    valid: torch.Tensor,
+    scaling: float,
+    prefill: PrefillQueries | None,
+    owner: str,
+) -> None:
+    """Fit ``selector``'s projection (and probe) on a prefill's keys ``[B, H, n, D]`` (``valid [B, n]``), with its
+    recorded queries where the settings need them (:func:`~kvprism.selection.fit_uses_queries`): the one fit of the
+    dynamic pipeline and of the static cache. ``owner`` names the cache in the error when the queries are missing."""
+    sel = selector.sel
+    queries = query_pos = None
+    if fit_uses_queries(sel, keys.shape[2] // sel.block_size):
+        if prefill is None:
+            raise ConfigError(
+                f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
+                f"prefill queries: prefill through the {owner}, or prefill the dense cache with the "
+                "model's attention set to 'kvprism' (constructing any SparseCache does that) before "
+                f"{owner}.from_prefilled"
+            )
+        queries, query_pos = prefill.grouped(keys.shape[1]), prefill.positions
+    selector.fit(keys, valid, scaling=scaling, queries=queries, query_pos=query_pos)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,19 +266,9 @@ class DecodePipeline:
                     prep.proj, prep.signatures, temperature=prep.temperature, probe=prep.probe, scaling=scaling
                 )
         if not selector.fitted:
-            queries = query_pos = None
             n_pre = length - 1  # the prefill: the cache before this decode step's own token
-            if fit_uses_queries(sel, n_pre // bs):
-                if prefill is None:
-                    raise ConfigError(
-                        f"SelectionConfig projection = {sel.projection!r} / signature = {sel.signature!r} needs the "
-                        "prefill queries: prefill through the SparseCache, or prefill the dense cache with the "
-                        "model's attention set to 'kvprism' (constructing any SparseCache does that) before "
-                        "SparseCache.from_prefilled"
-                    )
-                queries, query_pos = prefill.grouped(key.shape[1]), prefill.positions
             # fitted on the prefill only (as prepare_prefill does)
-            selector.fit(key[:, :, :n_pre], valid[:, :n_pre], scaling=scaling, queries=queries, query_pos=query_pos)
+            fit_on_prefill(selector, key[:, :, :n_pre], valid[:, :n_pre], scaling, prefill, "SparseCache")
         done = selector.n_blocks
         if nb > done:
             sig = block_signatures(
@@ -241,21 +290,9 @@ class DecodePipeline:
         asked for and cannot run."""
         if self.impl == "torch":
             return False
-        why = None
-        if query.device.type != "cuda":
-            why = f"tensors on {query.device.type}, not cuda"
-        elif not _kernels.triton_available():
-            why = "the 'triton' package is not installed"
-        elif not self._plain:
-            why = "the step masks some cached keys (left padding or a sliding window)"
-        elif query.shape[-1] not in _kernels.TRITON_HEAD_DIMS or query.dtype not in _kernels.TRITON_DTYPES:
-            why = (
-                f"head dim {query.shape[-1]} / dtype {query.dtype} (needs {_kernels.TRITON_HEAD_DIMS}, fp16/bf16/fp32)"
-            )
-        elif value.shape[-1] != query.shape[-1]:
-            why = f"value head dim {value.shape[-1]} differs from the query head dim {query.shape[-1]}"
-        elif key.dtype != query.dtype or value.dtype != query.dtype:
-            why = f"cache dtypes {key.dtype}/{value.dtype} differ from the query dtype {query.dtype}"
+        why = triton_blocker(
+            query.device, query.shape[-1], value.shape[-1], query.dtype, (key.dtype, value.dtype), self._plain
+        )
         if why is None:
             return True
         if self.impl == "triton":

@@ -1,39 +1,41 @@
 """``StaticSparseCache``: block-sparse decode with fixed shapes, for ``torch.compile`` and CUDA graphs.
 
-    sel = SelectionConfig(block_size=128, k=32, window=256, projection="none", scorer="exact")
-    cache = StaticSparseCache(model, sel, max_cache_len=32768 + 256)   # switches the model to "kvprism" attention
-    logits = chunked_prefill(model, prompt_ids, cache)                  # dense prefill through the cache
-    cache.prepare()                                                     # fit the projection, sign the prefill blocks
-    step = StaticDecodeStep(model, cache)                               # static input buffers
-    step.capture()                                                      # one CUDA graph per decode step (CUDA only)
-    logits = step(next_ids, positions)                                  # replays the graph; [B, vocab]
-    cache.stats_summary()                                               # read fraction (reads the device counters)
+    cache = StaticSparseCache(model, SelectionConfig(), max_cache_len=4096)    # switches the model to "kvprism"
+    out = model.generate(ids, attention_mask=mask, **cache_kwargs(model, cache), max_new_tokens=32)
+
+    # or the explicit route, for torch.compile / CUDA graphs:
+    logits = chunked_prefill(model, prompt_ids, cache, attention_mask=mask)   # dense prefill through the cache
+    cache.prepare(mask)                                 # fit the projection, sign the prefill's blocks (eager, once)
+    step = StaticDecodeStep(model, cache, attention_mask=mask).compile()     # or step.capture(...) on CUDA
+    logits = step(next_ids, positions)                  # [B, vocab]
+    cache.stats_summary()                               # read fraction (reads the device counters)
 
 Everything a decode step touches is allocated once, up to ``max_cache_len`` tokens (rounded up to whole blocks) and
-the prefill's batch: keys/values ``[B, H, T, D]``, one signature slot per block ``[B, H, T / block_size, w]`` (fp32),
-the projection, the read counters. A step has no data-dependent shape, no host synchronisation and no Python state
-that changes with the tokens, so one decode step of the whole model (projections, selection, sparse attention of
-every layer) is one static graph:
+the prefill's batch: keys/values ``[B, H, T, D]``, the signature rows of every block slot ``[B, H, N*R, w]`` (fp32,
+``R`` rows per block), the read counters and the last selection. The layers only store; the step is the dynamic
+:class:`~kvprism.hf.pipeline.DecodePipeline`'s, stage for stage, through the same objects, with fixed shapes:
 
-1. the new key/value is written at the cache's device-side length (``index_copy_``, as transformers' ``StaticCache``);
-2. the block holding the new token is signed again and its slot overwritten (a block becomes a candidate only once it
-   is complete, which the device-side length decides);
-3. every signature slot is scored against the encoded query; non-candidates are masked; fixed-size top-k with the
-   ties of :func:`kvprism.layout.topk_blocks` (the lower block id first);
-4. the tokens read are the sink blocks, the ``k`` selected blocks and the tail (window + incomplete last block), as
-   a fixed-size index list with a validity mask (the roles of :mod:`kvprism.layout`);
-5. attention over those tokens: a fixed-size gather + masked softmax (``impl="torch"``, any device, left padding
-   allowed), or on CUDA the fused score + top-k and split-K sparse-attention Triton kernels of
-   :mod:`kvprism.kernels` (``impl="triton"``, no padding), which take the device-side lengths.
+1. **layout** -- :meth:`BlockLayout.fixed <kvprism.layout.BlockLayout.fixed>` of the device-side length and the step's
+   key validity (sink blocks, candidates, tail, padding; no host synchronisation);
+2. **sign** -- the block holding the newest token is signed again (:func:`~kvprism.selection.block_signatures` with
+   the layer's fitted projection and probe) and its rows overwritten; a block becomes a candidate once it is complete;
+3. **score and select** -- the layer's :class:`~kvprism.selection.BlockSelector` (fitted on the prefill by the
+   dynamic pipeline's fit, :func:`~kvprism.hf.pipeline.fit_on_prefill`) scores every slot as the
+   :class:`~kvprism.scorers.ExactScorer` does and applies rerank, top-k and the budget
+   (:meth:`BlockSelector.select_fixed <kvprism.selection.BlockSelector.select_fixed>`);
+4. **plan** -- :meth:`BlockLayout.gather_plan <kvprism.layout.BlockLayout.gather_plan>`;
+5. **attend** -- :func:`~kvprism.hf.attention.sparse_attend` (``impl="torch"``, any device, left padding allowed) or,
+   on CUDA, the split-K sparse-attention Triton kernel (``impl="triton"``, no padding), with the fused score + top-k
+   kernel where the selection is plain top-k over one-row signatures.
 
-Read counters are accumulated on the device and read on demand (:meth:`StaticSparseCache.stats_summary`).
+With the exact scorer every :class:`~kvprism.selection.SelectionConfig` setting has this fixed-shape form (projections
+``none`` / ``random`` / ``pca`` / ``learned`` with its temperature, all signatures, budgets ``topk`` / ``top_p``,
+``rerank``, ``sign``, ``gqa_reduce``, ``heads``), and a decode step selects and reads the same tokens as the dynamic
+:class:`~kvprism.hf.cache.SparseCache` (``impl="torch"``). The photonic scorers simulate the chip step by step (noise,
+drift, programming events): :func:`check_static_config` refuses them at construction.
 
-Scope. The static path uses the ``exact`` scorer only: the photonic scorer (noise, drift, programming events) runs
-on the dynamic :class:`kvprism.hf.cache.SparseCache`. Projections ``none``, ``random`` and ``pca`` (fitted once on
-the prefill by :meth:`StaticSparseCache.prepare`, outside any graph); signatures ``mean`` and ``minmax``; budget
-``topk``; one-stage selection (``rerank = 1``). Anything else is a :class:`~kvprism.errors.ConfigError` naming the
-field. With these settings a decode step selects and reads the same tokens as
-:class:`~kvprism.hf.cache.SparseCache` (``impl="torch"``).
+Preparing. ``model.generate`` (or any eager decode call) prepares the cache at its first decode step when nobody
+did; compiling or capturing a step (:class:`StaticDecodeStep`) needs :meth:`StaticSparseCache.prepare` first.
 
 Overflow. The keys/values hold at most :attr:`StaticSparseCache.max_cache_len` tokens; an update beyond that raises
 a :class:`~kvprism.errors.KvprismError` before anything is written. The check is on the host: eager ``update`` makes
@@ -48,76 +50,27 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, StaticLayer
 
-from kvprism import kernels as _kernels
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
-from kvprism.hf.pipeline import resolve_impl
-from kvprism.layout import BlockGeometry, BlockLayout, candidate_blocks, row_bounds, topk_blocks
-from kvprism.selection import (
-    SelectionConfig,
-    block_signatures,
-    fit_layer_projection,
-    resolve_heads,
-)
-from kvprism.signatures import SIGNATURES, project
+from kvprism.hf.cache import _layer_scaling
+from kvprism.hf.pipeline import fit_on_prefill, resolve_impl, triton_blocker
+from kvprism.layout import BlockGeometry, BlockLayout
+from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, needs_queries, resolve_heads
+from kvprism.signatures import SIGNATURES
 
-__all__ = [
-    "STATIC_PROJECTIONS",
-    "STATIC_SIGNATURES",
-    "StaticDecodeStep",
-    "StaticSparseCache",
-    "StaticSparseLayer",
-    "check_static_config",
-    "plain_tokens_read",
-    "static_attend",
-    "static_candidates",
-    "static_gather_plan",
-    "static_geometry",
-    "step_validity",
-]
-
-#: projections the static path fits (once, at :meth:`StaticSparseCache.prepare`)
-STATIC_PROJECTIONS = ("none", "random", "pca")
-#: signatures the static path computes inside the step
-STATIC_SIGNATURES = ("mean", "minmax")
+__all__ = ["StaticDecodeStep", "StaticSparseCache", "StaticSparseLayer", "check_static_config", "step_validity"]
 
 
 def check_static_config(sel: SelectionConfig) -> None:
-    """Raise :class:`ConfigError` for a selection the static path does not implement (see the module docstring)."""
+    """Raise :class:`ConfigError` for a selection the static path does not implement: a scorer other than
+    ``exact`` (its per-step simulation has no fixed-shape form)."""
     if not isinstance(sel, SelectionConfig):
         raise ConfigError(f"StaticSparseCache needs a SelectionConfig, got {type(sel).__name__}")
     if sel.scorer != "exact":
         raise ConfigError(
             f"SelectionConfig.scorer = {sel.scorer!r} is not supported by StaticSparseCache; allowed: 'exact' "
-            "(the photonic scorer runs on the dynamic kvprism.SparseCache)"
+            "(a photonic scorer simulates the chip step by step: use the dynamic kvprism.SparseCache)"
         )
-    if sel.projection not in STATIC_PROJECTIONS:
-        raise ConfigError(
-            f"SelectionConfig.projection = {sel.projection!r} is not supported by StaticSparseCache; allowed: "
-            f"{', '.join(map(repr, STATIC_PROJECTIONS))} (use the dynamic kvprism.SparseCache for the others)"
-        )
-    if sel.signature not in STATIC_SIGNATURES:
-        raise ConfigError(
-            f"SelectionConfig.signature = {sel.signature!r} is not supported by StaticSparseCache; allowed: "
-            f"{', '.join(map(repr, STATIC_SIGNATURES))}"
-        )
-    if sel.budget != "topk":
-        raise ConfigError(
-            f"SelectionConfig.budget = {sel.budget!r} is not supported by StaticSparseCache; allowed: 'topk'"
-        )
-    if sel.rerank != 1:
-        raise ConfigError(
-            f"SelectionConfig.rerank = {sel.rerank} is not supported by StaticSparseCache; allowed: 1 (two-stage "
-            "selection rescores a photonic scorer's candidates: use the dynamic kvprism.SparseCache)"
-        )
-
-
-# ------------------------------------------------------------------------------------------ fixed-shape step parts
-def static_geometry(length: torch.Tensor, geometry: BlockGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(n_full, tail_start, candidate_end)`` of a cache holding ``length`` tokens (tensors shaped like ``length``):
-    complete blocks ``L // B``, first tail position ``max(0, min(n_full*B, L - W))`` and one past the last block that
-    starts before the tail, ``ceil(tail_start / B)`` (:func:`kvprism.layout.row_bounds`)."""
-    return row_bounds(length, geometry)
 
 
 def step_validity(attention_mask: torch.Tensor | None, length: torch.Tensor, batch: int, capacity: int) -> torch.Tensor:
@@ -130,101 +83,18 @@ def step_validity(attention_mask: torch.Tensor | None, length: torch.Tensor, bat
     return _attn.key_validity(attention_mask, batch, capacity, length.device) & held
 
 
-def static_candidates(
-    valid: torch.Tensor, length: torch.Tensor, geometry: BlockGeometry
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(candidates [B, N], first_block [B])`` for ``valid [B, T]`` (``T = N * block_size``): complete blocks from
-    ``first_block + sink_blocks`` on that start before the tail and hold a real token before it; ``first_block`` is
-    the block of each row's first real token. Same set as :attr:`kvprism.layout.BlockLayout.candidates`."""
-    _, tail_start, cand_end = static_geometry(length.reshape(1), geometry)
-    first_block = torch.div(valid.int().argmax(-1), geometry.block_size, rounding_mode="floor")  # [B]
-    n = valid.shape[1] // geometry.block_size
-    return candidate_blocks(first_block, cand_end, tail_start, valid, n, geometry), first_block
-
-
-def static_gather_plan(
-    blocks: torch.Tensor,
-    valid: torch.Tensor,
-    length: torch.Tensor,
-    first_block: torch.Tensor,
-    geometry: BlockGeometry,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tokens one layer reads, as a fixed-size list per (batch row, KV head): ``(token_idx, token_ok)``, both
-    ``[B, H, M]`` with ``M = sink_blocks*B + max(W, B - 1, 1) + k*B`` -- the sink blocks' tokens before the tail, the
-    tail ``[tail_start, L)``, then the candidate-role tokens of the selected ``blocks [B, H, k]`` (``-1`` = none).
-    Padding slots point at position 0 with ``token_ok`` False. Reads :meth:`BlockLayout.read_mask` for distinct
-    candidate blocks."""
-    b, h, k = blocks.shape
-    t = valid.shape[1]
-    bs = geometry.block_size
-    dev = blocks.device
-    _, tail_start, _ = static_geometry(length, geometry)
-    lens = length.long()
-    ar = torch.arange(bs, device=dev)
-    # sink blocks (their tokens before the tail)
-    sink_pos = (first_block[:, None] + torch.arange(geometry.sink_blocks, device=dev)[None])[..., None] * bs + ar
-    sink_pos = sink_pos.reshape(b, -1)  # [B, S*bs]
-    sink_ok = (sink_pos < tail_start).expand(b, -1)
-    # tail: the window and the incomplete last block
-    m_tail = min(max(geometry.window, bs - 1, 1), t)
-    off = torch.arange(m_tail, device=dev)
-    tail_pos = tail_start + off[None].expand(b, m_tail)
-    tail_ok = (off[None] < (lens - tail_start)).expand(b, m_tail)
-    fixed_pos = torch.cat([sink_pos, tail_pos], dim=-1)
-    fixed_ok = torch.cat([sink_ok, tail_ok], dim=-1) & (fixed_pos < t)
-    fixed_pos = torch.where(fixed_ok, fixed_pos, torch.zeros_like(fixed_pos))
-    fixed_ok = fixed_ok & torch.gather(valid, 1, fixed_pos)
-    # selected blocks: their tokens before the tail
-    sel_pos = (blocks[..., None].long() * bs + ar).reshape(b, h, k * bs)
-    sel_ok = (blocks[..., None] >= 0).expand(b, h, k, bs).reshape(b, h, k * bs) & (sel_pos < tail_start)
-    sel_pos = torch.where(sel_ok, sel_pos, torch.zeros_like(sel_pos))
-    sel_ok = sel_ok & torch.gather(valid[:, None].expand(b, h, t), 2, sel_pos)
-    mf = fixed_pos.shape[1]
-    idx = torch.cat([fixed_pos[:, None].expand(b, h, mf), sel_pos], dim=-1)
-    ok = torch.cat([fixed_ok[:, None].expand(b, h, mf), sel_ok], dim=-1)
-    return idx, ok
-
-
-def static_attend(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    token_idx: torch.Tensor,
-    token_ok: torch.Tensor,
-    scaling: float,
-) -> torch.Tensor:
-    """Exact attention of ``query [B, Hq, D]`` over the listed tokens only (fixed-size gather + masked softmax;
-    the arithmetic of :func:`kvprism.hf.attention.sparse_attend`): ``[B, Hq, Dv]`` in the query dtype."""
-    kg = torch.gather(key, 2, token_idx[..., None].expand(-1, -1, -1, key.shape[-1]))  # [B, H, M, D]
-    vg = torch.gather(value, 2, token_idx[..., None].expand(-1, -1, -1, value.shape[-1]))
-    return _attn.attend_gathered(query, kg, vg, token_ok, scaling)
-
-
-def plain_tokens_read(blocks: torch.Tensor, length: torch.Tensor, geometry: BlockGeometry) -> torch.Tensor:
-    """``[B, H]`` tokens a step reads without padding (what the Triton kernel reads): sink tokens before the tail,
-    the tail, and each selected block's tokens before the tail. Equals ``token_ok.sum(-1)`` of
-    :func:`static_gather_plan` for a padding-free cache."""
-    bs = geometry.block_size
-    _, tail_start, _ = static_geometry(length, geometry)
-    lens = length.long()
-    fixed = torch.minimum(tail_start, torch.full_like(tail_start, geometry.sink_tokens)) + (lens - tail_start)
-    per_block = (tail_start - blocks.long() * bs).clamp(0, bs)
-    per_block = torch.where(blocks >= 0, per_block, torch.zeros_like(per_block))
-    return fixed + per_block.sum(-1)
-
-
 # ------------------------------------------------------------------------------------------------------- the cache
 class StaticSparseLayer(StaticLayer):
-    """One layer: transformers' static keys/values (``[B, H, T, D]``, device-side length) plus one signature slot
-    per block, the projection and the layer's read counters, all allocated once."""
+    """One layer's storage: transformers' static keys/values (``[B, H, T, D]``, device-side length), the signature
+    rows of every block slot, the read counters and the last selection, all allocated once."""
 
     def __init__(self, cache: StaticSparseCache, layer_idx: int, max_cache_len: int) -> None:
         super().__init__(max_cache_len=max_cache_len)
         self.cache = cache
         self.layer_idx = layer_idx
         self.host_length = 0  # tokens written, as the host counts them (the overflow check)
-        self.signatures: torch.Tensor | None = None  # [B, H, N, w] float32
-        self.proj: torch.Tensor | None = None  # [B, H, D, d_sig] float32, or None (projection 'none')
+        self.signatures: torch.Tensor | None = None  # [B, H, N*R, w] float32
+        self.selected: torch.Tensor | None = None  # [B, H, k] int64, the blocks of the last decode step (-1 = none)
         self.counters: dict[str, torch.Tensor] = {}
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -232,10 +102,12 @@ class StaticSparseLayer(StaticLayer):
         sel = self.cache.sel
         b, h = key_states.shape[:2]
         d = key_states.shape[-1]
-        width = SIGNATURES[sel.signature].width(d if sel.projection == "none" else sel.d_sig)
-        n = self.max_cache_len // sel.block_size
+        signature = SIGNATURES[sel.signature]
+        width = signature.width(d if sel.projection == "none" else sel.d_sig)
+        rows = self.max_cache_len // sel.block_size * signature.rows_per_block(sel.sig_rows)
         dev = key_states.device
-        self.signatures = torch.zeros(b, h, n, width, dtype=torch.float32, device=dev)
+        self.signatures = torch.zeros(b, h, rows, width, dtype=torch.float32, device=dev)
+        self.selected = torch.full((b, h, sel.k), -1, dtype=torch.int64, device=dev)
         # read counters, summed over decode steps on the device
         self.counters = {
             "steps": torch.zeros((), dtype=torch.int64, device=dev),
@@ -245,8 +117,7 @@ class StaticSparseLayer(StaticLayer):
             "fraction_max": torch.zeros(b, h, dtype=torch.float64, device=dev),
         }
         if not torch.compiler.is_compiling():
-            torch._dynamo.mark_static_address(self.signatures)
-            for t in self.counters.values():
+            for t in (self.signatures, self.selected, *self.counters.values()):
                 torch._dynamo.mark_static_address(t)
 
     def claim(self, n: int) -> None:
@@ -271,13 +142,36 @@ class StaticSparseLayer(StaticLayer):
             self.claim(key_states.shape[2])
         return super().update(key_states, value_states, *args, **kwargs)
 
+    def load(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Fill an empty layer with already computed post-RoPE ``keys/values [B, H, n, D]`` (copied)."""
+        if self.host_length:
+            raise KvprismError("StaticSparseLayer.load needs an empty layer")
+        self.update(keys, values)
+
+    def write_rows(self, rows: torch.Tensor, signatures: torch.Tensor) -> None:
+        """Overwrite the signature rows ``rows [m]`` with ``signatures [B, H, m, w]`` (in place, no host sync)."""
+        self.signatures.index_copy_(2, rows, signatures)
+
+    def record(self, blocks: torch.Tensor, attended: torch.Tensor, cached: torch.Tensor) -> None:
+        """Keep one step's ``blocks [B, H, k]`` and add its ``attended [B, H]`` / ``cached [B]`` token counts to the
+        device counters."""
+        c = self.counters
+        frac = attended.double() / cached.clamp_min(1).double()[:, None]
+        self.selected.copy_(blocks)
+        c["steps"].add_(1)
+        c["attended"].add_(attended)
+        c["cached"].add_(cached)
+        c["fraction_sum"].add_(frac)
+        c["fraction_max"].copy_(torch.maximum(c["fraction_max"], frac))
+
     def reset(self) -> None:
         super().reset()
         self.host_length = 0
-        if self.signatures is not None:
-            self.signatures.zero_()
-        for t in self.counters.values():
-            t.zero_()
+        for t in (self.signatures, *self.counters.values()):
+            if t is not None:
+                t.zero_()
+        if self.selected is not None:
+            self.selected.fill_(-1)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise KvprismError("StaticSparseCache does not support cropping (assisted / speculative decoding)")
@@ -292,63 +186,6 @@ class StaticSparseLayer(StaticLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         raise KvprismError("StaticSparseCache does not support selecting batch rows")
 
-    # ---------------------------------------------------------------- prefill
-    def load(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Fill an empty layer with already computed post-RoPE ``keys/values [B, H, n, D]`` (copied)."""
-        if self.host_length:
-            raise KvprismError("StaticSparseLayer.load needs an empty layer")
-        self.update(keys, values)
-
-    def prepare(self, valid: torch.Tensor, scaling: float) -> None:
-        """Fit the projection on the ``n`` cached prefill tokens (``valid [B, n]``) and sign their complete blocks
-        (eager, once, before the first decode step)."""
-        sel = self.cache.sel
-        n = self.host_length
-        keys = self.keys[:, :, :n]
-        proj, _ = fit_layer_projection(sel, self.layer_idx, keys, valid, scaling=scaling)
-        self.proj = None if proj is None else proj.float().contiguous()
-        nb = n // sel.block_size
-        self.signatures.zero_()
-        if nb:
-            end = nb * sel.block_size
-            sig = block_signatures(sel, self.proj, keys[:, :, :end], valid[:, :end], layer_idx=self.layer_idx)
-            self.signatures[:, :, :nb] = sig
-
-    # ---------------------------------------------------------------- one decode step (fixed shapes)
-    def sign_current_block(self, valid: torch.Tensor) -> None:
-        """Sign the block holding the newest token and overwrite its slot (the block is a candidate only once it is
-        complete: :func:`static_candidates`)."""
-        bs = self.cache.sel.block_size
-        j = torch.div(self.cumulative_length.long() - 1, bs, rounding_mode="floor").reshape(1)
-        pos = j * bs + torch.arange(bs, device=j.device)
-        kb = self.keys.index_select(2, pos)  # [B, H, bs, D]
-        vb = valid.index_select(1, pos)  # [B, bs]
-        sig = block_signatures(self.cache.sel, self.proj, kb, vb, layer_idx=self.layer_idx)  # [B, H, 1, w]
-        self.signatures.index_copy_(2, j, sig)
-
-    def encode_query(self, query: torch.Tensor) -> torch.Tensor:
-        """``query [B, H, G, D]`` -> encoded ``[B, H, G, w]`` (as :meth:`BlockSelector.encode_query`)."""
-        sel = self.cache.sel
-        enc = SIGNATURES[sel.signature].encode_query(project(query.float(), self.proj))
-        return enc.clamp_min(0) if sel.sign == "relu" else enc
-
-    def scores(self, enc: torch.Tensor) -> torch.Tensor:
-        """Scores ``[B, H, N]`` of every signature slot (as the exact backend: GQA sum of the encoded queries, or the
-        max over the group's heads)."""
-        if self.cache.sel.gqa_reduce == "sum":
-            return torch.matmul(self.signatures, enc.sum(2).unsqueeze(-1)).squeeze(-1)
-        return torch.matmul(enc, self.signatures.transpose(-1, -2)).amax(2)
-
-    def record(self, attended: torch.Tensor, cached: torch.Tensor) -> None:
-        """Add one step's ``attended [B, H]`` / ``cached [B]`` token counts to the device counters."""
-        c = self.counters
-        frac = attended.double() / cached.clamp_min(1).double()[:, None]
-        c["steps"].add_(1)
-        c["attended"].add_(attended)
-        c["cached"].add_(cached)
-        c["fraction_sum"].add_(frac)
-        c["fraction_max"].copy_(torch.maximum(c["fraction_max"], frac))
-
 
 def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
@@ -361,11 +198,11 @@ class StaticSparseCache(Cache):
         model: a Llama / Qwen2 / Mistral-family causal LM without sliding-window layers; its attention is switched
             to ``"kvprism"`` (prefill steps through this cache are dense sdpa, decode steps call
             :meth:`decode_attention`).
-        sel: the selection config (:func:`check_static_config` lists what the static path supports).
+        sel: the selection config (any, with the ``exact`` scorer: :func:`check_static_config`).
         max_cache_len: tokens the cache can hold (prefill + decode), rounded up to a whole number of blocks.
         impl: ``"torch"`` (fixed-size gather + masked softmax, any device, left padding allowed), ``"triton"``
-            (fused score + top-k and split-K attention kernels: CUDA, no padding) or ``"auto"`` (Triton where it
-            can run, decided once by :meth:`prepare`).
+            (split-K attention kernel, with the fused score + top-k kernel for plain top-k over one-row signatures:
+            CUDA, no padding) or ``"auto"`` (Triton where it can run, decided once by :meth:`prepare`).
     """
 
     def __init__(self, model: torch.nn.Module, sel: SelectionConfig, max_cache_len: int, impl: str = "auto") -> None:
@@ -381,6 +218,7 @@ class StaticSparseCache(Cache):
             )
         n_layers = cfg.num_hidden_layers
         self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.num_query_heads = cfg.num_attention_heads
         self.sel = sel
         self.geometry = BlockGeometry.of(sel)
         self.head_mask = resolve_heads(sel.heads, n_layers, self.num_kv_heads)
@@ -390,10 +228,21 @@ class StaticSparseCache(Cache):
         self.model_config = model.config
         self.prepared = False
         self.use_triton = False
-        self._head_masks: list[torch.Tensor] = []
+        self.selectors: list[BlockSelector] = []
         self._triton_state: dict[str, Any] = {}
         super().__init__(layers=[StaticSparseLayer(self, i, cap) for i in range(n_layers)])
         self._scalings = [_layer_scaling(model, i) for i in range(n_layers)]
+        self._new_selectors()
+
+    def _new_selectors(self) -> None:
+        n_layers = len(self.layers)
+        self.selectors = [BlockSelector(self.sel, i, self.num_kv_heads, self.head_mask[i]) for i in range(n_layers)]
+
+    @property
+    def is_compileable(self) -> bool:
+        """False: ``generate`` runs this cache's steps eagerly (the first one prepares it); compiled and
+        graph-captured steps go through :class:`StaticDecodeStep`."""
+        return False
 
     @property
     def max_cache_len(self) -> int:
@@ -403,6 +252,11 @@ class StaticSparseCache(Cache):
     def host_length(self) -> int:
         """Tokens in the cache as the host counts them (layer 0)."""
         return self.layers[0].host_length
+
+    def held_tokens(self, layer_idx: int) -> int:
+        """Tokens layer ``layer_idx`` holds, as the host counts them (the ``"kvprism"`` attention records the prefill
+        queries at these positions)."""
+        return self.layers[layer_idx].host_length
 
     def claim(self, n: int) -> None:
         """Count ``n`` tokens about to be written by a compiled or captured step in every layer; raises
@@ -426,7 +280,9 @@ class StaticSparseCache(Cache):
         attention_mask: torch.Tensor | None = None,
     ) -> StaticSparseCache:
         """A prepared StaticSparseCache holding copies of an already prefilled cache's keys/values (e.g. a
-        ``DynamicCache``, left untouched); ``attention_mask`` is the prefill's ``[B, n]`` mask (0 = padding)."""
+        ``DynamicCache``, left untouched); ``attention_mask`` is the prefill's ``[B, n]`` mask (0 = padding).
+        ``projection="learned"`` / ``signature="reps"`` also take the prefill's queries, which the ``"kvprism"``
+        attention records for any cache it prefilled."""
         cache = cls(model, sel, max_cache_len, impl)
         if len(dense_cache.layers) != len(cache.layers):
             raise KvprismError(
@@ -437,12 +293,15 @@ class StaticSparseCache(Cache):
             if keys is None or keys.numel() == 0:
                 raise KvprismError(f"layer {i} of the prefilled cache is empty")
             dst.load(keys, src.values)
+        if needs_queries(sel):
+            _attn.copy_prefill_queries(dense_cache, cache)
         cache.prepare(attention_mask)
         return cache
 
     def prepare(self, attention_mask: torch.Tensor | None = None) -> None:
         """After the prefill, before the first decode step (and before compiling or capturing it): fit every layer's
-        projection on the prefill, sign its complete blocks, and decide the kernel path (eager; synchronises).
+        projection on the prefill, sign its complete blocks, and decide the kernel path (eager; synchronises). An
+        eager decode step calls it by itself when nobody did.
 
         Args:
             attention_mask: the prefill's ``[B, n]`` mask (0 = left padding), or a longer ``[B, >= n]`` one whose
@@ -463,35 +322,66 @@ class StaticSparseCache(Cache):
                     f"{tuple(attention_mask.shape)}"
                 )
             valid = attention_mask[:, :n].to(device=dev, dtype=torch.bool)
-        plain = bool(valid.all())
+        self._prepare(valid)
+
+    def _prepare(self, valid: torch.Tensor) -> None:
+        """Fit and sign every layer on its first ``n = valid.shape[1]`` tokens (the prefill), through the dynamic
+        pipeline's fit (:func:`~kvprism.hf.pipeline.fit_on_prefill`) and :func:`~kvprism.selection.block_signatures`."""
+        sel = self.sel
+        n = valid.shape[1]
+        nb = n // sel.block_size
+        end = nb * sel.block_size
+        self._new_selectors()
         with torch.inference_mode():
-            for layer in self.layers:
-                layer.prepare(valid, self._scalings[layer.layer_idx])
-        self._head_masks = [m.to(dev) for m in self.head_mask]
-        self.use_triton = self._triton_ok(plain, first)
+            for layer, selector in zip(self.layers, self.selectors, strict=True):
+                i = layer.layer_idx
+                keys = layer.keys[:, :, :n]
+                prefill = _attn.prefill_queries(self, i)
+                fit_on_prefill(selector, keys, valid, self._scalings[i], prefill, "StaticSparseCache")
+                layer.signatures.zero_()
+                if nb:
+                    sig = block_signatures(
+                        sel, selector.proj, keys[:, :, :end], valid[:, :end], layer_idx=i, probe=selector.probe
+                    )
+                    layer.signatures[:, :, : sig.shape[2]] = sig
+        first = self.layers[0]
+        self.use_triton = self._triton_ok(bool(valid.all()), first)
         if self.use_triton:
             self._build_triton_state(first)
         self.prepared = True
 
+    def _prepare_at_first_step(self, layer_idx: int, attention_mask: torch.Tensor | None) -> None:
+        """An eager decode step reached an unprepared cache: prepare it on the prefill, whose key validity is the
+        step's (the step's own token is already written into layer ``layer_idx``, not yet into the later layers)."""
+        if torch.compiler.is_compiling() or _capturing():
+            raise KvprismError(
+                "StaticSparseCache: call cache.prepare() after the prefill, before compiling or capturing a decode step"
+            )
+        if layer_idx != 0:
+            raise KvprismError("StaticSparseCache: a decode step began at a layer other than the first")
+        layer = self.layers[0]
+        n = layer.host_length - 1
+        if n < 1:
+            raise KvprismError("StaticSparseCache: a decode step needs a prefilled cache")
+        valid = step_validity(attention_mask, layer.cumulative_length, layer.batch_size, layer.max_cache_len)
+        self._prepare(valid[:, :n])
+
     def _triton_ok(self, plain: bool, layer: StaticSparseLayer) -> bool:
         if self.impl == "torch":
             return False
-        why = None
-        if layer.device.type != "cuda":
-            why = f"tensors on {layer.device.type}, not cuda"
-        elif not _kernels.triton_available():
-            why = "the 'triton' package is not installed"
-        elif not plain:
-            why = "the prefill has left padding"
-        elif layer.k_head_dim not in _kernels.TRITON_HEAD_DIMS or layer.keys.dtype not in _kernels.TRITON_DTYPES:
-            why = f"head dim {layer.k_head_dim} / dtype {layer.keys.dtype}"
-        elif layer.v_head_dim != layer.k_head_dim:
-            why = f"value head dim {layer.v_head_dim} differs from the key head dim {layer.k_head_dim}"
+        dtype = layer.keys.dtype
+        why = triton_blocker(layer.device, layer.k_head_dim, layer.v_head_dim, dtype, (layer.values.dtype,), plain)
         if why is None:
             return True
         if self.impl == "triton":
             raise KvprismError(f"StaticSparseCache(impl='triton') cannot run: {why}")
         return False
+
+    @property
+    def _fused_topk(self) -> bool:
+        """The selection is plain top-k over one-row signatures: the fused score + top-k kernel computes it."""
+        sel = self.sel
+        return sel.budget == "topk" and sel.rerank == 1 and SIGNATURES[sel.signature].rows_per_block(sel.sig_rows) == 1
 
     def _build_triton_state(self, layer: StaticSparseLayer) -> None:
         """Launch geometry, workspaces and length buffers of the Triton kernels, shared by the layers."""
@@ -499,7 +389,7 @@ class StaticSparseCache(Cache):
 
         sel = self.sel
         b, h, d = layer.batch_size, layer.num_heads, layer.k_head_dim
-        hq = self._num_query_heads()
+        hq = self.num_query_heads
         n_rows = layer.signatures.shape[2] - sel.sink_blocks
         dev = layer.device
         splan = score_plan(max(n_rows, 1), layer.signatures.shape[3], hq // h, max(sel.k, 1), None)
@@ -514,10 +404,6 @@ class StaticSparseCache(Cache):
             "out": [torch.zeros(b, hq, d, dtype=layer.keys.dtype, device=dev) for _ in self.layers],
         }
 
-    def _num_query_heads(self) -> int:
-        cfg = self.model_config.get_text_config(decoder=True)
-        return cfg.num_attention_heads
-
     # ---------------------------------------------------------------- the decode step of one layer
     def decode_attention(
         self,
@@ -529,52 +415,87 @@ class StaticSparseCache(Cache):
         scaling: float,
     ) -> torch.Tensor:
         """One decode step of layer ``layer_idx`` (called by the ``"kvprism"`` attention function): ``query
-        [B, Hq, D]`` -> ``[B, Hq, D]`` over the selected tokens only; fixed shapes, no host synchronisation."""
+        [B, Hq, D]`` -> ``[B, Hq, D]`` over the selected tokens only; fixed shapes, no host synchronisation (once
+        prepared)."""
         if not self.prepared:
-            raise KvprismError(
-                "StaticSparseCache: call cache.prepare() after the prefill, before the first decode step "
-                "(and before compiling or capturing it)"
-            )
+            self._prepare_at_first_step(layer_idx, attention_mask)
         layer: StaticSparseLayer = self.layers[layer_idx]
-        sel = self.sel
+        selector = self.selectors[layer_idx]
         b, hq, d = query.shape
         h = key.shape[1]
+        cap = layer.max_cache_len
         length = layer.cumulative_length  # includes this step's token
-        valid = step_validity(attention_mask, length, b, layer.max_cache_len)
-        layer.sign_current_block(valid)
-        enc = layer.encode_query(query.reshape(b, h, hq // h, d))  # [B, H, G, w]
-        heads = self._head_masks[layer_idx]
-        if self.use_triton:
-            out, blocks = self._triton_step(layer, query, key, value, enc, length, scaling, heads)
-            attended = plain_tokens_read(blocks, length, self.geometry).expand(b, h)
+        valid = step_validity(attention_mask, length, b, cap)
+        self._sign_newest(layer, selector, valid, length)  # 2. sign
+        group = query.reshape(b, h, hq // h, d)
+        if self.use_triton:  # 1. layout (plain: the lengths say everything)
+            st = self._triton_state
+            st["seq_lens"].copy_(length.expand(b))
+            layout = BlockLayout.fixed(self.geometry, st["seq_lens"], cap)
         else:
-            cand, first_block = static_candidates(valid, length, self.geometry)
-            cand = cand[:, None] & heads[None, :, None]
-            blocks = topk_blocks(layer.scores(enc), cand, sel.k)
-            idx, ok = static_gather_plan(blocks, valid, length, first_block, self.geometry)
-            out = static_attend(query, key, value, idx, ok, scaling)
-            attended = ok.sum(-1)
-        layer.record(attended, valid.sum(-1))
+            layout = BlockLayout.fixed(self.geometry, length.reshape(1).expand(b), cap, valid)
+        if self.use_triton and self._fused_topk:  # 3. score and select
+            blocks = self._fused_select(layer, selector, group, layout)
+        else:
+            blocks = selector.select_fixed(group, layout.candidate_mask().expand(b, h, -1), layer.signatures)
+        if self.use_triton:  # 4. plan (the kernel reads it from the layout) and 5. attend
+            out = self._triton_attend(layer, query, key, value, blocks, layout, scaling)
+            attended = layout.tokens_read(blocks)
+        else:
+            plan = layout.gather_plan(blocks)
+            out = _attn.sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+            attended = plan.n_attended
+        layer.record(blocks, attended, layout.n_cached)
         return out
 
-    def _triton_step(self, layer, query, key, value, enc, length, scaling, heads):
-        from kvprism.kernels.triton_decode import score_topk_triton, sparse_decode_attention_triton
+    def _sign_newest(
+        self, layer: StaticSparseLayer, selector: BlockSelector, valid: torch.Tensor, length: torch.Tensor
+    ) -> None:
+        """Sign the block holding the newest token and overwrite its rows (the block is a candidate only once it is
+        complete, which the layout decides)."""
+        bs = self.sel.block_size
+        r = selector.rows_per_block
+        j = torch.div(length.long() - 1, bs, rounding_mode="floor").reshape(1)
+        pos = j * bs + torch.arange(bs, device=j.device)
+        sig = block_signatures(
+            self.sel,
+            selector.proj,
+            layer.keys.index_select(2, pos),
+            valid.index_select(1, pos),
+            layer_idx=layer.layer_idx,
+            probe=selector.probe,
+        )  # [B, H, R, w]
+        layer.write_rows(j * r + torch.arange(r, device=j.device), sig)
+
+    def _fused_select(
+        self, layer: StaticSparseLayer, selector: BlockSelector, group: torch.Tensor, layout: BlockLayout
+    ) -> torch.Tensor:
+        """Top-k by the fused score + top-k Triton kernel over the candidate range ``[sink_blocks, candidate_end)``
+        of a plain layout (the selector's encoded query against the layer's rows; into a static buffer)."""
+        from kvprism.kernels.triton_decode import score_topk_triton
 
         st = self._triton_state
         sel = self.sel
-        b, h, g, w = enc.shape
-        s = sel.sink_blocks
-        _, _, cand_end = static_geometry(length, self.geometry)
-        st["n_valid"].copy_((cand_end - s).clamp_min(0).expand(b))
-        st["seq_lens"].copy_(length.expand(b))
         blocks = st["blocks"]
-        if sel.k:
-            rows = layer.signatures[:, :, s:]
-            q_sig = enc.reshape(b, h * g, w).contiguous()
-            score_topk_triton(q_sig, rows, st["n_valid"], sel.k, sel.gqa_reduce, out=blocks, cand=st["cand"])
-            blocks.copy_(torch.where(blocks >= 0, blocks + s, blocks).masked_fill(~heads[None, :, None], -1))
-        layout = BlockLayout(self.geometry, st["seq_lens"], layer.max_cache_len)
-        out = sparse_decode_attention_triton(
+        if not sel.k:
+            return blocks
+        b, h, g, _ = group.shape
+        s = sel.sink_blocks
+        enc = selector.encode_query(group)  # [B, H, G, w]
+        st["n_valid"].copy_((layout.candidate_end - s).clamp_min(0))
+        q_sig = enc.reshape(b, h * g, enc.shape[-1]).contiguous()
+        score_topk_triton(
+            q_sig, layer.signatures[:, :, s:], st["n_valid"], sel.k, sel.gqa_reduce, out=blocks, cand=st["cand"]
+        )
+        heads = selector.head_mask.to(blocks.device)[None, :, None]
+        blocks.copy_(torch.where(blocks >= 0, blocks + s, blocks).masked_fill(~heads, -1))
+        return blocks
+
+    def _triton_attend(self, layer, query, key, value, blocks, layout, scaling) -> torch.Tensor:
+        from kvprism.kernels.triton_decode import sparse_decode_attention_triton
+
+        st = self._triton_state
+        return sparse_decode_attention_triton(
             query.contiguous(),
             key,
             value,
@@ -585,7 +506,6 @@ class StaticSparseCache(Cache):
             plan=st["plan"],
             workspace=st["workspace"],
         )
-        return out, blocks
 
     # ---------------------------------------------------------------- statistics (read on demand)
     def stats_summary(self) -> dict[str, Any]:
@@ -618,15 +538,7 @@ class StaticSparseCache(Cache):
     def reset(self) -> None:
         super().reset()
         self.prepared = False
-
-
-def _layer_scaling(model: torch.nn.Module, layer_idx: int) -> float:
-    for mod in _attn.attention_modules(model):
-        if mod.layer_idx == layer_idx and hasattr(mod, "scaling"):
-            return float(mod.scaling)
-    cfg = model.config.get_text_config(decoder=True)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return head_dim**-0.5
+        self._new_selectors()
 
 
 # ------------------------------------------------------------------------------------------- the whole-model step
@@ -637,7 +549,8 @@ class StaticDecodeStep:
 
     Args:
         model: the causal LM.
-        cache: a prefilled static cache (a :class:`StaticSparseCache` must be prepared).
+        cache: a prefilled static cache (a :class:`StaticSparseCache` must be prepared: :meth:`StaticSparseCache.
+            prepare`, which compiling or capturing cannot do).
         attention_mask: ``[B, n]`` mask of the prefill (0 = left padding) or None (no padding); it is padded to the
             cache's capacity with ones and kept in a static buffer (decode tokens are real).
 
