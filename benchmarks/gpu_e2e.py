@@ -3,12 +3,14 @@
 
 Model: the Qwen2.5-7B shape (hidden 3584, 28 query / 4 KV heads, head dim 128, MLP 18944, vocab 152064) with random
 bf16 weights built from the config on the device (nothing is downloaded), all 28 layers or as many as fit next to
-the largest cache (the number used is printed and stored). Selection: exact scorer, B = 128, k = 32, window 256,
-one sink block, projection "none", mean signatures.
+the largest cache (the number used is printed and stored). Selection: the default ``SelectionConfig`` -- the one the
+accuracy evaluations run: exact scorer, learned projection to d_sig = 32 with its fitted temperature, mean
+signatures, one sink block -- at B = 128, k = 32, window 256 (``--projection none`` for the earlier rows).
 
 Context: each configuration's cache is filled with random keys/values for ``context`` tokens (no prefill: the decode
 step's cost does not depend on the values, and a 128K prefill of 28 layers at batch 8 would not fit the time budget);
-the kvprism caches then sign their blocks (``StaticSparseCache.prepare``). Then one decode step is run eagerly on a
+the kvprism caches then fit their projection on those keys and ``--fit-queries`` random prefill queries per layer
+and sign their blocks (``StaticSparseCache.prepare``; not timed). Then one decode step is run eagerly on a
 side stream (warm-up: Triton compilation, cuBLAS), captured into one CUDA graph (all layers: projections, selection,
 sparse attention, lm_head) and replayed ``--steps`` times with teacher-forced random tokens, timed with CUDA events.
 Reported: ms per step (median), decode tokens/s (batch / mean step), the read fraction (kvprism: the device counters
@@ -37,7 +39,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, Qwen2Config, StaticCache
 
-from kvprism.hf.attention import use_kvprism_attention
+from kvprism.hf.attention import keep_prefill_queries, record_prefill_queries, use_kvprism_attention
 from kvprism.hf.cache import cache_kwargs, chunked_prefill
 from kvprism.hf.static import StaticDecodeStep, StaticSparseCache
 from kvprism.kernels import triton_available
@@ -116,18 +118,31 @@ def fill_dense(model, batch: int, context: int, cap: int, dtype, device, seed: i
     return cache
 
 
-def fill_sparse(model, sel, impl: str, batch: int, context: int, cap: int, dtype, device, seed: int):
+def fill_sparse(
+    model, sel, impl: str, batch: int, context: int, cap: int, dtype, device, seed: int, fit_queries: int = 16
+):
+    """A prepared StaticSparseCache holding ``context`` random keys/values per layer; a selection that fits on the
+    prefill's queries (learned projection, 'reps') gets ``fit_queries`` random ones per layer, at the last positions."""
     cfg = model.config
-    h, d = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    hq = cfg.num_attention_heads
+    h, d = cfg.num_key_value_heads, cfg.hidden_size // hq
     cache = StaticSparseCache(model, sel, max_cache_len=cap, impl=impl)
+    keep_prefill_queries(cache, fit_queries)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.inference_mode():
-        for layer in cache.layers:
+        for i, layer in enumerate(cache.layers):
             k, v = random_kv(batch, h, context, d, dtype, device, gen)
             layer.load(k, v)
             del k, v
+            q = torch.randn(batch, hq, fit_queries, d, generator=gen, device=device, dtype=torch.float32).to(dtype)
+            record_prefill_queries(cache, i, q, context)
     cache.prepare()
     return cache
+
+
+def selection(args: argparse.Namespace) -> SelectionConfig:
+    """The benchmarked selection: the default SelectionConfig at the block size, k and window of the run."""
+    return SelectionConfig(block_size=args.block_size, k=args.k, window=args.window, projection=args.projection)
 
 
 def time_steps(step: StaticDecodeStep, tokens: torch.Tensor, start: int, graph: bool) -> dict[str, Any]:
@@ -182,18 +197,11 @@ def run_config(model, path: str, batch: int, context: int, args, device, dtype) 
             row["skipped"] = "needs CUDA and triton"
             return row
         use_kvprism_attention(model)
-        sel = SelectionConfig(
-            block_size=args.block_size,
-            k=args.k,
-            window=args.window,
-            sink_blocks=1,
-            scorer="exact",
-            projection="none",
-            signature="mean",
-        )
+        sel = selection(args)
         impl = "triton" if path == "kvprism" else "torch"
-        cache = fill_sparse(model, sel, impl, batch, context, cap, dtype, device, args.seed)
+        cache = fill_sparse(model, sel, impl, batch, context, cap, dtype, device, args.seed, args.fit_queries)
         row["attention"] = f"StaticSparseCache(impl={impl!r})"
+        row["projection"] = sel.projection
     step = StaticDecodeStep(model, cache)
     row.update(time_steps(step, tokens, context, graph))
     row["cuda_graph"] = graph
@@ -291,7 +299,8 @@ def render(result: dict[str, Any]) -> str:
     shape = "tiny Qwen2-family" if result["tiny"] else "Qwen2.5-7B-shaped"
     lines = [
         f"gpu_e2e: {result['layers']} {shape} layers (random {result['dtype']} weights), "
-        f"B={result['block_size']} k={result['k']} window={result['window']}, {result['device_name']}; "
+        f"B={result['block_size']} k={result['k']} window={result['window']} projection {result['projection']}, "
+        f"{result['device_name']}; "
         f"{'CUDA graph per step' if result['cuda_graph'] else 'eager steps (no CUDA graph)'}, "
         f"median of {result['steps']} steps; context filled with {result['context_fill']}",
         "",
@@ -350,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--window", type=int, default=None)
+    ap.add_argument(
+        "--projection",
+        default=SelectionConfig().projection,
+        choices=("none", "random", "pca", "learned"),
+        help="signature projection (default: the SelectionConfig default, learned)",
+    )
+    ap.add_argument("--fit-queries", type=int, default=16, help="random prefill queries per layer for the fit")
     ap.add_argument("--old-dense", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--old-context", type=int, default=32768)
     ap.add_argument("--seed", type=int, default=0)
@@ -391,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         "block_size": args.block_size,
         "k": args.k,
         "window": args.window,
+        "projection": args.projection,
+        "selection": selection(args).to_dict(),
         "steps": args.steps,
         "cuda_graph": device.type == "cuda",
         "context_fill": "random keys/values (no prefill)",
