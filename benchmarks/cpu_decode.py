@@ -14,7 +14,7 @@ over layers), and the read fraction. The share uses the MEAN selection time over
 cost: steps that refresh the photonic weights or program a completed block count with their weight); the median is
 printed beside it.
 
-Photonic rows (``--photonic``, repeatable: preset names or TOML files; default ``tfln-feasible``): each as shipped
+Photonic rows (``--photonic``, repeatable: preset names or TOML files; default ``tfln-timeshared``): each as shipped
 and, with ``--tokens-per-s R`` (default 20), timed by the loaded model's own decode at R tokens/s
 (:func:`kvprism.photonics.design.timed_by_decode`: detection bandwidth of that rate, codes as old as that timing makes
 them, drift drawn every step), which is what a chip in the loop of this model would face.
@@ -74,8 +74,10 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def photonic_configs(sel: SelectionConfig, model, names: list[str], tokens_per_s: float) -> dict[str, SelectionConfig]:
-    """Each photonic preset as shipped and timed by this model's decode at ``tokens_per_s``."""
+def photonic_configs(
+    sel: SelectionConfig, model, names: list[str], tokens_per_s: float, context: int
+) -> dict[str, SelectionConfig]:
+    """Each photonic preset as shipped and timed by this model's decode at ``tokens_per_s`` and ``context`` tokens."""
     from pathlib import Path
 
     from kvprism.photonics import PhotonicConfig
@@ -90,7 +92,8 @@ def photonic_configs(sel: SelectionConfig, model, names: list[str], tokens_per_s
         out[f"{label}"] = width.replace(scorer="photonic", photonic=cfg)
         if tokens_per_s > 0:
             timing = decode_timing(
-                cfg, n_layers=text.num_hidden_layers, kv_heads=text.num_key_value_heads, tokens_per_s=tokens_per_s
+                cfg, n_layers=text.num_hidden_layers, kv_heads=text.num_key_value_heads, tokens_per_s=tokens_per_s,
+                context=context, block_size=sel.block_size,
             )
             timed = timed_by_decode(cfg, timing)
             out[f"{label} timed {tokens_per_s:g} tok/s"] = width.replace(scorer="photonic", photonic=timed)
@@ -178,7 +181,7 @@ def main() -> None:
         "--photonic",
         action="append",
         default=None,
-        help="photonic preset name or TOML file (repeatable; default tfln-feasible; 'none' for no photonic row)",
+        help="photonic preset name or TOML file (repeatable; default tfln-timeshared; 'none' for no photonic row)",
     )
     ap.add_argument("--tokens-per-s", type=float, default=20.0, help="decode rate that times the photonic rows (0: no)")
     args = ap.parse_args()
@@ -193,8 +196,8 @@ def main() -> None:
         f"projection {sel.projection}; {args.steps} decode steps x {args.reps} repetitions"
     )
     configs: dict[str, SelectionConfig | None] = {"dense": None, "exact": sel}
-    names = [n for n in (args.photonic or ["tfln-feasible"]) if n != "none"]
-    configs |= photonic_configs(sel, model, names, args.tokens_per_s)
+    names = [n for n in (args.photonic or ["tfln-timeshared"]) if n != "none"]
+    configs |= photonic_configs(sel, model, names, args.tokens_per_s, max(args.context))  # timed at the longest
     for context in args.context:
         bench_context(model, tok, context, args.threads, args, configs)
     console.print("goals: " + "; ".join(f"{k} <= {v:g}" for k, v in GOALS.items()) + " (exact step strictly below)")

@@ -23,8 +23,8 @@ PRESETS = (
     "seed-pessimistic",
     "seed-optimistic",
     "tfln-literature",
-    "tfln-feasible",
-    "tfln-feasible-32",
+    "tfln-timeshared",
+    "tfln-timeshared-32",
 )
 #: (name, SelectionConfig overrides) decoded greedily through SparseCache
 DECODES = (
@@ -32,8 +32,8 @@ DECODES = (
     ("exact-pca", {"scorer": "exact", "projection": "pca"}),
     ("exact-centroids", {"scorer": "exact", "signature": "centroids", "sig_rows": 2}),
     ("seed-nominal", {"scorer": "photonic", "photonic": "seed-nominal"}),
-    ("tfln-feasible", {"scorer": "photonic", "photonic": "tfln-feasible", "d_sig": 16}),
-    ("tfln-feasible-rerank", {"scorer": "photonic", "photonic": "tfln-feasible", "d_sig": 16, "rerank": 2}),
+    ("tfln-timeshared", {"scorer": "photonic", "photonic": "tfln-timeshared", "d_sig": 16}),
+    ("tfln-timeshared-rerank", {"scorer": "photonic", "photonic": "tfln-timeshared", "d_sig": 16, "rerank": 2}),
     ("seed-as-published", {"scorer": "seed-as-published"}),
 )
 

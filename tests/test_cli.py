@@ -57,7 +57,7 @@ def test_demo_prints_the_energy_model_step_of_each_photonic_run(capsys, tmp_path
     tiny_model("llama").save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     args = ["demo", "--model", str(tmp_path), "--context", "700", "--max-new-tokens", "2", "--preset",
-            "tfln-feasible", "--block-size", "16", "--k", "4", "--threads", "1", "--verbose"]  # fmt: skip
+            "tfln-timeshared", "--block-size", "16", "--k", "4", "--threads", "1", "--verbose"]  # fmt: skip
     assert main(args) == 0
     out = " ".join(capsys.readouterr().out.split())
     q = r"([\d.]+ [pnµm]?J)"
@@ -69,6 +69,6 @@ def test_demo_prints_the_energy_model_step_of_each_photonic_run(capsys, tmp_path
     assert total >= chip + static - 0.01 * total and dense > sparse > 0
     # the verdict line: energy per token against GPU sparse, with units and 3 significant figures
     assert re.search(
-        r"photonic tfln-feasible .* · [\d.]+ [pnµm]?J/token vs GPU sparse [\d.]+ [pnµm]?J \([\d.]+× (less|more)\)", out
+        r"photonic tfln-timeshared .* · [\d.]+ [pnµm]?J/token vs GPU sparse [\d.]+ [pnµm]?J \([\d.]+× (less|more)\)", out
     )
     assert "e-0" not in out and "{" not in out  # no raw floats, no dict dump

@@ -13,7 +13,7 @@ from kvprism.photonics import drift
 
 # strong, fast drift so that holding the codes over a few hundred steps matters: σ 4 pm per ring, 2 pm global,
 # correlation time 10 steps
-DRIFTY = PhotonicConfig.preset("tfln-feasible").replace(
+DRIFTY = PhotonicConfig.preset("tfln-timeshared").replace(
     drift_ring_sigma_m=4e-12,
     drift_global_sigma_m=2e-12,
     drift_corr_time_s=0.2,
@@ -112,8 +112,8 @@ def test_refreshed_codes_in_an_engine_group_equal_the_engines_alone():
 
 
 def test_shipped_time_shared_preset_refreshes_its_codes():
-    """tfln-feasible time-shares 4 physical banks over every (layer, KV head): its rows are rewritten each step."""
-    cfg = PhotonicConfig.preset("tfln-feasible")
+    """tfln-timeshared time-shares 4 physical banks over every (layer, KV head): its rows are rewritten each step."""
+    cfg = PhotonicConfig.preset("tfln-timeshared")
     assert cfg.code_refresh == "every-step" and cfg.feedback_calibration
 
 

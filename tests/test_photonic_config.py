@@ -7,7 +7,7 @@ from kvprism import PhotonicConfig
 from kvprism.errors import ConfigError
 
 PRESETS = [
-    "ideal", "seed-nominal", "seed-optimistic", "seed-pessimistic", "tfln-feasible", "tfln-feasible-32",
+    "ideal", "seed-nominal", "seed-optimistic", "seed-pessimistic", "tfln-timeshared", "tfln-timeshared-32",
     "tfln-literature",
 ]  # fmt: skip
 

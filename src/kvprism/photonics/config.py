@@ -511,7 +511,16 @@ class PhotonicConfig(ConfigBase):
     dac_energy_per_sample_j: float = param(
         3.6e-12, doc="query DAC energy per sample", unit="J", ge=0.0, source="IEEE 9162776: 50 mW at 14 GS/s"
     )
-    tia_power_w: float = param(3e-3, doc="TIA power per balanced pair", unit="W", ge=0.0, source="IEEE 8510668")
+    tia_power_w: float = param(
+        2.03e-3,
+        doc="TIA power per balanced pair at tia_reference_bandwidth_hz; the TIA model scales it with the detection "
+        "bandwidth: P(Δf) = max(tia_min_power_w, tia_power_w · Δf / tia_reference_bandwidth_hz) (a TIA's bias "
+        "current, hence its power, grows with the gain-bandwidth it must provide)",
+        unit="W",
+        ge=0.0,
+        source="Analog Integr. Circ. Sig. Process. (2013), doi 10.1007/s10470-013-0117-8: inverter-based TIA in 40 nm "
+        "CMOS, 2.03 mW at 8 GHz bandwidth (0.0002 mm²)",
+    )
     tia_adc_power_seed_w: float = param(
         49e-6,
         doc="seed's assumed TIA+ADC power per diode (for comparison with the seed's energy claims)",
@@ -521,6 +530,82 @@ class PhotonicConfig(ConfigBase):
     )
     static_power_w: float = param(
         1.0, doc="static chip power: temperature control (TEC) and bias", unit="W", ge=0.0, source="assumption"
+    )
+    tia_reference_bandwidth_hz: float = param(
+        8e9,
+        doc="bandwidth at which tia_power_w is specified (TIA model: power ∝ bandwidth above tia_min_power_w)",
+        unit="Hz",
+        gt=0.0,
+        source="Analog Integr. Circ. Sig. Process. (2013), doi 10.1007/s10470-013-0117-8: 8 GHz",
+        section="energy",
+    )
+    tia_min_power_w: float = param(
+        10e-6,
+        doc="power floor of a TIA at low bandwidth (bias of its input stage and references)",
+        unit="W",
+        ge=0.0,
+        source="assumption: a kHz–MHz CMOS TIA with pA/√Hz input noise biased at ~5 µA from 1.8 V",
+        section="energy",
+    )
+    comb_conversion_efficiency: float = param(
+        0.1,
+        doc="share of the comb's pump power that arrives in the comb lines used (laser_mode 'comb' of the energy "
+        "model: a CW comb cannot be gated, so its pump runs for the whole decode step)",
+        unit="1",
+        gt=0.0,
+        le=1.0,
+        source="assumption inside the reported range: Kerr microcombs convert a few % (bright solitons) to ~30 % "
+        "(dark pulses; Xue et al., Laser Photonics Rev. 11, 1600276 (2017)) of the pump into comb lines",
+        section="energy",
+    )
+    ring_driver_power_w: float = param(
+        0.5e-3,
+        doc="power of one ring-drive channel holding a voltage in ±V_max (one channel per ring: EO tuning is held by "
+        "a DC voltage), charged for the whole decode step",
+        unit="W",
+        ge=0.0,
+        source="seed's DAC figure 0.5 mW per channel (PHYSICS §10), taken for a held ±V_max channel (assumption: "
+        "a high-voltage output stage draws at least as much as a low-voltage DAC channel)",
+        section="energy",
+    )
+    ring_driver_area_m2: float = param(
+        50e-6 * 50e-6,
+        doc="area of one ring-drive channel (DAC or sample-and-hold plus ±V_max output stage) on the electronic die",
+        unit="m²",
+        ge=0.0,
+        source="assumption: 50 µm × 50 µm of thick-oxide (high-voltage) devices per channel, as the TIA",
+        section="layout",
+    )
+    drive_settling_s: float = param(
+        10e-9,
+        doc="time for a ring drive to settle to 1 LSB of program_bits after a code change (every rewrite and every "
+        "iteration of an in-situ calibration waits for it)",
+        unit="s",
+        ge=0.0,
+        source="assumption: a ±10 V output stage slewing ~V/ns and settling over a few time constants (the seed's "
+        "1 ns DAC stage is a low-voltage query DAC)",
+        section="energy",
+    )
+    calibration_probe_margin_bits: float = param(
+        1.0,
+        doc="in-situ calibration: an averaged probe reading resolves required_weight_bits + this many bits (its "
+        "noise σ = LSB/√12 at that resolution over ±w_r), which sets the probe time from the detection noise",
+        unit="bit",
+        ge=0.0,
+        le=16.0,
+        source="assumption: one bit of margin keeps the probe noise at a quarter of the weight error budget "
+        "(in variance)",
+        section="calibration",
+    )
+    trim_max_chip_power_w: float = param(
+        5.0,
+        doc="largest total heater power of the die's trim heaters (the heat the package removes while holding the "
+        "rings' temperature; heater_count = MRR count)",
+        unit="W",
+        gt=0.0,
+        source="assumption: a TEC-stabilised photonic package removes a few W at the ≤ 0.1 K stability the drift "
+        "presets assume (bare LN rings drift tens of pm/K, PHYSICS §10)",
+        section="layout",
     )
     # ---------------------------------------------------------------- energy model (kvprism.energy)
     mzm_termination_ohm: float = param(

@@ -141,6 +141,7 @@ class ChipDesign:
     mzm_area_m2: float
     tia_area_m2: float
     adc_area_m2: float
+    driver_area_m2: float  # one ring-drive channel per ring (EO tuning is held by a DC voltage)
     power_limits: tuple[PowerLimit, ...]
 
     # ------------------------------------------------------------------ construction
@@ -204,7 +205,7 @@ class ChipDesign:
             + 5.0 * math.log10(cfg.detection_bandwidth_hz / cfg.pd_sensitivity_bandwidth_hz),
             rows=rows, mrr_count=mrr, ring_area_m2=mrr * cfg.ring_pitch_m**2, pd_area_m2=rows * cfg.pd_pair_area_m2,
             mzm_area_m2=cfg.n_banks * d * cfg.mzm_area_m2, tia_area_m2=rows * cfg.tia_area_m2,
-            adc_area_m2=rows * cfg.adc_area_m2,
+            adc_area_m2=rows * cfg.adc_area_m2, driver_area_m2=mrr * cfg.ring_driver_area_m2,
             power_limits=_power_limits(cfg, d, budget, buildup),
         )  # fmt: skip
 
@@ -287,8 +288,65 @@ class ChipDesign:
 
     @property
     def electronic_area_m2(self) -> float:
-        """TIAs + ADCs of every row [m²]."""
-        return self.tia_area_m2 + self.adc_area_m2
+        """TIAs + ADCs of every row and the ring-drive channels of every ring [m²]."""
+        return self.tia_area_m2 + self.adc_area_m2 + self.driver_area_m2
+
+    def tia_power_w(self, bandwidth_hz: float) -> float:
+        """Power [W] of one row's TIA at detection bandwidth ``bandwidth_hz``: the TIA model
+        max(tia_min_power_w, tia_power_w · Δf / tia_reference_bandwidth_hz) (``PhotonicConfig`` sources)."""
+        c = self.config
+        return max(c.tia_min_power_w, c.tia_power_w * bandwidth_hz / c.tia_reference_bandwidth_hz)
+
+    # ------------------------------------------------------------------ in-situ calibration probes (PHYSICS §12)
+    @functools.cached_property
+    def probe_target_sigma_w(self) -> float:
+        """Noise σ [weight units] an averaged probe reading must reach: LSB/√12 of required_weight_bits +
+        calibration_probe_margin_bits over ±w_r."""
+        c = self.config
+        bits = c.required_weight_bits + c.calibration_probe_margin_bits
+        return 2.0 * self.weight_range / 2.0**bits / math.sqrt(12.0)
+
+    @functools.cached_property
+    def probe_noise_time_s(self) -> float:
+        """Integration time [s] one probe *sample* needs so that the mean of ``calibration_probe_averages`` samples
+        reaches :attr:`probe_target_sigma_w`, from the detection noise of one weight reading (one comb line lit at
+        the configured power, MZM open): σ_w² = (N_det / (R·P)² + RIN · w_r²) · Δf with Δf = 1/(2T), N_det the
+        detector noise per hertz (shot of R·P and dark current, TIA, NEP), RIN on the line's power. Independent of the
+        query's detection bandwidth (0 without noise)."""
+        c = self.config
+        if not c.noise:
+            return 0.0
+        p_w = self.link.row_line_w
+        resp = c.pd_responsivity_a_per_w
+        n_det = noise.detector_variance_a2(
+            resp * p_w, 0.0, i_dark_a=c.dark_current_a, tia_noise_a_per_rthz=c.tia_noise_a_per_rthz,
+            nep_w_per_rthz=c.nep_w_per_rthz, responsivity_a_per_w=resp, bandwidth_hz=1.0,
+        )  # fmt: skip
+        per_hz = n_det / (resp * p_w) ** 2 + 10.0 ** (c.rin_db_per_hz / 10.0) * self.weight_range**2
+        return per_hz / (2.0 * c.calibration_probe_averages * self.probe_target_sigma_w**2)
+
+    @functools.cached_property
+    def probe_floor_s(self) -> float:
+        """Shortest probe sample [s]: the ring's settling to 1 LSB of the ADC after the probe line switches on
+        (photon lifetime τ · ln 2^adc_bits, at least τ) and one ADC conversion (1/adc_sample_rate_hz)."""
+        c = self.config
+        return max(self.ring_settling_s(c.adc_bits), 1.0 / c.adc_sample_rate_hz)
+
+    @property
+    def probe_sample_time_s(self) -> float:
+        """Integration time [s] of one probe sample: the noise-limited time, floored by :attr:`probe_floor_s`."""
+        return max(self.probe_noise_time_s, self.probe_floor_s)
+
+    @property
+    def calibration_time_s(self) -> float:
+        """Wall time [s] of one in-situ calibration of a bank (all its rows in parallel): 2·iters + 1 readings, each
+        after a drive change (``drive_settling_s``) and of d lines × ``calibration_probe_averages`` probe samples
+        (:func:`calibration_probes`); 0 for model-based programming."""
+        c = self.config
+        if not c.feedback_calibration:
+            return 0.0
+        readings = 2 * c.calibration_iters + 1
+        return readings * c.drive_settling_s + calibration_probes(c, self.d) * self.probe_sample_time_s
 
     @property
     def laser_cap_w(self) -> float:
@@ -542,41 +600,82 @@ def rin_ceiling_db(cfg: PhotonicConfig, design: ChipDesign, bandwidth_hz: float 
 # ---------------------------------------------------------------------------------------------- decode timing
 @dataclasses.dataclass(frozen=True)
 class DecodeTiming:
-    """Time available per selection when a model decodes at ``tokens_per_s`` (all times in s).
+    """The chip's time line for one decode step of a model at ``tokens_per_s`` and ``context`` tokens (times in s).
 
-    Per decode step (1/tokens_per_s) the chip may take ``selection_time_fraction`` of it; layers are sequential, so
-    each layer gets step·fraction/layers. A layer needs ``batch × kv_heads`` logical banks, each queried
-    ``queries_per_head`` times; the physical banks serve them in ``rounds_per_layer`` rounds. When all logical banks
-    of the step (batch × layers × KV heads) do not fit the physical banks, every round first rewrites its banks
-    (``reprogram_s``: ring writes at ``program_rate_rings_per_s`` + ring settling). What is left of a round, per query
-    and optical pass, is one symbol; ``integration_fraction`` of it integrates (T_int), giving the noise bandwidth
-    1/(2·T_int) and one ADC conversion per row and symbol."""
+    Per decode step (1/tokens_per_s) the chip's selections may take ``budget_s`` = ``selection_time_fraction`` of it
+    (layers are sequential: the query of a layer exists only after the layer before it). Each sequence's
+    (layer, KV head) is one logical bank of ``rows_per_bank_logical`` = ⌊context / block_size⌋ rows, which occupies
+    ``slots`` = ⌈rows / rows_per_bank⌉ physical banks; a layer's ``batch × kv_heads × slots`` bank loads are served
+    by the ``n_banks`` physical banks in ``rounds_per_layer`` rounds. When the loads of the step do not all fit the
+    chip (``shared``), every round first rewrites its banks (``write_s``: ring writes at ``program_rate_rings_per_s``,
+    then the drive and ring settle) and — ``rewrite_calibration = 'recalibrate'`` with in-situ calibration —
+    calibrates them (``calibration_s``: probes with their own, noise-limited symbol,
+    :attr:`ChipDesign.calibration_time_s`). Rewrites, calibrations and queries share the banks' time line; what is
+    left of the budget goes to the queries (``queries_per_head`` per logical bank, ``passes`` optical passes each):
+    one symbol per pass, ``integration_fraction`` of it integrating (T_int, noise bandwidth 1/(2·T_int), one ADC
+    conversion per row and symbol). When writes and calibrations leave nothing (``fits`` is False) the queries are
+    timed at the shortest symbol (ring settling, one ADC conversion) and ``needed_s`` says how far the time line
+    overruns the budget. Contents not recalibrated inside the budget (resident banks, or replayed codes) are
+    recalibrated round-robin in the chip's idle share of each step (``recalibration_period_s``; the codes are on
+    average half that period old when used)."""
 
     tokens_per_s: float
     step_s: float
+    context: int
+    block_size: int
     n_layers: int
-    banks_per_layer: int
+    banks_per_layer: int  # logical banks per layer: batch × kv_heads
     total_logical_banks: int
+    rows_per_logical_bank: int
+    slots: int  # physical banks one logical bank occupies
     physical_banks: int
     queries_per_head: int
     passes: int
     shared: bool
     rounds_per_layer: int
-    reprogram_s: float  # per round (0 when resident)
-    time_per_selection_s: float  # per query of one logical bank (all its passes)
+    budget_s: float  # selection_time_fraction × step
+    write_s: float  # rewrites of time-shared banks, per step (all layers)
+    calibration_s: float  # in-situ calibration inside the budget (recalibrated rewrites), per step
+    query_s: float  # query symbols, per step
+    fits: bool
+    probe_sample_time_s: float
+    calibration_time_s: float  # one in-situ calibration of a bank
+    time_per_selection_s: float  # per query of one logical bank slot (all its passes)
     integration_time_s: float
     noise_bandwidth_hz: float
     adc_rate_hz: float
-    # in-situ calibration (feedback_calibration; 0 without): probe time per decode step spent recalibrating the
-    # rewrites (rewrite_calibration "recalibrate" with time-shared banks), the wall time of one round-robin
-    # recalibration of every content in the chip's idle share of the steps, and the mean age of the codes at use
-    rewrite_calibration_s: float = 0.0
     recalibration_period_s: float = 0.0
     calibration_age_s: float = 0.0
+    calibrations_per_step: float = 0.0  # in-situ calibrations of a physical bank per step (in budget or idle time)
+    model: str = ""
+
+    @property
+    def needed_s(self) -> float:
+        """The chip's busy time per decode step: rewrites + calibrations + queries."""
+        return self.write_s + self.calibration_s + self.query_s
+
+    @property
+    def reprogram_s(self) -> float:
+        """Rewrite time per round (0 when resident)."""
+        return self.write_s / (self.n_layers * self.rounds_per_layer)
+
+    @property
+    def rewrite_calibration_s(self) -> float:
+        """In-situ calibration of the rewrites per decode step (0 unless time-shared and recalibrated)."""
+        return self.calibration_s
+
+    def describe(self) -> str:
+        """One line: where the timing applies and how the time line compares with the budget."""
+        return (
+            f"{self.model + ', ' if self.model else ''}{self.context:,} tokens ({self.rows_per_logical_bank:,} rows "
+            f"per bank), {self.tokens_per_s:g} tokens/s: rewrites {self.write_s * 1e3:.3g} ms + calibration "
+            f"{self.calibration_s * 1e3:.3g} ms + queries {self.query_s * 1e3:.3g} ms = {self.needed_s * 1e3:.3g} ms "
+            f"{'≤' if self.fits else '>'} the selection budget {self.budget_s * 1e3:.3g} ms per step"
+        )
 
 
 def calibration_probes(cfg: PhotonicConfig, d: int) -> int:
-    """Probe readings of one in-situ calibration of a bank (all its rows in parallel): every line lit for
+    """Probe samples of one in-situ calibration of a bank (all its rows in parallel): every line lit for
     2·iters + 1 readings (the side-of-resonance dither doubles the corrections), each averaged
     ``calibration_probe_averages`` times; 0 for model-based programming."""
     if not cfg.feedback_calibration:
@@ -590,60 +689,69 @@ def decode_timing(
     n_layers: int,
     kv_heads: int,
     tokens_per_s: float,
+    context: int,
+    block_size: int | None = None,
     queries_per_head: int = 1,
     batch: int = 1,
     d: int | None = None,
+    model: str = "",
 ) -> DecodeTiming:
-    """:class:`DecodeTiming` of ``cfg`` for a model of ``n_layers`` × ``kv_heads`` decoding ``batch`` sequences at
-    ``tokens_per_s``, each (layer, KV head) asking ``queries_per_head`` queries per step (1 for ``gqa_reduce='sum'``),
-    one logical bank per (sequence, layer, KV head) of ``rows_per_bank`` rows and ``d`` lines."""
+    """:class:`DecodeTiming` of ``cfg`` for a model of ``n_layers`` × ``kv_heads`` decoding ``batch`` sequences of
+    ``context`` tokens at ``tokens_per_s``, blocks of ``block_size`` tokens (default: ``SelectionConfig``'s), each
+    (layer, KV head) asking ``queries_per_head`` queries per step (1 for ``gqa_reduce='sum'``), ``d`` lines
+    (default ``cfg.n_lines``). ``model`` names the shape in the verdict."""
+    if block_size is None:
+        from kvprism.selection import SelectionConfig
+
+        block_size = SelectionConfig().block_size
     for name, v in (("n_layers", n_layers), ("kv_heads", kv_heads), ("queries_per_head", queries_per_head),
-                    ("batch", batch)):  # fmt: skip
-        if not isinstance(v, int) or v < 1:
+                    ("batch", batch), ("block_size", block_size), ("context", context)):  # fmt: skip
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise KvprismError(f"{name} = {v!r} is invalid; allowed range: [1, inf)")
     if not tokens_per_s > 0 or not math.isfinite(tokens_per_s):
         raise KvprismError(f"tokens_per_s = {tokens_per_s!r} is invalid; allowed range: (0, inf)")
     des = ChipDesign.from_config(cfg, d)
     step = 1.0 / tokens_per_s
+    budget = cfg.selection_time_fraction * step
+    n_rows = max(1, context // block_size)
+    slots = math.ceil(n_rows / cfg.rows_per_bank)
     per_layer = batch * kv_heads
+    loads_layer = per_layer * slots
     total = per_layer * n_layers
-    shared = total > cfg.n_banks
-    rounds = math.ceil(per_layer / cfg.n_banks)
-    if shared:
-        banks_in_round = min(cfg.n_banks, per_layer)
-        writes = banks_in_round * cfg.rows_per_bank * des.d
-        reprogram = writes / cfg.program_rate_rings_per_s + des.ring_settling_s(cfg.adc_bits)
-    else:
-        reprogram = 0.0
-    t_layer = cfg.selection_time_fraction * step / n_layers
-    t_sel = (t_layer / rounds - reprogram) / queries_per_head
-    if t_sel <= 0:
-        raise KvprismError(
-            f"at {tokens_per_s:g} tokens/s the chip has {t_layer / rounds * 1e6:.3g} µs per round of banks, but "
-            f"rewriting the {min(cfg.n_banks, per_layer)} time-shared banks takes {reprogram * 1e6:.3g} µs "
-            f"(program_rate_rings_per_s = {cfg.program_rate_rings_per_s:g}): no time is left to detect"
-        )
-    t_int = cfg.integration_fraction * t_sel / des.passes
-    # in-situ calibration, each probe integrating for T_int: recalibrated rewrites take their probes inside the
-    # step (every round of every layer); otherwise (resident banks, or replayed codes) each physical bank
-    # recalibrates its contents round-robin in the (1 − selection_time_fraction) of every step the chip is idle,
-    # so a code is on average half that period old when it is used
-    cal_probe_s = calibration_probes(cfg, des.d) * t_int
-    rewrite_cal = recal_period = age = 0.0
-    if shared and cfg.rewrite_calibration == "recalibrate":
-        rewrite_cal = cal_probe_s * rounds * n_layers
-    elif cal_probe_s > 0:
-        contents_per_bank = math.ceil(total / cfg.n_banks)
-        recal_period = contents_per_bank * cal_probe_s / (1.0 - cfg.selection_time_fraction) if (
-            cfg.selection_time_fraction < 1.0) else math.inf  # fmt: skip
+    shared = loads_layer * n_layers > cfg.n_banks
+    rounds = math.ceil(loads_layer / cfg.n_banks)
+    settle = cfg.drive_settling_s + des.ring_settling_s(cfg.adc_bits)
+    write = n_layers * (per_layer * n_rows * des.d / cfg.program_rate_rings_per_s + rounds * settle) if shared else 0.0
+    cal_one = des.calibration_time_s
+    cal = n_layers * rounds * cal_one if shared and cal_one > 0 and cfg.rewrite_calibration == "recalibrate" else 0.0
+    symbols = n_layers * rounds * queries_per_head * des.passes
+    t_int_floor = max(des.ring_settling_s(cfg.adc_bits), 1.0 / cfg.adc_sample_rate_hz)
+    left = budget - write - cal
+    symbol = left / symbols if left > 0 else 0.0
+    fits = symbol * cfg.integration_fraction >= t_int_floor
+    if not fits:
+        symbol = t_int_floor / cfg.integration_fraction
+    t_int = cfg.integration_fraction * symbol
+    # contents not recalibrated inside the budget: round-robin in the idle (1 − fraction) of every step; a
+    # time-shared bank must also be written with the content it recalibrates
+    recal_period = age = 0.0
+    cals = float(loads_layer * n_layers) if cal > 0 else 0.0
+    if cal_one > 0 and cal == 0.0:
+        contents_per_bank = math.ceil(loads_layer * n_layers / cfg.n_banks)
+        per_content = cal_one + (n_rows / slots * des.d / cfg.program_rate_rings_per_s + settle if shared else 0.0)
+        idle = 1.0 - cfg.selection_time_fraction
+        recal_period = contents_per_bank * per_content / idle if idle > 0 else math.inf
         age = 0.5 * recal_period
+        cals = cfg.n_banks * idle * step / per_content
     return DecodeTiming(
-        tokens_per_s=tokens_per_s, step_s=step, n_layers=n_layers, banks_per_layer=per_layer,
-        total_logical_banks=total, physical_banks=cfg.n_banks, queries_per_head=queries_per_head,
-        passes=des.passes, shared=shared, rounds_per_layer=rounds, reprogram_s=reprogram,
-        time_per_selection_s=t_sel, integration_time_s=t_int, noise_bandwidth_hz=1.0 / (2.0 * t_int),
-        adc_rate_hz=1.0 / t_int, rewrite_calibration_s=rewrite_cal, recalibration_period_s=recal_period,
-        calibration_age_s=age,
+        tokens_per_s=tokens_per_s, step_s=step, context=context, block_size=block_size, n_layers=n_layers,
+        banks_per_layer=per_layer, total_logical_banks=total, rows_per_logical_bank=n_rows, slots=slots,
+        physical_banks=cfg.n_banks, queries_per_head=queries_per_head, passes=des.passes, shared=shared,
+        rounds_per_layer=rounds, budget_s=budget, write_s=write, calibration_s=cal, query_s=symbols * symbol,
+        fits=fits, probe_sample_time_s=des.probe_sample_time_s, calibration_time_s=cal_one,
+        time_per_selection_s=symbol * des.passes, integration_time_s=t_int, noise_bandwidth_hz=1.0 / (2.0 * t_int),
+        adc_rate_hz=1.0 / t_int, recalibration_period_s=recal_period, calibration_age_s=age,
+        calibrations_per_step=cals, model=model,
     )  # fmt: skip
 
 

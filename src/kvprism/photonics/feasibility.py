@@ -9,13 +9,20 @@ API (``program``, ``scores``, ``select``, ``weights_as_programmed``, ``last_cali
 * neighbour leakage ≤ the stricter of ``leakage_limit_db`` and the field-formula limit for ``required_weight_bits``
   (:func:`~kvprism.photonics.design.leakage_limit_db`);
 * 3σ of ``fab_sigma_m`` on either side within the trim range (heater: efficiency × max power; one-time: its range);
+  the held heater power of every ring (heater count = MRR count) ≤ ``trim_max_chip_power_w``;
 * each optical power cap (``comb_line_max_w``, ``waveguide_max_power_w``, ``mzm_max_power_w``,
   ``ring_max_circulating_w``, ``pd_saturation_current_a``) at the configured laser power;
 * a query symbol (T_int) at least the ring photon lifetime; the ADC converts one sample per symbol and row;
 * received power ≥ PD sensitivity; score ENOB ≥ ``required_score_enob``; recall@k ≥ ``required_recall``; weight
   precision ≥ ``required_weight_bits`` (all from the config, each with its source);
-* photonic area (rings + PD pairs + MZMs) ≤ ``max_chip_area_m2``; electronic area (TIAs + ADCs) ≤
-  ``max_electronic_area_m2``.
+* photonic area (rings + PD pairs + MZMs) ≤ ``max_chip_area_m2``; electronic area (TIAs + ADCs + ring-drive
+  channels) ≤ ``max_electronic_area_m2``;
+* timed (``timing`` from :func:`~kvprism.photonics.design.decode_timing` at a model shape, decode rate and context):
+  rewrites + in-situ calibrations + query symbols of one decode step ≤ the selection budget
+  (``selection_time_fraction`` of the step).
+
+A report is *feasible* only when it is timed and no constraint is violated; an untimed report that violates nothing
+only "passes the untimed checks" (:attr:`FeasibilityReport.verdict`).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class TrimCheck:
     range_m: float
     mean_power_w: float  # per ring (heater); 0 for a one-time trim
     chip_power_w: float  # every ring of the chip
+    heaters: int = 0  # one per ring with heater trim, 0 for a one-time trim
 
     @property
     def fits(self) -> bool:
@@ -68,7 +76,8 @@ def trim_check(cfg: PhotonicConfig, design: ChipDesign) -> TrimCheck:
         mean_p = min(3.0 * cfg.fab_sigma_m, 0.5 * design.fsr_m) / efficiency_m_per_w
     else:
         rng, mean_p = cfg.one_time_trim_range_m, 0.0
-    return TrimCheck(cfg.trim_mechanism, needed, rng, mean_p, mean_p * design.mrr_count)
+    heaters = design.mrr_count if cfg.trim_mechanism == "heater" else 0
+    return TrimCheck(cfg.trim_mechanism, needed, rng, mean_p, mean_p * design.mrr_count, heaters)
 
 
 @dataclasses.dataclass
@@ -112,8 +121,31 @@ class FeasibilityReport:
     code_refresh: str = "hold"  # simulation: drive codes in a decode loop (PhotonicConfig.code_refresh)
 
     @property
-    def feasible(self) -> bool:
+    def timed(self) -> bool:
+        """The report was made at a decode timing (model shape, decode rate, context)."""
+        return self.timing is not None
+
+    @property
+    def passes_untimed(self) -> bool:
+        """No constraint that was checked is violated (says nothing about decode speed when untimed)."""
         return not self.violations
+
+    @property
+    def feasible(self) -> bool:
+        """Timed and no constraint violated: the only sense in which kvprism calls a chip feasible."""
+        return self.timed and not self.violations
+
+    def verdict(self) -> str:
+        """One line: feasible (timed, with where), infeasible (with the count), or untimed."""
+        if self.violations:
+            where = f" at {self.timing.describe()}" if self.timing is not None else " (untimed checks)"
+            return f"NOT feasible{where}: {len(self.violations)} violated constraint(s)"
+        if self.timing is None:
+            return (
+                "passes the untimed checks — not a feasibility verdict: time it at a model shape, decode rate and "
+                "context (kvprism hw --model-shape M --tokens-per-s R --context N)"
+            )
+        return f"feasible at {self.timing.describe()}"
 
     @property
     def power_limits(self) -> tuple[PowerLimit, ...]:
@@ -146,9 +178,11 @@ class FeasibilityReport:
                 "needed ≤ range (±3σ fab, ≤ 1 FSR)",
             ),
             (
-                "trim power per ring / chip",
-                f"{self.trim.mean_power_w * 1e3:.3g} mW / {self.trim.chip_power_w:.3g} W",
-                "",
+                "trim power per ring / chip (heaters: one per ring)",
+                f"{self.trim.mean_power_w * 1e3:.3g} mW / {self.trim.chip_power_w:.3g} W ({self.trim.heaters:,} heaters)"
+                if self.trim.mechanism == "heater"
+                else f"0 (one-time trim, residual σ {ds.config.trim_sigma_m * pm:.1f} pm)",
+                f"≤ {ds.config.trim_max_chip_power_w:g} W" if self.trim.mechanism == "heater" else "",
             ),
             (
                 "bank height / routing length",
@@ -171,21 +205,30 @@ class FeasibilityReport:
             t = self.timing
             out.append(
                 (
-                    "decode timing: time per selection",
-                    f"{t.time_per_selection_s * 1e6:.3g} µs",
-                    f"{t.tokens_per_s:g} tok/s, {t.rounds_per_layer} round(s)/layer, "
-                    + (f"reprogram {t.reprogram_s * 1e6:.3g} µs" if t.shared else "banks resident"),
+                    "decode timing: model, context, rate",
+                    f"{t.model or 'model'}: {t.context:,} tokens at {t.tokens_per_s:g} tok/s",
+                    f"{t.rows_per_logical_bank:,} rows per (layer, KV head), {t.slots} bank(s) each, "
+                    f"{t.rounds_per_layer} round(s)/layer, " + ("time-shared" if t.shared else "banks resident"),
                 )
             )
-            if t.rewrite_calibration_s > 0:
-                out.append(
-                    (
-                        "in-situ calibration of the rewrites, per step",
-                        f"{t.rewrite_calibration_s * 1e3:.3g} ms",
-                        f"≤ step {t.step_s * 1e3:.3g} ms",
-                    )
+            out.append(
+                (
+                    "time line per step: rewrites + calibration + queries",
+                    f"{t.write_s * 1e3:.3g} + {t.calibration_s * 1e3:.3g} + {t.query_s * 1e3:.3g} = "
+                    f"{t.needed_s * 1e3:.3g} ms",
+                    f"≤ selection budget {t.budget_s * 1e3:.3g} ms ({ds.config.selection_time_fraction:g} of "
+                    f"{t.step_s * 1e3:.3g} ms)",
                 )
-            elif t.recalibration_period_s > 0:
+            )
+            out.append(
+                (
+                    "probe sample / one in-situ calibration of a bank",
+                    f"{t.probe_sample_time_s * 1e9:.3g} ns / {t.calibration_time_s * 1e6:.3g} µs",
+                    f"noise-limited ({ds.probe_noise_time_s * 1e9:.3g} ns), floor {ds.probe_floor_s * 1e9:.3g} ns",
+                )
+            )
+            out.append(("decode timing: time per selection", f"{t.time_per_selection_s * 1e6:.3g} µs", ""))
+            if t.recalibration_period_s > 0:
                 out.append(
                     (
                         "round-robin recalibration period / code age at use",
@@ -229,19 +272,30 @@ class FeasibilityReport:
                 f"{ds.mzm_area_m2 * 1e6:,.0f})",
                 "",
             ),
-            ("electronic area: TIAs + ADCs", f"{self.electronic_area_m2 * 1e6:,.1f} mm²", ""),
+            (
+                "electronic area: TIAs + ADCs + ring drivers",
+                f"{self.electronic_area_m2 * 1e6:,.1f} mm² ({ds.tia_area_m2 * 1e6:,.0f} + {ds.adc_area_m2 * 1e6:,.0f} + "
+                f"{ds.driver_area_m2 * 1e6:,.0f})",
+                "",
+            ),
         ]
         return out
 
 
-def report(source: PhotonicConfig | PhotonicEngine, *, mc_rows: int = 256, mc_queries: int = 64) -> FeasibilityReport:
+def report(
+    source: PhotonicConfig | PhotonicEngine,
+    *,
+    mc_rows: int = 256,
+    mc_queries: int = 64,
+    timing: DecodeTiming | None = None,
+) -> FeasibilityReport:
     """:func:`feasibility` of an engine (its config at its programmed width, else ``n_lines``, with its seed) or of
-    a config (``n_lines``, seed 0)."""
+    a config (``n_lines``, seed 0); timed by ``timing`` when given (untimed reports are never feasible)."""
     if isinstance(source, PhotonicEngine):
         cfg, d, seed = source.config, source.n_dims, source.seed
     else:
         cfg, d, seed = source, None, 0
-    return feasibility(cfg, d=d, seed=seed, mc_rows=mc_rows, mc_queries=mc_queries)
+    return feasibility(cfg, d=d, seed=seed, mc_rows=mc_rows, mc_queries=mc_queries, timing=timing)
 
 
 def _snr_to_enob(snr_db: float) -> float:
@@ -400,21 +454,21 @@ def feasibility(
                 else ""
             )
         )
-    if timing is not None and cfg.feedback_calibration and cfg.rewrite_calibration == "recalibrate":
-        # time-shared banks are rewritten every round; in-situ calibration of a rewrite probes every line
-        # (2·iters + 1 readings with the side-of-resonance dither, each averaged) for one integration time each
-        # (design.decode_timing); the guard keeps a timing made for another calibration mode from judging this one
-        cal_s = timing.rewrite_calibration_s
-        if cal_s > timing.step_s:
-            probes = calibration_probes(cfg, d)
-            violations.append(
-                f"in-situ calibration of every rewrite of the {timing.physical_banks} time-shared banks takes "
-                f"{cal_s * 1e3:.3g} ms per decode step ({probes:,} probes × {ds.integration_time_s * 1e6:.3g} µs × "
-                f"{timing.rounds_per_layer * timing.n_layers} rounds), above the {timing.step_s * 1e3:.3g} ms step: "
-                "time-shared banks need rewrites without recalibration (rewrite_calibration = 'replay'), or "
-                "resident banks"
-            )
+    if timing is not None and not timing.fits:
+        violations.append(
+            f"the chip's time line does not fit decode: {timing.describe()} (rewrites of {timing.physical_banks} "
+            f"physical banks, {timing.rounds_per_layer} round(s) per layer; in-situ calibrations of "
+            f"{calibration_probes(cfg, d):,} probe samples × {timing.probe_sample_time_s * 1e9:.3g} ns; queries at "
+            "the shortest symbol)"
+        )
     plan = eng.cascade_plan
+    if trim.mechanism == "heater" and trim.chip_power_w > cfg.trim_max_chip_power_w:
+        violations.append(
+            f"{trim.heaters:,} trim heaters hold {trim.chip_power_w:.3g} W ({trim.mean_power_w * 1e3:.3g} mW each for "
+            f"±3σ = ±{3e9 * cfg.fab_sigma_m:.2f} nm of fabrication spread), above the {cfg.trim_max_chip_power_w:g} W "
+            "the package removes at the drift presets' temperature stability (trim_max_chip_power_w); a one-time "
+            "trim holds no power"
+        )
     if ds.photonic_area_m2 > cfg.max_chip_area_m2:
         violations.append(
             f"{ds.mrr_count:,} rings at {cfg.ring_pitch_m * 1e6:g} µm pitch, {ds.rows:,} PD pairs and "
@@ -423,7 +477,8 @@ def feasibility(
         )
     if ds.electronic_area_m2 > cfg.max_electronic_area_m2:
         violations.append(
-            f"{ds.rows:,} TIAs and ADCs need {ds.electronic_area_m2 * 1e6:,.0f} mm² of electronics, above the "
+            f"{ds.rows:,} TIAs and ADCs and {ds.mrr_count:,} ring-drive channels need "
+            f"{ds.electronic_area_m2 * 1e6:,.0f} mm² of electronics, above the "
             f"{cfg.max_electronic_area_m2 * 1e6:g} mm² die limit"
         )
     return FeasibilityReport(

@@ -339,10 +339,11 @@ def quantize_detuning(design: ChipDesign, det: torch.Tensor) -> torch.Tensor:
 
 def probe_noise(design: ChipDesign) -> ProbeNoise:
     """Noise of one in-situ probe reading of a weight (one comb line lit at full MZM transmission, every row's
-    balanced detector read): σ_w = σ_I / (R·P) with σ_I² = 2q(R·P + 2 I_dark)Δf + i_n²Δf + 2(R·NEP)²Δf."""
+    balanced detector read): σ_w = σ_I / (R·P) with σ_I² = 2q(R·P + 2 I_dark)Δf + i_n²Δf + 2(R·NEP)²Δf, at the
+    probe's own bandwidth Δf = 1/(2·``design.probe_sample_time_s``) (noise-limited, not the query's symbol)."""
     c = design.config
     p_w = design.link.row_line_w
-    resp, bw = c.pd_responsivity_a_per_w, c.detection_bandwidth_hz
+    resp, bw = c.pd_responsivity_a_per_w, 0.5 / design.probe_sample_time_s
     sigma = 0.0
     if c.noise:
         var = noise.detector_variance_a2(

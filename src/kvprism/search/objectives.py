@@ -299,7 +299,8 @@ def evaluate(
         from kvprism.photonics.design import decode_timing, timed_by_decode
 
         timing = decode_timing(cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=s.tokens_per_s,
-                               d=w)  # fmt: skip
+                               context=s.contexts[0], block_size=ref.params.block_size, d=w,
+                               model=shape.name)  # fmt: skip
         timed_cfg = timed_by_decode(cfg, timing)
         timed = {f: leaf(timed_cfg, f) for f in ("detection_bandwidth_hz", "calibration_age_s", "code_refresh")
                  if leaf(timed_cfg, f) != leaf(cfg, f)}  # fmt: skip
@@ -327,6 +328,8 @@ def evaluate(
     t3 = time.perf_counter()
     base = ecfg or EnergyConfig()
     ecfg = base.replace(block_size=ref.params.block_size, k=s.k, d_sig=w, rerank=s.rerank)
+    if s.tokens_per_s is not None:  # the energy's time line at the same decode rate as the chip's timing
+        ecfg = ecfg.replace(tokens_per_s=s.tokens_per_s)
     budget = s.latency_budget_s or default_latency_budget_s(shape, s.contexts[0], ecfg)
     energy: dict[int, float] = {}
     sel_energy = added = math.nan
