@@ -98,8 +98,10 @@ def test_integrate_and_dump_noise_bandwidth(t_int):
 
 
 def test_decode_timing_from_model_shape():
-    t = decode_timing(SEED, n_layers=QWEN.n_layers, kv_heads=QWEN.kv_heads, tokens_per_s=20.0)
+    t = decode_timing(SEED, n_layers=QWEN.n_layers, kv_heads=QWEN.kv_heads, tokens_per_s=20.0, context=4096,
+                      block_size=32)  # fmt: skip
     assert not t.shared and t.rounds_per_layer == 1 and t.reprogram_s == 0.0  # 28 × 4 = 112 banks resident
+    assert t.budget_s == pytest.approx(0.1 * 0.05) and t.fits and t.rows_per_logical_bank == 128
     assert t.time_per_selection_s == pytest.approx(0.1 * 0.05 / 28, rel=1e-12)  # 179 µs
     assert t.integration_time_s == pytest.approx(0.5 * t.time_per_selection_s, rel=1e-12)
     assert t.noise_bandwidth_hz == pytest.approx(1.0 / (2.0 * t.integration_time_s), rel=1e-12)
@@ -109,18 +111,64 @@ def test_decode_timing_from_model_shape():
     # 5 GHz → 5.6 kHz: +59 dB of noise bandwidth; the score-referred SNR rises accordingly
     assert score_snr_db(timed, ChipDesign.from_config(timed)) > score_snr_db(SEED, ChipDesign.from_config(SEED)) + 40
     # two sequences: 224 logical banks on 112 physical ones → rewritten every step, less time per selection
-    two = decode_timing(SEED, n_layers=28, kv_heads=4, tokens_per_s=20.0, batch=2)
-    writes = 8 * 8192 * 32
-    assert two.shared and two.reprogram_s == pytest.approx(
-        writes / SEED.program_rate_rings_per_s + ChipDesign.from_config(SEED).ring_settling_s(8), rel=1e-12
-    )
-    assert two.time_per_selection_s == pytest.approx(t.time_per_selection_s - two.reprogram_s, rel=1e-9)
-    dual = decode_timing(SEED.replace(encoding="dual-rail"), n_layers=28, kv_heads=4, tokens_per_s=20.0)
+    two = decode_timing(SEED, n_layers=28, kv_heads=4, tokens_per_s=20.0, context=4096, block_size=32, batch=2)
+    settle = SEED.drive_settling_s + ChipDesign.from_config(SEED).ring_settling_s(8)
+    assert two.shared and two.rounds_per_layer == 1
+    assert two.write_s == pytest.approx(28 * (8 * 128 * 32 / SEED.program_rate_rings_per_s + settle), rel=1e-12)
+    assert two.query_s == pytest.approx(two.budget_s - two.write_s, rel=1e-9)
+    dual = decode_timing(SEED.replace(encoding="dual-rail"), n_layers=28, kv_heads=4, tokens_per_s=20.0, context=4096)
     assert dual.integration_time_s == pytest.approx(0.5 * t.integration_time_s, rel=1e-12)
-    with pytest.raises(KvprismError, match="no time is left"):
-        decode_timing(SEED.replace(program_rate_rings_per_s=1e6), n_layers=28, kv_heads=4, tokens_per_s=20, batch=2)
+    slow = decode_timing(SEED.replace(program_rate_rings_per_s=1e6), n_layers=28, kv_heads=4, tokens_per_s=20,
+                         context=4096, block_size=32, batch=2)  # fmt: skip
+    assert not slow.fits and slow.needed_s > slow.budget_s and "> the selection budget" in slow.describe()
     with pytest.raises(KvprismError, match="tokens_per_s"):
-        decode_timing(SEED, n_layers=28, kv_heads=4, tokens_per_s=0.0)
+        decode_timing(SEED, n_layers=28, kv_heads=4, tokens_per_s=0.0, context=4096)
+    with pytest.raises(KvprismError, match="context"):
+        decode_timing(SEED, n_layers=28, kv_heads=4, tokens_per_s=20.0, context=0)
+
+
+TS = PhotonicConfig.preset("tfln-timeshared")
+
+
+def test_rounds_and_work_scale_with_context():
+    """Rows per bank = context / block size; a logical bank spans ⌈rows / rows_per_bank⌉ physical banks, so rounds,
+    rewrites and calibrations per step grow with the context (×8 from 4K to 32K) while the budget does not."""
+    kw = dict(n_layers=28, kv_heads=4, tokens_per_s=20.0, block_size=32)
+    t4, t32, t128 = (decode_timing(TS, context=c, **kw) for c in (4096, 32768, 131072))
+    assert (t4.rows_per_logical_bank, t32.rows_per_logical_bank, t128.rows_per_logical_bank) == (128, 1024, 4096)
+    assert (t4.slots, t32.slots, t128.slots) == (1, 8, 32)
+    assert (t4.rounds_per_layer, t32.rounds_per_layer, t128.rounds_per_layer) == (1, 8, 32)  # 4 heads on 4 banks
+    assert t32.calibration_s == pytest.approx(8 * t4.calibration_s, rel=1e-12)
+    assert t128.write_s > t32.write_s > t4.write_s > 0
+    assert t4.budget_s == t32.budget_s == t128.budget_s
+    assert t32.integration_time_s < t4.integration_time_s  # less of the budget is left for the queries
+
+
+def test_probe_time_is_noise_limited_and_independent_of_the_query_rate():
+    """A calibration probe gets the SNR of one weight reading (noise-limited, floored by the ring's settling and one
+    ADC conversion), not the query's symbol: the same at 20 and 200 tokens/s and at any detection bandwidth."""
+    ds = ChipDesign.from_config(TS)
+    kw = dict(n_layers=28, kv_heads=4, context=32768, block_size=32)
+    a, b = decode_timing(TS, tokens_per_s=20.0, **kw), decode_timing(TS, tokens_per_s=200.0, **kw)
+    assert a.probe_sample_time_s == b.probe_sample_time_s == ds.probe_sample_time_s
+    assert a.calibration_time_s == b.calibration_time_s and a.integration_time_s != b.integration_time_s
+    other = ChipDesign.from_config(TS.replace(detection_bandwidth_hz=1e9))
+    assert other.probe_sample_time_s == ds.probe_sample_time_s
+    # hand count of the noise-limited time: σ_w² per sample = S·Δf, Δf = 1/(2T), mean of n samples = target²
+    c = TS
+    p = ds.link.row_line_w
+    n_det = 2 * 1.602176634e-19 * (p + 2 * c.dark_current_a) + c.tia_noise_a_per_rthz**2 + 2 * c.nep_w_per_rthz**2
+    per_hz = n_det / p**2 + 10 ** (c.rin_db_per_hz / 10) * ds.weight_range**2  # R = 1 A/W
+    target = 2 * ds.weight_range / 2 ** (c.required_weight_bits + 1) / 12**0.5
+    assert ds.probe_noise_time_s == pytest.approx(per_hz / (2 * c.calibration_probe_averages * target**2), rel=1e-9)
+    assert ds.probe_floor_s == pytest.approx(ds.photon_lifetime_s * 10 * math.log(2), rel=1e-12)  # 10-bit ADC
+    readings = 2 * c.calibration_iters + 1
+    assert ds.calibration_time_s == pytest.approx(
+        readings * c.drive_settling_s + readings * 16 * c.calibration_probe_averages * ds.probe_sample_time_s
+    )
+    # a weaker row needs longer probes (noise-limited), a stronger one hits the floor
+    dim = ChipDesign.from_config(TS.replace(laser_line_dbm=-30.0))
+    assert dim.probe_noise_time_s > dim.probe_floor_s and dim.probe_sample_time_s == dim.probe_noise_time_s
 
 
 def test_symbol_shorter_than_photon_lifetime_is_flagged():
@@ -187,13 +235,18 @@ def test_area_counts_pd_pairs_mzms_tias_and_adcs():
     assert ds.photonic_area_m2 == pytest.approx(
         ds.ring_area_m2 + rows * SEED.pd_pair_area_m2 + SEED.n_banks * 32 * SEED.mzm_area_m2, rel=1e-12
     )
-    assert ds.electronic_area_m2 == pytest.approx(rows * (SEED.tia_area_m2 + SEED.adc_area_m2), rel=1e-12)
+    drivers = rows * 32 * SEED.ring_driver_area_m2  # one ±V_max drive channel per ring
+    assert ds.electronic_area_m2 == pytest.approx(rows * (SEED.tia_area_m2 + SEED.adc_area_m2) + drivers, rel=1e-12)
     bigger = ChipDesign.from_config(SEED.replace(pd_pair_area_m2=2 * SEED.pd_pair_area_m2), 32)
     assert bigger.photonic_area_m2 - ds.photonic_area_m2 == pytest.approx(rows * SEED.pd_pair_area_m2, rel=1e-9)
     small = feasibility(SEED.replace(rows_per_bank=16, n_banks=2, tia_area_m2=1e-3), mc_rows=16, mc_queries=4)
     assert any("TIAs and ADCs" in v for v in small.violations)  # 32 TIAs of 1000 mm² each
     inv = ring_inventory(SEED, EnergyConfig(), QWEN, 1 << 17)
-    assert inv["electronic_area_needed_m2"] == pytest.approx(inv["rows_needed"] * 1.25e-8, rel=1e-12)
+    assert inv["electronic_area_needed_m2"] == pytest.approx(
+        inv["rows_needed"] * 1.25e-8 + inv["mrr_needed"] * SEED.ring_driver_area_m2, rel=1e-12
+    )
+    # query MZMs: one set of d per KV head (layers run in turn and share them), not one per (layer, KV head)
+    assert inv["mzm_area_needed_m2"] == pytest.approx(QWEN.kv_heads * 32 * SEED.mzm_area_m2, rel=1e-12)
     assert inv["photonic_area_needed_m2"] > inv["area_needed_m2"]
 
 

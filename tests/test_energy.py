@@ -54,7 +54,8 @@ def test_component_formulas_in_si_units(seed):
     q = chip_query(seed, 8192, 32, 8)
     assert q.energy_j["adc"] == pytest.approx(8192 * 25e-15 * 2**8, rel=1e-12)  # 52.4 nJ
     assert q.energy_j["adc"] == pytest.approx(52.4288e-9, rel=1e-9)
-    assert q.energy_j["tia"] == pytest.approx(8192 * 3e-3 / 10e9, rel=1e-12)  # 2.46 nJ
+    # TIA model: 2.03 mW at 8 GHz scaled to the 5 GHz bandwidth (1.27 mW), powered for one 0.1 ns symbol
+    assert q.energy_j["tia"] == pytest.approx(8192 * 2.03e-3 * 5e9 / 8e9 / 10e9, rel=1e-12)  # 1.04 nJ
     assert q.energy_j["dac"] == pytest.approx(32 * 3.6e-12, rel=1e-12)
     assert q.energy_j["modulator"] == pytest.approx(32 * (1.4**2 / 3) / 50 / 14e9, rel=1e-12)
     assert q.energy_j["topk"] == pytest.approx(8192 * (1 + 3) * 0.03e-12, rel=1e-12)
@@ -84,7 +85,7 @@ def test_seed_latency_reproduced_energy_recomputed(seed):
 # parameter → the energy terms / latency stages that use it (everything else must stay bit-identical)
 LOCALITY = {
     "adc_walden_fom_j_per_step": ({"adc"}, set()),
-    "tia_power_w": ({"tia"}, set()),
+    "tia_min_power_w": ({"tia"}, set()),  # at 1 MHz the TIA model sits on its floor (2.03 mW × 1 MHz / 8 GHz < 10 µW)
     "dac_energy_per_sample_j": ({"dac"}, set()),
     "mzm_termination_ohm": ({"modulator"}, set()),
     "laser_wall_plug_efficiency": ({"laser"}, set()),
@@ -221,3 +222,49 @@ def test_unquantised_adc_is_charged_at_the_target_enob():
     assert q.laser.limited_by == "pd sensitivity"  # noise-free: only the photodiode floor sets the laser
     assert q.energy_j["adc"] == pytest.approx(1024 * ideal.adc_walden_fom_j_per_step * 2**4, rel=1e-12)
     assert q.latency_s["ring"] == pytest.approx(ring_settling_s(ideal, 4), rel=1e-12)
+
+
+def test_tia_power_scales_with_bandwidth_above_its_floor(seed):
+    """TIA model (a 40 nm TIA: 2.03 mW at 8 GHz): power ∝ bandwidth, never below tia_min_power_w."""
+    from kvprism.photonics.design import ChipDesign
+
+    ds = ChipDesign.from_config(seed)
+    assert ds.tia_power_w(8e9) == pytest.approx(2.03e-3, rel=1e-12)
+    assert ds.tia_power_w(4e9) == pytest.approx(2.03e-3 / 2, rel=1e-12)
+    assert ds.tia_power_w(20e3) == seed.tia_min_power_w == 10e-6  # a kHz TIA is not charged a multi-GHz TIA's power
+
+
+def test_step_ledger_terms_against_a_hand_count():
+    """tfln-timeshared for Qwen2.5-7B at 32K tokens and 20 tokens/s: each term of the step's ledger recomputed by
+    hand from the preset's values and the timing."""
+    from kvprism.energy import EnergyConfig, decode_step, model_shape
+    from kvprism.photonics.design import ChipDesign
+
+    cfg = PhotonicConfig.preset("tfln-timeshared")
+    shape = model_shape("qwen2.5-7b")
+    step = decode_step(cfg, EnergyConfig(d_sig=16, block_size=32, tokens_per_s=20.0), shape, 32768)
+    t, e = step.timing, step.photonic_energy_j
+    ds = ChipDesign.from_config(cfg)
+    assert t.step_s == 0.05 and t.rounds_per_layer == 8 and t.calibrations_per_step == 28 * 8 * 4
+    # comb pump: 4 banks × 16 lines × 6 dBm, through 10 % comb conversion and 20 % wall plug, all step
+    assert e["laser"] == pytest.approx(4 * 16 * 10**0.6 * 1e-3 / (0.1 * 0.2) * 0.05, rel=1e-12)  # 0.64 J
+    # heaters: 8,192 rings × 3σ = 1.5 nm at 14.9 mW per FSR, all step
+    assert e["trim_heaters"] == pytest.approx(8192 * 1.5e-9 / ds.fsr_m * 14.9e-3 * 0.05, rel=1e-12)  # 1.06 J
+    # drive channels: one per ring at 0.5 mW, all step
+    assert e["ring_drivers"] == pytest.approx(8192 * 0.5e-3 * 0.05, rel=1e-12)  # 0.2 J
+    # probes: per bank calibration 9 readings × 16 lines × 16 averages samples on 128 rows (10-bit ADC conversions),
+    # the rows' TIAs at the probe bandwidth for the calibration time, 9 × 128 × 16 drive updates at C·V²
+    probe_bw = 0.5 / ds.probe_sample_time_s
+    per_cal = (9 * 16 * 16 * 128 * 25e-15 * 2**10 + 128 * ds.tia_power_w(probe_bw) * ds.calibration_time_s
+               + 9 * 128 * 16 * 20e-15 * 10.0**2 / 3)  # fmt: skip
+    assert e["calibration"] == pytest.approx(896 * per_cal, rel=1e-12)
+    # TIAs of the 512 physical rows while querying (query bandwidth) and probing (probe bandwidth)
+    tia = 512 * (ds.tia_power_w(t.noise_bandwidth_hz) * t.query_s + ds.tia_power_w(probe_bw) * t.calibration_s)
+    assert e["tia"] == pytest.approx(tia, rel=1e-12)
+    # the static TEC/bias power over the whole step
+    assert e["static"] == pytest.approx(1.0 * 0.05, rel=1e-12)
+    gated = decode_step(cfg, EnergyConfig(d_sig=16, block_size=32, laser_mode="gated"), shape, 32768)
+    assert gated.photonic_energy_j["laser"] == pytest.approx(
+        4 * 16 * 10**0.6 * 1e-3 / 0.2 * (t.query_s + t.calibration_s), rel=1e-12
+    )
+    assert step.selection_energy_j == pytest.approx(sum(v for k, v in e.items() if k != "kv_fetch"))

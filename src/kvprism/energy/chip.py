@@ -25,7 +25,13 @@ import math
 from kvprism.errors import KvprismError
 from kvprism.photonics import link
 from kvprism.photonics.config import PhotonicConfig
-from kvprism.photonics.design import SPEED_OF_LIGHT_M_PER_S, ChipDesign, mid_bias_pd_power_w, rin_ceiling_db
+from kvprism.photonics.design import (
+    SPEED_OF_LIGHT_M_PER_S,
+    ChipDesign,
+    calibration_probes,
+    mid_bias_pd_power_w,
+    rin_ceiling_db,
+)
 from kvprism.photonics.design import score_snr_db as _design_score_snr_db
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "score_snr_db",
     "seed_stage_latency_s",
     "snr_to_enob",
+    "step_ledger",
 ]
 
 ENERGY_TERMS = ("laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming", "paging_programming", "static")
@@ -266,7 +273,7 @@ def chip_query(
         "laser": las.electrical_w * t_slot * n_pass * slots,
         "dac": n_pass * d * cfg.dac_energy_per_sample_j,
         "modulator": n_pass * d * modulator_energy_per_sample_j(cfg),
-        "tia": n_pass * n_rows * cfg.tia_power_w * t_slot,
+        "tia": n_pass * n_rows * des.tia_power_w(des.noise_bandwidth_hz) * t_slot,
         "adc": n_pass * n_rows * cfg.adc_walden_fom_j_per_step * 2.0**adc_bits,
         "topk": queries * n_rows * (1 + math.ceil(math.log2(k))) * cfg.topk_energy_per_compare_j,
         "eo_programming": d * cv2 / block_size,
@@ -304,3 +311,77 @@ def seed_stage_latency_s(cfg: PhotonicConfig) -> float:
         cfg.latency_dac_s + cfg.latency_mzm_s + cfg.latency_propagation_s + cfg.latency_ring_s + cfg.latency_pd_s
         + cfg.latency_tia_adc_s + cfg.latency_topk_s
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- the step's ledger
+#: Where each term of :func:`step_ledger` comes from (printed beside the numbers).
+LEDGER_SOURCES = {
+    "laser": "light at the wall plug: laser_mode 'comb' = the comb pump, CW for the whole step (a CW comb cannot be "
+    "gated): n_banks × d × laser_line_dbm / (comb_conversion_efficiency × laser_wall_plug_efficiency); 'cw' = "
+    "lasers without comb conversion, on all step; 'gated' = on only while the banks probe or query (best case)",
+    "dac": "query DACs: d samples per pass and query (IEEE 9162776: 3.6 pJ/sample)",
+    "modulator": "query MZM drive: V_π²/3 / 50 Ω per DAC period; one set of d MZMs per physical bank, shared by the "
+    "layers (they run in turn)",
+    "tia": "TIA of every physical row, powered while the banks query (at the query bandwidth) and probe (at the probe "
+    "bandwidth): max(tia_min_power_w, tia_power_w · Δf / tia_reference_bandwidth_hz) (40 nm TIA, 2.03 mW at 8 GHz)",
+    "adc": "one conversion per row, pass and query: Walden FoM 25 fJ/step × 2^adc_bits (IEEE 9731625)",
+    "topk": "comparisons of the electronic top-k (Horowitz ISSCC 2014: 0.03 pJ)",
+    "eo_programming": "C·V² of new rows (one per bank every block_size tokens)",
+    "paging_programming": "C·V² of the rewrites of time-shared banks",
+    "calibration": "in-situ calibration probes: per bank calibration, probe samples × rows ADC conversions, the rows' "
+    "TIAs for the calibration time at the probe bandwidth, and C·V² of the (2·iters + 1) drive updates",
+    "ring_drivers": "one ±V_max drive channel per ring holding its voltage all step (ring_driver_power_w, assumption "
+    "from the seed's 0.5 mW per DAC channel)",
+    "trim_heaters": "held heater power of every ring for ±3σ of fab_sigma_m (Liu et al., Opt. Lett. 45, 6318 (2020): "
+    "14.9 mW per FSR); 0 for a one-time trim (residual trim_sigma_m)",
+}
+
+
+def step_ledger(
+    cfg: PhotonicConfig,
+    timing,
+    *,
+    d: int | None = None,
+    laser_mode: str = "comb",
+) -> dict[str, float]:
+    """Energy [J] per decode step of the chip's terms that follow from its time line (``timing``: a
+    :class:`~kvprism.photonics.design.DecodeTiming`, ``cfg`` timed by it): ``laser`` (light source, see
+    :data:`LEDGER_SOURCES`), ``tia`` (every physical row's TIA while querying and probing), ``calibration`` (probes),
+    ``ring_drivers`` and ``trim_heaters`` (held all step). The per-query terms (DACs, MZMs, ADC, top-k, C·V²) come
+    from :func:`chip_query`."""
+    from kvprism.photonics.feasibility import trim_check
+
+    if laser_mode not in ("comb", "cw", "gated"):
+        raise KvprismError(f"laser_mode = {laser_mode!r} is invalid; allowed: 'comb', 'cw', 'gated'")
+    des = ChipDesign.from_config(cfg, d)
+    step = timing.step_s
+    probe_bw = 0.5 / des.probe_sample_time_s
+    cal_one = des.calibration_time_s
+    probe_busy = timing.calibrations_per_step * cal_one / cfg.n_banks  # wall time the banks probe, per step
+    lines_w = cfg.n_banks * des.d * link.dbm_to_w(cfg.laser_line_dbm)
+    if laser_mode == "comb":
+        light = lines_w / (cfg.comb_conversion_efficiency * cfg.laser_wall_plug_efficiency) * step
+    elif laser_mode == "cw":
+        light = lines_w / cfg.laser_wall_plug_efficiency * step
+    else:
+        light = lines_w / cfg.laser_wall_plug_efficiency * (timing.query_s + probe_busy)
+    rows = des.rows
+    tia = rows * (des.tia_power_w(timing.noise_bandwidth_hz) * timing.query_s + des.tia_power_w(probe_bw) * probe_busy)
+    per_cal = 0.0
+    if cal_one > 0:
+        bits = cfg.adc_bits if cfg.adc_bits > 0 else 8
+        conversions = calibration_probes(cfg, des.d) * cfg.rows_per_bank
+        writes = (2 * cfg.calibration_iters + 1) * cfg.rows_per_bank * des.d
+        per_cal = (
+            conversions * cfg.adc_walden_fom_j_per_step * 2.0**bits
+            + cfg.rows_per_bank * des.tia_power_w(probe_bw) * cal_one
+            + writes * cfg.ring_capacitance_f * mean_ring_drive_v2(cfg)
+        )
+    trim = trim_check(cfg, des)
+    return {
+        "laser": light,
+        "tia": tia,
+        "calibration": timing.calibrations_per_step * per_cal,
+        "ring_drivers": des.mrr_count * cfg.ring_driver_power_w * step,
+        "trim_heaters": trim.chip_power_w * step,
+    }

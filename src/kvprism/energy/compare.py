@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from kvprism.energy.chip import LaserSolution, chip_query, mean_ring_drive_v2, required_laser
+from kvprism.energy.chip import LaserSolution, chip_query, mean_ring_drive_v2, required_laser, step_ledger
 from kvprism.energy.config import EnergyConfig, ModelShape
-from kvprism.energy.gpu import GpuStep, gpu_step
+from kvprism.energy.gpu import Baseline, GpuStep, electronic_baselines, gpu_step
 from kvprism.errors import KvprismError
 from kvprism.photonics.config import PhotonicConfig
-from kvprism.photonics.design import ChipDesign
+from kvprism.photonics.design import ChipDesign, DecodeTiming, decode_timing, timed_by_decode
 
 __all__ = [
     "StepComparison",
@@ -37,7 +37,10 @@ __all__ = [
     "thermo_optic_reference",
 ]
 
-CHIP_TERMS = ("laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming", "paging_programming")
+CHIP_TERMS = (
+    "laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming", "paging_programming", "calibration",
+    "ring_drivers", "trim_heaters",
+)  # fmt: skip
 
 
 def rerank_read_bytes(ecfg: EnergyConfig, banks: int, n_blocks: int) -> float:
@@ -66,6 +69,19 @@ class StepComparison:
     photonic_latency_s: dict[str, float]  # chip (all layers), kv_fetch, paging, rerank
     chip_per_bank_energy_j: float  # dynamic, one bank, one step
     chip_layer_latency_s: float
+    timing: DecodeTiming | None = None  # the chip's time line at this context and decode rate
+    baselines: dict[str, Baseline] = dataclasses.field(default_factory=dict)  # electronic selectors
+
+    @property
+    def selection_energy_j(self) -> float:
+        """The photonic system's energy for selecting: every term but the fetch of the selected tokens (which every
+        selector pays) — the number to compare with each electronic baseline's ``energy_j``."""
+        return sum(v for t, v in self.photonic_energy_j.items() if t != "kv_fetch")
+
+    @property
+    def best_baseline(self) -> Baseline | None:
+        """The electronic selector with the least energy at this context."""
+        return min(self.baselines.values(), key=lambda b: b.energy_j) if self.baselines else None
 
     @property
     def photonic_total_energy_j(self) -> float:
@@ -100,6 +116,11 @@ class StepComparison:
             "dense_bytes": self.gpu.dense_bytes,
             "scan_bytes": self.gpu.scan_bytes,
             "fetch_bytes": self.gpu.fetch_bytes,
+            "chip_selection_energy_j": self.selection_energy_j,
+            "timing_fits": None if self.timing is None else self.timing.fits,
+            "chip_busy_s": None if self.timing is None else self.timing.needed_s,
+            "selection_budget_s": None if self.timing is None else self.timing.budget_s,
+            **{f"baseline_{b.name}_energy_j": b.energy_j for b in self.baselines.values()},
         }
 
 
@@ -117,19 +138,27 @@ def decode_step(
             f"blocks of {ecfg.block_size} tokens every block is read and nothing is selected"
         )
     d = ecfg.d_sig
-    if laser is None:
-        laser = required_laser(cfg, d, ecfg.target_enob if ecfg.target_enob >= 0 else None)
     gpu = gpu_step(shape, context, ecfg)
     n = context // ecfg.block_size
     banks = ecfg.batch * shape.n_layers * shape.kv_heads
     queries = shape.group if ecfg.gqa_reduce == "max" else 1
-    q = chip_query(cfg, n, d, min(ecfg.k, n), queries=queries, block_size=ecfg.block_size, banks=banks, laser=laser)
-    energy = {t: q.energy_j[t] * banks for t in CHIP_TERMS}
+    # the chip's time line at this context and rate; the chip is evaluated as timed by it
+    timing = decode_timing(
+        cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=ecfg.tokens_per_s, context=context,
+        block_size=ecfg.block_size, queries_per_head=queries, batch=ecfg.batch, d=d, model=shape.name,
+    )  # fmt: skip
+    tcfg = timed_by_decode(cfg, timing)
+    if laser is None:
+        laser = required_laser(tcfg, d, ecfg.target_enob if ecfg.target_enob >= 0 else None)
+    q = chip_query(tcfg, n, d, min(ecfg.k, n), queries=queries, block_size=ecfg.block_size, banks=banks, laser=laser)
+    energy = {t: q.energy_j.get(t, 0.0) * banks for t in CHIP_TERMS}
+    # terms of the chip's time line: light source, TIAs, calibration probes, held drives and heaters
+    energy.update(step_ledger(tcfg, timing, d=d, laser_mode=ecfg.laser_mode))
     layer_lat = q.total_latency_s - q.latency_s["paging"]
     latency = {
-        "chip": shape.n_layers * layer_lat,
+        "chip": timing.needed_s,  # rewrites + calibrations + queries of every layer (the banks' time line)
         "kv_fetch": gpu.time_s(gpu.fetch_bytes),
-        "paging": q.latency_s["paging"],
+        "paging": 0.0,
     }
     code_bits = cfg.program_bits if cfg.program_bits > 0 else 8 * ecfg.kv_bytes_per_element
     paging_bytes = banks * q.ring_writes_paging * code_bits / 8.0
@@ -139,16 +168,12 @@ def decode_step(
     rerank_bytes = rerank_read_bytes(ecfg, banks, n)
     energy["rerank_reads"] = gpu.energy_j(rerank_bytes)
     latency["rerank"] = gpu.time_s(rerank_bytes)
-    powered_s = sum(latency.values())
-    if ecfg.static_accounting == "full-step":
-        powered_s += gpu.time_s(gpu.weight_bytes)
+    powered_s = timing.step_s if ecfg.static_accounting == "full-step" else sum(latency.values())
     energy["static"] = cfg.static_power_w * powered_s
-    if ecfg.laser_mode == "cw":  # the lasers of every physical bank in use stay on while the chip is powered
-        lit = min(cfg.n_banks, banks * q.bank_slots)
-        energy["laser"] = lit * laser.electrical_w * powered_s
     return StepComparison(
         context=context, n_blocks=n, banks=banks, pages=q.pages, gpu=gpu, photonic_energy_j=energy,
         photonic_latency_s=latency, chip_per_bank_energy_j=q.dynamic_energy_j, chip_layer_latency_s=layer_lat,
+        timing=timing, baselines=electronic_baselines(shape, context, ecfg),
     )  # fmt: skip
 
 
@@ -179,16 +204,17 @@ def crossover(diff: Callable[[int], float], lo: int, hi: int, points: int = 96) 
 
 def ring_inventory(cfg: PhotonicConfig, ecfg: EnergyConfig, shape: ModelShape, context: int) -> dict[str, float]:
     """Rings (MRRs) and areas [m²] needed to hold every row of the step without paging (resident signatures), and
-    the chip's own: rings, each row's balanced photodiode pair and the d query MZMs per bank on the photonic die;
+    the chip's own: rings, each row's balanced photodiode pair and d query MZMs per bank queried at once (layers run
+    in turn and share them) on the photonic die;
     each row's TIA and ADC on the electronic die (``ChipDesign`` areas)."""
     rows = ecfg.batch * shape.n_layers * shape.kv_heads * (context // ecfg.block_size)
-    banks = ecfg.batch * shape.n_layers * shape.kv_heads
     d = ecfg.d_sig
     need = rows * d
     chip = ChipDesign.from_config(cfg, d)
     ring_area = need * cfg.ring_pitch_m**2
     pd_area = rows * cfg.pd_pair_area_m2
-    mzm_area = banks * d * cfg.mzm_area_m2
+    # query MZMs: layers run in turn, so one set of d per bank queried at once (batch × KV heads), not per layer
+    mzm_area = ecfg.batch * shape.kv_heads * d * cfg.mzm_area_m2
     return {
         "rows_needed": rows,
         "mrr_needed": need,
@@ -196,7 +222,7 @@ def ring_inventory(cfg: PhotonicConfig, ecfg: EnergyConfig, shape: ModelShape, c
         "pd_area_needed_m2": pd_area,
         "mzm_area_needed_m2": mzm_area,
         "photonic_area_needed_m2": ring_area + pd_area + mzm_area,
-        "electronic_area_needed_m2": rows * (cfg.tia_area_m2 + cfg.adc_area_m2),
+        "electronic_area_needed_m2": rows * (cfg.tia_area_m2 + cfg.adc_area_m2) + need * cfg.ring_driver_area_m2,
         "mrr_chip": chip.mrr_count,
         "area_chip_m2": chip.ring_area_m2,
         "photonic_area_chip_m2": chip.photonic_area_m2,

@@ -31,7 +31,7 @@ from kvprism.energy.config import EnergyConfig, ModelShape
 from kvprism.errors import KvprismError
 from kvprism.layout import BlockGeometry, BlockLayout
 
-__all__ = ["GpuStep", "gpu_step", "load_gpu_times", "selected_tokens"]
+__all__ = ["BASELINES", "Baseline", "GpuStep", "electronic_baselines", "gpu_step", "load_gpu_times", "selected_tokens"]
 
 
 def selected_tokens(context: int, ecfg: EnergyConfig) -> int:
@@ -95,6 +95,65 @@ def gpu_step(shape: ModelShape, context: int, ecfg: EnergyConfig) -> GpuStep:
         energy_per_byte_j=8.0 * ecfg.hbm_energy_per_bit_j,
         bandwidth_bytes_per_s=ecfg.hbm_bandwidth_bytes_per_s,
     )
+
+
+#: Electronic selectors a reader would pick instead of the chip: (name, description with source). Block signatures
+#: are ``d`` = d_sig (or head_dim, ``scan_dims``) elements per block and KV head; "minmax" stores two vectors.
+BASELINES = (
+    ("bf16-mean", "bf16 block signatures, d elements of 2 B (the scan kvprism's exact scorer does)"),
+    ("fp8-mean", "FP8 block signatures, d elements of 1 B + one fp32 scale per signature"),
+    ("fp4-mean", "FP4 block signatures (NVFP4: 0.5 B per element + one FP8 scale per 16 elements)"),
+    ("fp8-minmax", "FP8 min/max block signatures (Quest-style), 2d elements of 1 B + one fp32 scale"),
+    ("fp4-minmax", "FP4 min/max block signatures (NVFP4), 2d elements"),
+    ("fp8-indexer", "DSA-style lightning indexer (DeepSeek-V3.2): per token and layer 132 B read (FP8 key + fp32 "
+     "scale) and 16.4 kFLOP (PHYSICS §12)"),
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """One electronic selector's work per decode step: bytes read from HBM and arithmetic; energy [J] and time [s]."""
+
+    name: str
+    description: str
+    read_bytes: float
+    flops: float
+    energy_j: float
+    time_s: float
+
+
+def electronic_baselines(shape: ModelShape, context: int, ecfg: EnergyConfig) -> dict[str, Baseline]:
+    """The selection work of each of :data:`BASELINES` for one decode step at ``context`` tokens: energy = bytes ×
+    HBM J/byte + FLOPs × ``gpu_energy_per_flop_j``; time = max(bytes / bandwidth, FLOPs / ``gpu_flops_per_s``)
+    (memory and arithmetic overlap). Signature scans score every complete block of every (sequence, layer, KV
+    head) once per query (``gqa_reduce = 'max'``: once per query head, 2·d FLOPs each); the indexer scores every
+    cached token of every (sequence, layer). The fetch of the selected tokens is not included (every selector pays
+    it)."""
+    b = ecfg.batch
+    d = ecfg.d_sig if ecfg.scan_dims == "d_sig" else shape.head_dim
+    blocks = b * shape.n_layers * shape.kv_heads * (context // ecfg.block_size)
+    queries = shape.group if ecfg.gqa_reduce == "max" else 1
+    per_block = {
+        "bf16-mean": (2.0 * d, d),
+        "fp8-mean": (1.0 * d + 4.0, d),
+        "fp4-mean": (0.5 * d + math.ceil(d / 16), d),
+        "fp8-minmax": (2.0 * d + 4.0, 2 * d),
+        "fp4-minmax": (1.0 * d + math.ceil(2 * d / 16), 2 * d),
+    }
+    work: dict[str, tuple[float, float]] = {
+        name: (blocks * nbytes, blocks * queries * 2.0 * elems) for name, (nbytes, elems) in per_block.items()
+    }
+    tokens = b * shape.n_layers * context
+    work["fp8-indexer"] = (tokens * ecfg.indexer_bytes_per_token_layer, tokens * ecfg.indexer_flops_per_token_layer)
+    e_byte = 8.0 * ecfg.hbm_energy_per_bit_j
+    out = {}
+    for name, desc in BASELINES:
+        nbytes, flops = work[name]
+        out[name] = Baseline(
+            name, desc, nbytes, flops, nbytes * e_byte + flops * ecfg.gpu_energy_per_flop_j,
+            max(nbytes / ecfg.hbm_bandwidth_bytes_per_s, flops / ecfg.gpu_flops_per_s),
+        )  # fmt: skip
+    return out
 
 
 def load_gpu_times(path: str | Path, shape: ModelShape) -> dict[tuple[int, int, str], float]:

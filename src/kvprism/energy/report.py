@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kvprism.energy.chip import LATENCY_STAGES, chip_query, required_laser, seed_stage_latency_s
+from kvprism.energy.chip import LATENCY_STAGES, LEDGER_SOURCES, chip_query, required_laser, seed_stage_latency_s
 from kvprism.energy.compare import (
     CHIP_TERMS,
     bank_sharing,
@@ -26,7 +26,7 @@ from kvprism.energy.compare import (
     thermo_optic_reference,
 )
 from kvprism.energy.config import EnergyConfig, ModelShape
-from kvprism.energy.gpu import load_gpu_times
+from kvprism.energy.gpu import BASELINES, load_gpu_times
 from kvprism.errors import KvprismError
 from kvprism.photonics.config import PhotonicConfig
 
@@ -136,7 +136,33 @@ def build_summary(
             * cfg.tia_adc_power_seed_w
             * cfg.latency_tia_adc_s,
         },
-        "steps": [s.row() | {"photonic_energy_terms_j": s.photonic_energy_j} for s in steps],
+        "steps": [
+            s.row()
+            | {
+                "photonic_energy_terms_j": s.photonic_energy_j,
+                "timing": None
+                if s.timing is None
+                else {
+                    "describe": s.timing.describe(),
+                    "fits": s.timing.fits,
+                    "needed_s": s.timing.needed_s,
+                    "budget_s": s.timing.budget_s,
+                    "write_s": s.timing.write_s,
+                    "calibration_s": s.timing.calibration_s,
+                    "query_s": s.timing.query_s,
+                    "integration_time_s": s.timing.integration_time_s,
+                    "probe_sample_time_s": s.timing.probe_sample_time_s,
+                    "rounds_per_layer": s.timing.rounds_per_layer,
+                },
+                "baselines": {
+                    b.name: {"read_bytes": b.read_bytes, "flops": b.flops, "energy_j": b.energy_j, "time_s": b.time_s}
+                    for b in s.baselines.values()
+                },
+            }
+            for s in steps
+        ],
+        "ledger_sources": dict(LEDGER_SOURCES),
+        "baseline_descriptions": dict(BASELINES),
         "curve": [s.row() for s in curve],
         "crossovers": _crossings(cfg, ecfg, shape, laser, lo, hi),
         "search_range": [lo, hi],
@@ -267,6 +293,54 @@ def print_summary(summary: dict[str, Any], console) -> None:
             _fmt_j(terms["kv_fetch"]),
         )  # fmt: skip
     console.print(t)
+    steps = summary["steps"]
+    t = Table(
+        title=f"chip ledger per decode step at {e['tokens_per_s']:g} tokens/s (J; every term, largest first at "
+        f"{_ctx(steps[-1]['context'])}; light source: {e['laser_mode']})"
+    )
+    t.add_column("term")
+    for s in steps:
+        t.add_column(_ctx(s["context"]), justify="right")
+    t.add_column(f"share at {_ctx(steps[-1]['context'])}", justify="right")
+    t.add_column("source / assumption", overflow="fold")
+    last = steps[-1]["photonic_energy_terms_j"]
+    sel_last = steps[-1]["chip_selection_energy_j"]
+    for term in sorted((k for k in last if k != "kv_fetch"), key=lambda k: -last[k]):
+        src = summary.get("ledger_sources", {}).get(term, {
+            "static": "static_power_w (TEC and bias, assumption) over the step",
+            "paging_reads": "HBM read of the drive codes of every rewrite (O'Connor et al., MICRO'17)",
+            "rerank_reads": "HBM read of the rescored candidates' signatures",
+        }.get(term, ""))  # fmt: skip
+        t.add_row(term, *(_fmt_j(s["photonic_energy_terms_j"][term]) for s in steps),
+                  f"{100 * last[term] / sel_last:.1f} %" if sel_last else "", src)  # fmt: skip
+    t.add_row("[bold]selection total[/]", *(f"[bold]{_fmt_j(s['chip_selection_energy_j'])}[/]" for s in steps), "", "")
+    console.print(t)
+
+    t = Table(title="selection energy per decode step: photonic chip (timed) vs electronic selectors (J)")
+    t.add_column("context")
+    t.add_column("chip time line vs budget")
+    t.add_column("chip", justify="right")
+    names = list(steps[0]["baselines"])
+    for n in names:
+        t.add_column(n, justify="right")
+    t.add_column("chip / best electronic", justify="right")
+    for s in steps:
+        tm = s["timing"]
+        line = "–" if tm is None else (f"{'[green]fits[/]' if tm['fits'] else '[red]over[/]'} "
+                                        f"{_fmt_s(tm['needed_s'])} / {_fmt_s(tm['budget_s'])}")  # fmt: skip
+        best = min(b["energy_j"] for b in s["baselines"].values())
+        t.add_row(_ctx(s["context"]), line, _fmt_j(s["chip_selection_energy_j"]),
+                  *(_fmt_j(s["baselines"][n]["energy_j"]) for n in names),
+                  f"{s['chip_selection_energy_j'] / best:,.3g}×")  # fmt: skip
+    console.print(t)
+    for n, desc in summary.get("baseline_descriptions", {}).items():
+        console.print(f"[dim]{n}: {desc}[/]", highlight=False)
+    console.print(
+        "[dim]every selector also fetches the selected tokens (kv fetch column above); electronic energy = HBM bytes × "
+        f"{e['hbm_energy_per_bit_j'] * 1e12:g} pJ/bit + FLOPs × {e['gpu_energy_per_flop_j'] * 1e12:g} pJ (H100 FP8)[/]",
+        highlight=False,
+    )
+
     t = Table(title="latency per decode step and ring inventory")
     for col in ("context", "dense", "GPU selection", "photonic", "chip (all layers)", "pages", "MRR needed",
                 "ring area"):  # fmt: skip
