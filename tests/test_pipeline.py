@@ -152,3 +152,15 @@ def test_a_fork_gets_the_prefill_record_of_its_source():
     chunked_prefill(model, ids, dense)
     fork = SparseCache.from_prefilled(model, dense, SelectionConfig(block_size=8, k=2, d_sig=8), prepare=False)
     assert A.prefill_queries(fork, 1) is A.prefill_queries(dense, 1)
+
+
+def test_one_triton_check_for_both_caches():
+    """The dynamic pipeline and the static cache decide the attention kernel with the same function."""
+    from kvprism.hf.pipeline import triton_blocker
+
+    cpu = torch.device("cpu")
+    assert triton_blocker(cpu, 64, 64, torch.float32, (torch.float32,), True) == "tensors on cpu, not cuda"
+    meta = torch.device("cuda") if torch.cuda.is_available() else None
+    if meta is not None:
+        assert "left padding" in triton_blocker(meta, 64, 64, torch.float16, (torch.float16,), False)
+        assert "value head dim" in triton_blocker(meta, 64, 32, torch.float16, (torch.float16,), True)

@@ -82,7 +82,7 @@ def test_sliding_window_model_is_refused():
 
 
 # ------------------------------------------------------------------------------------------------ every setting
-def _decode_both(family: str, sel: SelectionConfig, steps: int = 18, n: int = 70, pad: int = 13):
+def _decode_both(family: str, sel: SelectionConfig, steps: int = 12, n: int = 70, pad: int = 13):
     """Batch 2, the second row left-padded by ``pad`` tokens: prefill through a dynamic SparseCache (traced) and
     through a StaticSparseCache (which prepares itself at its first decode step), then decode greedily from each,
     step by step. Returns per step the dynamic and the static selections of every layer, and both caches."""
