@@ -7,7 +7,8 @@ import tempfile
 import typing
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+import torch
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kvprism.cli import main
@@ -214,3 +215,122 @@ def test_cell_key_changes_iff_a_result_affecting_setting_changes(a, b):
         assert (ka == kb) == (_affecting(a) == _affecting(b)), (a, b)
         b_neutral = {**a, **{n: b[n] for n in NEUTRAL}}  # only neutral settings changed
         assert _key(b_neutral, d2) == ka
+
+
+# ------------------------------------------------------------------------------------------------- library API
+# ExactScorer, BlockSelector and PhotonicEngine with random shapes (empty ones included), NaN / inf / zero values and
+# half-precision dtypes: every call returns a valid result or raises a KvprismError, nothing else (issue 30, 7).
+_DTYPES = st.sampled_from([torch.float16, torch.bfloat16, torch.float32])
+_FILL = st.sampled_from(["randn", "randn", "randn", "zero", "nan", "inf", "-inf"])  # valid ones more often
+
+
+@st.composite
+def _tensor(draw, shape: tuple[int, ...]):
+    """A tensor of ``shape``: normal values (or zeros), one NaN / inf at a drawn position for the special fills."""
+    fill, dtype, seed = draw(_FILL), draw(_DTYPES), draw(st.integers(0, 2**16))
+    x = torch.zeros(shape) if fill == "zero" else torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    if fill in ("nan", "inf", "-inf") and x.numel():
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = float(fill)
+    return x.to(dtype), fill
+
+
+def _dims(lo: int = 0, hi: int = 3) -> st.SearchStrategy:
+    """Sizes in ``[lo, hi]``, non-empty ones more often."""
+    return st.sampled_from([*range(max(lo, 1), hi + 1)] * 3 + ([0] if lo == 0 else []))
+
+
+def _only_kvprism_errors(call):
+    """``call()``'s result, or None where it raised a KvprismError (any other exception fails the test)."""
+    from kvprism.errors import KvprismError
+
+    try:
+        out = call()
+    except KvprismError as e:
+        assert str(e) and "\n" not in str(e)
+        event("KvprismError")
+        return None
+    event("valid result")
+    return out
+
+
+_LIB = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_LIB
+@given(st.data())
+def test_exact_scorer_returns_valid_scores_or_a_kvprism_error(data):
+    from kvprism.scorers import ExactScorer
+
+    lead = tuple(data.draw(st.lists(_dims(), max_size=2)))
+    n, w = data.draw(_dims(0, 4)), data.draw(_dims(0, 3))
+    rows, rows_fill = data.draw(_tensor((*lead, n, w)))
+    sc = ExactScorer(SelectionConfig())
+    programmed = _only_kvprism_errors(lambda: sc.program(rows) or True)
+    assert bool(programmed) == (rows_fill in ("randn", "zero") and n > 0 and w > 0 and all(lead)), (
+        "program accepts exactly the valid rows"
+    )
+    if data.draw(st.booleans()):
+        extra, _ = data.draw(_tensor((*lead, data.draw(_dims(0, 2)), data.draw(_dims(0, 3)))))
+        _only_kvprism_errors(lambda: sc.append(extra))
+    group = data.draw(st.one_of(st.none(), _dims(0, 2)))
+    qw = data.draw(st.sampled_from([w, w, w, w + 1]))
+    qshape = (*lead, qw) if group is None else (*lead, group, qw)
+    query, q_fill = data.draw(_tensor(qshape))
+    got = _only_kvprism_errors(lambda: sc.scores(query))
+    if got is not None:
+        assert programmed and q_fill in ("randn", "zero") and qw == w
+        assert got.dtype == torch.float32 and got.shape == (*qshape[:-1], sc.n_rows)
+        assert torch.isfinite(got).all()
+
+
+@_LIB
+@given(st.data())
+def test_block_selector_returns_valid_blocks_or_a_kvprism_error(data):
+    from kvprism.selection import BlockSelector
+
+    b, h, g, d = data.draw(_dims(0, 2)), data.draw(_dims(1, 3)), data.draw(_dims(0, 3)), data.draw(_dims(1, 4))
+    nb, k = data.draw(_dims(0, 5)), data.draw(st.integers(-1, 6))
+    sel = SelectionConfig(
+        block_size=4, k=2, d_sig=4, projection="none", gqa_reduce=data.draw(st.sampled_from(["sum", "max"]))
+    )
+    s = BlockSelector(sel, 0, h, torch.ones(h, dtype=torch.bool))
+    s.fitted = True
+    rows, _ = data.draw(_tensor((b, data.draw(st.sampled_from([h, h, h, h + 1])), nb, d)))
+    _only_kvprism_errors(lambda: s.program(rows))
+    query, _ = data.draw(_tensor((b, h, g, data.draw(st.sampled_from([d, d, d, d + 1])))))
+    cand = torch.rand(b, h, s.n_blocks, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99)))) > 0.3
+    got = _only_kvprism_errors(lambda: s.select(query, cand, k))
+    if got is not None:
+        assert got.dtype == torch.long and got.shape == (b, h, k)
+        assert ((got >= -1) & (got < max(s.n_blocks, 1))).all()
+        if s.n_blocks:  # every chosen block is a candidate
+            assert torch.gather(cand.expand(b, h, -1), -1, got.clamp_min(0))[got >= 0].all()
+    scores = _only_kvprism_errors(lambda: s.scores(query))
+    if scores is not None:
+        assert scores.shape == (b, h, s.n_blocks) and torch.isfinite(scores).all()
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_photonic_engine_returns_valid_results_or_a_kvprism_error(data):
+    from kvprism.photonics import PhotonicEngine
+
+    preset = data.draw(st.sampled_from(["ideal", "seed-nominal"]))
+    eng = PhotonicEngine(PhotonicConfig.preset(preset), seed=0)
+    lead = tuple(data.draw(st.lists(_dims(), max_size=2)))
+    n, w = data.draw(_dims(0, 4)), data.draw(_dims(0, 4))
+    rows, _ = data.draw(_tensor((*lead, n, w)))
+    _only_kvprism_errors(lambda: eng.program(rows))
+    if data.draw(st.booleans()):
+        extra, _ = data.draw(_tensor((*lead, data.draw(_dims(0, 2)), w)))
+        _only_kvprism_errors(lambda: eng.append(extra))
+    group = data.draw(st.one_of(st.none(), _dims(0, 2)))
+    qshape = (*lead, w) if group is None else (*lead, group, w)
+    query, _ = data.draw(_tensor(qshape))
+    got = _only_kvprism_errors(lambda: eng.scores(query))
+    if got is not None:
+        assert got.shape == (*qshape[:-1], eng.n_rows) and torch.isfinite(got).all()
+    k = data.draw(st.integers(0, 5))
+    idx = _only_kvprism_errors(lambda: eng.select(query, k))
+    if idx is not None:
+        assert idx.shape == (*qshape[:-1], k) and ((idx >= 0) & (idx < eng.n_rows)).all()

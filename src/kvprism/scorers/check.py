@@ -69,8 +69,8 @@ class Deferred:
             return
         key = id(owner)
         if key in self._stepped:
-            self._stepped = {key}
             self.read()
+            self._stepped = {key}
         else:
             self._stepped.add(key)
 
@@ -80,6 +80,7 @@ class Deferred:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
+        self._stepped = set()
         self.reads += 1
         by_device: dict[torch.device, list[int]] = {}
         for i, (flag, _) in enumerate(pending):
@@ -101,18 +102,24 @@ def check_pending() -> None:
     DEFERRED.read()
 
 
-def check_finite(x: torch.Tensor, message: str) -> None:
-    """Raise ``KvprismError(message)`` if ``x`` holds a NaN or an inf (deferred on CUDA: module docstring). Inside
-    ``torch.compile`` tracing and CUDA graph capture nothing is checked (the host sees no values there)."""
-    if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+def check_finite(x: torch.Tensor, where: str, name: str) -> None:
+    """Raise a :class:`KvprismError` naming ``where``, ``name`` and the shape if ``x`` holds a NaN or an inf
+    (deferred on CUDA: module docstring). Inside ``torch.compile`` tracing and CUDA graph capture nothing is checked
+    (the host sees no values there)."""
+    if torch.compiler.is_compiling():
         return
     if x.device.type in DEFER_DEVICES:
-        DEFERRED.add(x, message)
+        if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            DEFERRED.add(x, _non_finite(x, where, name))
         return
-    if x.numel() == 0 or math.isfinite(float(x.sum())):
+    if math.isfinite(x.sum()):  # one reduction and one read (0 for an empty tensor)
         return
-    if not bool(torch.isfinite(x).all()):  # the sum overflowed, or a value is NaN / inf
-        raise KvprismError(message)
+    if not bool(torch.isfinite(x).all()):  # else the sum of finite values overflowed
+        raise KvprismError(_non_finite(x, where, name))
+
+
+def _non_finite(x: torch.Tensor, where: str, name: str) -> str:
+    return f"{where}: {name} contains NaN or inf (shape {_shape(x)})"
 
 
 def _float_tensor(x: object, where: str, name: str, want: str) -> torch.Tensor:
@@ -145,7 +152,7 @@ def check_rows(
         raise KvprismError(
             f"{where}: {name} has shape {shape}; expected {_dims(*lead, 'm', width)} to match the programmed banks"
         )
-    check_finite(x, f"{where}: {name} contains NaN or inf (shape {shape})")
+    check_finite(x, where, name)
     return x
 
 
@@ -171,5 +178,5 @@ def check_query(
             f"{where}: {name} has shape {_shape(x)}; expected {_dims(*lead, width)} or {_dims(*lead, 'G', width)} "
             "(G ≥ 1) for the programmed banks"
         )
-    check_finite(x, f"{where}: {name} contains NaN or inf (shape {_shape(x)})")
+    check_finite(x, where, name)
     return single
