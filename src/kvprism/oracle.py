@@ -7,9 +7,12 @@ suffice for the query at all? If the oracle at the same ``k`` holds and the sele
 fault; if the oracle fails too, the budget is.
 
 The mass of a block is what selecting it adds: the dense softmax weights (mean over the KV head's query group, as in
-Hugging Face GQA) of its tokens before the tail (:data:`kvprism.layout.CANDIDATE` roles), the same score the block
-recall metric ranks by (:func:`kvprism.eval.metrics.selectable_block_mass`), so the oracle's block recall is 1 at
-every step by construction. Padding keys get no weight. Ties: :func:`kvprism.layout.topk_blocks`.
+Hugging Face GQA) of its tokens before the tail (:data:`kvprism.layout.CANDIDATE` roles), normalised over every
+cached key of the step (the prefill, the tokens generated so far and the step's own). Padding keys get no weight.
+Ties: :func:`kvprism.layout.topk_blocks`. Against the same reference (:func:`kvprism.eval.metrics.selectable_block_mass`
+over all keys) its block recall is 1; the evaluation's per-cell block recall normalises over the prefill keys only
+(:func:`kvprism.eval.metrics.trace_metrics`), which changes the weight of each query head in the group mean, so the
+oracle scores slightly below 1 there (about 0.9 on Qwen2.5-Coder-0.5B at 4K).
 """
 
 from __future__ import annotations
