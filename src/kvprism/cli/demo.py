@@ -44,7 +44,7 @@ def demo(
     block_size: Annotated[int, typer.Option(help="Tokens per block.", min=1)] = 64,
     preset: Annotated[
         str, typer.Option(help="Photonic hardware preset(s), comma-separated (d_sig = each preset's comb lines).")
-    ] = "seed-nominal,tfln-feasible",
+    ] = "seed-nominal,tfln-timeshared",
     photonic: PhotonicFileOpt = None,
     selection: SelectionFileOpt = None,
     heads: Annotated[str | None, typer.Option(help="Head mask JSON from `kvprism heads`.")] = None,
@@ -146,7 +146,7 @@ def demo(
             else f"energy not modelled ({_clip(energy_note or '', 60)})"
         )
         with console.status(f"feasibility of {name} at decode rates ..."):
-            rates = _feasible_rates(pcfg, cfg, mdl)
+            rates = _feasible_rates(pcfg, cfg, mdl, sample.context_tokens)
         console.print(f"{head} · {read} · {energy} · {_rates_verdict(rates, name, verbose)}", highlight=False)
         if verbose:
             _print_demo_details(s, scorer, step, energy_note, rates, sample.context_tokens)
@@ -203,7 +203,7 @@ def _counter(name: str, value: float) -> str:
 DEMO_RATES = (1.0, 10.0, 100.0)
 
 
-def _feasible_rates(pcfg: Any, sel: Any, model: Any) -> list[tuple[float, list[str]]]:
+def _feasible_rates(pcfg: Any, sel: Any, model: Any, context: int) -> list[tuple[float, list[str]]]:
     """``[(tokens/s, violations)]`` of the chip timed by this model's decode at :data:`DEMO_RATES`, slowest first,
     stopping at the first rate it fails (faster decode leaves less time per selection)."""
     from kvprism.energy.config import ModelShape
@@ -216,7 +216,8 @@ def _feasible_rates(pcfg: Any, sel: Any, model: Any) -> list[tuple[float, list[s
     for rate in DEMO_RATES:
         try:
             timing = decode_timing(
-                pcfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate, queries_per_head=qph
+                pcfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate, queries_per_head=qph,
+                context=context, block_size=sel.block_size, model=shape.name,
             )
             violations = [str(v) for v in feasibility(pcfg, timing=timing).violations]
         except KvprismError as exc:
@@ -351,7 +352,7 @@ def _counter(name: str, value: float) -> str:
 DEMO_RATES = (1.0, 10.0, 100.0)
 
 
-def _feasible_rates(pcfg: Any, sel: Any, model: Any) -> list[tuple[float, list[str]]]:
+def _feasible_rates(pcfg: Any, sel: Any, model: Any, context: int) -> list[tuple[float, list[str]]]:
     """``[(tokens/s, violations)]`` of the chip timed by this model's decode at :data:`DEMO_RATES`, slowest first,
     stopping at the first rate it fails (faster decode leaves less time per selection)."""
     from kvprism.energy.config import ModelShape
@@ -364,7 +365,8 @@ def _feasible_rates(pcfg: Any, sel: Any, model: Any) -> list[tuple[float, list[s
     for rate in DEMO_RATES:
         try:
             timing = decode_timing(
-                pcfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate, queries_per_head=qph
+                pcfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate, queries_per_head=qph,
+                context=context, block_size=sel.block_size, model=shape.name,
             )
             violations = [str(v) for v in feasibility(pcfg, timing=timing).violations]
         except KvprismError as exc:

@@ -44,10 +44,22 @@ def energy(
     hbm_tb_per_s: Annotated[float | None, typer.Option(help="HBM bandwidth [TB/s].")] = None,
     target_enob: Annotated[float | None, typer.Option(help="Score ENOB the laser is sized for.")] = None,
     static_accounting: Annotated[
-        str | None, typer.Option(help="Chip static power over 'full-step' (incl. weight read, default) or 'attention'.")
+        str | None, typer.Option(help="Chip static power over 'full-step' (the decode step, default) or 'attention'.")
     ] = None,
     laser_mode: Annotated[
-        str | None, typer.Option(help="'gated' (on only while evaluating, default) or 'cw' (always on).")
+        str | None,
+        typer.Option(
+            help="'comb' (CW comb pump all step, default: a CW comb cannot be gated), 'cw' (lasers always on) or "
+            "'gated' (on only while probing and querying, best case)."
+        ),
+    ] = None,
+    tokens_per_s: Annotated[
+        float | None,
+        typer.Option(
+            "--tokens-per-s",
+            help="Decode rate: the chip's time line at each context and every term held all step follow from it "
+            "[default: 20].",
+        ),
     ] = None,
     gpu_times: Annotated[
         str | None, typer.Option(help="Measured GPU times JSON (benchmarks/gpu_decode.py output or records).")
@@ -70,7 +82,7 @@ def energy(
         given = {
             "batch": batch, "block_size": block_size, "k": k, "d_sig": d_sig, "gqa_reduce": gqa_reduce,
             "rerank": rerank, "scan_dims": scan_dims, "target_enob": target_enob,
-            "static_accounting": static_accounting, "laser_mode": laser_mode,
+            "static_accounting": static_accounting, "laser_mode": laser_mode, "tokens_per_s": tokens_per_s,
             "hbm_energy_per_bit_j": None if hbm_pj_per_bit is None else hbm_pj_per_bit * 1e-12,
             "hbm_bandwidth_bytes_per_s": None if hbm_tb_per_s is None else hbm_tb_per_s * 1e12,
         }  # fmt: skip

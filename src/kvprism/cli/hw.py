@@ -29,6 +29,24 @@ def hw(
         float | None,
         typer.Option("--tokens-per-s", help="Target decode rate for --model-shape (default 20 tokens/s).", min=0.0),
     ] = None,
+    context: Annotated[
+        int | None,
+        typer.Option(
+            help="Context length in tokens of the timed verdict (with --model-shape; default 4096): rows per bank, "
+            "rounds and rewrites scale with it.",
+            min=1,
+        ),
+    ] = None,
+    block_size: Annotated[
+        int | None, typer.Option(help="Tokens per block (one row) for the timing [default: SelectionConfig's].", min=1)
+    ] = None,
+    untimed: Annotated[
+        bool,
+        typer.Option(
+            "--untimed",
+            help="Run only the untimed checks (no model shape): never a feasibility verdict at decode speed.",
+        ),
+    ] = False,
     queries_per_head: Annotated[
         int, typer.Option(help="Chip queries per (layer, KV head) and decode step (1: GQA sum).", min=1)
     ] = 1,
@@ -65,6 +83,10 @@ def hw(
             raise checks.BadOption("--write-timed needs --model-shape (the decode that times the config)")
         if model_shape is None and tokens_per_s is not None:
             raise checks.BadOption("--tokens-per-s needs --model-shape (the model whose decode times the detection)")
+        if untimed and model_shape is not None:
+            raise checks.BadOption("--untimed runs the checks without a decode timing; drop --model-shape or --untimed")
+        if model_shape is None and (context is not None or block_size is not None):
+            raise checks.BadOption("--context and --block-size need --model-shape (they time the chip)")
         if model_shape is None and (queries_per_head != 1 or batch != 1):
             raise checks.BadOption("--queries-per-head and --batch need --model-shape (they time the detection)")
         if tokens_per_s is not None and not tokens_per_s > 0:
@@ -96,14 +118,15 @@ def hw(
         rate = 20.0 if tokens_per_s is None else tokens_per_s
         timing = decode_timing(
             cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate,
-            queries_per_head=queries_per_head, batch=batch,
+            context=4096 if context is None else context, block_size=block_size,
+            queries_per_head=queries_per_head, batch=batch, model=shape.name,
         )  # fmt: skip
         (err_console if as_json else console).print(
-            f"detection timed by decode: {shape.name} ({shape.n_layers} layers × {shape.kv_heads} KV heads, batch "
-            f"{batch}, {queries_per_head} quer{'y' if queries_per_head == 1 else 'ies'} per head) at {rate:g} tokens/s, "
-            f"{cfg.selection_time_fraction:g} of the step for selection: {timing.time_per_selection_s * 1e6:.3g} µs "
-            f"per selection, T_int {timing.integration_time_s * 1e6:.3g} µs → detection_bandwidth_hz "
-            f"{timing.noise_bandwidth_hz:.3g} (configured {cfg.detection_bandwidth_hz:.3g})",
+            f"timed by decode: {shape.name} ({shape.n_layers} layers × {shape.kv_heads} KV heads, batch "
+            f"{batch}, {queries_per_head} quer{'y' if queries_per_head == 1 else 'ies'} per head), {timing.context:,} "
+            f"tokens in blocks of {timing.block_size}, {rate:g} tokens/s, {cfg.selection_time_fraction:g} of the step "
+            f"for selection; {timing.describe()}; T_int {timing.integration_time_s * 1e6:.3g} µs → "
+            f"detection_bandwidth_hz {timing.noise_bandwidth_hz:.3g} (configured {cfg.detection_bandwidth_hz:.3g})",
             highlight=False,
         )
         if write_timed is not None:
@@ -112,15 +135,22 @@ def hw(
 
             meta = {
                 "description": f"{label} timed by decode for {shape.name} ({shape.n_layers} layers x "
-                f"{shape.kv_heads} KV heads, batch {batch}) at {rate:g} tokens/s",
+                f"{shape.kv_heads} KV heads, batch {batch}) at {rate:g} tokens/s, {timing.context} tokens",
                 "source": "kvprism hw --write-timed (kvprism.photonics.design.timed_by_decode)",
             }
             path = write_preset(timed_by_decode(cfg, timing), write_timed, meta)
             (err_console if as_json else console).print(f"wrote {path}", highlight=False)
+    else:
+        (err_console if as_json else console).print(
+            "[bold yellow]untimed[/]: no --model-shape, so no decode timing — the checks below say nothing about "
+            "decode speed and are not a feasibility verdict (give --model-shape, --tokens-per-s and --context)",
+            highlight=False,
+        )
     with console.status("evaluating feasibility ..."):
         rep = feasibility(cfg, seed=seed, timing=timing)
     if as_json:
-        print_json({"config": label, "feasible": not rep.violations, "violations": rep.violations, "report": rep})
+        print_json({"config": label, "feasible": rep.feasible, "timed": rep.timed, "verdict": rep.verdict(),
+                    "violations": rep.violations, "report": rep})  # fmt: skip
         raise typer.Exit(1 if strict and rep.violations else 0)
     table = Table(title=f"feasibility: {label}")
     table.add_column("quantity")
@@ -133,7 +163,9 @@ def hw(
         console.print(f"[bold red]{len(rep.violations)} violated constraint(s):[/]")
         for v in rep.violations:
             console.print(f"  [red]✗[/] {v}", highlight=False)
-    else:
-        console.print("[bold green]feasible: no constraint violated[/]")
+    console.print(
+        f"[bold {'green' if rep.feasible else 'red' if rep.violations else 'yellow'}]{rep.verdict()}[/]",
+        highlight=False,
+    )
     if strict and rep.violations:
         raise typer.Exit(1)
