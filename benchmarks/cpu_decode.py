@@ -92,8 +92,12 @@ def photonic_configs(
         out[f"{label}"] = width.replace(scorer="photonic", photonic=cfg)
         if tokens_per_s > 0:
             timing = decode_timing(
-                cfg, n_layers=text.num_hidden_layers, kv_heads=text.num_key_value_heads, tokens_per_s=tokens_per_s,
-                context=context, block_size=sel.block_size,
+                cfg,
+                n_layers=text.num_hidden_layers,
+                kv_heads=text.num_key_value_heads,
+                tokens_per_s=tokens_per_s,
+                context=context,
+                block_size=sel.block_size,
             )
             timed = timed_by_decode(cfg, timing)
             out[f"{label} timed {tokens_per_s:g} tok/s"] = width.replace(scorer="photonic", photonic=timed)

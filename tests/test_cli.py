@@ -69,6 +69,7 @@ def test_demo_prints_the_energy_model_step_of_each_photonic_run(capsys, tmp_path
     assert total >= chip + static - 0.01 * total and dense > sparse > 0
     # the verdict line: energy per token against GPU sparse, with units and 3 significant figures
     assert re.search(
-        r"photonic tfln-timeshared .* · [\d.]+ [pnµm]?J/token vs GPU sparse [\d.]+ [pnµm]?J \([\d.,]+× (less|more)\)", out
+        r"photonic tfln-timeshared .* · [\d.]+ [pnµm]?J/token vs GPU sparse [\d.]+ [pnµm]?J \([\d.,]+× (less|more)\)",
+        out,
     )
     assert "e-0" not in out and "{" not in out  # no raw floats, no dict dump

@@ -216,8 +216,14 @@ def _feasible_rates(pcfg: Any, sel: Any, model: Any, context: int) -> list[tuple
     for rate in DEMO_RATES:
         try:
             timing = decode_timing(
-                pcfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate, queries_per_head=qph,
-                context=context, block_size=sel.block_size, model=shape.name,
+                pcfg,
+                n_layers=shape.n_layers,
+                kv_heads=shape.kv_heads,
+                tokens_per_s=rate,
+                queries_per_head=qph,
+                context=context,
+                block_size=sel.block_size,
+                model=shape.name,
             )
             violations = [str(v) for v in feasibility(pcfg, timing=timing).violations]
         except KvprismError as exc:
@@ -365,8 +371,14 @@ def _feasible_rates(pcfg: Any, sel: Any, model: Any, context: int) -> list[tuple
     for rate in DEMO_RATES:
         try:
             timing = decode_timing(
-                pcfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate, queries_per_head=qph,
-                context=context, block_size=sel.block_size, model=shape.name,
+                pcfg,
+                n_layers=shape.n_layers,
+                kv_heads=shape.kv_heads,
+                tokens_per_s=rate,
+                queries_per_head=qph,
+                context=context,
+                block_size=sel.block_size,
+                model=shape.name,
             )
             violations = [str(v) for v in feasibility(pcfg, timing=timing).violations]
         except KvprismError as exc:

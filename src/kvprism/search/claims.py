@@ -647,8 +647,8 @@ def _markdown(sections: dict[str, dict[str, Any]], plots: dict[str, Path], s: Cl
         f"Model in the loop: `{s.model_name}`; energy/traffic model shape: `{s.shape}`; k = {s.k}, block size "
         f"{s.block_size}, window {s.window}. Systems: (a) `{SEED}` (the seed's own impairment model), "
         f"(b) `{NOMINAL}` (physical model), "
-        f"(c) `{TFLN}`: " + ("the time-shared TFLN bank (no preset passes the timed verdict)" if TFLN in have
-                             else "**not shipped**"),
+        f"(c) `{TFLN}`: "
+        + ("the time-shared TFLN bank (no preset passes the timed verdict)" if TFLN in have else "**not shipped**"),
         "",
     ]
     for i, (cid, sec) in enumerate(sections.items(), 1):
