@@ -70,7 +70,7 @@ def test_bad_values_name_the_field(changes, pattern):
 def test_bad_toml_names_the_field(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("q_loded = 1e4\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"no field q_loded in .*bad\.toml"):
+    with pytest.raises(ConfigError, match=r"no field 'q_loded' in .*bad\.toml \(did you mean 'q_loaded'\?\)"):
         PhotonicConfig.from_toml(path)
     path.write_text("adc_bits = 99\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"adc_bits = 99"):

@@ -42,6 +42,7 @@ from kvprism.errors import KvprismError
 
 __all__ = [
     "CANDIDATE",
+    "DEFAULT_BLOCK_SIZE",
     "PAD",
     "SINK",
     "TAIL",
@@ -53,6 +54,10 @@ __all__ = [
     "topk_blocks",
     "topk_mask",
 ]
+
+#: tokens per block of the default selection (``SelectionConfig.block_size``; also the default of the chip's decode
+#: timing, which sizes its banks by blocks)
+DEFAULT_BLOCK_SIZE = 32
 
 #: token roles of :meth:`BlockLayout.token_roles`
 PAD, SINK, CANDIDATE, TAIL = 0, 1, 2, 3

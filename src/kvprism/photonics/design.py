@@ -35,6 +35,7 @@ from statistics import NormalDist
 import torch
 
 from kvprism.errors import KvprismError
+from kvprism.layout import DEFAULT_BLOCK_SIZE
 from kvprism.photonics import encoding, link, noise, ring
 from kvprism.photonics.config import PhotonicConfig
 from kvprism.photonics.wdm import CascadePlan, RowOptics
@@ -697,13 +698,11 @@ def decode_timing(
     model: str = "",
 ) -> DecodeTiming:
     """:class:`DecodeTiming` of ``cfg`` for a model of ``n_layers`` × ``kv_heads`` decoding ``batch`` sequences of
-    ``context`` tokens at ``tokens_per_s``, blocks of ``block_size`` tokens (default: ``SelectionConfig``'s), each
+    ``context`` tokens at ``tokens_per_s``, blocks of ``block_size`` tokens (default: ``SelectionConfig``'s, :data:`kvprism.layout.DEFAULT_BLOCK_SIZE`), each
     (layer, KV head) asking ``queries_per_head`` queries per step (1 for ``gqa_reduce='sum'``), ``d`` lines
     (default ``cfg.n_lines``). ``model`` names the shape in the verdict."""
     if block_size is None:
-        from kvprism.selection import SelectionConfig
-
-        block_size = SelectionConfig().block_size
+        block_size = DEFAULT_BLOCK_SIZE
     for name, v in (("n_layers", n_layers), ("kv_heads", kv_heads), ("queries_per_head", queries_per_head),
                     ("batch", batch), ("block_size", block_size), ("context", context)):  # fmt: skip
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:

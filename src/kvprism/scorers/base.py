@@ -14,7 +14,14 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-__all__ = ["SCORERS", "Scorer", "register_scorer"]
+__all__ = ["SCORERS", "Scorer", "ScorerSettings", "register_scorer"]
+
+
+class ScorerSettings(Protocol):
+    """What a scorer reads of its selection settings (:class:`kvprism.selection.SelectionConfig` satisfies it; the
+    scorers do not import the selection package, which imports them)."""
+
+    photonic: object
 
 
 class Scorer(Protocol):
@@ -29,7 +36,7 @@ class Scorer(Protocol):
     def feasibility(self) -> Any: ...
 
 
-#: scorer name -> class taking ``(sel: SelectionConfig, seed: int)``
+#: scorer name -> class taking ``(sel: ScorerSettings, seed: int)``
 SCORERS: dict[str, type] = {}
 
 _C = TypeVar("_C", bound=type)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from kvprism.errors import KvprismError
-from kvprism.scorers.base import register_scorer
+from kvprism.scorers.base import ScorerSettings, register_scorer
 from kvprism.scorers.check import check_query, check_rows
-
-if TYPE_CHECKING:
-    from kvprism.selection.config import SelectionConfig
 
 __all__ = ["ExactScorer"]
 
@@ -23,7 +20,7 @@ class ExactScorer:
     """fp32 dot products of the programmed rows with the query: the ideal selector. Inputs are checked by
     :mod:`kvprism.scorers.check` (an all-zero bank scores 0 everywhere: top-k takes the lowest ids)."""
 
-    sel: SelectionConfig
+    sel: ScorerSettings | None
     seed: int = 0
     rows: torch.Tensor | None = None  # [*L, N, w] float32
     counters: dict[str, int] = field(default_factory=lambda: {"row_programs": 0, "evaluations": 0})

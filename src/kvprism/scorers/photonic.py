@@ -9,15 +9,11 @@ The photonics package is imported when a scorer or a group is built, not with th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from kvprism.scorers.base import register_scorer
-
-if TYPE_CHECKING:
-    from kvprism.selection.config import SelectionConfig
-    from kvprism.selection.selector import BlockSelector
+from kvprism.scorers.base import ScorerSettings, register_scorer
 
 __all__ = ["PhotonicScorer", "group_scorers"]
 
@@ -28,7 +24,7 @@ class PhotonicScorer:
 
     name: ClassVar[str] = "photonic"
 
-    def __init__(self, sel: SelectionConfig, seed: int = 0) -> None:
+    def __init__(self, sel: ScorerSettings, seed: int = 0) -> None:
         from kvprism.photonics import PhotonicConfig, PhotonicEngine
 
         cfg = PhotonicConfig.preset(sel.photonic) if isinstance(sel.photonic, str) else sel.photonic
@@ -67,8 +63,8 @@ def _float32(x: Any) -> Any:
     return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
-def group_scorers(selectors: Sequence[BlockSelector]) -> Any:
-    """Let the scorers of selectors that decode in lockstep (one per layer of a model) share what they can do
+def group_scorers(selectors: Sequence[Any]) -> Any:
+    """Let the scorers of selectors (:class:`kvprism.selection.BlockSelector`: anything with a ``scorer``) that decode in lockstep (one per layer of a model) share what they can do
     together: for ``photonic`` scorers an :class:`kvprism.photonics.EngineGroup` (one batched drift sample and
     W_eff refresh per decode step for all layers; each layer's draws, weights and counters are those it has alone).
     Returns the group, or None where there is nothing to share (fewer than two selectors, other scorers, an engine

@@ -14,6 +14,7 @@ import torch
 from kvprism.budgets import BUDGETS
 from kvprism.config import ConfigBase, param
 from kvprism.errors import ConfigError
+from kvprism.layout import DEFAULT_BLOCK_SIZE
 from kvprism.migrate import migrate_backend
 from kvprism.scorers import SCORERS
 from kvprism.signatures import PROJECTIONS, SIGNATURES
@@ -32,7 +33,7 @@ class SelectionConfig(ConfigBase):
     """Block-sparse decode: block size, how many blocks, how they are scored and by what."""
 
     block_size: int = param(
-        32,
+        DEFAULT_BLOCK_SIZE,
         doc="Tokens per block (one signature / one weight-bank row per block).",
         unit="tokens",
         ge=1,
