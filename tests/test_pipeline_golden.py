@@ -1,5 +1,5 @@
 """The chip and scorer redesign changes no behaviour: engine, group, feasibility and decode through every scorer
-reproduce ``tests/golden/pipeline.pt``, recorded from the code before the redesign (``tests/golden_pipeline.py``).
+reproduce ``tests/golden/pipeline.pt``, recorded from the code before the redesign (``tests/support/golden_pipeline.py``).
 
 Indices, tokens and counters must be equal; scores and logits may differ only by float rounding (a pure move of code
 keeps them bitwise, a reordered sum may not)."""
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from tests import golden_pipeline as gp
+from tests.support import golden_pipeline as gp
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kvprism.signatures import fit_projection
-from tests.sig_helpers import needle_recall, planted_cache, select_on
+from tests.support.sig_helpers import needle_recall, planted_cache, select_on
 
 
 def _recall(projection: str, d_sig: int) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvprism.signatures import SIGNATURES
-from tests.sig_helpers import needle_recall, planted_cache, select_on
+from tests.support.sig_helpers import needle_recall, planted_cache, select_on
 
 
 def test_block_with_one_dominant_key_ranks_first():

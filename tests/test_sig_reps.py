@@ -8,7 +8,7 @@ import torch
 from kvprism.errors import ConfigError
 from kvprism.selection import BlockSelector, SelectionConfig, needs_queries
 from kvprism.signatures import SIGNATURES
-from tests.sig_helpers import needle_recall, planted_cache, select_on
+from tests.support.sig_helpers import needle_recall, planted_cache, select_on
 
 SIG = SIGNATURES["reps"]
 

@@ -13,8 +13,8 @@ import torch
 from kvprism.hf.cache import SparseCache
 from kvprism.selection import SelectionConfig
 from tests.conftest import tiny_model
-from tests.test_selection import needle_run_2k
-from tests.test_sparse_cache import _batch, decode_loop
+from tests.hf.test_cache import _batch, decode_loop
+from tests.selection.test_selector import needle_run_2k
 
 
 class _StandInEngine:

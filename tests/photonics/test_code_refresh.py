@@ -125,7 +125,7 @@ def test_trace_metrics_measure_a_noisy_scorer_at_every_step():
     from kvprism.hf.cache import SparseCache
     from kvprism.selection import SelectionConfig
     from tests.conftest import tiny_model
-    from tests.test_sparse_cache import _batch, decode_loop
+    from tests.hf.test_cache import _batch, decode_loop
 
     model = tiny_model("llama")
     ids, mask = _batch(40)

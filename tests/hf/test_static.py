@@ -16,8 +16,7 @@ from kvprism.hf.attention import use_kvprism_attention
 from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
 from kvprism.hf.static import StaticDecodeStep, StaticSparseCache, check_static_config
 from kvprism.selection import SelectionConfig
-
-from .conftest import tiny_model
+from tests.conftest import tiny_model
 
 CUDA = torch.cuda.is_available()
 SEL = SelectionConfig(block_size=8, k=2, window=8, sink_blocks=1, projection="pca", d_sig=8)

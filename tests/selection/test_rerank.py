@@ -135,7 +135,7 @@ def test_static_cache_takes_rerank_with_the_exact_scorer():
 def test_sparse_cache_counts_the_rescored_rows():
     from kvprism.hf.cache import SparseCache
     from tests.conftest import tiny_model
-    from tests.test_sparse_cache import _batch, decode_loop
+    from tests.hf.test_cache import _batch, decode_loop
 
     model = tiny_model("llama")
     ids, mask = _batch(22)
@@ -181,7 +181,7 @@ def test_design_objective_with_rerank():
     rerank covering every candidate gives recall 1 (the exact top-k)."""
     from kvprism.photonics import PhotonicConfig
     from kvprism.search.objectives import ObjectiveSettings, evaluate
-    from tests.design_fixtures import tiny_reference
+    from tests.support.design_fixtures import tiny_reference
 
     ref = tiny_reference()
     cfg = PhotonicConfig.preset("seed-nominal")
@@ -203,7 +203,7 @@ def test_cli_design_evaluate_on_a_reference_file(tmp_path, capsys):
     from kvprism.cli import main
     from kvprism.photonics import PhotonicConfig
     from kvprism.search.objectives import ObjectiveSettings, evaluate
-    from tests.design_fixtures import tiny_reference
+    from tests.support.design_fixtures import tiny_reference
 
     ref = tiny_reference()
     path = ref.save(tmp_path / "ref.safetensors")

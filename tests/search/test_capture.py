@@ -8,7 +8,7 @@ import torch
 from kvprism.errors import KvprismError
 from kvprism.search import capture as cap
 from tests.conftest import tiny_model
-from tests.design_fixtures import capture_params, one_thread, text_tokenizer, tiny_reference
+from tests.support.design_fixtures import capture_params, one_thread, text_tokenizer, tiny_reference
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

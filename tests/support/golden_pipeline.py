@@ -2,7 +2,7 @@
 selections and counters for every shipped preset (current model), an EngineGroup in lockstep, feasibility numbers,
 and greedy decode through SparseCache with every scorer on tiny random Llama and Qwen2 models.
 
-Run ``python -m tests.golden_pipeline`` to rewrite ``tests/golden/pipeline.pt`` — only when a change of behaviour is
+Run ``python -m tests.support.golden_pipeline`` to rewrite ``tests/golden/pipeline.pt`` — only when a change of behaviour is
 intended and explained in the commit.
 """
 

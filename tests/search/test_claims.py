@@ -8,7 +8,7 @@ import pytest
 
 from kvprism.search.claims import CLAIMS, SEED, ClaimsSettings, run_claims
 from tests.conftest import tiny_model
-from tests.design_fixtures import one_thread, text_tokenizer, tiny_reference
+from tests.support.design_fixtures import one_thread, text_tokenizer, tiny_reference
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

@@ -1,6 +1,6 @@
-"""The engine scenario pinned by ``tests/test_engine_golden.py`` (selections, scores and counters at fixed seeds).
+"""The engine scenario pinned by ``tests/photonics/test_engine_golden.py`` (selections, scores and counters at fixed seeds).
 
-Run ``python -m tests.golden_engine`` to rewrite ``tests/golden/engine.pt`` — only when a change of the model is
+Run ``python -m tests.support.golden_engine`` to rewrite ``tests/golden/engine.pt`` — only when a change of the model is
 intended and explained (the file records the behaviour of the engine before the physics-fidelity refactor).
 """
 

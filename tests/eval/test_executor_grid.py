@@ -19,9 +19,9 @@ from kvprism.eval import runner as R
 from kvprism.eval.executor import RayExecutor
 from kvprism.eval.grid import build_configs
 from kvprism.eval.store import RESULTS_FILE
-from tests import ray_workers
 from tests.conftest import tiny_model, tiny_tokenizer
-from tests.design_fixtures import one_thread
+from tests.support import ray_workers
+from tests.support.design_fixtures import one_thread
 
 ray = pytest.importorskip("ray")
 # Ray's workers compute on one torch thread each; the in-process runs do too, so both sum in the same order and the
@@ -86,16 +86,16 @@ DRIVER = textwrap.dedent(
     import sys
     sys.path.insert(0, {root!r})
     from kvprism.eval.executor import RayExecutor
-    from tests.test_ray_grid import _runner
+    from tests.eval.test_executor_grid import _runner
     _runner({out!r}, executor=RayExecutor(workers=2, init_kwargs={{"num_cpus": 2, "include_dashboard": False,
-            "object_store_memory": 150 * 2**20}}), decode_fn=__import__("tests.ray_workers").ray_workers.SlowDecode()).run()
+            "object_store_memory": 150 * 2**20}}), decode_fn=__import__("tests.support.ray_workers").support.ray_workers.SlowDecode()).run()
     """
 )
 
 
 def test_a_driver_killed_with_sigkill_mid_grid_resumes_without_duplicates(tmp_path):
     out = tmp_path / "out"
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(root=root, out=str(out))], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     results = out / RESULTS_FILE

@@ -16,8 +16,8 @@ import pytest
 
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.eval.executor import LocalExecutor, RayExecutor, make_executor, require_ray
-from tests import ray_workers
-from tests.design_fixtures import one_thread
+from tests.support import ray_workers
+from tests.support.design_fixtures import one_thread
 
 ray = pytest.importorskip("ray")
 
@@ -103,8 +103,8 @@ def test_design_search_on_ray_equals_the_local_search(ray_cluster):
     from kvprism.photonics import PhotonicConfig
     from kvprism.search.objectives import ObjectiveSettings
     from kvprism.search.search import run_search
-    from tests.design_fixtures import tiny_reference
-    from tests.test_design_search import FEASIBLE_BASE, SMALL_SPACE
+    from tests.search.test_search import FEASIBLE_BASE, SMALL_SPACE
+    from tests.support.design_fixtures import tiny_reference
 
     ref = tiny_reference()
     base = PhotonicConfig.preset("ideal").replace(**FEASIBLE_BASE)

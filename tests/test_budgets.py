@@ -8,7 +8,7 @@ import torch
 from kvprism.budgets import TopPBudget
 from kvprism.errors import ConfigError
 from kvprism.selection import SelectionConfig
-from tests.sig_helpers import planted_cache, select_on
+from tests.support.sig_helpers import planted_cache, select_on
 
 
 def test_trim_keeps_the_shortest_prefix_reaching_p():

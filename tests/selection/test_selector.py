@@ -13,7 +13,7 @@ from kvprism.hf.cache import SparseCache, cache_kwargs
 from kvprism.layout import BlockGeometry, BlockLayout
 from kvprism.selection import BlockSelector, SelectionConfig, resolve_heads
 from tests.conftest import tiny_model
-from tests.test_sparse_cache import _batch, decode_loop
+from tests.hf.test_cache import _batch, decode_loop
 
 
 def test_config_validation_names_field():

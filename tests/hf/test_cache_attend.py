@@ -13,7 +13,7 @@ from kvprism.hf.cache import SparseCache
 from kvprism.kernels import sparse_decode_attention, triton_available
 from kvprism.selection import BlockSelector, SelectionConfig, block_signatures
 from tests.conftest import tiny_model
-from tests.test_sparse_cache import STEPS, _batch, decode_loop
+from tests.hf.test_cache import STEPS, _batch, decode_loop
 
 CUDA_TRITON = torch.cuda.is_available() and triton_available()
 # small k: the selection restricts what is read (blocks of 8, 37 + 14 tokens)

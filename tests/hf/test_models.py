@@ -7,8 +7,7 @@ import torch
 from kvprism.errors import KvprismError, ModelNotFoundError
 from kvprism.hf import models
 from kvprism.hf.models import load_model
-
-from .conftest import tiny_model, tiny_tokenizer
+from tests.conftest import tiny_model, tiny_tokenizer
 
 
 def test_bogus_name_fails_clearly():

@@ -46,7 +46,7 @@ def test_bad_inputs(smollm2_tokenizer):
 # ------------------------------------------------------------------------------------------- task registry
 from kvprism.eval.tasks import make_sample, string_match_all, string_match_fraction  # noqa: E402
 
-# the tasks with a choice of haystack (RULER's names fix theirs: tests/test_ruler_tasks.py; cwe / fwe have none)
+# the tasks with a choice of haystack (RULER's names fix theirs: tests/eval/test_tasks_ruler.py; cwe / fwe have none)
 HAYSTACK_TASKS = ["niah_multikey", "niah_multiquery", "niah_multivalue", "niah_single", "vt"]
 
 

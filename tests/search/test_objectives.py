@@ -18,7 +18,7 @@ from kvprism.search.objectives import (
     recall_at_k,
     select_candidates,
 )
-from tests.design_fixtures import one_thread, tiny_reference
+from tests.support.design_fixtures import one_thread, tiny_reference
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 SETTINGS = ObjectiveSettings(k=4, contexts=(32768, 131072))

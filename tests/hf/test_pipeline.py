@@ -13,7 +13,7 @@ from kvprism.hf.cache import SparseCache, SparseLayer, cache_kwargs, chunked_pre
 from kvprism.hf.pipeline import DecodePipeline, StepEvent
 from kvprism.selection import SelectionConfig
 from tests.conftest import tiny_model
-from tests.test_sparse_cache import _batch, decode_loop
+from tests.hf.test_cache import _batch, decode_loop
 
 SEL = SelectionConfig(block_size=8, k=2, d_sig=8, window=4, sink_blocks=1, projection="random")
 

@@ -1,6 +1,6 @@
 """The engine reproduces its recorded behaviour (tests/golden/engine.pt) in the legacy model settings.
 
-The record was made before the physics-fidelity refactor; ``tests.golden_engine.LEGACY`` selects the old model
+The record was made before the physics-fidelity refactor; ``tests.support.golden_engine.LEGACY`` selects the old model
 (incoherent drop bus, rest point at the centre of the EO range, ...). Numerics changed from the naive to the
 cancellation-free ring forms, so W_eff agrees to float32 rounding, not bitwise: a score sitting on an ADC decision
 threshold may move by one ADC step. Allowed: at most 2 % of the scores off by more than the rounding tolerance, none
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.golden_engine import GOLDEN, PRESETS, scenario
+from tests.support.golden_engine import GOLDEN, PRESETS, scenario
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def golden():
 
 
 # tfln-literature (Q = 1e5) is not compared: its recorded float32 weights carry the cancellation error of the naive
-# ring forms (the old numerics do not agree with the exact model there; tests/test_numerics.py pins the new ones).
+# ring forms (the old numerics do not agree with the exact model there; tests/photonics/test_numerics.py pins the new ones).
 @pytest.mark.parametrize("name", [p for p in PRESETS if p != "tfln-literature"])
 def test_engine_matches_golden(golden, name):
     got, want = scenario(name), golden[name]

@@ -18,7 +18,7 @@ from kvprism.eval.grid import build_configs
 from kvprism.eval.store import RESULTS_FILE, ResultStore, append_result, read_results
 from tests.conftest import tiny_model, tiny_tokenizer
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(scope="module")

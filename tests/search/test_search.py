@@ -23,7 +23,7 @@ from kvprism.search.search import (  # noqa: E402
     write_outputs,
 )
 from kvprism.search.space import SPACE, Dim, active_space  # noqa: E402
-from tests.design_fixtures import one_thread, tiny_reference  # noqa: E402
+from tests.support.design_fixtures import one_thread, tiny_reference  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 SETTINGS = ObjectiveSettings(k=4)
