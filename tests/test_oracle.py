@@ -133,6 +133,7 @@ def test_oracle_is_a_reference_row_of_the_grid_with_per_step_diagnosis(tmp_path)
     assert set(s["exact-k2"]["by_task"]) == {"niah_multikey_2 @ 400", "niah_single @ 400"}
     assert s["exact-k2"]["by_task"]["niah_single @ 400"]["n"] == 1
     assert s["dense"]["drift"] is None and s["exact-k2"]["drift"]["oracle"] == "oracle-k2"
+    assert s["oracle-k2"]["drift"]["oracle"] is None  # never compared with itself
     report = write_report(r.results.parent)["report"].read_text()
     assert "Accuracy per task and context" in report and "| oracle-k2 |" in report
 

@@ -232,7 +232,11 @@ def answer_drift(
     if e["method"] == "dense" or not dense:
         return None
     ref = {point_key(r): r for r in cells[dense[0]] if r.get("answer_ids") is not None}
-    oracle = [n for n, x in entries.items() if x["method"] == "oracle" and x.get("k") == e.get("k")][:1]
+    oracle = [
+        n
+        for n, x in entries.items()
+        if x["method"] == "oracle" and x.get("k") == e.get("k") and e["method"] != "oracle"
+    ][:1]
     oracle_right = {point_key(r): bool(r["correct"]) for r in cells[oracle[0]]} if oracle else {}
     lost = [r for r in cells[name] if point_key(r) in ref and ref[point_key(r)].get("correct") and not r.get("correct")]
     at, hits, masses, oracle_holds = [], [], [], []
