@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_full_space_tiny_budget_marks_infeasible_and_reports_only_feasible(tmp_p
     pareto = _check_marking(res.study)
     for t in pareto:  # with today's physics this may be empty: then there is nothing feasible to report
         w = t.user_attrs["fields"]["n_lines"]
-        assert feasibility(config_of(t, res.base_config), d=w, seed=SETTINGS.engine_seed).feasible
+        assert not feasibility(config_of(t, res.base_config), d=w, seed=SETTINGS.engine_seed).violations  # untimed
     written = write_outputs(res, tmp_path / "out")
     data = json.loads(written["json"].read_text())
     assert data["n_trials"] == 6 and {r["number"] for r in data["trials"]} == set(range(6))
@@ -79,15 +80,18 @@ def test_full_space_tiny_budget_marks_infeasible_and_reports_only_feasible(tmp_p
 
 
 def test_feasible_base_gives_a_pareto_set_and_presets_reproduce_their_recall(tmp_path):
+    # the search's machinery, not a verdict: the chip's timed time line fills its share of a 20 tok/s step (5 ms),
+    # far above the default budget of 10 % of a modelled GPU dense step, so this test allows the whole 50 ms step
+    settings = ObjectiveSettings(k=4, latency_budget_s=0.05)
     ref = tiny_reference()
     base = PhotonicConfig.preset("ideal").replace(**FEASIBLE_BASE)
-    res = run_search(ref, 8, seed=1, base=base, space=SMALL_SPACE, settings=SETTINGS, population_size=4)
+    res = run_search(ref, 8, seed=1, base=base, space=SMALL_SPACE, settings=settings, population_size=4)
     assert res.study.trials[0].user_attrs.get("enqueued") == "base"  # the base point is tried first
     pareto = _check_marking(res.study)
     assert pareto, "the feasible base must leave a feasible Pareto set"
     for t in pareto:
         w = t.user_attrs["fields"]["n_lines"]
-        assert feasibility(config_of(t, base), d=w, seed=SETTINGS.engine_seed).feasible
+        assert not feasibility(config_of(t, base), d=w, seed=settings.engine_seed).violations  # untimed checks
     written = write_outputs(res, tmp_path, n_presets=2)
     presets = json.loads(written["json"].read_text())["presets"]
     assert 1 <= len(presets) <= 2
@@ -96,7 +100,7 @@ def test_feasible_base_gives_a_pareto_set_and_presets_reproduce_their_recall(tmp
     for path, t in zip(presets, pareto, strict=False):
         cfg = PhotonicConfig.from_toml(path)
         meta = tomllib.loads(Path(path).read_text())["meta"]
-        again = evaluate(cfg, ref, meta["d_sig"], ObjectiveSettings(k=meta["k"], engine_seed=meta["engine_seed"]))
+        again = evaluate(cfg, ref, meta["d_sig"], replace(settings, k=meta["k"], engine_seed=meta["engine_seed"]))
         assert again.recall == meta["recall"] == t.values[0]
         assert again.feasible
 
