@@ -1,4 +1,4 @@
-"""Cost of the boundary check (:mod:`kvprism.scorers.check`) on the CPU: a selection step and a decode step, each
+"""Cost of the boundary check (:mod:`kvprism.boundary`) on the CPU: a selection step and a decode step, each
 timed with and without the check, interleaved in one run (load on a shared machine hits both alike).
 
 1. Selection step: ``BlockSelector.select`` of one layer (``exact`` scorer) for a SmolLM2-135M-shaped layer (3 KV

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kvprism import boundary as C
 from kvprism.errors import KvprismError
 from kvprism.scorers import SCORERS, SeedPublishedConfig, SeedPublishedScorer, register_scorer
-from kvprism.scorers import check as C
 from kvprism.selection import BlockSelector, SelectionConfig
 
 NAN, INF = float("nan"), float("inf")

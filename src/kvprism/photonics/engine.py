@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from kvprism.boundary import check_query, check_rows
 from kvprism.errors import KvprismError
 from kvprism.photonics import detect, drift, link, program, weights
 from kvprism.photonics.config import PhotonicConfig
@@ -31,7 +32,6 @@ from kvprism.photonics.design import ChipDesign
 from kvprism.photonics.state import BankState
 from kvprism.photonics.topk import topk_lowest_index
 from kvprism.photonics.wdm import CascadePlan, RowOptics
-from kvprism.scorers.check import check_query, check_rows
 
 __all__ = ["PhotonicEngine"]
 
@@ -266,13 +266,13 @@ class PhotonicEngine:
         return self.state
 
     def _check_sig(self, x: torch.Tensor, name: str, where: str = "program") -> torch.Tensor:
-        """The shared boundary check of rows (:func:`kvprism.scorers.check.check_rows`); returns them on the CPU."""
+        """The shared boundary check of rows (:func:`kvprism.boundary.check_rows`); returns them on the CPU."""
         s = self.state if where == "append" else None
         check_rows(x, where=where, name=name, lead=None if s is None else s.lead, width=None if s is None else s.dims)
         return x.detach().cpu()
 
     def _check_query(self, query: torch.Tensor, where: str = "scores") -> tuple[torch.Tensor, bool]:
-        """The shared boundary check of a query (:func:`kvprism.scorers.check.check_query`) -> ``([B, G, d] on the
+        """The shared boundary check of a query (:func:`kvprism.boundary.check_query`) -> ``([B, G, d] on the
         CPU, whether the query was [*L, d])``."""
         s = self.state
         q = query.detach().cpu() if isinstance(query, torch.Tensor) else query

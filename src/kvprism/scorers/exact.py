@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import torch
 
+from kvprism.boundary import check_query, check_rows
 from kvprism.errors import KvprismError
 from kvprism.scorers.base import ScorerSettings, register_scorer
-from kvprism.scorers.check import check_query, check_rows
 
 __all__ = ["ExactScorer"]
 
@@ -18,7 +18,7 @@ __all__ = ["ExactScorer"]
 @dataclass
 class ExactScorer:
     """fp32 dot products of the programmed rows with the query: the ideal selector. Inputs are checked by
-    :mod:`kvprism.scorers.check` (an all-zero bank scores 0 everywhere: top-k takes the lowest ids)."""
+    :mod:`kvprism.boundary` (an all-zero bank scores 0 everywhere: top-k takes the lowest ids)."""
 
     sel: ScorerSettings | None
     seed: int = 0

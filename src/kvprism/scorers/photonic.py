@@ -39,7 +39,7 @@ class PhotonicScorer:
     def n_rows(self) -> int:
         return int(self.engine.n_rows)
 
-    # the engine checks its inputs (kvprism.scorers.check); non-float tensors reach it unconverted to be refused
+    # the engine checks its inputs (kvprism.boundary); non-float tensors reach it unconverted to be refused
     def program(self, signatures: torch.Tensor) -> None:
         self.engine.program(_float32(signatures))
 

@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from kvprism.boundary import check_query, check_rows
 from kvprism.config import ConfigBase, param
 from kvprism.errors import KvprismError
 from kvprism.scorers.base import register_scorer
-from kvprism.scorers.check import check_query, check_rows
 
 __all__ = ["SeedPublishedConfig", "SeedPublishedScorer", "seed_published_weights"]
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
+from kvprism.boundary import DEFERRED, check_finite, check_rows
 from kvprism.budgets import make_budget
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.layout import topk_blocks
 from kvprism.scorers import SCORERS, ExactScorer, Scorer
-from kvprism.scorers.check import DEFERRED, check_finite, check_rows
 from kvprism.selection.config import SelectionConfig
 from kvprism.selection.fit import derive_seed, fit_layer_projection, layer_probe
 from kvprism.signatures import SIGNATURES, project
@@ -30,7 +30,7 @@ class BlockSelector:
         num_kv_heads: KV heads ``H`` of the layer.
         head_mask: ``[H]`` bool, False = streaming head (never selects blocks).
 
-    Every public method checks what it is given with :mod:`kvprism.scorers.check` (for every scorer, a plugin's
+    Every public method checks what it is given with :mod:`kvprism.boundary` (for every scorer, a plugin's
     included): rows ``[B, H, N*R, w]`` with ``H`` KV heads, whole blocks of ``R`` rows, the projection's ``B`` and
     width, the programmed ``[B, H]`` and ``w`` on append; a query group ``[B, H, G, D]`` (``G, D ≥ 1``) of the
     programmed ``B`` and the projection's (or the rows') ``D``; finite values; ``k`` an int ≥ 0. A violation is a
@@ -412,6 +412,6 @@ class BlockSelector:
     def advance(self, steps: int = 1) -> None:
         """Move the scorer on by ``steps`` decode steps (once per decode step); reads the deferred finiteness checks
         of the step's layers (CUDA: once per round of the selectors that decode together, see
-        :mod:`kvprism.scorers.check`)."""
+        :mod:`kvprism.boundary`)."""
         self.scorer.advance(steps)
         DEFERRED.step(self)

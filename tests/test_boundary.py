@@ -1,14 +1,14 @@
-"""The boundary check shared by every scorer and the PhotonicEngine (kvprism.scorers.check): issue 30, finding 1."""
+"""The boundary check shared by every scorer and the PhotonicEngine (kvprism.boundary): issue 30, finding 1."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from kvprism import boundary as C
 from kvprism.errors import KvprismError
 from kvprism.photonics import PhotonicConfig, PhotonicEngine
 from kvprism.scorers import ExactScorer, PhotonicScorer, SeedPublishedConfig, SeedPublishedScorer
-from kvprism.scorers import check as C
 from kvprism.selection import SelectionConfig
 
 NAN, INF = float("nan"), float("inf")
