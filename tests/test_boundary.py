@@ -130,3 +130,15 @@ def test_deferred_flags_are_bounded_without_decode_steps(monkeypatch):
     for _ in range(deferred.limit + 1):
         C.check_finite(torch.ones(2), "scores", "query")
     assert deferred.reads == 1 and not deferred.pending
+
+
+def test_stats_summary_reads_the_flags_the_last_step_left_queued():
+    """A CUDA decode step's finiteness flags are read one step late; the summary of the run reads the last ones."""
+    from kvprism.hf.cache import SparseStats
+
+    stats = SparseStats(num_layers=1, num_kv_heads=1)
+    C.DEFERRED.add(torch.tensor([1.0, float("nan")]), "scores: query holds a non-finite value")
+    with pytest.raises(KvprismError, match=r"non-finite value \(read by the check of a later decode step\)"):
+        stats.summary()
+    assert not C.DEFERRED.pending
+    assert stats.summary()["decode_steps"] == 0  # nothing queued: no error

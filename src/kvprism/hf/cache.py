@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from kvprism.boundary import check_pending
 from kvprism.errors import ConfigError, KvprismError
 from kvprism.hf import attention as _attn
 from kvprism.hf.pipeline import IMPLS, DecodePipeline, PreparedLayer, StepEvent, resolve_impl
@@ -188,7 +189,10 @@ class SparseStats:
         """Read fraction (mean and max over decode steps, layers, KV heads and batch rows), totals, engine
         programming events (signature rows written), selection calls, signature rows read by the rescoring stage
         (``rerank > 1``), and ``restricted``: whether any bank at any step read fewer tokens than it had cached
-        (False means selection could not restrict anything)."""
+        (False means selection could not restrict anything). First reads the finiteness flags the last decode step
+        left queued on a CUDA device (:func:`kvprism.boundary.check_pending`): a non-finite query of that step is a
+        :class:`~kvprism.errors.KvprismError` here, not a silent result."""
+        check_pending()
         att, cac = self.tensors()
         att = att.double()
         cac = cac.double()[..., None].expand_as(att)
