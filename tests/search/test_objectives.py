@@ -115,3 +115,20 @@ def test_a_timed_search_point_is_judged_by_the_decode_timing():
     assert untimed.timed_fields == {} and not any("rewrite" in v for v in untimed.violations)
     with pytest.raises(KvprismError, match="tokens_per_s"):
         ObjectiveSettings(tokens_per_s=0.0)
+
+
+def test_every_point_carries_the_electronic_selectors_it_competes_with():
+    """Each trial records the selection energy of every electronic baseline at the first context (the same numbers
+    `kvprism energy` prints), and names the cheapest."""
+    from kvprism.energy import EnergyConfig, model_shape
+    from kvprism.energy.gpu import BASELINES, electronic_baselines
+
+    ref = tiny_reference()
+    r = evaluate(PhotonicConfig.preset("seed-nominal"), ref, 16, SETTINGS)
+    assert set(r.baseline_energy_j) == {name for name, _ in BASELINES}
+    ecfg = EnergyConfig().replace(block_size=ref.params.block_size, k=SETTINGS.k, d_sig=16)
+    want = electronic_baselines(model_shape(SETTINGS.shape), 32768, ecfg)
+    assert r.baseline_energy_j == pytest.approx({n: b.energy_j for n, b in want.items()})
+    name, joules = r.best_baseline
+    assert joules == min(r.baseline_energy_j.values()) and r.baseline_energy_j[name] == joules
+    assert r.to_json()["baseline_energy_j"] == r.baseline_energy_j

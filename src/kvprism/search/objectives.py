@@ -114,6 +114,18 @@ class TrialResult:
     #: config fields the decode timing set for this point (detection bandwidth, code age, code refresh); empty when
     #: untimed
     timed_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: selection energy per decode step [J] of each electronic selector (:func:`kvprism.energy.gpu.electronic_baselines`:
+    #: bf16 / FP8 / FP4 mean and min/max block signatures, the FP8 DSA-style indexer) at the first context, for
+    #: comparison with :attr:`selection_energy_j`; empty without energy
+    baseline_energy_j: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def best_baseline(self) -> tuple[str, float] | None:
+        """The electronic selector with the least selection energy per step: (name, J); None without energy."""
+        if not self.baseline_energy_j:
+            return None
+        name = min(self.baseline_energy_j, key=self.baseline_energy_j.__getitem__)
+        return name, self.baseline_energy_j[name]
 
     @property
     def chip_feasible(self) -> bool:
@@ -332,8 +344,12 @@ def evaluate(
         ecfg = ecfg.replace(tokens_per_s=s.tokens_per_s)
     budget = s.latency_budget_s or default_latency_budget_s(shape, s.contexts[0], ecfg)
     energy: dict[int, float] = {}
+    baselines: dict[str, float] = {}
     sel_energy = added = math.nan
     if with_energy:
+        from kvprism.energy.gpu import electronic_baselines
+
+        baselines = {n: b.energy_j for n, b in electronic_baselines(shape, s.contexts[0], ecfg).items()}
         laser = configured_laser(cfg, w)
         for c in s.contexts:
             step = decode_step(cfg, ecfg, shape, c, laser=laser)
@@ -351,7 +367,7 @@ def evaluate(
         added_latency_s=added, latency_budget_s=budget, violations=list(rep.violations),
         constraints=constraint_values(rep, cfg, added if with_energy else 0.0, budget), d_sig=d_sig, k=s.k,
         seconds={"program": t1 - t0, "select": t2 - t1, "feasibility": t3 - t2, "energy": t4 - t3},
-        counters=dict(eng.counters), timed_fields=timed,
+        counters=dict(eng.counters), timed_fields=timed, baseline_energy_j=baselines,
     )  # fmt: skip
 
 

@@ -323,6 +323,7 @@ def _trial_record(t: Any, pareto_ids: set[int]) -> dict[str, Any]:
         "violations": res.get("violations"),
         "block_recall": res.get("block_recall"),
         "selection_energy_j": res.get("selection_energy_j"),
+        "baseline_energy_j": res.get("baseline_energy_j"),
         "energy_by_context_j": res.get("energy_by_context_j"),
         "invalid": t.user_attrs.get("invalid"),
         "error": t.user_attrs.get("error"),
@@ -477,6 +478,16 @@ def _plot(study: Any, pareto: list[Any], path: Path) -> Path:
     return path
 
 
+def _versus_best(tr: Any) -> str:
+    """The chip's selection energy over the best electronic selector's (``name``), e.g. ``4.7e+05× fp4-mean``."""
+    res = tr.user_attrs.get("result", {})
+    base, chip = res.get("baseline_energy_j") or {}, res.get("selection_energy_j")
+    if not base or chip is None or not math.isfinite(chip):
+        return "–"
+    name = min(base, key=base.__getitem__)
+    return f"{chip / base[name]:.2g}× {name}" if base[name] > 0 else "–"
+
+
 def pareto_table(result: SearchResult, limit: int = 20) -> Any:
     """A rich Table of the Pareto set (or, when it is empty, of the least infeasible trials with their violations)."""
     from rich.table import Table
@@ -486,14 +497,17 @@ def pareto_table(result: SearchResult, limit: int = 20) -> Any:
     title = (f"Pareto set ({len(pareto)} feasible points)" if pareto
              else "no feasible point: least infeasible trials")  # fmt: skip
     t = Table(title=title)
-    for col in ("trial", "recall", "energy/step", "area", "added latency", "d", "Q", "banks×rows", "Δf", "bits a/q/p"):
+    cols = ("trial", "recall", "energy/step", "selection ÷ best electronic", "area", "added latency", "d", "Q",
+            "banks×rows", "Δf", "bits a/q/p")  # fmt: skip
+    for col in cols:
         t.add_column(col, justify="right")
     if not pareto:
         t.add_column("violations", justify="left")
     for tr in rows[:limit]:
         f = tr.user_attrs.get("fields", {})
         cells = [
-            str(tr.number), f"{tr.values[0]:.3f}", f"{tr.values[1] * 1e3:.3g} mJ", f"{tr.values[2] * 1e6:.4g} mm²",
+            str(tr.number), f"{tr.values[0]:.3f}", f"{tr.values[1] * 1e3:.3g} mJ", _versus_best(tr),
+            f"{tr.values[2] * 1e6:.4g} mm²",
             f"{tr.values[3] * 1e6:.3g} µs", str(f.get("n_lines", "")), f"{f.get('q_loaded', math.nan):.3g}",
             f"{f.get('n_banks', '')}×{f.get('rows_per_bank', '')}", f"{f.get('detection_bandwidth_hz', math.nan):.2g} Hz",
             f"{f.get('adc_bits', '')}/{f.get('query_bits', '')}/{f.get('program_bits', '')}",
