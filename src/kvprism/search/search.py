@@ -494,8 +494,10 @@ def pareto_table(result: SearchResult, limit: int = 20) -> Any:
 
     pareto = pareto_trials(result.study)
     rows = pareto or least_infeasible(result.study)
-    title = (f"Pareto set ({len(pareto)} feasible points)" if pareto
-             else "no feasible point: least infeasible trials")  # fmt: skip
+    rate = result.settings.tokens_per_s
+    checks = f"timed at {rate:g} tokens/s" if rate is not None else "untimed checks only: not a feasibility verdict"
+    title = (f"Pareto set ({len(pareto)} points passing every constraint; {checks})" if pareto
+             else f"no point passes every constraint ({checks}): least infeasible trials")  # fmt: skip
     t = Table(title=title)
     cols = ("trial", "recall", "energy/step", "selection ÷ best electronic", "area", "added latency", "d", "Q",
             "banks×rows", "Δf", "bits a/q/p")  # fmt: skip
