@@ -10,15 +10,6 @@ import pytest
 from kvprism.cli import main
 from kvprism.errors import ConfigError
 from kvprism.eval.store import RESULTS_FILE
-from tests.conftest import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
 
 
 @pytest.fixture

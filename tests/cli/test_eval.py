@@ -6,15 +6,7 @@ import pytest
 
 from kvprism.cli import main
 from kvprism.eval.store import read_results
-from tests.conftest import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
+from tests.conftest import tiny_tokenizer
 
 
 @pytest.mark.parametrize(

@@ -27,14 +27,6 @@ OPTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
-
-
 @pytest.fixture
 def captured_grid(monkeypatch):
     """Replaces the model load + run of niah / recall by a capture of what would run."""

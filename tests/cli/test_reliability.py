@@ -21,14 +21,6 @@ from tests.conftest import tiny_model, tiny_tokenizer
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-model")
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
-
-
 def _grid(tiny_dir, out, *extra):
     args = ["niah", "--model", str(tiny_dir), "--contexts", "150", "--depths", "0.5", "--haystack", "noise"]
     return [*args, "--max-new-tokens", "2", "--threads", "1", *extra, "--out", str(out)]
