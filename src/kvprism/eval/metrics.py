@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from kvprism.layout import CANDIDATE, BlockGeometry, BlockLayout, ids_to_mask, topk_blocks, topk_mask
+from kvprism.layout import BlockGeometry, BlockLayout, ids_to_mask, topk_blocks, topk_mask
+from kvprism.oracle import block_mass
 
 
 def attention_probs(query: torch.Tensor, keys: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -79,9 +80,7 @@ def selectable_block_mass(token_mass: torch.Tensor, layout: BlockLayout) -> torc
     """Per-block attention mass of the tokens selecting a block adds: ``token_mass [B, H, T']`` (``T' <=
     layout.capacity``; later positions count as zero) summed per block over candidate-role tokens only ->
     ``[B, H, ceil(T' / B)]``. Sink and tail tokens (read anyway) count zero."""
-    t = token_mass.shape[-1]
-    role = layout.token_roles[:, None, :t]
-    return block_sums(token_mass.float() * (role == CANDIDATE), layout.block_size)
+    return block_mass(token_mass, layout, -(-token_mass.shape[-1] // layout.block_size))
 
 
 def top_k_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor) -> torch.Tensor:
