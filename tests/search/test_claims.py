@@ -98,3 +98,15 @@ def test_claims_on_a_tiny_qwen2_carry_n_and_wilson_intervals(tmp_path):
     assert md.count("/3, 95 % CI ") >= len(verdicts) and "Wilson" in md
     rows = [json.loads(line) for line in (tmp_path / "niah" / "results.jsonl").read_text().splitlines()]
     assert len({r["seed"] for r in rows}) == 3 and len({tuple(r["expected"]) for r in rows}) == 3  # 3 needles
+
+
+def test_the_niah_claim_also_runs_kvprisms_own_defaults_beside_the_papers_k():
+    from kvprism.search.claims import ClaimsSettings, niah_configs
+    from kvprism.selection import SelectionConfig
+
+    d = SelectionConfig()
+    names = {c.name: c for c in niah_configs(ClaimsSettings())}
+    own = names[f"exact-defaults-k{d.k}"]
+    assert (own.method, own.k, own.selection.block_size, own.selection.window) == ("exact", d.k, d.block_size, d.window)
+    same = ClaimsSettings(k=d.k, block_size=d.block_size, window=d.window)
+    assert not any(n.startswith("exact-defaults") for n in (c.name for c in niah_configs(same)))

@@ -117,9 +117,10 @@ def _energy_config(s: ClaimsSettings) -> Any:
 
 
 def niah_configs(s: ClaimsSettings) -> list[Any]:
-    """The configurations of the NIAH claim: dense, exact, the seed as published and each shipped chip, every
-    chip at its own width (one signature dimension per comb line, as ``build_configs`` and the demo do)."""
+    """The configurations of the NIAH claim: dense, exact, the seed as published, exact at kvprism's own defaults
+    (where they differ from the claim's block size, window and k) and each shipped chip, every chip at its own width (one signature dimension per comb line, as ``build_configs`` and the demo do)."""
     from kvprism.eval.grid import EvalConfig
+    from kvprism.selection import SelectionConfig
 
     sel = {"block_size": s.block_size, "window": s.window, "seed": s.seed}
     configs = [
@@ -127,6 +128,10 @@ def niah_configs(s: ClaimsSettings) -> list[Any]:
         EvalConfig(f"exact-k{s.k}", "exact", s.k, None, sel),
         EvalConfig(f"{SEED}-k{s.k}", SEED, s.k, None, sel),
     ]
+    # kvprism's own defaults (SelectionConfig(): block size, window and k of the library), beside the paper's k
+    default = SelectionConfig()
+    if (default.block_size, default.window, default.k) != (s.block_size, s.window, s.k):
+        configs.append(EvalConfig(f"exact-defaults-k{default.k}", "exact", default.k, None, {"seed": s.seed}))
     configs += [EvalConfig(f"{p}-k{s.k}", "photonic", s.k, p, {**sel, "d_sig": _lines(p)}) for p in _presets()]
     return configs
 
