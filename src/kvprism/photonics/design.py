@@ -649,6 +649,26 @@ class DecodeTiming:
     calibration_age_s: float = 0.0
     calibrations_per_step: float = 0.0  # in-situ calibrations of a physical bank per step (in budget or idle time)
     model: str = ""
+    # architecture (kvprism.photonics.architecture): resident and two-level chips are sized for the context
+    architecture: str = "time-shared"  # Architecture.label
+    chip_rows_per_bank: int = 0  # rows per physical bank of the chip as built (0: the config's)
+    chip_banks: int = 0  # physical banks of the chip as built (0: the config's)
+    append_s: float = 0.0  # background: writes + calibration of the appended rows, per step (amortised)
+    recalibration_s: float = 0.0  # background: recalibration sweeps the drift budget needs, per step
+    idle_s: float = 0.0  # the chip's idle share of the step, (1 − selection_time_fraction) · step
+    appended_rows_per_step: float = 0.0  # rows appended (written and calibrated) per step, all banks (amortised)
+    drift_period_s: float = 0.0  # longest recalibration period the drift budget allows (inf: no drift to track)
+    max_dies: int = 1  # reticle-size die stacks one package may hold (Architecture.max_dies)
+
+    @property
+    def background_s(self) -> float:
+        """Work in the chip's idle share of each step (resident and two-level): appends + recalibration sweeps."""
+        return self.append_s + self.recalibration_s
+
+    @property
+    def background_fits(self) -> bool:
+        """The background work fits the idle share of the step (always True when time-shared)."""
+        return self.background_s <= self.idle_s * (1.0 + 1e-12) or self.architecture == "time-shared"
 
     @property
     def needed_s(self) -> float:
@@ -667,9 +687,18 @@ class DecodeTiming:
 
     def describe(self) -> str:
         """One line: where the timing applies and how the time line compares with the budget."""
+        head = f"{self.model + ', ' if self.model else ''}{self.context:,} tokens ({self.rows_per_logical_bank:,} rows "
+        if self.architecture != "time-shared":
+            queries_fit = self.query_s <= self.budget_s * (1.0 + 1e-12)
+            return (
+                f"{head}per bank, {self.architecture} banks), {self.tokens_per_s:g} tokens/s: queries "
+                f"{self.query_s * 1e3:.3g} ms {'≤' if queries_fit else '>'} the selection budget "
+                f"{self.budget_s * 1e3:.3g} ms; background appends {self.append_s * 1e3:.3g} ms + recalibration "
+                f"{self.recalibration_s * 1e3:.3g} ms {'≤' if self.background_fits else '>'} the idle "
+                f"{self.idle_s * 1e3:.3g} ms per step"
+            )
         return (
-            f"{self.model + ', ' if self.model else ''}{self.context:,} tokens ({self.rows_per_logical_bank:,} rows "
-            f"per bank), {self.tokens_per_s:g} tokens/s: rewrites {self.write_s * 1e3:.3g} ms + calibration "
+            f"{head}per bank), {self.tokens_per_s:g} tokens/s: rewrites {self.write_s * 1e3:.3g} ms + calibration "
             f"{self.calibration_s * 1e3:.3g} ms + queries {self.query_s * 1e3:.3g} ms = {self.needed_s * 1e3:.3g} ms "
             f"{'≤' if self.fits else '>'} the selection budget {self.budget_s * 1e3:.3g} ms per step"
         )
@@ -696,11 +725,14 @@ def decode_timing(
     batch: int = 1,
     d: int | None = None,
     model: str = "",
+    architecture=None,
 ) -> DecodeTiming:
     """:class:`DecodeTiming` of ``cfg`` for a model of ``n_layers`` × ``kv_heads`` decoding ``batch`` sequences of
     ``context`` tokens at ``tokens_per_s``, blocks of ``block_size`` tokens (default: ``SelectionConfig``'s, :data:`kvprism.layout.DEFAULT_BLOCK_SIZE`), each
     (layer, KV head) asking ``queries_per_head`` queries per step (1 for ``gqa_reduce='sum'``), ``d`` lines
-    (default ``cfg.n_lines``). ``model`` names the shape in the verdict."""
+    (default ``cfg.n_lines``). ``model`` names the shape in the verdict. ``architecture``
+    (:class:`~kvprism.photonics.architecture.Architecture` or its label; default time-shared): resident and
+    two-level chips are timed by :func:`_resident_timing`."""
     if block_size is None:
         block_size = DEFAULT_BLOCK_SIZE
     for name, v in (("n_layers", n_layers), ("kv_heads", kv_heads), ("queries_per_head", queries_per_head),
@@ -709,6 +741,13 @@ def decode_timing(
             raise KvprismError(f"{name} = {v!r} is invalid; allowed range: [1, inf)")
     if not tokens_per_s > 0 or not math.isfinite(tokens_per_s):
         raise KvprismError(f"tokens_per_s = {tokens_per_s!r} is invalid; allowed range: (0, inf)")
+    from kvprism.photonics.architecture import Architecture
+
+    arch = Architecture.parse(architecture)
+    if arch.resident:
+        return _resident_timing(cfg, arch, n_layers=n_layers, kv_heads=kv_heads, tokens_per_s=tokens_per_s,
+                                context=context, block_size=block_size, queries_per_head=queries_per_head,
+                                batch=batch, d=d, model=model)  # fmt: skip
     des = ChipDesign.from_config(cfg, d)
     step = 1.0 / tokens_per_s
     budget = cfg.selection_time_fraction * step
@@ -754,14 +793,83 @@ def decode_timing(
     )  # fmt: skip
 
 
+def _resident_timing(
+    cfg: PhotonicConfig,
+    arch,
+    *,
+    n_layers: int,
+    kv_heads: int,
+    tokens_per_s: float,
+    context: int,
+    block_size: int,
+    queries_per_head: int,
+    batch: int,
+    d: int | None,
+    model: str,
+) -> DecodeTiming:
+    """:class:`DecodeTiming` of a resident (or two-level) chip (:mod:`kvprism.photonics.architecture`): the chip of
+    :func:`~kvprism.photonics.architecture.chip_config` holds every row, so nothing is rewritten inside the budget,
+    which goes to the queries (one round per layer). In the idle share of each step the chip (a) appends: one row per
+    logical bank every B·S tokens, all banks at the same token — ring writes at ``program_rate_rings_per_s``, the
+    drive and ring settling, one in-situ calibration (the banks calibrate their new row in parallel) — amortised over
+    the B·S steps between appends; (b) recalibrates every bank once per drift period
+    (:func:`~kvprism.photonics.architecture.drift_recalibration_period_s`), probes broadcast to all banks at once:
+    one bank's calibration time per sweep. Codes are on average half a drift period old at use. ``fits`` requires
+    both the queries within the budget and the background within the idle share."""
+    from kvprism.photonics.architecture import chip_config, drift_recalibration_period_s, rows_per_logical_bank
+
+    chip = chip_config(cfg, arch, n_layers=n_layers, kv_heads=kv_heads, context=context, block_size=block_size,
+                       batch=batch)  # fmt: skip
+    des = ChipDesign.from_config(chip, d)
+    step = 1.0 / tokens_per_s
+    budget = chip.selection_time_fraction * step
+    idle = (1.0 - chip.selection_time_fraction) * step
+    n_rows = rows_per_logical_bank(arch, context, block_size)
+    per_layer = batch * kv_heads
+    slots = chip.n_banks // (per_layer * n_layers)
+    symbols = n_layers * queries_per_head * des.passes
+    t_int_floor = max(des.ring_settling_s(chip.adc_bits), 1.0 / chip.adc_sample_rate_hz)
+    symbol = budget / symbols
+    queries_fit = symbol * chip.integration_fraction >= t_int_floor
+    if not queries_fit:
+        symbol = t_int_floor / chip.integration_fraction
+    t_int = chip.integration_fraction * symbol
+    settle = chip.drive_settling_s + des.ring_settling_s(chip.adc_bits)
+    cal_one = des.calibration_time_s
+    tokens_per_row = block_size * arch.superblock
+    logical = per_layer * n_layers
+    append_event = logical * des.d / chip.program_rate_rings_per_s + settle + cal_one
+    append = append_event / tokens_per_row
+    period = drift_recalibration_period_s(des) if cal_one > 0 else math.inf
+    recal = cal_one * step / period if math.isfinite(period) else 0.0
+    cals = chip.n_banks * step / period if math.isfinite(period) else 0.0
+    age = 0.5 * period if cal_one > 0 else 0.0
+    fits = queries_fit and append + recal <= idle * (1.0 + 1e-12)
+    return DecodeTiming(
+        tokens_per_s=tokens_per_s, step_s=step, context=context, block_size=block_size, n_layers=n_layers,
+        banks_per_layer=per_layer, total_logical_banks=logical, rows_per_logical_bank=n_rows, slots=slots,
+        physical_banks=chip.n_banks, queries_per_head=queries_per_head, passes=des.passes, shared=False,
+        rounds_per_layer=1, budget_s=budget, write_s=0.0, calibration_s=0.0, query_s=symbols * symbol, fits=fits,
+        probe_sample_time_s=des.probe_sample_time_s, calibration_time_s=cal_one,
+        time_per_selection_s=symbol * des.passes, integration_time_s=t_int, noise_bandwidth_hz=1.0 / (2.0 * t_int),
+        adc_rate_hz=1.0 / t_int, recalibration_period_s=period if cal_one > 0 else 0.0, calibration_age_s=age,
+        calibrations_per_step=cals, model=model, architecture=arch.label, chip_rows_per_bank=chip.rows_per_bank,
+        chip_banks=chip.n_banks, append_s=append, recalibration_s=recal, idle_s=idle,
+        appended_rows_per_step=logical / tokens_per_row, drift_period_s=period, max_dies=arch.max_dies,
+    )  # fmt: skip
+
+
 def timed_by_decode(cfg: PhotonicConfig, timing: DecodeTiming) -> PhotonicConfig:
     """``cfg`` with its detection timed by ``timing``: ``detection_bandwidth_hz`` (the noise bandwidth the engine and
     the energy model use) set to 1/(2·T_int). This is the precedence rule: a decode timing, when given, replaces the
     configured bandwidth; otherwise ``detection_bandwidth_hz`` is the design choice and T_int = 1/(2·Δf). With
     in-situ calibration the codes' age (``calibration_age_s``) is the timing's too: 0 for recalibrated rewrites,
     half the round-robin recalibration period otherwise; and time-shared rows, rewritten every round, refresh their
-    codes every decode step (``code_refresh = 'every-step'``)."""
+    codes every decode step (``code_refresh = 'every-step'``). A resident or two-level timing also sets the chip it
+    was made for (``n_banks``, ``rows_per_bank``)."""
     out = cfg.replace(detection_bandwidth_hz=min(timing.noise_bandwidth_hz, 1e12))
+    if timing.chip_banks:  # resident or two-level: the chip as built for the context
+        out = out.replace(rows_per_bank=timing.chip_rows_per_bank, n_banks=timing.chip_banks)
     if cfg.feedback_calibration:
         out = out.replace(calibration_age_s=min(timing.calibration_age_s, 1e6))  # the field's bound (inf: never)
         if timing.shared:

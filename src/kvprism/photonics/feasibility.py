@@ -33,6 +33,7 @@ import math
 import torch
 
 from kvprism.photonics import link, ring
+from kvprism.photonics.architecture import package_violations
 from kvprism.photonics.config import PhotonicConfig
 from kvprism.photonics.design import (
     ChipDesign,
@@ -211,6 +212,16 @@ class FeasibilityReport:
                     f"{t.rounds_per_layer} round(s)/layer, " + ("time-shared" if t.shared else "banks resident"),
                 )
             )
+            if t.chip_banks:  # resident / two-level: the chip as built for the context, its background work
+                out.append(
+                    (
+                        f"architecture {t.architecture}: banks × rows, background per step",
+                        f"{t.chip_banks:,} × {t.chip_rows_per_bank:,}; appends {t.append_s * 1e6:.3g} µs + "
+                        f"recalibration {t.recalibration_s * 1e6:.3g} µs",
+                        f"≤ idle {t.idle_s * 1e3:.3g} ms; drift period {t.drift_period_s:.3g} s; "
+                        f"{t.appended_rows_per_step:.3g} rows appended per step",
+                    )
+                )
             out.append(
                 (
                     "time line per step: rewrites + calibration + queries",
@@ -462,20 +473,22 @@ def feasibility(
             "the shortest symbol)"
         )
     plan = eng.cascade_plan
-    if trim.mechanism == "heater" and trim.chip_power_w > cfg.trim_max_chip_power_w:
+    packaged = package_violations(cfg, ds, trim, timing)  # resident / two-level: dies per package, heaters per die
+    violations += packaged or []
+    if packaged is None and trim.mechanism == "heater" and trim.chip_power_w > cfg.trim_max_chip_power_w:
         violations.append(
             f"{trim.heaters:,} trim heaters hold {trim.chip_power_w:.3g} W ({trim.mean_power_w * 1e3:.3g} mW each for "
             f"±3σ = ±{3e9 * cfg.fab_sigma_m:.2f} nm of fabrication spread), above the {cfg.trim_max_chip_power_w:g} W "
             "the package removes at the drift presets' temperature stability (trim_max_chip_power_w); a one-time "
             "trim holds no power"
         )
-    if ds.photonic_area_m2 > cfg.max_chip_area_m2:
+    if packaged is None and ds.photonic_area_m2 > cfg.max_chip_area_m2:
         violations.append(
             f"{ds.mrr_count:,} rings at {cfg.ring_pitch_m * 1e6:g} µm pitch, {ds.rows:,} PD pairs and "
             f"{cfg.n_banks * d:,} MZMs need {ds.photonic_area_m2 * 1e6:,.0f} mm², above the "
             f"{cfg.max_chip_area_m2 * 1e6:g} mm² chip limit"
         )
-    if ds.electronic_area_m2 > cfg.max_electronic_area_m2:
+    if packaged is None and ds.electronic_area_m2 > cfg.max_electronic_area_m2:
         violations.append(
             f"{ds.rows:,} TIAs and ADCs and {ds.mrr_count:,} ring-drive channels need "
             f"{ds.electronic_area_m2 * 1e6:,.0f} mm² of electronics, above the "
