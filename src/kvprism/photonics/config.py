@@ -8,12 +8,21 @@ Sources are the rows of PHYSICS.md §10 unless stated; "assumption" marks a valu
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import ClassVar
 
 from kvprism.config import ConfigBase, param
 
 __all__ = ["PhotonicConfig"]
+
+#: Fields a model derives: field → (model field, value of the model field that derives it). Under that model the
+#: field is computed (PhotonicConfig._derived); a value given for it must equal the computed one.
+_DERIVED: dict[str, tuple[str, str]] = {
+    "loss_db_per_m": ("loss_model", "bend"),
+    "drift_ring_sigma_m": ("drift_model", "thermal"),
+    "drift_global_sigma_m": ("drift_model", "thermal"),
+}
 
 _PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
@@ -27,6 +36,11 @@ _SECTIONS: dict[str, str] = {
             "n_eff",
             "n_g",
             "loss_db_per_m",
+            "loss_model",
+            "straight_loss_db_per_m",
+            "bend_loss_c1_db_per_m",
+            "bend_loss_c2_per_m",
+            "bend_loss_min_sourced_radius_m",
             "q_loaded",
             "coupling_regime",
             "bus_order",
@@ -124,6 +138,10 @@ _SECTIONS: dict[str, str] = {
         [
             "drift_ring_sigma_m",
             "drift_global_sigma_m",
+            "drift_model",
+            "thermal_tuning_m_per_k",
+            "temperature_stability_k",
+            "ring_temperature_sigma_k",
             "drift_corr_time_s",
             "decode_step_time_s",
             "drift_field_sigma_m",
@@ -153,11 +171,57 @@ class PhotonicConfig(ConfigBase):
     n_g: float = param(2.30, doc="group index", unit="", gt=1.0, lt=5.0, source="seed")
     loss_db_per_m: float = param(
         20.0,
-        doc="ring propagation loss (0 = lossless)",
+        doc="ring intrinsic propagation loss (0 = lossless). loss_model 'fixed': this value as given; 'bend': derived "
+        "from ring_radius_m (straight_loss_db_per_m + bend radiation), and a value given here must equal the model's",
+        unit="dB/m",
+        ge=0.0,
+        le=1e7,
+        source="seed design point: the lnoi400 straight-waveguide loss 0.2 dB/cm (Luxtelligence PDK, PHYSICS §10) "
+        "taken for the seed's own 20 µm ring, whose cross-section (n_eff 2.138) the lnoi400 bend model does not "
+        "describe (assumption)",
+    )
+    loss_model: str = param(
+        "fixed",
+        doc="where loss_db_per_m comes from: 'fixed' = loss_db_per_m as given (a measured or assumed loss, independent "
+        "of the radius); 'bend' = loss.intrinsic_loss_db_per_m(ring_radius_m): straight_loss_db_per_m + "
+        "bend_loss_c1_db_per_m·exp(−bend_loss_c2_per_m·R), so the radius sets the loss",
+        choices=("fixed", "bend"),
+        source="design choice: 'fixed' keeps the seed's numbers (class defaults); the TFLN presets use 'bend'",
+    )
+    straight_loss_db_per_m: float = param(
+        20.0,
+        doc="bend model: loss of the straight rib waveguide (scattering and absorption, no radiation)",
         unit="dB/m",
         ge=0.0,
         le=1e4,
-        source="Luxtelligence lnoi400 PDK 0.2 dB/cm (PHYSICS §10)",
+        source="Luxtelligence lnoi400 PDK, xs_rwg1000 straight model: 2e-5 dB/µm = 0.2 dB/cm (lnoi400/models.py)",
+    )
+    bend_loss_c1_db_per_m: float = param(
+        1.09e7,
+        doc="bend model: prefactor c1 of the radiation loss c1·exp(−c2·R)",
+        unit="dB/m",
+        ge=0.0,
+        source="derived (model estimate, not a measurement): loss.marcuse_bend_constants(loss.LNOI400, 1550 nm) = "
+        "1.09e7 dB/m; Marcuse, Bell Syst. Tech. J. 50, 2551 (1971), by the effective-index method on the lnoi400 "
+        "xs_rwg1000 cross-section (400 nm X-cut film, 200 nm etch, 1.0 µm top, SiO2 clad). No published "
+        "loss-vs-radius data of this cross-section was found; a factor 10 in c1 moves a radius by ln(10)/c2 = 8 µm",
+    )
+    bend_loss_c2_per_m: float = param(
+        2.89e5,
+        doc="bend model: exponent c2 of the radiation loss c1·exp(−c2·R) (1/c2 = radius per factor e)",
+        unit="1/m",
+        gt=0.0,
+        source="derived: loss.marcuse_bend_constants(loss.LNOI400, 1550 nm) = 2.89e5 1/m (1/c2 = 3.46 µm): "
+        "2γ³/(3β²) of the lateral slab (rib n_eff 1.803 over the 200 nm slab's 1.660)",
+    )
+    bend_loss_min_sourced_radius_m: float = param(
+        75e-6,
+        doc="bend model: smallest radius at which the cross-section's loss is sourced; below it the bend term is the "
+        "model's extrapolation (the feasibility report says so)",
+        unit="m",
+        gt=0.0,
+        source="Luxtelligence lnoi400 PDK: xs_rwg1000 default bend radius 75 µm (tech.py; Euler L-bends 80 µm), "
+        "at which the PDK quotes 0.2 dB/cm",
     )
     q_loaded: float = param(
         1e4,
@@ -243,7 +307,9 @@ class PhotonicConfig(ConfigBase):
         unit="bit",
         ge=0,
         le=24,
-        source="seed 5-bit weights",
+        source="seed 5-bit weights. No programming precision of TFLN EO ring weights was found: the 9 bit of "
+        "Zhang et al., Optica 9, 579 (2022) are measured on silicon thermo-optic MRR weights, so a TFLN preset's "
+        "program_bits is an assumption (its [meta] says so)",
     )
     weight_range_target: float = param(
         0.9,
@@ -682,7 +748,8 @@ class PhotonicConfig(ConfigBase):
     )
     drift_ring_sigma_m: float = param(
         20e-12,
-        doc="stationary σ of the per-ring thermal drift",
+        doc="stationary σ of the per-ring thermal drift. drift_model 'fixed': as given; 'thermal': "
+        "thermal_tuning_m_per_k × ring_temperature_sigma_k (a value given here must equal it)",
         unit="m",
         ge=0.0,
         le=1e-8,
@@ -692,11 +759,50 @@ class PhotonicConfig(ConfigBase):
         0.0,
         doc="stationary σ of the chip-global drift (all rings vs the comb); one process per engine, i.e. per model "
         "layer in a SparseCache: each layer's banks are modelled as a thermally independent chip (a die shared by all "
-        "layers would make this component common to them, which is not modelled)",
+        "layers would make this component common to them, which is not modelled). drift_model 'thermal': "
+        "thermal_tuning_m_per_k × temperature_stability_k",
         unit="m",
         ge=0.0,
         le=1e-8,
         source="seed: none (per-weight only)",
+    )
+    drift_model: str = param(
+        "fixed",
+        doc="where the drift σ come from: 'fixed' = drift_ring_sigma_m and drift_global_sigma_m as given (e.g. a "
+        "measured drift); 'thermal' = resonance shift per kelvin × temperature σ (global: the package's "
+        "temperature stability; per ring: ring-to-ring temperature spread)",
+        choices=("fixed", "thermal"),
+        source="design choice: 'fixed' keeps the seed's numbers (class defaults); the TFLN presets use 'thermal'",
+    )
+    thermal_tuning_m_per_k: float = param(
+        55e-12,
+        doc="thermal drift model: resonance shift of a ring per kelvin (bare LN ring, no athermal cladding)",
+        unit="m/K",
+        ge=0.0,
+        le=1e-9,
+        source="Ling et al., Opt. Express 28, 21682 (2020): an athermal (TiO2-clad) X-cut LN ring moves ≤ 0.33 nm "
+        "over −10…50 °C, 'one order of magnitude smaller than a bare LN microring' → bare ≈ 3.3 nm / 60 K ≈ 55 pm/K "
+        "(PHYSICS §10: tens of pm/K; an athermal cladding ~10× less)",
+    )
+    temperature_stability_k: float = param(
+        0.05,
+        doc="thermal drift model: σ of the die temperature relative to the comb reference under the package's "
+        "temperature control (sets drift_global_sigma_m)",
+        unit="K",
+        ge=0.0,
+        le=100.0,
+        source="assumption: a TEC-stabilised package holding the die to 0.05 K (σ) with watts of trim-heater power "
+        "on it (trim_max_chip_power_w); commercial TEC loops hold their sensor to mK–10 mK, the die's heaters add "
+        "gradients",
+    )
+    ring_temperature_sigma_k: float = param(
+        0.02,
+        doc="thermal drift model: σ of each ring's temperature about the die's (heater crosstalk, local gradients; "
+        "sets drift_ring_sigma_m)",
+        unit="K",
+        ge=0.0,
+        le=100.0,
+        source="assumption: ring-to-ring temperature spread below the die's stability (no measurement found)",
     )
     drift_corr_time_s: float = param(
         2.0,
@@ -982,6 +1088,86 @@ class PhotonicConfig(ConfigBase):
         source="assumption",
         section="criteria",
     )
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls, *args, **kwargs)
+        object.__setattr__(obj, "_given", frozenset(kwargs))  # which derived fields the caller set (see _resolve)
+        return obj
+
+    def __post_init__(self) -> None:
+        self._resolve()
+        super().__post_init__()
+
+    def _derived(self) -> dict[str, float]:
+        """Values of the fields derived by the active models (loss_model 'bend', drift_model 'thermal')."""
+        from kvprism.photonics import loss
+
+        out: dict[str, float] = {}
+        if self.loss_model == "bend":
+            out["loss_db_per_m"] = loss.intrinsic_loss_db_per_m(
+                self.ring_radius_m, self.straight_loss_db_per_m, self.bend_loss_c1_db_per_m, self.bend_loss_c2_per_m
+            )
+        if self.drift_model == "thermal":
+            out["drift_ring_sigma_m"] = self.thermal_tuning_m_per_k * self.ring_temperature_sigma_k
+            out["drift_global_sigma_m"] = self.thermal_tuning_m_per_k * self.temperature_stability_k
+        return out
+
+    def _resolve(self) -> None:
+        """Set the derived fields; a value the caller gave for one must equal the model's (else: set the model to
+        'fixed' to give a measured value)."""
+        given = getattr(self, "_given", frozenset())
+        for name, value in self._derived().items():
+            have = getattr(self, name)
+            if name in given and not math.isclose(float(have), value, rel_tol=1e-9, abs_tol=1e-30):
+                model, on = _DERIVED[name]
+                self._fail(
+                    name,
+                    have,
+                    f"with {model} = {on!r} it is derived ({value:.6g}); set {model} = 'fixed' to give a measured value",
+                )
+            object.__setattr__(self, name, value)
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied; fields derived by an active model are derived again (unless given)."""
+        self._check_names(changes)
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        kw.update(changes)
+        for name, (model, on) in _DERIVED.items():
+            if kw[model] == on and name not in changes:
+                del kw[name]
+        return type(self)(**kw)
+
+    @property
+    def loss_origin(self) -> str:
+        """Where loss_db_per_m comes from, in words (the feasibility report prints it)."""
+        if self.loss_model == "fixed":
+            return "fixed (loss_db_per_m as given)"
+        from kvprism.photonics import loss
+
+        bend = loss.bend_loss_db_per_m(self.ring_radius_m, self.bend_loss_c1_db_per_m, self.bend_loss_c2_per_m)
+        where = (
+            f"below the {self.bend_loss_min_sourced_radius_m * 1e6:g} µm of sourced data: model extrapolation"
+            if self.ring_radius_m < self.bend_loss_min_sourced_radius_m
+            else f"inside the sourced radii ≥ {self.bend_loss_min_sourced_radius_m * 1e6:g} µm"
+        )
+        return (
+            f"bend model at R = {self.ring_radius_m * 1e6:g} µm: {self.straight_loss_db_per_m:g} straight + "
+            f"{bend:.3g} bend dB/m ({where})"
+        )
+
+    @property
+    def drift_origin(self) -> str:
+        """Where the drift σ come from, in words (the feasibility report prints it)."""
+        pm = 1e12
+        if self.drift_model == "fixed":
+            return (
+                f"fixed: per ring {self.drift_ring_sigma_m * pm:.3g} pm, global {self.drift_global_sigma_m * pm:.3g} pm"
+            )
+        t = self.thermal_tuning_m_per_k * pm
+        return (
+            f"drift = {t:g} pm/K × {self.ring_temperature_sigma_k:g} K = {self.drift_ring_sigma_m * pm:.3g} pm per "
+            f"ring; {t:g} pm/K × {self.temperature_stability_k:g} K = {self.drift_global_sigma_m * pm:.3g} pm global"
+        )
 
     def _check(self) -> None:
         from kvprism.photonics import ring

@@ -120,6 +120,10 @@ class FeasibilityReport:
     drift_update_steps: int = 1  # simulation: decode steps between drift samples (PhotonicConfig.drift_update_steps)
     drift_hold_rms_m: float = 0.0  # simulation: RMS detuning error of holding the drift between samples
     code_refresh: str = "hold"  # simulation: drive codes in a decode loop (PhotonicConfig.code_refresh)
+    loss_db_per_m: float = 0.0  # ring intrinsic loss used (PhotonicConfig.loss_db_per_m)
+    loss_origin: str = ""  # where it comes from (PhotonicConfig.loss_origin: bend model at the radius, or fixed)
+    loss_extrapolated: bool = False  # bend model below its sourced radii
+    drift_origin: str = ""  # drift σ: pm/K × K (PhotonicConfig.drift_origin), or fixed
 
     @property
     def timed(self) -> bool:
@@ -152,6 +156,10 @@ class FeasibilityReport:
     def power_limits(self) -> tuple[PowerLimit, ...]:
         return self.design.power_limits
 
+    def _drift_value(self) -> str:
+        c = self.design.config
+        return f"{c.drift_ring_sigma_m * 1e12:.3g} pm / {c.drift_global_sigma_m * 1e12:.3g} pm"
+
     def rows(self) -> list[tuple[str, str, str]]:
         """(quantity, value with unit, constraint) rows for a table."""
         nm, pm, ds = 1e9, 1e12, self.design
@@ -169,6 +177,8 @@ class FeasibilityReport:
                 f"{ds.finesse:.1f} / {ds.buildup:.1f}× / {ds.photon_lifetime_s * pm:.1f} ps",
                 "",
             ),
+            ("ring intrinsic loss", f"{self.loss_db_per_m:.4g} dB/m", self.loss_origin),
+            ("thermal drift σ (per ring / global)", self._drift_value(), self.drift_origin),
             ("EO range 2·tuning·V_max", f"{self.eo_range_m * pm:.1f} pm", ""),
             ("required drive swing", f"±{self.required_swing_v:.2f} V", f"≤ V_max {self.v_max_v:.2f} V"),
             ("usable weight range", f"±{self.weight_range:.3f}", ""),
@@ -505,5 +515,7 @@ def feasibility(
         cascade_near_rings=plan.k if plan is not None else (d if cfg.crosstalk else 1),
         cascade_fit_error=plan.max_fit_error if plan is not None else 0.0, violations=violations, timing=timing,
         drift_update_steps=cfg.drift_update_steps, drift_hold_rms_m=ds.drift_hold_rms_m,
-        code_refresh=cfg.code_refresh,
+        code_refresh=cfg.code_refresh, loss_db_per_m=cfg.loss_db_per_m, loss_origin=cfg.loss_origin,
+        loss_extrapolated=cfg.loss_model == "bend" and cfg.ring_radius_m < cfg.bend_loss_min_sourced_radius_m,
+        drift_origin=cfg.drift_origin,
     )  # fmt: skip
