@@ -61,6 +61,17 @@ def energy(
             "[default: 20].",
         ),
     ] = None,
+    architecture: Annotated[
+        str | None,
+        typer.Option(
+            help="How the chip holds the rows: 'time-shared' (the preset's banks, rewritten every step; default), "
+            "'resident' (append-only banks, every (layer, KV head) keeps its rows) or 'two-level' (resident "
+            "super-block rows + exact electronic rescoring inside; 'two-level:S' or --superblock S)."
+        ),
+    ] = None,
+    superblock: Annotated[
+        int | None, typer.Option(help="Blocks per chip row of the two-level architecture (S ≥ 2).", min=1)
+    ] = None,
     gpu_times: Annotated[
         str | None, typer.Option(help="Measured GPU times JSON (benchmarks/gpu_decode.py output or records).")
     ] = None,
@@ -79,10 +90,16 @@ def energy(
             cfg, label = PhotonicConfig.from_toml(config), config
         else:
             cfg, label = PhotonicConfig.preset(checks.preset(preset)), preset
+        arch = None
+        if architecture is not None or superblock is not None:
+            from kvprism.photonics.architecture import Architecture
+
+            arch = Architecture.parse(architecture or ("two-level" if superblock else None), superblock)
         given = {
             "batch": batch, "block_size": block_size, "k": k, "d_sig": d_sig, "gqa_reduce": gqa_reduce,
             "rerank": rerank, "scan_dims": scan_dims, "target_enob": target_enob,
             "static_accounting": static_accounting, "laser_mode": laser_mode, "tokens_per_s": tokens_per_s,
+            "architecture": None if arch is None else arch.kind, "superblock": None if arch is None else arch.superblock,
             "hbm_energy_per_bit_j": None if hbm_pj_per_bit is None else hbm_pj_per_bit * 1e-12,
             "hbm_bandwidth_bytes_per_s": None if hbm_tb_per_s is None else hbm_tb_per_s * 1e12,
         }  # fmt: skip

@@ -51,6 +51,17 @@ def hw(
         int, typer.Option(help="Chip queries per (layer, KV head) and decode step (1: GQA sum).", min=1)
     ] = 1,
     batch: Annotated[int, typer.Option(help="Sequences decoded together (one logical bank each).", min=1)] = 1,
+    architecture: Annotated[
+        str | None,
+        typer.Option(
+            help="How the chip holds the rows (with --model-shape): 'time-shared' (the preset's banks, rewritten "
+            "every step; default), 'resident' (append-only banks sized for the context) or 'two-level' (resident "
+            "super-block rows; 'two-level:S' or --superblock S)."
+        ),
+    ] = None,
+    superblock: Annotated[
+        int | None, typer.Option(help="Blocks per chip row of the two-level architecture (S ≥ 2).", min=1)
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 if a constraint is violated.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON instead of a table.")] = False,
     write_timed: Annotated[
@@ -89,6 +100,13 @@ def hw(
             raise checks.BadOption("--context and --block-size need --model-shape (they time the chip)")
         if model_shape is None and (queries_per_head != 1 or batch != 1):
             raise checks.BadOption("--queries-per-head and --batch need --model-shape (they time the detection)")
+        if model_shape is None and (architecture is not None or superblock is not None):
+            raise checks.BadOption("--architecture and --superblock need --model-shape (the chip is sized for it)")
+        arch = None
+        if architecture is not None or superblock is not None:
+            from kvprism.photonics.architecture import Architecture
+
+            arch = Architecture.parse(architecture or ("two-level" if superblock else None), superblock)
         if tokens_per_s is not None and not tokens_per_s > 0:
             raise checks.BadOption(f"--tokens-per-s = {tokens_per_s:g} is invalid; allowed range: (0, inf)")
         if config is not None:
@@ -119,7 +137,7 @@ def hw(
         timing = decode_timing(
             cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=rate,
             context=4096 if context is None else context, block_size=block_size,
-            queries_per_head=queries_per_head, batch=batch, model=shape.name,
+            queries_per_head=queries_per_head, batch=batch, model=shape.name, architecture=arch,
         )  # fmt: skip
         (err_console if as_json else console).print(
             f"timed by decode: {shape.name} ({shape.n_layers} layers × {shape.kv_heads} KV heads, batch "
@@ -129,6 +147,22 @@ def hw(
             f"detection_bandwidth_hz {timing.noise_bandwidth_hz:.3g} (configured {cfg.detection_bandwidth_hz:.3g})",
             highlight=False,
         )
+        if arch is not None and arch.resident:
+            from kvprism.photonics.architecture import chip_plan
+
+            plan = chip_plan(cfg, arch, n_layers=shape.n_layers, kv_heads=shape.kv_heads, context=timing.context,
+                             block_size=timing.block_size, batch=batch)  # fmt: skip
+            (err_console if as_json else console).print(
+                f"architecture {arch.label}: {plan.physical_banks:,} banks × {plan.rows_per_physical_bank:,} rows "
+                f"({plan.rows_per_logical_bank:,} per (layer, KV head)), {plan.rings:,} rings, "
+                f"{plan.photonic_area_m2 * 1e6:,.0f} mm² photonic + {plan.electronic_area_m2 * 1e6:,.0f} mm² electronic "
+                f"= {plan.dies} die stack(s) of {cfg.max_chip_area_m2 * 1e6:g} mm² (package: ≤ {arch.max_dies}); "
+                f"held: heaters {plan.heater_power_w:,.3g} W ({plan.heater_power_per_die_w:,.3g} W per die), drivers "
+                f"{plan.driver_power_w:,.3g} W; per step: {plan.appended_rows_per_step:.3g} rows appended "
+                f"({plan.appended_ring_writes_per_step:.3g} ring writes), {timing.calibrations_per_step:.3g} bank "
+                f"recalibrations (drift period {timing.drift_period_s:.3g} s)",
+                highlight=False,
+            )
         if write_timed is not None:
             from kvprism.photonics.design import timed_by_decode
             from kvprism.search.search import write_preset

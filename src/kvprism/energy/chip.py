@@ -330,6 +330,8 @@ LEDGER_SOURCES = {
     "paging_programming": "C·V² of the rewrites of time-shared banks",
     "calibration": "in-situ calibration probes: per bank calibration, probe samples × rows ADC conversions, the rows' "
     "TIAs for the calibration time at the probe bandwidth, and C·V² of the (2·iters + 1) drive updates",
+    "append_calibration": "resident and two-level banks: in-situ calibration of the rows appended per step (one row "
+    "per bank every block_size·superblock tokens, amortised): the calibration term's cost per row",
     "ring_drivers": "one ±V_max drive channel per ring holding its voltage all step (ring_driver_power_w, assumption "
     "from the seed's 0.5 mW per DAC channel)",
     "trim_heaters": "held heater power of every ring for ±3σ of fab_sigma_m (Liu et al., Opt. Lett. 45, 6318 (2020): "
@@ -347,8 +349,11 @@ def step_ledger(
     """Energy [J] per decode step of the chip's terms that follow from its time line (``timing``: a
     :class:`~kvprism.photonics.design.DecodeTiming`, ``cfg`` timed by it): ``laser`` (light source, see
     :data:`LEDGER_SOURCES`), ``tia`` (every physical row's TIA while querying and probing), ``calibration`` (probes),
-    ``ring_drivers`` and ``trim_heaters`` (held all step). The per-query terms (DACs, MZMs, ADC, top-k, C·V²) come
-    from :func:`chip_query`."""
+    ``ring_drivers`` and ``trim_heaters`` (held all step), ``append_calibration`` (resident and two-level: the rows
+    appended per step). A resident or two-level chip (``timing.chip_banks``) queries one layer's banks at a time:
+    only their rows' TIAs are powered while querying, and a gated laser lights only them (the comb feeds every bank
+    through a passive split: its CW pump serves all banks, as the broadcast probes need). The per-query terms (DACs,
+    MZMs, ADC, top-k, C·V²) come from :func:`chip_query`."""
     from kvprism.photonics.feasibility import trim_check
 
     if laser_mode not in ("comb", "cw", "gated"):
@@ -359,14 +364,19 @@ def step_ledger(
     cal_one = des.calibration_time_s
     probe_busy = timing.calibrations_per_step * cal_one / cfg.n_banks  # wall time the banks probe, per step
     lines_w = cfg.n_banks * des.d * link.dbm_to_w(cfg.laser_line_dbm)
+    # share of the banks (and rows) lit by a query: all of them when time-shared, one layer's when resident
+    query_share = 1.0 / timing.n_layers if getattr(timing, "chip_banks", 0) else 1.0
     if laser_mode == "comb":
         light = lines_w / (cfg.comb_conversion_efficiency * cfg.laser_wall_plug_efficiency) * step
     elif laser_mode == "cw":
         light = lines_w / cfg.laser_wall_plug_efficiency * step
     else:
-        light = lines_w / cfg.laser_wall_plug_efficiency * (timing.query_s + probe_busy)
+        light = lines_w / cfg.laser_wall_plug_efficiency * (query_share * timing.query_s + probe_busy)
     rows = des.rows
-    tia = rows * (des.tia_power_w(timing.noise_bandwidth_hz) * timing.query_s + des.tia_power_w(probe_bw) * probe_busy)
+    tia = rows * (
+        des.tia_power_w(timing.noise_bandwidth_hz) * query_share * timing.query_s
+        + des.tia_power_w(probe_bw) * probe_busy
+    )
     per_cal = 0.0
     if cal_one > 0:
         bits = cfg.adc_bits if cfg.adc_bits > 0 else 8
@@ -378,10 +388,12 @@ def step_ledger(
             + writes * cfg.ring_capacitance_f * mean_ring_drive_v2(cfg)
         )
     trim = trim_check(cfg, des)
+    appended = getattr(timing, "appended_rows_per_step", 0.0) if getattr(timing, "chip_banks", 0) else 0.0
     return {
         "laser": light,
         "tia": tia,
         "calibration": timing.calibrations_per_step * per_cal,
+        "append_calibration": appended * per_cal / cfg.rows_per_bank,
         "ring_drivers": des.mrr_count * cfg.ring_driver_power_w * step,
         "trim_heaters": trim.chip_power_w * step,
     }

@@ -23,6 +23,7 @@ from kvprism.energy.chip import LaserSolution, chip_query, mean_ring_drive_v2, r
 from kvprism.energy.config import EnergyConfig, ModelShape
 from kvprism.energy.gpu import Baseline, GpuStep, electronic_baselines, gpu_step
 from kvprism.errors import KvprismError
+from kvprism.photonics.architecture import ChipPlan, chip_plan, two_level_read_blocks
 from kvprism.photonics.config import PhotonicConfig
 from kvprism.photonics.design import ChipDesign, DecodeTiming, decode_timing, timed_by_decode
 
@@ -33,22 +34,31 @@ __all__ = [
     "decode_step",
     "min_context",
     "rerank_read_bytes",
+    "rescored_blocks",
     "ring_inventory",
     "thermo_optic_reference",
 ]
 
 CHIP_TERMS = (
     "laser", "dac", "modulator", "tia", "adc", "topk", "eo_programming", "paging_programming", "calibration",
-    "ring_drivers", "trim_heaters",
+    "append_calibration", "ring_drivers", "trim_heaters",
 )  # fmt: skip
 
 
 def rerank_read_bytes(ecfg: EnergyConfig, banks: int, n_blocks: int) -> float:
     """HBM bytes the rescoring stage of two-stage selection reads per decode step: ``rerank·k`` candidate signatures
-    (``d_sig`` elements each) per bank, read once for all of the bank's queries (0 with ``rerank = 1``)."""
-    if ecfg.rerank <= 1:
-        return 0.0
-    return float(banks * min(ecfg.rerank * ecfg.k, n_blocks) * ecfg.d_sig * ecfg.kv_bytes_per_element)
+    (``d_sig`` elements each) per bank, read once for all of the bank's queries (0 with ``rerank = 1``). Two-level
+    architecture: the block signatures inside the chosen super-blocks and the open super-block
+    (:func:`~kvprism.photonics.architecture.two_level_read_blocks`)."""
+    return float(banks * rescored_blocks(ecfg, n_blocks) * ecfg.d_sig * ecfg.kv_bytes_per_element)
+
+
+def rescored_blocks(ecfg: EnergyConfig, n_blocks: int) -> int:
+    """Block signatures the electronics rescores per bank and step: those of :func:`rerank_read_bytes`."""
+    arch = ecfg.chip_architecture
+    if arch.kind == "two-level":
+        return two_level_read_blocks(arch, n_blocks * ecfg.block_size, ecfg.block_size, ecfg.k, ecfg.rerank)
+    return min(ecfg.rerank * ecfg.k, n_blocks) if ecfg.rerank > 1 else 0
 
 
 def min_context(ecfg: EnergyConfig) -> int:
@@ -71,6 +81,7 @@ class StepComparison:
     chip_layer_latency_s: float
     timing: DecodeTiming | None = None  # the chip's time line at this context and decode rate
     baselines: dict[str, Baseline] = dataclasses.field(default_factory=dict)  # electronic selectors
+    plan: ChipPlan | None = None  # the chip the architecture builds at this context (rings, area, dies, held power)
 
     @property
     def selection_energy_j(self) -> float:
@@ -120,6 +131,12 @@ class StepComparison:
             "timing_fits": None if self.timing is None else self.timing.fits,
             "chip_busy_s": None if self.timing is None else self.timing.needed_s,
             "selection_budget_s": None if self.timing is None else self.timing.budget_s,
+            "background_s": None if self.timing is None else self.timing.background_s,
+            "idle_s": None if self.timing is None else self.timing.idle_s,
+            "architecture": None if self.plan is None else self.plan.architecture.label,
+            "chip_rings": None if self.plan is None else self.plan.rings,
+            "chip_photonic_area_m2": None if self.plan is None else self.plan.photonic_area_m2,
+            "chip_dies": None if self.plan is None else self.plan.dies,
             **{f"baseline_{b.name}_energy_j": b.energy_j for b in self.baselines.values()},
         }
 
@@ -138,19 +155,25 @@ def decode_step(
             f"blocks of {ecfg.block_size} tokens every block is read and nothing is selected"
         )
     d = ecfg.d_sig
+    arch = ecfg.chip_architecture
     gpu = gpu_step(shape, context, ecfg)
     n = context // ecfg.block_size
+    n_chip = max(1, context // (ecfg.block_size * arch.superblock))  # chip rows per bank (super-blocks: two-level)
     banks = ecfg.batch * shape.n_layers * shape.kv_heads
     queries = shape.group if ecfg.gqa_reduce == "max" else 1
     # the chip's time line at this context and rate; the chip is evaluated as timed by it
     timing = decode_timing(
         cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=ecfg.tokens_per_s, context=context,
         block_size=ecfg.block_size, queries_per_head=queries, batch=ecfg.batch, d=d, model=shape.name,
+        architecture=arch,
     )  # fmt: skip
+    plan = chip_plan(cfg, arch, n_layers=shape.n_layers, kv_heads=shape.kv_heads, context=context,
+                     block_size=ecfg.block_size, batch=ecfg.batch, d=d)  # fmt: skip
     tcfg = timed_by_decode(cfg, timing)
     if laser is None:
         laser = required_laser(tcfg, d, ecfg.target_enob if ecfg.target_enob >= 0 else None)
-    q = chip_query(tcfg, n, d, min(ecfg.k, n), queries=queries, block_size=ecfg.block_size, banks=banks, laser=laser)
+    q = chip_query(tcfg, n_chip, d, min(ecfg.k, n_chip), queries=queries, block_size=ecfg.block_size * arch.superblock,
+                   banks=banks, laser=laser)  # fmt: skip
     energy = {t: q.energy_j.get(t, 0.0) * banks for t in CHIP_TERMS}
     # terms of the chip's time line: light source, TIAs, calibration probes, held drives and heaters
     energy.update(step_ledger(tcfg, timing, d=d, laser_mode=ecfg.laser_mode))
@@ -166,14 +189,17 @@ def decode_step(
     energy["kv_fetch"] = gpu.energy_j(gpu.fetch_bytes)
     energy["paging_reads"] = gpu.energy_j(paging_bytes)
     rerank_bytes = rerank_read_bytes(ecfg, banks, n)
-    energy["rerank_reads"] = gpu.energy_j(rerank_bytes)
-    latency["rerank"] = gpu.time_s(rerank_bytes)
+    # exact rescoring of the read signatures: 2·d FLOPs per block and query (charged like the electronic baselines)
+    rerank_flops = 2.0 * d * banks * queries * rescored_blocks(ecfg, n)
+    energy["rerank_reads"] = gpu.energy_j(rerank_bytes) + rerank_flops * ecfg.gpu_energy_per_flop_j
+    latency["rerank"] = max(gpu.time_s(rerank_bytes), rerank_flops / ecfg.gpu_flops_per_s)
     powered_s = timing.step_s if ecfg.static_accounting == "full-step" else sum(latency.values())
-    energy["static"] = cfg.static_power_w * powered_s
+    # static power (TEC and bias) of every die stack of a resident chip; one chip when time-shared
+    energy["static"] = cfg.static_power_w * powered_s * (plan.dies if arch.resident else 1)
     return StepComparison(
         context=context, n_blocks=n, banks=banks, pages=q.pages, gpu=gpu, photonic_energy_j=energy,
         photonic_latency_s=latency, chip_per_bank_energy_j=q.dynamic_energy_j, chip_layer_latency_s=layer_lat,
-        timing=timing, baselines=electronic_baselines(shape, context, ecfg),
+        timing=timing, baselines=electronic_baselines(shape, context, ecfg), plan=plan,
     )  # fmt: skip
 
 

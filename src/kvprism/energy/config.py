@@ -7,6 +7,7 @@ from typing import Any
 
 from kvprism.config import ConfigBase, param
 from kvprism.errors import KvprismError
+from kvprism.photonics.architecture import ARCHITECTURES, Architecture
 from kvprism.selection import SelectionConfig
 
 # The selection workload's defaults are SelectionConfig's, read from its fields so the two cannot drift apart.
@@ -40,6 +41,20 @@ class EnergyConfig(ConfigBase):
         doc="two-stage selection: the chip proposes rerank*k blocks per bank, the GPU reads their d_sig-wide "
         "signatures from HBM and rescores them exactly (1 = the chip's top-k is the selection, nothing read)",
         unit="x k",
+        ge=1,
+    )
+    architecture: str = param(
+        "time-shared",
+        doc="how the chip holds the rows (kvprism.photonics.architecture): 'time-shared' (the preset's banks, rewritten "
+        "every step), 'resident' (append-only banks: every (layer, KV head) keeps its rows) or 'two-level' (resident "
+        "super-block rows, exact electronic rescoring of the blocks inside the chosen super-blocks)",
+        choices=ARCHITECTURES,
+        source="PHYSICS §11: resident signatures vs time-shared banks is the central trade-off",
+    )
+    superblock: int = param(
+        1,
+        doc="blocks per chip row of the two-level architecture (S ≥ 2; 1 for the others)",
+        unit="blocks",
         ge=1,
     )
     gqa_reduce: str = param(
@@ -116,6 +131,11 @@ class EnergyConfig(ConfigBase):
         gt=0.0,
         source="Harris et al., Opt. Express 22, 10487 (2014): 24.77 mW per π",
     )
+
+    @property
+    def chip_architecture(self) -> Architecture:
+        """The :class:`~kvprism.photonics.architecture.Architecture` of ``architecture`` and ``superblock``."""
+        return Architecture(self.architecture, self.superblock)
 
 
 @dataclasses.dataclass(frozen=True)

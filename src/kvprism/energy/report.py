@@ -169,11 +169,47 @@ def build_summary(
         "rings": [ring_inventory(cfg, ecfg, shape, c) | {"context": c} for c in contexts],
         "bank_sharing": [bank_sharing(cfg, ecfg, shape, s) | {"context": s.context} for s in steps],
         "thermo_optic": thermo_optic_reference(cfg, ecfg),
+        "architecture": [_architecture_record(s) for s in steps],
         "plots": [],
     }
     if gpu_times is not None:
         summary["measured"] = _measured(gpu_times, shape, ecfg, steps, methods or {})
     return summary
+
+
+def _architecture_record(step) -> dict[str, Any]:
+    """The chip one architecture builds at a step's context and its per-step work (plan and timing)."""
+    p, t = step.plan, step.timing
+    return {
+        "context": step.context,
+        "architecture": p.architecture.label,
+        "logical_banks": p.logical_banks,
+        "physical_banks": p.physical_banks,
+        "rows_per_physical_bank": p.rows_per_physical_bank,
+        "rows": p.rows,
+        "rings": p.rings,
+        "photonic_area_m2": p.photonic_area_m2,
+        "electronic_area_m2": p.electronic_area_m2,
+        "photonic_dies": p.photonic_dies,
+        "electronic_dies": p.electronic_dies,
+        "dies": p.dies,
+        "heaters": p.heaters,
+        "heater_power_w": p.heater_power_w,
+        "heater_power_per_die_w": p.heater_power_per_die_w,
+        "driver_power_w": p.driver_power_w,
+        "appended_rows_per_step": p.appended_rows_per_step,
+        "appended_ring_writes_per_step": p.appended_ring_writes_per_step,
+        "fits": t.fits,
+        "query_s": t.query_s,
+        "budget_s": t.budget_s,
+        "needed_s": t.needed_s,
+        "append_s": t.append_s,
+        "recalibration_s": t.recalibration_s,
+        "idle_s": t.idle_s,
+        "drift_period_s": t.drift_period_s,
+        "calibration_age_s": t.calibration_age_s,
+        "calibrations_per_step": t.calibrations_per_step,
+    }
 
 
 def _measured(path, shape, ecfg, steps, methods: dict[str, str]) -> list[dict[str, Any]]:
@@ -277,7 +313,9 @@ def print_summary(summary: dict[str, Any], console) -> None:
     console.print(
         f"[bold]decode step[/], {shape['name']} ({shape['n_layers']} layers × {shape['kv_heads']} KV heads × d_head "
         f"{shape['head_dim']}), batch {e['batch']}, B = {e['block_size']}, k = {e['k']}, d_sig = {e['d_sig']}, "
-        f"rerank ×{e['rerank']}, gqa_reduce {e['gqa_reduce']}, GPU scan over {e['scan_dims']}; HBM {e['hbm_energy_per_bit_j'] * 1e12:g} "
+        f"rerank ×{e['rerank']}, architecture {e.get('architecture', 'time-shared')}"
+        + (f" (S = {e['superblock']})" if e.get("architecture") == "two-level" else "")
+        + f", gqa_reduce {e['gqa_reduce']}, GPU scan over {e['scan_dims']}; HBM {e['hbm_energy_per_bit_j'] * 1e12:g} "
         f"pJ/bit, {e['hbm_bandwidth_bytes_per_s'] / 1e12:g} TB/s; chip static power charged over: "
         f"{e['static_accounting']}, laser {e['laser_mode']}",
         highlight=False,
@@ -307,9 +345,10 @@ def print_summary(summary: dict[str, Any], console) -> None:
     sel_last = steps[-1]["chip_selection_energy_j"]
     for term in sorted((k for k in last if k != "kv_fetch"), key=lambda k: -last[k]):
         src = summary.get("ledger_sources", {}).get(term, {
-            "static": "static_power_w (TEC and bias, assumption) over the step",
+            "static": "static_power_w (TEC and bias, assumption) over the step, per die stack when resident",
             "paging_reads": "HBM read of the drive codes of every rewrite (O'Connor et al., MICRO'17)",
-            "rerank_reads": "HBM read of the rescored candidates' signatures",
+            "rerank_reads": "HBM read of the rescored candidates' signatures (two-level: the blocks inside the chosen "
+            "super-blocks and the open one) + 2·d FLOPs each per query at gpu_energy_per_flop_j",
         }.get(term, ""))  # fmt: skip
         t.add_row(term, *(_fmt_j(s["photonic_energy_terms_j"][term]) for s in steps),
                   f"{100 * last[term] / sel_last:.1f} %" if sel_last else "", src)  # fmt: skip
@@ -358,6 +397,25 @@ def print_summary(summary: dict[str, Any], console) -> None:
         f"preset's chip has {summary['rings'][0]['mrr_chip']:,} rings "
         f"({summary['rings'][0]['area_chip_m2'] * 1e6:,.0f} mm²) and pages beyond them[/]"
     )
+
+    arch = summary.get("architecture") or []
+    if arch:
+        t = Table(title=f"architecture {arch[0]['architecture']}: the chip built and its work per decode step")
+        for col in ("context", "banks × rows", "rings", "photonic area", "dies", "heaters (held)", "drivers (held)",
+                    "rows appended / step", "time line", "background / idle", "drift period"):  # fmt: skip
+            t.add_column(col, justify="right")
+        for a in arch:
+            resident = a["architecture"] != "time-shared"
+            t.add_row(
+                _ctx(a["context"]), f"{a['physical_banks']:,} × {a['rows_per_physical_bank']:,}", f"{a['rings']:,}",
+                f"{a['photonic_area_m2'] * 1e6:,.0f} mm²", str(a["dies"]),
+                f"{a['heater_power_w']:,.3g} W ({a['heater_power_per_die_w']:,.3g} W/die)",
+                f"{a['driver_power_w']:,.3g} W", f"{a['appended_rows_per_step']:.3g}",
+                f"{'[green]fits[/]' if a['fits'] else '[red]over[/]'} {_fmt_s(a['needed_s'])} / {_fmt_s(a['budget_s'])}",
+                f"{_fmt_s(a['append_s'] + a['recalibration_s'])} / {_fmt_s(a['idle_s'])}" if resident else "–",
+                f"{a['drift_period_s']:.3g} s" if resident else "–",
+            )  # fmt: skip
+        console.print(t)
 
     t = Table(title="resident signatures vs time-shared physical banks (per decode step)")
     for col in ("context", "logical / physical banks", "rewrites per bank", "reprogram bytes", "vs GPU scan bytes",

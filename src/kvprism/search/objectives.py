@@ -66,7 +66,11 @@ class ObjectiveSettings:
     detection bandwidth, rewrite calibration, code age; None: untimed, the configured detection bandwidth);
     ``rerank``: two-stage selection (:attr:`kvprism.selection.SelectionConfig.rerank`): the chip proposes
     ``rerank·k`` candidates, exact fp32 rescoring of their signatures keeps ``k``; their HBM read is charged in the
-    energy and latency (1 = the chip's top-k is the selection)."""
+    energy and latency (1 = the chip's top-k is the selection); ``architecture``: how the chip holds the rows
+    (:class:`kvprism.photonics.architecture.Architecture` label: 'time-shared', 'resident', 'two-level:S'; resident
+    ones need ``tokens_per_s``). Two-level: the engine holds the super-block signatures (the mean of S consecutive
+    block signatures), selects ``min(rerank·k, super-blocks)`` of them, and exact scores of the candidate blocks inside
+    them and in the open super-block keep ``k``."""
 
     k: int = 16
     shape: str = "qwen2.5-7b"
@@ -76,6 +80,7 @@ class ObjectiveSettings:
     max_banks: int = 0
     tokens_per_s: float | None = None
     rerank: int = 1
+    architecture: str = "time-shared"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "contexts", tuple(int(c) for c in self.contexts))
@@ -91,6 +96,14 @@ class ObjectiveSettings:
             raise KvprismError(f"max_banks = {self.max_banks} is invalid; allowed range: [0, inf)")
         if self.tokens_per_s is not None and not (self.tokens_per_s > 0 and math.isfinite(self.tokens_per_s)):
             raise KvprismError(f"tokens_per_s = {self.tokens_per_s} is invalid; allowed range: (0, inf) or None")
+        from kvprism.photonics.architecture import Architecture
+
+        arch = Architecture.parse(self.architecture)
+        object.__setattr__(self, "architecture", arch.label)
+        if arch.resident and self.tokens_per_s is None:
+            raise KvprismError(
+                f"architecture = {arch.label!r} needs tokens_per_s: a resident chip is sized and timed for a decode"
+            )
 
 
 @dataclasses.dataclass
@@ -306,15 +319,19 @@ def evaluate(
     if leaf(cfg, "n_lines") != w:
         cfg = cfg.replace(n_lines=w)
     shape = model_shape(s.shape)
+    from kvprism.photonics.architecture import Architecture
+
+    arch = Architecture.parse(s.architecture)
     timing, timed = None, {}
     if s.tokens_per_s is not None:
         from kvprism.photonics.design import decode_timing, timed_by_decode
 
         timing = decode_timing(cfg, n_layers=shape.n_layers, kv_heads=shape.kv_heads, tokens_per_s=s.tokens_per_s,
                                context=s.contexts[0], block_size=ref.params.block_size, d=w,
-                               model=shape.name)  # fmt: skip
+                               model=shape.name, architecture=arch)  # fmt: skip
         timed_cfg = timed_by_decode(cfg, timing)
-        timed = {f: leaf(timed_cfg, f) for f in ("detection_bandwidth_hz", "calibration_age_s", "code_refresh")
+        timed = {f: leaf(timed_cfg, f) for f in ("detection_bandwidth_hz", "calibration_age_s", "code_refresh",
+                                                 "rows_per_bank", "n_banks")
                  if leaf(timed_cfg, f) != leaf(cfg, f)}  # fmt: skip
         cfg = timed_cfg
     t0 = time.perf_counter()
@@ -322,15 +339,19 @@ def evaluate(
     lo, hi = ref.candidate_range
     n = sig.shape[-2]
     eng = PhotonicEngine(cfg, seed=s.engine_seed)
-    eng.program(sig)
-    t1 = time.perf_counter()
-    m = min(s.rerank * s.k, hi - lo)  # the chip's candidates (k, or rerank*k for two-stage selection)
-    idx = eng.select(qry, min(n, m + n - (hi - lo)))  # [B, n_q, m + rows outside the candidates]
-    chosen = select_candidates(idx, lo, hi, m)
-    if m > s.k:  # the electronics rescores the chip's candidates exactly from the signatures in memory
-        exact = torch.gather(qry @ sig.transpose(-1, -2), -1, chosen)
-        order = torch.sort(exact, dim=-1, descending=True, stable=True).indices[..., : s.k]
-        chosen = torch.gather(chosen, -1, order)
+    if arch.kind == "two-level":
+        chosen = _two_level_select(eng, sig, qry, arch.superblock, s.k, s.rerank, lo, hi)
+        t1 = time.perf_counter()
+    else:
+        eng.program(sig)
+        t1 = time.perf_counter()
+        m = min(s.rerank * s.k, hi - lo)  # the chip's candidates (k, or rerank*k for two-stage selection)
+        idx = eng.select(qry, min(n, m + n - (hi - lo)))  # [B, n_q, m + rows outside the candidates]
+        chosen = select_candidates(idx, lo, hi, m)
+        if m > s.k:  # the electronics rescores the chip's candidates exactly from the signatures in memory
+            exact = torch.gather(qry @ sig.transpose(-1, -2), -1, chosen)
+            order = torch.sort(exact, dim=-1, descending=True, stable=True).indices[..., : s.k]
+            chosen = torch.gather(chosen, -1, order)
     recall = recall_at_k(chosen, top[..., : s.k])
     block_recall = recall_at_k(chosen, att[..., : s.k])
     t2 = time.perf_counter()
@@ -339,7 +360,8 @@ def evaluate(
     rep = report(eng) if timing is None else feasibility(cfg, d=w, seed=s.engine_seed, timing=timing)
     t3 = time.perf_counter()
     base = ecfg or EnergyConfig()
-    ecfg = base.replace(block_size=ref.params.block_size, k=s.k, d_sig=w, rerank=s.rerank)
+    ecfg = base.replace(block_size=ref.params.block_size, k=s.k, d_sig=w, rerank=s.rerank, architecture=arch.kind,
+                        superblock=arch.superblock)  # fmt: skip
     if s.tokens_per_s is not None:  # the energy's time line at the same decode rate as the chip's timing
         ecfg = ecfg.replace(tokens_per_s=s.tokens_per_s)
     budget = s.latency_budget_s or default_latency_budget_s(shape, s.contexts[0], ecfg)
@@ -369,6 +391,28 @@ def evaluate(
         seconds={"program": t1 - t0, "select": t2 - t1, "feasibility": t3 - t2, "energy": t4 - t3},
         counters=dict(eng.counters), timed_fields=timed, baseline_energy_j=baselines,
     )  # fmt: skip
+
+
+def _two_level_select(
+    eng: Any, sig: torch.Tensor, qry: torch.Tensor, s: int, k: int, rerank: int, lo: int, hi: int
+) -> torch.Tensor:
+    """Two-level selection on ``eng``: program the super-block signatures (mean of ``s`` consecutive block
+    signatures of ``sig [B, N, w]``), let the chip pick ``min(rerank·k, super-blocks)`` super-blocks per query
+    (``qry [B, n_q, w]``), then keep the ``k`` best candidate blocks (``[lo, hi)``) by exact score among the blocks of
+    the chosen super-blocks and of the open super-block -> ``[B, n_q, k]`` block indices (a slot with fewer than k
+    such blocks repeats an index outside the candidates: a miss)."""
+    bk, n, w = sig.shape
+    n_sup = max(1, n // s)
+    full = min(n, n_sup * s)
+    sup = sig[:, :full].reshape(bk, n_sup, -1, w).mean(dim=2)
+    eng.program(sup)
+    picked = eng.select(qry, min(rerank * k, n_sup))  # [B, n_q, m] super-block indices
+    owner = torch.arange(n) // s  # super-block of each block (blocks ≥ full: the open one)
+    inside = (owner.view(1, 1, 1, n) == picked.unsqueeze(-1)).any(-2) | (torch.arange(n) >= full)
+    blocks = torch.arange(n)
+    ok = inside & (blocks >= lo) & (blocks < hi)
+    exact = (qry @ sig.transpose(-1, -2)).masked_fill(~ok, -math.inf)
+    return exact.topk(k, dim=-1).indices
 
 
 def exact_recall(ref: ReferenceSet, d_sig: int, k: int, max_banks: int = 0) -> float:

@@ -33,7 +33,7 @@ from kvprism.errors import ConfigError, KvprismError
 from kvprism.eval.executor import LocalExecutor
 from kvprism.search.capture import ReferenceSet
 from kvprism.search.objectives import DIRECTIONS, OBJECTIVE_NAMES, ObjectiveSettings, evaluate
-from kvprism.search.space import D_SIG, SPACE, Dim, active_space, space_table
+from kvprism.search.space import ARCHITECTURE, D_SIG, SPACE, Dim, active_space, space_table
 
 __all__ = [
     "SearchResult",
@@ -97,6 +97,8 @@ def config_of(trial: Any, base: Any) -> Any:
 def _fields(dims: Sequence[Dim], params: dict[str, Any], ref: ReferenceSet) -> dict[str, Any]:
     out = {}
     for d in dims:
+        if d.name == ARCHITECTURE:  # not a config field: passed to the objectives beside the config
+            continue
         v = params[d.name]
         out[d.field] = ref.width(v) if d.name == D_SIG else d.field_value(v)
     return out
@@ -106,6 +108,9 @@ def _base_params(dims: Sequence[Dim], cfg: Any, ref: ReferenceSet) -> dict[str, 
     """The base config as trial parameters, or None when a value is outside the space."""
     out: dict[str, Any] = {}
     for d in dims:
+        if d.name == ARCHITECTURE:
+            out[d.name] = "time-shared"  # the base preset's banks
+            continue
         v = getattr(cfg, d.field)
         if d.name == D_SIG:
             match = [s for s in ref.d_sigs if ref.width(s) == v]
@@ -124,10 +129,13 @@ def _base_params(dims: Sequence[Dim], cfg: Any, ref: ReferenceSet) -> dict[str, 
     return out
 
 
-def evaluate_trial(ref: ReferenceSet, settings: ObjectiveSettings, unit: tuple[int, Any, int | None]) -> list[dict]:
-    """Evaluate one asked trial ``(number, config, d_sig)``: ``[{"result": ...}]`` or ``[{"error": ...}]`` when the
-    chip model failed on the point (recorded and reported, never scored). Runs wherever the executor puts it."""
-    _, cfg, d_sig = unit
+def evaluate_trial(ref: ReferenceSet, settings: ObjectiveSettings, unit: tuple[Any, ...]) -> list[dict]:
+    """Evaluate one asked trial ``(number, config, d_sig[, architecture])``: ``[{"result": ...}]`` or
+    ``[{"error": ...}]`` when the chip model failed on the point (recorded and reported, never scored). Runs wherever
+    the executor puts it."""
+    _, cfg, d_sig, *rest = unit
+    if rest and rest[0] is not None:  # the searched architecture replaces the settings' one
+        settings = dataclasses.replace(settings, architecture=rest[0])
     try:
         res = evaluate(cfg, ref, d_sig, settings)
     except Exception as exc:
@@ -197,6 +205,9 @@ def run_search(
     if s.tokens_per_s is not None and any(d.name == "detection_bandwidth_hz" for d in space):
         # the decode timing sets the detection bandwidth of every point: nothing to search
         fixed = (*fixed, "detection_bandwidth_hz")
+    if s.tokens_per_s is None and any(d.name == ARCHITECTURE for d in space):
+        # a resident chip is sized and timed for a decode: untimed searches keep the settings' architecture
+        fixed = (*fixed, ARCHITECTURE)
     dims, left_out = active_space(space, type(base_cfg), fixed)
     sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
     store = optuna.storages.RDBStorage(storage) if storage else optuna.storages.InMemoryStorage()
@@ -260,7 +271,9 @@ def run_search(
                     except ConfigError as exc:  # no unit: told pruned below, the reason in 'invalid'
                         trial.set_user_attr("invalid", str(exc))
                         continue
-                    units.append((trial.number, cfg, params.get(D_SIG)))
+                    if ARCHITECTURE in params:
+                        trial.set_user_attr("architecture", params[ARCHITECTURE])
+                    units.append((trial.number, cfg, params.get(D_SIG), params.get(ARCHITECTURE)))
                 results: dict[int, dict[str, Any]] = {}
                 ex.run(make_worker, units, functools.partial(_collect, results))
                 for trial in asked:
@@ -316,6 +329,7 @@ def _trial_record(t: Any, pareto_ids: set[int]) -> dict[str, Any]:
         "state": t.state.name,
         "params": t.params,
         "fields": t.user_attrs.get("fields"),
+        "architecture": t.user_attrs.get("architecture"),
         "objectives": dict(zip(OBJECTIVE_NAMES, t.values, strict=True)) if t.values else None,
         "constraints": _constraints(t),
         "feasible": trial_feasible(t) if t.values else False,
@@ -406,6 +420,7 @@ def write_outputs(result: SearchResult, out_dir: str | Path, n_presets: int = 3)
             "d_sig": int(res["d_sig"]),
             "k": int(res["k"]),
             "rerank": int(result.settings.rerank),
+            "architecture": t.user_attrs.get("architecture", result.settings.architecture),
             "engine_seed": int(result.settings.engine_seed),
             "max_banks": int(result.settings.max_banks),
             "reference_model": result.reference["model"],

@@ -18,10 +18,13 @@ from typing import Any
 
 from kvprism.errors import KvprismError
 
-__all__ = ["D_SIG", "SPACE", "Dim", "active_space", "config_fields", "leaf", "space_table"]
+__all__ = ["ARCHITECTURE", "D_SIG", "SPACE", "Dim", "active_space", "config_fields", "leaf", "space_table"]
 
 #: name of the special row whose choices come from the reference set
 D_SIG = "d_sig"
+#: name of the row that sets the chip architecture (:mod:`kvprism.photonics.architecture`): not a PhotonicConfig
+#: field; its value is an ``Architecture`` label ('time-shared', 'resident', 'two-level:S') the objectives take
+ARCHITECTURE = "architecture"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Dim:
 
 
 #: The search space (ring radius → FSR, Q_loaded, comb spacing, d_sig, rows per bank, banks, detection
-#: bandwidth, laser power per line, ADC/DAC bits, encoding, EO tuning, V_max, calibration mode).
+#: bandwidth, laser power per line, ADC/DAC bits, encoding, EO tuning, V_max, calibration mode, architecture).
 SPACE: tuple[Dim, ...] = (
     Dim("ring_radius_um", "ring_radius_m", "float", low=10.0, high=80.0, log=True, unit="µm", to_si=1e-6,
         source="seed 20 µm (FSR 8.3 nm); Luxtelligence lnoi400 PDK default bend 80 µm (PHYSICS §10); FSR follows"),
@@ -114,6 +117,10 @@ SPACE: tuple[Dim, ...] = (
         source="as-fabricated resonance spread 0.5–2 nm (PHYSICS §8): the best process in the range may be chosen"),
     Dim("trim_mechanism", "trim_mechanism", "categorical", choices=("heater", "one-time"),
         source="PHYSICS §8/§11: heaters (held power) or a one-time post-fabrication trim"),
+    Dim(ARCHITECTURE, ARCHITECTURE, "categorical",
+        choices=("time-shared", "resident", "two-level:4", "two-level:8", "two-level:16"),
+        source="PHYSICS §11: resident signatures vs time-shared banks; two-level super-blocks of S blocks "
+        "(assumption: S = 4–16, the chip ranks N/(B·S) rows); searched only when the search is timed"),
 )  # fmt: skip
 
 
@@ -165,7 +172,7 @@ def active_space(
     space: Iterable[Dim] = SPACE, config_cls: type | None = None, fixed: Iterable[str] = ()
 ) -> tuple[list[Dim], list[Dim]]:
     """``(searched, left_out)``: rows whose field exists in the config (and is not ``fixed``), and the others."""
-    names = config_fields(config_cls)
+    names = config_fields(config_cls) | {ARCHITECTURE}  # the architecture row sets no config field
     fixed = set(fixed)
     rows = list(space)
     seen: set[str] = set()
