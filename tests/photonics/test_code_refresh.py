@@ -14,6 +14,7 @@ from kvprism.photonics import drift
 # strong, fast drift so that holding the codes over a few hundred steps matters: σ 4 pm per ring, 2 pm global,
 # correlation time 10 steps
 DRIFTY = PhotonicConfig.preset("tfln-timeshared").replace(
+    drift_model="fixed",
     drift_ring_sigma_m=4e-12,
     drift_global_sigma_m=2e-12,
     drift_corr_time_s=0.2,

@@ -24,8 +24,19 @@ from kvprism.photonics.design import (
 )
 from kvprism.photonics.feasibility import trim_check
 
+
+def earlier_design(name: str) -> PhotonicConfig:
+    """A TFLN preset as designed before ring loss followed the radius (20 µm ring, 12 µm for tfln-timeshared-32, at a
+    fixed 20 dB/m; drift 1 pm per ring / 2 pm global): the fixture of the mechanics tests below. The bend model says
+    this ring cannot be built in the lnoi400 cross-section (tests/photonics/test_loss.py)."""
+    return PhotonicConfig.preset(name).replace(
+        loss_model="fixed", loss_db_per_m=20.0, ring_radius_m=12e-6 if name.endswith("-32") else 20e-6,
+        drift_model="fixed", drift_ring_sigma_m=1e-12, drift_global_sigma_m=2e-12,
+    )  # fmt: skip
+
+
 SEED = PhotonicConfig.preset("seed-nominal")
-TFLN = PhotonicConfig.preset("tfln-literature")
+TFLN = earlier_design("tfln-literature")
 QWEN = model_shape("qwen2.5-7b")
 
 
@@ -127,7 +138,7 @@ def test_decode_timing_from_model_shape():
         decode_timing(SEED, n_layers=28, kv_heads=4, tokens_per_s=20.0, context=0)
 
 
-TS = PhotonicConfig.preset("tfln-timeshared")
+TS = earlier_design("tfln-timeshared")
 
 
 def test_rounds_and_work_scale_with_context():

@@ -52,6 +52,7 @@ def test_high_q_no_longer_destroys_the_ranking():
     exact = (sig @ q.unsqueeze(-1)).squeeze(-1)
     for qf in (1e5, 1e6):
         cfg = PhotonicConfig.preset("tfln-literature").replace(
+            loss_model="fixed", drift_model="fixed", ring_radius_m=20e-6,
             rows_per_bank=256, noise=False, drift_ring_sigma_m=0.0, drift_global_sigma_m=0.0, trim_sigma_m=0.0,
             program_bits=0, query_bits=0, adc_bits=0, loss_db_per_m=2.7, q_loaded=qf, feedback_calibration=False,
             drop_bus="incoherent", coupler_gap_sigma_m=0.0, calibration_iters=8, channel_spacing_m=0.8e-9,

@@ -46,7 +46,7 @@ def test_old_codes_carry_the_drift_since_their_calibration():
     """The drift the calibration compensated is the AR(1) state ``age`` before now: its difference from the drift
     now has variance 2σ²(1 − ρ^k) per component (ring, global); the programming error grows with the age and
     vanishes without drift."""
-    cfg = REPLAY.replace(drift_global_sigma_m=0.0, drift_ring_sigma_m=2e-12)
+    cfg = REPLAY.replace(drift_model="fixed", drift_global_sigma_m=0.0, drift_ring_sigma_m=2e-12)
     eng = PhotonicEngine(cfg.replace(calibration_age_s=cfg.drift_corr_time_s), seed=0)
     eng.program(torch.randn(1, 512, 16, generator=torch.Generator().manual_seed(0)))
     banks = torch.arange(1)
@@ -59,7 +59,7 @@ def test_old_codes_carry_the_drift_since_their_calibration():
     sig = _sig()
     errs = [_programming_error(REPLAY.replace(calibration_age_s=age), sig) for age in (0.0, 0.2, 20.0)]
     assert errs[0] < errs[1] < errs[2]
-    still = REPLAY.replace(drift_ring_sigma_m=0.0, drift_global_sigma_m=0.0)
+    still = REPLAY.replace(drift_model="fixed", drift_ring_sigma_m=0.0, drift_global_sigma_m=0.0)
     assert _programming_error(still.replace(calibration_age_s=20.0), sig) == pytest.approx(
         _programming_error(still, sig), rel=1e-6
     )
