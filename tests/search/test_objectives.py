@@ -101,16 +101,25 @@ def test_a_timed_search_point_is_judged_by_the_decode_timing():
     timed = ObjectiveSettings(k=4, contexts=(32768,), tokens_per_s=20.0)
     a = evaluate(cfg, ref, 16, timed, with_energy=False)
     kw = dict(n_layers=28, kv_heads=4, tokens_per_s=20.0, context=32768, block_size=ref.params.block_size, d=16)
-    timing = decode_timing(cfg, **kw)
-    assert a.timed_fields == {"detection_bandwidth_hz": pytest.approx(timing.noise_bandwidth_hz)}
+    # one latency budget: the selection share (0.1 of the 50 ms step); the chip is timed on it less the selection's
+    # HBM reads (here the drive codes paged in every step), so the time line and the reads fill it together
+    assert a.selection_share_s == pytest.approx(0.1 / 20.0) and a.latency_budget_s == a.selection_share_s
+    assert 0 < a.hbm_reads_s < 1e-3 * a.selection_share_s
+    chip_share = 0.1 - a.hbm_reads_s * 20.0
+    timing = decode_timing(cfg.replace(selection_time_fraction=chip_share), **kw)
+    assert a.timed_fields == {"detection_bandwidth_hz": pytest.approx(timing.noise_bandwidth_hz),
+                              "selection_time_fraction": pytest.approx(chip_share)}  # fmt: skip
+    assert timing.fits and a.added_latency_s == pytest.approx(a.selection_share_s)
+    assert a.constraints["latency_budget"] <= 0 and a.constraints["time_line"] <= 0
     assert any("trim heaters" in v for v in a.violations) and not a.feasible
     replay = cfg.replace(rewrite_calibration="replay")
     b = evaluate(replay, ref, 16, timed, with_energy=False)
-    age = timed_by_decode(replay, decode_timing(replay, **kw))
+    age = timed_by_decode(replay, decode_timing(replay.replace(selection_time_fraction=chip_share), **kw))
     assert age.calibration_age_s > 0
     assert b.timed_fields["calibration_age_s"] == pytest.approx(age.calibration_age_s)
     fast = evaluate(cfg, ref, 16, ObjectiveSettings(k=4, contexts=(131072,), tokens_per_s=200.0), with_energy=False)
     assert any("time line does not fit decode" in v for v in fast.violations)
+    assert fast.margins["time_line"]["margin"] > 0 and fast.constraints["latency_budget"] > 0  # one budget, both
     untimed = evaluate(cfg, ref, 16, ObjectiveSettings(k=4, contexts=(32768,)), with_energy=False)
     assert untimed.timed_fields == {} and not any("rewrite" in v for v in untimed.violations)
     with pytest.raises(KvprismError, match="tokens_per_s"):

@@ -25,6 +25,7 @@ from kvprism.cli.common import (
     grid_progress,
     model_factory,
 )
+from kvprism.errors import KvprismError
 
 design_app = typer.Typer(
     name="design",
@@ -249,6 +250,19 @@ def _exact_block_recall(ref, d_sig: int, k: int) -> float:
     return recall_at_k(ref.topk[d_sig].flatten(0, 1)[..., :k], ref.attn_topk.flatten(0, 1)[..., :k])
 
 
+def _context(text: str, option: str) -> int:
+    """One context length ('32768', '32k', '128k')."""
+    from kvprism.energy.report import parse_contexts
+
+    try:
+        vals = parse_contexts(text)
+    except KvprismError as exc:
+        raise checks.BadOption(str(exc).replace("--contexts", option)) from None
+    if len(vals) != 1:
+        raise checks.BadOption(f"{option} = {text!r} is invalid; give one context length")
+    return vals[0]
+
+
 @design_app.command()
 def search(
     trials: Annotated[
@@ -257,18 +271,36 @@ def search(
     seed: _SeedOpt = 0,
     storage: Annotated[str | None, typer.Option(help="optuna storage URL [default: sqlite:///<out>/study.db].")] = None,
     study: Annotated[str, typer.Option(help="Study name inside the storage.")] = "kvprism-design",
-    out: Annotated[str, typer.Option(help="Output directory (pareto.json, pareto.png, presets).")] = "runs/design",
+    out: Annotated[
+        str, typer.Option(help="Output directory (pareto.json, summary.md, pareto.png, presets).")
+    ] = "runs/design",
     reference: _ReferenceOpt = None,
     model: _ModelOpt = "smollm2",
-    context: _ContextOpt = 8192,
+    reference_context: Annotated[
+        int, typer.Option(help="Prefill length of the reference set in tokens (recall is measured on it).", min=64)
+    ] = 8192,
     base: Annotated[
         str, typer.Option(help="Base preset (name or TOML file): values not searched.")
     ] = "tfln-literature",
     k: Annotated[int, typer.Option(help="Blocks selected (recall@k).", min=1)] = 16,
-    shape: Annotated[str, typer.Option(help="Model shape of the energy/latency objectives.")] = "qwen2.5-7b",
-    contexts: Annotated[str, typer.Option(help="Contexts of the energy model (first = objective).")] = "32768,131072",
+    shape: Annotated[
+        str, typer.Option("--model-shape", "--shape", help="Model shape decoded (timing, energy, latency).")
+    ] = "qwen2.5-7b",
+    context: Annotated[
+        str,
+        typer.Option(
+            help="Context of the decode step every point is timed, checked and scored at (e.g. 4k, 32k, 128k)."
+        ),
+    ] = "32k",
+    contexts: Annotated[
+        str, typer.Option(help="Further contexts whose energy per step is recorded beside (comma-separated).")
+    ] = "",
     latency_budget_s: Annotated[
-        float | None, typer.Option(help="Added latency allowed per step [s] (default: 10 % of the dense step).")
+        float | None,
+        typer.Option(
+            help="Untimed searches only (--tokens-per-s 0): added latency allowed per step [s] (default: 10 % of "
+            "the modelled dense step). Timed, the budget is the selection share of the step."
+        ),
     ] = None,
     max_banks: Annotated[
         int, typer.Option(help="Evaluate only the first this many (layer, KV head) banks (0 = all).", min=0)
@@ -277,19 +309,20 @@ def search(
         float,
         typer.Option(
             "--tokens-per-s",
-            help="Decode rate of --shape that times every point (detection bandwidth, rewrite calibration, code "
-            "age), as kvprism hw --model-shape does; 0 = untimed (the searched detection bandwidth).",
+            help="Decode rate of --model-shape that times every point (detection bandwidth, rewrite calibration, "
+            "code age; the selection share selection_time_fraction / R is the latency budget), as kvprism hw "
+            "--model-shape does; 0 = untimed (the searched detection bandwidth; no feasibility verdict).",
             min=0.0,
         ),
     ] = 20.0,
     rerank: Annotated[
-        int,
+        str,
         typer.Option(
-            help="Two-stage selection: the chip proposes rerank×k candidates, exact rescoring of their signatures "
-            "(read from HBM, charged) keeps k; 1 = the chip's top-k.",
-            min=1,
+            help="Two-stage selection factors searched (comma-separated): the chip proposes rerank×k candidates, "
+            "exact rescoring of their signatures (read from HBM, charged) keeps k; 1 = the chip's top-k. One value "
+            "fixes it.",
         ),
-    ] = 1,
+    ] = "1,2,4",
     population: Annotated[int, typer.Option(help="NSGA-II population size.", min=2)] = 24,
     presets: Annotated[int, typer.Option(help="TOML presets written (Pareto points, best recall first).", min=0)] = 3,
     fix: Annotated[str, typer.Option(help="Search parameters kept at the base value (comma-separated).")] = "",
@@ -306,9 +339,11 @@ def search(
         ),
     ] = None,
 ) -> None:
-    """Multi-objective design search (optuna NSGA-II): recall@k ↑, energy per decode step ↓, chip area ↓, added
-    latency ↓, every feasibility constraint a constraint. Resumable (SQLite); trials in parallel with
-    --executor ray."""
+    """Global multi-objective design search (optuna NSGA-II) over the optics, the architecture and two-stage
+    selection, every point timed at (--model-shape, --tokens-per-s, --context): recall@k ↑, energy per decode step ↓,
+    chip area ↓, added latency ↓, every feasibility constraint a constraint. One-stage and two-stage points are
+    reported apart with their criteria; without a feasible point, the closest point of each architecture and its
+    violated constraints (value, limit, margin). Resumable (SQLite); trials in parallel with --executor ray."""
     from kvprism.energy.config import model_shape
     from kvprism.search.objectives import ObjectiveSettings
     from kvprism.search.search import base_config, pareto_table, run_search, write_outputs
@@ -316,9 +351,14 @@ def search(
 
     with checks.checking():
         ex = executor_of(executor, address, workers, gpus_per_worker)
+        ctx = _context(context, "--context")
+        extra = [_context(c, "--contexts") for c in checks.listed(contexts, str, "--contexts")] if contexts else []
+        reranks = _ints(rerank, "rerank")
+        if min(reranks) < 1:
+            raise checks.BadOption(f"--rerank = {rerank!r} is invalid; allowed: factors in [1, inf)")
         settings = ObjectiveSettings(
-            k=k, shape=shape, contexts=_ints(contexts, "contexts"), latency_budget_s=latency_budget_s,
-            engine_seed=seed, max_banks=max_banks, tokens_per_s=tokens_per_s or None, rerank=rerank,
+            k=k, shape=shape, contexts=(ctx, *[c for c in extra if c != ctx]), latency_budget_s=latency_budget_s,
+            engine_seed=seed, max_banks=max_banks, tokens_per_s=tokens_per_s or None, rerank=min(reranks),
         )  # fmt: skip
         model_shape(shape)
         if base.endswith(".toml"):
@@ -330,22 +370,24 @@ def search(
         out_dir = checks.out_dir(out)
         _reference_source(reference, model)
     url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    ref = _load_reference(reference, model, context)
+    ref = _load_reference(reference, model, reference_context)
     t0 = time.perf_counter()
     res = run_search(ref, trials, seed=seed, storage=url, study_name=study, base=base, settings=settings,
                      fixed=fixed, population_size=population, show_progress=True, executor=ex,
-                     batch=batch)  # fmt: skip
+                     batch=batch, reranks=reranks)  # fmt: skip
     written = write_outputs(res, out_dir, presets)
     console.print(pareto_table(res))
     if res.left_out:
-        console.print(f"[dim]not searched (absent from this chip model): {', '.join(d.name for d in res.left_out)}[/]")
+        console.print(
+            f"[dim]not searched (fixed, or absent from this chip model): {', '.join(d.name for d in res.left_out)}[/]"
+        )
     errors = [t for t in res.study.trials if t.user_attrs.get("error")]
     if errors:
         console.print(f"[yellow]{len(errors)} trials failed in the chip model (not scored); first: "
                       f"trial {errors[0].number}: {errors[0].user_attrs['error']}[/]")  # fmt: skip
     if not res.pareto:
-        console.print("[bold]no feasible design point[/] in this search: the table lists the least infeasible trials "
-                      "and the constraints they violate")  # fmt: skip
+        console.print("[bold]no feasible design point[/] in this search: the closest point of each architecture and "
+                      "the constraints it violates are listed above and in summary.md")  # fmt: skip
     console.print(f"{len(res.study.trials)} trials in {url} ({time.perf_counter() - t0:.1f} s this run)")
     for name, path in written.items():
         console.print(f"{name:>10}  {path}")

@@ -18,10 +18,24 @@ from typing import Any
 
 from kvprism.errors import KvprismError
 
-__all__ = ["ARCHITECTURE", "D_SIG", "SPACE", "Dim", "active_space", "config_fields", "leaf", "space_table"]
+__all__ = [
+    "ARCHITECTURE",
+    "D_SIG",
+    "RADIUS_RULES",
+    "RERANK",
+    "SPACE",
+    "Dim",
+    "active_space",
+    "config_fields",
+    "leaf",
+    "space_table",
+]
 
 #: name of the special row whose choices come from the reference set
 D_SIG = "d_sig"
+#: name of the row that sets two-stage selection (:attr:`kvprism.selection.SelectionConfig.rerank`): not a
+#: PhotonicConfig field; the objectives take it beside the config
+RERANK = "rerank"
 #: name of the row that sets the chip architecture (:mod:`kvprism.photonics.architecture`): not a PhotonicConfig
 #: field; its value is an ``Architecture`` label ('time-shared', 'resident', 'two-level:S') the objectives take
 ARCHITECTURE = "architecture"
@@ -44,6 +58,13 @@ class Dim:
     log: bool = False
     choices: tuple[Any, ...] | None = None
     to_si: float = 1.0
+    #: drawn only when the row named ``when[0]`` has the value ``when[1]`` (else the field is ``otherwise``, or the
+    #: base's value when ``otherwise`` is None)
+    when: tuple[str, Any] | None = None
+    otherwise: Any = None
+    #: the range is cut to what the ring can reach at the drawn radius (:func:`reachable_q_max`): the optuna parameter
+    #: is the position in the reachable part of [low, high] (log), named ``<name>_in_reach``
+    reach: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("float", "int", "categorical"):
@@ -53,8 +74,15 @@ class Dim:
         if self.kind != "categorical" and (self.low is None or self.high is None or not self.low <= self.high):
             raise KvprismError(f"Dim {self.name}: a numeric row needs low <= high (got {self.low}, {self.high})")
 
+    @property
+    def param_name(self) -> str:
+        """The optuna parameter's name."""
+        return f"{self.name}_in_reach" if self.reach else self.name
+
     def suggest(self, trial: Any, choices: Sequence[Any] | None = None) -> Any:
         """Draw this parameter from an optuna trial (``choices`` overrides the row's, e.g. for d_sig)."""
+        if self.reach:
+            return trial.suggest_float(self.param_name, 0.0, 1.0)
         if self.kind == "float":
             return trial.suggest_float(self.name, self.low, self.high, log=self.log)
         if self.kind == "int":
@@ -75,12 +103,16 @@ class Dim:
 
 
 #: The search space (ring radius → FSR, Q_loaded, comb spacing, d_sig, rows per bank, banks, detection
-#: bandwidth, laser power per line, ADC/DAC bits, encoding, EO tuning, V_max, calibration mode, architecture).
+#: bandwidth, laser power per line, ADC/DAC bits, encoding, EO tuning, V_max, calibration mode, fabrication spread and
+#: trim, architecture, rerank). Every optical range is the sourced range of the parameter (or an assumption, marked),
+#: not a neighbourhood of one preset: the search is global over optics and architecture.
 SPACE: tuple[Dim, ...] = (
     Dim("ring_radius_um", "ring_radius_m", "float", low=10.0, high=80.0, log=True, unit="µm", to_si=1e-6,
-        source="seed 20 µm (FSR 8.3 nm); Luxtelligence lnoi400 PDK default bend 80 µm (PHYSICS §10); FSR follows"),
-    Dim("q_loaded", "q_loaded", "float", low=3e3, high=1e6, log=True,
-        source="seed 1e4 (FDTD 1.25e4); below the intrinsic Q ≈ 2e6 of 0.2 dB/cm (PHYSICS §10)"),
+        source="seed 20 µm (FSR 8.3 nm); Luxtelligence lnoi400 PDK default bend 80 µm (PHYSICS §10); FSR follows, "
+        "and so do the ring pitch (2.5·R) and electrode capacitance (0.3 fF/µm · π·R): RADIUS_RULES"),
+    Dim("q_loaded", "q_loaded", "float", low=3e3, high=1e6, log=True, reach=True,
+        source="seed 1e4 (FDTD 1.25e4); below the intrinsic Q ≈ 2e6 of 0.2 dB/cm (PHYSICS §10); cut to the Q the "
+        "ring can reach at the drawn radius (its bend loss: Q_loaded < Q_intrinsic/2 in the critical regime)"),
     Dim("channel_spacing_nm", "channel_spacing_m", "float", low=0.1, high=1.6, log=True, unit="nm", to_si=1e-9,
         source="ITU-T G.694.1 grid 12.5–200 GHz (0.1–1.6 nm); seed 1.6 nm"),
     Dim(D_SIG, "n_lines", "categorical",
@@ -107,11 +139,13 @@ SPACE: tuple[Dim, ...] = (
     Dim("feedback_calibration", "feedback_calibration", "categorical", choices=(False, True),
         source="open loop (seed) or closed loop (Zhang et al., Optica 9, 579, 2022)"),
     Dim("rewrite_calibration", "rewrite_calibration", "categorical", choices=("recalibrate", "replay"),
+        when=("feedback_calibration", True), otherwise="recalibrate",
         source="PHYSICS §11: time-shared banks are rewritten every round; in-situ recalibration of each rewrite, "
         "or replay of stored codes recalibrated round-robin in idle time (needs feedback_calibration)"),
-    Dim("calibration_iters", "calibration_iters", "int", low=0, high=8,
+    Dim("calibration_iters", "calibration_iters", "int", low=0, high=8, when=("feedback_calibration", True),
         source="assumption: crosstalk-aware corrections of the closed loop (each costs 2·d probe readings)"),
     Dim("calibration_probe_averages", "calibration_probe_averages", "int", low=1, high=1024, log=True,
+        when=("feedback_calibration", True),
         source="assumption: averaging of in-situ probe readings (dithering-style closed loop, Optica 9, 579)"),
     Dim("fab_sigma_nm", "fab_sigma_m", "float", low=0.5, high=2.0, unit="nm", to_si=1e-9,
         source="as-fabricated resonance spread 0.5–2 nm (PHYSICS §8): the best process in the range may be chosen"),
@@ -121,6 +155,10 @@ SPACE: tuple[Dim, ...] = (
         choices=("time-shared", "resident", "two-level:4", "two-level:8", "two-level:16"),
         source="PHYSICS §11: resident signatures vs time-shared banks; two-level super-blocks of S blocks "
         "(assumption: S = 4–16, the chip ranks N/(B·S) rows); searched only when the search is timed"),
+    Dim(RERANK, RERANK, "categorical", choices=(1, 2, 4),
+        source="two-stage selection (SelectionConfig.rerank): the chip proposes rerank·k blocks, exact rescoring "
+        "keeps k; 1 = one-stage. Assumption: 2–4 (rerank 2 made the untimed chip exact on the reference set, "
+        "benchmarks/measured/design-evaluate-rerank-b32.md)"),
 )  # fmt: skip
 
 
@@ -172,7 +210,7 @@ def active_space(
     space: Iterable[Dim] = SPACE, config_cls: type | None = None, fixed: Iterable[str] = ()
 ) -> tuple[list[Dim], list[Dim]]:
     """``(searched, left_out)``: rows whose field exists in the config (and is not ``fixed``), and the others."""
-    names = config_fields(config_cls) | {ARCHITECTURE}  # the architecture row sets no config field
+    names = config_fields(config_cls) | {ARCHITECTURE, RERANK}  # these rows set no config field
     fixed = set(fixed)
     rows = list(space)
     seen: set[str] = set()
@@ -190,3 +228,89 @@ def active_space(
 def space_table(space: Iterable[Dim] = SPACE) -> list[dict[str, str]]:
     """The table for display/JSON: parameter, field, range, source."""
     return [{"parameter": d.name, "field": d.field, "range": d.range_text(), "source": d.source} for d in space]
+
+
+def reachable_q_max(cfg: Any, radius_m: float) -> float:
+    """The largest loaded Q a ring of ``radius_m`` reaches with the loss of ``cfg``'s loss model at that radius
+    (:func:`kvprism.photonics.ring.design_couplings` in ``cfg.coupling_regime``), less 0.1 %: bisection on log Q."""
+    import math
+
+    from kvprism.photonics import loss, ring
+
+    if getattr(cfg, "loss_model", "fixed") == "bend":
+        loss_db = loss.intrinsic_loss_db_per_m(
+            radius_m, cfg.straight_loss_db_per_m, cfg.bend_loss_c1_db_per_m, cfg.bend_loss_c2_per_m
+        )
+    else:
+        loss_db = cfg.loss_db_per_m
+
+    def ok(q: float) -> bool:
+        try:
+            ring.design_couplings(q, cfg.wavelength_center_m, cfg.n_g, radius_m, loss_db, cfg.coupling_regime)
+        except ValueError:
+            return False
+        return True
+
+    lo, hi = 0.0, 12.0  # log10 Q
+    if not ok(10.0**lo):
+        return 0.0
+    if ok(10.0**hi):
+        return math.inf
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(10.0**mid) else (lo, mid)
+    return 0.999 * 10.0**lo
+
+
+def q_in_reach(d: Dim, position: float, q_max: float) -> float | None:
+    """The value at ``position`` ∈ [0, 1] of the reachable part of ``d``'s range (log), or None when none is."""
+    import math
+
+    hi = min(float(d.high), q_max)
+    if hi < float(d.low):
+        return None
+    return math.exp(math.log(d.low) + position * (math.log(hi) - math.log(d.low)))
+
+
+def buildable_space(space: Iterable[Dim], cfg: Any) -> list[Dim]:
+    """``space`` with the ring radius row's lower bound raised to the smallest radius at which a loaded Q of the Q
+    row's lower bound is reachable with ``cfg``'s loss model (:func:`reachable_q_max`; a smaller ring's bend loss
+    leaves no Q in the sourced range: every draw there would be rejected). Unchanged without both rows."""
+    import math
+
+    rows = list(space)
+    radius = next((d for d in rows if d.field == "ring_radius_m" and d.kind == "float"), None)
+    q = next((d for d in rows if d.field == "q_loaded" and d.kind == "float"), None)
+    if radius is None or q is None:
+        return rows
+    lo, hi = math.log(radius.low), math.log(radius.high)
+    if reachable_q_max(cfg, math.exp(lo) * radius.to_si) >= q.low:
+        return rows
+    if reachable_q_max(cfg, math.exp(hi) * radius.to_si) < q.low:
+        return rows  # nothing buildable: every draw is rejected with its reason
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if reachable_q_max(cfg, math.exp(mid) * radius.to_si) >= q.low else (mid, hi)
+    new_low = float(f"{math.exp(hi):.3g}")
+    new_low = new_low if reachable_q_max(cfg, new_low * radius.to_si) >= q.low else math.exp(hi)
+    cut = dataclasses.replace(
+        radius, low=new_low,
+        source=f"{radius.source}; below {new_low:g} µm the bend loss leaves no loaded Q ≥ {q.low:g} (searched from there)",
+    )  # fmt: skip
+    return [cut if d is radius else d for d in rows]
+
+
+#: Fields that follow the drawn ring radius R (SI), each with the rule its PhotonicConfig default states: the ring
+#: cell pitch 2.5·R ("assumption: 2.5·R") and the EO electrode capacitance 0.3 fF/µm over the ring's half
+#: circumference π·R ("lumped TFLN electrode ~0.3 fF/µm over ~63 µm", the default's 20 fF at R = 20 µm). A search over
+#: the radius sets them with it, so that area and programming energy scale with the ring drawn.
+RADIUS_RULES: dict[str, Any] = {
+    "ring_pitch_m": lambda r: 2.5 * r,
+    "ring_capacitance_f": lambda r: 0.3e-15 / 1e-6 * 3.141592653589793 * r,
+}
+
+
+def radius_fields(radius_m: float, config_cls: type | None = None) -> dict[str, float]:
+    """The :data:`RADIUS_RULES` fields for ``radius_m`` (those the installed config has)."""
+    have = config_fields(config_cls)
+    return {name: float(rule(radius_m)) for name, rule in RADIUS_RULES.items() if name in have}
