@@ -13,7 +13,7 @@ optuna = pytest.importorskip("optuna")
 
 from kvprism.cli import main  # noqa: E402
 from kvprism.photonics import PhotonicConfig, feasibility  # noqa: E402
-from kvprism.photonics.design import decode_timing  # noqa: E402
+from kvprism.photonics.design import ChipDesign, decode_timing  # noqa: E402
 from kvprism.search.objectives import (  # noqa: E402
     MARGIN_NAMES,
     ONE_STAGE_CRITERIA,
@@ -171,6 +171,11 @@ def test_conditional_rows_and_the_reachable_q():
         assert q == pytest.approx(min(q_row.high, q_max))
         base.replace(ring_radius_m=radius_um * 1e-6, q_loaded=q)  # reachable: the config accepts it
     assert q_in_reach(q_row, 0.5, 1e3) is None  # a ring whose bend loss leaves no Q in [3e3, 1e6]
+    comb = [ROWS["ring_radius_um"], ROWS["d_sig"], ROWS["channel_spacing_nm"]]
+    widest = _fields(comb, {"ring_radius_um": 75.0, "d_sig": 16, "channel_spacing_nm_in_reach": 1.0},
+                     tiny_reference(), base)  # fmt: skip
+    span = widest["n_lines"] * widest["channel_spacing_m"]
+    assert span == pytest.approx(0.999 * ChipDesign.from_config(base.replace(**widest)).fsr_m)  # the comb fits
     cut = {d.name: d for d in buildable_space(SPACE, base)}["ring_radius_um"]
     assert cut.low > ROWS["ring_radius_um"].low and reachable_q_max(base, cut.low * 1e-6) >= q_row.low
 

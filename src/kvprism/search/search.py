@@ -123,7 +123,7 @@ def _active(d: Dim, params: dict[str, Any], base_cfg: Any) -> bool:
 def _fields(dims: Sequence[Dim], params: dict[str, Any], ref: ReferenceSet, base_cfg: Any = None) -> dict[str, Any]:
     """Config field values of drawn ``params`` (keyed by optuna parameter name). Raises ConfigError when a row
     cut to its reach (``Dim.reach``) has no reachable value."""
-    from kvprism.search.space import q_in_reach, reachable_q_max
+    from kvprism.search.space import comb_spacing_max_m, q_in_reach, reachable_q_max
 
     out = {}
     for d in dims:
@@ -136,13 +136,18 @@ def _fields(dims: Sequence[Dim], params: dict[str, Any], ref: ReferenceSet, base
         v = params[d.param_name]
         if d.reach:
             radius = out.get("ring_radius_m", getattr(base_cfg, "ring_radius_m", None))
-            q = q_in_reach(d, v, reachable_q_max(base_cfg, radius))
-            if q is None:
+            if d.reach == "q":
+                top, why = reachable_q_max(base_cfg, radius), "the bend loss at that radius"
+            else:
+                lines = out.get("n_lines", getattr(base_cfg, "n_lines", 1))
+                top, why = comb_spacing_max_m(base_cfg, radius, lines) / d.to_si, f"{lines} lines within one FSR"
+            x = q_in_reach(d, v, top)
+            if x is None:
                 raise ConfigError(
-                    f"{d.field}: no value in [{d.low:g}, {d.high:g}] is reachable at ring radius {radius * 1e6:.3g} µm "
-                    f"(largest reachable {reachable_q_max(base_cfg, radius):.3g}: the bend loss at that radius)"
+                    f"{d.field}: no value in [{d.low:g}, {d.high:g}] {d.unit} is allowed at ring radius "
+                    f"{radius * 1e6:.3g} µm (at most {top:.3g}: {why})"
                 )
-            out[d.field] = q
+            out[d.field] = x * (d.to_si if d.kind == "float" else 1.0)
             continue
         out[d.field] = ref.width(v) if d.name == D_SIG else d.field_value(v)
         if d.field == "ring_radius_m":  # pitch and electrode capacitance follow the ring drawn
@@ -157,7 +162,7 @@ def _base_params(dims: Sequence[Dim], cfg: Any, ref: ReferenceSet) -> dict[str, 
     space."""
     import math
 
-    from kvprism.search.space import reachable_q_max
+    from kvprism.search.space import comb_spacing_max_m, reachable_q_max
 
     out: dict[str, Any] = {}
     for d in dims:
@@ -180,10 +185,14 @@ def _base_params(dims: Sequence[Dim], cfg: Any, ref: ReferenceSet) -> dict[str, 
                 return None
             out[d.name] = v
         elif d.reach:
-            hi = min(d.high, reachable_q_max(cfg, cfg.ring_radius_m))
-            if not d.low <= v <= hi or hi <= d.low:
+            if d.reach == "q":
+                hi = min(d.high, reachable_q_max(cfg, cfg.ring_radius_m))
+            else:
+                hi = min(d.high, comb_spacing_max_m(cfg, cfg.ring_radius_m, cfg.n_lines) / d.to_si)
+            x = v / d.to_si if d.kind == "float" else v
+            if not d.low <= x <= hi or hi <= d.low:
                 return None
-            out[d.param_name] = (math.log(v) - math.log(d.low)) / (math.log(hi) - math.log(d.low))
+            out[d.param_name] = (math.log(x) - math.log(d.low)) / (math.log(hi) - math.log(d.low))
         else:
             x = v / d.to_si if d.kind == "float" else v
             if not d.low * (1 - 1e-9) <= x <= d.high * (1 + 1e-9):

@@ -62,9 +62,10 @@ class Dim:
     #: base's value when ``otherwise`` is None)
     when: tuple[str, Any] | None = None
     otherwise: Any = None
-    #: the range is cut to what the ring can reach at the drawn radius (:func:`reachable_q_max`): the optuna parameter
-    #: is the position in the reachable part of [low, high] (log), named ``<name>_in_reach``
-    reach: bool = False
+    #: the range is cut to what the drawn ring allows: ``"q"`` the loaded Q it reaches (:func:`reachable_q_max`),
+    #: ``"comb"`` the line spacing whose comb (d lines) fits its FSR (:func:`comb_spacing_max_m`); the optuna
+    #: parameter is the position in the allowed part of [low, high] (log), named ``<name>_in_reach``
+    reach: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("float", "int", "categorical"):
@@ -110,13 +111,14 @@ SPACE: tuple[Dim, ...] = (
     Dim("ring_radius_um", "ring_radius_m", "float", low=10.0, high=80.0, log=True, unit="µm", to_si=1e-6,
         source="seed 20 µm (FSR 8.3 nm); Luxtelligence lnoi400 PDK default bend 80 µm (PHYSICS §10); FSR follows, "
         "and so do the ring pitch (2.5·R) and electrode capacitance (0.3 fF/µm · π·R): RADIUS_RULES"),
-    Dim("q_loaded", "q_loaded", "float", low=3e3, high=1e6, log=True, reach=True,
+    Dim("q_loaded", "q_loaded", "float", low=3e3, high=1e6, log=True, reach="q",
         source="seed 1e4 (FDTD 1.25e4); below the intrinsic Q ≈ 2e6 of 0.2 dB/cm (PHYSICS §10); cut to the Q the "
         "ring can reach at the drawn radius (its bend loss: Q_loaded < Q_intrinsic/2 in the critical regime)"),
-    Dim("channel_spacing_nm", "channel_spacing_m", "float", low=0.1, high=1.6, log=True, unit="nm", to_si=1e-9,
-        source="ITU-T G.694.1 grid 12.5–200 GHz (0.1–1.6 nm); seed 1.6 nm"),
     Dim(D_SIG, "n_lines", "categorical",
         source="reference set: the signature widths captured (one comb line per signature dimension)"),
+    Dim("channel_spacing_nm", "channel_spacing_m", "float", low=0.1, high=1.6, log=True, unit="nm", to_si=1e-9,
+        reach="comb", source="ITU-T G.694.1 grid 12.5–200 GHz (0.1–1.6 nm); seed 1.6 nm; cut to FSR / d (the comb of "
+        "d lines within one FSR of the drawn ring)"),
     Dim("rows_per_bank", "rows_per_bank", "categorical", choices=(128, 256, 512, 1024, 2048, 4096, 8192),
         source="1×2^n splitter trees; seed N = 8192 (PHYSICS §6); 128 = the reference set's blocks at 8K"),
     Dim("n_banks", "n_banks", "int", low=1, high=112, log=True,
@@ -262,8 +264,17 @@ def reachable_q_max(cfg: Any, radius_m: float) -> float:
     return 0.999 * 10.0**lo
 
 
+def comb_spacing_max_m(cfg: Any, radius_m: float, n_lines: int) -> float:
+    """The largest line spacing [m] whose comb of ``n_lines`` lines spans at most one FSR of a ring of ``radius_m``
+    (the feasibility check: span d·Δ ≤ FSR), less 0.1 %."""
+    from kvprism.photonics import ring
+
+    return 0.999 * float(ring.fsr_m(cfg.wavelength_center_m, cfg.n_g, radius_m)) / n_lines
+
+
 def q_in_reach(d: Dim, position: float, q_max: float) -> float | None:
-    """The value at ``position`` ∈ [0, 1] of the reachable part of ``d``'s range (log), or None when none is."""
+    """The value at ``position`` ∈ [0, 1] of the allowed part of ``d``'s range (log; ``q_max`` in ``d``'s unit), or
+    None when none is."""
     import math
 
     hi = min(float(d.high), q_max)
