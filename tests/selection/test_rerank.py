@@ -168,10 +168,20 @@ def test_energy_charges_the_candidate_signature_read():
     assert rerank_read_bytes(two, banks, 20) == banks * 20 * 16 * 2  # never more candidates than blocks
     a, b = decode_step(cfg, one, shape, 32768), decode_step(cfg, two, shape, 32768)
     assert a.photonic_energy_j["rerank_reads"] == 0.0 and a.photonic_latency_s["rerank"] == 0.0
+    # the rescored signatures are read from HBM and scored exactly: 2·d FLOPs per candidate and query (one summed
+    # query per KV head with gqa_reduce 'sum'), charged like the electronic baselines
+    rescored = min(two.rerank * two.k, 32768 // one.block_size)
+    flops = 2.0 * two.d_sig * banks * 1 * rescored
+    assert two.gqa_reduce == "sum"
     assert b.photonic_energy_j["rerank_reads"] == pytest.approx(
         rerank_read_bytes(two, banks, 32768 // one.block_size) * 8 * one.hbm_energy_per_bit_j
+        + flops * one.gpu_energy_per_flop_j
     )
     assert b.photonic_total_energy_j > a.photonic_total_energy_j
+    assert b.photonic_latency_s["rerank"] == pytest.approx(
+        max(rerank_read_bytes(two, banks, 32768 // one.block_size) / one.hbm_bandwidth_bytes_per_s,
+            flops / one.gpu_flops_per_s)
+    )  # fmt: skip
     assert b.photonic_latency_s["rerank"] > 0.0
     assert b.added_latency_s == pytest.approx(a.added_latency_s + b.photonic_latency_s["rerank"])
 
