@@ -254,10 +254,11 @@ def test_step_ledger_terms_against_a_hand_count():
     # drive channels: one per ring at 0.5 mW, all step
     assert e["ring_drivers"] == pytest.approx(8192 * 0.5e-3 * 0.05, rel=1e-12)  # 0.2 J
     # probes: per bank calibration 9 readings × 16 lines × 16 averages samples on 128 rows (10-bit ADC conversions),
-    # the rows' TIAs at the probe bandwidth for the calibration time, 9 × 128 × 16 drive updates at C·V²
+    # the rows' TIAs at the probe bandwidth for the calibration time, 9 × 128 × 16 drive updates at C·V² (70.7 fF:
+    # the 75 µm ring's electrode)
     probe_bw = 0.5 / ds.probe_sample_time_s
     per_cal = (9 * 16 * 16 * 128 * 25e-15 * 2**10 + 128 * ds.tia_power_w(probe_bw) * ds.calibration_time_s
-               + 9 * 128 * 16 * 20e-15 * 10.0**2 / 3)  # fmt: skip
+               + 9 * 128 * 16 * 70.7e-15 * 10.0**2 / 3)  # fmt: skip
     assert e["calibration"] == pytest.approx(896 * per_cal, rel=1e-12)
     # TIAs of the 512 physical rows while querying (query bandwidth) and probing (probe bandwidth)
     tia = 512 * (ds.tia_power_w(t.noise_bandwidth_hz) * t.query_s + ds.tia_power_w(probe_bw) * t.calibration_s)

@@ -10,13 +10,15 @@ import torch
 from kvprism import PhotonicConfig, PhotonicEngine
 from kvprism.config import ConfigError
 from kvprism.photonics import drift
+from kvprism.photonics.design import ChipDesign
 
-# strong, fast drift so that holding the codes over a few hundred steps matters: σ 4 pm per ring, 2 pm global,
-# correlation time 10 steps
+# strong, fast drift so that holding the codes over a few hundred steps matters: σ 0.26 linewidths per ring, 0.13
+# global (4 pm / 2 pm at the 15.5 pm FWHM of Q 1e5), correlation time 10 steps
+_FWHM_M = ChipDesign.from_config(PhotonicConfig.preset("tfln-timeshared")).fwhm_m
 DRIFTY = PhotonicConfig.preset("tfln-timeshared").replace(
     drift_model="fixed",
-    drift_ring_sigma_m=4e-12,
-    drift_global_sigma_m=2e-12,
+    drift_ring_sigma_m=4e-12 / 15.5e-12 * _FWHM_M,
+    drift_global_sigma_m=2e-12 / 15.5e-12 * _FWHM_M,
     drift_corr_time_s=0.2,
     decode_step_time_s=0.02,
     code_refresh="hold",

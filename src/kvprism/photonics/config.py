@@ -669,8 +669,9 @@ class PhotonicConfig(ConfigBase):
         "rings' temperature; heater_count = MRR count)",
         unit="W",
         gt=0.0,
-        source="assumption: a TEC-stabilised photonic package removes a few W at the ≤ 0.1 K stability the drift "
-        "presets assume (bare LN rings drift tens of pm/K, PHYSICS §10)",
+        source="assumption: a TEC-stabilised photonic package removes a few W while holding the die to the 0.05 K "
+        "(σ) of temperature_stability_k, which the thermal drift model assumes (bare LN rings drift tens of pm/K, "
+        "PHYSICS §10)",
         section="layout",
     )
     # ---------------------------------------------------------------- energy model (kvprism.energy)
