@@ -64,6 +64,14 @@ def test_eval_option_reaches_every_selection_config(
     assert [c.method for c in cfgs] == ["dense", "exact", "exact", "photonic", "photonic"]
 
 
+def test_carry_reaches_niah_and_recall_which_decodes_one_step_has_no_carry(tmp_path, tiny_dir, captured_grid):
+    args = ["--model", str(tiny_dir), "--configs", "dense,exact", "--k", "2,3", "--contexts", "150"]
+    assert main(["niah", *args, "--carry", "1", "--out", str(tmp_path / "run")]) == 0
+    assert [c.selection.carry for c in captured_grid["configs"] if c.method != "dense"] == [1, 1]
+    assert main(["recall", *args, "--carry", "1", "--out", str(tmp_path / "r2")]) == 2
+    assert main(["niah", *args, "--carry", "3", "--out", str(tmp_path / "r3")]) == 2  # carry > k 2
+
+
 def test_selection_file_photonic_file_and_explicit_options(tmp_path, tiny_dir, captured_grid):
     sel_file = tmp_path / "sel.toml"
     sel_file.write_text("block_size = 16\nwindow = 48\nprojection = 'random'\n")

@@ -97,6 +97,11 @@ SELECTION_OPTIONS: dict[str, tuple[type, str]] = {
         int,
         "Two-stage selection: the scorer proposes rerank×k blocks, exact rescoring keeps k (1 = one stage).",
     ),
+    "carry": (
+        int,
+        "Blocks carried from one decode step to the next: the carry selected blocks with the most attention mass "
+        "stay selected, the scorer picks the rest of the k (0 = off).",
+    ),
     "sink_blocks": (int, "First blocks always read (attention sinks)."),
     "window": (int, "Most recent tokens always read."),
     "seed": (int, "Seed of random projections and of the photonic engine's noise and fabrication draws."),

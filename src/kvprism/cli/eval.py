@@ -354,7 +354,7 @@ def niah(
     _eval_grid(**locals(), mode="niah")
 
 
-@with_selection_options(*_EVAL_FIELDS)
+@with_selection_options(*(f for f in _EVAL_FIELDS if f != "carry"))  # one decode step: nothing to carry
 def recall(
     task: _TaskOpt = "niah_single",
     contexts: _ContextsOpt = _DEFAULT_CONTEXTS,

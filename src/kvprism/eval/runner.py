@@ -568,6 +568,10 @@ class Runner:
 _PRESET_CONTENT: dict[str, dict[str, Any]] = {}
 
 
+#: SelectionConfig fields added after cells were first stored, with the value that means "not used"
+_LATER_FIELDS: dict[str, Any] = {"carry": 0}
+
+
 def _selection_settings(config: EvalConfig) -> dict[str, Any] | None:
     """The resolved selection settings of a configuration, by content (``None`` for dense)."""
     sel = config.selection_config()
@@ -579,6 +583,9 @@ def _selection_settings(config: EvalConfig) -> dict[str, Any] | None:
         d = dict(vars(sel))
     if "scorer" in d:
         d["backend"] = d.pop("scorer")  # the field's stored name: cells stored before the rename keep their keys
+    for name, off in _LATER_FIELDS.items():
+        if name in d and d[name] == off:
+            del d[name]  # a field added later, at its "off" value: cells stored before it existed keep their keys
     photonic = d.pop("photonic", None)
     if config.method == "photonic":
         if isinstance(photonic, str):

@@ -92,7 +92,9 @@ def sparse_attend(
     token_idx: torch.Tensor,
     token_ok: torch.Tensor,
     scaling: float,
-) -> torch.Tensor:
+    *,
+    slot_mass: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Exact attention of one decode query over gathered tokens only.
 
     Args:
@@ -102,26 +104,37 @@ def sparse_attend(
         token_idx: ``[B, H, M]`` int64 cache positions to read per KV head.
         token_ok: ``[B, H, M]`` bool; False slots are ignored (fixed-shape padding of the index list).
         scaling: softmax scale (``D**-0.5`` for these families).
+        slot_mass: also return the attention mass of every gathered slot summed over the GQA group (``[B, H, M]``
+            fp32, 0 on False slots), from the same softmax.
 
     Returns:
-        ``[B, Hq, Dv]`` attention output in the query dtype.
+        ``[B, Hq, Dv]`` attention output in the query dtype (with ``slot_mass``: ``(output, mass)``).
     """
-    return attend_gathered(query, _gather_rows(key, token_idx), _gather_rows(value, token_idx), token_ok, scaling)
+    kg, vg = _gather_rows(key, token_idx), _gather_rows(value, token_idx)
+    return attend_gathered(query, kg, vg, token_ok, scaling, slot_mass=slot_mass)
 
 
 def attend_gathered(
-    query: torch.Tensor, kg: torch.Tensor, vg: torch.Tensor, token_ok: torch.Tensor, scaling: float
-) -> torch.Tensor:
+    query: torch.Tensor,
+    kg: torch.Tensor,
+    vg: torch.Tensor,
+    token_ok: torch.Tensor,
+    scaling: float,
+    *,
+    slot_mass: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of ``query [B, Hq, D]`` over already gathered keys / values ``[B, H, M, D]`` (GQA: query
     head ``h·G + g`` reads KV head ``h``), False slots of ``token_ok [B, H, M]`` masked; fp32 scores and softmax.
-    Returns ``[B, Hq, Dv]`` in the query dtype."""
+    Returns ``[B, Hq, Dv]`` in the query dtype; with ``slot_mass`` also each slot's attention mass summed over the
+    group, ``[B, H, M]`` fp32."""
     b, hq, d = query.shape
     h = kg.shape[1]
     q = query.reshape(b, h, hq // h, d)
     s = torch.matmul(q, kg.transpose(-1, -2)).float() * scaling  # [B, H, G, M]
     s = s.masked_fill(~token_ok[:, :, None, :], -math.inf)
-    p = torch.softmax(s, dim=-1).to(vg.dtype)
-    return torch.matmul(p, vg).reshape(b, hq, -1).to(query.dtype)  # [B, Hq, Dv]
+    probs = torch.softmax(s, dim=-1)
+    out = torch.matmul(probs.to(vg.dtype), vg).reshape(b, hq, -1).to(query.dtype)  # [B, Hq, Dv]
+    return (out, probs.sum(2)) if slot_mass else out
 
 
 def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

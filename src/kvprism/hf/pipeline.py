@@ -167,6 +167,7 @@ class DecodePipeline:
         self.engine_group = group_scorers(self.selectors)
         self.prepared: list[PreparedLayer | None] = [None] * num_layers
         self.hooks: list[Callable[[StepEvent], Any]] = []
+        self._carry: list[torch.Tensor | None] = [None] * num_layers  # [B, H, carry] blocks kept for the next step
         self._layout_key: tuple | None = None
         self._layout: BlockLayout | None = None
         self._valid: torch.Tensor | None = None  # [B, T] key validity of the current step
@@ -207,11 +208,14 @@ class DecodePipeline:
             blocks, select_impl = selector.select_range(group, lo, hi), "kernel"
         else:
             cand = layout.candidate_mask(n=selector.n_blocks).expand(b, h, -1)
-            blocks, select_impl = selector.select(group, cand), "torch"
+            blocks, select_impl = self.select_with_carry(layer_idx, group, cand), "torch"
         plan = layout.gather_plan(blocks)  # 4. plan
         t1 = _now(query.device) if self.profile else 0.0
         if triton:  # 5. attend
             out = self.attend_triton(query, key, value, blocks, layout, scaling)
+        elif self.sel.carry and not self.oracle:
+            out, mass = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling, slot_mass=True)
+            self.keep_carry(layer_idx, blocks, mass)
         else:
             out = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
         t2 = _now(query.device) if self.profile else 0.0
@@ -230,6 +234,42 @@ class DecodePipeline:
         for hook in self.hooks:
             hook(event)
         return out
+
+    # ------------------------------------------------------------------------------------------------ 3. carry
+    def select_with_carry(self, layer_idx: int, group: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """``SelectionConfig.carry``: the blocks kept from the previous step (:meth:`keep_carry`) that are still
+        candidates, first, then the scorer's best of the other candidates; ``[B, H, k]`` (-1 = none), the carried
+        blocks filling their slots only where they exist. Without carried blocks (``carry`` 0, or the first step)
+        this is the scorer's selection, :meth:`BlockSelector.select`."""
+        selector = self.selectors[layer_idx]
+        k = self.sel.k
+        prev = self._carry[layer_idx]
+        if prev is None or selector.n_blocks == 0:
+            return selector.select(group, cand)
+        kept = prev.clamp_min(0)
+        ok = (prev >= 0) & (kept < selector.n_blocks)
+        kept = kept.clamp_max(max(selector.n_blocks - 1, 0))
+        ok = ok & torch.gather(cand, -1, kept)
+        carried = torch.where(ok, kept, torch.full_like(kept, -1))
+        taken = torch.zeros_like(cand).scatter_(-1, kept, ok)
+        rest = selector.select(group, cand & ~taken)
+        merged = torch.cat([carried, rest], dim=-1)  # [B, H, carry + k]: carried first, best first after them
+        # the first k existing ids, order kept (a stable sort puts the -1 slots last)
+        order = torch.sort((merged < 0).to(torch.int8), dim=-1, stable=True).indices
+        return torch.gather(merged, -1, order)[..., :k]
+
+    def keep_carry(self, layer_idx: int, blocks: torch.Tensor, slot_mass: torch.Tensor) -> None:
+        """Remember, for the next step of layer ``layer_idx``, the ``carry`` selected ``blocks [B, H, k]`` that
+        took the most attention mass; ``slot_mass [B, H, M]`` is the group's mass per gathered slot of this step's
+        :meth:`~kvprism.layout.BlockLayout.gather_plan`, whose last ``k * block_size`` slots are the selected
+        blocks' tokens in order."""
+        b, h, k = blocks.shape
+        bs = self.sel.block_size
+        per_block = slot_mass[..., slot_mass.shape[-1] - k * bs :].reshape(b, h, k, bs).sum(-1)
+        per_block = per_block.masked_fill(blocks < 0, -1.0)
+        top = torch.topk(per_block, min(self.sel.carry, k), dim=-1).indices
+        kept = torch.gather(blocks, -1, top)
+        self._carry[layer_idx] = kept.masked_fill(torch.gather(per_block, -1, top) < 0, -1)
 
     # ------------------------------------------------------------------------------------------------ 1. layout
     def layout(self, attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device) -> BlockLayout:
@@ -289,6 +329,13 @@ class DecodePipeline:
         """Whether this layer-step attends with the Triton kernel (see ``impl``); raises where ``"triton"`` was
         asked for and cannot run."""
         if self.impl == "torch":
+            return False
+        if self.sel.carry and not self.oracle:
+            if self.impl == "triton":
+                raise KvprismError(
+                    f"impl='triton' cannot run SelectionConfig.carry = {self.sel.carry}: the Triton kernel returns "
+                    "no block masses (use impl='torch' or 'auto')"
+                )
             return False
         why = triton_blocker(
             query.device, query.shape[-1], value.shape[-1], query.dtype, (key.dtype, value.dtype), self._plain

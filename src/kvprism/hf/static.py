@@ -63,13 +63,18 @@ __all__ = ["StaticDecodeStep", "StaticSparseCache", "StaticSparseLayer", "check_
 
 def check_static_config(sel: SelectionConfig) -> None:
     """Raise :class:`ConfigError` for a selection the static path does not implement: a scorer other than
-    ``exact`` (its per-step simulation has no fixed-shape form)."""
+    ``exact`` (its per-step simulation has no fixed-shape form) or blocks carried between steps (``carry``)."""
     if not isinstance(sel, SelectionConfig):
         raise ConfigError(f"StaticSparseCache needs a SelectionConfig, got {type(sel).__name__}")
     if sel.scorer != "exact":
         raise ConfigError(
             f"SelectionConfig.scorer = {sel.scorer!r} is not supported by StaticSparseCache; allowed: 'exact' "
             "(a photonic scorer simulates the chip step by step: use the dynamic kvprism.SparseCache)"
+        )
+    if sel.carry:
+        raise ConfigError(
+            f"SelectionConfig.carry = {sel.carry} is not supported by StaticSparseCache; allowed: 0 (blocks carried "
+            "between steps are per-step state: use the dynamic kvprism.SparseCache)"
         )
 
 

@@ -96,6 +96,15 @@ class SelectionConfig(ConfigBase):
         unit="x k",
         ge=1,
     )
+    carry: int = param(
+        0,
+        doc="Blocks carried over from the previous decode step: of that step's selected blocks, the 'carry' that "
+        "took the most attention mass (summed over the query group, from the step's own sparse attention: no "
+        "extra reads, no extra scorer rows or evaluations) stay selected; the scorer picks the rest of the k, "
+        "excluding them. 0 = off. Attends through the torch path (the Triton kernel returns no block masses).",
+        unit="blocks",
+        ge=0,
+    )
     sink_blocks: int = param(1, doc="First blocks (of real tokens) always read (attention sinks).", unit="blocks", ge=0)
     window: int = param(32, doc="Most recent tokens always read.", unit="tokens", ge=0, source=_SWEEP_SOURCE)
     scorer: str = param(
@@ -132,6 +141,8 @@ class SelectionConfig(ConfigBase):
             known = _photonic_presets()
             if self.photonic not in known:
                 self._fail("photonic", self.photonic, f"allowed presets: {', '.join(known)}")
+        if self.carry > self.k:
+            self._fail("carry", self.carry, f"allowed range: [0, k] (k is {self.k})")
         if self.rerank > 1 and self.budget != "topk":
             self._fail("rerank", self.rerank, f"rerank > 1 needs budget='topk' (budget is {self.budget!r})")
         h = self.heads

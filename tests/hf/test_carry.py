@@ -1,0 +1,106 @@
+"""``SelectionConfig.carry``: blocks that took the most attention mass at one decode step stay selected at the next;
+the scorer fills the rest of the k from the other candidates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvprism.errors import ConfigError, KvprismError
+from kvprism.hf import attention as A
+from kvprism.hf.cache import SparseCache
+from kvprism.hf.static import check_static_config
+from kvprism.selection import SelectionConfig
+from tests.conftest import tiny_model
+from tests.hf.test_cache import _batch, decode_loop
+
+BASE = dict(block_size=8, k=3, d_sig=8, window=4, sink_blocks=1, projection="random")
+
+
+def _trace(sel, steps=4):
+    model = tiny_model("llama")
+    ids, mask = _batch()
+    cache = SparseCache(model, sel, trace=True, impl="torch")
+    decode_loop(model, ids, mask, cache, steps=steps)
+    return model, cache
+
+
+def test_slot_mass_is_the_softmax_of_the_gathered_slots_summed_over_the_group():
+    g = torch.Generator().manual_seed(0)
+    b, h, grp, m, d = 2, 2, 3, 10, 8
+    q = torch.randn(b, h * grp, d, generator=g)
+    kg, vg = torch.randn(b, h, m, d, generator=g), torch.randn(b, h, m, d, generator=g)
+    ok = torch.rand(b, h, m, generator=g) > 0.3
+    ok[..., 0] = True
+    out, mass = A.attend_gathered(q, kg, vg, ok, 0.5, slot_mass=True)
+    assert torch.equal(out, A.attend_gathered(q, kg, vg, ok, 0.5))
+    logits = torch.einsum("bhgd,bhmd->bhgm", q.reshape(b, h, grp, d), kg) * 0.5
+    ref = torch.softmax(logits.masked_fill(~ok[:, :, None], -torch.inf), -1).sum(2)
+    torch.testing.assert_close(mass, ref)
+    assert torch.all(mass[~ok] == 0)
+
+
+def test_carried_blocks_are_last_steps_selected_blocks_with_the_most_mass_and_stay_selected():
+    sel = SelectionConfig(**BASE, carry=1)
+    model, cache = _trace(sel)
+    scaling = model.model.layers[0].self_attn.scaling
+    kept_any = False
+    for step in range(len(cache.trace) - 1):
+        for layer in cache.trace[step]:
+            rec, nxt = cache.trace[step][layer], cache.trace[step + 1][layer]
+            blocks = rec["blocks"]  # [B, H, k]
+            keys = cache.layers[layer].keys
+            b, h, _ = blocks.shape
+            # the mass of each selected block under this step's own sparse attention (independent recomputation)
+            q = rec["query"].reshape(b, h, -1, keys.shape[-1])
+            read = rec["token_mask"]  # [B, H, T]
+            t = read.shape[-1]
+            logits = torch.einsum("bhgd,bhtd->bhgt", q.float(), keys[:, :, :t].float()) * scaling
+            p = torch.softmax(logits.masked_fill(~read[:, :, None], -torch.inf), -1).sum(2)  # [B, H, T]
+            for bi in range(b):
+                for hi in range(h):
+                    ids = [int(x) for x in blocks[bi, hi] if x >= 0]
+                    if not ids:
+                        continue
+                    # a block's own tokens, not those of the window it may overlap (read anyway, as the tail)
+                    ts = t - sel.window
+                    masses = [float(p[bi, hi, j * 8 : min((j + 1) * 8, ts)].sum()) for j in ids]
+                    best = ids[max(range(len(ids)), key=masses.__getitem__)]
+                    assert best in nxt["blocks"][bi, hi].tolist(), (step, layer, bi, hi)
+                    kept_any = True
+    assert kept_any
+
+
+def test_carry_k_freezes_the_selection_and_carry_0_is_the_plain_selection():
+    sel = SelectionConfig(**BASE, carry=3)
+    _, frozen = _trace(sel, steps=5)
+    first = {layer: rec["blocks"] for layer, rec in frozen.trace[0].items()}
+    for step in frozen.trace[1:]:
+        for layer, rec in step.items():
+            assert torch.equal(rec["blocks"].sort(-1).values, first[layer].sort(-1).values)
+    _, plain = _trace(SelectionConfig(**BASE), steps=3)
+    _, off = _trace(SelectionConfig(**BASE, carry=0), steps=3)
+    for a, c in zip(plain.trace, off.trace, strict=True):
+        for layer in a:
+            assert torch.equal(a[layer]["blocks"], c[layer]["blocks"])
+
+
+def test_carry_reads_no_more_than_k_blocks_and_its_settings_are_checked():
+    _, cache = _trace(SelectionConfig(**BASE, carry=2), steps=4)
+    for step in cache.trace:
+        for rec in step.values():
+            blocks = rec["blocks"]
+            assert blocks.shape[-1] == 3
+            for row in blocks.reshape(-1, 3).tolist():
+                ids = [x for x in row if x >= 0]
+                assert len(ids) == len(set(ids))  # a carried block is never selected twice
+    with pytest.raises(ConfigError, match="carry"):
+        SelectionConfig(**BASE, carry=4)
+    with pytest.raises(ConfigError, match="carry"):
+        check_static_config(SelectionConfig(**BASE, carry=1))
+    model = tiny_model("llama")
+    cache = SparseCache(model, SelectionConfig(**BASE, carry=1), impl="torch")
+    cache.pipeline.impl = "triton"
+    q = torch.zeros(1, 4, 16, device="cpu")
+    with pytest.raises(KvprismError, match="carry"):
+        cache.pipeline.attends_with_triton(q, torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16))
