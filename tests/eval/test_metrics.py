@@ -178,3 +178,34 @@ def test_paired_counts_and_mcnemar():
     assert "only chip 2, only exact 1, neither 1" in M.format_paired(c, "chip", "exact")
     with pytest.raises(ValueError, match="outcomes"):
         M.paired_counts([True], [True, False])
+
+
+def test_per_token_needle_hits_of_a_hand_built_trace():
+    """Three answer tokens: the needle's block is read at the first and third step, not at the second; mass captured
+    follows the hand-built key weights (the needle's four keys hold 0.8 of the mass)."""
+    from types import SimpleNamespace
+
+    from kvprism.selection import SelectionConfig
+
+    sel = SelectionConfig(block_size=4, k=1, window=4, sink_blocks=1, projection="none")
+    n_tok = 24  # prefill: blocks 0..5; the needle is block 2 (tokens 8..11)
+    w = [1.0] * n_tok
+    for t in range(8, 12):
+        w[t] = 20.0  # 80 of the 100 units of weight
+    prefilled = SimpleNamespace(get_seq_length=lambda: n_tok, layers=[SimpleNamespace(keys=_keys_for_weights(w))])
+    trace = []
+    for step, block in enumerate([2, 3, 2]):
+        t = n_tok + 1 + step
+        mask = torch.zeros(1, 1, t, dtype=torch.bool)
+        mask[..., :4] = True  # sink
+        mask[..., t - 4 :] = True  # window
+        mask[..., block * 4 : block * 4 + 4] = True
+        trace.append({0: {"query": torch.ones(1, 1, 1), "blocks": torch.tensor([[[block]]]), "token_mask": mask}})
+    out = M.trace_metrics(trace, prefilled, sel, SimpleNamespace(target_spans=[(8, 12)]))
+    assert out["steps"]["needle_hit"] == [1.0, 0.0, 1.0]
+    assert out["needle_hit"] == 1.0  # the first step's
+    # mass captured over the prefill keys: sink 4 + window's prefill part + the block read, out of 100
+    masses = out["steps"]["mass_captured"]
+    assert masses[0] == pytest.approx((4 + 80 + 3) / 100, abs=1e-4)  # window of step 0 holds prefill tokens 21..23
+    assert masses[1] == pytest.approx((4 + 4 + 2) / 100, abs=1e-4)  # block 3, window tokens 22..23
+    assert masses[2] == pytest.approx((4 + 80 + 1) / 100, abs=1e-4)  # window token 23
