@@ -25,6 +25,12 @@ COMMAND = (
 )
 
 
+OVERVIEW_COLS = ("context", "tokens/s", "scored/trials", "feasible one-stage", "feasible two-stage",
+                 "best electronic selector (selection energy/step)", "result")  # fmt: skip
+CLOSEST_COLS = ("context", "tokens/s", "architecture", "closest trial", "violated", "violated constraints (margin)",
+                "binding (best margin)")  # fmt: skip
+
+
 def _study(run: Path):
     import optuna
 
@@ -146,8 +152,7 @@ def main(root: str) -> None:
         "",
         "## Overview",
         "",
-        *table(("context", "tokens/s", "scored/trials", "feasible one-stage", "feasible two-stage",
-                "best electronic selector (selection energy/step)", "result"), overview),  # fmt: skip
+        *table(OVERVIEW_COLS, overview),
         "",
         "## Closest point of each architecture (where it has no feasible point)",
         "",
@@ -156,8 +161,7 @@ def main(root: str) -> None:
         "dB). Binding: constraints that every scored trial of the architecture violates, with the smallest margin "
         "any trial reached.",
         "",
-        *table(("context", "tokens/s", "architecture", "closest trial", "violated", "violated constraints (margin)",
-                "binding (best margin)"), closest_rows),  # fmt: skip
+        *table(CLOSEST_COLS, closest_rows),
         "",
         f"![selection energy vs recall]({STEM}.png)",
         "",
