@@ -141,3 +141,13 @@ def test_in_situ_calibration_of_time_shared_rewrites_shares_the_selection_budget
     open_loop = decode_timing(cfg.replace(feedback_calibration=False, code_refresh="hold"), tokens_per_s=20.0,
                               context=32768, **QWEN)  # fmt: skip
     assert open_loop.calibration_s == 0.0 and open_loop.query_s > t.query_s
+
+
+def test_scores_uncorrelated_with_the_exact_ones_give_minus_infinite_snr_not_a_crash(monkeypatch):
+    """A chip whose scores carry no signal (fitted gain 0) is reported with SNR -inf dB and fails its ENOB."""
+    import torch
+
+    monkeypatch.setattr(PhotonicEngine, "scores", lambda self, q: torch.zeros(*q.shape[:-1], self.n_rows))
+    rep = feasibility(PhotonicConfig.preset("seed-nominal"), mc_rows=32, mc_queries=8)
+    assert rep.score_snr_db == -math.inf and rep.score_enob_bits == -math.inf
+    assert any("score ENOB" in v for v in rep.violations)

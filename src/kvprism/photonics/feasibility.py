@@ -449,7 +449,9 @@ def feasibility(
         exact = qs @ sig.T
         alpha = float((est * exact).sum() / (exact * exact).sum())
         e = est - alpha * exact
-        snr_db = 10.0 * math.log10(float((alpha * exact).pow(2).mean()) / max(float(e.pow(2).mean()), 1e-300))
+        signal = float((alpha * exact).pow(2).mean())
+        # scores uncorrelated with the exact ones (fitted gain 0): no signal, SNR -inf dB
+        snr_db = 10.0 * math.log10(signal / max(float(e.pow(2).mean()), 1e-300)) if signal > 0 else -math.inf
     chosen = eng.select(qs.unsqueeze(0), k).squeeze(0)  # [Q, k]
     truth = (qs @ sig.T).topk(k, dim=-1).indices
     hits = (chosen.unsqueeze(-1) == truth.unsqueeze(-2)).any(-1).sum(-1).double()
