@@ -67,9 +67,11 @@ def test_a_worker_killed_mid_unit_leaves_every_cell_exactly_once(ray_cluster, tm
     killed: list[int] = []
 
     def kill_when_ready():
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # a loaded machine starts Ray workers slowly
         while not Path(marker).exists() and time.time() < deadline:
             time.sleep(0.05)
+        if not Path(marker).exists():
+            return  # the grid ended without a victim: the assertion below says so
         killed.append(int(Path(marker).read_text()))
         os.kill(killed[0], signal.SIGKILL)
 
