@@ -158,15 +158,17 @@ def test_stable_hash_is_exact_for_floats_and_ignores_dict_order():
 # ---------------------------------------------------------------------------------------------------------- signals
 def test_deferred_signals_deliver_after_the_block():
     reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_signals():
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(
-                1000
-            ):  # the handler runs at the next bytecode boundary (the signal may reach another thread)
-                pass
-            reached.append("end of block")  # not cut off by the signal
-        reached.append("after")  # pragma: no cover - the signal is delivered before this
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier test left installed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_signals():
+                signal.raise_signal(signal.SIGINT)  # to this (the main) thread, not to any thread of the process
+                for _ in range(1000):  # the handler runs at the next bytecode boundary
+                    pass
+                reached.append("end of block")  # not cut off by the signal
+            reached.append("after")  # pragma: no cover - the signal is delivered before this
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert reached == ["end of block"]
 
 
