@@ -104,3 +104,21 @@ def test_carry_reads_no_more_than_k_blocks_and_its_settings_are_checked():
     q = torch.zeros(1, 4, 16, device="cpu")
     with pytest.raises(KvprismError, match="carry"):
         cache.pipeline.attends_with_triton(q, torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16))
+
+
+def test_an_empty_carried_slot_never_lets_a_carried_block_be_selected_twice():
+    """A carried slot may be empty (-1) beside a carried block 0 (no sink block): block 0 stays excluded from the
+    scorer's pick, so it is read once."""
+    sel = SelectionConfig(**{**BASE, "sink_blocks": 0}, carry=2)
+    _, cache = _trace(sel, steps=1)
+    pipe = cache.pipeline
+    layer = 0
+    selector = pipe.selectors[layer]
+    b, h = 2, selector.num_kv_heads
+    cand = torch.ones(b, h, selector.n_blocks, dtype=torch.bool)
+    pipe._carry[layer] = torch.tensor([[[0, -1]] * h] * b)
+    q = cache.trace[-1][layer]["query"].reshape(b, h, -1, cache.layers[layer].keys.shape[-1])
+    blocks = pipe.select_with_carry(layer, q, cand)
+    for row in blocks.reshape(-1, sel.k).tolist():
+        ids = [x for x in row if x >= 0]
+        assert ids[0] == 0 and len(ids) == len(set(ids)) == sel.k

@@ -246,12 +246,10 @@ class DecodePipeline:
         prev = self._carry[layer_idx]
         if prev is None or selector.n_blocks == 0:
             return selector.select(group, cand)
-        kept = prev.clamp_min(0)
-        ok = (prev >= 0) & (kept < selector.n_blocks)
-        kept = kept.clamp_max(max(selector.n_blocks - 1, 0))
-        ok = ok & torch.gather(cand, -1, kept)
-        carried = torch.where(ok, kept, torch.full_like(kept, -1))
-        taken = torch.zeros_like(cand).scatter_(-1, kept, ok)
+        # blocks only ever get appended, so an id kept from the previous step is programmed; is it still a candidate?
+        ok = (prev >= 0) & torch.gather(cand, -1, prev.clamp_min(0))
+        carried = torch.where(ok, prev, torch.full_like(prev, -1))
+        taken = (carried[..., None] == torch.arange(cand.shape[-1], device=cand.device)).any(-2)  # [B, H, N]
         rest = selector.select(group, cand & ~taken)
         merged = torch.cat([carried, rest], dim=-1)  # [B, H, carry + k]: carried first, best first after them
         # the first k existing ids, order kept (a stable sort puts the -1 slots last)
