@@ -86,6 +86,16 @@ def not_with(given: dict[str, bool], option: str, why: str) -> None:
         raise BadOption(f"{', '.join(clash)} cannot be combined with {option} ({why})")
 
 
+def architecture(text: str | None, superblock: int | None) -> Any:
+    """The :class:`~kvprism.photonics.architecture.Architecture` of ``--architecture`` / ``--superblock`` (None when
+    neither is given); a bad value is a :class:`kvprism.KvprismError` (a usage error inside :func:`checking`)."""
+    if text is None and superblock is None:
+        return None
+    from kvprism.photonics.architecture import Architecture
+
+    return Architecture.parse(text, superblock)
+
+
 def dtype(value: str) -> str:
     if value not in DTYPES:
         raise BadOption(f"--dtype = {value!r} is invalid; allowed: {', '.join(DTYPES)}")

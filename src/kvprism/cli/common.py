@@ -79,6 +79,17 @@ WorkersOpt = Annotated[
     int | None, typer.Option(help="--executor ray: worker actors [default: the cluster's CPUs].", min=1)
 ]
 GpusPerWorkerOpt = Annotated[float, typer.Option(help="--executor ray: GPUs each worker reserves.", min=0.0)]
+ArchitectureOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="How the chip holds the rows: 'time-shared' (the preset's banks, rewritten every step; default), "
+        "'resident' (append-only banks sized for the context: every (layer, KV head) keeps its rows) or 'two-level' "
+        "(resident super-block rows + exact electronic rescoring inside; 'two-level:S' or --superblock S)."
+    ),
+]
+SuperblockOpt = Annotated[
+    int | None, typer.Option(help="Blocks per chip row of the two-level architecture (S ≥ 2).", min=1)
+]
 
 #: SelectionConfig fields given as options: field -> (option type, help). Ranges and choices are checked by
 #: SelectionConfig itself (kvprism.selection), which the CLI imports only when a command runs (``--help`` stays fast).

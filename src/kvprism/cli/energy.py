@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from kvprism.cli import checks
-from kvprism.cli.common import console, err_console, given_on_command_line, print_json
+from kvprism.cli.common import ArchitectureOpt, SuperblockOpt, console, err_console, given_on_command_line, print_json
 
 __all__ = ["energy"]
 
@@ -61,17 +61,8 @@ def energy(
             "[default: 20].",
         ),
     ] = None,
-    architecture: Annotated[
-        str | None,
-        typer.Option(
-            help="How the chip holds the rows: 'time-shared' (the preset's banks, rewritten every step; default), "
-            "'resident' (append-only banks, every (layer, KV head) keeps its rows) or 'two-level' (resident "
-            "super-block rows + exact electronic rescoring inside; 'two-level:S' or --superblock S)."
-        ),
-    ] = None,
-    superblock: Annotated[
-        int | None, typer.Option(help="Blocks per chip row of the two-level architecture (S ≥ 2).", min=1)
-    ] = None,
+    architecture: ArchitectureOpt = None,
+    superblock: SuperblockOpt = None,
     gpu_times: Annotated[
         str | None, typer.Option(help="Measured GPU times JSON (benchmarks/gpu_decode.py output or records).")
     ] = None,
@@ -90,11 +81,7 @@ def energy(
             cfg, label = PhotonicConfig.from_toml(config), config
         else:
             cfg, label = PhotonicConfig.preset(checks.preset(preset)), preset
-        arch = None
-        if architecture is not None or superblock is not None:
-            from kvprism.photonics.architecture import Architecture
-
-            arch = Architecture.parse(architecture or ("two-level" if superblock else None), superblock)
+        arch = checks.architecture(architecture, superblock)
         given = {
             "batch": batch, "block_size": block_size, "k": k, "d_sig": d_sig, "gqa_reduce": gqa_reduce,
             "rerank": rerank, "scan_dims": scan_dims, "target_enob": target_enob,

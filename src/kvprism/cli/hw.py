@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from kvprism.cli import checks
-from kvprism.cli.common import console, err_console, print_json
+from kvprism.cli.common import ArchitectureOpt, SuperblockOpt, console, err_console, print_json
 
 __all__ = ["hw"]
 
@@ -51,17 +51,8 @@ def hw(
         int, typer.Option(help="Chip queries per (layer, KV head) and decode step (1: GQA sum).", min=1)
     ] = 1,
     batch: Annotated[int, typer.Option(help="Sequences decoded together (one logical bank each).", min=1)] = 1,
-    architecture: Annotated[
-        str | None,
-        typer.Option(
-            help="How the chip holds the rows (with --model-shape): 'time-shared' (the preset's banks, rewritten "
-            "every step; default), 'resident' (append-only banks sized for the context) or 'two-level' (resident "
-            "super-block rows; 'two-level:S' or --superblock S)."
-        ),
-    ] = None,
-    superblock: Annotated[
-        int | None, typer.Option(help="Blocks per chip row of the two-level architecture (S ≥ 2).", min=1)
-    ] = None,
+    architecture: ArchitectureOpt = None,
+    superblock: SuperblockOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 if a constraint is violated.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON instead of a table.")] = False,
     write_timed: Annotated[
@@ -102,11 +93,7 @@ def hw(
             raise checks.BadOption("--queries-per-head and --batch need --model-shape (they time the detection)")
         if model_shape is None and (architecture is not None or superblock is not None):
             raise checks.BadOption("--architecture and --superblock need --model-shape (the chip is sized for it)")
-        arch = None
-        if architecture is not None or superblock is not None:
-            from kvprism.photonics.architecture import Architecture
-
-            arch = Architecture.parse(architecture or ("two-level" if superblock else None), superblock)
+        arch = checks.architecture(architecture, superblock)
         if tokens_per_s is not None and not tokens_per_s > 0:
             raise checks.BadOption(f"--tokens-per-s = {tokens_per_s:g} is invalid; allowed range: (0, inf)")
         if config is not None:

@@ -79,9 +79,10 @@ class Architecture:
     @classmethod
     def parse(cls, text: str | Architecture | None, superblock: int | None = None) -> Architecture:
         """``'time-shared'``, ``'resident'``, ``'two-level'`` (with ``superblock``) or ``'two-level:S'``; an
-        :class:`Architecture` is returned as is, None is the default."""
+        :class:`Architecture` is returned as is; None is the default, or two-level when only ``superblock`` is
+        given."""
         if text is None:
-            return cls()
+            return cls() if superblock is None else cls("two-level", superblock)
         if isinstance(text, Architecture):
             return text
         kind, _, s = str(text).partition(":")
