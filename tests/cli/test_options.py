@@ -69,7 +69,7 @@ def test_carry_reaches_niah_and_recall_which_decodes_one_step_has_no_carry(tmp_p
     assert main(["niah", *args, "--carry", "1", "--out", str(tmp_path / "run")]) == 0
     assert [c.selection.carry for c in captured_grid["configs"] if c.method != "dense"] == [1, 1]
     assert main(["recall", *args, "--carry", "1", "--out", str(tmp_path / "r2")]) == 2
-    assert main(["niah", *args, "--carry", "3", "--out", str(tmp_path / "r3")]) == 2  # carry > k 2
+    assert main(["niah", *args, "--carry", "-1", "--out", str(tmp_path / "r3")]) == 2  # carry below 0
 
 
 def test_selection_file_photonic_file_and_explicit_options(tmp_path, tiny_dir, captured_grid):

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvprism.errors import ConfigError, KvprismError
+from kvprism.errors import ConfigError
 from kvprism.hf import attention as A
 from kvprism.hf.cache import SparseCache
-from kvprism.hf.static import check_static_config
 from kvprism.selection import SelectionConfig
 from tests.conftest import tiny_model
 from tests.hf.test_cache import _batch, decode_loop
@@ -94,16 +93,46 @@ def test_carry_reads_no_more_than_k_blocks_and_its_settings_are_checked():
             for row in blocks.reshape(-1, 3).tolist():
                 ids = [x for x in row if x >= 0]
                 assert len(ids) == len(set(ids))  # a carried block is never selected twice
+    # more than k carried: all k are (the selection is frozen, as with carry = k)
+    _, over = _trace(SelectionConfig(**BASE, carry=5), steps=3)
+    _, at_k = _trace(SelectionConfig(**BASE, carry=3), steps=3)
+    for a, c in zip(over.trace, at_k.trace, strict=True):
+        for layer in a:
+            assert torch.equal(a[layer]["blocks"], c[layer]["blocks"])
     with pytest.raises(ConfigError, match="carry"):
-        SelectionConfig(**BASE, carry=4)
-    with pytest.raises(ConfigError, match="carry"):
-        check_static_config(SelectionConfig(**BASE, carry=1))
+        SelectionConfig(**BASE, carry=-1)
+
+
+def test_the_triton_kernel_carries_the_blocks_the_torch_path_carries(monkeypatch):
+    """impl 'auto' with the Triton kernels (on CPU under Triton's interpreter) against impl 'torch': the fused
+    score + top-k with the carried blocks merged in, and the attention kernel's block masses, keep the same blocks
+    at every step and give the same logits."""
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'kvprism[gpu]')")
+    from kvprism.hf import pipeline as P
+
+    if not torch.cuda.is_available():  # the kernels run on CPU tensors under the interpreter (tests/conftest.py)
+        monkeypatch.setattr(P, "triton_blocker", lambda *args, **kwargs: None)
     model = tiny_model("llama")
-    cache = SparseCache(model, SelectionConfig(**BASE, carry=1), impl="torch")
-    cache.pipeline.impl = "triton"
-    q = torch.zeros(1, 4, 16, device="cpu")
-    with pytest.raises(KvprismError, match="carry"):
-        cache.pipeline.attends_with_triton(q, torch.zeros(1, 2, 8, 16), torch.zeros(1, 2, 8, 16))
+    ids = torch.randint(3, 100, (1, 45), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)  # no padding: the kernels read a plain layout
+    runs = {}
+    for impl in ("torch", "auto"):
+        cache = SparseCache(model, SelectionConfig(**BASE, carry=2), trace=True, impl=impl)
+        logits, _ = decode_loop(model, ids, mask, cache, steps=5)
+        runs[impl] = (cache, logits)
+    (torch_cache, torch_logits), (kernel_cache, kernel_logits) = runs["torch"], runs["auto"]
+    assert kernel_cache.stats.attend_calls["torch"] == 0 and kernel_cache.stats.attend_calls["triton"] > 0
+    assert kernel_cache.stats.select_calls["kernel"] > 0  # the fused score + top-k ran, the carried blocks merged in
+    assert torch_cache.stats.attend_calls["triton"] == 0
+    carried = 0
+    for a, c in zip(torch_cache.trace, kernel_cache.trace, strict=True):
+        for layer in a:
+            assert torch.equal(a[layer]["blocks"], c[layer]["blocks"])
+    for pa, pc in zip(torch_cache.pipeline._carry, kernel_cache.pipeline._carry, strict=True):
+        assert torch.equal(pa, pc)
+        carried += int((pc >= 0).sum())
+    assert carried > 0  # blocks were carried (the comparison is not between two empty states)
+    torch.testing.assert_close(kernel_logits, torch_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_an_empty_carried_slot_never_lets_a_carried_block_be_selected_twice():

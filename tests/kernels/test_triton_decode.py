@@ -8,6 +8,7 @@ The interpreter mishandles bf16 dot products, so bf16 is checked on CUDA only (f
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 
@@ -26,14 +27,20 @@ pytest.importorskip("triton", reason="triton is not installed (pip install 'kvpr
 if not CUDA and "kvprism.kernels.triton_decode" in sys.modules:
     importlib.reload(sys.modules["kvprism.kernels.triton_decode"])
 
+from kvprism.errors import KvprismError  # noqa: E402
 from kvprism.kernels import sparse_decode_attention  # noqa: E402
-from kvprism.kernels.reference import candidate_blocks, score_topk_ref, sparse_decode_attention_ref  # noqa: E402
+from kvprism.kernels.reference import (  # noqa: E402
+    block_mass_ref,
+    candidate_blocks,
+    score_topk_ref,
+    sparse_decode_attention_ref,
+)
 from kvprism.kernels.triton_decode import (  # noqa: E402
     SparseDecodeStep,
     score_topk_triton,
     sparse_decode_attention_triton,
 )
-from kvprism.layout import BlockGeometry, BlockLayout  # noqa: E402
+from kvprism.layout import CANDIDATE, BlockGeometry, BlockLayout  # noqa: E402
 
 DEV = torch.device("cuda" if CUDA else "cpu")
 # fp32 inputs use exact ("ieee") fp32 dots; fp16/bf16 products are exact with fp32 accumulation, but the softmax
@@ -131,6 +138,62 @@ def test_dispatcher_triton_backend():
     out = sparse_decode_attention(q, k, v, idx, lay(16, 1, 4, seq_lens, k.shape[2]), impl="triton")
     ref = sparse_decode_attention_ref(q.double(), k.double(), v.double(), idx, lay(16, 1, 4, seq_lens, k.shape[2]))
     assert rel_err(out, ref) < TOL[torch.float32]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# block masses (what SelectionConfig.carry ranks the selected blocks by)
+# ---------------------------------------------------------------------------------------------------------------------
+
+MASS_TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("num_splits", [None, 1, 1000])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_block_mass_matches_reference(case, dtype, num_splits):
+    """Per selected slot, the mass of the block's attended tokens summed over the group: -1 slots, repeated ids,
+    blocks inside the sink or the tail, blocks split into several tiles, any split count."""
+    b, hq, hkv, t_cap, d, bs, n_sel, sink, window, mode = case
+    q, k, v, idx, seq_lens = make_case(100 + CASES.index(case), b, hq, hkv, t_cap, d, bs, n_sel, dtype, mode)
+    layout = lay(bs, sink, window, seq_lens, k.shape[2])
+    mass = torch.full((b, hkv, n_sel), float("nan"), device=DEV)
+    plain = sparse_decode_attention_triton(q, k, v, idx, layout, num_splits=num_splits)
+    out = sparse_decode_attention_triton(q, k, v, idx, layout, num_splits=num_splits, block_mass=mass)
+    assert torch.equal(out, plain)  # the masses come from the same pass; the attention is unchanged
+    ref = block_mass_ref(q.double(), k.double(), v.double(), idx, layout)
+    torch.testing.assert_close(mass.double().cpu(), ref.cpu(), rtol=0, atol=MASS_TOL[dtype])
+    assert (ref[idx < 0] == 0).all()
+    cand = layout.token_roles.eq(CANDIDATE).cpu()
+    hit = [cand[bi, j * bs : (j + 1) * bs].any() for bi in range(b) for j in idx[bi].flatten().tolist() if j >= 0]
+    if any(hit):  # a selected block has candidate tokens: it holds a real share of the mass (the check is not vacuous)
+        assert (ref > 1e-3).any()
+
+
+def test_block_mass_of_a_hand_built_step():
+    """One KV head, one query head, keys = 0 except block 2, which the query sees strongly: block 2's slot holds
+    almost all the mass, a -1 slot none, a repeat of block 2 none, and the masses with sink + tail sum to G = 1."""
+    d, bs, t = 16, 8, 64
+    q = torch.zeros(1, 1, d, device=DEV)
+    q[0, 0, 0] = 1.0
+    k = torch.zeros(1, 1, t, d, device=DEV)
+    k[0, 0, 16:24, 0] = 40.0  # block 2
+    v = torch.randn(1, 1, t, d, generator=torch.Generator().manual_seed(0)).to(DEV)
+    idx = torch.tensor([[[5, 2, -1, 2]]], device=DEV)
+    layout = lay(bs, 1, 8, torch.tensor([t], device=DEV), t)
+    mass = torch.empty(1, 1, 4, device=DEV)
+    sparse_decode_attention_triton(q, k, v, idx, layout, block_mass=mass)
+    assert mass[0, 0, 1] > 0.999 and mass[0, 0, 2] == 0 and mass[0, 0, 3] == 0
+    # block 5 (8 tokens of score 0) against block 2 (8 tokens of score 40 / 4 = 10 after scaling); sink and tail
+    # hold 16 more tokens of score 0
+    other = 8 * math.exp(-10) / (8 + 24 * math.exp(-10))
+    assert mass[0, 0, 0].item() == pytest.approx(other, rel=1e-4)
+
+
+def test_block_mass_buffer_is_checked():
+    q, k, v, idx, seq_lens = make_case(15, 1, 4, 2, 64, 16, 16, 2, torch.float32)
+    layout = lay(16, 1, 4, seq_lens, k.shape[2])
+    with pytest.raises(KvprismError, match=r"block_mass must be a contiguous float32 tensor of shape \(1, 2, 2\)"):
+        sparse_decode_attention_triton(q, k, v, idx, layout, block_mass=torch.empty(1, 2, 3, device=DEV))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

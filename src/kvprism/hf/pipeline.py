@@ -37,6 +37,7 @@ from kvprism.layout import BlockGeometry, BlockLayout, GatherPlan
 from kvprism.oracle import oracle_blocks
 from kvprism.scorers import group_scorers
 from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, fit_uses_queries
+from kvprism.selection import carry as _carry
 
 __all__ = [
     "IMPLS",
@@ -174,6 +175,7 @@ class DecodePipeline:
         self._plain = False  # the step's keys are all real and unmasked (no padding / sliding window)
         # Triton launch geometry + fp32 workspace per problem shape, shared by the layers
         self._kernel_plans: dict[tuple, tuple[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._mass_workspaces: dict[tuple, torch.Tensor] = {}  # per shape: the kernel's per-tile (max, sum) pairs
 
     # ------------------------------------------------------------------------------------------------ the step
     def step(
@@ -197,6 +199,7 @@ class DecodePipeline:
         layout = self.layout(attention_mask, b, key.shape[2], key.device)  # 1. layout
         self.sign(layer_idx, key, scaling, prefill)  # 2. sign
         triton = self.attends_with_triton(query, key, value)
+        carry = min(self.sel.carry, self.sel.k) > 0 and not self.oracle
         group = query.reshape(b, h, hq // h, d)
         if self.oracle:  # 3. the reference: top-k by the dense attention mass of this query (reads every key)
             k = selector.sel.k
@@ -206,16 +209,22 @@ class DecodePipeline:
             # fused score + top-k kernel: without padding the candidates are one contiguous range of blocks
             lo, hi = layout.candidate_range(selector.n_blocks)
             blocks, select_impl = selector.select_range(group, lo, hi), "kernel"
+            if carry:
+                blocks = self.carry_into_kernel_selection(layer_idx, blocks, layout)
         else:
             cand = layout.candidate_mask(n=selector.n_blocks).expand(b, h, -1)
             blocks, select_impl = self.select_with_carry(layer_idx, group, cand), "torch"
         plan = layout.gather_plan(blocks)  # 4. plan
         t1 = _now(query.device) if self.profile else 0.0
         if triton:  # 5. attend
-            out = self.attend_triton(query, key, value, blocks, layout, scaling)
-        elif self.sel.carry and not self.oracle:
+            out = self.attend_triton(
+                query, key, value, blocks, layout, scaling, carry_layer=layer_idx if carry else None
+            )
+        elif carry:
             out, mass = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling, slot_mass=True)
-            self.keep_carry(layer_idx, blocks, mass)
+            self.keep_carry(
+                layer_idx, blocks, _carry.block_mass_from_slots(mass, blocks.shape[-1], self.sel.block_size)
+            )
         else:
             out = sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
         t2 = _now(query.device) if self.profile else 0.0
@@ -242,32 +251,28 @@ class DecodePipeline:
         blocks filling their slots only where they exist. Without carried blocks (``carry`` 0, or the first step)
         this is the scorer's selection, :meth:`BlockSelector.select`."""
         selector = self.selectors[layer_idx]
-        k = self.sel.k
         prev = self._carry[layer_idx]
         if prev is None or selector.n_blocks == 0:
             return selector.select(group, cand)
-        # blocks only ever get appended, so an id kept from the previous step is programmed; is it still a candidate?
-        ok = (prev >= 0) & torch.gather(cand, -1, prev.clamp_min(0))
-        carried = torch.where(ok, prev, torch.full_like(prev, -1))
-        taken = (carried[..., None] == torch.arange(cand.shape[-1], device=cand.device)).any(-2)  # [B, H, N]
-        rest = selector.select(group, cand & ~taken)
-        merged = torch.cat([carried, rest], dim=-1)  # [B, H, carry + k]: carried first, best first after them
-        # the first k existing ids, order kept (a stable sort puts the -1 slots last)
-        order = torch.sort((merged < 0).to(torch.int8), dim=-1, stable=True).indices
-        return torch.gather(merged, -1, order)[..., :k]
+        carried = _carry.carried_candidates(prev, cand)
+        rest = selector.select(group, _carry.without_carried(cand, carried))
+        return _carry.merge_carried(carried, rest, self.sel.k)
 
-    def keep_carry(self, layer_idx: int, blocks: torch.Tensor, slot_mass: torch.Tensor) -> None:
+    def carry_into_kernel_selection(self, layer_idx: int, blocks: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+        """As :meth:`select_with_carry` for the fused score + top-k kernel's ``blocks [B, H, k]`` (its top-k over
+        every candidate): the carried blocks first, then the kernel's best without them."""
+        prev = self._carry[layer_idx]
+        if prev is None:
+            return blocks
+        b, h, _ = blocks.shape
+        cand = layout.candidate_mask(n=self.selectors[layer_idx].n_blocks).expand(b, h, -1)
+        carried = _carry.carried_candidates(prev, cand)
+        return _carry.merge_carried(carried, _carry.drop_carried(blocks, carried), self.sel.k)
+
+    def keep_carry(self, layer_idx: int, blocks: torch.Tensor, block_mass: torch.Tensor) -> None:
         """Remember, for the next step of layer ``layer_idx``, the ``carry`` selected ``blocks [B, H, k]`` that
-        took the most attention mass; ``slot_mass [B, H, M]`` is the group's mass per gathered slot of this step's
-        :meth:`~kvprism.layout.BlockLayout.gather_plan`, whose last ``k * block_size`` slots are the selected
-        blocks' tokens in order."""
-        b, h, k = blocks.shape
-        bs = self.sel.block_size
-        per_block = slot_mass[..., slot_mass.shape[-1] - k * bs :].reshape(b, h, k, bs).sum(-1)
-        per_block = per_block.masked_fill(blocks < 0, -1.0)
-        top = torch.topk(per_block, min(self.sel.carry, k), dim=-1).indices
-        kept = torch.gather(blocks, -1, top)
-        self._carry[layer_idx] = kept.masked_fill(torch.gather(per_block, -1, top) < 0, -1)
+        took the most attention mass (``block_mass [B, H, k]``, summed over the query group)."""
+        self._carry[layer_idx] = _carry.kept_blocks(blocks, block_mass, self.sel.carry)
 
     # ------------------------------------------------------------------------------------------------ 1. layout
     def layout(self, attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device) -> BlockLayout:
@@ -328,13 +333,6 @@ class DecodePipeline:
         asked for and cannot run."""
         if self.impl == "torch":
             return False
-        if self.sel.carry and not self.oracle:
-            if self.impl == "triton":
-                raise KvprismError(
-                    f"impl='triton' cannot run SelectionConfig.carry = {self.sel.carry}: the Triton kernel returns "
-                    "no block masses (use impl='torch' or 'auto')"
-                )
-            return False
         why = triton_blocker(
             query.device, query.shape[-1], value.shape[-1], query.dtype, (key.dtype, value.dtype), self._plain
         )
@@ -352,22 +350,49 @@ class DecodePipeline:
         blocks: torch.Tensor,
         layout: BlockLayout,
         scaling: float,
+        carry_layer: int | None = None,
     ) -> torch.Tensor:
         """Attention of ``query [B, Hq, D]`` over ``blocks [B, H, k]`` + sink + tail with the Triton kernel of
         :mod:`kvprism.kernels`, reading the tokens :meth:`BlockLayout.gather_plan` lists in place. Its launch
-        geometry and fp32 workspace are built once per shape and reused by every layer."""
-        from kvprism.kernels.triton_decode import decode_plan, decode_workspace, sparse_decode_attention_triton
+        geometry and fp32 workspaces are built once per shape and reused by every layer. ``carry_layer``: also take
+        the selected blocks' attention masses from the kernel and keep that layer's carried blocks
+        (:meth:`keep_carry`)."""
+        from kvprism.kernels.triton_decode import (
+            block_mass_workspace,
+            decode_plan,
+            decode_workspace,
+            sparse_decode_attention_triton,
+        )
 
         b, hq, d = query.shape
         h = key.shape[1]
-        shape = (b, hq, h, d, blocks.shape[-1], query.device)
+        k = blocks.shape[-1]
+        shape = (b, hq, h, d, k, query.device)
         if shape not in self._kernel_plans:
-            plan = decode_plan(b, hq, h, d, blocks.shape[-1], layout.geometry, query.device)
+            plan = decode_plan(b, hq, h, d, k, layout.geometry, query.device)
             self._kernel_plans[shape] = (plan, decode_workspace(b, h, hq // h, d, plan, query.device))
         plan, workspace = self._kernel_plans[shape]
-        return sparse_decode_attention_triton(
-            query, key, value, blocks, layout, scaling, plan=plan, workspace=workspace
+        if carry_layer is None:
+            return sparse_decode_attention_triton(
+                query, key, value, blocks, layout, scaling, plan=plan, workspace=workspace
+            )
+        if shape not in self._mass_workspaces:
+            self._mass_workspaces[shape] = block_mass_workspace(b, h, hq // h, k, plan, query.device)
+        mass = torch.empty(b, h, k, dtype=torch.float32, device=query.device)
+        out = sparse_decode_attention_triton(
+            query,
+            key,
+            value,
+            blocks,
+            layout,
+            scaling,
+            plan=plan,
+            workspace=workspace,
+            block_mass=mass,
+            mass_workspace=self._mass_workspaces[shape],
         )
+        self.keep_carry(carry_layer, blocks, mass)
+        return out
 
 
 def _now(device: torch.device) -> float:

@@ -17,7 +17,7 @@ import math
 import torch
 
 from kvprism.errors import KvprismError
-from kvprism.layout import BlockLayout, topk_blocks
+from kvprism.layout import CANDIDATE, BlockLayout, topk_blocks
 
 GQA_REDUCTIONS = ("sum", "max")
 
@@ -189,3 +189,42 @@ def score_topk_ref(
     if n_valid is not None:
         valid = torch.arange(n, device=s.device) < n_valid.to(s.device).view(b, 1, 1)
     return topk_blocks(s, valid, k)
+
+
+def block_mass_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_idx: torch.Tensor,
+    layout: BlockLayout,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Per selected slot ``[B, Hkv, K]`` (in the accumulation dtype of :func:`sparse_decode_attention_ref`): the
+    attention mass, in that function's softmax, of the slot's block tokens that are read as a selected block (the
+    block's candidate tokens, not the sink's or the tail's), summed over the GQA group's query heads. ``-1`` slots and
+    a repeated id after its first slot get 0. This is what ``SelectionConfig.carry`` ranks the selected blocks by."""
+    check_decode_inputs(q, k_cache, v_cache, block_idx, layout)
+    _check_values(block_idx, layout)
+    b, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    g = hq // hkv
+    bs = layout.block_size
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)
+    mask = attended_mask(block_idx, layout)
+    is_cand = layout.token_roles.eq(CANDIDATE)  # [B, T]
+    out = torch.zeros(block_idx.shape, dtype=acc_dtype, device=q.device)
+    for bi in range(b):
+        for h in range(hkv):
+            tok = mask[bi, h].nonzero().squeeze(1)
+            k = k_cache[bi, h].index_select(0, tok).to(acc_dtype)
+            qg = q[bi, h * g : (h + 1) * g].to(acc_dtype)
+            p = torch.softmax((qg @ k.T) * scale, dim=-1).sum(0)  # [n]: mass per attended token, summed over G
+            seen: set[int] = set()
+            for j, blk in enumerate(block_idx[bi, h].tolist()):
+                if blk < 0 or blk in seen:
+                    continue
+                seen.add(blk)
+                own = (tok >= blk * bs) & (tok < blk * bs + bs) & is_cand[bi, tok]
+                out[bi, h, j] = p[own].sum()
+    return out

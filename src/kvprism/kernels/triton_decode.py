@@ -300,6 +300,7 @@ def _sparse_decode_partial_kernel(
     O_PART,
     ML_PART,
     CAND,
+    SEL_ML,
     stride_qb,
     stride_qh,
     stride_kb,
@@ -331,6 +332,7 @@ def _sparse_decode_partial_kernel(
     FROM_CAND: tl.constexpr,
     N_CAND: tl.constexpr,
     C_PAD: tl.constexpr,
+    WANT_MASS: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -403,6 +405,13 @@ def _sparse_decode_partial_kernel(
         else:
             s = tl.dot(q, tl.trans(k)) * scale_log2e
         s = tl.where(tok[None, :], s, float("-inf"))
+        if WANT_MASS:  # a selected tile's own (max, sum) per query head, for the block masses
+            m_t = tl.maximum(tl.max(s, axis=1), -1.0e30)
+            l_t = tl.sum(tl.exp2(s - m_t[:, None]), axis=1)
+            sel_row = (pid_bh * n_sel_tiles + e) * G + offs_g
+            sel_ok = (offs_g < G) & (offs_g * 0 + e < n_sel_tiles)  # a vector mask (is_sel may be a scalar)
+            tl.store(SEL_ML + sel_row * 2, m_t, mask=sel_ok)
+            tl.store(SEL_ML + sel_row * 2 + 1, l_t, mask=sel_ok)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -457,6 +466,43 @@ def _combine_kernel(
     hq = pid % HQ
     out_ptr = OUT + b.to(tl.int64) * stride_ob + hq.to(tl.int64) * stride_oh
     _merge_splits(O_PART, ML_PART, out_ptr, b * (HQ // G) + hq // G, hq % G, G, D, N_SPLITS, S_PAD)
+
+
+@triton.jit
+def _block_mass_kernel(
+    ML_PART,
+    SEL_ML,
+    MASS,
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+    N_SEL: tl.constexpr,
+    K_PAD: tl.constexpr,
+    SUB: tl.constexpr,
+    N_SPLITS: tl.constexpr,
+    S_PAD: tl.constexpr,
+):
+    """Grid ``(B*Hkv,)``: each selected block's attention mass summed over the group's query heads, from the
+    per-split (max, sum) pairs (the softmax's normaliser per head) and the selected tiles' own (max, sum) pairs."""
+    bh = tl.program_id(0)
+    offs_s = tl.arange(0, S_PAD)
+    offs_g = tl.arange(0, G_PAD)
+    offs_k = tl.arange(0, K_PAD)
+    gm = offs_g < G
+    sg = (offs_s < N_SPLITS)[:, None] & gm[None, :]
+    row = (bh * N_SPLITS + offs_s)[:, None] * G + offs_g[None, :]
+    m = tl.load(ML_PART + row * 2, mask=sg, other=-1.0e30)
+    l_part = tl.load(ML_PART + row * 2 + 1, mask=sg, other=0.0)
+    m_max = tl.max(m, axis=0)  # [G_PAD]
+    den = tl.sum(l_part * tl.exp2(m - m_max[None, :]), axis=0)
+    den = tl.where(gm & (den > 0), den, 1.0)
+    kg = (offs_k < N_SEL)[:, None] & gm[None, :]
+    mass = tl.zeros([K_PAD], dtype=tl.float32)
+    for sub in tl.static_range(SUB):
+        r = (bh * N_SEL * SUB + offs_k * SUB + sub)[:, None] * G + offs_g[None, :]
+        m_t = tl.load(SEL_ML + r * 2, mask=kg, other=-1.0e30)
+        l_t = tl.load(SEL_ML + r * 2 + 1, mask=kg, other=0.0)
+        mass += tl.sum(l_t * tl.exp2(m_t - m_max[None, :]) / den[None, :], axis=1)
+    tl.store(MASS + bh * N_SEL + offs_k, mass, mask=offs_k < N_SEL)
 
 
 @dataclass(frozen=True)
@@ -541,6 +587,8 @@ def sparse_decode_attention_triton(
     num_warps: int = 4,
     num_stages: int = 2,
     candidates: tuple[torch.Tensor, int] | None = None,
+    block_mass: torch.Tensor | None = None,
+    mass_workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-sparse decode attention on the GPU (contract: :func:`~kvprism.kernels.reference.sparse_decode_attention_ref`).
 
@@ -552,6 +600,11 @@ def sparse_decode_attention_triton(
     ``candidates = (cand, n_cand)``: take the selection from the scoring kernel's per-tile candidate keys ``cand``
     (``n_cand`` per (batch, KV head), from ``score_topk_triton(..., merge=False)``) instead of reading ``block_idx``;
     the top ``block_idx.shape[2]`` are merged inside this kernel and written to ``block_idx``.
+    ``block_mass``: an optional contiguous fp32 ``[B, Hkv, K]`` that receives, per selected slot, the attention mass
+    of the block's attended tokens summed over the group's query heads (0 for ``-1``, a repeated id after its first
+    slot, and tokens of the sink or the tail; :func:`~kvprism.kernels.reference.block_mass_ref`), from the same
+    softmax at the cost of one small launch; ``mass_workspace`` (:func:`block_mass_workspace`) lets a CUDA graph reuse its
+    per-tile scratch.
     """
     check_decode_inputs(q, k_cache, v_cache, block_idx, layout)
     if not layout.plain:
@@ -580,6 +633,16 @@ def sparse_decode_attention_triton(
     if candidates is not None and not _HAS_TL_TOPK:
         raise KvprismError("merging candidates in the attention kernel needs tl.topk (Triton >= 3.2)")
     cand, n_cand = candidates if candidates is not None else (ml_part, 1)
+    want_mass = block_mass is not None
+    if want_mass:
+        if block_mass.shape != (b, hkv, n_sel) or block_mass.dtype != torch.float32 or not block_mass.is_contiguous():
+            raise KvprismError(
+                f"block_mass must be a contiguous float32 tensor of shape {(b, hkv, n_sel)}, got "
+                f"{block_mass.dtype} {tuple(block_mass.shape)}"
+            )
+        if mass_workspace is None:
+            mass_workspace = block_mass_workspace(b, hkv, g, n_sel, plan, q.device)
+    sel_ml = mass_workspace if want_mass else ml_part
     _sparse_decode_partial_kernel[(b * hkv, plan.n_splits)](
         q,
         k_cache,
@@ -589,6 +652,7 @@ def sparse_decode_attention_triton(
         o_part,
         ml_part,
         cand,
+        sel_ml,
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -620,6 +684,7 @@ def sparse_decode_attention_triton(
         FROM_CAND=candidates is not None,
         N_CAND=n_cand,
         C_PAD=max(_next_pow2(n_cand), plan.k_pad),
+        WANT_MASS=want_mass,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -635,6 +700,19 @@ def sparse_decode_attention_triton(
         N_SPLITS=plan.n_splits,
         S_PAD=s_pad,
     )
+    if want_mass:
+        _block_mass_kernel[(b * hkv,)](
+            ml_part,
+            sel_ml,
+            block_mass,
+            G=g,
+            G_PAD=plan.g_pad,
+            N_SEL=n_sel,
+            K_PAD=plan.k_pad,
+            SUB=plan.sub,
+            N_SPLITS=plan.n_splits,
+            S_PAD=s_pad,
+        )
     return out
 
 
@@ -647,6 +725,13 @@ def decode_workspace(
         torch.empty(rows, head_dim, dtype=torch.float32, device=device),
         torch.empty(rows, 2, dtype=torch.float32, device=device),
     )
+
+
+def block_mass_workspace(
+    batch: int, hkv: int, g: int, n_sel: int, plan: DecodePlan, device: torch.device
+) -> torch.Tensor:
+    """fp32 (max, sum) pairs of every selected tile and query head, ``[B*Hkv*n_sel*sub*G, 2]``, for ``block_mass``."""
+    return torch.empty(batch * hkv * n_sel * plan.sub * g, 2, dtype=torch.float32, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

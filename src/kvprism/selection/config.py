@@ -101,7 +101,7 @@ class SelectionConfig(ConfigBase):
         doc="Blocks carried over from the previous decode step: of that step's selected blocks, the 'carry' that "
         "took the most attention mass (summed over the query group, from the step's own sparse attention: no "
         "extra reads, no extra scorer rows or evaluations) stay selected; the scorer picks the rest of the k, "
-        "excluding them. 0 = off. Attends through the torch path (the Triton kernel returns no block masses).",
+        "excluding them. At most k are carried (a larger value carries all k). 0 = off.",
         unit="blocks",
         ge=0,
     )
@@ -141,8 +141,6 @@ class SelectionConfig(ConfigBase):
             known = _photonic_presets()
             if self.photonic not in known:
                 self._fail("photonic", self.photonic, f"allowed presets: {', '.join(known)}")
-        if self.carry > self.k:
-            self._fail("carry", self.carry, f"allowed range: [0, k] (k is {self.k})")
         if self.rerank > 1 and self.budget != "topk":
             self._fail("rerank", self.rerank, f"rerank > 1 needs budget='topk' (budget is {self.budget!r})")
         h = self.heads
