@@ -70,18 +70,28 @@ def test_carried_blocks_are_last_steps_selected_blocks_with_the_most_mass_and_st
     assert kept_any
 
 
-def test_carry_k_freezes_the_selection_and_carry_0_is_the_plain_selection():
+def test_carry_k_freezes_the_selection():
     sel = SelectionConfig(**BASE, carry=3)
     _, frozen = _trace(sel, steps=5)
     first = {layer: rec["blocks"] for layer, rec in frozen.trace[0].items()}
     for step in frozen.trace[1:]:
         for layer, rec in step.items():
             assert torch.equal(rec["blocks"].sort(-1).values, first[layer].sort(-1).values)
-    _, plain = _trace(SelectionConfig(**BASE), steps=3)
-    _, off = _trace(SelectionConfig(**BASE, carry=0), steps=3)
-    for a, c in zip(plain.trace, off.trace, strict=True):
+
+
+def test_the_default_carries_two_blocks_and_differs_from_plain_top_k():
+    """The default (carry 2, benchmarks/measured/niah-single-qwen-carry.md, hard-tasks-qwen-carry-4k.md) on a tiny
+    model: the same selections as carry = 2 written out, and not those of plain per-step top-k (carry 0)."""
+    assert SelectionConfig().carry == 2
+    _, default = _trace(SelectionConfig(**BASE), steps=4)
+    _, two = _trace(SelectionConfig(**BASE, carry=2), steps=4)
+    _, off = _trace(SelectionConfig(**BASE, carry=0), steps=4)
+    differs = False
+    for a, c, o in zip(default.trace, two.trace, off.trace, strict=True):
         for layer in a:
             assert torch.equal(a[layer]["blocks"], c[layer]["blocks"])
+            differs |= not torch.equal(a[layer]["blocks"], o[layer]["blocks"])
+    assert differs
 
 
 def test_carry_reads_no_more_than_k_blocks_and_its_settings_are_checked():

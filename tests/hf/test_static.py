@@ -4,6 +4,7 @@ graph replay with the Triton kernels."""
 
 from __future__ import annotations
 
+import itertools
 from typing import ClassVar
 
 import pytest
@@ -17,6 +18,7 @@ from kvprism.hf.cache import SparseCache, cache_kwargs, chunked_prefill
 from kvprism.hf.static import StaticDecodeStep, StaticSparseCache, check_static_config
 from kvprism.selection import SelectionConfig
 from tests.conftest import tiny_model
+from tests.hf.test_cache import decode_loop
 
 CUDA = torch.cuda.is_available()
 SEL = SelectionConfig(block_size=8, k=2, window=8, sink_blocks=1, projection="pca", d_sig=8)
@@ -72,6 +74,8 @@ def test_every_exact_setting_is_accepted():
     for sel in SETTINGS.values():
         check_static_config(sel)
     check_static_config(SelectionConfig())
+    for carry in (1, 2, 3, 5):  # blocks carried between steps: a static per-layer buffer (above k: all k)
+        check_static_config(SelectionConfig(k=3, carry=carry))
 
 
 def test_sliding_window_model_is_refused():
@@ -125,6 +129,8 @@ SETTINGS = {
     "pca-top_p": SelectionConfig(block_size=8, k=4, window=8, projection="pca", d_sig=8, budget="top_p", top_p=0.5),
     "rerank": SelectionConfig(block_size=8, k=2, window=8, d_sig=8, rerank=3),
     "heads": SelectionConfig(block_size=8, k=2, window=8, d_sig=8, heads=[[True, False], [False, True]]),
+    "carry": SelectionConfig(block_size=8, k=3, window=4, projection="random", d_sig=8, carry=2),
+    "no-carry": SelectionConfig(block_size=8, k=3, window=4, projection="random", d_sig=8, carry=0),
 }
 
 
@@ -152,6 +158,213 @@ def test_top_p_budget_keeps_a_prefix_of_the_top_k():
     kept = torch.stack([x for step in sel_st for x in step]) >= 0  # [steps*L, B, H, k]
     assert torch.equal(kept, kept.cummin(-1).values)  # -1 only after the kept prefix
     assert bool((~kept[..., 1:]).any())
+
+
+# ------------------------------------------------------------------------------------------------ carry
+SEL_CARRY = SelectionConfig(block_size=8, k=3, window=4, sink_blocks=1, projection="random", d_sig=8, carry=2)
+
+
+def _decode_carry_both(family: str, sel: SelectionConfig, steps: int = 12, n: int = 70, pad: int = 13):
+    """As :func:`_decode_both`, but both caches get the same tokens (the dynamic cache's greedy ones); returns per
+    step the dynamic and static selections, carried blocks and last logits of every layer, and the static cache."""
+    model = tiny_model(family)
+    use_kvprism_attention(model)
+    ids = torch.randint(3, 128, (2, n), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, n, dtype=torch.long)
+    mask[1, :pad] = 0
+    dyn = SparseCache(model, sel, trace=True, impl="torch")
+    st = StaticSparseCache(model, sel, max_cache_len=n + steps, impl="torch")
+    logits = {c: chunked_prefill(model, ids, c, attention_mask=mask) for c in (dyn, st)}
+    pos = mask.sum(-1, keepdim=True).long()
+    tok = logits[dyn].argmax(-1, keepdim=True)
+    steps_out = []
+    with torch.inference_mode():
+        for s in range(steps):
+            m = torch.cat([mask, torch.ones(2, s + 1, dtype=mask.dtype)], dim=1)
+            lg = {}
+            for c in (dyn, st):
+                out = model(
+                    input_ids=tok,
+                    position_ids=pos + s,
+                    attention_mask=m,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **cache_kwargs(model, c),
+                )
+                lg[c] = out.logits[:, -1].float()
+            steps_out.append(
+                {
+                    "blocks": (
+                        [dyn.trace[-1][i]["blocks"] for i in range(len(st.layers))],
+                        [x.selected.clone() for x in st.layers],
+                    ),
+                    "carried": (
+                        list(dyn.pipeline._carry),
+                        [None if x.carried is None else x.carried.clone() for x in st.layers],
+                    ),
+                    "logits": (lg[dyn], lg[st]),
+                }
+            )
+            tok = lg[dyn].argmax(-1, keepdim=True)
+    return steps_out, st
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_carry_selects_carries_and_decodes_as_the_dynamic_cache(family):
+    """carry = 2 of k = 3, left padding: every step, the static (torch) path selects the same blocks in the same
+    order as the dynamic SparseCache, keeps the same blocks for the next step, and gives the same logits (fp32)."""
+    steps, st = _decode_carry_both(family, SEL_CARRY)
+    carried_any = False
+    for s, rec in enumerate(steps):
+        for layer, (x, y) in enumerate(zip(*rec["blocks"], strict=True)):
+            assert torch.equal(x, y), f"step {s} layer {layer}: dynamic {x.tolist()} static {y.tolist()}"
+        for layer, (x, y) in enumerate(zip(*rec["carried"], strict=True)):
+            assert y.shape == (2, st.num_kv_heads, 2)
+            assert torch.equal(x, y), f"step {s} layer {layer}: dynamic {x.tolist()} static {y.tolist()}"
+            carried_any |= bool((y >= 0).any())
+        torch.testing.assert_close(rec["logits"][1], rec["logits"][0], rtol=1e-5, atol=1e-5)
+    assert carried_any
+    # a carried block is selected at the next step while it is a candidate (here: always, blocks only complete)
+    for prev, nxt in itertools.pairwise(steps):
+        for kept, sel in zip(prev["carried"][1], nxt["blocks"][1], strict=True):
+            assert bool(((kept[..., :, None] == sel[..., None, :]).any(-1) | (kept < 0)).all())
+    with torch.inference_mode():  # the buffers were allocated under it (the prefill)
+        st.reset()
+    assert all(bool((layer.carried == -1).all()) for layer in st.layers)
+
+
+@pytest.mark.parametrize("carry", [3, 5])
+def test_carry_k_freezes_the_static_selection_and_carry_0_is_the_plain_selection(carry):
+    """carry = k (or more: all k are carried): after the first step the selection never changes (its blocks stay candidates: the window is the
+    tail, blocks only get appended), as on the dynamic path; carry = 0 keeps no buffer and selects as before."""
+    frozen, st = _decode_carry_both("llama", SEL_CARRY.replace(carry=carry), steps=10)
+    assert all(layer.carried.shape[-1] == 3 for layer in st.layers)
+    first = [x.sort(-1).values for x in frozen[0]["blocks"][1]]
+    assert any(bool((x >= 0).any()) for x in first)
+    for rec in frozen[1:]:
+        for layer, (x, y) in enumerate(zip(rec["blocks"][0], rec["blocks"][1], strict=True)):
+            assert torch.equal(x, y)
+            assert torch.equal(y.sort(-1).values, first[layer])
+    plain, st0 = _decode_carry_both("llama", SEL_CARRY.replace(carry=0), steps=10)
+    assert all(layer.carried is None for layer in st0.layers)
+    for rec in plain:
+        for x, y in zip(*rec["blocks"], strict=True):
+            assert torch.equal(x, y)
+    start = [x.sort(-1).values for x in plain[0]["blocks"][1]]
+    assert any(  # without carry the selection moves (so the frozen one above is the carry's doing)
+        not torch.equal(y.sort(-1).values, start[layer]) for rec in plain for layer, y in enumerate(rec["blocks"][1])
+    )
+
+
+def _reference_triton_module():
+    """A stand-in for :mod:`kvprism.kernels.triton_decode` built on :mod:`kvprism.kernels.reference` (the kernels'
+    contracts), so the static Triton path's wiring runs on the CPU; counts the launches."""
+    import types
+
+    from kvprism.kernels import reference as ref
+
+    calls = {"score": 0, "attend": 0, "mass": 0}
+    mod = types.ModuleType("kvprism.kernels.triton_decode")
+    mod.score_plan = lambda n, d, g, k, tile: types.SimpleNamespace(n_tiles=1, k_pow2=1 << max(k - 1, 0).bit_length())
+    mod.decode_plan = lambda *a, **kw: types.SimpleNamespace(sub=1)
+    mod.decode_workspace = lambda *a, **kw: (torch.empty(0), torch.empty(0))
+    mod.block_mass_workspace = lambda b, h, g, k, plan, dev: torch.empty(b * h * k * plan.sub * g, 2, device=dev)
+
+    def score_topk_triton(q, signatures, n_valid, k, gqa_reduce="sum", *, out, cand, **kw):
+        calls["score"] += 1
+        return out.copy_(ref.score_topk_ref(q, signatures, n_valid, k, gqa_reduce))
+
+    def sparse_decode_attention_triton(q, kc, vc, blocks, layout, scale, *, out, plan, workspace, **kw):
+        calls["attend"] += 1
+        if kw:
+            calls["mass"] += 1
+            mass, work = kw.pop("block_mass"), kw.pop("mass_workspace")
+            assert not kw and work is not None and mass.dtype == torch.float32 and mass.is_contiguous()
+            mass.copy_(ref.block_mass_ref(q, kc, vc, blocks, layout, scale))
+        return out.copy_(ref.sparse_decode_attention_ref(q, kc, vc, blocks, layout, scale))
+
+    mod.score_topk_triton = score_topk_triton
+    mod.sparse_decode_attention_triton = sparse_decode_attention_triton
+    return mod, calls
+
+
+@pytest.mark.parametrize(
+    "sel",
+    [
+        SEL_CARRY,
+        SEL_CARRY.replace(projection="none", carry=3),
+        SETTINGS["learned-top_p"].replace(carry=2),
+        SEL.replace(carry=0),
+    ],
+    ids=["fused", "fused-carry-k", "top_p", "no-carry"],
+)
+def test_triton_path_carries_as_the_dynamic_cache_with_reference_kernels(sel, monkeypatch):
+    """The static Triton path (fused score + top-k where the selection is plain top-k, then the attention kernel
+    with ``block_mass``), its kernels replaced by their references: the same selections, carried blocks and
+    logits as the dynamic torch path. (The kernels themselves: the CUDA tests below.)"""
+    import sys
+
+    mod, calls = _reference_triton_module()
+    monkeypatch.setitem(sys.modules, "kvprism.kernels.triton_decode", mod)
+    monkeypatch.setattr(StaticSparseCache, "_triton_ok", lambda self, plain, layer: self.impl == "triton" and plain)
+    model, ids, dense, logits = _prefill("llama")
+    n, steps = ids.shape[1], 10
+    dyn = SparseCache.from_prefilled(model, dense, sel, trace=True, impl="torch")
+    st = StaticSparseCache.from_prefilled(model, dense, sel, max_cache_len=n + steps, impl="torch")
+    st.impl = "triton"
+    with torch.inference_mode():
+        st.prepare()
+    assert st.use_triton
+    tok = logits.argmax(-1, keepdim=True)
+    with torch.inference_mode():
+        for s in range(steps):
+            lg = [
+                model(
+                    input_ids=tok,
+                    position_ids=torch.full((2, 1), n + s),
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **cache_kwargs(model, c),
+                )
+                .logits[:, -1]
+                .float()
+                for c in (dyn, st)
+            ]
+            torch.testing.assert_close(lg[1], lg[0], rtol=1e-5, atol=1e-5)
+            for i, layer in enumerate(st.layers):
+                assert torch.equal(layer.selected, dyn.trace[-1][i]["blocks"]), (s, i)
+                want = dyn.pipeline._carry[i]
+                assert (layer.carried is None) if want is None else torch.equal(layer.carried, want), (s, i)
+            tok = lg[0].argmax(-1, keepdim=True)
+    launches = steps * len(st.layers)
+    fused = sel.budget == "topk"
+    assert calls == {"score": launches if fused else 0, "attend": launches, "mass": launches if sel.carry else 0}
+
+
+def test_triton_path_carries_as_the_dynamic_cache_with_the_real_kernels(monkeypatch):
+    """The same with the Triton kernels themselves (compiled on CUDA; on CPU under Triton's interpreter, which
+    tests/conftest.py selects): one unpadded prompt, fp32, carry 2 -- the same tokens, logits, last selections and
+    carried blocks as the dynamic torch path."""
+    pytest.importorskip("triton", reason="triton is not installed (pip install 'kvprism[gpu]')")
+    from kvprism.hf import static as static_mod
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cpu":  # the kernels run on CPU tensors under the interpreter
+        monkeypatch.setattr(static_mod, "triton_blocker", lambda *args, **kwargs: None)
+    model = tiny_model("llama").to(dev)
+    ids = torch.randint(3, 100, (1, 45), generator=torch.Generator().manual_seed(1)).to(dev)
+    mask = torch.ones_like(ids)
+    sel = SEL_CARRY
+    dyn = SparseCache(model, sel, trace=True, impl="torch")
+    dyn_logits, dyn_tokens = decode_loop(model, ids, mask, dyn, steps=6)
+    st = StaticSparseCache(model, sel, max_cache_len=64, impl="auto")
+    st_logits, st_tokens = decode_loop(model, ids, mask, st, steps=6)
+    assert st.use_triton and st._fused_topk
+    assert torch.equal(st_tokens, dyn_tokens)
+    torch.testing.assert_close(st_logits, dyn_logits, rtol=1e-4, atol=1e-4)
+    for i, layer in enumerate(st.layers):
+        assert torch.equal(layer.selected, dyn.trace[-1][i]["blocks"]), i
+        assert torch.equal(layer.carried, dyn.pipeline._carry[i]), i
 
 
 # ------------------------------------------------------------------------------------------------ generate()
@@ -255,6 +468,7 @@ SEL_REPS = SelectionConfig(block_size=8, k=2, window=8, d_sig=8, signature="reps
         ("llama", "aot_eager", SEL),
         ("qwen2", "eager", SEL_LEARNED),
         ("llama", "eager", SEL_REPS),
+        ("qwen2", "eager", SEL_CARRY),
     ],
 )
 def test_fullgraph_compiled_step_same_tokens_without_recompiling(family, backend, sel):
@@ -302,7 +516,9 @@ class _HostSyncs(TorchDispatchMode):
 
 
 @pytest.mark.parametrize(
-    "sel", [SEL, SEL_LEARNED, SEL_REPS, SETTINGS["learned"], SETTINGS["heads"]], ids=lambda s: s.signature
+    "sel",
+    [SEL, SEL_LEARNED, SEL_REPS, SETTINGS["learned"], SETTINGS["heads"], SEL_CARRY],
+    ids=lambda s: f"{s.signature}-carry{s.carry}",
 )
 def test_decode_step_has_no_host_sync(sel):
     model, ids, dense, logits = _prefill("llama")
@@ -370,7 +586,8 @@ def test_triton_impl_without_cuda_is_refused_at_prepare():
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_cuda_graph_replay_same_tokens_as_eager(dtype, impl):
+@pytest.mark.parametrize("carry", [0, 2])
+def test_cuda_graph_replay_same_tokens_as_eager(dtype, impl, carry):
     from kvprism.kernels import triton_available
 
     if impl == "triton" and not triton_available():
@@ -383,7 +600,7 @@ def test_cuda_graph_replay_same_tokens_as_eager(dtype, impl):
     ids = torch.randint(3, 128, (2, 200), generator=g).to(dev)
     dense = DynamicCache()
     logits = chunked_prefill(model, ids, dense)
-    sel = SelectionConfig(block_size=16, k=3, window=16, sink_blocks=1, projection="none")
+    sel = SelectionConfig(block_size=16, k=3, window=16, sink_blocks=1, projection="none", carry=carry)
     n = ids.shape[1]
     runs = []
     for graph in (False, True):
@@ -397,8 +614,11 @@ def test_cuda_graph_replay_same_tokens_as_eager(dtype, impl):
             lg = step.capture(tok, pos) if graph and s == 0 else step(tok, pos + s)
             tok = lg.argmax(-1, keepdim=True)
             out.append(tok)
-        runs.append((torch.cat(out, 1).cpu(), st.stats_summary()))
+        carried = [None if x.carried is None else x.carried.cpu() for x in st.layers]
+        runs.append((torch.cat(out, 1).cpu(), st.stats_summary(), carried))
     assert torch.equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][2], runs[1][2], strict=True):  # the replayed graph carried as the eager steps did
+        assert (a is None and b is None and not carry) or (torch.equal(a, b) and bool((b >= 0).any()))
     assert runs[1][1]["decode_steps"] == 36
     assert runs[0][1]["read_fraction_mean"] == pytest.approx(runs[1][1]["read_fraction_mean"])
     assert runs[1][1]["read_fraction_mean"] < 0.9
@@ -406,8 +626,10 @@ def test_cuda_graph_replay_same_tokens_as_eager(dtype, impl):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-def test_cuda_triton_static_selects_like_torch_static_fp32():
-    """fp32: the Triton path (fused score + top-k, split-K attention) decodes the same tokens as the torch path."""
+@pytest.mark.parametrize("carry", [0, 2])
+def test_cuda_triton_static_selects_like_torch_static_fp32(carry):
+    """fp32: the Triton path (fused score + top-k, split-K attention; with ``carry`` the kernel's block masses)
+    decodes the same tokens as the torch path."""
     from kvprism.kernels import triton_available
 
     if not triton_available():
@@ -418,7 +640,7 @@ def test_cuda_triton_static_selects_like_torch_static_fp32():
     ids = torch.randint(3, 128, (2, 150), generator=torch.Generator().manual_seed(1)).to(dev)
     dense = DynamicCache()
     logits = chunked_prefill(model, ids, dense)
-    sel = SelectionConfig(block_size=16, k=2, window=16, projection="none")
+    sel = SelectionConfig(block_size=16, k=2, window=16, projection="none", carry=carry)
     toks = []
     for impl in ("torch", "triton"):
         st = StaticSparseCache.from_prefilled(model, dense, sel, max_cache_len=200, impl=impl)

@@ -133,16 +133,19 @@ def test_trace_metrics_measure_a_noisy_scorer_at_every_step():
     model = tiny_model("llama")
     ids, mask = _batch(40)
     ids, mask = ids[:1], mask[:1]
-    base = SelectionConfig(block_size=4, k=2, d_sig=16, window=2, projection="random", scorer="photonic")
+    # plain per-step top-k (carry 0): with k 2 the default's two carried blocks would leave the scorer no choice
+    base = SelectionConfig(block_size=4, k=2, d_sig=16, window=2, projection="random", scorer="photonic", carry=0)
 
-    def steps_recall(chip, steps=12):
-        cache = SparseCache(model, base.replace(photonic=chip), trace=True)
+    def steps_recall(chip, steps=12, carry=0):
+        cache = SparseCache(model, base.replace(photonic=chip, carry=carry), trace=True)
         decode_loop(model, ids, mask, cache, steps=steps)
         assert all("exact_scores" in rec for step in cache.trace for rec in step.values())
         sample = type("S", (), {"target_spans": []})()
         return trace_metrics(cache.trace, _prefilled(model, ids, mask), cache.selectors[0].sel, sample)
 
     assert steps_recall("ideal")["signature_recall_steps"] == 1.0
+    # with a carried block the reference is exact scoring's pick beside the same carried block: the ideal chip is 1
+    assert steps_recall("ideal", carry=1)["signature_recall_steps"] == 1.0
     held = DRIFTY.replace(drift_corr_time_s=0.1, decode_step_time_s=0.05)
     a = steps_recall(held)["signature_recall_steps"]
     b = steps_recall(held.replace(code_refresh="every-step"))["signature_recall_steps"]

@@ -21,6 +21,7 @@ import torch
 
 from kvprism.layout import BlockGeometry, BlockLayout, ids_to_mask, topk_blocks, topk_mask
 from kvprism.oracle import block_mass
+from kvprism.selection.carry import merge_carried, without_carried
 
 
 def attention_probs(query: torch.Tensor, keys: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -281,7 +282,8 @@ def trace_metrics(
     with each block's mass over its tokens before the tail (:func:`kvprism.eval.metrics.selectable_block_mass`).
     Needle hit and signature recall are taken at the first decode step (the one that produces the first answer
     token); ``signature_recall_steps`` averages, over every decode step, a noisy scorer's recall of the exact
-    selection of that step's own query (from the trace's ``exact_scores``). Heads that select no block at all
+    selection of that step's own query (from the trace's ``exact_scores``; with carried blocks, exact scoring's pick
+    beside the same carried blocks). Heads that select no block at all
     (streaming heads of a head mask) count as not applicable (NaN) for the recall metrics.
 
     Returns:
@@ -321,7 +323,12 @@ def trace_metrics(
             if "exact_scores" in rec:  # the exact selection of this step's own query (noisy scorers)
                 n_sig = rec["exact_scores"].shape[-1]
                 cand = layout.candidate_mask(n=n_sig).expand_as(rec["exact_scores"]).cpu()
-                ref = topk_blocks(rec["exact_scores"].float().cpu(), cand, sel.k)
+                if "carried" in rec:  # carried blocks: exact scoring picks the rest beside the same carried blocks
+                    carried = rec["carried"].cpu()
+                    rest = topk_blocks(rec["exact_scores"].float().cpu(), without_carried(cand, carried), sel.k)
+                    ref = merge_carried(carried, rest, sel.k)
+                else:
+                    ref = topk_blocks(rec["exact_scores"].float().cpu(), cand, sel.k)
                 sr = selection_recall(blocks, ref, layout.candidates[0, :n_sig].cpu())[0]
                 sig_steps.append(torch.where((blocks[0] >= 0).any(-1), sr, torch.full_like(sr, float("nan"))))
             if step == 0:

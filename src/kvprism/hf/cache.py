@@ -441,6 +441,8 @@ class SparseCache(Cache):
                 exact = selector.exact_scores(event.query.reshape(b, selector.num_kv_heads, -1, d))
             if exact is not None:
                 rec["exact_scores"] = exact
+                if event.carried is not None:  # the exact selection of this step keeps the same carried blocks
+                    rec["carried"] = event.carried.detach().clone()
         self.trace[-1][event.layer_idx] = rec
 
     def _time_step(self, event: StepEvent) -> None:

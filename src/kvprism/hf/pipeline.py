@@ -121,7 +121,8 @@ class StepEvent:
     """One layer-step, as observers see it: the query ``[B, Hq, D]``, the selected blocks ``[B, H, k]`` (``-1``
     unused), the gather plan (tokens read), the cached length, which top-k path (``"torch"`` / ``"kernel"``) and
     attention kernel (``"torch"`` / ``"triton"``) ran, and with ``profile`` the wall seconds of selection (layout
-    to plan) and attention."""
+    to plan) and attention; with ``SelectionConfig.carry``, ``carried [B, H, c]``: the blocks carried into this
+    step's selection (``-1`` = none), None without carry."""
 
     layer_idx: int
     query: torch.Tensor
@@ -132,6 +133,7 @@ class StepEvent:
     attend_impl: str
     select_s: float | None = None
     attend_s: float | None = None
+    carried: torch.Tensor | None = None
 
 
 class DecodePipeline:
@@ -169,6 +171,7 @@ class DecodePipeline:
         self.prepared: list[PreparedLayer | None] = [None] * num_layers
         self.hooks: list[Callable[[StepEvent], Any]] = []
         self._carry: list[torch.Tensor | None] = [None] * num_layers  # [B, H, carry] blocks kept for the next step
+        self._carried_now: torch.Tensor | None = None  # the blocks carried into the current layer-step's selection
         self._layout_key: tuple | None = None
         self._layout: BlockLayout | None = None
         self._valid: torch.Tensor | None = None  # [B, T] key validity of the current step
@@ -200,6 +203,7 @@ class DecodePipeline:
         self.sign(layer_idx, key, scaling, prefill)  # 2. sign
         triton = self.attends_with_triton(query, key, value)
         carry = min(self.sel.carry, self.sel.k) > 0 and not self.oracle
+        self._carried_now = None  # set by the selection when blocks were carried into it
         group = query.reshape(b, h, hq // h, d)
         if self.oracle:  # 3. the reference: top-k by the dense attention mass of this query (reads every key)
             k = selector.sel.k
@@ -239,6 +243,7 @@ class DecodePipeline:
             "triton" if triton else "torch",
             (t1 - t0) if self.profile else None,
             (t2 - t1) if self.profile else None,
+            self._carried_now,
         )
         for hook in self.hooks:
             hook(event)
@@ -252,9 +257,10 @@ class DecodePipeline:
         this is the scorer's selection, :meth:`BlockSelector.select`."""
         selector = self.selectors[layer_idx]
         prev = self._carry[layer_idx]
+        self._carried_now = None
         if prev is None or selector.n_blocks == 0:
             return selector.select(group, cand)
-        carried = _carry.carried_candidates(prev, cand)
+        carried = self._carried_now = _carry.carried_candidates(prev, cand)
         rest = selector.select(group, _carry.without_carried(cand, carried))
         return _carry.merge_carried(carried, rest, self.sel.k)
 
@@ -266,7 +272,7 @@ class DecodePipeline:
             return blocks
         b, h, _ = blocks.shape
         cand = layout.candidate_mask(n=self.selectors[layer_idx].n_blocks).expand(b, h, -1)
-        carried = _carry.carried_candidates(prev, cand)
+        carried = self._carried_now = _carry.carried_candidates(prev, cand)
         return _carry.merge_carried(carried, _carry.drop_carried(blocks, carried), self.sel.k)
 
     def keep_carry(self, layer_idx: int, blocks: torch.Tensor, block_mass: torch.Tensor) -> None:

@@ -30,9 +30,15 @@ the prefill's batch: keys/values ``[B, H, T, D]``, the signature rows of every b
 
 With the exact scorer every :class:`~kvprism.selection.SelectionConfig` setting has this fixed-shape form (projections
 ``none`` / ``random`` / ``pca`` / ``learned`` with its temperature, all signatures, budgets ``topk`` / ``top_p``,
-``rerank``, ``sign``, ``gqa_reduce``, ``heads``), and a decode step selects and reads the same tokens as the dynamic
-:class:`~kvprism.hf.cache.SparseCache` (``impl="torch"``). The photonic scorers simulate the chip step by step (noise,
-drift, programming events): :func:`check_static_config` refuses them at construction.
+``rerank``, ``sign``, ``gqa_reduce``, ``heads``, ``carry``), and a decode step selects and reads the same tokens as
+the dynamic :class:`~kvprism.hf.cache.SparseCache` (``impl="torch"``). The photonic scorers simulate the chip step by
+step (noise, drift, programming events): :func:`check_static_config` refuses them at construction.
+
+Carry. With ``SelectionConfig.carry`` each layer keeps, in a static ``[B, H, min(carry, k)]`` buffer (``-1`` = none),
+the selected blocks of its last step with the most attention mass (:func:`~kvprism.selection.carry.kept_blocks`, from
+the torch path's per-slot masses or the Triton kernel's ``block_mass``); the next step selects those that are still
+candidates first and the scorer's best of the others after them (:mod:`kvprism.selection.carry`), as the dynamic
+pipeline does. The buffer is updated in place, so a captured CUDA graph carries from replay to replay.
 
 Preparing. ``model.generate`` (or any eager decode call) prepares the cache at its first decode step when nobody
 did; compiling or capturing a step (:class:`StaticDecodeStep`) needs :meth:`StaticSparseCache.prepare` first.
@@ -56,6 +62,7 @@ from kvprism.hf.cache import _layer_scaling
 from kvprism.hf.pipeline import fit_on_prefill, resolve_impl, triton_blocker
 from kvprism.layout import BlockGeometry, BlockLayout
 from kvprism.selection import BlockSelector, SelectionConfig, block_signatures, needs_queries, resolve_heads
+from kvprism.selection import carry as _carry
 from kvprism.signatures import SIGNATURES
 
 __all__ = ["StaticDecodeStep", "StaticSparseCache", "StaticSparseLayer", "check_static_config", "step_validity"]
@@ -63,18 +70,14 @@ __all__ = ["StaticDecodeStep", "StaticSparseCache", "StaticSparseLayer", "check_
 
 def check_static_config(sel: SelectionConfig) -> None:
     """Raise :class:`ConfigError` for a selection the static path does not implement: a scorer other than
-    ``exact`` (its per-step simulation has no fixed-shape form) or blocks carried between steps (``carry``)."""
+    ``exact`` (its per-step simulation has no fixed-shape form). Every other setting, ``carry`` included, is
+    implemented."""
     if not isinstance(sel, SelectionConfig):
         raise ConfigError(f"StaticSparseCache needs a SelectionConfig, got {type(sel).__name__}")
     if sel.scorer != "exact":
         raise ConfigError(
             f"SelectionConfig.scorer = {sel.scorer!r} is not supported by StaticSparseCache; allowed: 'exact' "
             "(a photonic scorer simulates the chip step by step: use the dynamic kvprism.SparseCache)"
-        )
-    if sel.carry:
-        raise ConfigError(
-            f"SelectionConfig.carry = {sel.carry} is not supported by StaticSparseCache; allowed: 0 (blocks carried "
-            "between steps are per-step state: use the dynamic kvprism.SparseCache)"
         )
 
 
@@ -91,7 +94,8 @@ def step_validity(attention_mask: torch.Tensor | None, length: torch.Tensor, bat
 # ------------------------------------------------------------------------------------------------------- the cache
 class StaticSparseLayer(StaticLayer):
     """One layer's storage: transformers' static keys/values (``[B, H, T, D]``, device-side length), the signature
-    rows of every block slot, the read counters and the last selection, all allocated once."""
+    rows of every block slot, the read counters, the last selection and (``carry``) the blocks the next step
+    carries, all allocated once."""
 
     def __init__(self, cache: StaticSparseCache, layer_idx: int, max_cache_len: int) -> None:
         super().__init__(max_cache_len=max_cache_len)
@@ -100,6 +104,7 @@ class StaticSparseLayer(StaticLayer):
         self.host_length = 0  # tokens written, as the host counts them (the overflow check)
         self.signatures: torch.Tensor | None = None  # [B, H, N*R, w] float32
         self.selected: torch.Tensor | None = None  # [B, H, k] int64, the blocks of the last decode step (-1 = none)
+        self.carried: torch.Tensor | None = None  # [B, H, min(carry, k)] int64, kept for the next step (-1 = none)
         self.counters: dict[str, torch.Tensor] = {}
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -113,6 +118,8 @@ class StaticSparseLayer(StaticLayer):
         dev = key_states.device
         self.signatures = torch.zeros(b, h, rows, width, dtype=torch.float32, device=dev)
         self.selected = torch.full((b, h, sel.k), -1, dtype=torch.int64, device=dev)
+        c = min(sel.carry, sel.k)
+        self.carried = torch.full((b, h, c), -1, dtype=torch.int64, device=dev) if c > 0 else None
         # read counters, summed over decode steps on the device
         self.counters = {
             "steps": torch.zeros((), dtype=torch.int64, device=dev),
@@ -122,8 +129,9 @@ class StaticSparseLayer(StaticLayer):
             "fraction_max": torch.zeros(b, h, dtype=torch.float64, device=dev),
         }
         if not torch.compiler.is_compiling():
-            for t in (self.signatures, self.selected, *self.counters.values()):
-                torch._dynamo.mark_static_address(t)
+            for t in (self.signatures, self.selected, self.carried, *self.counters.values()):
+                if t is not None:
+                    torch._dynamo.mark_static_address(t)
 
     def claim(self, n: int) -> None:
         """Count ``n`` tokens about to be written; raise before anything is written if they do not fit."""
@@ -169,14 +177,20 @@ class StaticSparseLayer(StaticLayer):
         c["fraction_sum"].add_(frac)
         c["fraction_max"].copy_(torch.maximum(c["fraction_max"], frac))
 
+    def keep_carried(self, blocks: torch.Tensor, block_mass: torch.Tensor) -> None:
+        """Keep, for the next decode step, the ``min(carry, k)`` of this step's ``blocks [B, H, k]`` with the most
+        attention mass (``block_mass [B, H, k]``, summed over the query group); in place, no host sync."""
+        self.carried.copy_(_carry.kept_blocks(blocks, block_mass, self.carried.shape[-1]))
+
     def reset(self) -> None:
         super().reset()
         self.host_length = 0
         for t in (self.signatures, *self.counters.values()):
             if t is not None:
                 t.zero_()
-        if self.selected is not None:
-            self.selected.fill_(-1)
+        for t in (self.selected, self.carried):
+            if t is not None:
+                t.fill_(-1)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise KvprismError("StaticSparseCache does not support cropping (assisted / speculative decoding)")
@@ -344,6 +358,8 @@ class StaticSparseCache(Cache):
                 prefill = _attn.prefill_queries(self, i)
                 fit_on_prefill(selector, keys, valid, self._scalings[i], prefill, "StaticSparseCache")
                 layer.signatures.zero_()
+                if layer.carried is not None:
+                    layer.carried.fill_(-1)  # a fresh fit carries nothing
                 if nb:
                     sig = block_signatures(
                         sel, selector.proj, keys[:, :, :end], valid[:, :end], layer_idx=i, probe=selector.probe
@@ -383,6 +399,11 @@ class StaticSparseCache(Cache):
         return False
 
     @property
+    def _carry(self) -> int:
+        """Blocks carried from one decode step to the next (``min(carry, k)``; 0 = off)."""
+        return min(self.sel.carry, self.sel.k)
+
+    @property
     def _fused_topk(self) -> bool:
         """The selection is plain top-k over one-row signatures: the fused score + top-k kernel computes it."""
         sel = self.sel
@@ -390,7 +411,7 @@ class StaticSparseCache(Cache):
 
     def _build_triton_state(self, layer: StaticSparseLayer) -> None:
         """Launch geometry, workspaces and length buffers of the Triton kernels, shared by the layers."""
-        from kvprism.kernels.triton_decode import decode_plan, decode_workspace, score_plan
+        from kvprism.kernels.triton_decode import block_mass_workspace, decode_plan, decode_workspace, score_plan
 
         sel = self.sel
         b, h, d = layer.batch_size, layer.num_heads, layer.k_head_dim
@@ -408,6 +429,9 @@ class StaticSparseCache(Cache):
             "blocks": torch.full((b, h, sel.k), -1, dtype=torch.int64, device=dev),
             "out": [torch.zeros(b, hq, d, dtype=layer.keys.dtype, device=dev) for _ in self.layers],
         }
+        if self._carry > 0:  # the selected blocks' attention masses, for the carried blocks
+            self._triton_state["block_mass"] = torch.zeros(b, h, sel.k, dtype=torch.float32, device=dev)
+            self._triton_state["mass_workspace"] = block_mass_workspace(b, h, hq // h, sel.k, plan, dev)
 
     # ---------------------------------------------------------------- the decode step of one layer
     def decode_attention(
@@ -439,16 +463,28 @@ class StaticSparseCache(Cache):
             layout = BlockLayout.fixed(self.geometry, st["seq_lens"], cap)
         else:
             layout = BlockLayout.fixed(self.geometry, length.reshape(1).expand(b), cap, valid)
+        carried = None  # carry: last step's kept blocks that are still candidates (-1 = none; all -1 at first)
+        if layer.carried is not None:
+            carried = _carry.carried_candidates(layer.carried, layout.candidate_mask().expand(b, h, -1))
         if self.use_triton and self._fused_topk:  # 3. score and select
-            blocks = self._fused_select(layer, selector, group, layout)
-        else:
+            blocks = self._fused_select(layer, selector, group, layout, carried)
+        elif carried is None:
             blocks = selector.select_fixed(group, layout.candidate_mask().expand(b, h, -1), layer.signatures)
+        else:  # the carried blocks first, then the scorer's best of the other candidates
+            cand = _carry.without_carried(layout.candidate_mask().expand(b, h, -1), carried)
+            blocks = _carry.merge_carried(carried, selector.select_fixed(group, cand, layer.signatures), self.sel.k)
         if self.use_triton:  # 4. plan (the kernel reads it from the layout) and 5. attend
             out = self._triton_attend(layer, query, key, value, blocks, layout, scaling)
             attended = layout.tokens_read(blocks)
         else:
             plan = layout.gather_plan(blocks)
-            out = _attn.sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+            if carried is None:
+                out = _attn.sparse_attend(query, key, value, plan.token_idx, plan.token_ok, scaling)
+            else:
+                out, mass = _attn.sparse_attend(
+                    query, key, value, plan.token_idx, plan.token_ok, scaling, slot_mass=True
+                )
+                layer.keep_carried(blocks, _carry.block_mass_from_slots(mass, blocks.shape[-1], self.sel.block_size))
             attended = plan.n_attended
         layer.record(blocks, attended, layout.n_cached)
         return out
@@ -473,10 +509,16 @@ class StaticSparseCache(Cache):
         layer.write_rows(j * r + torch.arange(r, device=j.device), sig)
 
     def _fused_select(
-        self, layer: StaticSparseLayer, selector: BlockSelector, group: torch.Tensor, layout: BlockLayout
+        self,
+        layer: StaticSparseLayer,
+        selector: BlockSelector,
+        group: torch.Tensor,
+        layout: BlockLayout,
+        carried: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Top-k by the fused score + top-k Triton kernel over the candidate range ``[sink_blocks, candidate_end)``
-        of a plain layout (the selector's encoded query against the layer's rows; into a static buffer)."""
+        of a plain layout (the selector's encoded query against the layer's rows; into a static buffer). With
+        ``carried [B, H, c]`` (absolute ids, -1 = none) those come first, then the kernel's best without them."""
         from kvprism.kernels.triton_decode import score_topk_triton
 
         st = self._triton_state
@@ -494,13 +536,16 @@ class StaticSparseCache(Cache):
         )
         heads = selector.head_mask.to(blocks.device)[None, :, None]
         blocks.copy_(torch.where(blocks >= 0, blocks + s, blocks).masked_fill(~heads, -1))
+        if carried is not None:  # absolute ids on both sides (the sink offset is added above)
+            blocks.copy_(_carry.merge_carried(carried, _carry.drop_carried(blocks, carried), sel.k))
         return blocks
 
     def _triton_attend(self, layer, query, key, value, blocks, layout, scaling) -> torch.Tensor:
         from kvprism.kernels.triton_decode import sparse_decode_attention_triton
 
         st = self._triton_state
-        return sparse_decode_attention_triton(
+        carry = layer.carried is not None
+        out = sparse_decode_attention_triton(
             query.contiguous(),
             key,
             value,
@@ -510,7 +555,11 @@ class StaticSparseCache(Cache):
             out=st["out"][layer.layer_idx],
             plan=st["plan"],
             workspace=st["workspace"],
+            **({"block_mass": st["block_mass"], "mass_workspace": st["mass_workspace"]} if carry else {}),
         )
+        if carry:
+            layer.keep_carried(blocks, st["block_mass"])
+        return out
 
     # ---------------------------------------------------------------- statistics (read on demand)
     def stats_summary(self) -> dict[str, Any]:

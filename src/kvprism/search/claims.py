@@ -118,11 +118,12 @@ def _energy_config(s: ClaimsSettings) -> Any:
 
 def niah_configs(s: ClaimsSettings) -> list[Any]:
     """The configurations of the NIAH claim: dense, exact, the seed as published, exact at kvprism's own defaults
-    (where they differ from the claim's block size, window and k) and each shipped chip, every chip at its own width (one signature dimension per comb line, as ``build_configs`` and the demo do)."""
+    (where they differ from the claim's block size, window and k; with the default's carried blocks) and each shipped chip, every chip at its own width (one signature dimension per comb line, as ``build_configs`` and the demo do)."""
     from kvprism.eval.grid import EvalConfig
     from kvprism.selection import SelectionConfig
 
-    sel = {"block_size": s.block_size, "window": s.window, "seed": s.seed}
+    # the paper's selection: plain per-step top-k, so no carried blocks (kvprism's default carries 2)
+    sel = {"block_size": s.block_size, "window": s.window, "seed": s.seed, "carry": 0}
     configs = [
         EvalConfig("dense", "dense"),
         EvalConfig(f"exact-k{s.k}", "exact", s.k, None, sel),

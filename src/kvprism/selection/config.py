@@ -27,6 +27,13 @@ _SWEEP_SOURCE = (
     "fraction blocks of 32 capture more attention mass than blocks of 64, and 32 / 32 / 6 reads 1/16 of a 4K cache"
 )
 
+_CARRY_SOURCE = (
+    "kvprism niah on qwen2.5-coder-0.5b at the defaults' read (B 32, window 32, k 6): the claims' needle, 2 prompts "
+    "per context at 4K, 8K and 16K: 0 carried blocks answer 2 of 6, 2 answer 6 of 6 "
+    "(benchmarks/measured/niah-single-qwen-carry.md); RULER's hard tasks at 4K, 10 prompts each, 0 keep 3 of dense's "
+    "32 answers, 2 keep 18 (hard-tasks-qwen-carry-4k.md)"
+)
+
 
 @dataclass(frozen=True)
 class SelectionConfig(ConfigBase):
@@ -97,13 +104,14 @@ class SelectionConfig(ConfigBase):
         ge=1,
     )
     carry: int = param(
-        0,
+        2,
         doc="Blocks carried over from the previous decode step: of that step's selected blocks, the 'carry' that "
         "took the most attention mass (summed over the query group, from the step's own sparse attention: no "
         "extra reads, no extra scorer rows or evaluations) stay selected; the scorer picks the rest of the k, "
-        "excluding them. At most k are carried (a larger value carries all k). 0 = off.",
+        "excluding them. At most k are carried (a larger value carries all k). 0 = off (plain per-step top-k).",
         unit="blocks",
         ge=0,
+        source=_CARRY_SOURCE,
     )
     sink_blocks: int = param(1, doc="First blocks (of real tokens) always read (attention sinks).", unit="blocks", ge=0)
     window: int = param(32, doc="Most recent tokens always read.", unit="tokens", ge=0, source=_SWEEP_SOURCE)
