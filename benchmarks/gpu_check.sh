@@ -26,7 +26,7 @@ tag=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0).split()[-1].lo
 if "$PY" -c "import pytest" 2>/dev/null; then
     timeout 100 "$PY" -m pytest -q -p no:cacheprovider -m "not slow" --durations=8 \
         tests/kernels/test_triton_decode.py tests/hf/test_cache_attend.py tests/hf/test_cache.py \
-        tests/hf/test_static.py 2>&1 | tee "$OUT_DIR/gpu_check-pytest.txt"
+        tests/hf/test_static.py tests/hf/test_carry.py 2>&1 | tee "$OUT_DIR/gpu_check-pytest.txt"
     rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || { echo "gpu_check.sh: tests failed or timed out (rc $rc)" >&2; status=1; }
 else

@@ -317,6 +317,38 @@ def run_shape(batch: int, ctx: int, cfg: Config, seed: int, bw: float, bench, de
     select, attend = step.select, (lambda: step.attend(idx))  # the two stages of the 4-launch step
 
     select_graph, attend_graph = capture_graph(select), capture_graph(attend)
+    # the attention stage with the selected blocks' attention masses (what SelectionConfig.carry needs)
+    from kvprism.kernels.reference import block_mass_ref
+    from kvprism.kernels.triton_decode import block_mass_workspace, sparse_decode_attention_triton
+
+    mass = torch.empty(batch, HKV, cfg.k, dtype=torch.float32, device=dev)
+    mass_ws = block_mass_workspace(batch, HKV, HQ // HKV, cfg.k, step.plan, dev)
+    mass_out = torch.empty_like(step.out)
+
+    def attend_mass():
+        return sparse_decode_attention_triton(
+            step.q,
+            inp.k_cache,
+            inp.v_cache,
+            idx,
+            step.layout(),
+            step.scale,
+            out=mass_out,
+            plan=step.plan,
+            workspace=step._workspace,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            block_mass=mass,
+            mass_workspace=mass_ws,
+        )
+
+    attend_mass()
+    torch.cuda.synchronize()
+    want = block_mass_ref(step.q.float(), inp.k_cache.float(), inp.v_cache.float(), idx, step.layout(), step.scale)
+    res["block_mass_max_abs_err"] = float((mass - want).abs().max())
+    res["block_mass_ok"] = res["block_mass_max_abs_err"] < 2e-2 and torch.equal(mass_out, attend())
+    res["ok"] = res["ok"] and res["block_mass_ok"]
+    attend_mass_graph = capture_graph(attend_mass)
     t = {
         "dense": bench(lambda: dense_sdpa(inp)),
         "torch": bench(pipeline),
@@ -325,6 +357,7 @@ def run_shape(batch: int, ctx: int, cfg: Config, seed: int, bw: float, bench, de
         "kvprism_attend": bench(attend),
         "kvprism_select_graph": bench(select_graph.replay),  # score + top-k kernel, merge kernel
         "kvprism_attend_graph": bench(attend_graph.replay),  # split-K attention kernel, combine kernel
+        "kvprism_attend_mass_graph": bench(attend_mass_graph.replay),  # + the selected blocks' masses (carry)
         "kvprism": bench(step.launch),
         "kvprism_graph": bench(step.graph.replay),  # the whole step: 4 kernels
         "kvprism_graph3": bench(step3.graph.replay),  # the whole step: 3 kernels (merge inside attention)
@@ -496,7 +529,19 @@ def print_table(rows: list[dict], bw: float, device_name: str, dtype: str, node_
     table = Table(
         title=f"decode step{title}, Qwen2.5-7B layer, {dtype} — {device_name}, copy {bw / 1e12:.2f} TB/s (µs, median)"
     )
-    cols = ("B", "ctx", "dense", "torch", "torch graph", "select g", "attend g", "kvprism", "graph 4", "graph 3")
+    cols = (
+        "B",
+        "ctx",
+        "dense",
+        "torch",
+        "torch graph",
+        "select g",
+        "attend g",
+        "attend+mass g",
+        "kvprism",
+        "graph 4",
+        "graph 3",
+    )
     for col in (*cols, "floor", "× dense", "× floor", "err", "ok"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -513,6 +558,7 @@ def print_table(rows: list[dict], bw: float, device_name: str, dtype: str, node_
                     "torch_graph",
                     "kvprism_select_graph",
                     "kvprism_attend_graph",
+                    "kvprism_attend_mass_graph",
                     "kvprism",
                     "kvprism_graph",
                     "kvprism_graph3",
@@ -527,7 +573,8 @@ def print_table(rows: list[dict], bw: float, device_name: str, dtype: str, node_
     console = Console(width=200)  # piped output (tee) would otherwise wrap at 80 columns
     console.print(table)
     console.print(
-        "select g / attend g / graph 4 / graph 3: CUDA-graph replays of 2 / 2 / 4 / 3 kernels (graph 3 merges the "
+        "select g / attend g / attend+mass g / graph 4 / graph 3: CUDA-graph replays of 2 / 2 / 3 / 4 / 3 kernels "
+        "(attend+mass: the attention with the selected blocks' masses that carried blocks need; graph 3 merges the "
         "top-k inside the attention kernel); kvprism: 4 launched eagerly; a one-kernel graph takes "
         f"{node_us:.1f} µs here. × dense and × floor use the faster whole-step graph."
     )
