@@ -85,10 +85,10 @@ def test_sliding_window_model_is_refused():
 
 
 # ------------------------------------------------------------------------------------------------ every setting
-def _decode_both(family: str, sel: SelectionConfig, steps: int = 12, n: int = 70, pad: int = 13):
-    """Batch 2, the second row left-padded by ``pad`` tokens: prefill through a dynamic SparseCache (traced) and
-    through a StaticSparseCache (which prepares itself at its first decode step), then decode greedily from each,
-    step by step. Returns per step the dynamic and the static selections of every layer, and both caches."""
+def _prefill_both(family: str, sel: SelectionConfig, steps: int, n: int, pad: int):
+    """Batch 2, the second row left-padded by ``pad`` tokens, prefilled through a dynamic SparseCache (traced) and a
+    StaticSparseCache with room for ``steps`` decode steps: (model, mask, dynamic, static, last logits per cache,
+    next positions)."""
     model = tiny_model(family)
     use_kvprism_attention(model)
     ids = torch.randint(3, 128, (2, n), generator=torch.Generator().manual_seed(0))
@@ -98,6 +98,14 @@ def _decode_both(family: str, sel: SelectionConfig, steps: int = 12, n: int = 70
     st = StaticSparseCache(model, sel, max_cache_len=n + steps, impl="torch")
     logits = {c: chunked_prefill(model, ids, c, attention_mask=mask) for c in (dyn, st)}
     pos = mask.sum(-1, keepdim=True).long()
+    return model, mask, dyn, st, logits, pos
+
+
+def _decode_both(family: str, sel: SelectionConfig, steps: int = 12, n: int = 70, pad: int = 13):
+    """Batch 2, the second row left-padded by ``pad`` tokens: prefill through a dynamic SparseCache (traced) and
+    through a StaticSparseCache (which prepares itself at its first decode step), then decode greedily from each,
+    step by step. Returns per step the dynamic and the static selections of every layer, and both caches."""
+    model, mask, dyn, st, logits, pos = _prefill_both(family, sel, steps, n, pad)
     toks = {c: [logits[c].argmax(-1, keepdim=True)] for c in (dyn, st)}
     sel_dyn, sel_st = [], []
     with torch.inference_mode():
@@ -167,15 +175,7 @@ SEL_CARRY = SelectionConfig(block_size=8, k=3, window=4, sink_blocks=1, projecti
 def _decode_carry_both(family: str, sel: SelectionConfig, steps: int = 12, n: int = 70, pad: int = 13):
     """As :func:`_decode_both`, but both caches get the same tokens (the dynamic cache's greedy ones); returns per
     step the dynamic and static selections, carried blocks and last logits of every layer, and the static cache."""
-    model = tiny_model(family)
-    use_kvprism_attention(model)
-    ids = torch.randint(3, 128, (2, n), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(2, n, dtype=torch.long)
-    mask[1, :pad] = 0
-    dyn = SparseCache(model, sel, trace=True, impl="torch")
-    st = StaticSparseCache(model, sel, max_cache_len=n + steps, impl="torch")
-    logits = {c: chunked_prefill(model, ids, c, attention_mask=mask) for c in (dyn, st)}
-    pos = mask.sum(-1, keepdim=True).long()
+    model, mask, dyn, st, logits, pos = _prefill_both(family, sel, steps, n, pad)
     tok = logits[dyn].argmax(-1, keepdim=True)
     steps_out = []
     with torch.inference_mode():
