@@ -29,7 +29,7 @@ _SWEEP_SOURCE = (
 
 _CARRY_SOURCE = (
     "kvprism niah on qwen2.5-coder-0.5b at the defaults' read (B 32, window 32, k 6): the claims' needle, 2 prompts "
-    "per context at 4K, 8K and 16K: 0 carried blocks answer 2 of 6, 2 answer 6 of 6 "
+    "per context at 4K, 8K, 16K and 32K: 0 carried blocks answer 3 of 8, 2 answer 8 of 8 "
     "(benchmarks/measured/niah-single-qwen-carry.md); RULER's hard tasks at 4K, 10 prompts each, 0 keep 3 of dense's "
     "32 answers, 2 keep 18 (hard-tasks-qwen-carry-4k.md)"
 )
