@@ -292,3 +292,22 @@ def test_jsonable():
         "x": [1.0, None],
         "2": [1, None],
     }
+
+
+def test_a_cell_key_holds_carry_except_in_recall_mode_and_at_carry_0(tmp_path):
+    """niah cells: carry 2 and carry 0 are different settings (so a new default never reuses a stored cell); carry 0
+    leaves the key as before the field existed. recall cells decode one step, which carries nothing: their key is
+    the same at any carry."""
+    from kvprism.selection import SelectionConfig
+
+    def digest(mode, carry):
+        sel = SelectionConfig(block_size=8, k=2, window=8, carry=carry)
+        cfg = EvalConfig("exact-k2", "exact", 2, None, sel)
+        runner = _runner(tmp_path / f"{mode}-{carry}", [cfg], mode=mode)
+        settings, digest = runner._settings_and_hash(cfg)
+        return settings["selection"], digest
+
+    niah0, niah2 = digest("niah", 0), digest("niah", 2)
+    assert "carry" not in niah0[0] and niah2[0]["carry"] == 2 and niah0[1] != niah2[1]
+    rec0, rec2 = digest("recall", 0), digest("recall", 2)
+    assert "carry" not in rec2[0] and rec0[1] == rec2[1]

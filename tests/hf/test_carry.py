@@ -70,15 +70,6 @@ def test_carried_blocks_are_last_steps_selected_blocks_with_the_most_mass_and_st
     assert kept_any
 
 
-def test_carry_k_freezes_the_selection():
-    sel = SelectionConfig(**BASE, carry=3)
-    _, frozen = _trace(sel, steps=5)
-    first = {layer: rec["blocks"] for layer, rec in frozen.trace[0].items()}
-    for step in frozen.trace[1:]:
-        for layer, rec in step.items():
-            assert torch.equal(rec["blocks"].sort(-1).values, first[layer].sort(-1).values)
-
-
 def test_the_default_carries_two_blocks_and_differs_from_plain_top_k():
     """The default (carry 2, benchmarks/measured/niah-single-qwen-carry.md, hard-tasks-qwen-carry-4k.md) on a tiny
     model: the same selections as carry = 2 written out, and not those of plain per-step top-k (carry 0)."""
@@ -103,17 +94,24 @@ def test_carry_reads_no_more_than_k_blocks_and_its_settings_are_checked():
             for row in blocks.reshape(-1, 3).tolist():
                 ids = [x for x in row if x >= 0]
                 assert len(ids) == len(set(ids))  # a carried block is never selected twice
-    # more than k carried: all k are (the selection is frozen, as with carry = k)
-    _, over = _trace(SelectionConfig(**BASE, carry=5), steps=3)
-    _, at_k = _trace(SelectionConfig(**BASE, carry=3), steps=3)
-    for a, c in zip(over.trace, at_k.trace, strict=True):
-        for layer in a:
-            assert torch.equal(a[layer]["blocks"], c[layer]["blocks"])
+    # carry k or more carries k - 1 (the scorer picks at least one block every step: a selection never freezes)
+    _, below = _trace(SelectionConfig(**BASE, carry=2), steps=4)
+    for carry in (3, 5):
+        _, over = _trace(SelectionConfig(**BASE, carry=carry), steps=4)
+        assert all(c.shape[-1] == 2 for c in over.pipeline._carry)
+        for a, c in zip(over.trace, below.trace, strict=True):
+            for layer in a:
+                assert torch.equal(a[layer]["blocks"], c[layer]["blocks"])
+    _, one = _trace(SelectionConfig(**{**BASE, "k": 1}, carry=2), steps=2)  # k 1 carries nothing
+    assert all(c is None for c in one.pipeline._carry)
     with pytest.raises(ConfigError, match="carry"):
         SelectionConfig(**BASE, carry=-1)
 
 
-def test_the_triton_kernel_carries_the_blocks_the_torch_path_carries(monkeypatch):
+@pytest.mark.parametrize(
+    "extra", [{}, {"budget": "top_p", "top_p": 0.5, "k": 4}], ids=["topk-fused", "top_p-not-fused"]
+)
+def test_the_triton_kernel_carries_the_blocks_the_torch_path_carries(monkeypatch, extra):
     """impl 'auto' with the Triton kernels (on CPU under Triton's interpreter) against impl 'torch': the fused
     score + top-k with the carried blocks merged in, and the attention kernel's block masses, keep the same blocks
     at every step and give the same logits."""
@@ -127,12 +125,14 @@ def test_the_triton_kernel_carries_the_blocks_the_torch_path_carries(monkeypatch
     mask = torch.ones_like(ids)  # no padding: the kernels read a plain layout
     runs = {}
     for impl in ("torch", "auto"):
-        cache = SparseCache(model, SelectionConfig(**BASE, carry=2), trace=True, impl=impl)
+        cache = SparseCache(model, SelectionConfig(**{**BASE, **extra}, carry=2), trace=True, impl=impl)
         logits, _ = decode_loop(model, ids, mask, cache, steps=5)
         runs[impl] = (cache, logits)
     (torch_cache, torch_logits), (kernel_cache, kernel_logits) = runs["torch"], runs["auto"]
     assert kernel_cache.stats.attend_calls["torch"] == 0 and kernel_cache.stats.attend_calls["triton"] > 0
-    assert kernel_cache.stats.select_calls["kernel"] > 0  # the fused score + top-k ran, the carried blocks merged in
+    # plain top-k: the fused score + top-k ran, the carried blocks merged in; a top-p budget selects on the torch
+    # path (it must exclude the carried blocks before it normalises)
+    assert (kernel_cache.stats.select_calls["kernel"] > 0) == (not extra)
     assert torch_cache.stats.attend_calls["triton"] == 0
     carried = 0
     for a, c in zip(torch_cache.trace, kernel_cache.trace, strict=True):
@@ -161,3 +161,21 @@ def test_an_empty_carried_slot_never_lets_a_carried_block_be_selected_twice():
     for row in blocks.reshape(-1, sel.k).tolist():
         ids = [x for x in row if x >= 0]
         assert ids[0] == 0 and len(ids) == len(set(ids)) == sel.k
+
+
+def test_carry_helpers_on_edge_shapes():
+    """No block slot at all (a cache shorter than one block): nothing is carried; -1 slots carry and drop nothing."""
+    from kvprism.selection import carry as C
+
+    prev = torch.tensor([[[0, -1]]])
+    assert torch.equal(C.carried_candidates(prev, torch.zeros(1, 1, 0, dtype=torch.bool)), torch.tensor([[[-1, -1]]]))
+    cand = torch.tensor([[[True, True, False]]])
+    assert torch.equal(C.carried_candidates(torch.tensor([[[2, 1]]]), cand), torch.tensor([[[-1, 1]]]))
+    assert torch.equal(C.without_carried(cand, torch.tensor([[[-1, 1]]])), torch.tensor([[[True, False, False]]]))
+    assert torch.equal(
+        C.drop_carried(torch.tensor([[[1, 0, -1]]]), torch.tensor([[[-1, 1]]])), torch.tensor([[[-1, 0, -1]]])
+    )
+    assert torch.equal(
+        C.merge_carried(torch.tensor([[[-1, 1]]]), torch.tensor([[[-1, 0, -1]]]), 3), torch.tensor([[[1, 0, -1]]])
+    )
+    assert [C.effective_carry(2, k) for k in (0, 1, 2, 3, 6)] == [0, 0, 1, 2, 2]

@@ -194,6 +194,10 @@ def test_block_mass_buffer_is_checked():
     layout = lay(16, 1, 4, seq_lens, k.shape[2])
     with pytest.raises(KvprismError, match=r"block_mass must be a contiguous float32 tensor of shape \(1, 2, 2\)"):
         sparse_decode_attention_triton(q, k, v, idx, layout, block_mass=torch.empty(1, 2, 3, device=DEV))
+    with pytest.raises(KvprismError, match="mass_workspace must be a contiguous float32 tensor of at least"):
+        sparse_decode_attention_triton(
+            q, k, v, idx, layout, block_mass=torch.empty(1, 2, 2, device=DEV), mass_workspace=torch.empty(3, device=DEV)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------

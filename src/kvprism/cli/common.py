@@ -111,7 +111,7 @@ SELECTION_OPTIONS: dict[str, tuple[type, str]] = {
     "carry": (
         int,
         "Blocks carried from one decode step to the next: the carry selected blocks with the most attention mass "
-        "stay selected, the scorer picks the rest of the k (0 = off).",
+        "stay selected, the scorer picks the rest of the k (at most k - 1 carried; 0 = off).",
     ),
     "sink_blocks": (int, "First blocks always read (attention sinks)."),
     "window": (int, "Most recent tokens always read."),

@@ -463,6 +463,9 @@ class Runner:
                 "backend": config.method,
                 "selection": _selection_settings(config),
             }
+            if st.mode == "recall" and settings["selection"] is not None:
+                # one decode step carries nothing: recall cells keep their keys whatever SelectionConfig.carry is
+                settings["selection"].pop("carry", None)
             if config.method == "photonic":
                 # signature recall is against the exact scorer at the configuration's own selection settings (cells
                 # stored before this was recorded compared with exact at the default d_sig: they get new keys)

@@ -202,14 +202,18 @@ class DecodePipeline:
         layout = self.layout(attention_mask, b, key.shape[2], key.device)  # 1. layout
         self.sign(layer_idx, key, scaling, prefill)  # 2. sign
         triton = self.attends_with_triton(query, key, value)
-        carry = min(self.sel.carry, self.sel.k) > 0 and not self.oracle
+        carry = _carry.effective_carry(self.sel.carry, self.sel.k) > 0 and not self.oracle
+        # plain top-k over one-row signatures: what the fused score + top-k kernel computes (select_range falls back to
+        # select otherwise, which with carried blocks must exclude them before a top-p budget normalises)
+        fused = selector.sel.budget == "topk" and selector.rows_per_block == 1 and selector.memory is None
         self._carried_now = None  # set by the selection when blocks were carried into it
         group = query.reshape(b, h, hq // h, d)
         if self.oracle:  # 3. the reference: top-k by the dense attention mass of this query (reads every key)
             k = selector.sel.k
             blocks = oracle_blocks(group, key, layout, scaling, k, selector.n_blocks, selector.head_mask)
             select_impl = "oracle"
-        elif triton and selector.sel.scorer == "exact" and selector.n_blocks:  # 3. score and select
+        elif triton and selector.sel.scorer == "exact" and selector.n_blocks and not (carry and not fused):
+            # 3. score and select
             # fused score + top-k kernel: without padding the candidates are one contiguous range of blocks
             lo, hi = layout.candidate_range(selector.n_blocks)
             blocks, select_impl = selector.select_range(group, lo, hi), "kernel"
@@ -278,7 +282,9 @@ class DecodePipeline:
     def keep_carry(self, layer_idx: int, blocks: torch.Tensor, block_mass: torch.Tensor) -> None:
         """Remember, for the next step of layer ``layer_idx``, the ``carry`` selected ``blocks [B, H, k]`` that
         took the most attention mass (``block_mass [B, H, k]``, summed over the query group)."""
-        self._carry[layer_idx] = _carry.kept_blocks(blocks, block_mass, self.sel.carry)
+        self._carry[layer_idx] = _carry.kept_blocks(
+            blocks, block_mass, _carry.effective_carry(self.sel.carry, self.sel.k)
+        )
 
     # ------------------------------------------------------------------------------------------------ 1. layout
     def layout(self, attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device) -> BlockLayout:

@@ -34,7 +34,7 @@ With the exact scorer every :class:`~kvprism.selection.SelectionConfig` setting 
 the dynamic :class:`~kvprism.hf.cache.SparseCache` (``impl="torch"``). The photonic scorers simulate the chip step by
 step (noise, drift, programming events): :func:`check_static_config` refuses them at construction.
 
-Carry. With ``SelectionConfig.carry`` each layer keeps, in a static ``[B, H, min(carry, k)]`` buffer (``-1`` = none),
+Carry. With ``SelectionConfig.carry`` each layer keeps, in a static ``[B, H, effective carry]`` buffer (``-1`` = none),
 the selected blocks of its last step with the most attention mass (:func:`~kvprism.selection.carry.kept_blocks`, from
 the torch path's per-slot masses or the Triton kernel's ``block_mass``); the next step selects those that are still
 candidates first and the scorer's best of the others after them (:mod:`kvprism.selection.carry`), as the dynamic
@@ -104,7 +104,7 @@ class StaticSparseLayer(StaticLayer):
         self.host_length = 0  # tokens written, as the host counts them (the overflow check)
         self.signatures: torch.Tensor | None = None  # [B, H, N*R, w] float32
         self.selected: torch.Tensor | None = None  # [B, H, k] int64, the blocks of the last decode step (-1 = none)
-        self.carried: torch.Tensor | None = None  # [B, H, min(carry, k)] int64, kept for the next step (-1 = none)
+        self.carried: torch.Tensor | None = None  # [B, H, effective carry] int64, kept for the next step (-1 = none)
         self.counters: dict[str, torch.Tensor] = {}
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -118,7 +118,7 @@ class StaticSparseLayer(StaticLayer):
         dev = key_states.device
         self.signatures = torch.zeros(b, h, rows, width, dtype=torch.float32, device=dev)
         self.selected = torch.full((b, h, sel.k), -1, dtype=torch.int64, device=dev)
-        c = min(sel.carry, sel.k)
+        c = _carry.effective_carry(sel.carry, sel.k)
         self.carried = torch.full((b, h, c), -1, dtype=torch.int64, device=dev) if c > 0 else None
         # read counters, summed over decode steps on the device
         self.counters = {
@@ -178,7 +178,7 @@ class StaticSparseLayer(StaticLayer):
         c["fraction_max"].copy_(torch.maximum(c["fraction_max"], frac))
 
     def keep_carried(self, blocks: torch.Tensor, block_mass: torch.Tensor) -> None:
-        """Keep, for the next decode step, the ``min(carry, k)`` of this step's ``blocks [B, H, k]`` with the most
+        """Keep, for the next decode step, the effective ``carry`` of this step's ``blocks [B, H, k]`` with the most
         attention mass (``block_mass [B, H, k]``, summed over the query group); in place, no host sync."""
         self.carried.copy_(_carry.kept_blocks(blocks, block_mass, self.carried.shape[-1]))
 
@@ -400,8 +400,8 @@ class StaticSparseCache(Cache):
 
     @property
     def _carry(self) -> int:
-        """Blocks carried from one decode step to the next (``min(carry, k)``; 0 = off)."""
-        return min(self.sel.carry, self.sel.k)
+        """Blocks carried from one decode step to the next (:func:`~kvprism.selection.carry.effective_carry`; 0 = off)."""
+        return _carry.effective_carry(self.sel.carry, self.sel.k)
 
     @property
     def _fused_topk(self) -> bool:

@@ -640,8 +640,16 @@ def sparse_decode_attention_triton(
                 f"block_mass must be a contiguous float32 tensor of shape {(b, hkv, n_sel)}, got "
                 f"{block_mass.dtype} {tuple(block_mass.shape)}"
             )
+        need = b * hkv * n_sel * plan.sub * g * 2
         if mass_workspace is None:
             mass_workspace = block_mass_workspace(b, hkv, g, n_sel, plan, q.device)
+        elif (
+            mass_workspace.dtype != torch.float32 or mass_workspace.numel() < need or not mass_workspace.is_contiguous()
+        ):
+            raise KvprismError(
+                f"mass_workspace must be a contiguous float32 tensor of at least {need} elements (block_mass_workspace "
+                f"for this plan), got {mass_workspace.dtype} with {mass_workspace.numel()}"
+            )
     sel_ml = mass_workspace if want_mass else ml_part
     _sparse_decode_partial_kernel[(b * hkv, plan.n_splits)](
         q,

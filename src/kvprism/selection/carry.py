@@ -21,16 +21,25 @@ __all__ = [
     "block_mass_from_slots",
     "carried_candidates",
     "drop_carried",
+    "effective_carry",
     "kept_blocks",
     "merge_carried",
     "without_carried",
 ]
 
 
+def effective_carry(carry: int, k: int) -> int:
+    """Blocks actually carried: ``min(carry, k - 1)`` (at least one of the k is the scorer's pick at every step, so
+    a selection never freezes), 0 for ``k <= 1``."""
+    return max(0, min(int(carry), int(k) - 1))
+
+
 def carried_candidates(prev: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     """The ids of ``prev [B, H, c]`` (``-1`` = none) that are candidates of ``cand [B, H, N]`` (bool); ``-1``
     elsewhere. Blocks are only ever appended, so a kept id is programmed; it may have left the candidates (e.g. into
     the window of a shrinking layout)."""
+    if cand.shape[-1] == 0:  # no block slot at all (a cache shorter than one block): nothing is a candidate
+        return torch.full_like(prev, -1)
     ok = (prev >= 0) & torch.gather(cand, -1, prev.clamp_min(0))
     return torch.where(ok, prev, torch.full_like(prev, -1))
 
@@ -65,7 +74,7 @@ def block_mass_from_slots(slot_mass: torch.Tensor, k: int, block_size: int) -> t
 
 def kept_blocks(blocks: torch.Tensor, block_mass: torch.Tensor, carry: int) -> torch.Tensor:
     """The ``min(carry, k)`` ids of ``blocks [B, H, k]`` (``-1`` = none) with the largest ``block_mass [B, H, k]``,
-    ``-1`` where fewer blocks were selected: what the next step carries."""
+    ``-1`` where fewer blocks were selected: what the next step carries (callers pass :func:`effective_carry`)."""
     mass = block_mass.float().masked_fill(blocks < 0, -1.0)
     top = torch.topk(mass, min(carry, blocks.shape[-1]), dim=-1).indices
     kept = torch.gather(blocks, -1, top)

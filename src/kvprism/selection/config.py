@@ -108,7 +108,8 @@ class SelectionConfig(ConfigBase):
         doc="Blocks carried over from the previous decode step: of that step's selected blocks, the 'carry' that "
         "took the most attention mass (summed over the query group, from the step's own sparse attention: no "
         "extra reads, no extra scorer rows or evaluations) stay selected; the scorer picks the rest of the k, "
-        "excluding them. At most k are carried (a larger value carries all k). 0 = off (plain per-step top-k).",
+        "excluding them. At most k - 1 are carried (the scorer picks at least one block every step; k 1 carries "
+        "none). 0 = off (plain per-step top-k).",
         unit="blocks",
         ge=0,
         source=_CARRY_SOURCE,
