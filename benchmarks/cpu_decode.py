@@ -197,7 +197,7 @@ def main() -> None:
     sel = SelectionConfig(scorer="exact", **{n: v for n, v in given.items() if v is not None})
     console.print(
         f"{args.model}: selection block_size {sel.block_size}, k {sel.k}, window {sel.window}, d_sig {sel.d_sig}, "
-        f"projection {sel.projection}; {args.steps} decode steps x {args.reps} repetitions"
+        f"projection {sel.projection}, carry {sel.carry}; {args.steps} decode steps x {args.reps} repetitions"
     )
     configs: dict[str, SelectionConfig | None] = {"dense": None, "exact": sel}
     names = [n for n in (args.photonic or ["tfln-timeshared"]) if n != "none"]
