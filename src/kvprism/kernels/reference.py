@@ -13,6 +13,7 @@ slot), always restricted to ``[0, seq_lens[b])``. All query heads of a GQA group
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -99,24 +100,44 @@ def sparse_decode_attention_ref(
         ``[B, Hq, D]`` in ``q``'s dtype. Computed by gathering the attended tokens of each (batch, KV head) and
         running an exact softmax in ``float32`` (``float64`` if the inputs are ``float64``).
     """
+    softmaxes = _attended_softmax(q, k_cache, v_cache, block_idx, layout, scale)  # checks the inputs first
+    g = q.shape[1] // k_cache.shape[1]
+    out = torch.empty_like(q)
+    for bi, h, tok, p in softmaxes:
+        v = v_cache[bi, h].index_select(0, tok).to(p.dtype)
+        out[bi, h * g : (h + 1) * g] = (p @ v).to(q.dtype)
+    return out
+
+
+def _attended_softmax(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_idx: torch.Tensor,
+    layout: BlockLayout,
+    scale: float | None,
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Check the inputs (at the call, not at the first iteration), then per (batch row, KV head) yield
+    ``(b, h, tok, p)``: the attended positions ``tok [n]`` (:func:`attended_mask`) and the exact softmax ``p [G, n]``
+    of the group's queries over them, in ``float32`` (``float64`` for ``float64`` inputs)."""
     check_decode_inputs(q, k_cache, v_cache, block_idx, layout)
+    _check_values(block_idx, layout)
     b, hq, d = q.shape
     hkv = k_cache.shape[1]
-    _check_values(block_idx, layout)
     g = hq // hkv
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
     mask = attended_mask(block_idx, layout)
-    out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
-    for bi in range(b):
-        for h in range(hkv):
-            tok = mask[bi, h].nonzero().squeeze(1)
-            k = k_cache[bi, h].index_select(0, tok).to(acc_dtype)  # [n, D]
-            v = v_cache[bi, h].index_select(0, tok).to(acc_dtype)
-            qg = q[bi, h * g : (h + 1) * g].to(acc_dtype)  # [G, D]
-            p = torch.softmax((qg @ k.T) * scale, dim=-1)
-            out[bi, h * g : (h + 1) * g] = (p @ v).to(q.dtype)
-    return out
+
+    def rows() -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        for bi in range(b):
+            for h in range(hkv):
+                tok = mask[bi, h].nonzero().squeeze(1)
+                k = k_cache[bi, h].index_select(0, tok).to(acc_dtype)  # [n, D]
+                qg = q[bi, h * g : (h + 1) * g].to(acc_dtype)  # [G, D]
+                yield bi, h, tok, torch.softmax((qg @ k.T) * scale, dim=-1)
+
+    return rows()
 
 
 def check_score_inputs(
@@ -203,28 +224,17 @@ def block_mass_ref(
     attention mass, in that function's softmax, of the slot's block tokens that are read as a selected block (the
     block's candidate tokens, not the sink's or the tail's), summed over the GQA group's query heads. ``-1`` slots and
     a repeated id after its first slot get 0. This is what ``SelectionConfig.carry`` ranks the selected blocks by."""
-    check_decode_inputs(q, k_cache, v_cache, block_idx, layout)
-    _check_values(block_idx, layout)
-    b, hq, d = q.shape
-    hkv = k_cache.shape[1]
-    g = hq // hkv
+    softmaxes = _attended_softmax(q, k_cache, v_cache, block_idx, layout, scale)  # checks the inputs first
     bs = layout.block_size
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    acc_dtype = torch.promote_types(q.dtype, torch.float32)
-    mask = attended_mask(block_idx, layout)
     is_cand = layout.token_roles.eq(CANDIDATE)  # [B, T]
-    out = torch.zeros(block_idx.shape, dtype=acc_dtype, device=q.device)
-    for bi in range(b):
-        for h in range(hkv):
-            tok = mask[bi, h].nonzero().squeeze(1)
-            k = k_cache[bi, h].index_select(0, tok).to(acc_dtype)
-            qg = q[bi, h * g : (h + 1) * g].to(acc_dtype)
-            p = torch.softmax((qg @ k.T) * scale, dim=-1).sum(0)  # [n]: mass per attended token, summed over G
-            seen: set[int] = set()
-            for j, blk in enumerate(block_idx[bi, h].tolist()):
-                if blk < 0 or blk in seen:
-                    continue
-                seen.add(blk)
-                own = (tok >= blk * bs) & (tok < blk * bs + bs) & is_cand[bi, tok]
-                out[bi, h, j] = p[own].sum()
+    out = torch.zeros(block_idx.shape, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+    for bi, h, tok, p in softmaxes:
+        mass = p.sum(0)  # [n]: mass per attended token, summed over G
+        seen: set[int] = set()
+        for j, blk in enumerate(block_idx[bi, h].tolist()):
+            if blk < 0 or blk in seen:
+                continue
+            seen.add(blk)
+            own = (tok >= blk * bs) & (tok < blk * bs + bs) & is_cand[bi, tok]
+            out[bi, h, j] = mass[own].sum()
     return out
