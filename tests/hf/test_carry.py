@@ -157,7 +157,7 @@ def test_an_empty_carried_slot_never_lets_a_carried_block_be_selected_twice():
     cand = torch.ones(b, h, selector.n_blocks, dtype=torch.bool)
     pipe._carry[layer] = torch.tensor([[[0, -1]] * h] * b)
     q = cache.trace[-1][layer]["query"].reshape(b, h, -1, cache.layers[layer].keys.shape[-1])
-    blocks = pipe.select_with_carry(layer, q, cand)
+    blocks, _ = pipe.select_with_carry(layer, q, cand)
     for row in blocks.reshape(-1, sel.k).tolist():
         ids = [x for x in row if x >= 0]
         assert ids[0] == 0 and len(ids) == len(set(ids)) == sel.k

@@ -323,12 +323,12 @@ def trace_metrics(
             if "exact_scores" in rec:  # the exact selection of this step's own query (noisy scorers)
                 n_sig = rec["exact_scores"].shape[-1]
                 cand = layout.candidate_mask(n=n_sig).expand_as(rec["exact_scores"]).cpu()
-                if "carried" in rec:  # carried blocks: exact scoring picks the rest beside the same carried blocks
-                    carried = rec["carried"].cpu()
-                    rest = topk_blocks(rec["exact_scores"].float().cpu(), without_carried(cand, carried), sel.k)
-                    ref = merge_carried(carried, rest, sel.k)
-                else:
-                    ref = topk_blocks(rec["exact_scores"].float().cpu(), cand, sel.k)
+                carried = rec["carried"].cpu() if "carried" in rec else None
+                if carried is not None:  # exact scoring picks the rest beside the same carried blocks
+                    cand = without_carried(cand, carried)
+                ref = topk_blocks(rec["exact_scores"].float().cpu(), cand, sel.k)
+                if carried is not None:
+                    ref = merge_carried(carried, ref, sel.k)
                 sr = selection_recall(blocks, ref, layout.candidates[0, :n_sig].cpu())[0]
                 sig_steps.append(torch.where((blocks[0] >= 0).any(-1), sr, torch.full_like(sr, float("nan"))))
             if step == 0:

@@ -171,14 +171,14 @@ class DecodePipeline:
         self.prepared: list[PreparedLayer | None] = [None] * num_layers
         self.hooks: list[Callable[[StepEvent], Any]] = []
         self._carry: list[torch.Tensor | None] = [None] * num_layers  # [B, H, carry] blocks kept for the next step
-        self._carried_now: torch.Tensor | None = None  # the blocks carried into the current layer-step's selection
         self._layout_key: tuple | None = None
         self._layout: BlockLayout | None = None
         self._valid: torch.Tensor | None = None  # [B, T] key validity of the current step
         self._plain = False  # the step's keys are all real and unmasked (no padding / sliding window)
         # Triton launch geometry + fp32 workspace per problem shape, shared by the layers
         self._kernel_plans: dict[tuple, tuple[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._mass_workspaces: dict[tuple, torch.Tensor] = {}  # per shape: the kernel's per-tile (max, sum) pairs
+        # per shape: the selected blocks' masses [B, H, k] and the kernel's per-tile (max, sum) pairs (carry)
+        self._mass_buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------------ the step
     def step(
@@ -206,7 +206,7 @@ class DecodePipeline:
         # plain top-k over one-row signatures: what the fused score + top-k kernel computes (select_range falls back to
         # select otherwise, which with carried blocks must exclude them before a top-p budget normalises)
         fused = selector.sel.budget == "topk" and selector.rows_per_block == 1 and selector.memory is None
-        self._carried_now = None  # set by the selection when blocks were carried into it
+        carried = None  # the blocks carried into this step's selection (None: none kept, or no carry)
         group = query.reshape(b, h, hq // h, d)
         if self.oracle:  # 3. the reference: top-k by the dense attention mass of this query (reads every key)
             k = selector.sel.k
@@ -218,10 +218,10 @@ class DecodePipeline:
             lo, hi = layout.candidate_range(selector.n_blocks)
             blocks, select_impl = selector.select_range(group, lo, hi), "kernel"
             if carry:
-                blocks = self.carry_into_kernel_selection(layer_idx, blocks, layout)
+                blocks, carried = self.carry_into_kernel_selection(layer_idx, blocks, layout)
         else:
             cand = layout.candidate_mask(n=selector.n_blocks).expand(b, h, -1)
-            blocks, select_impl = self.select_with_carry(layer_idx, group, cand), "torch"
+            (blocks, carried), select_impl = self.select_with_carry(layer_idx, group, cand), "torch"
         plan = layout.gather_plan(blocks)  # 4. plan
         t1 = _now(query.device) if self.profile else 0.0
         if triton:  # 5. attend
@@ -247,37 +247,41 @@ class DecodePipeline:
             "triton" if triton else "torch",
             (t1 - t0) if self.profile else None,
             (t2 - t1) if self.profile else None,
-            self._carried_now,
+            carried,
         )
         for hook in self.hooks:
             hook(event)
         return out
 
     # ------------------------------------------------------------------------------------------------ 3. carry
-    def select_with_carry(self, layer_idx: int, group: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    def select_with_carry(
+        self, layer_idx: int, group: torch.Tensor, cand: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``SelectionConfig.carry``: the blocks kept from the previous step (:meth:`keep_carry`) that are still
         candidates, first, then the scorer's best of the other candidates; ``[B, H, k]`` (-1 = none), the carried
         blocks filling their slots only where they exist. Without carried blocks (``carry`` 0, or the first step)
-        this is the scorer's selection, :meth:`BlockSelector.select`."""
+        this is the scorer's selection, :meth:`BlockSelector.select`. Returns (selection, the carried blocks
+        ``[B, H, c]`` or None)."""
         selector = self.selectors[layer_idx]
         prev = self._carry[layer_idx]
-        self._carried_now = None
         if prev is None or selector.n_blocks == 0:
-            return selector.select(group, cand)
-        carried = self._carried_now = _carry.carried_candidates(prev, cand)
+            return selector.select(group, cand), None
+        carried = _carry.carried_candidates(prev, cand)
         rest = selector.select(group, _carry.without_carried(cand, carried))
-        return _carry.merge_carried(carried, rest, self.sel.k)
+        return _carry.merge_carried(carried, rest, self.sel.k), carried
 
-    def carry_into_kernel_selection(self, layer_idx: int, blocks: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    def carry_into_kernel_selection(
+        self, layer_idx: int, blocks: torch.Tensor, layout: BlockLayout
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """As :meth:`select_with_carry` for the fused score + top-k kernel's ``blocks [B, H, k]`` (its top-k over
         every candidate): the carried blocks first, then the kernel's best without them."""
         prev = self._carry[layer_idx]
         if prev is None:
-            return blocks
+            return blocks, None
         b, h, _ = blocks.shape
         cand = layout.candidate_mask(n=self.selectors[layer_idx].n_blocks).expand(b, h, -1)
-        carried = self._carried_now = _carry.carried_candidates(prev, cand)
-        return _carry.merge_carried(carried, _carry.drop_carried(blocks, carried), self.sel.k)
+        carried = _carry.carried_candidates(prev, cand)
+        return _carry.merge_carried(carried, _carry.drop_carried(blocks, carried), self.sel.k), carried
 
     def keep_carry(self, layer_idx: int, blocks: torch.Tensor, block_mass: torch.Tensor) -> None:
         """Remember, for the next step of layer ``layer_idx``, the ``carry`` selected ``blocks [B, H, k]`` that
@@ -388,9 +392,12 @@ class DecodePipeline:
             return sparse_decode_attention_triton(
                 query, key, value, blocks, layout, scaling, plan=plan, workspace=workspace
             )
-        if shape not in self._mass_workspaces:
-            self._mass_workspaces[shape] = block_mass_workspace(b, h, hq // h, k, plan, query.device)
-        mass = torch.empty(b, h, k, dtype=torch.float32, device=query.device)
+        if shape not in self._mass_buffers:
+            self._mass_buffers[shape] = (
+                torch.empty(b, h, k, dtype=torch.float32, device=query.device),
+                block_mass_workspace(b, h, hq // h, k, plan, query.device),
+            )
+        mass, mass_workspace = self._mass_buffers[shape]
         out = sparse_decode_attention_triton(
             query,
             key,
@@ -401,7 +408,7 @@ class DecodePipeline:
             plan=plan,
             workspace=workspace,
             block_mass=mass,
-            mass_workspace=self._mass_workspaces[shape],
+            mass_workspace=mass_workspace,
         )
         self.keep_carry(carry_layer, blocks, mass)
         return out

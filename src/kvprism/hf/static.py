@@ -399,11 +399,6 @@ class StaticSparseCache(Cache):
         return False
 
     @property
-    def _carry(self) -> int:
-        """Blocks carried from one decode step to the next (:func:`~kvprism.selection.carry.effective_carry`; 0 = off)."""
-        return _carry.effective_carry(self.sel.carry, self.sel.k)
-
-    @property
     def _fused_topk(self) -> bool:
         """The selection is plain top-k over one-row signatures: the fused score + top-k kernel computes it."""
         sel = self.sel
@@ -429,7 +424,7 @@ class StaticSparseCache(Cache):
             "blocks": torch.full((b, h, sel.k), -1, dtype=torch.int64, device=dev),
             "out": [torch.zeros(b, hq, d, dtype=layer.keys.dtype, device=dev) for _ in self.layers],
         }
-        if self._carry > 0:  # the selected blocks' attention masses, for the carried blocks
+        if layer.carried is not None:  # the selected blocks' attention masses, for the carried blocks
             self._triton_state["block_mass"] = torch.zeros(b, h, sel.k, dtype=torch.float32, device=dev)
             self._triton_state["mass_workspace"] = block_mass_workspace(b, h, hq // h, sel.k, plan, dev)
 
@@ -463,16 +458,17 @@ class StaticSparseCache(Cache):
             layout = BlockLayout.fixed(self.geometry, st["seq_lens"], cap)
         else:
             layout = BlockLayout.fixed(self.geometry, length.reshape(1).expand(b), cap, valid)
+        cand = layout.candidate_mask().expand(b, h, -1)
         carried = None  # carry: last step's kept blocks that are still candidates (-1 = none; all -1 at first)
         if layer.carried is not None:
-            carried = _carry.carried_candidates(layer.carried, layout.candidate_mask().expand(b, h, -1))
+            carried = _carry.carried_candidates(layer.carried, cand)
         if self.use_triton and self._fused_topk:  # 3. score and select
             blocks = self._fused_select(layer, selector, group, layout, carried)
         elif carried is None:
-            blocks = selector.select_fixed(group, layout.candidate_mask().expand(b, h, -1), layer.signatures)
+            blocks = selector.select_fixed(group, cand, layer.signatures)
         else:  # the carried blocks first, then the scorer's best of the other candidates
-            cand = _carry.without_carried(layout.candidate_mask().expand(b, h, -1), carried)
-            blocks = _carry.merge_carried(carried, selector.select_fixed(group, cand, layer.signatures), self.sel.k)
+            rest = selector.select_fixed(group, _carry.without_carried(cand, carried), layer.signatures)
+            blocks = _carry.merge_carried(carried, rest, self.sel.k)
         if self.use_triton:  # 4. plan (the kernel reads it from the layout) and 5. attend
             out = self._triton_attend(layer, query, key, value, blocks, layout, scaling)
             attended = layout.tokens_read(blocks)
